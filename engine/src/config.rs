@@ -1,0 +1,754 @@
+//! One typed configuration, loaded from built-in defaults, then a config file
+//! (YAML or dotenv), then environment variables (highest precedence).
+//!
+//! Names and defaults follow Outpost's (`API_PORT`, `TOPICS`, `RETRY_SCHEDULE`, ...)
+//! so an Outpost deployment's environment works unchanged. Keys that only
+//! Outrider understands are prefixed `OUTRIDER_` (except `DELIVERY_SHARDS`).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// A configuration error always names the key that is wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("invalid value for {key}: {message}")]
+    Invalid { key: &'static str, message: String },
+    #[error("{key} is required")]
+    Missing { key: &'static str },
+    #[error("cannot read config file {path}: {message}")]
+    File { path: PathBuf, message: String },
+}
+
+fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key,
+        message: message.into(),
+    }
+}
+
+/// Which services this process runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Service {
+    All,
+    Api,
+    Delivery,
+    Log,
+}
+
+/// Webhook signing mode, chosen per deployment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WebhookMode {
+    /// Outpost's default: `x-outpost-*` headers, `v0=` HMAC of the body.
+    Default,
+    /// Standard Webhooks: `webhook-id`, `webhook-timestamp`, `webhook-signature: v1,<b64>`.
+    Standard,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SignatureEncoding {
+    Hex,
+    Base64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SignatureAlgorithm {
+    HmacSha256,
+    HmacSha1,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IdGen {
+    UuidV4,
+    UuidV7,
+    Nanoid,
+}
+
+/// A header whose name can be defaulted (`<prefix><key>`), pinned, or turned off.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HeaderName {
+    Default,
+    Named(String),
+    Disabled,
+}
+
+#[derive(Debug, Clone)]
+pub struct WebhookConfig {
+    pub mode: WebhookMode,
+    /// Header prefix; `x-outpost-` in default mode, `webhook-` in standard mode.
+    pub header_prefix: String,
+    pub event_id_header: HeaderName,
+    pub signature_header: HeaderName,
+    pub timestamp_header: HeaderName,
+    pub topic_header: HeaderName,
+    pub signature_content_template: String,
+    pub signature_header_template: String,
+    pub signature_encoding: SignatureEncoding,
+    pub signature_algorithm: SignatureAlgorithm,
+    pub signing_secret_template: String,
+    /// 0 means unlimited.
+    pub max_response_body_bytes: usize,
+    pub include_millisecond_timestamp: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub service: Service,
+    pub log_level: String,
+    pub api_port: u16,
+    /// Empty means no authentication at all (Outpost's "VPC mode").
+    pub api_key: String,
+    pub api_jwt_secret: String,
+    pub aes_encryption_secret: String,
+    pub deployment_id: String,
+    pub topics: Vec<String>,
+    pub topics_allow_wildcards: bool,
+    pub http_user_agent: String,
+    pub max_destinations_per_tenant: usize,
+    pub delivery_timeout: Duration,
+    pub publish_idempotency_key_ttl: Duration,
+    pub retry: RetryConfig,
+    pub idgen: IdGen,
+    pub event_id_prefix: String,
+    pub destination_id_prefix: String,
+    pub attempt_id_prefix: String,
+    pub webhook: WebhookConfig,
+    /// Where the embedded store keeps its database.
+    pub data_dir: PathBuf,
+    /// Number of delivery shards; default = number of cores.
+    pub delivery_shards: usize,
+    /// In-flight deliveries per shard.
+    pub delivery_max_concurrency: usize,
+    /// Turns off the SSRF guard for webhook URLs.
+    pub allow_private_destinations: bool,
+    /// Embedded store: fsync every commit (FULL) or rely on the WAL (NORMAL).
+    pub embedded_synchronous_full: bool,
+    /// True when the server started with no configuration at all and generated its secrets.
+    pub dev_mode: bool,
+    /// Where the generated dev secrets were written, in dev mode.
+    pub dev_credentials_path: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone)]
+pub struct RetryConfig {
+    /// Explicit per-retry delays; when set, max retries = its length.
+    pub schedule: Vec<Duration>,
+    pub interval: Duration,
+    pub max_limit: u32,
+}
+
+impl RetryConfig {
+    /// Number of automatic retries after the first attempt.
+    pub fn max_retries(&self) -> u32 {
+        if self.schedule.is_empty() {
+            self.max_limit
+        } else {
+            self.schedule.len() as u32
+        }
+    }
+
+    /// Delay before retry number `n` (1-based): `schedule[n-1]` or `interval * 2^(n-1)`.
+    pub fn delay(&self, n: u32) -> Duration {
+        let i = n.saturating_sub(1);
+        if let Some(d) = self.schedule.get(i as usize) {
+            return *d;
+        }
+        let factor = 1u64.checked_shl(i.min(40)).unwrap_or(u64::MAX);
+        self.interval
+            .checked_mul(factor.min(u32::MAX as u64) as u32)
+            .unwrap_or(Duration::from_secs(u32::MAX as u64))
+    }
+}
+
+/// YAML path → environment name, for the keys a YAML file may set.
+const YAML_KEYS: &[(&str, &str)] = &[
+    ("service", "SERVICE"),
+    ("log_level", "LOG_LEVEL"),
+    ("api_port", "API_PORT"),
+    ("api_key", "API_KEY"),
+    ("api_jwt_secret", "API_JWT_SECRET"),
+    ("aes_encryption_secret", "AES_ENCRYPTION_SECRET"),
+    ("deployment_id", "DEPLOYMENT_ID"),
+    ("topics", "TOPICS"),
+    ("topics_allow_wildcards", "TOPICS_ALLOW_WILDCARDS"),
+    ("http_user_agent", "HTTP_USER_AGENT"),
+    ("max_destinations_per_tenant", "MAX_DESTINATIONS_PER_TENANT"),
+    ("delivery_timeout_seconds", "DELIVERY_TIMEOUT_SECONDS"),
+    ("publish_idempotency_key_ttl", "PUBLISH_IDEMPOTENCY_KEY_TTL"),
+    ("retry_schedule", "RETRY_SCHEDULE"),
+    ("retry_interval_seconds", "RETRY_INTERVAL_SECONDS"),
+    ("retry_max_limit", "MAX_RETRY_LIMIT"),
+    ("delivery_max_concurrency", "DELIVERY_MAX_CONCURRENCY"),
+    ("idgen.type", "IDGEN_TYPE"),
+    ("idgen.event_prefix", "IDGEN_EVENT_PREFIX"),
+    ("idgen.destination_prefix", "IDGEN_DESTINATION_PREFIX"),
+    ("idgen.attempt_prefix", "IDGEN_ATTEMPT_PREFIX"),
+    ("destinations.include_millisecond_timestamp", "DESTINATIONS_INCLUDE_MILLISECOND_TIMESTAMP"),
+    ("destinations.webhook.mode", "DESTINATIONS_WEBHOOK_MODE"),
+    ("destinations.webhook.header_prefix", "DESTINATIONS_WEBHOOK_HEADER_PREFIX"),
+    ("destinations.webhook.event_id_header_name", "DESTINATIONS_WEBHOOK_EVENT_ID_HEADER_NAME"),
+    ("destinations.webhook.signature_header_name", "DESTINATIONS_WEBHOOK_SIGNATURE_HEADER_NAME"),
+    ("destinations.webhook.timestamp_header_name", "DESTINATIONS_WEBHOOK_TIMESTAMP_HEADER_NAME"),
+    ("destinations.webhook.topic_header_name", "DESTINATIONS_WEBHOOK_TOPIC_HEADER_NAME"),
+    ("destinations.webhook.disable_default_event_id_header", "DESTINATIONS_WEBHOOK_DISABLE_DEFAULT_EVENT_ID_HEADER"),
+    ("destinations.webhook.disable_default_signature_header", "DESTINATIONS_WEBHOOK_DISABLE_DEFAULT_SIGNATURE_HEADER"),
+    ("destinations.webhook.disable_default_timestamp_header", "DESTINATIONS_WEBHOOK_DISABLE_DEFAULT_TIMESTAMP_HEADER"),
+    ("destinations.webhook.disable_default_topic_header", "DESTINATIONS_WEBHOOK_DISABLE_DEFAULT_TOPIC_HEADER"),
+    ("destinations.webhook.signature_content_template", "DESTINATIONS_WEBHOOK_SIGNATURE_CONTENT_TEMPLATE"),
+    ("destinations.webhook.signature_header_template", "DESTINATIONS_WEBHOOK_SIGNATURE_HEADER_TEMPLATE"),
+    ("destinations.webhook.signature_encoding", "DESTINATIONS_WEBHOOK_SIGNATURE_ENCODING"),
+    ("destinations.webhook.signature_algorithm", "DESTINATIONS_WEBHOOK_SIGNATURE_ALGORITHM"),
+    ("destinations.webhook.signing_secret_template", "DESTINATIONS_WEBHOOK_SIGNING_SECRET_TEMPLATE"),
+    ("destinations.webhook.max_response_body_bytes", "DESTINATIONS_WEBHOOK_MAX_RESPONSE_BODY_BYTES"),
+    ("outrider.data_dir", "OUTRIDER_DATA_DIR"),
+    ("outrider.delivery_shards", "DELIVERY_SHARDS"),
+    ("outrider.allow_private_destinations", "OUTRIDER_ALLOW_PRIVATE_DESTINATIONS"),
+    ("outrider.embedded_synchronous", "OUTRIDER_EMBEDDED_SYNCHRONOUS"),
+];
+
+/// Files looked for, in order, when neither `--config` nor `CONFIG` names one.
+const DEFAULT_FILES: &[&str] = &[
+    ".env",
+    ".outpost.yaml",
+    "config/outpost.yaml",
+    "config/outpost/config.yaml",
+    "config/outpost/.env",
+];
+
+/// The raw key/value view of all sources, before typing.
+#[derive(Debug, Default, Clone)]
+pub struct Sources {
+    values: HashMap<String, String>,
+    pub file: Option<PathBuf>,
+}
+
+impl Sources {
+    /// Reads the config file (explicit path, `CONFIG`, or the first default file
+    /// that exists) and overlays the given environment.
+    pub fn load(
+        explicit: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let env: HashMap<String, String> = env.into_iter().collect();
+        let path = explicit
+            .map(Path::to_path_buf)
+            .or_else(|| env.get("CONFIG").filter(|s| !s.is_empty()).map(PathBuf::from))
+            .or_else(|| {
+                DEFAULT_FILES
+                    .iter()
+                    .map(PathBuf::from)
+                    .find(|p| p.is_file())
+            });
+        let mut values = HashMap::new();
+        if let Some(p) = &path {
+            let text = std::fs::read_to_string(p).map_err(|e| ConfigError::File {
+                path: p.clone(),
+                message: e.to_string(),
+            })?;
+            let is_env = p
+                .file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.ends_with(".env"));
+            if is_env {
+                values.extend(parse_dotenv(&text));
+            } else {
+                values.extend(parse_yaml(&text).map_err(|message| ConfigError::File {
+                    path: p.clone(),
+                    message,
+                })?);
+            }
+        }
+        values.extend(env);
+        Ok(Self { values, file: path })
+    }
+
+    pub fn from_map(values: HashMap<String, String>) -> Self {
+        Self { values, file: None }
+    }
+
+    fn get(&self, key: &str) -> Option<&str> {
+        self.values.get(key).map(String::as_str)
+    }
+
+    fn non_empty(&self, key: &str) -> Option<&str> {
+        self.get(key).map(str::trim).filter(|s| !s.is_empty())
+    }
+
+    fn string(&self, key: &str, default: &str) -> String {
+        self.get(key).unwrap_or(default).to_string()
+    }
+
+    fn bool(&self, key: &'static str, default: bool) -> Result<bool, ConfigError> {
+        match self.non_empty(key) {
+            None => Ok(default),
+            Some(v) => match v.to_ascii_lowercase().as_str() {
+                "true" | "1" | "yes" | "on" => Ok(true),
+                "false" | "0" | "no" | "off" => Ok(false),
+                _ => Err(invalid(key, format!("expected true or false, got {v:?}"))),
+            },
+        }
+    }
+
+    fn num<T: std::str::FromStr>(&self, key: &'static str, default: T) -> Result<T, ConfigError> {
+        match self.non_empty(key) {
+            None => Ok(default),
+            Some(v) => v
+                .parse()
+                .map_err(|_| invalid(key, format!("expected a non-negative integer, got {v:?}"))),
+        }
+    }
+
+    fn header_name(&self, name_key: &'static str, disable_key: &'static str) -> Result<HeaderName, ConfigError> {
+        if self.bool(disable_key, false)? {
+            return Ok(HeaderName::Disabled);
+        }
+        match self.get(name_key) {
+            None => Ok(HeaderName::Default),
+            Some(v) if v.trim().is_empty() => Ok(HeaderName::Disabled),
+            Some(v) => {
+                let v = v.trim();
+                if !valid_header_token(v) {
+                    return Err(invalid(name_key, format!("{v:?} is not a valid header name")));
+                }
+                if RESERVED_HEADERS.contains(&v.to_ascii_lowercase().as_str()) {
+                    return Err(invalid(name_key, format!("{v:?} is a reserved header")));
+                }
+                Ok(HeaderName::Named(v.to_string()))
+            }
+        }
+    }
+
+    /// Whether any source set anything at all: no file and no known key means
+    /// "no configuration", which starts the embedded dev mode.
+    pub fn is_empty_config(&self) -> bool {
+        self.file.is_none()
+            && ["API_KEY", "API_JWT_SECRET", "AES_ENCRYPTION_SECRET"]
+                .iter()
+                .all(|k| self.get(k).is_none())
+    }
+}
+
+/// Header names that neither configuration nor custom headers may set.
+pub const RESERVED_HEADERS: &[&str] = &["content-type", "content-length", "host", "connection", "user-agent"];
+
+/// `^[a-zA-Z0-9][a-zA-Z0-9_-]*$`
+pub fn valid_header_token(s: &str) -> bool {
+    let mut chars = s.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphanumeric())
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+}
+
+fn parse_dotenv(text: &str) -> HashMap<String, String> {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .filter_map(|l| {
+            let l = l.strip_prefix("export ").unwrap_or(l);
+            let (k, v) = l.split_once('=')?;
+            let v = v.trim();
+            let v = v
+                .strip_prefix('"')
+                .and_then(|s| s.strip_suffix('"'))
+                .or_else(|| v.strip_prefix('\'').and_then(|s| s.strip_suffix('\'')))
+                .unwrap_or(v);
+            Some((k.trim().to_string(), v.to_string()))
+        })
+        .collect()
+}
+
+fn parse_yaml(text: &str) -> Result<HashMap<String, String>, String> {
+    let doc: serde_yaml::Value = serde_yaml::from_str(text).map_err(|e| e.to_string())?;
+    let mut out = HashMap::new();
+    for (path, env) in YAML_KEYS {
+        let mut node = &doc;
+        let mut found = true;
+        for part in path.split('.') {
+            match node.get(part) {
+                Some(n) => node = n,
+                None => {
+                    found = false;
+                    break;
+                }
+            }
+        }
+        if !found {
+            continue;
+        }
+        let value = match node {
+            serde_yaml::Value::Null => String::new(),
+            serde_yaml::Value::Bool(b) => b.to_string(),
+            serde_yaml::Value::Number(n) => n.to_string(),
+            serde_yaml::Value::String(s) => s.clone(),
+            serde_yaml::Value::Sequence(items) => items
+                .iter()
+                .map(|i| match i {
+                    serde_yaml::Value::String(s) => Ok(s.clone()),
+                    serde_yaml::Value::Number(n) => Ok(n.to_string()),
+                    _ => Err(format!("{path}: list items must be strings or numbers")),
+                })
+                .collect::<Result<Vec<_>, _>>()?
+                .join(","),
+            _ => return Err(format!("{path}: expected a scalar or a list")),
+        };
+        out.insert((*env).to_string(), value);
+    }
+    Ok(out)
+}
+
+fn comma_list(v: &str) -> Vec<String> {
+    v.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(String::from)
+        .collect()
+}
+
+impl Config {
+    /// Types every value; the first bad key is reported by name.
+    pub fn from_sources(src: &Sources) -> Result<Self, ConfigError> {
+        let service = match src.non_empty("SERVICE").unwrap_or("all") {
+            "all" | "" => Service::All,
+            "api" => Service::Api,
+            "delivery" => Service::Delivery,
+            "log" => Service::Log,
+            other => {
+                return Err(invalid(
+                    "SERVICE",
+                    format!("expected api, delivery, log or all, got {other:?}"),
+                ))
+            }
+        };
+        let deployment_id = src.string("DEPLOYMENT_ID", "");
+        if !deployment_id.is_empty()
+            && (deployment_id.len() > 64
+                || !deployment_id
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-'))
+        {
+            return Err(invalid("DEPLOYMENT_ID", "must match ^[a-zA-Z0-9_-]{1,64}$"));
+        }
+        let api_port: u16 = src.num("API_PORT", 3333)?;
+        let retry_schedule = match src.non_empty("RETRY_SCHEDULE") {
+            None => vec![],
+            Some(v) => comma_list(v)
+                .iter()
+                .map(|s| match s.parse::<u64>() {
+                    Ok(n) if n >= 1 => Ok(Duration::from_secs(n)),
+                    _ => Err(invalid(
+                        "RETRY_SCHEDULE",
+                        format!("each delay must be an integer number of seconds >= 1, got {s:?}"),
+                    )),
+                })
+                .collect::<Result<_, _>>()?,
+        };
+        let retry_interval: u64 = src.num("RETRY_INTERVAL_SECONDS", 30)?;
+        if retry_interval < 1 {
+            return Err(invalid("RETRY_INTERVAL_SECONDS", "must be >= 1"));
+        }
+        let delivery_timeout: u64 = src.num("DELIVERY_TIMEOUT_SECONDS", 5)?;
+        if delivery_timeout < 1 {
+            return Err(invalid("DELIVERY_TIMEOUT_SECONDS", "must be >= 1"));
+        }
+        let idgen = match src.non_empty("IDGEN_TYPE").unwrap_or("uuidv4") {
+            "uuidv4" => IdGen::UuidV4,
+            "uuidv7" => IdGen::UuidV7,
+            "nanoid" => IdGen::Nanoid,
+            other => {
+                return Err(invalid(
+                    "IDGEN_TYPE",
+                    format!("expected uuidv4, uuidv7 or nanoid, got {other:?}"),
+                ))
+            }
+        };
+        let mode = match src.non_empty("DESTINATIONS_WEBHOOK_MODE").unwrap_or("default") {
+            "default" => WebhookMode::Default,
+            "standard" => WebhookMode::Standard,
+            other => {
+                return Err(invalid(
+                    "DESTINATIONS_WEBHOOK_MODE",
+                    format!("expected default or standard, got {other:?}"),
+                ))
+            }
+        };
+        let header_prefix = match src.get("DESTINATIONS_WEBHOOK_HEADER_PREFIX") {
+            Some(v) => v.trim().to_string(),
+            None if mode == WebhookMode::Standard => "webhook-".into(),
+            None => "x-outpost-".into(),
+        };
+        let webhook = WebhookConfig {
+            mode,
+            header_prefix,
+            event_id_header: src.header_name(
+                "DESTINATIONS_WEBHOOK_EVENT_ID_HEADER_NAME",
+                "DESTINATIONS_WEBHOOK_DISABLE_DEFAULT_EVENT_ID_HEADER",
+            )?,
+            signature_header: src.header_name(
+                "DESTINATIONS_WEBHOOK_SIGNATURE_HEADER_NAME",
+                "DESTINATIONS_WEBHOOK_DISABLE_DEFAULT_SIGNATURE_HEADER",
+            )?,
+            timestamp_header: src.header_name(
+                "DESTINATIONS_WEBHOOK_TIMESTAMP_HEADER_NAME",
+                "DESTINATIONS_WEBHOOK_DISABLE_DEFAULT_TIMESTAMP_HEADER",
+            )?,
+            topic_header: src.header_name(
+                "DESTINATIONS_WEBHOOK_TOPIC_HEADER_NAME",
+                "DESTINATIONS_WEBHOOK_DISABLE_DEFAULT_TOPIC_HEADER",
+            )?,
+            signature_content_template: src
+                .non_empty("DESTINATIONS_WEBHOOK_SIGNATURE_CONTENT_TEMPLATE")
+                .unwrap_or("{{.Body}}")
+                .to_string(),
+            signature_header_template: src
+                .non_empty("DESTINATIONS_WEBHOOK_SIGNATURE_HEADER_TEMPLATE")
+                .unwrap_or("v0={{.Signatures | join \",\"}}")
+                .to_string(),
+            signature_encoding: match src.non_empty("DESTINATIONS_WEBHOOK_SIGNATURE_ENCODING").unwrap_or("hex") {
+                "hex" => SignatureEncoding::Hex,
+                "base64" => SignatureEncoding::Base64,
+                other => {
+                    return Err(invalid(
+                        "DESTINATIONS_WEBHOOK_SIGNATURE_ENCODING",
+                        format!("expected hex or base64, got {other:?}"),
+                    ))
+                }
+            },
+            // Outpost falls back to sha256 for unknown names; we do the same.
+            signature_algorithm: match src.non_empty("DESTINATIONS_WEBHOOK_SIGNATURE_ALGORITHM") {
+                Some("hmac-sha1") => SignatureAlgorithm::HmacSha1,
+                _ => SignatureAlgorithm::HmacSha256,
+            },
+            signing_secret_template: src
+                .non_empty("DESTINATIONS_WEBHOOK_SIGNING_SECRET_TEMPLATE")
+                .unwrap_or("whsec_{{.RandomHex}}")
+                .to_string(),
+            max_response_body_bytes: src.num("DESTINATIONS_WEBHOOK_MAX_RESPONSE_BODY_BYTES", 131_072)?,
+            include_millisecond_timestamp: src.bool("DESTINATIONS_INCLUDE_MILLISECOND_TIMESTAMP", false)?,
+        };
+        crate::signing::validate_templates(&webhook).map_err(|(key, message)| invalid(key, message))?;
+        check_header_collisions(&webhook)?;
+
+        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        let delivery_shards: usize = src.num("DELIVERY_SHARDS", cores)?;
+        if delivery_shards == 0 || delivery_shards > 1024 {
+            return Err(invalid("DELIVERY_SHARDS", "must be between 1 and 1024"));
+        }
+        let delivery_max_concurrency: usize = src.num("DELIVERY_MAX_CONCURRENCY", 512)?;
+        if delivery_max_concurrency == 0 {
+            return Err(invalid("DELIVERY_MAX_CONCURRENCY", "must be >= 1"));
+        }
+        let embedded_synchronous_full = match src.non_empty("OUTRIDER_EMBEDDED_SYNCHRONOUS").unwrap_or("full") {
+            "full" => true,
+            "normal" => false,
+            other => {
+                return Err(invalid(
+                    "OUTRIDER_EMBEDDED_SYNCHRONOUS",
+                    format!("expected full or normal, got {other:?}"),
+                ))
+            }
+        };
+
+        let aes_encryption_secret = src.string("AES_ENCRYPTION_SECRET", "");
+        if aes_encryption_secret.is_empty() {
+            return Err(ConfigError::Missing {
+                key: "AES_ENCRYPTION_SECRET",
+            });
+        }
+
+        Ok(Config {
+            service,
+            log_level: src.non_empty("LOG_LEVEL").unwrap_or("info").to_string(),
+            api_port,
+            api_key: src.string("API_KEY", ""),
+            api_jwt_secret: src.string("API_JWT_SECRET", ""),
+            aes_encryption_secret,
+            deployment_id,
+            topics: src.get("TOPICS").map(comma_list).unwrap_or_default(),
+            topics_allow_wildcards: src.bool("TOPICS_ALLOW_WILDCARDS", false)?,
+            http_user_agent: src
+                .non_empty("HTTP_USER_AGENT")
+                .map(String::from)
+                .unwrap_or_else(|| format!("Outrider/{}", env!("CARGO_PKG_VERSION"))),
+            max_destinations_per_tenant: src.num("MAX_DESTINATIONS_PER_TENANT", 20)?,
+            delivery_timeout: Duration::from_secs(delivery_timeout),
+            publish_idempotency_key_ttl: Duration::from_secs(src.num("PUBLISH_IDEMPOTENCY_KEY_TTL", 3600)?),
+            retry: RetryConfig {
+                schedule: retry_schedule,
+                interval: Duration::from_secs(retry_interval),
+                max_limit: src.num("MAX_RETRY_LIMIT", 10)?,
+            },
+            idgen,
+            event_id_prefix: src.string("IDGEN_EVENT_PREFIX", ""),
+            destination_id_prefix: src.string("IDGEN_DESTINATION_PREFIX", ""),
+            attempt_id_prefix: src.string("IDGEN_ATTEMPT_PREFIX", ""),
+            webhook,
+            data_dir: PathBuf::from(src.non_empty("OUTRIDER_DATA_DIR").unwrap_or("./data")),
+            delivery_shards,
+            delivery_max_concurrency,
+            allow_private_destinations: src.bool("OUTRIDER_ALLOW_PRIVATE_DESTINATIONS", false)?,
+            embedded_synchronous_full,
+            dev_mode: false,
+            dev_credentials_path: None,
+        })
+    }
+
+    /// Loads the configuration; with no configuration at all, generates dev
+    /// secrets, stores them under the data dir (reused on the next start) and
+    /// turns the SSRF guard off so a local receiver can be used.
+    pub fn load(explicit: Option<&Path>) -> Result<Self, ConfigError> {
+        let mut src = Sources::load(explicit, std::env::vars())?;
+        if !src.is_empty_config() {
+            return Self::from_sources(&src);
+        }
+        let data_dir = PathBuf::from(src.non_empty("OUTRIDER_DATA_DIR").unwrap_or("./data"));
+        let path = data_dir.join("dev-credentials.env");
+        let creds = match std::fs::read_to_string(&path) {
+            Ok(text) => parse_dotenv(&text),
+            Err(_) => {
+                let creds: HashMap<String, String> = [
+                    ("API_KEY", format!("dev_{}", crate::ids::random_hex(24))),
+                    ("API_JWT_SECRET", crate::ids::random_hex(32)),
+                    ("AES_ENCRYPTION_SECRET", crate::ids::random_hex(32)),
+                ]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v))
+                .collect();
+                write_private_file(&path, &creds).map_err(|e| ConfigError::File {
+                    path: path.clone(),
+                    message: e.to_string(),
+                })?;
+                creds
+            }
+        };
+        src.values.extend(creds);
+        src.values
+            .entry("OUTRIDER_ALLOW_PRIVATE_DESTINATIONS".into())
+            .or_insert_with(|| "true".into());
+        let mut cfg = Self::from_sources(&src)?;
+        cfg.dev_mode = true;
+        cfg.dev_credentials_path = Some(path);
+        Ok(cfg)
+    }
+}
+
+fn write_private_file(path: &Path, creds: &HashMap<String, String>) -> std::io::Result<()> {
+    use std::io::Write;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut f = opts.open(path)?;
+    let mut keys: Vec<_> = creds.keys().collect();
+    keys.sort();
+    writeln!(f, "# Generated by outrider on first start with no configuration. Keep private.")?;
+    for k in keys {
+        writeln!(f, "{k}={}", creds[k])?;
+    }
+    f.sync_all()
+}
+
+fn check_header_collisions(w: &WebhookConfig) -> Result<(), ConfigError> {
+    if w.mode != WebhookMode::Default {
+        return Ok(());
+    }
+    let resolve = |h: &HeaderName, key: &str| match h {
+        HeaderName::Default => Some(format!("{}{}", w.header_prefix, key).to_ascii_lowercase()),
+        HeaderName::Named(n) => Some(n.to_ascii_lowercase()),
+        HeaderName::Disabled => None,
+    };
+    let names = [
+        resolve(&w.event_id_header, "event-id"),
+        resolve(&w.signature_header, "signature"),
+        resolve(&w.timestamp_header, "timestamp"),
+        resolve(&w.topic_header, "topic"),
+    ];
+    let set: Vec<_> = names.iter().flatten().collect();
+    for (i, a) in set.iter().enumerate() {
+        if set[i + 1..].contains(a) {
+            return Err(invalid(
+                "DESTINATIONS_WEBHOOK_SIGNATURE_HEADER_NAME",
+                format!("two webhook headers resolve to the same name {a:?}"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let mut m: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        m.entry("AES_ENCRYPTION_SECRET".into()).or_insert_with(|| "secret".into());
+        Config::from_sources(&Sources::from_map(m))
+    }
+
+    #[test]
+    fn defaults_match_outpost() {
+        let c = cfg(&[]).unwrap();
+        assert_eq!(c.api_port, 3333);
+        assert_eq!(c.max_destinations_per_tenant, 20);
+        assert_eq!(c.delivery_timeout, Duration::from_secs(5));
+        assert_eq!(c.retry.max_retries(), 10);
+        assert_eq!(c.retry.delay(1), Duration::from_secs(30));
+        assert_eq!(c.retry.delay(3), Duration::from_secs(120));
+        assert_eq!(c.webhook.header_prefix, "x-outpost-");
+        assert_eq!(c.webhook.max_response_body_bytes, 131_072);
+    }
+
+    #[test]
+    fn schedule_overrides_limit() {
+        let c = cfg(&[("RETRY_SCHEDULE", "1, 2,5"), ("MAX_RETRY_LIMIT", "9")]).unwrap();
+        assert_eq!(c.retry.max_retries(), 3);
+        assert_eq!(c.retry.delay(3), Duration::from_secs(5));
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let e = cfg(&[("API_PORT", "abc")]).unwrap_err().to_string();
+        assert!(e.contains("API_PORT"), "{e}");
+        let e = cfg(&[("RETRY_SCHEDULE", "1,0")]).unwrap_err().to_string();
+        assert!(e.contains("RETRY_SCHEDULE"), "{e}");
+        let e = Config::from_sources(&Sources::from_map(HashMap::new())).unwrap_err().to_string();
+        assert!(e.contains("AES_ENCRYPTION_SECRET"), "{e}");
+        let e = cfg(&[("DESTINATIONS_WEBHOOK_TOPIC_HEADER_NAME", "x-outpost-event-id")])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("same name"), "{e}");
+    }
+
+    #[test]
+    fn three_state_header_names() {
+        let c = cfg(&[
+            ("DESTINATIONS_WEBHOOK_TOPIC_HEADER_NAME", ""),
+            ("DESTINATIONS_WEBHOOK_SIGNATURE_HEADER_NAME", "X-Sig"),
+        ])
+        .unwrap();
+        assert_eq!(c.webhook.topic_header, HeaderName::Disabled);
+        assert_eq!(c.webhook.signature_header, HeaderName::Named("X-Sig".into()));
+        assert_eq!(c.webhook.event_id_header, HeaderName::Default);
+    }
+
+    #[test]
+    fn yaml_then_env() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("o.yaml");
+        std::fs::write(
+            &p,
+            "api_port: 4000\ntopics: [a.b, c]\naes_encryption_secret: x\ndestinations:\n  webhook:\n    mode: standard\n",
+        )
+        .unwrap();
+        let src = Sources::load(Some(&p), [("API_PORT".to_string(), "5000".to_string())]).unwrap();
+        let c = Config::from_sources(&src).unwrap();
+        assert_eq!(c.api_port, 5000);
+        assert_eq!(c.topics, vec!["a.b", "c"]);
+        assert_eq!(c.webhook.mode, WebhookMode::Standard);
+        assert_eq!(c.webhook.header_prefix, "webhook-");
+    }
+}

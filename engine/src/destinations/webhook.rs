@@ -1,0 +1,566 @@
+//! The `webhook` destination type: an HTTP POST of the event data, signed.
+//! Default mode (Outpost's `x-outpost-*` headers, `v0=` HMAC) or Standard
+//! Webhooks mode, chosen per deployment.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue};
+use serde_json::{json, Value};
+
+use super::*;
+use crate::config::{HeaderName as HeaderSetting, WebhookMode, RESERVED_HEADERS};
+use crate::http_client::{SendError, Target};
+use crate::signing;
+
+const SECRET: &str = "secret";
+const PREVIOUS_SECRET: &str = "previous_secret";
+const PREVIOUS_SECRET_INVALID_AT: &str = "previous_secret_invalid_at";
+const ROTATE_SECRET: &str = "rotate_secret";
+const ROTATION_WINDOW_MS: i64 = 24 * 3600 * 1000;
+
+pub struct Webhook {
+    config: Arc<Config>,
+}
+
+impl Webhook {
+    pub fn new(config: Arc<Config>) -> Self {
+        Self { config }
+    }
+}
+
+fn truthy(v: &str) -> bool {
+    matches!(v.to_ascii_lowercase().as_str(), "true" | "1" | "on" | "yes")
+}
+
+/// Parses and checks `config.custom_headers` (a JSON-encoded object of strings).
+pub fn parse_custom_headers(raw: &str) -> Result<Vec<(String, String)>, Violations> {
+    let map: serde_json::Map<String, Value> = match serde_json::from_str(raw) {
+        Ok(Value::Object(m)) => m,
+        _ => return Err(vec!["config.custom_headers is invalid".into()]),
+    };
+    let mut errs = Vec::new();
+    let mut out = Vec::new();
+    for (k, v) in map {
+        let Some(v) = v.as_str() else {
+            errs.push(format!("config.custom_headers.{k} is invalid"));
+            continue;
+        };
+        if !crate::config::valid_header_token(&k) {
+            errs.push(format!("config.custom_headers.{k} failed pattern validation"));
+        } else if RESERVED_HEADERS.contains(&k.to_ascii_lowercase().as_str()) {
+            errs.push(format!("config.custom_headers.{k} is forbidden"));
+        } else if v.is_empty() {
+            errs.push(format!("config.custom_headers.{k} is required"));
+        } else if HeaderValue::from_str(v).is_err() {
+            errs.push(format!("config.custom_headers.{k} is invalid"));
+        } else {
+            out.push((k, v.to_string()));
+        }
+    }
+    if errs.is_empty() {
+        Ok(out)
+    } else {
+        Err(errs)
+    }
+}
+
+fn url_ok(url: &str) -> bool {
+    (url.starts_with("http://") || url.starts_with("https://"))
+        && !url.chars().any(char::is_whitespace)
+        && url.len() > "http://".len()
+        && Target::parse(url).is_ok()
+}
+
+impl DestinationType for Webhook {
+    fn kind(&self) -> &'static str {
+        "webhook"
+    }
+
+    fn metadata(&self) -> Value {
+        json!({
+            "type": "webhook",
+            "label": "Webhook",
+            "description": "Deliver each event as a signed HTTP POST to an endpoint you control.",
+            "icon": "<svg xmlns=\"http://www.w3.org/2000/svg\" viewBox=\"0 0 24 24\" fill=\"none\" stroke=\"currentColor\" stroke-width=\"2\"><path d=\"M4 12h16M14 6l6 6-6 6\"/></svg>",
+            "instructions": "Give the URL of an endpoint that accepts `POST` requests with a JSON body. Every request is signed; verify the signature header with the destination's secret before trusting the payload, and answer with a 2xx status quickly.",
+            "config_fields": [
+                {"type": "text", "label": "URL", "description": "The endpoint that receives each event as an HTTP POST.", "key": "url", "required": true, "pattern": "^https?:\\/\\/[^\\s]+$"},
+                {"type": "text", "label": "Custom headers", "description": "A JSON object of extra headers sent with every request.", "key": "custom_headers", "required": false}
+            ],
+            "credential_fields": [
+                {"type": "text", "label": "Signing secret", "description": "The key used to sign requests. Generated when omitted.", "key": "secret", "required": false, "sensitive": true},
+                {"type": "text", "label": "Previous secret", "description": "A rotated-out key that still signs until it expires.", "key": "previous_secret", "required": false, "sensitive": true},
+                {"type": "text", "label": "Previous secret expiry", "description": "When the previous secret stops signing (RFC 3339).", "key": "previous_secret_invalid_at", "required": false}
+            ]
+        })
+    }
+
+    fn validate(&self, d: &Destination) -> Result<(), Violations> {
+        let mut errs = Vec::new();
+        match d.config.get("url").map(String::as_str) {
+            None | Some("") => errs.push("config.url is required".to_string()),
+            Some(u) if !url_ok(u) => errs.push("config.url failed pattern validation".to_string()),
+            _ => {}
+        }
+        if let Some(h) = d.config.get("custom_headers").filter(|s| !s.is_empty()) {
+            if let Err(e) = parse_custom_headers(h) {
+                errs.extend(e);
+            }
+        }
+        let c = &d.credentials;
+        let has = |k: &str| c.get(k).is_some_and(|v| !v.is_empty());
+        if (has(PREVIOUS_SECRET) || has(PREVIOUS_SECRET_INVALID_AT)) && !has(SECRET) {
+            errs.push("credentials.secret is required".into());
+        }
+        if has(PREVIOUS_SECRET) && !has(PREVIOUS_SECRET_INVALID_AT) {
+            errs.push("credentials.previous_secret_invalid_at is required".into());
+        }
+        if has(PREVIOUS_SECRET_INVALID_AT) && !has(PREVIOUS_SECRET) {
+            errs.push("credentials.previous_secret is required".into());
+        }
+        if let Some(t) = c.get(PREVIOUS_SECRET_INVALID_AT).filter(|s| !s.is_empty()) {
+            if crate::timefmt::parse_rfc3339_ms(t).is_none() {
+                errs.push("credentials.previous_secret_invalid_at failed pattern validation".into());
+            }
+        }
+        if self.config.webhook.mode == WebhookMode::Standard {
+            for k in [SECRET, PREVIOUS_SECRET] {
+                if let Some(s) = c.get(k).filter(|s| !s.is_empty()) {
+                    if signing::standard_secret_key(s).is_none() {
+                        errs.push(format!("credentials.{k} is invalid"));
+                    }
+                }
+            }
+        }
+        if errs.is_empty() {
+            Ok(())
+        } else {
+            Err(errs)
+        }
+    }
+
+    fn preprocess(
+        &self,
+        d: &mut Destination,
+        previous: Option<&Destination>,
+        raw: &RawInput,
+        actor: Actor,
+        now_ms: i64,
+    ) -> Result<(), Violations> {
+        let sent = |k: &str| raw.credentials.as_ref().and_then(|m| m.get(k)).is_some_and(|v| !v.is_null());
+        let rotate = d.credentials.get(ROTATE_SECRET).is_some_and(|v| truthy(v));
+        let mut errs = Vec::new();
+        match previous {
+            None => {
+                if rotate {
+                    errs.push("credentials.rotate_secret is invalid".to_string());
+                }
+                if actor == Actor::Tenant {
+                    for k in [SECRET, PREVIOUS_SECRET, PREVIOUS_SECRET_INVALID_AT] {
+                        if sent(k) {
+                            errs.push(format!("credentials.{k} is forbidden"));
+                        }
+                    }
+                }
+                if !errs.is_empty() {
+                    return Err(errs);
+                }
+                if d.credentials.get(SECRET).is_none_or(|s| s.is_empty()) {
+                    d.credentials.insert(SECRET.into(), signing::generate_secret(&self.config.webhook));
+                }
+            }
+            Some(prev) => {
+                if actor == Actor::Tenant {
+                    for k in [SECRET, PREVIOUS_SECRET, PREVIOUS_SECRET_INVALID_AT] {
+                        if sent(k) && d.credentials.get(k) != prev.credentials.get(k) {
+                            errs.push(format!("credentials.{k} is forbidden"));
+                        }
+                    }
+                    if !errs.is_empty() {
+                        return Err(errs);
+                    }
+                }
+                if rotate {
+                    let old = prev.credentials.get(SECRET).cloned().unwrap_or_default();
+                    d.credentials.insert(PREVIOUS_SECRET.into(), old);
+                    d.credentials.insert(SECRET.into(), signing::generate_secret(&self.config.webhook));
+                    if !sent(PREVIOUS_SECRET_INVALID_AT) {
+                        d.credentials.remove(PREVIOUS_SECRET_INVALID_AT);
+                    }
+                }
+            }
+        }
+        if d.credentials.get(PREVIOUS_SECRET).is_some_and(|s| !s.is_empty())
+            && d.credentials.get(PREVIOUS_SECRET_INVALID_AT).is_none_or(|s| s.is_empty())
+        {
+            d.credentials.insert(
+                PREVIOUS_SECRET_INVALID_AT.into(),
+                crate::timefmt::format_secs(now_ms + ROTATION_WINDOW_MS),
+            );
+        }
+        d.credentials
+            .retain(|k, v| matches!(k.as_str(), SECRET | PREVIOUS_SECRET | PREVIOUS_SECRET_INVALID_AT) && !v.is_empty());
+        Ok(())
+    }
+
+    fn target(&self, d: &Destination) -> (String, Option<String>) {
+        (d.config.get("url").cloned().unwrap_or_default(), None)
+    }
+
+    fn display_credentials(&self, d: &Destination, now_ms: i64) -> StringMap {
+        // Webhook secrets are shown in full (the receiver needs them); an
+        // expired previous secret is hidden.
+        let mut c = d.credentials.clone();
+        let expired = c
+            .get(PREVIOUS_SECRET_INVALID_AT)
+            .and_then(|t| crate::timefmt::parse_rfc3339_ms(t))
+            .is_some_and(|t| t <= now_ms);
+        if expired {
+            c.remove(PREVIOUS_SECRET);
+            c.remove(PREVIOUS_SECRET_INVALID_AT);
+        }
+        c
+    }
+
+    fn publisher(&self, d: &Destination, ctx: &PublishContext) -> Result<Box<dyn Publisher>, String> {
+        let url = d.config.get("url").ok_or("config.url is required")?;
+        let target = Target::parse(url)?;
+        let custom_headers = match d.config.get("custom_headers").filter(|s| !s.is_empty()) {
+            Some(h) => parse_custom_headers(h)
+                .map_err(|e| e.join(", "))?
+                .into_iter()
+                .filter_map(|(k, v)| Some((HeaderName::from_bytes(k.as_bytes()).ok()?, HeaderValue::from_str(&v).ok()?)))
+                .collect(),
+            None => vec![],
+        };
+        let previous = match (d.credentials.get(PREVIOUS_SECRET), d.credentials.get(PREVIOUS_SECRET_INVALID_AT)) {
+            (Some(s), Some(t)) if !s.is_empty() => crate::timefmt::parse_rfc3339_ms(t).map(|t| (s.clone(), t)),
+            _ => None,
+        };
+        Ok(Box::new(WebhookPublisher {
+            target,
+            custom_headers,
+            secret: d.credentials.get(SECRET).cloned().filter(|s| !s.is_empty()),
+            previous,
+            delivery_metadata: d.delivery_metadata.clone(),
+            ctx: ctx.clone(),
+        }))
+    }
+}
+
+/// A prepared webhook destination on its shard.
+pub struct WebhookPublisher {
+    target: Target,
+    custom_headers: Vec<(HeaderName, HeaderValue)>,
+    secret: Option<String>,
+    /// Previous secret and the time (ms) it stops signing.
+    previous: Option<(String, i64)>,
+    delivery_metadata: Option<StringMap>,
+    ctx: PublishContext,
+}
+
+fn put(h: &mut HeaderMap, name: &str, value: &str) {
+    if let (Ok(n), Ok(v)) = (HeaderName::from_bytes(name.as_bytes()), HeaderValue::from_str(value)) {
+        h.insert(n, v);
+    }
+}
+
+impl WebhookPublisher {
+    fn secrets(&self, now_ms: i64) -> Vec<&str> {
+        let mut s: Vec<&str> = self.secret.iter().map(String::as_str).collect();
+        if let Some((p, until)) = &self.previous {
+            if now_ms < *until {
+                s.push(p);
+            }
+        }
+        s
+    }
+
+    /// The request headers for one attempt, in Outpost's order (later wins).
+    pub fn headers(&self, event: &Event, now_ms: i64) -> Result<HeaderMap, String> {
+        let cfg = &self.ctx.config;
+        let w = &cfg.webhook;
+        let mut h = HeaderMap::with_capacity(8 + event.metadata.len());
+        h.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        for (k, v) in &self.custom_headers {
+            h.insert(k.clone(), v.clone());
+        }
+        let meta = merged_metadata(self.delivery_metadata.as_ref(), event, now_ms, w.include_millisecond_timestamp);
+        let prefix = w.header_prefix.as_str();
+        let secrets = self.secrets(now_ms);
+        match w.mode {
+            WebhookMode::Default => {
+                for (k, v) in &meta {
+                    let setting = match k.as_str() {
+                        "event-id" => Some(&w.event_id_header),
+                        "timestamp" => Some(&w.timestamp_header),
+                        "topic" => Some(&w.topic_header),
+                        _ => None,
+                    };
+                    match setting {
+                        Some(HeaderSetting::Disabled) => {}
+                        Some(HeaderSetting::Named(n)) => put(&mut h, n, v),
+                        _ => put(&mut h, &format!("{prefix}{k}"), v),
+                    }
+                }
+                if w.signature_header != HeaderSetting::Disabled {
+                    if let Some(sig) =
+                        self.ctx
+                            .webhook_signer
+                            .header_value(&secrets, &event.data, &event.id, &event.topic, now_ms)
+                    {
+                        let name = match &w.signature_header {
+                            HeaderSetting::Named(n) => n.clone(),
+                            _ => format!("{prefix}signature"),
+                        };
+                        put(&mut h, &name, &sig);
+                    }
+                }
+            }
+            WebhookMode::Standard => {
+                let secs = now_ms.div_euclid(1000);
+                put(&mut h, &format!("{prefix}id"), &event.id);
+                put(&mut h, &format!("{prefix}timestamp"), &secs.to_string());
+                let keys: Vec<Vec<u8>> = secrets
+                    .iter()
+                    .map(|s| signing::standard_secret_key(s).ok_or_else(|| "webhook secret is not a valid whsec_ base64 secret".to_string()))
+                    .collect::<Result<_, _>>()?;
+                if !keys.is_empty() {
+                    let refs: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
+                    put(
+                        &mut h,
+                        &format!("{prefix}signature"),
+                        &signing::standard_header_value(&refs, &event.id, secs, &event.data),
+                    );
+                }
+                for (k, v) in &meta {
+                    if k != "event-id" && k != "timestamp" {
+                        put(&mut h, &format!("{prefix}{k}"), v);
+                    }
+                }
+                for (k, v) in &event.metadata {
+                    put(&mut h, k, v);
+                }
+            }
+        }
+        if let Ok(ua) = HeaderValue::from_str(&cfg.http_user_agent) {
+            h.insert(http::header::USER_AGENT, ua);
+        }
+        Ok(h)
+    }
+}
+
+/// Maps a transport error to an attempt result.
+fn failed(e: SendError) -> PublishResult {
+    PublishResult {
+        status: AttemptStatus::Failed,
+        code: e.code.to_string(),
+        response_data: Some(json!({ "error": e.message })),
+    }
+}
+
+impl Publisher for WebhookPublisher {
+    fn publish<'a>(&'a self, client: &'a HttpClient, event: &'a Event, now_ms: i64) -> LocalBoxFuture<'a, PublishResult> {
+        Box::pin(async move {
+            let headers = match self.headers(event, now_ms) {
+                Ok(h) => h,
+                Err(e) => {
+                    return PublishResult {
+                        status: AttemptStatus::Failed,
+                        code: "ERR".into(),
+                        response_data: Some(json!({ "error": e })),
+                    }
+                }
+            };
+            let body = Bytes::copy_from_slice(event.data.as_bytes());
+            match client.post(&self.target, headers, body).await {
+                Ok(r) => {
+                    let max = self.ctx.config.webhook.max_response_body_bytes;
+                    let body = if r.truncated {
+                        format!("Response body exceeded {max} bytes and was not stored")
+                    } else {
+                        String::from_utf8_lossy(&r.body).into_owned()
+                    };
+                    PublishResult {
+                        status: if r.status < 400 {
+                            AttemptStatus::Success
+                        } else {
+                            AttemptStatus::Failed
+                        },
+                        code: r.status.to_string(),
+                        response_data: Some(json!({ "status": r.status, "body": body })),
+                    }
+                }
+                Err(e) => failed(e),
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Sources;
+    use std::collections::HashMap;
+
+    fn cfg(pairs: &[(&str, &str)]) -> Arc<Config> {
+        let mut m: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        m.insert("AES_ENCRYPTION_SECRET".into(), "x".into());
+        Arc::new(Config::from_sources(&Sources::from_map(m)).unwrap())
+    }
+
+    fn dest(url: &str) -> Destination {
+        let mut config = StringMap::new();
+        config.insert("url".into(), url.into());
+        Destination {
+            id: "d".into(),
+            tenant_id: "t".into(),
+            kind: "webhook".into(),
+            topics: vec!["*".into()],
+            filter: None,
+            config,
+            credentials: StringMap::new(),
+            delivery_metadata: None,
+            metadata: None,
+            created_at: 0,
+            updated_at: 0,
+            disabled_at: None,
+        }
+    }
+
+    fn event() -> Event {
+        let mut metadata = StringMap::new();
+        metadata.insert("source".into(), "crm".into());
+        Event {
+            id: "evt_1".into(),
+            tenant_id: "t".into(),
+            destination_id: None,
+            topic: "user.created".into(),
+            eligible_for_retry: true,
+            time: 0,
+            metadata,
+            data: Arc::from("{\"a\":1}"),
+            matched_destination_ids: vec![],
+        }
+    }
+
+    fn publisher(c: &Arc<Config>, d: &Destination) -> WebhookPublisher {
+        let ctx = PublishContext {
+            config: c.clone(),
+            webhook_signer: Arc::new(signing::DefaultSigner::new(&c.webhook).unwrap()),
+        };
+        let w = Webhook::new(c.clone());
+        let url = d.config["url"].clone();
+        let _ = w.publisher(d, &ctx).unwrap();
+        WebhookPublisher {
+            target: Target::parse(&url).unwrap(),
+            custom_headers: vec![],
+            secret: d.credentials.get("secret").cloned(),
+            previous: None,
+            delivery_metadata: d.delivery_metadata.clone(),
+            ctx,
+        }
+    }
+
+    #[test]
+    fn validation_messages() {
+        let w = Webhook::new(cfg(&[]));
+        let mut d = dest("");
+        assert_eq!(w.validate(&d).unwrap_err(), vec!["config.url is required"]);
+        d.config.insert("url".into(), "ftp://x".into());
+        assert_eq!(w.validate(&d).unwrap_err(), vec!["config.url failed pattern validation"]);
+        d.config.insert("url".into(), "https://x.example/h".into());
+        d.config.insert("custom_headers".into(), "{\"Host\":\"a\",\"bad name\":\"b\",\"X-Ok\":\"\"}".into());
+        let e = w.validate(&d).unwrap_err();
+        assert!(e.contains(&"config.custom_headers.Host is forbidden".to_string()), "{e:?}");
+        assert!(e.contains(&"config.custom_headers.bad name failed pattern validation".to_string()), "{e:?}");
+        assert!(e.contains(&"config.custom_headers.X-Ok is required".to_string()), "{e:?}");
+    }
+
+    #[test]
+    fn secrets_generated_forbidden_and_rotated() {
+        let w = Webhook::new(cfg(&[]));
+        let mut d = dest("https://x.example");
+        w.preprocess(&mut d, None, &RawInput::default(), Actor::Tenant, 0).unwrap();
+        let first = d.credentials["secret"].clone();
+        assert!(first.starts_with("whsec_"));
+        let mut t = dest("https://x.example");
+        t.credentials.insert("secret".into(), "mine".into());
+        let raw = RawInput {
+            credentials: Some(serde_json::from_str("{\"secret\":\"mine\"}").unwrap()),
+        };
+        assert_eq!(
+            w.preprocess(&mut t, None, &raw, Actor::Tenant, 0).unwrap_err(),
+            vec!["credentials.secret is forbidden"]
+        );
+        let prev = d.clone();
+        let mut next = d.clone();
+        next.credentials.insert("rotate_secret".into(), "TRUE".into());
+        w.preprocess(&mut next, Some(&prev), &RawInput::default(), Actor::Tenant, 1_000).unwrap();
+        assert_eq!(next.credentials["previous_secret"], first);
+        assert_ne!(next.credentials["secret"], first);
+        assert_eq!(next.credentials["previous_secret_invalid_at"], "1970-01-02T00:00:01Z");
+        assert!(!next.credentials.contains_key("rotate_secret"));
+        // The previous secret is hidden once it has expired.
+        assert!(w.display_credentials(&next, 0).contains_key("previous_secret"));
+        assert!(!w.display_credentials(&next, 90_000_000).contains_key("previous_secret"));
+    }
+
+    #[test]
+    fn default_mode_headers() {
+        let c = cfg(&[]);
+        let mut d = dest("https://x.example");
+        d.credentials.insert("secret".into(), "whsec_k".into());
+        let mut dm = StringMap::new();
+        dm.insert("app".into(), "a1".into());
+        dm.insert("topic".into(), "overridden-by-event?".into());
+        d.delivery_metadata = Some(dm);
+        let p = publisher(&c, &d);
+        let h = p.headers(&event(), 1_717_230_216_000).unwrap();
+        assert_eq!(h["x-outpost-event-id"], "evt_1");
+        assert_eq!(h["x-outpost-topic"], "overridden-by-event?");
+        assert_eq!(h["x-outpost-timestamp"], "2024-06-01T08:23:36Z");
+        assert_eq!(h["x-outpost-source"], "crm");
+        assert_eq!(h["x-outpost-app"], "a1");
+        assert_eq!(h["content-type"], "application/json");
+        let want = hex::encode(signing::hmac_sha256(b"whsec_k", &[b"{\"a\":1}"]));
+        assert_eq!(h["x-outpost-signature"], format!("v0={want}").as_str());
+    }
+
+    #[test]
+    fn header_name_settings() {
+        let c = cfg(&[
+            ("DESTINATIONS_WEBHOOK_TOPIC_HEADER_NAME", ""),
+            ("DESTINATIONS_WEBHOOK_SIGNATURE_HEADER_NAME", "X-Sig"),
+            ("DESTINATIONS_WEBHOOK_HEADER_PREFIX", "x-acme-"),
+        ]);
+        let mut d = dest("https://x.example");
+        d.credentials.insert("secret".into(), "s".into());
+        let h = publisher(&c, &d).headers(&event(), 0).unwrap();
+        assert!(h.get("x-acme-topic").is_none());
+        assert!(h.get("x-sig").is_some());
+        assert_eq!(h["x-acme-event-id"], "evt_1");
+    }
+
+    #[test]
+    fn standard_mode_headers() {
+        let c = cfg(&[("DESTINATIONS_WEBHOOK_MODE", "standard")]);
+        let mut d = dest("https://x.example");
+        let key = [9u8; 32];
+        use base64::Engine as _;
+        d.credentials.insert(
+            "secret".into(),
+            format!("whsec_{}", base64::engine::general_purpose::STANDARD.encode(key)),
+        );
+        let h = publisher(&c, &d).headers(&event(), 1_700_000_000_000).unwrap();
+        assert_eq!(h["webhook-id"], "evt_1");
+        assert_eq!(h["webhook-timestamp"], "1700000000");
+        assert_eq!(h["webhook-topic"], "user.created");
+        assert_eq!(h["source"], "crm");
+        assert_eq!(
+            h["webhook-signature"],
+            signing::standard_header_value(&[&key], "evt_1", 1_700_000_000, "{\"a\":1}").as_str()
+        );
+    }
+}

@@ -1,0 +1,467 @@
+//! The engine: the in-memory routing table (tenants → destinations), the
+//! store, and the shards. The API calls into it; it sends destination changes
+//! and deliveries to the owning shard over its bounded inbox.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use parking_lot::{Mutex, RwLock};
+use serde_json::{json, Value};
+
+use crate::config::Config;
+use crate::crypto::Cipher;
+use crate::destinations::{PublishContext, Registry};
+use crate::ids::IdGenerator;
+use crate::model::{Delivery, Destination, Event, Tenant};
+use crate::shard::{self, ShardDeps, ShardHandle, ShardMsg};
+use crate::store::embedded::EmbeddedStore;
+use crate::store::{Accepted, SharedStore, StoreError};
+use crate::timefmt::now_ms;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("{0}")]
+    NotFound(&'static str),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("Destination is disabled")]
+    DestinationDisabled,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("engine is shutting down")]
+    Closed,
+    #[error("{0}")]
+    Startup(String),
+}
+
+/// A tenant with the fields derived from its destinations.
+#[derive(Debug, Clone)]
+pub struct TenantView {
+    pub tenant: Tenant,
+    pub destinations_count: usize,
+    /// Sorted union of destination topics, or `["*"]` if any has `*`.
+    pub topics: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct PublishOutcome {
+    pub id: String,
+    pub duplicate: bool,
+    pub destination_ids: Vec<String>,
+}
+
+struct TenantEntry {
+    tenant: Tenant,
+    /// In creation order.
+    dests: Vec<Arc<Destination>>,
+}
+
+impl TenantEntry {
+    fn view(&self) -> TenantView {
+        let mut topics: Vec<String> = Vec::new();
+        if self.dests.iter().any(|d| d.topics.iter().any(|t| t == "*")) {
+            topics.push("*".into());
+        } else {
+            for d in &self.dests {
+                topics.extend(d.topics.iter().cloned());
+            }
+            topics.sort();
+            topics.dedup();
+        }
+        TenantView {
+            tenant: self.tenant.clone(),
+            destinations_count: self.dests.len(),
+            topics,
+        }
+    }
+}
+
+#[derive(Default)]
+struct State {
+    tenants: HashMap<String, TenantEntry>,
+    /// destination id → tenant id (ids are unique across tenants: shards route by id).
+    owners: HashMap<String, String>,
+}
+
+pub struct Engine {
+    pub config: Arc<Config>,
+    pub store: SharedStore,
+    pub types: Arc<Registry>,
+    pub ids: IdGenerator,
+    state: RwLock<State>,
+    /// Serialises control-plane writes so store, table and shards agree.
+    writes: tokio::sync::Mutex<()>,
+    shards: Vec<ShardHandle>,
+    threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
+}
+
+impl Engine {
+    /// Opens the embedded store, loads the routing table, starts the shards and
+    /// re-dispatches every delivery that was pending when the process stopped.
+    pub async fn start(config: Config) -> Result<Arc<Engine>, EngineError> {
+        let config = Arc::new(config);
+        let cipher = Cipher::new(&config.aes_encryption_secret);
+        let store: SharedStore = Arc::new(EmbeddedStore::open(
+            &config.data_dir,
+            cipher,
+            config.embedded_synchronous_full,
+        )?);
+        Self::start_with_store(config, store).await
+    }
+
+    pub async fn start_with_store(config: Arc<Config>, store: SharedStore) -> Result<Arc<Engine>, EngineError> {
+        let types = Arc::new(Registry::new(&config));
+        let ids = IdGenerator::new(config.idgen);
+        let signer = crate::signing::DefaultSigner::new(&config.webhook).map_err(EngineError::Startup)?;
+        let deps = ShardDeps {
+            store: store.clone(),
+            types: types.clone(),
+            publish: PublishContext {
+                config: config.clone(),
+                webhook_signer: Arc::new(signer),
+            },
+            tls: crate::http_client::tls_config(),
+            ids: ids.clone(),
+        };
+        let (shards, threads) = shard::start(config.delivery_shards, deps)
+            .map_err(|e| EngineError::Startup(format!("cannot start shards: {e}")))?;
+        let engine = Arc::new(Engine {
+            config,
+            store,
+            types,
+            ids,
+            state: RwLock::new(State::default()),
+            writes: tokio::sync::Mutex::new(()),
+            shards,
+            threads: Mutex::new(threads),
+        });
+        engine.recover().await?;
+        Ok(engine)
+    }
+
+    async fn recover(&self) -> Result<(), EngineError> {
+        let (tenants, mut dests) = self.store.load_entities().await?;
+        dests.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+        {
+            let mut st = self.state.write();
+            for t in tenants {
+                st.tenants.insert(
+                    t.id.clone(),
+                    TenantEntry {
+                        tenant: t,
+                        dests: Vec::new(),
+                    },
+                );
+            }
+            for d in &dests {
+                if let Some(entry) = st.tenants.get_mut(&d.tenant_id) {
+                    entry.dests.push(Arc::new(d.clone()));
+                }
+            }
+            let owners: Vec<(String, String)> = dests.iter().map(|d| (d.id.clone(), d.tenant_id.clone())).collect();
+            st.owners.extend(owners);
+        }
+        for d in dests {
+            self.send(&d.id.clone(), ShardMsg::Upsert(Arc::new(d))).await?;
+        }
+        let pending = self.store.load_pending().await?;
+        if !pending.is_empty() {
+            tracing::info!(deliveries = pending.len(), "resuming pending deliveries");
+        }
+        for d in pending {
+            let id = d.destination_id.clone();
+            self.send(&id, ShardMsg::Deliver(d)).await?;
+        }
+        Ok(())
+    }
+
+    async fn send(&self, destination_id: &str, msg: ShardMsg) -> Result<(), EngineError> {
+        let i = shard::shard_for(destination_id, self.shards.len());
+        self.shards[i].tx.send_async(msg).await.map_err(|_| EngineError::Closed)
+    }
+
+    /// Total attempts made by all shards since start.
+    pub fn attempts_made(&self) -> u64 {
+        self.shards
+            .iter()
+            .map(|s| s.stats.attempts.load(std::sync::atomic::Ordering::Relaxed))
+            .sum()
+    }
+
+    pub fn shard_count(&self) -> usize {
+        self.shards.len()
+    }
+
+    /// Stops the shards. Pending deliveries stay durable for the next start.
+    pub fn shutdown(&self) {
+        for s in &self.shards {
+            let _ = s.tx.try_send(ShardMsg::Shutdown);
+        }
+        for t in self.threads.lock().drain(..) {
+            let _ = t.join();
+        }
+    }
+
+    // ---- tenants ----
+
+    pub fn tenant(&self, id: &str) -> Option<TenantView> {
+        self.state.read().tenants.get(id).map(TenantEntry::view)
+    }
+
+    pub fn tenant_exists(&self, id: &str) -> bool {
+        self.state.read().tenants.contains_key(id)
+    }
+
+    /// All tenants, newest first (ties by id).
+    pub fn tenants(&self) -> Vec<TenantView> {
+        let st = self.state.read();
+        let mut v: Vec<TenantView> = st.tenants.values().map(TenantEntry::view).collect();
+        v.sort_by(|a, b| (b.tenant.created_at, &b.tenant.id).cmp(&(a.tenant.created_at, &a.tenant.id)));
+        v
+    }
+
+    /// Creates or replaces a tenant's metadata; `true` when it was created.
+    pub async fn upsert_tenant(
+        &self,
+        id: &str,
+        metadata: Option<crate::model::StringMap>,
+    ) -> Result<(TenantView, bool), EngineError> {
+        let _w = self.writes.lock().await;
+        let now = now_ms();
+        let existing = self.state.read().tenants.get(id).map(|e| e.tenant.clone());
+        let created = existing.is_none();
+        let tenant = Tenant {
+            id: id.to_string(),
+            metadata,
+            created_at: existing.map(|t| t.created_at).unwrap_or(now),
+            updated_at: now,
+        };
+        self.store.put_tenant(tenant.clone()).await?;
+        let mut st = self.state.write();
+        let entry = st.tenants.entry(id.to_string()).or_insert_with(|| TenantEntry {
+            tenant: tenant.clone(),
+            dests: vec![],
+        });
+        entry.tenant = tenant;
+        Ok((entry.view(), created))
+    }
+
+    pub async fn delete_tenant(&self, id: &str) -> Result<bool, EngineError> {
+        let _w = self.writes.lock().await;
+        if !self.tenant_exists(id) {
+            return Ok(false);
+        }
+        self.store.delete_tenant(id.to_string()).await?;
+        let removed = {
+            let mut st = self.state.write();
+            let entry = st.tenants.remove(id);
+            let dests = entry.map(|e| e.dests).unwrap_or_default();
+            for d in &dests {
+                st.owners.remove(&d.id);
+            }
+            dests
+        };
+        for d in removed {
+            self.send(&d.id, ShardMsg::Remove(d.id.clone())).await?;
+        }
+        Ok(true)
+    }
+
+    // ---- destinations ----
+
+    pub fn destinations(&self, tenant_id: &str) -> Option<Vec<Arc<Destination>>> {
+        self.state.read().tenants.get(tenant_id).map(|e| e.dests.clone())
+    }
+
+    pub fn destination(&self, tenant_id: &str, id: &str) -> Option<Arc<Destination>> {
+        self.state
+            .read()
+            .tenants
+            .get(tenant_id)
+            .and_then(|e| e.dests.iter().find(|d| d.id == id).cloned())
+    }
+
+    /// Stores a new destination (already validated and preprocessed).
+    pub async fn create_destination(&self, d: Destination) -> Result<Arc<Destination>, EngineError> {
+        let _w = self.writes.lock().await;
+        {
+            let st = self.state.read();
+            let entry = st.tenants.get(&d.tenant_id).ok_or(EngineError::NotFound("tenant not found"))?;
+            if st.owners.contains_key(&d.id) {
+                return Err(EngineError::BadRequest("destination already exists".into()));
+            }
+            if entry.dests.len() >= self.config.max_destinations_per_tenant {
+                return Err(EngineError::BadRequest(
+                    "maximum number of destinations per tenant reached".into(),
+                ));
+            }
+        }
+        self.store.put_destination(d.clone()).await?;
+        let d = Arc::new(d);
+        {
+            let mut st = self.state.write();
+            st.owners.insert(d.id.clone(), d.tenant_id.clone());
+            if let Some(e) = st.tenants.get_mut(&d.tenant_id) {
+                e.dests.push(d.clone());
+            }
+        }
+        self.send(&d.id, ShardMsg::Upsert(d.clone())).await?;
+        Ok(d)
+    }
+
+    /// Replaces a stored destination (same id and tenant).
+    pub async fn update_destination(&self, d: Destination) -> Result<Arc<Destination>, EngineError> {
+        let _w = self.writes.lock().await;
+        if self.destination(&d.tenant_id, &d.id).is_none() {
+            return Err(EngineError::NotFound("destination not found"));
+        }
+        self.store.put_destination(d.clone()).await?;
+        let d = Arc::new(d);
+        {
+            let mut st = self.state.write();
+            if let Some(e) = st.tenants.get_mut(&d.tenant_id) {
+                if let Some(slot) = e.dests.iter_mut().find(|x| x.id == d.id) {
+                    *slot = d.clone();
+                }
+            }
+        }
+        self.send(&d.id, ShardMsg::Upsert(d.clone())).await?;
+        Ok(d)
+    }
+
+    pub async fn delete_destination(&self, tenant_id: &str, id: &str) -> Result<bool, EngineError> {
+        let _w = self.writes.lock().await;
+        if self.destination(tenant_id, id).is_none() {
+            return Ok(false);
+        }
+        self.store.delete_destination(tenant_id.to_string(), id.to_string()).await?;
+        {
+            let mut st = self.state.write();
+            st.owners.remove(id);
+            if let Some(e) = st.tenants.get_mut(tenant_id) {
+                e.dests.retain(|d| d.id != id);
+            }
+        }
+        self.send(id, ShardMsg::Remove(id.to_string())).await?;
+        Ok(true)
+    }
+
+    // ---- publish and retry ----
+
+    /// Ids of the enabled destinations whose topics and filter match the event.
+    pub fn match_destinations(&self, event: &Event) -> Vec<String> {
+        let st = self.state.read();
+        let Some(entry) = st.tenants.get(&event.tenant_id) else {
+            return vec![];
+        };
+        let mut filter_input: Option<Value> = None;
+        entry
+            .dests
+            .iter()
+            .filter(|d| event.destination_id.as_ref().is_none_or(|id| *id == d.id))
+            .filter(|d| d.is_enabled() && crate::topics::matches(&d.topics, &event.topic))
+            .filter(|d| match &d.filter {
+                None => true,
+                Some(f) if f.as_object().is_some_and(|o| o.is_empty()) => true,
+                Some(f) => {
+                    let input = filter_input.get_or_insert_with(|| filter_document(event));
+                    crate::filter::matches(input, f)
+                }
+            })
+            .map(|d| d.id.clone())
+            .collect()
+    }
+
+    /// Matches, durably accepts, then hands each delivery to its shard.
+    /// Callers should run this in its own task so a dropped client cannot
+    /// interrupt the hand-off after the event is durable.
+    pub async fn publish(&self, mut event: Event) -> Result<PublishOutcome, EngineError> {
+        if !self.tenant_exists(&event.tenant_id) {
+            return Err(EngineError::NotFound("tenant not found"));
+        }
+        let matched = self.match_destinations(&event);
+        if matched.is_empty() {
+            return Ok(PublishOutcome {
+                id: event.id,
+                duplicate: false,
+                destination_ids: matched,
+            });
+        }
+        event.matched_destination_ids = matched.clone();
+        let event = Arc::new(event);
+        let ttl = self.config.publish_idempotency_key_ttl.as_millis() as i64;
+        let accepted = self.store.accept(event.clone(), matched.clone(), ttl).await?;
+        if accepted == Accepted::New {
+            for id in &matched {
+                let d = Delivery {
+                    event: event.clone(),
+                    destination_id: id.clone(),
+                    attempt: 1,
+                    manual: false,
+                    due_ms: 0,
+                };
+                self.send(id, ShardMsg::Deliver(d)).await?;
+            }
+        }
+        Ok(PublishOutcome {
+            id: event.id.clone(),
+            duplicate: accepted == Accepted::Duplicate,
+            destination_ids: matched,
+        })
+    }
+
+    /// Manual retry of the latest attempt of (event, destination).
+    /// `tenant_scope` restricts the lookup to one tenant (tenant tokens).
+    pub async fn retry(
+        &self,
+        tenant_scope: Option<&str>,
+        event_id: &str,
+        destination_id: &str,
+    ) -> Result<(), EngineError> {
+        let latest = self
+            .store
+            .latest_attempt(tenant_scope.map(String::from), event_id.into(), destination_id.into())
+            .await?
+            .ok_or(EngineError::NotFound("event not found"))?;
+        let dest = self
+            .destination(&latest.tenant_id, destination_id)
+            .ok_or(EngineError::NotFound("destination not found"))?;
+        if !dest.is_enabled() {
+            return Err(EngineError::DestinationDisabled);
+        }
+        let event = self
+            .store
+            .get_event(Some(latest.tenant_id.clone()), event_id.into())
+            .await?
+            .ok_or(EngineError::NotFound("event not found"))?;
+        let topic_ok = crate::topics::matches(&dest.topics, &event.topic);
+        let filter_ok = dest
+            .filter
+            .as_ref()
+            .is_none_or(|f| crate::filter::matches(&filter_document(&event), f));
+        if !topic_ok || !filter_ok {
+            return Err(EngineError::BadRequest("destination does not match event".into()));
+        }
+        let d = Delivery {
+            event: Arc::new(event),
+            destination_id: destination_id.into(),
+            attempt: latest.attempt_number + 1,
+            manual: true,
+            due_ms: 0,
+        };
+        self.store.schedule(d.clone()).await?;
+        self.send(destination_id, ShardMsg::Deliver(d)).await
+    }
+}
+
+/// What a filter sees: `{"id","topic","time","metadata","data"}`.
+pub fn filter_document(event: &Event) -> Value {
+    let data: Value = serde_json::from_str(&event.data).unwrap_or(Value::Null);
+    json!({
+        "id": event.id,
+        "topic": event.topic,
+        "time": crate::timefmt::format_secs(event.time),
+        "metadata": event.metadata,
+        "data": data,
+    })
+}

@@ -1,0 +1,110 @@
+//! The domain: tenants, destinations, events, attempts, and the delivery task
+//! that travels from the control plane to a shard.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+pub type StringMap = BTreeMap<String, String>;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tenant {
+    pub id: String,
+    pub metadata: Option<StringMap>,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+/// A destination as stored (credentials decrypted in memory only).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Destination {
+    pub id: String,
+    pub tenant_id: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// `["*"]` means every topic.
+    pub topics: Vec<String>,
+    pub filter: Option<serde_json::Value>,
+    pub config: StringMap,
+    pub credentials: StringMap,
+    pub delivery_metadata: Option<StringMap>,
+    pub metadata: Option<StringMap>,
+    pub created_at: i64,
+    pub updated_at: i64,
+    pub disabled_at: Option<i64>,
+}
+
+impl Destination {
+    pub fn is_enabled(&self) -> bool {
+        self.disabled_at.is_none()
+    }
+}
+
+/// An accepted event. `data` is compact JSON text with the publisher's key order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Event {
+    pub id: String,
+    pub tenant_id: String,
+    pub destination_id: Option<String>,
+    pub topic: String,
+    pub eligible_for_retry: bool,
+    pub time: i64,
+    pub metadata: StringMap,
+    pub data: Arc<str>,
+    pub matched_destination_ids: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AttemptStatus {
+    Success,
+    Failed,
+}
+
+impl AttemptStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AttemptStatus::Success => "success",
+            AttemptStatus::Failed => "failed",
+        }
+    }
+}
+
+/// The result of one try of one event to one destination.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Attempt {
+    pub id: String,
+    pub tenant_id: String,
+    pub event_id: String,
+    pub destination_id: String,
+    pub destination_type: String,
+    pub attempt_number: u32,
+    pub manual: bool,
+    pub status: AttemptStatus,
+    pub time: i64,
+    pub code: Option<String>,
+    pub response_data: Option<serde_json::Value>,
+    /// The event's topic, kept for attempt filters.
+    pub topic: String,
+}
+
+/// One delivery of one event to one destination, as sent to the owning shard.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub event: Arc<Event>,
+    pub destination_id: String,
+    pub attempt: u32,
+    pub manual: bool,
+    /// When to deliver (Unix ms); `<= now` means at once.
+    pub due_ms: i64,
+}
+
+/// What happens to a delivery's durable record once an attempt is done.
+#[derive(Debug, Clone, PartialEq)]
+pub enum NextStep {
+    /// Delivered, or retries exhausted, or not eligible: the pending record goes.
+    Done,
+    /// Try again as attempt `attempt` at `due_ms`.
+    Retry { attempt: u32, due_ms: i64 },
+}

@@ -1,0 +1,888 @@
+//! The embedded default store: one SQLite database (WAL) under the data dir.
+//!
+//! Every write goes through one writer thread that groups whatever is queued
+//! into a single transaction (group commit), so a burst of publishes costs one
+//! fsync. Reads use a small pool of read connections on the blocking pool.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use rusqlite::{params, params_from_iter, Connection, OpenFlags, OptionalExtension, Row};
+use tokio::sync::oneshot;
+
+use super::*;
+use crate::crypto::Cipher;
+use crate::model::StringMap;
+
+/// Most operations one transaction takes before it commits.
+const MAX_BATCH: usize = 2048;
+/// Bound on queued writes: publishers wait (backpressure) beyond this.
+const WRITE_QUEUE: usize = 16_384;
+const READERS: usize = 4;
+
+const SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS tenants (
+    id TEXT PRIMARY KEY,
+    metadata TEXT,
+    created_at INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS destinations (
+    id TEXT PRIMARY KEY,
+    tenant_id TEXT NOT NULL,
+    body TEXT NOT NULL,
+    credentials BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS destinations_tenant ON destinations (tenant_id);
+CREATE TABLE IF NOT EXISTS events (
+    id TEXT PRIMARY KEY,
+    tenant_id TEXT NOT NULL,
+    destination_id TEXT,
+    topic TEXT NOT NULL,
+    eligible_for_retry INTEGER NOT NULL,
+    time INTEGER NOT NULL,
+    metadata TEXT NOT NULL,
+    data TEXT NOT NULL,
+    matched TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_tenant_time ON events (tenant_id, time, id);
+CREATE INDEX IF NOT EXISTS events_time ON events (time, id);
+CREATE TABLE IF NOT EXISTS attempts (
+    id TEXT PRIMARY KEY,
+    tenant_id TEXT NOT NULL,
+    event_id TEXT NOT NULL,
+    destination_id TEXT NOT NULL,
+    destination_type TEXT NOT NULL,
+    topic TEXT NOT NULL,
+    attempt_number INTEGER NOT NULL,
+    manual INTEGER NOT NULL,
+    status TEXT NOT NULL,
+    time INTEGER NOT NULL,
+    code TEXT,
+    response_data TEXT
+);
+CREATE INDEX IF NOT EXISTS attempts_tenant_time ON attempts (tenant_id, time, id);
+CREATE INDEX IF NOT EXISTS attempts_time ON attempts (time, id);
+CREATE INDEX IF NOT EXISTS attempts_event_dest ON attempts (event_id, destination_id, attempt_number);
+CREATE INDEX IF NOT EXISTS attempts_dest_time ON attempts (destination_id, time, id);
+CREATE TABLE IF NOT EXISTS pending (
+    event_id TEXT NOT NULL,
+    destination_id TEXT NOT NULL,
+    attempt INTEGER NOT NULL,
+    manual INTEGER NOT NULL,
+    due_ms INTEGER NOT NULL,
+    PRIMARY KEY (event_id, destination_id)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS idempotency (
+    key TEXT PRIMARY KEY,
+    expires_at INTEGER NOT NULL
+) WITHOUT ROWID;
+"#;
+
+type Reply<T> = oneshot::Sender<StoreResult<T>>;
+type EntityOp = Box<dyn FnOnce(&Connection) -> rusqlite::Result<()> + Send>;
+
+enum WriteOp {
+    Accept {
+        event: Arc<Event>,
+        destination_ids: Vec<String>,
+        ttl_ms: i64,
+        reply: Reply<Accepted>,
+    },
+    Schedule {
+        delivery: Delivery,
+        reply: Reply<()>,
+    },
+    Outcome(OutcomeRecord),
+    Entity {
+        op: EntityOp,
+        reply: Reply<()>,
+    },
+}
+
+/// The embedded SQLite store.
+pub struct EmbeddedStore {
+    writer: flume::Sender<WriteOp>,
+    readers: Arc<Mutex<Vec<Connection>>>,
+    path: std::path::PathBuf,
+    cipher: Cipher,
+}
+
+impl std::fmt::Debug for EmbeddedStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EmbeddedStore").field("path", &self.path).finish()
+    }
+}
+
+fn open(path: &Path, flags: OpenFlags) -> rusqlite::Result<Connection> {
+    let conn = Connection::open_with_flags(path, flags)?;
+    conn.busy_timeout(Duration::from_secs(30))?;
+    Ok(conn)
+}
+
+impl EmbeddedStore {
+    /// Opens (creating if needed) `<dir>/outrider.db`.
+    pub fn open(dir: &Path, cipher: Cipher, synchronous_full: bool) -> StoreResult<Self> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| StoreError::Database(format!("cannot create data dir {}: {e}", dir.display())))?;
+        let path = dir.join("outrider.db");
+        let conn = open(&path, OpenFlags::default())?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", if synchronous_full { "FULL" } else { "NORMAL" })?;
+        conn.pragma_update(None, "wal_autocheckpoint", 4000)?;
+        conn.execute_batch(SCHEMA)?;
+        let mut readers = Vec::with_capacity(READERS);
+        for _ in 0..READERS {
+            let r = open(&path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)?;
+            readers.push(r);
+        }
+        let (tx, rx) = flume::bounded(WRITE_QUEUE);
+        std::thread::Builder::new()
+            .name("outrider-store-writer".into())
+            .spawn(move || writer_loop(conn, rx))
+            .map_err(|e| StoreError::Database(format!("cannot start writer thread: {e}")))?;
+        Ok(Self {
+            writer: tx,
+            readers: Arc::new(Mutex::new(readers)),
+            path,
+            cipher,
+        })
+    }
+
+    async fn write(&self, op: WriteOp) -> StoreResult<()> {
+        self.writer.send_async(op).await.map_err(|_| StoreError::Closed)
+    }
+
+    async fn entity(&self, op: EntityOp) -> StoreResult<()> {
+        let (reply, rx) = oneshot::channel();
+        self.write(WriteOp::Entity { op, reply }).await?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Runs a read on the blocking pool with a pooled read connection.
+    async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> StoreResult<T> + Send + 'static,
+    ) -> StoreResult<T> {
+        let pool = self.readers.clone();
+        let path = self.path.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = pool.lock().pop();
+            let conn = match conn {
+                Some(c) => c,
+                None => open(&path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)?,
+            };
+            let out = f(&conn);
+            let mut p = pool.lock();
+            if p.len() < READERS {
+                p.push(conn);
+            }
+            out
+        })
+        .await
+        .map_err(|e| StoreError::Database(format!("read task failed: {e}")))?
+    }
+}
+
+fn writer_loop(mut conn: Connection, rx: flume::Receiver<WriteOp>) {
+    let mut batches: u64 = 0;
+    while let Ok(first) = rx.recv() {
+        let mut batch = Vec::with_capacity(64);
+        batch.push(first);
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(op) => batch.push(op),
+                Err(_) => break,
+            }
+        }
+        let now = crate::timefmt::now_ms();
+        let result = apply_batch(&mut conn, &mut batch, now);
+        // Replies are sent only after the commit: an `Ok` means durable.
+        for (op, res) in batch.into_iter().zip(result.into_iter()) {
+            match op {
+                WriteOp::Accept { reply, .. } => {
+                    let _ = reply.send(res.map(|d| if d { Accepted::Duplicate } else { Accepted::New }));
+                }
+                WriteOp::Schedule { reply, .. } | WriteOp::Entity { reply, .. } => {
+                    let _ = reply.send(res.map(|_| ()));
+                }
+                WriteOp::Outcome(o) => {
+                    if let Err(e) = res {
+                        // The pending record stays, so the delivery is retried after a restart.
+                        tracing::error!(event_id = %o.event_id, destination_id = %o.destination_id, error = %e, "could not store attempt outcome");
+                    }
+                }
+            }
+        }
+        batches += 1;
+        if batches % 1024 == 0 {
+            if let Err(e) = conn.execute("DELETE FROM idempotency WHERE expires_at < ?1", [now]) {
+                tracing::warn!(error = %e, "idempotency key cleanup failed");
+            }
+        }
+    }
+}
+
+/// Applies a batch in one transaction; each op's result says whether it was
+/// a duplicate (for accepts). A failed commit fails every op.
+fn apply_batch(conn: &mut Connection, batch: &mut [WriteOp], now: i64) -> Vec<StoreResult<bool>> {
+    let tx = match conn.transaction() {
+        Ok(t) => t,
+        Err(e) => return batch.iter().map(|_| Err(StoreError::from(e.clone_msg()))).collect(),
+    };
+    let mut results = Vec::with_capacity(batch.len());
+    for op in batch.iter_mut() {
+        let r = match op {
+            WriteOp::Accept {
+                event,
+                destination_ids,
+                ttl_ms,
+                ..
+            } => accept(&tx, event, destination_ids, *ttl_ms, now),
+            WriteOp::Schedule { delivery, .. } => upsert_pending(&tx, delivery).map(|_| false),
+            WriteOp::Outcome(o) => outcome(&tx, o).map(|_| false),
+            WriteOp::Entity { op, .. } => {
+                // Each entity op runs in a savepoint so its failure does not sink the batch.
+                let op = std::mem::replace(op, Box::new(|_| Ok(())));
+                (|| {
+                    tx.execute_batch("SAVEPOINT entity")?;
+                    match op(&tx) {
+                        Ok(()) => tx.execute_batch("RELEASE entity"),
+                        Err(e) => {
+                            tx.execute_batch("ROLLBACK TO entity; RELEASE entity")?;
+                            Err(e)
+                        }
+                    }
+                })()
+                .map(|_| false)
+            }
+        };
+        results.push(r.map_err(StoreError::from));
+    }
+    match tx.commit() {
+        Ok(()) => results,
+        Err(e) => results
+            .into_iter()
+            .map(|_| Err(StoreError::Database(format!("commit failed: {e}"))))
+            .collect(),
+    }
+}
+
+trait CloneMsg {
+    fn clone_msg(&self) -> rusqlite::Error;
+}
+
+impl CloneMsg for rusqlite::Error {
+    fn clone_msg(&self) -> rusqlite::Error {
+        rusqlite::Error::InvalidParameterName(self.to_string())
+    }
+}
+
+fn accept(
+    tx: &rusqlite::Transaction<'_>,
+    event: &Event,
+    destination_ids: &[String],
+    ttl_ms: i64,
+    now: i64,
+) -> rusqlite::Result<bool> {
+    let existing: Option<i64> = tx
+        .prepare_cached("SELECT expires_at FROM idempotency WHERE key = ?1")?
+        .query_row([&event.id], |r| r.get(0))
+        .optional()?;
+    if existing.is_some_and(|exp| exp > now) {
+        return Ok(true);
+    }
+    tx.prepare_cached("INSERT OR REPLACE INTO idempotency (key, expires_at) VALUES (?1, ?2)")?
+        .execute(params![event.id, now + ttl_ms])?;
+    tx.prepare_cached(
+        "INSERT OR REPLACE INTO events (id, tenant_id, destination_id, topic, eligible_for_retry, time, metadata, data, matched)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+    )?
+    .execute(params![
+        event.id,
+        event.tenant_id,
+        event.destination_id,
+        event.topic,
+        event.eligible_for_retry,
+        event.time,
+        json_text(&event.metadata),
+        &*event.data,
+        json_text(&event.matched_destination_ids),
+    ])?;
+    let mut stmt = tx.prepare_cached(
+        "INSERT OR REPLACE INTO pending (event_id, destination_id, attempt, manual, due_ms) VALUES (?1, ?2, 1, 0, ?3)",
+    )?;
+    for d in destination_ids {
+        stmt.execute(params![event.id, d, now])?;
+    }
+    Ok(false)
+}
+
+fn upsert_pending(tx: &rusqlite::Transaction<'_>, d: &Delivery) -> rusqlite::Result<()> {
+    tx.prepare_cached(
+        "INSERT OR REPLACE INTO pending (event_id, destination_id, attempt, manual, due_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?
+    .execute(params![d.event.id, d.destination_id, d.attempt, d.manual, d.due_ms])?;
+    Ok(())
+}
+
+fn outcome(tx: &rusqlite::Transaction<'_>, o: &OutcomeRecord) -> rusqlite::Result<()> {
+    if let Some(a) = &o.attempt {
+        tx.prepare_cached(
+            "INSERT OR REPLACE INTO attempts (id, tenant_id, event_id, destination_id, destination_type, topic, attempt_number, manual, status, time, code, response_data)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+        )?
+        .execute(params![
+            a.id,
+            a.tenant_id,
+            a.event_id,
+            a.destination_id,
+            a.destination_type,
+            a.topic,
+            a.attempt_number,
+            a.manual,
+            a.status.as_str(),
+            a.time,
+            a.code,
+            a.response_data.as_ref().map(|v| v.to_string()),
+        ])?;
+    }
+    // Only settle the record this attempt came from: a manual retry scheduled
+    // meanwhile (a higher attempt number) takes precedence.
+    match &o.next {
+        NextStep::Done => {
+            tx.prepare_cached("DELETE FROM pending WHERE event_id = ?1 AND destination_id = ?2 AND attempt = ?3")?
+                .execute(params![o.event_id, o.destination_id, o.attempt_number])?;
+        }
+        NextStep::Retry { attempt, due_ms } => {
+            tx.prepare_cached(
+                "UPDATE pending SET attempt = ?4, due_ms = ?5, manual = 0
+                 WHERE event_id = ?1 AND destination_id = ?2 AND attempt = ?3",
+            )?
+            .execute(params![o.event_id, o.destination_id, o.attempt_number, attempt, due_ms])?;
+        }
+    }
+    Ok(())
+}
+
+fn json_text<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_string(v).unwrap_or_else(|_| "null".into())
+}
+
+fn parse_json<T: serde::de::DeserializeOwned>(s: &str) -> rusqlite::Result<T> {
+    serde_json::from_str(s).map_err(|e| rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e)))
+}
+
+const EVENT_COLS: &str = "id, tenant_id, destination_id, topic, eligible_for_retry, time, metadata, data, matched";
+
+fn event_row(r: &Row<'_>) -> rusqlite::Result<Event> {
+    let data: String = r.get(7)?;
+    Ok(Event {
+        id: r.get(0)?,
+        tenant_id: r.get(1)?,
+        destination_id: r.get(2)?,
+        topic: r.get(3)?,
+        eligible_for_retry: r.get(4)?,
+        time: r.get(5)?,
+        metadata: parse_json(&r.get::<_, String>(6)?)?,
+        data: Arc::from(data),
+        matched_destination_ids: parse_json(&r.get::<_, String>(8)?)?,
+    })
+}
+
+const ATTEMPT_COLS: &str =
+    "id, tenant_id, event_id, destination_id, destination_type, topic, attempt_number, manual, status, time, code, response_data";
+
+fn attempt_row(r: &Row<'_>) -> rusqlite::Result<Attempt> {
+    let status: String = r.get(8)?;
+    let rd: Option<String> = r.get(11)?;
+    Ok(Attempt {
+        id: r.get(0)?,
+        tenant_id: r.get(1)?,
+        event_id: r.get(2)?,
+        destination_id: r.get(3)?,
+        destination_type: r.get(4)?,
+        topic: r.get(5)?,
+        attempt_number: r.get(6)?,
+        manual: r.get(7)?,
+        status: if status == "success" {
+            AttemptStatus::Success
+        } else {
+            AttemptStatus::Failed
+        },
+        time: r.get(9)?,
+        code: r.get(10)?,
+        response_data: rd.map(|s| parse_json(&s)).transpose()?,
+    })
+}
+
+/// Builds `WHERE ... ORDER BY ... LIMIT` for a list query.
+fn list_sql(table: &str, cols: &str, q: &ListQuery, attempts: bool) -> (String, Vec<rusqlite::types::Value>) {
+    use rusqlite::types::Value as V;
+    let mut sql = format!("SELECT {cols} FROM {table} WHERE 1=1");
+    let mut args: Vec<V> = Vec::new();
+    let in_list = |sql: &mut String, col: &str, vals: &[String], args: &mut Vec<V>| {
+        if vals.is_empty() {
+            return;
+        }
+        sql.push_str(&format!(" AND {col} IN ({})", vec!["?"; vals.len()].join(",")));
+        args.extend(vals.iter().map(|v| V::Text(v.clone())));
+    };
+    in_list(&mut sql, "tenant_id", &q.tenant_ids, &mut args);
+    in_list(&mut sql, "id", &q.ids, &mut args);
+    in_list(&mut sql, "topic", &q.topics, &mut args);
+    if attempts {
+        in_list(&mut sql, "event_id", &q.event_ids, &mut args);
+        in_list(&mut sql, "destination_id", &q.destination_ids, &mut args);
+        in_list(&mut sql, "destination_type", &q.destination_types, &mut args);
+        if let Some(s) = q.status {
+            sql.push_str(" AND status = ?");
+            args.push(V::Text(s.as_str().into()));
+        }
+    } else if !q.destination_ids.is_empty() {
+        sql.push_str(&format!(
+            " AND EXISTS (SELECT 1 FROM json_each(events.matched) WHERE value IN ({}))",
+            vec!["?"; q.destination_ids.len()].join(",")
+        ));
+        args.extend(q.destination_ids.iter().map(|v| V::Text(v.clone())));
+    }
+    for (op, v) in [(">=", q.time_gte), (">", q.time_gt), ("<=", q.time_lte), ("<", q.time_lt)] {
+        if let Some(v) = v {
+            sql.push_str(&format!(" AND time {op} ?"));
+            args.push(V::Integer(v));
+        }
+    }
+    let (cmp, order) = match q.dir {
+        Dir::Asc => (">", "ASC"),
+        Dir::Desc => ("<", "DESC"),
+    };
+    if let Some(s) = &q.after {
+        sql.push_str(&format!(" AND (time, id) {cmp} (?, ?)"));
+        args.push(V::Integer(s.time_ms));
+        args.push(V::Text(s.id.clone()));
+    }
+    sql.push_str(&format!(" ORDER BY time {order}, id {order} LIMIT ?"));
+    args.push(V::Integer(q.limit as i64));
+    (sql, args)
+}
+
+/// The parts of a destination stored as plain JSON (credentials are sealed apart).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct DestinationBody {
+    #[serde(rename = "type")]
+    kind: String,
+    topics: Vec<String>,
+    filter: Option<serde_json::Value>,
+    config: StringMap,
+    delivery_metadata: Option<StringMap>,
+    metadata: Option<StringMap>,
+    created_at: i64,
+    updated_at: i64,
+    disabled_at: Option<i64>,
+}
+
+impl EntityStore for EmbeddedStore {
+    fn load_entities(&self) -> BoxFuture<'_, StoreResult<(Vec<Tenant>, Vec<Destination>)>> {
+        let cipher = self.cipher.clone();
+        Box::pin(self.read(move |c| {
+            let tenants = c
+                .prepare("SELECT id, metadata, created_at, updated_at FROM tenants")?
+                .query_map([], |r| {
+                    let md: Option<String> = r.get(1)?;
+                    Ok(Tenant {
+                        id: r.get(0)?,
+                        metadata: md.map(|s| parse_json(&s)).transpose()?,
+                        created_at: r.get(2)?,
+                        updated_at: r.get(3)?,
+                    })
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            let rows = c
+                .prepare("SELECT id, tenant_id, body, credentials FROM destinations")?
+                .query_map([], |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, String>(2)?,
+                        r.get::<_, Vec<u8>>(3)?,
+                    ))
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            let mut dests = Vec::with_capacity(rows.len());
+            for (id, tenant_id, body, sealed) in rows {
+                let b: DestinationBody =
+                    serde_json::from_str(&body).map_err(|e| StoreError::Corrupt(format!("destination {id}: {e}")))?;
+                let plain = cipher.decrypt(&sealed).map_err(|e| StoreError::Corrupt(format!("destination {id}: {e}")))?;
+                let credentials: StringMap =
+                    serde_json::from_slice(&plain).map_err(|e| StoreError::Corrupt(format!("destination {id}: {e}")))?;
+                dests.push(Destination {
+                    id,
+                    tenant_id,
+                    kind: b.kind,
+                    topics: b.topics,
+                    filter: b.filter,
+                    config: b.config,
+                    credentials,
+                    delivery_metadata: b.delivery_metadata,
+                    metadata: b.metadata,
+                    created_at: b.created_at,
+                    updated_at: b.updated_at,
+                    disabled_at: b.disabled_at,
+                });
+            }
+            Ok((tenants, dests))
+        }))
+    }
+
+    fn put_tenant(&self, t: Tenant) -> BoxFuture<'_, StoreResult<()>> {
+        Box::pin(self.entity(Box::new(move |c| {
+            c.execute(
+                "INSERT INTO tenants (id, metadata, created_at, updated_at) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (id) DO UPDATE SET metadata = excluded.metadata, updated_at = excluded.updated_at",
+                params![t.id, t.metadata.as_ref().map(json_text), t.created_at, t.updated_at],
+            )
+            .map(|_| ())
+        })))
+    }
+
+    fn delete_tenant(&self, id: String) -> BoxFuture<'_, StoreResult<()>> {
+        Box::pin(self.entity(Box::new(move |c| {
+            c.execute("DELETE FROM destinations WHERE tenant_id = ?1", [&id])?;
+            c.execute("DELETE FROM tenants WHERE id = ?1", [&id]).map(|_| ())
+        })))
+    }
+
+    fn put_destination(&self, d: Destination) -> BoxFuture<'_, StoreResult<()>> {
+        let sealed = serde_json::to_vec(&d.credentials)
+            .map_err(|e| StoreError::Database(e.to_string()))
+            .and_then(|p| self.cipher.encrypt(&p).map_err(|e| StoreError::Database(e.to_string())));
+        Box::pin(async move {
+            let sealed = sealed?;
+            let body = json_text(&DestinationBody {
+                kind: d.kind.clone(),
+                topics: d.topics.clone(),
+                filter: d.filter.clone(),
+                config: d.config.clone(),
+                delivery_metadata: d.delivery_metadata.clone(),
+                metadata: d.metadata.clone(),
+                created_at: d.created_at,
+                updated_at: d.updated_at,
+                disabled_at: d.disabled_at,
+            });
+            self.entity(Box::new(move |c| {
+                c.execute(
+                    "INSERT OR REPLACE INTO destinations (id, tenant_id, body, credentials) VALUES (?1, ?2, ?3, ?4)",
+                    params![d.id, d.tenant_id, body, sealed],
+                )
+                .map(|_| ())
+            }))
+            .await
+        })
+    }
+
+    fn delete_destination(&self, tenant_id: String, id: String) -> BoxFuture<'_, StoreResult<()>> {
+        Box::pin(self.entity(Box::new(move |c| {
+            c.execute(
+                "DELETE FROM destinations WHERE tenant_id = ?1 AND id = ?2",
+                params![tenant_id, id],
+            )
+            .map(|_| ())
+        })))
+    }
+}
+
+impl LogStore for EmbeddedStore {
+    fn list_events(&self, q: ListQuery) -> BoxFuture<'_, StoreResult<Vec<Event>>> {
+        Box::pin(self.read(move |c| {
+            let (sql, args) = list_sql("events", EVENT_COLS, &q, false);
+            let rows = c
+                .prepare_cached(&sql)?
+                .query_map(params_from_iter(args), event_row)?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(rows)
+        }))
+    }
+
+    fn get_event(&self, tenant_id: Option<String>, id: String) -> BoxFuture<'_, StoreResult<Option<Event>>> {
+        Box::pin(self.read(move |c| {
+            let e = c
+                .prepare_cached(&format!("SELECT {EVENT_COLS} FROM events WHERE id = ?1"))?
+                .query_row([&id], event_row)
+                .optional()?;
+            Ok(e.filter(|e| tenant_id.as_ref().is_none_or(|t| *t == e.tenant_id)))
+        }))
+    }
+
+    fn list_attempts(&self, q: ListQuery) -> BoxFuture<'_, StoreResult<Vec<Attempt>>> {
+        Box::pin(self.read(move |c| {
+            let (sql, args) = list_sql("attempts", ATTEMPT_COLS, &q, true);
+            let rows = c
+                .prepare_cached(&sql)?
+                .query_map(params_from_iter(args), attempt_row)?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(rows)
+        }))
+    }
+
+    fn get_attempt(&self, tenant_id: Option<String>, id: String) -> BoxFuture<'_, StoreResult<Option<Attempt>>> {
+        Box::pin(self.read(move |c| {
+            let a = c
+                .prepare_cached(&format!("SELECT {ATTEMPT_COLS} FROM attempts WHERE id = ?1"))?
+                .query_row([&id], attempt_row)
+                .optional()?;
+            Ok(a.filter(|a| tenant_id.as_ref().is_none_or(|t| *t == a.tenant_id)))
+        }))
+    }
+
+    fn latest_attempt(
+        &self,
+        tenant_id: Option<String>,
+        event_id: String,
+        destination_id: String,
+    ) -> BoxFuture<'_, StoreResult<Option<Attempt>>> {
+        Box::pin(self.read(move |c| {
+            let a = c
+                .prepare_cached(&format!(
+                    "SELECT {ATTEMPT_COLS} FROM attempts WHERE event_id = ?1 AND destination_id = ?2
+                     ORDER BY attempt_number DESC, time DESC LIMIT 1"
+                ))?
+                .query_row(params![event_id, destination_id], attempt_row)
+                .optional()?;
+            Ok(a.filter(|a| tenant_id.as_ref().is_none_or(|t| *t == a.tenant_id)))
+        }))
+    }
+}
+
+impl DeliveryQueue for EmbeddedStore {
+    fn accept(
+        &self,
+        event: Arc<Event>,
+        destination_ids: Vec<String>,
+        idempotency_ttl_ms: i64,
+    ) -> BoxFuture<'_, StoreResult<Accepted>> {
+        Box::pin(async move {
+            let (reply, rx) = oneshot::channel();
+            self.write(WriteOp::Accept {
+                event,
+                destination_ids,
+                ttl_ms: idempotency_ttl_ms,
+                reply,
+            })
+            .await?;
+            rx.await.map_err(|_| StoreError::Closed)?
+        })
+    }
+
+    fn schedule(&self, delivery: Delivery) -> BoxFuture<'_, StoreResult<()>> {
+        Box::pin(async move {
+            let (reply, rx) = oneshot::channel();
+            self.write(WriteOp::Schedule { delivery, reply }).await?;
+            rx.await.map_err(|_| StoreError::Closed)?
+        })
+    }
+
+    fn record(&self, outcome: OutcomeRecord) -> BoxFuture<'_, StoreResult<()>> {
+        Box::pin(self.write(WriteOp::Outcome(outcome)))
+    }
+
+    fn load_pending(&self) -> BoxFuture<'_, StoreResult<Vec<Delivery>>> {
+        Box::pin(self.read(move |c| {
+            let cols = EVENT_COLS
+                .split(", ")
+                .map(|col| format!("e.{col}"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let mut stmt = c.prepare(&format!(
+                "SELECT {cols}, p.destination_id, p.attempt, p.manual, p.due_ms
+                 FROM pending p JOIN events e ON e.id = p.event_id ORDER BY e.id"
+            ))?;
+            let rows = stmt.query_map([], |r| {
+                Ok((event_row(r)?, r.get::<_, String>(9)?, r.get(10)?, r.get(11)?, r.get(12)?))
+            })?;
+            let mut out = Vec::new();
+            let mut last: Option<Arc<Event>> = None;
+            for row in rows {
+                let (e, destination_id, attempt, manual, due_ms) = row?;
+                // Deliveries of one event share its Arc.
+                let event = match &last {
+                    Some(l) if l.id == e.id => l.clone(),
+                    _ => Arc::new(e),
+                };
+                last = Some(event.clone());
+                out.push(Delivery {
+                    event,
+                    destination_id,
+                    attempt,
+                    manual,
+                    due_ms,
+                });
+            }
+            Ok(out)
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(id: &str, tenant: &str, time: i64) -> Arc<Event> {
+        Arc::new(Event {
+            id: id.into(),
+            tenant_id: tenant.into(),
+            destination_id: None,
+            topic: "t".into(),
+            eligible_for_retry: true,
+            time,
+            metadata: StringMap::new(),
+            data: Arc::from("{\"b\":1,\"a\":2}"),
+            matched_destination_ids: vec!["d1".into()],
+        })
+    }
+
+    fn attempt(id: &str, ev: &str, n: u32, time: i64) -> Attempt {
+        Attempt {
+            id: id.into(),
+            tenant_id: "t1".into(),
+            event_id: ev.into(),
+            destination_id: "d1".into(),
+            destination_type: "webhook".into(),
+            attempt_number: n,
+            manual: false,
+            status: AttemptStatus::Failed,
+            time,
+            code: Some("500".into()),
+            response_data: Some(serde_json::json!({"status": 500, "body": "x"})),
+            topic: "t".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn accept_is_idempotent_and_pending_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = EmbeddedStore::open(dir.path(), Cipher::new("k"), true).unwrap();
+        let e = event("e1", "t1", 1000);
+        assert_eq!(s.accept(e.clone(), vec!["d1".into()], 60_000).await.unwrap(), Accepted::New);
+        assert_eq!(s.accept(e.clone(), vec!["d1".into()], 60_000).await.unwrap(), Accepted::Duplicate);
+        drop(s);
+        let s = EmbeddedStore::open(dir.path(), Cipher::new("k"), true).unwrap();
+        let p = s.load_pending().await.unwrap();
+        assert_eq!(p.len(), 1);
+        assert_eq!(&*p[0].event.data, "{\"b\":1,\"a\":2}");
+        assert_eq!(p[0].attempt, 1);
+    }
+
+    #[tokio::test]
+    async fn outcome_settles_only_its_own_attempt() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = EmbeddedStore::open(dir.path(), Cipher::new("k"), false).unwrap();
+        let e = event("e1", "t1", 1000);
+        s.accept(e.clone(), vec!["d1".into()], 60_000).await.unwrap();
+        s.record(OutcomeRecord {
+            event_id: "e1".into(),
+            destination_id: "d1".into(),
+            attempt_number: 1,
+            attempt: Some(attempt("a1", "e1", 1, 2000)),
+            next: NextStep::Retry { attempt: 2, due_ms: 9999 },
+        })
+        .await
+        .unwrap();
+        // A manual retry replaces the schedule before attempt 2 runs.
+        s.schedule(Delivery {
+            event: e.clone(),
+            destination_id: "d1".into(),
+            attempt: 3,
+            manual: true,
+            due_ms: 0,
+        })
+        .await
+        .unwrap();
+        // A late "done" for attempt 2 must not remove the manual one.
+        s.record(OutcomeRecord {
+            event_id: "e1".into(),
+            destination_id: "d1".into(),
+            attempt_number: 2,
+            attempt: None,
+            next: NextStep::Done,
+        })
+        .await
+        .unwrap();
+        let p = s.load_pending().await.unwrap();
+        assert_eq!((p[0].attempt, p[0].manual), (3, true));
+        let latest = s.latest_attempt(Some("t1".into()), "e1".into(), "d1".into()).await.unwrap().unwrap();
+        assert_eq!(latest.id, "a1");
+        assert!(s.latest_attempt(Some("t2".into()), "e1".into(), "d1".into()).await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn seek_pagination_and_filters() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = EmbeddedStore::open(dir.path(), Cipher::new("k"), false).unwrap();
+        for i in 0..5 {
+            s.accept(event(&format!("e{i}"), if i % 2 == 0 { "t1" } else { "t2" }, 1000 + i), vec![], 1000)
+                .await
+                .unwrap();
+        }
+        let all = s.list_events(ListQuery { limit: 10, ..Default::default() }).await.unwrap();
+        assert_eq!(all.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(), ["e4", "e3", "e2", "e1", "e0"]);
+        let page = s
+            .list_events(ListQuery {
+                limit: 2,
+                after: Some(Seek { time_ms: 1003, id: "e3".into() }),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(page.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(), ["e2", "e1"]);
+        let t1 = s
+            .list_events(ListQuery {
+                tenant_ids: vec!["t1".into()],
+                dir: Dir::Asc,
+                time_gt: Some(1000),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(t1.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(), ["e2", "e4"]);
+        let by_dest = s
+            .list_events(ListQuery {
+                destination_ids: vec!["d1".into()],
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(by_dest.len(), 5);
+    }
+
+    #[tokio::test]
+    async fn credentials_are_encrypted_at_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = EmbeddedStore::open(dir.path(), Cipher::new("k"), false).unwrap();
+        let mut creds = StringMap::new();
+        creds.insert("secret".into(), "whsec_topsecretvalue".into());
+        let d = Destination {
+            id: "d1".into(),
+            tenant_id: "t1".into(),
+            kind: "webhook".into(),
+            topics: vec!["*".into()],
+            filter: None,
+            config: StringMap::new(),
+            credentials: creds,
+            delivery_metadata: None,
+            metadata: None,
+            created_at: 1,
+            updated_at: 1,
+            disabled_at: None,
+        };
+        s.put_destination(d.clone()).await.unwrap();
+        let raw = std::fs::read(dir.path().join("outrider.db")).unwrap();
+        let wal = std::fs::read(dir.path().join("outrider.db-wal")).unwrap_or_default();
+        let needle = b"topsecretvalue";
+        assert!(!raw.windows(needle.len()).any(|w| w == needle));
+        assert!(!wal.windows(needle.len()).any(|w| w == needle));
+        let (_, dests) = s.load_entities().await.unwrap();
+        assert_eq!(dests, vec![d]);
+    }
+}
