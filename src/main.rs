@@ -1,1 +1,140 @@
-fn main() {}
+//! `outrider`: the server binary. Thin: parse arguments and configuration,
+//! start the engine (store + shards) and the API, wait for a signal.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use outrider_engine::config::Service;
+use outrider_engine::{Config, Engine};
+
+#[derive(Parser)]
+#[command(name = "outrider", version, about = "Outpost-compatible event delivery, thread-per-core")]
+struct Cli {
+    /// Configuration file (YAML, or dotenv when it ends in .env).
+    #[arg(long, global = true, env = "CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server (the default).
+    Serve {
+        /// Which service to run: all, api, delivery or log.
+        #[arg(long)]
+        service: Option<String>,
+    },
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let service = match &cli.command {
+        Some(Command::Serve { service }) => service.clone(),
+        None => None,
+    };
+    if let Some(s) = service {
+        // The flag wins over SERVICE, as a command-line option should.
+        std::env::set_var("SERVICE", s);
+    }
+    let config = match Config::load(cli.config.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("outrider: configuration error: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    init_tracing(&config.log_level);
+    if config.service != Service::All {
+        eprintln!(
+            "outrider: --service {:?} needs the shared back ends (Redis, PostgreSQL, a queue), which this build does not have yet; run all services in one process (the default)",
+            config.service
+        );
+        return std::process::ExitCode::from(2);
+    }
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("outrider-control")
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("outrider: cannot start runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(serve(config)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("outrider: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing(level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_target(false).init();
+}
+
+async fn serve(config: Config) -> Result<(), String> {
+    let port = config.api_port;
+    if config.dev_mode {
+        // Loud on purpose: these are generated secrets, fine for a laptop only.
+        eprintln!("==================================================================");
+        eprintln!(" outrider: no configuration found, running in embedded dev mode");
+        eprintln!("   API key:     {}", config.api_key);
+        if let Some(p) = &config.dev_credentials_path {
+            eprintln!("   stored in:   {} (reused on the next start)", p.display());
+        }
+        eprintln!("   data dir:    {}", config.data_dir.display());
+        eprintln!("   SSRF guard:  OFF (private and loopback webhook URLs allowed)");
+        eprintln!("==================================================================");
+    } else if config.api_key.is_empty() {
+        tracing::warn!("API_KEY is empty: the API accepts every request without authentication");
+    }
+    if config.allow_private_destinations && !config.dev_mode {
+        tracing::warn!("OUTRIDER_ALLOW_PRIVATE_DESTINATIONS=true: webhook URLs may point at private networks");
+    }
+    let shards = config.delivery_shards;
+    let data_dir = config.data_dir.clone();
+    let engine = Engine::start(config).await.map_err(|e| format!("cannot start engine: {e}"))?;
+    let listener = tokio::net::TcpListener::bind(("0.0.0.0", port))
+        .await
+        .map_err(|e| format!("cannot listen on port {port} (API_PORT): {e}"))?;
+    tracing::info!(port, shards, data_dir = %data_dir.display(), "outrider listening");
+    let state = outrider_api::AppState::new(engine.clone());
+    outrider_api::serve(listener, state, shutdown_signal())
+        .await
+        .map_err(|e| format!("server error: {e}"))?;
+    tracing::info!("shutting down");
+    tokio::task::spawn_blocking(move || engine.shutdown())
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}

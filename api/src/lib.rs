@@ -1,1 +1,98 @@
+//! Outrider's control plane: the REST API under `/api/v1`, wire-compatible
+//! with Hookdeck Outpost's OpenAPI contract (paths, field names, status codes,
+//! error bodies, seek pagination).
 
+pub mod auth;
+pub mod cursor;
+pub mod error;
+pub mod extract;
+pub mod routes;
+pub mod views;
+
+use std::sync::Arc;
+
+use axum::routing::{get, post, put};
+use axum::Router;
+
+use outrider_engine::Engine;
+
+/// Shared by every handler.
+#[derive(Clone)]
+pub struct AppState {
+    pub engine: Arc<Engine>,
+    pub jwt: Option<Arc<auth::Jwt>>,
+}
+
+impl AppState {
+    pub fn new(engine: Arc<Engine>) -> Self {
+        let jwt = auth::Jwt::new(&engine.config.api_jwt_secret, &engine.config.deployment_id).map(Arc::new);
+        Self { engine, jwt }
+    }
+}
+
+/// The whole HTTP surface.
+pub fn router(state: AppState) -> Router {
+    use routes::*;
+    let api = Router::new()
+        .route("/healthz", get(meta::healthz))
+        .route("/topics", get(meta::topics))
+        .route("/destination-types", get(meta::destination_types))
+        .route("/destination-types/{kind}", get(meta::destination_type))
+        .route("/publish", post(publish::publish))
+        .route("/retry", post(publish::retry))
+        .route("/tenants", get(tenants::list))
+        .route(
+            "/tenants/{tenant_id}",
+            put(tenants::upsert).get(tenants::get_one).delete(tenants::delete),
+        )
+        .route("/tenants/{tenant_id}/token", get(tenants::token))
+        .route("/tenants/{tenant_id}/portal", get(tenants::portal))
+        .route(
+            "/tenants/{tenant_id}/destinations",
+            get(destinations::list).post(destinations::create),
+        )
+        .route(
+            "/tenants/{tenant_id}/destinations/{destination_id}",
+            get(destinations::get_one)
+                .patch(destinations::update)
+                .delete(destinations::delete),
+        )
+        .route(
+            "/tenants/{tenant_id}/destinations/{destination_id}/enable",
+            put(destinations::enable),
+        )
+        .route(
+            "/tenants/{tenant_id}/destinations/{destination_id}/disable",
+            put(destinations::disable),
+        )
+        .route(
+            "/tenants/{tenant_id}/destinations/{destination_id}/attempts",
+            get(logs::destination_attempts),
+        )
+        .route(
+            "/tenants/{tenant_id}/destinations/{destination_id}/attempts/{attempt_id}",
+            get(logs::destination_attempt),
+        )
+        .route("/events", get(logs::list_events))
+        .route("/events/{event_id}", get(logs::get_event))
+        .route("/attempts", get(logs::list_attempts))
+        .route("/attempts/{attempt_id}", get(logs::get_attempt))
+        .fallback(meta::not_found)
+        .method_not_allowed_fallback(meta::not_found);
+    Router::new()
+        .route("/healthz", get(meta::healthz))
+        .nest("/api/v1", api)
+        .fallback(meta::not_found)
+        .with_state(state)
+}
+
+/// Serves the API on `listener` until `shutdown` resolves.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
+}

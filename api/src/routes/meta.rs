@@ -1,0 +1,45 @@
+//! Health, topics, destination types, and the JSON 404.
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::Json;
+use serde_json::{json, Value};
+
+use crate::auth::Principal;
+use crate::error::{ApiError, ApiResult};
+use crate::AppState;
+
+pub async fn healthz(State(s): State<AppState>) -> impl IntoResponse {
+    let mut workers = serde_json::Map::new();
+    workers.insert("http-server".into(), json!({"status": "healthy"}));
+    workers.insert(
+        "delivery-shards".into(),
+        json!({"status": "healthy", "shards": s.engine.shard_count()}),
+    );
+    Json(json!({
+        "status": "healthy",
+        "timestamp": outrider_engine::timefmt::format_ms(outrider_engine::timefmt::now_ms()),
+        "workers": workers,
+    }))
+}
+
+pub async fn topics(_p: Principal, State(s): State<AppState>) -> Json<Vec<String>> {
+    Json(s.engine.config.topics.clone())
+}
+
+pub async fn destination_types(_p: Principal, State(s): State<AppState>) -> Json<Vec<Value>> {
+    Json(s.engine.types.all().map(|t| t.metadata()).collect())
+}
+
+pub async fn destination_type(_p: Principal, State(s): State<AppState>, Path(kind): Path<String>) -> ApiResult<Json<Value>> {
+    s.engine
+        .types
+        .get(&kind)
+        .map(|t| Json(t.metadata()))
+        .ok_or(ApiError::Bare(StatusCode::NOT_FOUND))
+}
+
+pub async fn not_found() -> ApiError {
+    ApiError::not_found("not found")
+}

@@ -1,0 +1,7 @@
+//! One module per resource.
+
+pub mod destinations;
+pub mod logs;
+pub mod meta;
+pub mod publish;
+pub mod tenants;
