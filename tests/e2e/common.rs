@@ -1,0 +1,333 @@
+//! Test harness: the real `outrider` binary on a free port with its own data
+//! dir, and a real HTTP receiver that records every delivery.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::IntoResponse;
+use serde_json::Value;
+
+pub const API_KEY: &str = "test-admin-key";
+pub const JWT_SECRET: &str = "test-jwt-secret";
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+pub struct Server {
+    pub port: u16,
+    pub dir: PathBuf,
+    env: Vec<(String, String)>,
+    child: Option<Child>,
+    _tmp: Option<tempfile::TempDir>,
+}
+
+impl Server {
+    /// Starts a server with test defaults, overridden by `env`.
+    pub async fn start(env: &[(&str, &str)]) -> Server {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().to_path_buf();
+        let mut s = Server {
+            port: free_port(),
+            dir,
+            env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            child: None,
+            _tmp: Some(tmp),
+        };
+        s.spawn().await;
+        s
+    }
+
+    pub fn base(&self) -> String {
+        format!("http://127.0.0.1:{}/api/v1", self.port)
+    }
+
+    fn command(&self) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_outrider"));
+        c.current_dir(&self.dir)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("API_PORT", self.port.to_string())
+            .env("API_KEY", API_KEY)
+            .env("API_JWT_SECRET", JWT_SECRET)
+            .env("AES_ENCRYPTION_SECRET", "test-aes-secret")
+            .env("OUTRIDER_DATA_DIR", self.dir.join("data"))
+            .env("OUTRIDER_ALLOW_PRIVATE_DESTINATIONS", "true")
+            .env("RETRY_SCHEDULE", "1,1,1")
+            .env("LOG_LEVEL", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        for (k, v) in &self.env {
+            c.env(k, v);
+        }
+        c
+    }
+
+    /// (Re)starts the process on the same port and data dir and waits for health.
+    pub async fn spawn(&mut self) {
+        self.child = Some(self.command().spawn().expect("start outrider"));
+        let url = format!("http://127.0.0.1:{}/healthz", self.port);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(r) = reqwest::get(&url).await {
+                if r.status() == 200 {
+                    return;
+                }
+            }
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
+                panic!("outrider exited during start: {status}");
+            }
+            assert!(Instant::now() < deadline, "outrider did not become healthy");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// SIGKILL: no shutdown path runs.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Runs the binary with extra env and returns (exit code, stderr) without serving.
+    pub fn run_once(env: &[(&str, &str)]) -> (i32, String) {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut c = Command::new(env!("CARGO_BIN_EXE_outrider"));
+        c.current_dir(tmp.path()).env_clear().env("API_PORT", free_port().to_string());
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        let out = c.output().unwrap();
+        (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// An API client with a bearer token.
+#[derive(Clone)]
+pub struct Api {
+    pub base: String,
+    pub token: String,
+    http: reqwest::Client,
+}
+
+pub struct Resp {
+    pub status: u16,
+    pub body: Value,
+    pub text: String,
+}
+
+impl Api {
+    pub fn admin(s: &Server) -> Api {
+        Api::with_token(s, API_KEY)
+    }
+
+    pub fn with_token(s: &Server, token: &str) -> Api {
+        Api {
+            base: s.base(),
+            token: token.to_string(),
+            http: reqwest::Client::new(),
+        }
+    }
+
+    pub async fn call(&self, method: &str, path: &str, body: Option<Value>) -> Resp {
+        let m = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        let mut req = self.http.request(m, format!("{}{}", self.base, path)).bearer_auth(&self.token);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let r = req.send().await.unwrap();
+        let status = r.status().as_u16();
+        let text = r.text().await.unwrap();
+        Resp {
+            status,
+            body: serde_json::from_str(&text).unwrap_or(Value::Null),
+            text,
+        }
+    }
+
+    pub async fn raw(&self, method: &str, path: &str, body: &str) -> Resp {
+        let m = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        let r = self
+            .http
+            .request(m, format!("{}{}", self.base, path))
+            .bearer_auth(&self.token)
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        let text = r.text().await.unwrap();
+        Resp {
+            status,
+            body: serde_json::from_str(&text).unwrap_or(Value::Null),
+            text,
+        }
+    }
+
+    pub async fn get(&self, path: &str) -> Resp {
+        self.call("GET", path, None).await
+    }
+    pub async fn post(&self, path: &str, body: Value) -> Resp {
+        self.call("POST", path, Some(body)).await
+    }
+    pub async fn put(&self, path: &str) -> Resp {
+        self.call("PUT", path, None).await
+    }
+    pub async fn patch(&self, path: &str, body: Value) -> Resp {
+        self.call("PATCH", path, Some(body)).await
+    }
+
+    pub async fn tenant(&self, id: &str) {
+        let r = self.put(&format!("/tenants/{id}")).await;
+        assert!(r.status == 201 || r.status == 200, "tenant: {} {}", r.status, r.text);
+    }
+
+    /// Creates a webhook destination and returns its JSON.
+    pub async fn webhook(&self, tenant: &str, url: &str, extra: Value) -> Value {
+        let mut body = serde_json::json!({"type": "webhook", "topics": "*", "config": {"url": url}});
+        if let (Some(b), Some(e)) = (body.as_object_mut(), extra.as_object()) {
+            for (k, v) in e {
+                b.insert(k.clone(), v.clone());
+            }
+        }
+        let r = self.post(&format!("/tenants/{tenant}/destinations"), body).await;
+        assert_eq!(r.status, 201, "create destination: {}", r.text);
+        r.body
+    }
+
+    pub async fn publish(&self, body: Value) -> Resp {
+        self.post("/publish", body).await
+    }
+
+    /// Polls `/attempts` until `pred` holds or the timeout passes.
+    pub async fn wait_attempts(&self, query: &str, timeout: Duration, pred: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let r = self.get(&format!("/attempts?{query}")).await;
+            let models = r.body["models"].as_array().cloned().unwrap_or_default();
+            if pred(&models) || Instant::now() > deadline {
+                return models;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// One request the receiver got.
+#[derive(Clone, Debug)]
+pub struct Received {
+    pub path: String,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Received {
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.headers.get(name).and_then(|v| v.to_str().ok()).map(String::from)
+    }
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap()
+    }
+}
+
+#[derive(Default)]
+pub struct ReceiverState {
+    pub got: Mutex<Vec<Received>>,
+    /// Statuses to answer with first, then 200.
+    pub script: Mutex<VecDeque<u16>>,
+    /// Always answer with this status when set.
+    pub always: Mutex<Option<u16>>,
+    pub delay: Mutex<Duration>,
+    pub body: Mutex<String>,
+}
+
+/// A real HTTP server on loopback that records deliveries.
+#[derive(Clone)]
+pub struct Receiver {
+    pub addr: SocketAddr,
+    pub state: Arc<ReceiverState>,
+}
+
+async fn record(State(s): State<Arc<ReceiverState>>, uri: axum::http::Uri, headers: HeaderMap, body: Bytes) -> impl IntoResponse {
+    let delay = *s.delay.lock().unwrap();
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
+    s.got.lock().unwrap().push(Received {
+        path: uri.path().to_string(),
+        headers,
+        body,
+    });
+    let status = s
+        .always
+        .lock()
+        .unwrap()
+        .or_else(|| s.script.lock().unwrap().pop_front())
+        .unwrap_or(200);
+    let text = s.body.lock().unwrap().clone();
+    (StatusCode::from_u16(status).unwrap(), if text.is_empty() { "ok".to_string() } else { text })
+}
+
+impl Receiver {
+    pub async fn start() -> Receiver {
+        let state = Arc::new(ReceiverState::default());
+        let app = axum::Router::new().fallback(record).with_state(state.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            axum::serve(listener, app).await.unwrap();
+        });
+        Receiver { addr, state }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub fn got(&self) -> Vec<Received> {
+        self.state.got.lock().unwrap().clone()
+    }
+
+    pub fn count(&self) -> usize {
+        self.state.got.lock().unwrap().len()
+    }
+
+    /// Waits until at least `n` requests arrived.
+    pub async fn wait_for(&self, n: usize, timeout: Duration) -> Vec<Received> {
+        let deadline = Instant::now() + timeout;
+        while self.count() < n && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.got()
+    }
+}
+
+pub fn hmac_hex(key: &[u8], msg: &[u8]) -> String {
+    use hmac::{Hmac, Mac};
+    let mut m = Hmac::<sha2::Sha256>::new_from_slice(key).unwrap();
+    m.update(msg);
+    hex::encode(m.finalize().into_bytes())
+}
+
+pub fn hmac_b64(key: &[u8], msg: &[u8]) -> String {
+    use base64::Engine as _;
+    use hmac::{Hmac, Mac};
+    let mut m = Hmac::<sha2::Sha256>::new_from_slice(key).unwrap();
+    m.update(msg);
+    base64::engine::general_purpose::STANDARD.encode(m.finalize().into_bytes())
+}

@@ -1,0 +1,361 @@
+//! Delivery: headers, signatures (verified independently), fan-out, filters,
+//! topics, idempotency, disable/enable, retries, manual retry, SSRF guard.
+
+use std::time::Duration;
+
+use base64::Engine as _;
+use serde_json::json;
+
+use crate::common::*;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+#[tokio::test]
+async fn webhook_default_mode_headers_signature_and_key_order() {
+    let s = Server::start(&[]).await;
+    let api = Api::admin(&s);
+    let rx = Receiver::start().await;
+    api.tenant("t1").await;
+    let d = api
+        .webhook(
+            "t1",
+            &rx.url("/hook?x=1"),
+            json!({"delivery_metadata": {"app": "a1"}, "config": {"url": rx.url("/hook?x=1"), "custom_headers": "{\"X-Custom\":\"c\"}"}}),
+        )
+        .await;
+    let secret = d["credentials"]["secret"].as_str().unwrap().to_string();
+    assert!(secret.starts_with("whsec_"), "{secret}");
+    let body = r#"{"tenant_id":"t1","topic":"user.created","metadata":{"source":"crm"},"data":{"zebra":1, "alpha":{"b":2,"a":1},"mango":"<&>"}}"#;
+    let r = api.raw("POST", "/publish", body).await;
+    assert_eq!(r.status, 202, "{}", r.text);
+    assert_eq!(r.body["duplicate"], false);
+    assert_eq!(r.body["destination_ids"], json!([d["id"]]));
+    let event_id = r.body["id"].as_str().unwrap().to_string();
+
+    let got = rx.wait_for(1, WAIT).await;
+    assert_eq!(got.len(), 1);
+    let g = &got[0];
+    assert_eq!(g.path, "/hook");
+    // Key order and content preserved, whitespace compacted.
+    assert_eq!(std::str::from_utf8(&g.body).unwrap(), r#"{"zebra":1,"alpha":{"b":2,"a":1},"mango":"<&>"}"#);
+    assert_eq!(g.header("content-type").unwrap(), "application/json");
+    assert_eq!(g.header("x-outpost-event-id").unwrap(), event_id);
+    assert_eq!(g.header("x-outpost-topic").unwrap(), "user.created");
+    assert_eq!(g.header("x-outpost-source").unwrap(), "crm");
+    assert_eq!(g.header("x-outpost-app").unwrap(), "a1");
+    assert_eq!(g.header("x-custom").unwrap(), "c");
+    assert!(g.header("user-agent").unwrap().starts_with("Outrider/"));
+    let ts = g.header("x-outpost-timestamp").unwrap();
+    assert!(chrono::DateTime::parse_from_rfc3339(&ts).is_ok(), "{ts}");
+    // Signature: v0=<hex HMAC-SHA256(secret bytes incl. whsec_, raw body)>.
+    let expected = format!("v0={}", hmac_hex(secret.as_bytes(), &g.body));
+    assert_eq!(g.header("x-outpost-signature").unwrap(), expected);
+
+    let attempts = api
+        .wait_attempts(&format!("event_id={event_id}&include=response_data"), WAIT, |m| !m.is_empty())
+        .await;
+    assert_eq!(attempts.len(), 1);
+    let a = &attempts[0];
+    assert_eq!(a["status"], "success");
+    assert_eq!(a["code"], "200");
+    assert_eq!(a["attempt_number"], 1);
+    assert_eq!(a["manual"], false);
+    assert_eq!(a["destination_id"], d["id"]);
+    assert_eq!(a["response_data"], json!({"status": 200, "body": "ok"}));
+    // The stored event keeps key order too.
+    let e = api.get(&format!("/events/{event_id}")).await;
+    assert_eq!(e.status, 200);
+    assert!(e.text.contains(r#""data":{"zebra":1,"alpha":{"b":2,"a":1},"mango":"#), "{}", e.text);
+    assert_eq!(e.body["matched_destination_ids"], json!([d["id"]]));
+}
+
+#[tokio::test]
+async fn standard_webhooks_mode_signature() {
+    let s = Server::start(&[("DESTINATIONS_WEBHOOK_MODE", "standard")]).await;
+    let api = Api::admin(&s);
+    let rx = Receiver::start().await;
+    api.tenant("t1").await;
+    let d = api.webhook("t1", &rx.url("/sw"), json!({})).await;
+    let secret = d["credentials"]["secret"].as_str().unwrap().to_string();
+    let r = api
+        .publish(json!({"tenant_id": "t1", "topic": "order.paid", "metadata": {"m": "1"}, "data": {"a": 1}}))
+        .await;
+    assert_eq!(r.status, 202, "{}", r.text);
+    let g = &rx.wait_for(1, WAIT).await[0];
+    let id = g.header("webhook-id").unwrap();
+    let ts = g.header("webhook-timestamp").unwrap();
+    assert_eq!(id, r.body["id"].as_str().unwrap());
+    assert!(ts.parse::<i64>().is_ok());
+    assert_eq!(g.header("webhook-topic").unwrap(), "order.paid");
+    assert_eq!(g.header("m").unwrap(), "1");
+    // The Standard Webhooks algorithm, written here from the spec:
+    // key = base64-decode(secret without "whsec_"), content = "{id}.{ts}.{body}".
+    let key = base64::engine::general_purpose::STANDARD
+        .decode(secret.strip_prefix("whsec_").unwrap())
+        .unwrap();
+    let mut content = format!("{id}.{ts}.").into_bytes();
+    content.extend_from_slice(&g.body);
+    let want = format!("v1,{}", hmac_b64(&key, &content));
+    assert_eq!(g.header("webhook-signature").unwrap(), want);
+}
+
+#[tokio::test]
+async fn secret_rotation_signs_with_both_secrets() {
+    let s = Server::start(&[]).await;
+    let api = Api::admin(&s);
+    let rx = Receiver::start().await;
+    api.tenant("t1").await;
+    let d = api.webhook("t1", &rx.url("/r"), json!({})).await;
+    let old = d["credentials"]["secret"].as_str().unwrap().to_string();
+    let id = d["id"].as_str().unwrap();
+    let r = api
+        .patch(&format!("/tenants/t1/destinations/{id}"), json!({"credentials": {"rotate_secret": "true"}}))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let new = r.body["credentials"]["secret"].as_str().unwrap().to_string();
+    assert_ne!(new, old);
+    assert_eq!(r.body["credentials"]["previous_secret"], old);
+    assert!(r.body["credentials"]["previous_secret_invalid_at"].is_string());
+    api.publish(json!({"tenant_id": "t1", "topic": "x", "data": {"v": 1}})).await;
+    let g = &rx.wait_for(1, WAIT).await[0];
+    let sig = g.header("x-outpost-signature").unwrap();
+    let want = format!("v0={},{}", hmac_hex(new.as_bytes(), &g.body), hmac_hex(old.as_bytes(), &g.body));
+    assert_eq!(sig, want);
+}
+
+#[tokio::test]
+async fn fan_out_filters_topics_and_targeting() {
+    let s = Server::start(&[("TOPICS_ALLOW_WILDCARDS", "true")]).await;
+    let api = Api::admin(&s);
+    let (a, b, c, f) = (Receiver::start().await, Receiver::start().await, Receiver::start().await, Receiver::start().await);
+    api.tenant("t1").await;
+    let da = api.webhook("t1", &a.url("/a"), json!({"topics": ["user.created"]})).await;
+    let db = api.webhook("t1", &b.url("/b"), json!({"topics": ["user.*"]})).await;
+    let dc = api.webhook("t1", &c.url("/c"), json!({"topics": "*"})).await;
+    let df = api
+        .webhook("t1", &f.url("/f"), json!({"topics": "*", "filter": {"data": {"amount": {"$gte": 100}}}}))
+        .await;
+
+    let r = api.publish(json!({"tenant_id": "t1", "topic": "user.created", "data": {"amount": 150}})).await;
+    let mut ids: Vec<String> = serde_json::from_value(r.body["destination_ids"].clone()).unwrap();
+    ids.sort();
+    let mut want: Vec<String> = [&da, &db, &dc, &df].iter().map(|d| d["id"].as_str().unwrap().to_string()).collect();
+    want.sort();
+    assert_eq!(ids, want, "fan-out to all four");
+
+    let r = api.publish(json!({"tenant_id": "t1", "topic": "user.deleted", "data": {"amount": 50}})).await;
+    assert_eq!(r.body["destination_ids"].as_array().unwrap().len(), 2, "b and c only: {}", r.text);
+    let r = api.publish(json!({"tenant_id": "t1", "topic": "order.created", "data": {"amount": 200}})).await;
+    assert_eq!(r.body["destination_ids"].as_array().unwrap().len(), 2, "c and f only: {}", r.text);
+    // destination_id targets one destination, still subject to topic matching.
+    let r = api
+        .publish(json!({"tenant_id": "t1", "topic": "order.created", "destination_id": dc["id"], "data": {}}))
+        .await;
+    assert_eq!(r.body["destination_ids"], json!([dc["id"]]));
+    let r = api
+        .publish(json!({"tenant_id": "t1", "topic": "order.created", "destination_id": da["id"], "data": {}}))
+        .await;
+    assert_eq!(r.status, 202);
+    assert_eq!(r.body["destination_ids"], json!([]));
+
+    assert_eq!(a.wait_for(1, WAIT).await.len(), 1);
+    assert_eq!(b.wait_for(2, WAIT).await.len(), 2);
+    assert_eq!(c.wait_for(4, WAIT).await.len(), 4);
+    let fg = f.wait_for(2, WAIT).await;
+    assert_eq!(fg.len(), 2);
+    let amounts: Vec<i64> = fg.iter().map(|g| g.json()["amount"].as_i64().unwrap()).collect();
+    assert!(amounts.contains(&150) && amounts.contains(&200), "{amounts:?}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(a.count(), 1);
+    assert_eq!(f.count(), 2, "amount 50 filtered out");
+}
+
+#[tokio::test]
+async fn publish_idempotency_on_event_id() {
+    let s = Server::start(&[]).await;
+    let api = Api::admin(&s);
+    let rx = Receiver::start().await;
+    api.tenant("t1").await;
+    api.webhook("t1", &rx.url("/i"), json!({})).await;
+    let ev = json!({"id": "evt_fixed", "tenant_id": "t1", "topic": "x", "data": {"n": 1}});
+    let r1 = api.publish(ev.clone()).await;
+    let r2 = api.publish(ev.clone()).await;
+    assert_eq!((r1.status, r2.status), (202, 202));
+    assert_eq!(r1.body["duplicate"], false);
+    assert_eq!(r2.body["duplicate"], true);
+    assert_eq!(r2.body["id"], "evt_fixed");
+    rx.wait_for(1, WAIT).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(rx.count(), 1, "a duplicate is not delivered again");
+}
+
+#[tokio::test]
+async fn disabled_destination_gets_nothing_until_enabled() {
+    let s = Server::start(&[]).await;
+    let api = Api::admin(&s);
+    let rx = Receiver::start().await;
+    api.tenant("t1").await;
+    let d = api.webhook("t1", &rx.url("/d"), json!({})).await;
+    let id = d["id"].as_str().unwrap();
+    let r = api.put(&format!("/tenants/t1/destinations/{id}/disable")).await;
+    assert_eq!(r.status, 200);
+    assert!(r.body["disabled_at"].is_string());
+    let r = api.publish(json!({"tenant_id": "t1", "topic": "x", "data": {"n": 1}})).await;
+    assert_eq!(r.body["destination_ids"], json!([]));
+    let r = api.put(&format!("/tenants/t1/destinations/{id}/enable")).await;
+    assert!(r.body["disabled_at"].is_null());
+    let r = api.publish(json!({"tenant_id": "t1", "topic": "x", "data": {"n": 2}})).await;
+    assert_eq!(r.body["destination_ids"], json!([id]));
+    let got = rx.wait_for(1, WAIT).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(rx.count(), 1);
+    assert_eq!(got[0].json()["n"], 2);
+}
+
+#[tokio::test]
+async fn disabling_stops_scheduled_retries() {
+    let s = Server::start(&[("RETRY_SCHEDULE", "1,1,1,1")]).await;
+    let api = Api::admin(&s);
+    let rx = Receiver::start().await;
+    *rx.state.always.lock().unwrap() = Some(500);
+    api.tenant("t1").await;
+    let d = api.webhook("t1", &rx.url("/x"), json!({})).await;
+    let id = d["id"].as_str().unwrap();
+    api.publish(json!({"tenant_id": "t1", "topic": "x", "data": {}})).await;
+    rx.wait_for(1, WAIT).await;
+    api.put(&format!("/tenants/t1/destinations/{id}/disable")).await;
+    let before = rx.count();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(rx.count(), before, "no attempt after disable");
+}
+
+#[tokio::test]
+async fn automatic_retries_follow_the_schedule_then_succeed() {
+    let s = Server::start(&[("RETRY_SCHEDULE", "1,1,1")]).await;
+    let api = Api::admin(&s);
+    let rx = Receiver::start().await;
+    rx.state.script.lock().unwrap().extend([500, 503]);
+    api.tenant("t1").await;
+    api.webhook("t1", &rx.url("/r"), json!({})).await;
+    let r = api.publish(json!({"tenant_id": "t1", "topic": "x", "data": {}})).await;
+    let ev = r.body["id"].as_str().unwrap().to_string();
+    let a = api
+        .wait_attempts(&format!("event_id={ev}&dir=asc"), WAIT, |m| m.len() >= 3)
+        .await;
+    let nums: Vec<i64> = a.iter().map(|x| x["attempt_number"].as_i64().unwrap()).collect();
+    let statuses: Vec<&str> = a.iter().map(|x| x["status"].as_str().unwrap()).collect();
+    assert_eq!(nums, vec![1, 2, 3]);
+    assert_eq!(statuses, vec!["failed", "failed", "success"]);
+    assert_eq!(a[0]["code"], "500");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(rx.count(), 3, "no retry after success");
+}
+
+#[tokio::test]
+async fn retries_stop_when_exhausted_and_ineligible_events_are_not_retried() {
+    let s = Server::start(&[("RETRY_SCHEDULE", "1,1")]).await;
+    let api = Api::admin(&s);
+    let rx = Receiver::start().await;
+    *rx.state.always.lock().unwrap() = Some(500);
+    api.tenant("t1").await;
+    api.webhook("t1", &rx.url("/e"), json!({})).await;
+    let r = api.publish(json!({"tenant_id": "t1", "topic": "x", "data": {"k": "retry"}})).await;
+    let ev = r.body["id"].as_str().unwrap().to_string();
+    let r2 = api
+        .publish(json!({"tenant_id": "t1", "topic": "x", "eligible_for_retry": false, "data": {"k": "once"}}))
+        .await;
+    let ev2 = r2.body["id"].as_str().unwrap().to_string();
+    let a = api.wait_attempts(&format!("event_id={ev}"), WAIT, |m| m.len() >= 3).await;
+    assert_eq!(a.len(), 3, "1 + 2 retries");
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let a = api.get(&format!("/attempts?event_id={ev}")).await;
+    assert_eq!(a.body["models"].as_array().unwrap().len(), 3, "exhausted");
+    let a2 = api.get(&format!("/attempts?event_id={ev2}")).await;
+    assert_eq!(a2.body["models"].as_array().unwrap().len(), 1, "not eligible for retry");
+}
+
+#[tokio::test]
+async fn manual_retry() {
+    let s = Server::start(&[]).await;
+    let api = Api::admin(&s);
+    let rx = Receiver::start().await;
+    rx.state.script.lock().unwrap().push_back(500);
+    api.tenant("t1").await;
+    let d = api.webhook("t1", &rx.url("/m"), json!({})).await;
+    let did = d["id"].as_str().unwrap().to_string();
+    // Raw text: `json!` would sort the keys before sending.
+    let r = api
+        .raw("POST", "/publish", r#"{"tenant_id":"t1","topic":"x","eligible_for_retry":false,"data":{"zebra":1,"alpha":2}}"#)
+        .await;
+    let ev = r.body["id"].as_str().unwrap().to_string();
+    api.wait_attempts(&format!("event_id={ev}"), WAIT, |m| m.len() == 1).await;
+    // Unknown event → 404; missing fields → 422.
+    let r = api.post("/retry", json!({"event_id": "nope", "destination_id": did})).await;
+    assert_eq!(r.status, 404, "{}", r.text);
+    assert_eq!(r.body["message"], "event not found");
+    let r = api.post("/retry", json!({"event_id": ev})).await;
+    assert_eq!(r.status, 422);
+    assert_eq!(r.body["data"], json!(["destination_id is required"]));
+    let r = api.post("/retry", json!({"event_id": ev, "destination_id": did})).await;
+    assert_eq!(r.status, 202, "{}", r.text);
+    assert_eq!(r.body, json!({"success": true}));
+    let a = api
+        .wait_attempts(&format!("event_id={ev}&dir=asc"), WAIT, |m| m.len() == 2)
+        .await;
+    assert_eq!(a.len(), 2);
+    assert_eq!((a[1]["attempt_number"].as_i64(), a[1]["manual"].as_bool()), (Some(2), Some(true)));
+    assert_eq!(a[1]["status"], "success");
+    let got = rx.wait_for(2, WAIT).await;
+    assert_eq!(std::str::from_utf8(&got[1].body).unwrap(), r#"{"zebra":1,"alpha":2}"#);
+    // Disabled destination → 400 with the documented body.
+    api.put(&format!("/tenants/t1/destinations/{did}/disable")).await;
+    let r = api.post("/retry", json!({"event_id": ev, "destination_id": did})).await;
+    assert_eq!(r.status, 400);
+    assert_eq!(r.body, json!({"status": 400, "message": "Destination is disabled", "data": {"error": "destination_disabled"}}));
+}
+
+#[tokio::test]
+async fn ssrf_guard_blocks_loopback_unless_allowed() {
+    let s = Server::start(&[("OUTRIDER_ALLOW_PRIVATE_DESTINATIONS", "false"), ("RETRY_SCHEDULE", "")]).await;
+    let api = Api::admin(&s);
+    let rx = Receiver::start().await;
+    api.tenant("t1").await;
+    api.webhook("t1", &rx.url("/s"), json!({})).await;
+    let r = api
+        .publish(json!({"tenant_id": "t1", "topic": "x", "eligible_for_retry": false, "data": {}}))
+        .await;
+    let ev = r.body["id"].as_str().unwrap().to_string();
+    let a = api
+        .wait_attempts(&format!("event_id={ev}&include=response_data"), WAIT, |m| !m.is_empty())
+        .await;
+    assert_eq!(a[0]["status"], "failed");
+    assert_eq!(a[0]["code"], "destination_blocked");
+    let err = a[0]["response_data"]["error"].as_str().unwrap();
+    assert!(err.contains("127.0.0.1") && err.contains("loopback"), "{err}");
+    assert_eq!(rx.count(), 0, "nothing reached the loopback receiver");
+}
+
+#[tokio::test]
+async fn response_body_cap_and_connection_errors() {
+    let s = Server::start(&[("DESTINATIONS_WEBHOOK_MAX_RESPONSE_BODY_BYTES", "100")]).await;
+    let api = Api::admin(&s);
+    let big = Receiver::start().await;
+    *big.state.body.lock().unwrap() = "x".repeat(5000);
+    api.tenant("t1").await;
+    api.webhook("t1", &big.url("/big"), json!({"topics": ["big"]})).await;
+    let dead = format!("http://127.0.0.1:{}/gone", free_port());
+    api.webhook("t1", &dead, json!({"topics": ["dead"]})).await;
+    let r = api.publish(json!({"tenant_id": "t1", "topic": "big", "data": {}})).await;
+    let ev = r.body["id"].as_str().unwrap().to_string();
+    let a = api
+        .wait_attempts(&format!("event_id={ev}&include=response_data"), WAIT, |m| !m.is_empty())
+        .await;
+    assert_eq!(a[0]["response_data"]["body"], "Response body exceeded 100 bytes and was not stored");
+    assert_eq!(a[0]["status"], "success");
+    let r = api
+        .publish(json!({"tenant_id": "t1", "topic": "dead", "eligible_for_retry": false, "data": {}}))
+        .await;
+    let ev = r.body["id"].as_str().unwrap().to_string();
+    let a = api.wait_attempts(&format!("event_id={ev}"), WAIT, |m| !m.is_empty()).await;
+    assert_eq!(a[0]["code"], "connection_refused");
+}

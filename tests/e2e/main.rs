@@ -1,0 +1,6 @@
+//! End-to-end tests: the real server binary, a real HTTP receiver, real HTTP.
+
+mod api;
+mod common;
+mod delivery;
+mod durability;
