@@ -9,7 +9,11 @@ use outrider_engine::config::Service;
 use outrider_engine::{Config, Engine};
 
 #[derive(Parser)]
-#[command(name = "outrider", version, about = "Outpost-compatible event delivery, thread-per-core")]
+#[command(
+    name = "outrider",
+    version,
+    about = "Outpost-compatible event delivery, thread-per-core"
+)]
 struct Cli {
     /// Configuration file (YAML, or dotenv when it ends in .env).
     #[arg(long, global = true, env = "CONFIG")]
@@ -78,7 +82,10 @@ fn init_tracing(level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_target(false).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .init();
 }
 
 async fn serve(config: Config) -> Result<(), String> {
@@ -102,7 +109,9 @@ async fn serve(config: Config) -> Result<(), String> {
     }
     let shards = config.delivery_shards;
     let data_dir = config.data_dir.clone();
-    let engine = Engine::start(config).await.map_err(|e| format!("cannot start engine: {e}"))?;
+    let engine = Engine::start(config)
+        .await
+        .map_err(|e| format!("cannot start engine: {e}"))?;
     let listener = tokio::net::TcpListener::bind(("0.0.0.0", port))
         .await
         .map_err(|e| format!("cannot listen on port {port} (API_PORT): {e}"))?;

@@ -114,7 +114,11 @@ impl FromRequestParts<AppState> for Principal {
         if bool::from(token.as_bytes().ct_eq(key)) {
             return Ok(Principal::Admin);
         }
-        let tenant = state.jwt.as_ref().and_then(|j| j.verify(token)).ok_or_else(unauthorized)?;
+        let tenant = state
+            .jwt
+            .as_ref()
+            .and_then(|j| j.verify(token))
+            .ok_or_else(unauthorized)?;
         // A token for a tenant that no longer exists is stale.
         if !state.engine.tenant_exists(&tenant) {
             return Err(unauthorized());

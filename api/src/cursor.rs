@@ -56,7 +56,10 @@ pub fn decode(resource: &str, cursor: &str) -> Result<String, ApiError> {
     let invalid = || ApiError::bad_request("invalid cursor");
     let bytes = from_base62(cursor).ok_or_else(invalid)?;
     let text = String::from_utf8(bytes).map_err(|_| invalid())?;
-    let rest = text.strip_prefix(resource).and_then(|r| r.strip_prefix('v')).ok_or_else(invalid)?;
+    let rest = text
+        .strip_prefix(resource)
+        .and_then(|r| r.strip_prefix('v'))
+        .ok_or_else(invalid)?;
     let (version, position) = rest.split_once(':').ok_or_else(invalid)?;
     if version != VERSION {
         return Err(ApiError::bad_request(format!(
@@ -73,7 +76,9 @@ pub fn encode_seek(resource: &str, time_ms: i64, id: &str) -> String {
 
 pub fn decode_seek(resource: &str, cursor: &str) -> Result<(i64, String), ApiError> {
     let pos = decode(resource, cursor)?;
-    let (ms, id) = pos.split_once("::").ok_or_else(|| ApiError::bad_request("invalid cursor"))?;
+    let (ms, id) = pos
+        .split_once("::")
+        .ok_or_else(|| ApiError::bad_request("invalid cursor"))?;
     let ms = ms.parse().map_err(|_| ApiError::bad_request("invalid cursor"))?;
     Ok((ms, id.to_string()))
 }

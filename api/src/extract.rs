@@ -26,7 +26,9 @@ impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return Err(ApiError::invalid_json());
         }
-        serde_json::from_slice(&bytes).map(JsonBody).map_err(|_| ApiError::invalid_json())
+        serde_json::from_slice(&bytes)
+            .map(JsonBody)
+            .map_err(|_| ApiError::invalid_json())
     }
 }
 
@@ -83,12 +85,20 @@ impl Query {
                 plain.push(v.clone());
             } else if rest == "[]" {
                 brackets.push(v.clone());
-            } else if let Some(i) = rest.strip_prefix('[').and_then(|r| r.strip_suffix(']')).and_then(|n| n.parse().ok()) {
+            } else if let Some(i) = rest
+                .strip_prefix('[')
+                .and_then(|r| r.strip_suffix(']'))
+                .and_then(|n| n.parse().ok())
+            {
                 indexed.insert(i, v.clone());
             }
         }
         if !indexed.is_empty() || !brackets.is_empty() {
-            indexed.into_values().chain(brackets).filter(|s| !s.is_empty()).collect()
+            indexed
+                .into_values()
+                .chain(brackets)
+                .filter(|s| !s.is_empty())
+                .collect()
         } else {
             plain.into_iter().filter(|s| !s.is_empty()).collect()
         }

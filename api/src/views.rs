@@ -70,7 +70,10 @@ pub fn destination(types: &Registry, d: &Destination) -> DestinationJson {
         tenant_id: d.tenant_id.clone(),
         kind: d.kind.clone(),
         topics: d.topics.clone(),
-        filter: d.filter.clone().filter(|f| !f.as_object().is_some_and(|o| o.is_empty())),
+        filter: d
+            .filter
+            .clone()
+            .filter(|f| !f.as_object().is_some_and(|o| o.is_empty())),
         config: d.config.clone(),
         credentials,
         delivery_metadata: d.delivery_metadata.clone().filter(|m| !m.is_empty()),

@@ -183,26 +183,77 @@ const YAML_KEYS: &[(&str, &str)] = &[
     ("idgen.event_prefix", "IDGEN_EVENT_PREFIX"),
     ("idgen.destination_prefix", "IDGEN_DESTINATION_PREFIX"),
     ("idgen.attempt_prefix", "IDGEN_ATTEMPT_PREFIX"),
-    ("destinations.include_millisecond_timestamp", "DESTINATIONS_INCLUDE_MILLISECOND_TIMESTAMP"),
+    (
+        "destinations.include_millisecond_timestamp",
+        "DESTINATIONS_INCLUDE_MILLISECOND_TIMESTAMP",
+    ),
     ("destinations.webhook.mode", "DESTINATIONS_WEBHOOK_MODE"),
-    ("destinations.webhook.header_prefix", "DESTINATIONS_WEBHOOK_HEADER_PREFIX"),
-    ("destinations.webhook.event_id_header_name", "DESTINATIONS_WEBHOOK_EVENT_ID_HEADER_NAME"),
-    ("destinations.webhook.signature_header_name", "DESTINATIONS_WEBHOOK_SIGNATURE_HEADER_NAME"),
-    ("destinations.webhook.timestamp_header_name", "DESTINATIONS_WEBHOOK_TIMESTAMP_HEADER_NAME"),
-    ("destinations.webhook.topic_header_name", "DESTINATIONS_WEBHOOK_TOPIC_HEADER_NAME"),
-    ("destinations.webhook.disable_default_event_id_header", "DESTINATIONS_WEBHOOK_DISABLE_DEFAULT_EVENT_ID_HEADER"),
-    ("destinations.webhook.disable_default_signature_header", "DESTINATIONS_WEBHOOK_DISABLE_DEFAULT_SIGNATURE_HEADER"),
-    ("destinations.webhook.disable_default_timestamp_header", "DESTINATIONS_WEBHOOK_DISABLE_DEFAULT_TIMESTAMP_HEADER"),
-    ("destinations.webhook.disable_default_topic_header", "DESTINATIONS_WEBHOOK_DISABLE_DEFAULT_TOPIC_HEADER"),
-    ("destinations.webhook.signature_content_template", "DESTINATIONS_WEBHOOK_SIGNATURE_CONTENT_TEMPLATE"),
-    ("destinations.webhook.signature_header_template", "DESTINATIONS_WEBHOOK_SIGNATURE_HEADER_TEMPLATE"),
-    ("destinations.webhook.signature_encoding", "DESTINATIONS_WEBHOOK_SIGNATURE_ENCODING"),
-    ("destinations.webhook.signature_algorithm", "DESTINATIONS_WEBHOOK_SIGNATURE_ALGORITHM"),
-    ("destinations.webhook.signing_secret_template", "DESTINATIONS_WEBHOOK_SIGNING_SECRET_TEMPLATE"),
-    ("destinations.webhook.max_response_body_bytes", "DESTINATIONS_WEBHOOK_MAX_RESPONSE_BODY_BYTES"),
+    (
+        "destinations.webhook.header_prefix",
+        "DESTINATIONS_WEBHOOK_HEADER_PREFIX",
+    ),
+    (
+        "destinations.webhook.event_id_header_name",
+        "DESTINATIONS_WEBHOOK_EVENT_ID_HEADER_NAME",
+    ),
+    (
+        "destinations.webhook.signature_header_name",
+        "DESTINATIONS_WEBHOOK_SIGNATURE_HEADER_NAME",
+    ),
+    (
+        "destinations.webhook.timestamp_header_name",
+        "DESTINATIONS_WEBHOOK_TIMESTAMP_HEADER_NAME",
+    ),
+    (
+        "destinations.webhook.topic_header_name",
+        "DESTINATIONS_WEBHOOK_TOPIC_HEADER_NAME",
+    ),
+    (
+        "destinations.webhook.disable_default_event_id_header",
+        "DESTINATIONS_WEBHOOK_DISABLE_DEFAULT_EVENT_ID_HEADER",
+    ),
+    (
+        "destinations.webhook.disable_default_signature_header",
+        "DESTINATIONS_WEBHOOK_DISABLE_DEFAULT_SIGNATURE_HEADER",
+    ),
+    (
+        "destinations.webhook.disable_default_timestamp_header",
+        "DESTINATIONS_WEBHOOK_DISABLE_DEFAULT_TIMESTAMP_HEADER",
+    ),
+    (
+        "destinations.webhook.disable_default_topic_header",
+        "DESTINATIONS_WEBHOOK_DISABLE_DEFAULT_TOPIC_HEADER",
+    ),
+    (
+        "destinations.webhook.signature_content_template",
+        "DESTINATIONS_WEBHOOK_SIGNATURE_CONTENT_TEMPLATE",
+    ),
+    (
+        "destinations.webhook.signature_header_template",
+        "DESTINATIONS_WEBHOOK_SIGNATURE_HEADER_TEMPLATE",
+    ),
+    (
+        "destinations.webhook.signature_encoding",
+        "DESTINATIONS_WEBHOOK_SIGNATURE_ENCODING",
+    ),
+    (
+        "destinations.webhook.signature_algorithm",
+        "DESTINATIONS_WEBHOOK_SIGNATURE_ALGORITHM",
+    ),
+    (
+        "destinations.webhook.signing_secret_template",
+        "DESTINATIONS_WEBHOOK_SIGNING_SECRET_TEMPLATE",
+    ),
+    (
+        "destinations.webhook.max_response_body_bytes",
+        "DESTINATIONS_WEBHOOK_MAX_RESPONSE_BODY_BYTES",
+    ),
     ("outrider.data_dir", "OUTRIDER_DATA_DIR"),
     ("outrider.delivery_shards", "DELIVERY_SHARDS"),
-    ("outrider.allow_private_destinations", "OUTRIDER_ALLOW_PRIVATE_DESTINATIONS"),
+    (
+        "outrider.allow_private_destinations",
+        "OUTRIDER_ALLOW_PRIVATE_DESTINATIONS",
+    ),
     ("outrider.embedded_synchronous", "OUTRIDER_EMBEDDED_SYNCHRONOUS"),
 ];
 
@@ -225,20 +276,12 @@ pub struct Sources {
 impl Sources {
     /// Reads the config file (explicit path, `CONFIG`, or the first default file
     /// that exists) and overlays the given environment.
-    pub fn load(
-        explicit: Option<&Path>,
-        env: impl IntoIterator<Item = (String, String)>,
-    ) -> Result<Self, ConfigError> {
+    pub fn load(explicit: Option<&Path>, env: impl IntoIterator<Item = (String, String)>) -> Result<Self, ConfigError> {
         let env: HashMap<String, String> = env.into_iter().collect();
         let path = explicit
             .map(Path::to_path_buf)
             .or_else(|| env.get("CONFIG").filter(|s| !s.is_empty()).map(PathBuf::from))
-            .or_else(|| {
-                DEFAULT_FILES
-                    .iter()
-                    .map(PathBuf::from)
-                    .find(|p| p.is_file())
-            });
+            .or_else(|| DEFAULT_FILES.iter().map(PathBuf::from).find(|p| p.is_file()));
         let mut values = HashMap::new();
         if let Some(p) = &path {
             let text = std::fs::read_to_string(p).map_err(|e| ConfigError::File {
@@ -502,7 +545,10 @@ impl Config {
                 .non_empty("DESTINATIONS_WEBHOOK_SIGNATURE_HEADER_TEMPLATE")
                 .unwrap_or("v0={{.Signatures | join \",\"}}")
                 .to_string(),
-            signature_encoding: match src.non_empty("DESTINATIONS_WEBHOOK_SIGNATURE_ENCODING").unwrap_or("hex") {
+            signature_encoding: match src
+                .non_empty("DESTINATIONS_WEBHOOK_SIGNATURE_ENCODING")
+                .unwrap_or("hex")
+            {
                 "hex" => SignatureEncoding::Hex,
                 "base64" => SignatureEncoding::Base64,
                 other => {
@@ -645,7 +691,10 @@ fn write_private_file(path: &Path, creds: &HashMap<String, String>) -> std::io::
     let mut f = opts.open(path)?;
     let mut keys: Vec<_> = creds.keys().collect();
     keys.sort();
-    writeln!(f, "# Generated by outrider on first start with no configuration. Keep private.")?;
+    writeln!(
+        f,
+        "# Generated by outrider on first start with no configuration. Keep private."
+    )?;
     for k in keys {
         writeln!(f, "{k}={}", creds[k])?;
     }
@@ -685,7 +734,8 @@ mod tests {
 
     fn cfg(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
         let mut m: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        m.entry("AES_ENCRYPTION_SECRET".into()).or_insert_with(|| "secret".into());
+        m.entry("AES_ENCRYPTION_SECRET".into())
+            .or_insert_with(|| "secret".into());
         Config::from_sources(&Sources::from_map(m))
     }
 
@@ -715,7 +765,9 @@ mod tests {
         assert!(e.contains("API_PORT"), "{e}");
         let e = cfg(&[("RETRY_SCHEDULE", "1,0")]).unwrap_err().to_string();
         assert!(e.contains("RETRY_SCHEDULE"), "{e}");
-        let e = Config::from_sources(&Sources::from_map(HashMap::new())).unwrap_err().to_string();
+        let e = Config::from_sources(&Sources::from_map(HashMap::new()))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("AES_ENCRYPTION_SECRET"), "{e}");
         let e = cfg(&[("DESTINATIONS_WEBHOOK_TOPIC_HEADER_NAME", "x-outpost-event-id")])
             .unwrap_err()

@@ -286,7 +286,10 @@ impl Engine {
         let _w = self.writes.lock().await;
         {
             let st = self.state.read();
-            let entry = st.tenants.get(&d.tenant_id).ok_or(EngineError::NotFound("tenant not found"))?;
+            let entry = st
+                .tenants
+                .get(&d.tenant_id)
+                .ok_or(EngineError::NotFound("tenant not found"))?;
             if st.owners.contains_key(&d.id) {
                 return Err(EngineError::BadRequest("destination already exists".into()));
             }
@@ -334,7 +337,9 @@ impl Engine {
         if self.destination(tenant_id, id).is_none() {
             return Ok(false);
         }
-        self.store.delete_destination(tenant_id.to_string(), id.to_string()).await?;
+        self.store
+            .delete_destination(tenant_id.to_string(), id.to_string())
+            .await?;
         {
             let mut st = self.state.write();
             st.owners.remove(id);

@@ -24,8 +24,8 @@ pub fn validate(schema: &Value) -> Result<(), String> {
                             return Err("$exist must be a boolean".into());
                         }
                     }
-                    "$eq" | "$neq" | "$gt" | "$gte" | "$lt" | "$lte" | "$in" | "$nin" | "$startsWith"
-                    | "$endsWith" => {}
+                    "$eq" | "$neq" | "$gt" | "$gte" | "$lt" | "$lte" | "$in" | "$nin" | "$startsWith" | "$endsWith" => {
+                    }
                     op if op.starts_with('$') => return Err(format!("unknown filter operator {op}")),
                     _ => validate(v)?,
                 }
@@ -46,9 +46,7 @@ fn match_value(input: Option<&Value>, schema: &Value) -> bool {
     match schema {
         Value::Object(map) => match_object(input, map),
         Value::Array(items) => match input {
-            Some(Value::Array(have)) => items
-                .iter()
-                .all(|want| have.iter().any(|h| match_value(Some(h), want))),
+            Some(Value::Array(have)) => items.iter().all(|want| have.iter().any(|h| match_value(Some(h), want))),
             _ => false,
         },
         prim => match input {
@@ -168,7 +166,10 @@ mod tests {
         assert!(matches(&e, &json!({"data": {"tags": "a"}})));
         assert!(matches(&e, &json!({"data": {"tags": ["b", "a"]}})));
         assert!(!matches(&e, &json!({"data": {"missing": 1}})));
-        assert!(matches(&e, &json!({"topic": "order.created", "metadata": {"src": "crm"}})));
+        assert!(matches(
+            &e,
+            &json!({"topic": "order.created", "metadata": {"src": "crm"}})
+        ));
     }
 
     #[test]
@@ -186,10 +187,19 @@ mod tests {
         assert!(matches(&e, &json!({"data": {"name": {"$endsWith": "doe"}}})));
         assert!(matches(&e, &json!({"data": {"gone": {"$exist": false}}})));
         assert!(!matches(&e, &json!({"data": {"status": {"$exist": false}}})));
-        assert!(matches(&e, &json!({"data": {"$or": [{"status": "x"}, {"amount": 150}]}})));
-        assert!(!matches(&e, &json!({"data": {"$and": [{"status": "x"}, {"amount": 150}]}})));
+        assert!(matches(
+            &e,
+            &json!({"data": {"$or": [{"status": "x"}, {"amount": 150}]}})
+        ));
+        assert!(!matches(
+            &e,
+            &json!({"data": {"$and": [{"status": "x"}, {"amount": 150}]}})
+        ));
         assert!(matches(&e, &json!({"data": {"$not": {"status": "void"}}})));
-        assert!(matches(&e, &json!({"data": {"status": {"$not": {"$in": ["void", "x"]}}}})));
+        assert!(matches(
+            &e,
+            &json!({"data": {"status": {"$not": {"$in": ["void", "x"]}}}})
+        ));
         assert!(!matches(&e, &json!({"data": {"status": {"$not": {"$in": ["paid"]}}}})));
     }
 

@@ -53,7 +53,10 @@ impl Target {
             host,
             port,
             authority: authority.as_str().to_string(),
-            path_and_query: uri.path_and_query().map(|p| p.as_str().to_string()).unwrap_or_else(|| "/".into()),
+            path_and_query: uri
+                .path_and_query()
+                .map(|p| p.as_str().to_string())
+                .unwrap_or_else(|| "/".into()),
         })
     }
 
@@ -185,8 +188,10 @@ impl HttpClient {
         let tcp = connect_any(&addrs).await?;
         let _ = tcp.set_nodelay(true);
         if target.tls {
-            let name = rustls::pki_types::ServerName::try_from(target.host.trim_start_matches('[').trim_end_matches(']').to_string())
-                .map_err(|e| SendError::new("tls_error", format!("invalid TLS server name: {e}")))?;
+            let name = rustls::pki_types::ServerName::try_from(
+                target.host.trim_start_matches('[').trim_end_matches(']').to_string(),
+            )
+            .map_err(|e| SendError::new("tls_error", format!("invalid TLS server name: {e}")))?;
             let stream = self
                 .inner
                 .tls
@@ -265,7 +270,9 @@ async fn connect_any(addrs: &[SocketAddr]) -> Result<TcpStream, SendError> {
             Err(e) => last = Some(e),
         }
     }
-    Err(last.map(|e| classify_io(&e)).unwrap_or_else(|| SendError::new("network_error", "no address to connect to")))
+    Err(last
+        .map(|e| classify_io(&e))
+        .unwrap_or_else(|| SendError::new("network_error", "no address to connect to")))
 }
 
 async fn handshake<T>(io: TokioIo<T>) -> Result<SendRequest<Full<Bytes>>, SendError>
@@ -321,9 +328,15 @@ mod tests {
     fn parses_targets() {
         let t = Target::parse("https://example.com/hook?x=1").unwrap();
         assert!(t.tls);
-        assert_eq!((t.host.as_str(), t.port, t.path_and_query.as_str()), ("example.com", 443, "/hook?x=1"));
+        assert_eq!(
+            (t.host.as_str(), t.port, t.path_and_query.as_str()),
+            ("example.com", 443, "/hook?x=1")
+        );
         let t = Target::parse("http://127.0.0.1:8080").unwrap();
-        assert_eq!((t.port, t.path_and_query.as_str(), t.authority.as_str()), (8080, "/", "127.0.0.1:8080"));
+        assert_eq!(
+            (t.port, t.path_and_query.as_str(), t.authority.as_str()),
+            (8080, "/", "127.0.0.1:8080")
+        );
         assert!(Target::parse("ftp://x").is_err());
         assert!(Target::parse("http://user:pw@x/").is_err());
     }

@@ -222,7 +222,11 @@ async fn timer_loop(shard: Rc<Shard>) {
                 let t = shard.timers.borrow_mut().pop();
                 if let Some(Reverse(t)) = t {
                     let key = (t.delivery.event.id.clone(), t.delivery.destination_id.clone());
-                    let stale = shard.superseded.borrow().get(&key).is_some_and(|&a| a > t.delivery.attempt);
+                    let stale = shard
+                        .superseded
+                        .borrow()
+                        .get(&key)
+                        .is_some_and(|&a| a > t.delivery.attempt);
                     if !stale {
                         shard.clone().dispatch(t.delivery).await;
                     }
@@ -235,15 +239,15 @@ async fn timer_loop(shard: Rc<Shard>) {
 impl Shard {
     fn upsert(&self, d: Arc<Destination>) {
         let publisher = match self.deps.types.get(&d.kind) {
-            Some(t) => t
-                .publisher(&d, &self.deps.publish)
-                .map(|p| Rc::<dyn Publisher>::from(p)),
+            Some(t) => t.publisher(&d, &self.deps.publish).map(Rc::<dyn Publisher>::from),
             None => Err(format!("destination type {} is not supported by this build", d.kind)),
         };
         if let Err(e) = &publisher {
             tracing::warn!(shard = self.id, destination_id = %d.id, error = %e, "destination cannot be delivered to");
         }
-        self.dests.borrow_mut().insert(d.id.clone(), Owned { dest: d, publisher });
+        self.dests
+            .borrow_mut()
+            .insert(d.id.clone(), Owned { dest: d, publisher });
     }
 
     fn schedule(&self, d: Delivery) {
@@ -299,7 +303,8 @@ impl Shard {
         let cfg = &self.deps.publish.config;
         let started = now_ms();
         let result = match &publisher {
-            Ok(p) => match tokio::time::timeout(cfg.delivery_timeout, p.publish(&self.client, &d.event, started)).await {
+            Ok(p) => match tokio::time::timeout(cfg.delivery_timeout, p.publish(&self.client, &d.event, started)).await
+            {
                 Ok(r) => r,
                 Err(_) => crate::destinations::PublishResult {
                     status: AttemptStatus::Failed,

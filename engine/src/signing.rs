@@ -121,7 +121,12 @@ pub struct TemplateContext<'a> {
 pub fn validate_templates(w: &WebhookConfig) -> Result<(), (&'static str, String)> {
     let content = Template::parse(&w.signature_content_template)
         .map_err(|e| ("DESTINATIONS_WEBHOOK_SIGNATURE_CONTENT_TEMPLATE", e))?;
-    if content.uses(|p| matches!(p, Part::Signatures(_) | Part::RandomHex | Part::RandomBase64 | Part::RandomAlphanumeric)) {
+    if content.uses(|p| {
+        matches!(
+            p,
+            Part::Signatures(_) | Part::RandomHex | Part::RandomBase64 | Part::RandomAlphanumeric
+        )
+    }) {
         return Err((
             "DESTINATIONS_WEBHOOK_SIGNATURE_CONTENT_TEMPLATE",
             "may use only .Body, .EventID, .Topic and .Timestamp".into(),
@@ -129,15 +134,25 @@ pub fn validate_templates(w: &WebhookConfig) -> Result<(), (&'static str, String
     }
     let header = Template::parse(&w.signature_header_template)
         .map_err(|e| ("DESTINATIONS_WEBHOOK_SIGNATURE_HEADER_TEMPLATE", e))?;
-    if header.uses(|p| matches!(p, Part::Body | Part::RandomHex | Part::RandomBase64 | Part::RandomAlphanumeric)) {
+    if header.uses(|p| {
+        matches!(
+            p,
+            Part::Body | Part::RandomHex | Part::RandomBase64 | Part::RandomAlphanumeric
+        )
+    }) {
         return Err((
             "DESTINATIONS_WEBHOOK_SIGNATURE_HEADER_TEMPLATE",
             "may use only .Signatures, .EventID, .Topic and .Timestamp".into(),
         ));
     }
-    let secret = Template::parse(&w.signing_secret_template)
-        .map_err(|e| ("DESTINATIONS_WEBHOOK_SIGNING_SECRET_TEMPLATE", e))?;
-    if secret.uses(|p| !matches!(p, Part::Lit(_) | Part::RandomHex | Part::RandomBase64 | Part::RandomAlphanumeric)) {
+    let secret =
+        Template::parse(&w.signing_secret_template).map_err(|e| ("DESTINATIONS_WEBHOOK_SIGNING_SECRET_TEMPLATE", e))?;
+    if secret.uses(|p| {
+        !matches!(
+            p,
+            Part::Lit(_) | Part::RandomHex | Part::RandomBase64 | Part::RandomAlphanumeric
+        )
+    }) {
         return Err((
             "DESTINATIONS_WEBHOOK_SIGNING_SECRET_TEMPLATE",
             "may use only .RandomHex, .RandomBase64 and .RandomAlphanumeric".into(),
@@ -182,7 +197,14 @@ impl DefaultSigner {
 
     /// The signature header value, or `None` when there is no secret.
     /// Secrets are used as their UTF-8 bytes, `whsec_` prefix included.
-    pub fn header_value(&self, secrets: &[&str], body: &str, event_id: &str, topic: &str, timestamp_ms: i64) -> Option<String> {
+    pub fn header_value(
+        &self,
+        secrets: &[&str],
+        body: &str,
+        event_id: &str,
+        topic: &str,
+        timestamp_ms: i64,
+    ) -> Option<String> {
         if secrets.is_empty() {
             return None;
         }
@@ -282,8 +304,14 @@ mod tests {
     #[test]
     fn custom_templates() {
         let w = webhook(&[
-            ("DESTINATIONS_WEBHOOK_SIGNATURE_CONTENT_TEMPLATE", "{{.Timestamp.Unix}}.{{.Body}}"),
-            ("DESTINATIONS_WEBHOOK_SIGNATURE_HEADER_TEMPLATE", "t={{.Timestamp.Unix}},v0={{.Signatures | join \" \"}}"),
+            (
+                "DESTINATIONS_WEBHOOK_SIGNATURE_CONTENT_TEMPLATE",
+                "{{.Timestamp.Unix}}.{{.Body}}",
+            ),
+            (
+                "DESTINATIONS_WEBHOOK_SIGNATURE_HEADER_TEMPLATE",
+                "t={{.Timestamp.Unix}},v0={{.Signatures | join \" \"}}",
+            ),
             ("DESTINATIONS_WEBHOOK_SIGNATURE_ENCODING", "base64"),
         ]);
         let s = DefaultSigner::new(&w).unwrap();
@@ -291,7 +319,10 @@ mod tests {
         assert_eq!(v, format!("t=5,v0={}", B64.encode(hmac_sha256(b"k", &[b"5.{}"]))));
         let mut m = HashMap::new();
         m.insert("AES_ENCRYPTION_SECRET".to_string(), "x".to_string());
-        m.insert("DESTINATIONS_WEBHOOK_SIGNATURE_CONTENT_TEMPLATE".to_string(), "{{ .Nope }}".to_string());
+        m.insert(
+            "DESTINATIONS_WEBHOOK_SIGNATURE_CONTENT_TEMPLATE".to_string(),
+            "{{ .Nope }}".to_string(),
+        );
         let e = Config::from_sources(&Sources::from_map(m)).unwrap_err().to_string();
         assert!(e.contains("DESTINATIONS_WEBHOOK_SIGNATURE_CONTENT_TEMPLATE"), "{e}");
     }

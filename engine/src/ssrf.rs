@@ -113,8 +113,20 @@ mod tests {
     #[test]
     fn classifies() {
         for bad in [
-            "127.0.0.1", "10.1.2.3", "172.16.0.1", "192.168.1.1", "169.254.169.254", "100.64.0.1", "0.0.0.0",
-            "224.0.0.1", "255.255.255.255", "::1", "fc00::1", "fe80::1", "::ffff:127.0.0.1", "fd00:ec2::254",
+            "127.0.0.1",
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "169.254.169.254",
+            "100.64.0.1",
+            "0.0.0.0",
+            "224.0.0.1",
+            "255.255.255.255",
+            "::1",
+            "fc00::1",
+            "fe80::1",
+            "::ffff:127.0.0.1",
+            "fd00:ec2::254",
             "64:ff9b::a00:1",
         ] {
             assert!(forbidden_reason(bad.parse().unwrap()).is_some(), "{bad}");
@@ -126,8 +138,14 @@ mod tests {
 
     #[tokio::test]
     async fn resolve_guards() {
-        assert!(matches!(resolve("127.0.0.1", 80, true).await, Err(ResolveError::Forbidden { .. })));
+        assert!(matches!(
+            resolve("127.0.0.1", 80, true).await,
+            Err(ResolveError::Forbidden { .. })
+        ));
         assert!(resolve("127.0.0.1", 80, false).await.is_ok());
-        assert!(matches!(resolve("localhost", 80, true).await, Err(ResolveError::Forbidden { .. })));
+        assert!(matches!(
+            resolve("localhost", 80, true).await,
+            Err(ResolveError::Forbidden { .. })
+        ));
     }
 }

@@ -8,7 +8,9 @@ use crate::common::*;
 #[tokio::test]
 async fn health_auth_and_unknown_paths() {
     let s = Server::start(&[]).await;
-    let r = reqwest::get(format!("http://127.0.0.1:{}/healthz", s.port)).await.unwrap();
+    let r = reqwest::get(format!("http://127.0.0.1:{}/healthz", s.port))
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     let h = Api::with_token(&s, "");
     let r = h.get("/healthz").await;
@@ -35,20 +37,37 @@ async fn bad_input_gets_clear_4xx() {
     let r = api.publish(json!({"topic": "user.created"})).await;
     assert_eq!(r.status, 422);
     assert_eq!(r.body["data"], json!(["tenant_id is required", "data is required"]));
-    let r = api.publish(json!({"tenant_id": "t1", "topic": "user.created", "data": [1]})).await;
+    let r = api
+        .publish(json!({"tenant_id": "t1", "topic": "user.created", "data": [1]}))
+        .await;
     assert_eq!(r.body["data"], json!(["data must be a valid JSON object"]));
-    let r = api.publish(json!({"tenant_id": "t1", "topic": "nope", "data": {}})).await;
+    let r = api
+        .publish(json!({"tenant_id": "t1", "topic": "nope", "data": {}}))
+        .await;
     assert_eq!((r.status, r.body["data"].clone()), (422, json!(["topic is invalid"])));
     let r = api.publish(json!({"tenant_id": "t1", "data": {}})).await;
     assert_eq!((r.status, r.body["data"].clone()), (422, json!(["topic is required"])));
-    let r = api.publish(json!({"tenant_id": "t1", "topic": "user.created", "metadata": {"a": 1}, "data": {}})).await;
-    assert_eq!((r.status, r.body["message"].clone()), (422, json!("invalid JSON")), "wrong types");
-    let r = api.publish(json!({"tenant_id": 5, "topic": "user.created", "data": {}})).await;
+    let r = api
+        .publish(json!({"tenant_id": "t1", "topic": "user.created", "metadata": {"a": 1}, "data": {}}))
+        .await;
+    assert_eq!(
+        (r.status, r.body["message"].clone()),
+        (422, json!("invalid JSON")),
+        "wrong types"
+    );
+    let r = api
+        .publish(json!({"tenant_id": 5, "topic": "user.created", "data": {}}))
+        .await;
     assert_eq!(r.status, 422);
-    let r = api.publish(json!({"tenant_id": "ghost", "topic": "user.created", "data": {}})).await;
+    let r = api
+        .publish(json!({"tenant_id": "ghost", "topic": "user.created", "data": {}}))
+        .await;
     assert_eq!(r.status, 404);
     assert_eq!(r.body["message"], "tenant not found");
-    let huge = format!("{{\"tenant_id\":\"t1\",\"topic\":\"user.created\",\"data\":{{\"x\":\"{}\"}}}}", "a".repeat(2 * 1024 * 1024));
+    let huge = format!(
+        "{{\"tenant_id\":\"t1\",\"topic\":\"user.created\",\"data\":{{\"x\":\"{}\"}}}}",
+        "a".repeat(2 * 1024 * 1024)
+    );
     let r = api.raw("POST", "/publish", &huge).await;
     assert_eq!(r.status, 413);
     assert_eq!(r.body["status"], 413);
@@ -57,15 +76,49 @@ async fn bad_input_gets_clear_4xx() {
     let r = api.post("/tenants/t1/destinations", json!({"config": {}})).await;
     assert_eq!(r.status, 422);
     assert_eq!(r.body["data"], json!(["type is required", "topics is required"]));
-    let r = api.post("/tenants/t1/destinations", json!({"type": "webhook", "topics": 7, "config": {"url": "https://x.example"}})).await;
-    assert_eq!((r.status, r.body["message"].clone()), (422, json!("validation failed: invalid topics format")));
-    let r = api.post("/tenants/t1/destinations", json!({"type": "webhook", "topics": ["nope"], "config": {"url": "https://x.example"}})).await;
-    assert_eq!((r.status, r.body["message"].clone()), (422, json!("validation failed: invalid topics")));
-    let r = api.post("/tenants/t1/destinations", json!({"type": "webhook", "topics": "*", "config": {}})).await;
-    assert_eq!(r.body, json!({"status": 422, "message": "validation error", "data": ["config.url is required"]}));
-    let r = api.post("/tenants/t1/destinations", json!({"type": "carrier_pigeon", "topics": "*"})).await;
+    let r = api
+        .post(
+            "/tenants/t1/destinations",
+            json!({"type": "webhook", "topics": 7, "config": {"url": "https://x.example"}}),
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.body["message"].clone()),
+        (422, json!("validation failed: invalid topics format"))
+    );
+    let r = api
+        .post(
+            "/tenants/t1/destinations",
+            json!({"type": "webhook", "topics": ["nope"], "config": {"url": "https://x.example"}}),
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.body["message"].clone()),
+        (422, json!("validation failed: invalid topics"))
+    );
+    let r = api
+        .post(
+            "/tenants/t1/destinations",
+            json!({"type": "webhook", "topics": "*", "config": {}}),
+        )
+        .await;
+    assert_eq!(
+        r.body,
+        json!({"status": 422, "message": "validation error", "data": ["config.url is required"]})
+    );
+    let r = api
+        .post(
+            "/tenants/t1/destinations",
+            json!({"type": "carrier_pigeon", "topics": "*"}),
+        )
+        .await;
     assert_eq!(r.status, 422);
-    let r = api.post("/tenants/ghost/destinations", json!({"type": "webhook", "topics": "*", "config": {"url": "https://x.example"}})).await;
+    let r = api
+        .post(
+            "/tenants/ghost/destinations",
+            json!({"type": "webhook", "topics": "*", "config": {"url": "https://x.example"}}),
+        )
+        .await;
     assert_eq!((r.status, r.body["message"].clone()), (404, json!("tenant not found")));
     let r = api.get("/tenants/t1/destinations/nope").await;
     assert_eq!((r.status, r.text.as_str()), (404, ""));
@@ -89,14 +142,21 @@ async fn bad_input_gets_clear_4xx() {
 async fn tenants_crud_and_listing() {
     let s = Server::start(&[]).await;
     let api = Api::admin(&s);
-    let r = api.call("PUT", "/tenants/acme", Some(json!({"metadata": {"plan": "pro"}}))).await;
+    let r = api
+        .call("PUT", "/tenants/acme", Some(json!({"metadata": {"plan": "pro"}})))
+        .await;
     assert_eq!(r.status, 201);
     assert_eq!(r.body["metadata"], json!({"plan": "pro"}));
     assert_eq!(r.body["destinations_count"], 0);
     let r = api.put("/tenants/acme").await;
     assert_eq!(r.status, 200, "update");
-    assert!(r.body.get("metadata").is_none(), "PUT without metadata clears it: {}", r.text);
-    api.webhook("acme", "https://a.example/h", json!({"topics": ["b.x", "a.y"]})).await;
+    assert!(
+        r.body.get("metadata").is_none(),
+        "PUT without metadata clears it: {}",
+        r.text
+    );
+    api.webhook("acme", "https://a.example/h", json!({"topics": ["b.x", "a.y"]}))
+        .await;
     let r = api.get("/tenants/acme").await;
     assert_eq!(r.body["destinations_count"], 1);
     assert_eq!(r.body["topics"], json!(["a.y", "b.x"]));
@@ -106,11 +166,22 @@ async fn tenants_crud_and_listing() {
     let r = api.get("/tenants?limit=2").await;
     assert_eq!(r.body["count"], 5);
     assert_eq!(r.body["models"].as_array().unwrap().len(), 2);
-    let mut seen: Vec<String> = r.body["models"].as_array().unwrap().iter().map(|t| t["id"].as_str().unwrap().into()).collect();
+    let mut seen: Vec<String> = r.body["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["id"].as_str().unwrap().into())
+        .collect();
     let mut next = r.body["pagination"]["next"].as_str().map(String::from);
     while let Some(c) = next {
         let r = api.get(&format!("/tenants?limit=2&next={c}")).await;
-        seen.extend(r.body["models"].as_array().unwrap().iter().map(|t| t["id"].as_str().unwrap().to_string()));
+        seen.extend(
+            r.body["models"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|t| t["id"].as_str().unwrap().to_string()),
+        );
         next = r.body["pagination"]["next"].as_str().map(String::from);
     }
     seen.sort();
@@ -132,7 +203,11 @@ async fn destination_merge_patch_semantics() {
         .webhook("t1", "https://a.example/h", json!({"id": "des_1", "metadata": {"a": "1", "b": "2"}, "delivery_metadata": {"x": true}, "filter": {"data": {"k": 1}}}))
         .await;
     assert_eq!(d["id"], "des_1");
-    assert_eq!(d["delivery_metadata"], json!({"x": "true"}), "values coerced to strings");
+    assert_eq!(
+        d["delivery_metadata"],
+        json!({"x": "true"}),
+        "values coerced to strings"
+    );
     assert_eq!(d["target"], "https://a.example/h");
     let p = "/tenants/t1/destinations/des_1";
     let r = api.patch(p, json!({"metadata": {"a": null, "c": "3"}})).await;
@@ -147,15 +222,31 @@ async fn destination_merge_patch_semantics() {
     assert_eq!(r.body["filter"], json!({"data": {"k": 2}}), "omitted filter unchanged");
     let r = api.patch(p, json!({"filter": {}})).await;
     assert!(r.body.get("filter").is_none(), "{{}} clears the filter");
-    let r = api.patch(p, json!({"topics": ["a", "a", "b"], "config": {"url": "https://b.example/h"}})).await;
+    let r = api
+        .patch(
+            p,
+            json!({"topics": ["a", "a", "b"], "config": {"url": "https://b.example/h"}}),
+        )
+        .await;
     assert_eq!(r.body["topics"], json!(["a", "b"]));
     assert_eq!(r.body["config"]["url"], "https://b.example/h");
     let r = api.patch(p, json!({"type": "rabbitmq"})).await;
-    assert_eq!((r.status, r.body["message"].clone()), (422, json!("type cannot be updated")));
+    assert_eq!(
+        (r.status, r.body["message"].clone()),
+        (422, json!("type cannot be updated"))
+    );
     let r = api.patch(p, json!({"config": {"url": "not a url"}})).await;
     assert_eq!(r.status, 422);
-    let r = api.post("/tenants/t1/destinations", json!({"id": "des_1", "type": "webhook", "topics": "*", "config": {"url": "https://a.example"}})).await;
-    assert_eq!((r.status, r.body["message"].clone()), (400, json!("destination already exists")));
+    let r = api
+        .post(
+            "/tenants/t1/destinations",
+            json!({"id": "des_1", "type": "webhook", "topics": "*", "config": {"url": "https://a.example"}}),
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.body["message"].clone()),
+        (400, json!("destination already exists"))
+    );
     let r = api.get("/tenants/t1/destinations?topics=a").await;
     assert_eq!(r.body.as_array().unwrap().len(), 1);
     let r = api.get("/tenants/t1/destinations?topics=zzz").await;
@@ -174,8 +265,16 @@ async fn max_destinations_per_tenant() {
     api.tenant("t1").await;
     api.webhook("t1", "https://a.example/1", json!({})).await;
     api.webhook("t1", "https://a.example/2", json!({})).await;
-    let r = api.post("/tenants/t1/destinations", json!({"type": "webhook", "topics": "*", "config": {"url": "https://a.example/3"}})).await;
-    assert_eq!((r.status, r.body["message"].clone()), (400, json!("maximum number of destinations per tenant reached")));
+    let r = api
+        .post(
+            "/tenants/t1/destinations",
+            json!({"type": "webhook", "topics": "*", "config": {"url": "https://a.example/3"}}),
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.body["message"].clone()),
+        (400, json!("maximum number of destinations per tenant reached"))
+    );
 }
 
 #[tokio::test]
@@ -187,10 +286,16 @@ async fn tenant_token_isolation() {
     let rx = Receiver::start().await;
     let d1 = admin.webhook("t1", &rx.url("/1"), json!({})).await;
     let d2 = admin.webhook("t2", &rx.url("/2"), json!({})).await;
-    let e1 = admin.publish(json!({"tenant_id": "t1", "topic": "x", "data": {"t": 1}})).await;
-    let e2 = admin.publish(json!({"tenant_id": "t2", "topic": "x", "data": {"t": 2}})).await;
+    let e1 = admin
+        .publish(json!({"tenant_id": "t1", "topic": "x", "data": {"t": 1}}))
+        .await;
+    let e2 = admin
+        .publish(json!({"tenant_id": "t2", "topic": "x", "data": {"t": 2}}))
+        .await;
     rx.wait_for(2, std::time::Duration::from_secs(10)).await;
-    admin.wait_attempts("", std::time::Duration::from_secs(10), |m| m.len() >= 2).await;
+    admin
+        .wait_attempts("", std::time::Duration::from_secs(10), |m| m.len() >= 2)
+        .await;
 
     let r = admin.get("/tenants/t1/token").await;
     assert_eq!(r.body["tenant_id"], "t1");
@@ -198,29 +303,67 @@ async fn tenant_token_isolation() {
     // The token is HS256 with iss=outpost and sub=tenant, verifiable with the secret.
     let mut v = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::HS256);
     v.set_issuer(&["outpost"]);
-    let claims = jsonwebtoken::decode::<Value>(&token, &jsonwebtoken::DecodingKey::from_secret(JWT_SECRET.as_bytes()), &v).unwrap();
+    let claims = jsonwebtoken::decode::<Value>(
+        &token,
+        &jsonwebtoken::DecodingKey::from_secret(JWT_SECRET.as_bytes()),
+        &v,
+    )
+    .unwrap();
     assert_eq!(claims.claims["sub"], "t1");
 
     let t1 = Api::with_token(&s, &token);
     assert_eq!(t1.get("/tenants/t1").await.status, 200);
-    assert_eq!(t1.get("/tenants/t1/destinations").await.body.as_array().unwrap().len(), 1);
+    assert_eq!(
+        t1.get("/tenants/t1/destinations").await.body.as_array().unwrap().len(),
+        1
+    );
     let r = t1.get("/tenants/t2").await;
     assert_eq!((r.status, r.text.as_str()), (403, ""));
-    assert_eq!(t1.get(&format!("/tenants/t2/destinations/{}", d2["id"].as_str().unwrap())).await.status, 403);
-    assert_eq!(t1.publish(json!({"tenant_id": "t1", "topic": "x", "data": {}})).await.status, 403, "publish is admin-only");
+    assert_eq!(
+        t1.get(&format!("/tenants/t2/destinations/{}", d2["id"].as_str().unwrap()))
+            .await
+            .status,
+        403
+    );
+    assert_eq!(
+        t1.publish(json!({"tenant_id": "t1", "topic": "x", "data": {}}))
+            .await
+            .status,
+        403,
+        "publish is admin-only"
+    );
     assert_eq!(t1.get("/tenants/t1/token").await.status, 403);
     let r = t1.get("/events").await;
-    let ids: Vec<&str> = r.body["models"].as_array().unwrap().iter().map(|e| e["tenant_id"].as_str().unwrap()).collect();
+    let ids: Vec<&str> = r.body["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["tenant_id"].as_str().unwrap())
+        .collect();
     assert_eq!(ids, vec!["t1"]);
     let r = t1.get("/events?tenant_id=t2").await;
     assert_eq!(r.status, 403);
-    assert_eq!(r.body["message"], "tenant_id query parameter does not match authenticated tenant");
+    assert_eq!(
+        r.body["message"],
+        "tenant_id query parameter does not match authenticated tenant"
+    );
     let r = t1.get(&format!("/events/{}", e2.body["id"].as_str().unwrap())).await;
     assert_eq!(r.status, 404, "another tenant's event is invisible");
-    assert_eq!(t1.get(&format!("/events/{}", e1.body["id"].as_str().unwrap())).await.status, 200);
+    assert_eq!(
+        t1.get(&format!("/events/{}", e1.body["id"].as_str().unwrap()))
+            .await
+            .status,
+        200
+    );
     let r = t1.get("/attempts").await;
-    assert!(r.body["models"].as_array().unwrap().iter().all(|a| a["tenant_id"] == "t1"));
-    let r = t1.post("/retry", json!({"event_id": e2.body["id"], "destination_id": d2["id"]})).await;
+    assert!(r.body["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|a| a["tenant_id"] == "t1"));
+    let r = t1
+        .post("/retry", json!({"event_id": e2.body["id"], "destination_id": d2["id"]}))
+        .await;
     assert_eq!(r.status, 404, "cannot retry another tenant's event");
     let r = t1.post("/tenants/t1/destinations", json!({"type": "webhook", "topics": "*", "config": {"url": "https://a.example"}, "credentials": {"secret": "mine"}})).await;
     assert_eq!(r.status, 422);
@@ -241,11 +384,14 @@ async fn events_and_attempts_pagination_and_filters() {
     api.tenant("t1").await;
     let d = api.webhook("t1", &rx.url("/p"), json!({})).await;
     for i in 0..10 {
-        let r = api.publish(json!({"tenant_id": "t1", "topic": if i % 2 == 0 { "even" } else { "odd" }, "data": {"i": i}})).await;
+        let r = api
+            .publish(json!({"tenant_id": "t1", "topic": if i % 2 == 0 { "even" } else { "odd" }, "data": {"i": i}}))
+            .await;
         assert_eq!(r.status, 202);
         tokio::time::sleep(std::time::Duration::from_millis(3)).await;
     }
-    api.wait_attempts("limit=100", std::time::Duration::from_secs(10), |m| m.len() >= 10).await;
+    api.wait_attempts("limit=100", std::time::Duration::from_secs(10), |m| m.len() >= 10)
+        .await;
     let mut pages = 0;
     let mut seen = Vec::new();
     let mut next: Option<String> = None;
@@ -264,7 +410,12 @@ async fn events_and_attempts_pagination_and_filters() {
             // The last page can go back.
             let prev = r.body["pagination"]["prev"].as_str().unwrap().to_string();
             let back = api.get(&format!("/events?limit=3&prev={prev}")).await;
-            let b: Vec<i64> = back.body["models"].as_array().unwrap().iter().map(|e| e["data"]["i"].as_i64().unwrap()).collect();
+            let b: Vec<i64> = back.body["models"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|e| e["data"]["i"].as_i64().unwrap())
+                .collect();
             assert_eq!(b, vec![3, 2, 1]);
             break;
         }
@@ -278,16 +429,26 @@ async fn events_and_attempts_pagination_and_filters() {
     assert_eq!(r.body["models"].as_array().unwrap().len(), 5);
     let r = api.get("/events?time[gte]=2999-01-01").await;
     assert_eq!(r.body["models"].as_array().unwrap().len(), 0);
-    let r = api.get(&format!("/events?destination_id[]={}", d["id"].as_str().unwrap())).await;
+    let r = api
+        .get(&format!("/events?destination_id[]={}", d["id"].as_str().unwrap()))
+        .await;
     assert_eq!(r.body["models"].as_array().unwrap().len(), 10);
     // Attempts with includes.
     let did = d["id"].as_str().unwrap();
-    let r = api.get(&format!("/tenants/t1/destinations/{did}/attempts?limit=2&include[]=event")).await;
+    let r = api
+        .get(&format!(
+            "/tenants/t1/destinations/{did}/attempts?limit=2&include[]=event"
+        ))
+        .await;
     let m = r.body["models"].as_array().unwrap();
     assert_eq!(m.len(), 2);
     assert!(m[0]["event"]["id"].is_string() && m[0]["event"].get("data").is_none());
     let aid = m[0]["id"].as_str().unwrap();
-    let r = api.get(&format!("/tenants/t1/destinations/{did}/attempts/{aid}?include=event.data&include=destination")).await;
+    let r = api
+        .get(&format!(
+            "/tenants/t1/destinations/{did}/attempts/{aid}?include=event.data&include=destination"
+        ))
+        .await;
     assert!(r.body["event"]["data"].is_object(), "{}", r.text);
     assert_eq!(r.body["destination"]["id"], did);
     let r = api.get(&format!("/attempts/{aid}")).await;
@@ -306,7 +467,11 @@ async fn destination_types_and_topics() {
     let r = api.get("/destination-types").await;
     let types = r.body.as_array().unwrap();
     assert_eq!(types[0]["type"], "webhook");
-    assert!(types[0]["config_fields"].as_array().unwrap().iter().any(|f| f["key"] == "url" && f["required"] == true));
+    assert!(types[0]["config_fields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|f| f["key"] == "url" && f["required"] == true));
     assert_eq!(api.get("/destination-types/webhook").await.status, 200);
     let r = api.get("/destination-types/nope").await;
     assert_eq!((r.status, r.text.as_str()), (404, ""));
@@ -315,7 +480,11 @@ async fn destination_types_and_topics() {
 
 #[test]
 fn invalid_configuration_is_refused_naming_the_key() {
-    let (code, err) = Server::run_once(&[("AES_ENCRYPTION_SECRET", "x"), ("API_KEY", "k"), ("RETRY_SCHEDULE", "1,zero")]);
+    let (code, err) = Server::run_once(&[
+        ("AES_ENCRYPTION_SECRET", "x"),
+        ("API_KEY", "k"),
+        ("RETRY_SCHEDULE", "1,zero"),
+    ]);
     assert_ne!(code, 0);
     assert!(err.contains("RETRY_SCHEDULE"), "{err}");
     let (code, err) = Server::run_once(&[("API_KEY", "k")]);

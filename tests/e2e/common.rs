@@ -18,7 +18,11 @@ pub const API_KEY: &str = "test-admin-key";
 pub const JWT_SECRET: &str = "test-jwt-secret";
 
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 pub struct Server {
@@ -101,12 +105,17 @@ impl Server {
     pub fn run_once(env: &[(&str, &str)]) -> (i32, String) {
         let tmp = tempfile::tempdir().unwrap();
         let mut c = Command::new(env!("CARGO_BIN_EXE_outrider"));
-        c.current_dir(tmp.path()).env_clear().env("API_PORT", free_port().to_string());
+        c.current_dir(tmp.path())
+            .env_clear()
+            .env("API_PORT", free_port().to_string());
         for (k, v) in env {
             c.env(k, v);
         }
         let out = c.output().unwrap();
-        (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
     }
 }
 
@@ -145,7 +154,10 @@ impl Api {
 
     pub async fn call(&self, method: &str, path: &str, body: Option<Value>) -> Resp {
         let m = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
-        let mut req = self.http.request(m, format!("{}{}", self.base, path)).bearer_auth(&self.token);
+        let mut req = self
+            .http
+            .request(m, format!("{}{}", self.base, path))
+            .bearer_auth(&self.token);
         if let Some(b) = body {
             req = req.json(&b);
         }
@@ -263,7 +275,12 @@ pub struct Receiver {
     pub state: Arc<ReceiverState>,
 }
 
-async fn record(State(s): State<Arc<ReceiverState>>, uri: axum::http::Uri, headers: HeaderMap, body: Bytes) -> impl IntoResponse {
+async fn record(
+    State(s): State<Arc<ReceiverState>>,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> impl IntoResponse {
     let delay = *s.delay.lock().unwrap();
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
@@ -280,7 +297,10 @@ async fn record(State(s): State<Arc<ReceiverState>>, uri: axum::http::Uri, heade
         .or_else(|| s.script.lock().unwrap().pop_front())
         .unwrap_or(200);
     let text = s.body.lock().unwrap().clone();
-    (StatusCode::from_u16(status).unwrap(), if text.is_empty() { "ok".to_string() } else { text })
+    (
+        StatusCode::from_u16(status).unwrap(),
+        if text.is_empty() { "ok".to_string() } else { text },
+    )
 }
 
 impl Receiver {

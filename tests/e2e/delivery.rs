@@ -37,7 +37,10 @@ async fn webhook_default_mode_headers_signature_and_key_order() {
     let g = &got[0];
     assert_eq!(g.path, "/hook");
     // Key order and content preserved, whitespace compacted.
-    assert_eq!(std::str::from_utf8(&g.body).unwrap(), r#"{"zebra":1,"alpha":{"b":2,"a":1},"mango":"<&>"}"#);
+    assert_eq!(
+        std::str::from_utf8(&g.body).unwrap(),
+        r#"{"zebra":1,"alpha":{"b":2,"a":1},"mango":"<&>"}"#
+    );
     assert_eq!(g.header("content-type").unwrap(), "application/json");
     assert_eq!(g.header("x-outpost-event-id").unwrap(), event_id);
     assert_eq!(g.header("x-outpost-topic").unwrap(), "user.created");
@@ -52,7 +55,9 @@ async fn webhook_default_mode_headers_signature_and_key_order() {
     assert_eq!(g.header("x-outpost-signature").unwrap(), expected);
 
     let attempts = api
-        .wait_attempts(&format!("event_id={event_id}&include=response_data"), WAIT, |m| !m.is_empty())
+        .wait_attempts(&format!("event_id={event_id}&include=response_data"), WAIT, |m| {
+            !m.is_empty()
+        })
         .await;
     assert_eq!(attempts.len(), 1);
     let a = &attempts[0];
@@ -65,7 +70,11 @@ async fn webhook_default_mode_headers_signature_and_key_order() {
     // The stored event keeps key order too.
     let e = api.get(&format!("/events/{event_id}")).await;
     assert_eq!(e.status, 200);
-    assert!(e.text.contains(r#""data":{"zebra":1,"alpha":{"b":2,"a":1},"mango":"#), "{}", e.text);
+    assert!(
+        e.text.contains(r#""data":{"zebra":1,"alpha":{"b":2,"a":1},"mango":"#),
+        "{}",
+        e.text
+    );
     assert_eq!(e.body["matched_destination_ids"], json!([d["id"]]));
 }
 
@@ -109,17 +118,25 @@ async fn secret_rotation_signs_with_both_secrets() {
     let old = d["credentials"]["secret"].as_str().unwrap().to_string();
     let id = d["id"].as_str().unwrap();
     let r = api
-        .patch(&format!("/tenants/t1/destinations/{id}"), json!({"credentials": {"rotate_secret": "true"}}))
+        .patch(
+            &format!("/tenants/t1/destinations/{id}"),
+            json!({"credentials": {"rotate_secret": "true"}}),
+        )
         .await;
     assert_eq!(r.status, 200, "{}", r.text);
     let new = r.body["credentials"]["secret"].as_str().unwrap().to_string();
     assert_ne!(new, old);
     assert_eq!(r.body["credentials"]["previous_secret"], old);
     assert!(r.body["credentials"]["previous_secret_invalid_at"].is_string());
-    api.publish(json!({"tenant_id": "t1", "topic": "x", "data": {"v": 1}})).await;
+    api.publish(json!({"tenant_id": "t1", "topic": "x", "data": {"v": 1}}))
+        .await;
     let g = &rx.wait_for(1, WAIT).await[0];
     let sig = g.header("x-outpost-signature").unwrap();
-    let want = format!("v0={},{}", hmac_hex(new.as_bytes(), &g.body), hmac_hex(old.as_bytes(), &g.body));
+    let want = format!(
+        "v0={},{}",
+        hmac_hex(new.as_bytes(), &g.body),
+        hmac_hex(old.as_bytes(), &g.body)
+    );
     assert_eq!(sig, want);
 }
 
@@ -127,26 +144,56 @@ async fn secret_rotation_signs_with_both_secrets() {
 async fn fan_out_filters_topics_and_targeting() {
     let s = Server::start(&[("TOPICS_ALLOW_WILDCARDS", "true")]).await;
     let api = Api::admin(&s);
-    let (a, b, c, f) = (Receiver::start().await, Receiver::start().await, Receiver::start().await, Receiver::start().await);
+    let (a, b, c, f) = (
+        Receiver::start().await,
+        Receiver::start().await,
+        Receiver::start().await,
+        Receiver::start().await,
+    );
     api.tenant("t1").await;
-    let da = api.webhook("t1", &a.url("/a"), json!({"topics": ["user.created"]})).await;
+    let da = api
+        .webhook("t1", &a.url("/a"), json!({"topics": ["user.created"]}))
+        .await;
     let db = api.webhook("t1", &b.url("/b"), json!({"topics": ["user.*"]})).await;
     let dc = api.webhook("t1", &c.url("/c"), json!({"topics": "*"})).await;
     let df = api
-        .webhook("t1", &f.url("/f"), json!({"topics": "*", "filter": {"data": {"amount": {"$gte": 100}}}}))
+        .webhook(
+            "t1",
+            &f.url("/f"),
+            json!({"topics": "*", "filter": {"data": {"amount": {"$gte": 100}}}}),
+        )
         .await;
 
-    let r = api.publish(json!({"tenant_id": "t1", "topic": "user.created", "data": {"amount": 150}})).await;
+    let r = api
+        .publish(json!({"tenant_id": "t1", "topic": "user.created", "data": {"amount": 150}}))
+        .await;
     let mut ids: Vec<String> = serde_json::from_value(r.body["destination_ids"].clone()).unwrap();
     ids.sort();
-    let mut want: Vec<String> = [&da, &db, &dc, &df].iter().map(|d| d["id"].as_str().unwrap().to_string()).collect();
+    let mut want: Vec<String> = [&da, &db, &dc, &df]
+        .iter()
+        .map(|d| d["id"].as_str().unwrap().to_string())
+        .collect();
     want.sort();
     assert_eq!(ids, want, "fan-out to all four");
 
-    let r = api.publish(json!({"tenant_id": "t1", "topic": "user.deleted", "data": {"amount": 50}})).await;
-    assert_eq!(r.body["destination_ids"].as_array().unwrap().len(), 2, "b and c only: {}", r.text);
-    let r = api.publish(json!({"tenant_id": "t1", "topic": "order.created", "data": {"amount": 200}})).await;
-    assert_eq!(r.body["destination_ids"].as_array().unwrap().len(), 2, "c and f only: {}", r.text);
+    let r = api
+        .publish(json!({"tenant_id": "t1", "topic": "user.deleted", "data": {"amount": 50}}))
+        .await;
+    assert_eq!(
+        r.body["destination_ids"].as_array().unwrap().len(),
+        2,
+        "b and c only: {}",
+        r.text
+    );
+    let r = api
+        .publish(json!({"tenant_id": "t1", "topic": "order.created", "data": {"amount": 200}}))
+        .await;
+    assert_eq!(
+        r.body["destination_ids"].as_array().unwrap().len(),
+        2,
+        "c and f only: {}",
+        r.text
+    );
     // destination_id targets one destination, still subject to topic matching.
     let r = api
         .publish(json!({"tenant_id": "t1", "topic": "order.created", "destination_id": dc["id"], "data": {}}))
@@ -200,11 +247,15 @@ async fn disabled_destination_gets_nothing_until_enabled() {
     let r = api.put(&format!("/tenants/t1/destinations/{id}/disable")).await;
     assert_eq!(r.status, 200);
     assert!(r.body["disabled_at"].is_string());
-    let r = api.publish(json!({"tenant_id": "t1", "topic": "x", "data": {"n": 1}})).await;
+    let r = api
+        .publish(json!({"tenant_id": "t1", "topic": "x", "data": {"n": 1}}))
+        .await;
     assert_eq!(r.body["destination_ids"], json!([]));
     let r = api.put(&format!("/tenants/t1/destinations/{id}/enable")).await;
     assert!(r.body["disabled_at"].is_null());
-    let r = api.publish(json!({"tenant_id": "t1", "topic": "x", "data": {"n": 2}})).await;
+    let r = api
+        .publish(json!({"tenant_id": "t1", "topic": "x", "data": {"n": 2}}))
+        .await;
     assert_eq!(r.body["destination_ids"], json!([id]));
     let got = rx.wait_for(1, WAIT).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -259,13 +310,17 @@ async fn retries_stop_when_exhausted_and_ineligible_events_are_not_retried() {
     *rx.state.always.lock().unwrap() = Some(500);
     api.tenant("t1").await;
     api.webhook("t1", &rx.url("/e"), json!({})).await;
-    let r = api.publish(json!({"tenant_id": "t1", "topic": "x", "data": {"k": "retry"}})).await;
+    let r = api
+        .publish(json!({"tenant_id": "t1", "topic": "x", "data": {"k": "retry"}}))
+        .await;
     let ev = r.body["id"].as_str().unwrap().to_string();
     let r2 = api
         .publish(json!({"tenant_id": "t1", "topic": "x", "eligible_for_retry": false, "data": {"k": "once"}}))
         .await;
     let ev2 = r2.body["id"].as_str().unwrap().to_string();
-    let a = api.wait_attempts(&format!("event_id={ev}"), WAIT, |m| m.len() >= 3).await;
+    let a = api
+        .wait_attempts(&format!("event_id={ev}"), WAIT, |m| m.len() >= 3)
+        .await;
     assert_eq!(a.len(), 3, "1 + 2 retries");
     tokio::time::sleep(Duration::from_millis(2500)).await;
     let a = api.get(&format!("/attempts?event_id={ev}")).await;
@@ -285,12 +340,19 @@ async fn manual_retry() {
     let did = d["id"].as_str().unwrap().to_string();
     // Raw text: `json!` would sort the keys before sending.
     let r = api
-        .raw("POST", "/publish", r#"{"tenant_id":"t1","topic":"x","eligible_for_retry":false,"data":{"zebra":1,"alpha":2}}"#)
+        .raw(
+            "POST",
+            "/publish",
+            r#"{"tenant_id":"t1","topic":"x","eligible_for_retry":false,"data":{"zebra":1,"alpha":2}}"#,
+        )
         .await;
     let ev = r.body["id"].as_str().unwrap().to_string();
-    api.wait_attempts(&format!("event_id={ev}"), WAIT, |m| m.len() == 1).await;
+    api.wait_attempts(&format!("event_id={ev}"), WAIT, |m| m.len() == 1)
+        .await;
     // Unknown event → 404; missing fields → 422.
-    let r = api.post("/retry", json!({"event_id": "nope", "destination_id": did})).await;
+    let r = api
+        .post("/retry", json!({"event_id": "nope", "destination_id": did}))
+        .await;
     assert_eq!(r.status, 404, "{}", r.text);
     assert_eq!(r.body["message"], "event not found");
     let r = api.post("/retry", json!({"event_id": ev})).await;
@@ -303,7 +365,10 @@ async fn manual_retry() {
         .wait_attempts(&format!("event_id={ev}&dir=asc"), WAIT, |m| m.len() == 2)
         .await;
     assert_eq!(a.len(), 2);
-    assert_eq!((a[1]["attempt_number"].as_i64(), a[1]["manual"].as_bool()), (Some(2), Some(true)));
+    assert_eq!(
+        (a[1]["attempt_number"].as_i64(), a[1]["manual"].as_bool()),
+        (Some(2), Some(true))
+    );
     assert_eq!(a[1]["status"], "success");
     let got = rx.wait_for(2, WAIT).await;
     assert_eq!(std::str::from_utf8(&got[1].body).unwrap(), r#"{"zebra":1,"alpha":2}"#);
@@ -311,7 +376,10 @@ async fn manual_retry() {
     api.put(&format!("/tenants/t1/destinations/{did}/disable")).await;
     let r = api.post("/retry", json!({"event_id": ev, "destination_id": did})).await;
     assert_eq!(r.status, 400);
-    assert_eq!(r.body, json!({"status": 400, "message": "Destination is disabled", "data": {"error": "destination_disabled"}}));
+    assert_eq!(
+        r.body,
+        json!({"status": 400, "message": "Destination is disabled", "data": {"error": "destination_disabled"}})
+    );
 }
 
 #[tokio::test]
@@ -345,17 +413,24 @@ async fn response_body_cap_and_connection_errors() {
     api.webhook("t1", &big.url("/big"), json!({"topics": ["big"]})).await;
     let dead = format!("http://127.0.0.1:{}/gone", free_port());
     api.webhook("t1", &dead, json!({"topics": ["dead"]})).await;
-    let r = api.publish(json!({"tenant_id": "t1", "topic": "big", "data": {}})).await;
+    let r = api
+        .publish(json!({"tenant_id": "t1", "topic": "big", "data": {}}))
+        .await;
     let ev = r.body["id"].as_str().unwrap().to_string();
     let a = api
         .wait_attempts(&format!("event_id={ev}&include=response_data"), WAIT, |m| !m.is_empty())
         .await;
-    assert_eq!(a[0]["response_data"]["body"], "Response body exceeded 100 bytes and was not stored");
+    assert_eq!(
+        a[0]["response_data"]["body"],
+        "Response body exceeded 100 bytes and was not stored"
+    );
     assert_eq!(a[0]["status"], "success");
     let r = api
         .publish(json!({"tenant_id": "t1", "topic": "dead", "eligible_for_retry": false, "data": {}}))
         .await;
     let ev = r.body["id"].as_str().unwrap().to_string();
-    let a = api.wait_attempts(&format!("event_id={ev}"), WAIT, |m| !m.is_empty()).await;
+    let a = api
+        .wait_attempts(&format!("event_id={ev}"), WAIT, |m| !m.is_empty())
+        .await;
     assert_eq!(a[0]["code"], "connection_refused");
 }

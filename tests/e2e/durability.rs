@@ -14,8 +14,9 @@ async fn kill9_mid_publish_loses_no_accepted_event() {
     let mut s = Server::start(&[("RETRY_SCHEDULE", "1,1,1,1,1")]).await;
     let api = Api::admin(&s);
     let rx = Receiver::start().await;
-    // A slow receiver keeps many deliveries pending when the process dies.
-    *rx.state.delay.lock().unwrap() = Duration::from_millis(20);
+    // The receiver fails every delivery until the restart, so every accepted
+    // event is still pending (in the retry schedule) when the process dies.
+    *rx.state.always.lock().unwrap() = Some(503);
     api.tenant("t1").await;
     api.webhook("t1", &rx.url("/k"), json!({})).await;
 
@@ -46,19 +47,17 @@ async fn kill9_mid_publish_loses_no_accepted_event() {
         let _ = t.await;
     }
     let accepted: Vec<String> = accepted.lock().unwrap().clone();
-    let before = rx.count();
+    let failed_before_kill = rx.count();
     assert!(accepted.len() > 50, "published only {}", accepted.len());
-    *rx.state.delay.lock().unwrap() = Duration::ZERO;
+    // Only deliveries after the restart count.
+    rx.state.got.lock().unwrap().clear();
+    *rx.state.always.lock().unwrap() = None;
     s.spawn().await;
 
     let want: HashSet<&str> = accepted.iter().map(String::as_str).collect();
     let deadline = Instant::now() + Duration::from_secs(60);
     let delivered = loop {
-        let got: HashSet<String> = rx
-            .got()
-            .iter()
-            .filter_map(|g| g.header("x-outpost-event-id"))
-            .collect();
+        let got: HashSet<String> = rx.got().iter().filter_map(|g| g.header("x-outpost-event-id")).collect();
         let missing = want.iter().filter(|id| !got.contains(**id)).count();
         if missing == 0 || Instant::now() > deadline {
             break got;
@@ -68,15 +67,20 @@ async fn kill9_mid_publish_loses_no_accepted_event() {
     let lost: Vec<&&str> = want.iter().filter(|id| !delivered.contains(**id)).collect();
     let total = rx.count();
     eprintln!(
-        "kill -9 durability: accepted={} delivered_before_kill={} delivered_unique={} deliveries_total={} duplicates={} lost={}",
+        "kill -9 durability: accepted={} failed_attempts_before_kill={} delivered_after_restart={} deliveries_total={} duplicates={} lost={}",
         accepted.len(),
-        before,
+        failed_before_kill,
         want.iter().filter(|id| delivered.contains(**id)).count(),
         total,
         total - delivered.len(),
         lost.len()
     );
-    assert!(lost.is_empty(), "lost {} accepted events, e.g. {:?}", lost.len(), lost.iter().take(5).collect::<Vec<_>>());
+    assert!(
+        lost.is_empty(),
+        "lost {} accepted events, e.g. {:?}",
+        lost.len(),
+        lost.iter().take(5).collect::<Vec<_>>()
+    );
     // Their attempts are queryable after the restart.
     let some = accepted.last().unwrap();
     let a = api

@@ -277,11 +277,9 @@ pub async fn update(
         next.created_at = past_time(body.get("created_at"), "created_at", now)?.unwrap_or(current.created_at);
     }
     next.updated_at = now;
-    let adapter = s
-        .engine
-        .types
-        .get(&next.kind)
-        .ok_or_else(|| ApiError::unprocessable(format!("no provider registered for destination type: {}", next.kind)))?;
+    let adapter = s.engine.types.get(&next.kind).ok_or_else(|| {
+        ApiError::unprocessable(format!("no provider registered for destination type: {}", next.kind))
+    })?;
     let raw = RawInput {
         credentials: body.get("credentials").and_then(Value::as_object).cloned(),
     };
@@ -305,7 +303,13 @@ pub async fn delete(
     Ok(Json(json!({"success": true})))
 }
 
-async fn set_disabled(s: &AppState, p: &Principal, tenant_id: &str, id: &str, disabled: bool) -> ApiResult<Json<DestinationJson>> {
+async fn set_disabled(
+    s: &AppState,
+    p: &Principal,
+    tenant_id: &str,
+    id: &str,
+    disabled: bool,
+) -> ApiResult<Json<DestinationJson>> {
     let current = lookup(s, p, tenant_id, id)?;
     if current.is_enabled() != disabled {
         return Ok(Json(display(s, &current)));
@@ -333,4 +337,3 @@ pub async fn disable(
 ) -> ApiResult<Json<DestinationJson>> {
     set_disabled(&s, &p, &tenant_id, &id, true).await
 }
-

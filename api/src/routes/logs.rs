@@ -135,7 +135,11 @@ fn base_query(q: &Query, field: &str) -> ApiResult<ListQuery> {
     })
 }
 
-pub async fn list_events(p: Principal, State(s): State<AppState>, RawQuery(raw): RawQuery) -> ApiResult<Json<ListPage<EventJson>>> {
+pub async fn list_events(
+    p: Principal,
+    State(s): State<AppState>,
+    RawQuery(raw): RawQuery,
+) -> ApiResult<Json<ListPage<EventJson>>> {
     let q = Query::parse(raw.as_deref());
     let mut lq = base_query(&q, "time")?;
     lq.tenant_ids = tenant_filter(&p, &q)?;
@@ -199,7 +203,12 @@ async fn render_attempts(s: &AppState, rows: &[Attempt], inc: &Include) -> ApiRe
             j.response_data = a.response_data.clone();
         }
         if inc.event {
-            if let Some(e) = s.engine.store.get_event(Some(a.tenant_id.clone()), a.event_id.clone()).await? {
+            if let Some(e) = s
+                .engine
+                .store
+                .get_event(Some(a.tenant_id.clone()), a.event_id.clone())
+                .await?
+            {
                 j.event = Some(views::event_in_attempt(&e, &a.destination_id, inc.event_data));
             }
         }
@@ -238,7 +247,11 @@ async fn attempts_page(s: &AppState, q: &Query, mut lq: ListQuery) -> ApiResult<
     Ok(Json(ListPage { models, pagination }))
 }
 
-pub async fn list_attempts(p: Principal, State(s): State<AppState>, RawQuery(raw): RawQuery) -> ApiResult<Json<ListPage<AttemptJson>>> {
+pub async fn list_attempts(
+    p: Principal,
+    State(s): State<AppState>,
+    RawQuery(raw): RawQuery,
+) -> ApiResult<Json<ListPage<AttemptJson>>> {
     let q = Query::parse(raw.as_deref());
     let mut lq = attempt_query(&q)?;
     lq.tenant_ids = tenant_filter(&p, &q)?;

@@ -32,7 +32,11 @@ pub async fn destination_types(_p: Principal, State(s): State<AppState>) -> Json
     Json(s.engine.types.all().map(|t| t.metadata()).collect())
 }
 
-pub async fn destination_type(_p: Principal, State(s): State<AppState>, Path(kind): Path<String>) -> ApiResult<Json<Value>> {
+pub async fn destination_type(
+    _p: Principal,
+    State(s): State<AppState>,
+    Path(kind): Path<String>,
+) -> ApiResult<Json<Value>> {
     s.engine
         .types
         .get(&kind)

@@ -7,8 +7,8 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::Json;
 use serde::Deserialize;
-use serde_json::value::RawValue;
 use serde_json::json;
+use serde_json::value::RawValue;
 
 use crate::auth::Principal;
 use crate::error::{ApiError, ApiResult};
@@ -61,9 +61,13 @@ pub async fn publish(p: Principal, State(s): State<AppState>, RawBody(body): Raw
     }
     let time = match b.time.as_deref() {
         None | Some("") => now_ms(),
-        Some(t) => parse_rfc3339_ms(t).ok_or_else(|| ApiError::Validation(vec!["time must be an RFC 3339 date-time".into()]))?,
+        Some(t) => parse_rfc3339_ms(t)
+            .ok_or_else(|| ApiError::Validation(vec!["time must be an RFC 3339 date-time".into()]))?,
     };
-    let data = b.data.map(|d| outrider_engine::json::compact(d.get())).unwrap_or_default();
+    let data = b
+        .data
+        .map(|d| outrider_engine::json::compact(d.get()))
+        .unwrap_or_default();
     let event = Event {
         id: b
             .id
@@ -96,7 +100,11 @@ pub struct RetryBody {
     destination_id: Option<String>,
 }
 
-pub async fn retry(p: Principal, State(s): State<AppState>, JsonBody(b): JsonBody<RetryBody>) -> ApiResult<impl IntoResponse> {
+pub async fn retry(
+    p: Principal,
+    State(s): State<AppState>,
+    JsonBody(b): JsonBody<RetryBody>,
+) -> ApiResult<impl IntoResponse> {
     let mut missing = Vec::new();
     let event_id = b.event_id.filter(|v| !v.is_empty());
     let destination_id = b.destination_id.filter(|v| !v.is_empty());

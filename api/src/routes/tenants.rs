@@ -46,13 +46,24 @@ pub async fn upsert(
     Ok((status, Json(TenantJson::from(&view))))
 }
 
-pub async fn get_one(p: Principal, State(s): State<AppState>, Path(tenant_id): Path<String>) -> ApiResult<Json<TenantJson>> {
+pub async fn get_one(
+    p: Principal,
+    State(s): State<AppState>,
+    Path(tenant_id): Path<String>,
+) -> ApiResult<Json<TenantJson>> {
     tenant_access(&p, &s, &tenant_id)?;
-    let v = s.engine.tenant(&tenant_id).ok_or_else(|| ApiError::not_found("tenant not found"))?;
+    let v = s
+        .engine
+        .tenant(&tenant_id)
+        .ok_or_else(|| ApiError::not_found("tenant not found"))?;
     Ok(Json(TenantJson::from(&v)))
 }
 
-pub async fn delete(p: Principal, State(s): State<AppState>, Path(tenant_id): Path<String>) -> ApiResult<impl IntoResponse> {
+pub async fn delete(
+    p: Principal,
+    State(s): State<AppState>,
+    Path(tenant_id): Path<String>,
+) -> ApiResult<impl IntoResponse> {
     tenant_access(&p, &s, &tenant_id)?;
     if !s.engine.delete_tenant(&tenant_id).await? {
         return Err(ApiError::Bare(StatusCode::NOT_FOUND));
@@ -60,7 +71,11 @@ pub async fn delete(p: Principal, State(s): State<AppState>, Path(tenant_id): Pa
     Ok(Json(json!({"success": true})))
 }
 
-pub async fn token(p: Principal, State(s): State<AppState>, Path(tenant_id): Path<String>) -> ApiResult<impl IntoResponse> {
+pub async fn token(
+    p: Principal,
+    State(s): State<AppState>,
+    Path(tenant_id): Path<String>,
+) -> ApiResult<impl IntoResponse> {
     p.require_admin()?;
     tenant_access(&p, &s, &tenant_id)?;
     let jwt = s.jwt.as_ref().ok_or_else(|| {

@@ -73,7 +73,12 @@ pub struct PublishResult {
 
 /// Delivers events to one destination. Lives on its shard's thread.
 pub trait Publisher {
-    fn publish<'a>(&'a self, client: &'a HttpClient, event: &'a Event, now_ms: i64) -> LocalBoxFuture<'a, PublishResult>;
+    fn publish<'a>(
+        &'a self,
+        client: &'a HttpClient,
+        event: &'a Event,
+        now_ms: i64,
+    ) -> LocalBoxFuture<'a, PublishResult>;
 }
 
 /// All types this build can create and deliver to, in listing order.
@@ -108,7 +113,12 @@ pub fn obfuscate(v: &str) -> String {
 }
 
 /// The metadata a delivery carries: system < destination.delivery_metadata < event.metadata.
-pub fn merged_metadata(delivery_metadata: Option<&StringMap>, event: &Event, now_ms: i64, include_ms: bool) -> StringMap {
+pub fn merged_metadata(
+    delivery_metadata: Option<&StringMap>,
+    event: &Event,
+    now_ms: i64,
+    include_ms: bool,
+) -> StringMap {
     let mut m = StringMap::new();
     m.insert("timestamp".into(), crate::timefmt::format_secs(now_ms));
     m.insert("event-id".into(), event.id.clone());

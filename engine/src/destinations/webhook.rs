@@ -148,7 +148,12 @@ impl DestinationType for Webhook {
         actor: Actor,
         now_ms: i64,
     ) -> Result<(), Violations> {
-        let sent = |k: &str| raw.credentials.as_ref().and_then(|m| m.get(k)).is_some_and(|v| !v.is_null());
+        let sent = |k: &str| {
+            raw.credentials
+                .as_ref()
+                .and_then(|m| m.get(k))
+                .is_some_and(|v| !v.is_null())
+        };
         let rotate = d.credentials.get(ROTATE_SECRET).is_some_and(|v| truthy(v));
         let mut errs = Vec::new();
         match previous {
@@ -167,7 +172,8 @@ impl DestinationType for Webhook {
                     return Err(errs);
                 }
                 if d.credentials.get(SECRET).is_none_or(|s| s.is_empty()) {
-                    d.credentials.insert(SECRET.into(), signing::generate_secret(&self.config.webhook));
+                    d.credentials
+                        .insert(SECRET.into(), signing::generate_secret(&self.config.webhook));
                 }
             }
             Some(prev) => {
@@ -184,7 +190,8 @@ impl DestinationType for Webhook {
                 if rotate {
                     let old = prev.credentials.get(SECRET).cloned().unwrap_or_default();
                     d.credentials.insert(PREVIOUS_SECRET.into(), old);
-                    d.credentials.insert(SECRET.into(), signing::generate_secret(&self.config.webhook));
+                    d.credentials
+                        .insert(SECRET.into(), signing::generate_secret(&self.config.webhook));
                     if !sent(PREVIOUS_SECRET_INVALID_AT) {
                         d.credentials.remove(PREVIOUS_SECRET_INVALID_AT);
                     }
@@ -192,15 +199,18 @@ impl DestinationType for Webhook {
             }
         }
         if d.credentials.get(PREVIOUS_SECRET).is_some_and(|s| !s.is_empty())
-            && d.credentials.get(PREVIOUS_SECRET_INVALID_AT).is_none_or(|s| s.is_empty())
+            && d.credentials
+                .get(PREVIOUS_SECRET_INVALID_AT)
+                .is_none_or(|s| s.is_empty())
         {
             d.credentials.insert(
                 PREVIOUS_SECRET_INVALID_AT.into(),
                 crate::timefmt::format_secs(now_ms + ROTATION_WINDOW_MS),
             );
         }
-        d.credentials
-            .retain(|k, v| matches!(k.as_str(), SECRET | PREVIOUS_SECRET | PREVIOUS_SECRET_INVALID_AT) && !v.is_empty());
+        d.credentials.retain(|k, v| {
+            matches!(k.as_str(), SECRET | PREVIOUS_SECRET | PREVIOUS_SECRET_INVALID_AT) && !v.is_empty()
+        });
         Ok(())
     }
 
@@ -230,11 +240,19 @@ impl DestinationType for Webhook {
             Some(h) => parse_custom_headers(h)
                 .map_err(|e| e.join(", "))?
                 .into_iter()
-                .filter_map(|(k, v)| Some((HeaderName::from_bytes(k.as_bytes()).ok()?, HeaderValue::from_str(&v).ok()?)))
+                .filter_map(|(k, v)| {
+                    Some((
+                        HeaderName::from_bytes(k.as_bytes()).ok()?,
+                        HeaderValue::from_str(&v).ok()?,
+                    ))
+                })
                 .collect(),
             None => vec![],
         };
-        let previous = match (d.credentials.get(PREVIOUS_SECRET), d.credentials.get(PREVIOUS_SECRET_INVALID_AT)) {
+        let previous = match (
+            d.credentials.get(PREVIOUS_SECRET),
+            d.credentials.get(PREVIOUS_SECRET_INVALID_AT),
+        ) {
             (Some(s), Some(t)) if !s.is_empty() => crate::timefmt::parse_rfc3339_ms(t).map(|t| (s.clone(), t)),
             _ => None,
         };
@@ -286,7 +304,12 @@ impl WebhookPublisher {
         for (k, v) in &self.custom_headers {
             h.insert(k.clone(), v.clone());
         }
-        let meta = merged_metadata(self.delivery_metadata.as_ref(), event, now_ms, w.include_millisecond_timestamp);
+        let meta = merged_metadata(
+            self.delivery_metadata.as_ref(),
+            event,
+            now_ms,
+            w.include_millisecond_timestamp,
+        );
         let prefix = w.header_prefix.as_str();
         let secrets = self.secrets(now_ms);
         match w.mode {
@@ -324,7 +347,10 @@ impl WebhookPublisher {
                 put(&mut h, &format!("{prefix}timestamp"), &secs.to_string());
                 let keys: Vec<Vec<u8>> = secrets
                     .iter()
-                    .map(|s| signing::standard_secret_key(s).ok_or_else(|| "webhook secret is not a valid whsec_ base64 secret".to_string()))
+                    .map(|s| {
+                        signing::standard_secret_key(s)
+                            .ok_or_else(|| "webhook secret is not a valid whsec_ base64 secret".to_string())
+                    })
                     .collect::<Result<_, _>>()?;
                 if !keys.is_empty() {
                     let refs: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
@@ -361,7 +387,12 @@ fn failed(e: SendError) -> PublishResult {
 }
 
 impl Publisher for WebhookPublisher {
-    fn publish<'a>(&'a self, client: &'a HttpClient, event: &'a Event, now_ms: i64) -> LocalBoxFuture<'a, PublishResult> {
+    fn publish<'a>(
+        &'a self,
+        client: &'a HttpClient,
+        event: &'a Event,
+        now_ms: i64,
+    ) -> LocalBoxFuture<'a, PublishResult> {
         Box::pin(async move {
             let headers = match self.headers(event, now_ms) {
                 Ok(h) => h,
@@ -469,20 +500,36 @@ mod tests {
         let mut d = dest("");
         assert_eq!(w.validate(&d).unwrap_err(), vec!["config.url is required"]);
         d.config.insert("url".into(), "ftp://x".into());
-        assert_eq!(w.validate(&d).unwrap_err(), vec!["config.url failed pattern validation"]);
+        assert_eq!(
+            w.validate(&d).unwrap_err(),
+            vec!["config.url failed pattern validation"]
+        );
         d.config.insert("url".into(), "https://x.example/h".into());
-        d.config.insert("custom_headers".into(), "{\"Host\":\"a\",\"bad name\":\"b\",\"X-Ok\":\"\"}".into());
+        d.config.insert(
+            "custom_headers".into(),
+            "{\"Host\":\"a\",\"bad name\":\"b\",\"X-Ok\":\"\"}".into(),
+        );
         let e = w.validate(&d).unwrap_err();
-        assert!(e.contains(&"config.custom_headers.Host is forbidden".to_string()), "{e:?}");
-        assert!(e.contains(&"config.custom_headers.bad name failed pattern validation".to_string()), "{e:?}");
-        assert!(e.contains(&"config.custom_headers.X-Ok is required".to_string()), "{e:?}");
+        assert!(
+            e.contains(&"config.custom_headers.Host is forbidden".to_string()),
+            "{e:?}"
+        );
+        assert!(
+            e.contains(&"config.custom_headers.bad name failed pattern validation".to_string()),
+            "{e:?}"
+        );
+        assert!(
+            e.contains(&"config.custom_headers.X-Ok is required".to_string()),
+            "{e:?}"
+        );
     }
 
     #[test]
     fn secrets_generated_forbidden_and_rotated() {
         let w = Webhook::new(cfg(&[]));
         let mut d = dest("https://x.example");
-        w.preprocess(&mut d, None, &RawInput::default(), Actor::Tenant, 0).unwrap();
+        w.preprocess(&mut d, None, &RawInput::default(), Actor::Tenant, 0)
+            .unwrap();
         let first = d.credentials["secret"].clone();
         assert!(first.starts_with("whsec_"));
         let mut t = dest("https://x.example");
@@ -497,7 +544,8 @@ mod tests {
         let prev = d.clone();
         let mut next = d.clone();
         next.credentials.insert("rotate_secret".into(), "TRUE".into());
-        w.preprocess(&mut next, Some(&prev), &RawInput::default(), Actor::Tenant, 1_000).unwrap();
+        w.preprocess(&mut next, Some(&prev), &RawInput::default(), Actor::Tenant, 1_000)
+            .unwrap();
         assert_eq!(next.credentials["previous_secret"], first);
         assert_ne!(next.credentials["secret"], first);
         assert_eq!(next.credentials["previous_secret_invalid_at"], "1970-01-02T00:00:01Z");

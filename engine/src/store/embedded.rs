@@ -95,7 +95,7 @@ enum WriteOp {
         delivery: Delivery,
         reply: Reply<()>,
     },
-    Outcome(OutcomeRecord),
+    Outcome(Box<OutcomeRecord>),
     Entity {
         op: EntityOp,
         reply: Reply<()>,
@@ -135,7 +135,10 @@ impl EmbeddedStore {
         conn.execute_batch(SCHEMA)?;
         let mut readers = Vec::with_capacity(READERS);
         for _ in 0..READERS {
-            let r = open(&path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)?;
+            let r = open(
+                &path,
+                OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            )?;
             readers.push(r);
         }
         let (tx, rx) = flume::bounded(WRITE_QUEUE);
@@ -172,7 +175,10 @@ impl EmbeddedStore {
             let conn = pool.lock().pop();
             let conn = match conn {
                 Some(c) => c,
-                None => open(&path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)?,
+                None => open(
+                    &path,
+                    OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+                )?,
             };
             let out = f(&conn);
             let mut p = pool.lock();
@@ -200,7 +206,7 @@ fn writer_loop(mut conn: Connection, rx: flume::Receiver<WriteOp>) {
         let now = crate::timefmt::now_ms();
         let result = apply_batch(&mut conn, &mut batch, now);
         // Replies are sent only after the commit: an `Ok` means durable.
-        for (op, res) in batch.into_iter().zip(result.into_iter()) {
+        for (op, res) in batch.into_iter().zip(result) {
             match op {
                 WriteOp::Accept { reply, .. } => {
                     let _ = reply.send(res.map(|d| if d { Accepted::Duplicate } else { Accepted::New }));
@@ -372,7 +378,8 @@ fn json_text<T: serde::Serialize>(v: &T) -> String {
 }
 
 fn parse_json<T: serde::de::DeserializeOwned>(s: &str) -> rusqlite::Result<T> {
-    serde_json::from_str(s).map_err(|e| rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e)))
+    serde_json::from_str(s)
+        .map_err(|e| rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e)))
 }
 
 const EVENT_COLS: &str = "id, tenant_id, destination_id, topic, eligible_for_retry, time, metadata, data, matched";
@@ -448,7 +455,12 @@ fn list_sql(table: &str, cols: &str, q: &ListQuery, attempts: bool) -> (String, 
         ));
         args.extend(q.destination_ids.iter().map(|v| V::Text(v.clone())));
     }
-    for (op, v) in [(">=", q.time_gte), (">", q.time_gt), ("<=", q.time_lte), ("<", q.time_lt)] {
+    for (op, v) in [
+        (">=", q.time_gte),
+        (">", q.time_gt),
+        ("<=", q.time_lte),
+        ("<", q.time_lt),
+    ] {
         if let Some(v) = v {
             sql.push_str(&format!(" AND time {op} ?"));
             args.push(V::Integer(v));
@@ -514,9 +526,11 @@ impl EntityStore for EmbeddedStore {
             for (id, tenant_id, body, sealed) in rows {
                 let b: DestinationBody =
                     serde_json::from_str(&body).map_err(|e| StoreError::Corrupt(format!("destination {id}: {e}")))?;
-                let plain = cipher.decrypt(&sealed).map_err(|e| StoreError::Corrupt(format!("destination {id}: {e}")))?;
-                let credentials: StringMap =
-                    serde_json::from_slice(&plain).map_err(|e| StoreError::Corrupt(format!("destination {id}: {e}")))?;
+                let plain = cipher
+                    .decrypt(&sealed)
+                    .map_err(|e| StoreError::Corrupt(format!("destination {id}: {e}")))?;
+                let credentials: StringMap = serde_json::from_slice(&plain)
+                    .map_err(|e| StoreError::Corrupt(format!("destination {id}: {e}")))?;
                 dests.push(Destination {
                     id,
                     tenant_id,
@@ -684,7 +698,7 @@ impl DeliveryQueue for EmbeddedStore {
     }
 
     fn record(&self, outcome: OutcomeRecord) -> BoxFuture<'_, StoreResult<()>> {
-        Box::pin(self.write(WriteOp::Outcome(outcome)))
+        Box::pin(self.write(WriteOp::Outcome(Box::new(outcome))))
     }
 
     fn load_pending(&self) -> BoxFuture<'_, StoreResult<Vec<Delivery>>> {
@@ -699,7 +713,13 @@ impl DeliveryQueue for EmbeddedStore {
                  FROM pending p JOIN events e ON e.id = p.event_id ORDER BY e.id"
             ))?;
             let rows = stmt.query_map([], |r| {
-                Ok((event_row(r)?, r.get::<_, String>(9)?, r.get(10)?, r.get(11)?, r.get(12)?))
+                Ok((
+                    event_row(r)?,
+                    r.get::<_, String>(9)?,
+                    r.get(10)?,
+                    r.get(11)?,
+                    r.get(12)?,
+                ))
             })?;
             let mut out = Vec::new();
             let mut last: Option<Arc<Event>> = None;
@@ -764,8 +784,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = EmbeddedStore::open(dir.path(), Cipher::new("k"), true).unwrap();
         let e = event("e1", "t1", 1000);
-        assert_eq!(s.accept(e.clone(), vec!["d1".into()], 60_000).await.unwrap(), Accepted::New);
-        assert_eq!(s.accept(e.clone(), vec!["d1".into()], 60_000).await.unwrap(), Accepted::Duplicate);
+        assert_eq!(
+            s.accept(e.clone(), vec!["d1".into()], 60_000).await.unwrap(),
+            Accepted::New
+        );
+        assert_eq!(
+            s.accept(e.clone(), vec!["d1".into()], 60_000).await.unwrap(),
+            Accepted::Duplicate
+        );
         drop(s);
         let s = EmbeddedStore::open(dir.path(), Cipher::new("k"), true).unwrap();
         let p = s.load_pending().await.unwrap();
@@ -785,7 +811,10 @@ mod tests {
             destination_id: "d1".into(),
             attempt_number: 1,
             attempt: Some(attempt("a1", "e1", 1, 2000)),
-            next: NextStep::Retry { attempt: 2, due_ms: 9999 },
+            next: NextStep::Retry {
+                attempt: 2,
+                due_ms: 9999,
+            },
         })
         .await
         .unwrap();
@@ -811,9 +840,17 @@ mod tests {
         .unwrap();
         let p = s.load_pending().await.unwrap();
         assert_eq!((p[0].attempt, p[0].manual), (3, true));
-        let latest = s.latest_attempt(Some("t1".into()), "e1".into(), "d1".into()).await.unwrap().unwrap();
+        let latest = s
+            .latest_attempt(Some("t1".into()), "e1".into(), "d1".into())
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(latest.id, "a1");
-        assert!(s.latest_attempt(Some("t2".into()), "e1".into(), "d1".into()).await.unwrap().is_none());
+        assert!(s
+            .latest_attempt(Some("t2".into()), "e1".into(), "d1".into())
+            .await
+            .unwrap()
+            .is_none());
     }
 
     #[tokio::test]
@@ -821,16 +858,32 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = EmbeddedStore::open(dir.path(), Cipher::new("k"), false).unwrap();
         for i in 0..5 {
-            s.accept(event(&format!("e{i}"), if i % 2 == 0 { "t1" } else { "t2" }, 1000 + i), vec![], 1000)
-                .await
-                .unwrap();
+            s.accept(
+                event(&format!("e{i}"), if i % 2 == 0 { "t1" } else { "t2" }, 1000 + i),
+                vec![],
+                1000,
+            )
+            .await
+            .unwrap();
         }
-        let all = s.list_events(ListQuery { limit: 10, ..Default::default() }).await.unwrap();
-        assert_eq!(all.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(), ["e4", "e3", "e2", "e1", "e0"]);
+        let all = s
+            .list_events(ListQuery {
+                limit: 10,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            all.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(),
+            ["e4", "e3", "e2", "e1", "e0"]
+        );
         let page = s
             .list_events(ListQuery {
                 limit: 2,
-                after: Some(Seek { time_ms: 1003, id: "e3".into() }),
+                after: Some(Seek {
+                    time_ms: 1003,
+                    id: "e3".into(),
+                }),
                 ..Default::default()
             })
             .await

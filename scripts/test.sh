@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Runs every test: Rust unit and integration tests (cargo nextest), then the
+# official Outpost TypeScript SDK driven against a real server.
+# Needs: the Rust toolchain, Node.js >= 20 with npm (registry access for the first run).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/outrider/target}"
+
+need() { command -v "$1" >/dev/null 2>&1 || { echo "test.sh: '$1' is required but not installed: $2" >&2; exit 1; }; }
+need cargo "install Rust with rustup"
+need node "install Node.js 20 or newer"
+need npm "install npm (comes with Node.js)"
+if ! cargo nextest --version >/dev/null 2>&1; then
+  echo "test.sh: installing cargo-nextest" >&2
+  cargo install cargo-nextest --locked
+fi
+
+echo "== building"
+cargo build --workspace --all-targets
+echo "== rust tests (unit + integration)"
+cargo nextest run --workspace --no-fail-fast
+echo "== official Outpost SDK against the server"
+(cd tests/sdk && npm ci --no-audit --no-fund --loglevel=error)
+OUTRIDER_BIN="$CARGO_TARGET_DIR/debug/outrider" node tests/sdk/sdk-compat.mjs
