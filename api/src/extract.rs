@@ -13,6 +13,9 @@ use crate::AppState;
 
 /// Largest request body accepted (publish payloads included).
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+/// How much of an oversize body is read (and dropped) before answering 413.
+const DRAIN_LIMIT_BYTES: usize = 32 * 1024 * 1024;
+const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// A JSON body: syntax or type errors and an empty body give 422 `invalid JSON`,
 /// an oversize body 413.
@@ -39,14 +42,45 @@ impl FromRequest<AppState> for RawBody {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, _state: &AppState) -> Result<Self, Self::Rejection> {
-        let body = req.into_body();
-        match axum::body::to_bytes(body, MAX_BODY_BYTES).await {
-            Ok(b) => Ok(RawBody(b)),
-            Err(_) => Err(ApiError::Message(
+        use http_body_util::BodyExt;
+        let mut body = req.into_body();
+        let mut buf = bytes::BytesMut::new();
+        let mut seen: usize = 0;
+        let read = async {
+            while let Some(frame) = body.frame().await {
+                let Ok(frame) = frame else {
+                    return Err(ApiError::invalid_json());
+                };
+                if let Ok(data) = frame.into_data() {
+                    seen += data.len();
+                    if seen <= MAX_BODY_BYTES {
+                        buf.extend_from_slice(&data);
+                    } else if seen > DRAIN_LIMIT_BYTES {
+                        break;
+                    }
+                }
+            }
+            Ok(())
+        };
+        // Past the limit the rest is read and dropped (bounded in bytes and
+        // time), so the client is not reset mid-upload and does see the 413.
+        match tokio::time::timeout(DRAIN_TIMEOUT, read).await {
+            Ok(Err(e)) => return Err(e),
+            Err(_) if seen <= MAX_BODY_BYTES => {
+                return Err(ApiError::Message(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "request body was not received in time".into(),
+                ))
+            }
+            _ => {}
+        }
+        if seen > MAX_BODY_BYTES {
+            return Err(ApiError::Message(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 format!("request body is larger than {MAX_BODY_BYTES} bytes"),
-            )),
+            ));
         }
+        Ok(RawBody(buf.freeze()))
     }
 }
 
