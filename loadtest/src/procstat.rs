@@ -1,0 +1,40 @@
+//! CPU time and memory of the server process, from `/proc` (Linux).
+
+/// Clock ticks per second for `/proc/<pid>/stat` (USER_HZ, 100 on Linux).
+const TICKS: f64 = 100.0;
+
+/// User + system CPU seconds used so far by `pid`.
+pub fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may contain spaces; fields resume after the last ')'.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let utime: f64 = f.get(11)?.parse().ok()?;
+    let stime: f64 = f.get(12)?.parse().ok()?;
+    Some((utime + stime) / TICKS)
+}
+
+/// `(VmRSS, VmHWM)` in bytes.
+pub fn memory(pid: u32) -> Option<(u64, u64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<u64>().ok())
+            .map(|kb| kb * 1024)
+    };
+    Some((field("VmRSS:")?, field("VmHWM:")?))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn reads_self() {
+        let pid = std::process::id();
+        assert!(super::cpu_seconds(pid).is_some());
+        let (rss, hwm) = super::memory(pid).unwrap();
+        assert!(rss > 0 && hwm >= rss);
+    }
+}
