@@ -6,7 +6,6 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use parking_lot::{Mutex, RwLock};
-use serde_json::{json, Value};
 
 use crate::config::Config;
 use crate::crypto::Cipher;
@@ -356,25 +355,10 @@ impl Engine {
     /// Ids of the enabled destinations whose topics and filter match the event.
     pub fn match_destinations(&self, event: &Event) -> Vec<String> {
         let st = self.state.read();
-        let Some(entry) = st.tenants.get(&event.tenant_id) else {
-            return vec![];
-        };
-        let mut filter_input: Option<Value> = None;
-        entry
-            .dests
-            .iter()
-            .filter(|d| event.destination_id.as_ref().is_none_or(|id| *id == d.id))
-            .filter(|d| d.is_enabled() && crate::topics::matches(&d.topics, &event.topic))
-            .filter(|d| match &d.filter {
-                None => true,
-                Some(f) if f.as_object().is_some_and(|o| o.is_empty()) => true,
-                Some(f) => {
-                    let input = filter_input.get_or_insert_with(|| filter_document(event));
-                    crate::filter::matches(input, f)
-                }
-            })
-            .map(|d| d.id.clone())
-            .collect()
+        match st.tenants.get(&event.tenant_id) {
+            Some(entry) => crate::routing::matching(&entry.dests, event),
+            None => vec![],
+        }
     }
 
     /// Matches, durably accepts, then hands each delivery to its shard.
@@ -443,7 +427,7 @@ impl Engine {
         let filter_ok = dest
             .filter
             .as_ref()
-            .is_none_or(|f| crate::filter::matches(&filter_document(&event), f));
+            .is_none_or(|f| crate::filter::matches(&crate::routing::filter_document(&event), f));
         if !topic_ok || !filter_ok {
             return Err(EngineError::BadRequest("destination does not match event".into()));
         }
@@ -457,16 +441,4 @@ impl Engine {
         self.store.schedule(d.clone()).await?;
         self.send(destination_id, ShardMsg::Deliver(d)).await
     }
-}
-
-/// What a filter sees: `{"id","topic","time","metadata","data"}`.
-pub fn filter_document(event: &Event) -> Value {
-    let data: Value = serde_json::from_str(&event.data).unwrap_or(Value::Null);
-    json!({
-        "id": event.id,
-        "topic": event.topic,
-        "time": crate::timefmt::format_secs(event.time),
-        "metadata": event.metadata,
-        "data": data,
-    })
 }

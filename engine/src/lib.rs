@@ -18,6 +18,7 @@ pub mod http_client;
 pub mod ids;
 pub mod json;
 pub mod model;
+pub mod routing;
 pub mod shard;
 pub mod signing;
 pub mod ssrf;

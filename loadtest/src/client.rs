@@ -89,11 +89,16 @@ impl Conn {
 /// Returns requests/s.
 pub fn raw_baseline(addr: SocketAddr, threads: usize, conns: usize, body: Bytes, dur: Duration) -> f64 {
     let done = Arc::new(AtomicU64::new(0));
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(threads.max(1))
-        .enable_all()
-        .build()
-        .expect("baseline runtime");
+    // One thread: run on the calling thread (which the caller may have pinned).
+    let rt = if threads <= 1 {
+        tokio::runtime::Builder::new_current_thread().enable_all().build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .enable_all()
+            .build()
+    }
+    .expect("baseline runtime");
     let d = done.clone();
     let elapsed = rt.block_on(async move {
         let start = Instant::now();

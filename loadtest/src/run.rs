@@ -439,8 +439,8 @@ async fn publish(
                 if n >= max || Instant::now() >= deadline {
                     break;
                 }
-                if rate > 0 {
-                    let at = start + Duration::from_nanos(n * 1_000_000_000 / rate);
+                if let Some(offset) = (n * 1_000_000_000).checked_div(rate) {
+                    let at = start + Duration::from_nanos(offset);
                     if at >= deadline {
                         break;
                     }

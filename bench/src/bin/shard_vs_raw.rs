@@ -23,19 +23,32 @@ fn main() {
     let size: usize = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(1024);
     let sync = args.get(3).cloned().unwrap_or_else(|| "full".into());
     let dur = Duration::from_secs(secs);
-    let body = outrider_bench::payload(size);
-    let (addr, sink_count) = outrider_bench::start_sink(Some(1));
-
-    // Interleave: raw, engine, raw — the machine is noisy.
-    let raw1 = outrider_bench::raw_client(addr, Some(0), 64, Bytes::from(body.clone()), dur);
     let publishers: usize = args.get(4).and_then(|s| s.parse().ok()).unwrap_or(256);
+    let body = loadtest::payload(size);
+    let sink = loadtest::sink::start(Some(1), Default::default(), "none-".into(), 1);
+    let (addr, sink_count) = (sink.addr, sink.stats.clone());
+
+    // Interleave: raw, engine, raw — the machine is noisy. The raw client is
+    // one thread pinned beside the shard (core 0), the sink on core 1.
+    let raw = |body: &str| {
+        let b = Bytes::from(body.to_string());
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                loadtest::pin(Some(0));
+                loadtest::client::raw_baseline(addr, 1, 64, b, dur)
+            })
+            .join()
+            .expect("raw client")
+        })
+    };
+    let raw1 = raw(&body);
     let engine = engine_run(addr, &body, dur, &sync, publishers);
-    let raw2 = outrider_bench::raw_client(addr, Some(0), 64, Bytes::from(body.clone()), dur);
+    let raw2 = raw(&body);
     let raw = (raw1 + raw2) / 2.0;
     println!(
         "{{\"payload_bytes\":{size},\"seconds\":{secs},\"sync\":\"{sync}\",\"raw_client_rps\":[{raw1:.0},{raw2:.0}],\"engine_deliveries_per_s\":{engine:.0},\"ratio\":{:.3},\"sink_total\":{}}}",
         engine / raw,
-        sink_count.load(std::sync::atomic::Ordering::Relaxed)
+        sink_count.requests.load(std::sync::atomic::Ordering::Relaxed)
     );
 }
 
