@@ -139,8 +139,16 @@ impl Engine {
     }
 
     async fn recover(&self) -> Result<(), EngineError> {
-        let (tenants, mut dests) = self.store.load_entities().await?;
-        dests.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+        let (tenants, mut loaded) = self.store.load_entities().await?;
+        loaded.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+        // One shared copy per destination, for the routing table and its shard.
+        let dests: Vec<Arc<Destination>> = loaded
+            .into_iter()
+            .map(|mut d| {
+                d.shrink();
+                Arc::new(d)
+            })
+            .collect();
         {
             let mut st = self.state.write();
             for t in tenants {
@@ -154,14 +162,14 @@ impl Engine {
             }
             for d in &dests {
                 if let Some(entry) = st.tenants.get_mut(&d.tenant_id) {
-                    entry.dests.push(Arc::new(d.clone()));
+                    entry.dests.push(d.clone());
                 }
             }
             let owners: Vec<(String, String)> = dests.iter().map(|d| (d.id.clone(), d.tenant_id.clone())).collect();
             st.owners.extend(owners);
         }
         for d in dests {
-            self.send(&d.id.clone(), ShardMsg::Upsert(Arc::new(d))).await?;
+            self.send(&d.id.clone(), ShardMsg::Upsert(d)).await?;
         }
         let pending = self.store.load_pending().await?;
         if !pending.is_empty() {
@@ -299,6 +307,8 @@ impl Engine {
             }
         }
         self.store.put_destination(d.clone()).await?;
+        let mut d = d;
+        d.shrink();
         let d = Arc::new(d);
         {
             let mut st = self.state.write();
@@ -312,7 +322,8 @@ impl Engine {
     }
 
     /// Replaces a stored destination (same id and tenant).
-    pub async fn update_destination(&self, d: Destination) -> Result<Arc<Destination>, EngineError> {
+    pub async fn update_destination(&self, mut d: Destination) -> Result<Arc<Destination>, EngineError> {
+        d.shrink();
         let _w = self.writes.lock().await;
         if self.destination(&d.tenant_id, &d.id).is_none() {
             return Err(EngineError::NotFound("destination not found"));

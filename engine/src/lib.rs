@@ -23,6 +23,7 @@ pub mod shard;
 pub mod signing;
 pub mod ssrf;
 pub mod store;
+pub mod string_map;
 pub mod timefmt;
 pub mod topics;
 

@@ -1,12 +1,11 @@
 //! The domain: tenants, destinations, events, attempts, and the delivery task
 //! that travels from the control plane to a shard.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-pub type StringMap = BTreeMap<String, String>;
+pub use crate::string_map::StringMap;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Tenant {
@@ -38,6 +37,20 @@ pub struct Destination {
 impl Destination {
     pub fn is_enabled(&self) -> bool {
         self.disabled_at.is_none()
+    }
+
+    /// Drops spare capacity before the destination is kept for long (the
+    /// routing table holds every destination in memory).
+    pub fn shrink(&mut self) {
+        self.id.shrink_to_fit();
+        self.tenant_id.shrink_to_fit();
+        self.kind.shrink_to_fit();
+        self.topics.shrink_to_fit();
+        self.config.shrink_to_fit();
+        self.credentials.shrink_to_fit();
+        for m in [&mut self.delivery_metadata, &mut self.metadata].into_iter().flatten() {
+            m.shrink_to_fit();
+        }
     }
 }
 

@@ -38,6 +38,9 @@ pub struct Provisioning {
     pub rss_before_bytes: Option<u64>,
     pub rss_after_bytes: Option<u64>,
     pub bytes_per_destination: Option<f64>,
+    /// Of which anonymous memory (heap) and file-backed pages (the mmap'd store).
+    pub heap_bytes_per_destination: Option<f64>,
+    pub file_bytes_per_destination: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -132,7 +135,11 @@ impl Report {
             self.provisioning.seconds,
             self.provisioning
                 .bytes_per_destination
-                .map(|b| format!(" (server RSS +{b:.0} B per destination)"))
+                .map(|b| format!(
+                    " (server RSS +{b:.0} B per destination: heap {:.0} B, file-backed {:.0} B)",
+                    self.provisioning.heap_bytes_per_destination.unwrap_or(0.0),
+                    self.provisioning.file_bytes_per_destination.unwrap_or(0.0)
+                ))
                 .unwrap_or_default()
         ));
         s.push_str(&format!(

@@ -166,6 +166,7 @@ pub fn run(sc: &Scenario, opts: &Options) -> Result<Report, String> {
 
     // ---- provisioning ----
     let rss_before = pid.and_then(procstat::memory).map(|m| m.0);
+    let split_before = pid.and_then(procstat::rss_split);
     let prov_start = Instant::now();
     let total = sc.tenants * (1 + m);
     let pb = bar(total, "provision", opts.quiet);
@@ -175,6 +176,7 @@ pub fn run(sc: &Scenario, opts: &Options) -> Result<Report, String> {
     // Let the allocator settle before reading RSS.
     std::thread::sleep(Duration::from_millis(300));
     let rss_after = pid.and_then(procstat::memory).map(|m| m.0);
+    let split_after = pid.and_then(procstat::rss_split);
 
     // ---- publishing ----
     let cpu0 = pid.and_then(procstat::cpu_seconds);
@@ -279,6 +281,14 @@ pub fn run(sc: &Scenario, opts: &Options) -> Result<Report, String> {
             rss_after_bytes: rss_after,
             bytes_per_destination: match (rss_before, rss_after) {
                 (Some(a), Some(b)) => Some(b.saturating_sub(a) as f64 / (sc.tenants * m) as f64),
+                _ => None,
+            },
+            heap_bytes_per_destination: match (split_before, split_after) {
+                (Some(a), Some(b)) => Some(b.0.saturating_sub(a.0) as f64 / (sc.tenants * m) as f64),
+                _ => None,
+            },
+            file_bytes_per_destination: match (split_before, split_after) {
+                (Some(a), Some(b)) => Some(b.1.saturating_sub(a.1) as f64 / (sc.tenants * m) as f64),
                 _ => None,
             },
         },
