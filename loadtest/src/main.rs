@@ -54,6 +54,9 @@ enum Cmd {
         /// No progress bars.
         #[arg(long)]
         quiet: bool,
+        /// Extra environment for the started server (KEY=VALUE, repeatable).
+        #[arg(long = "server-env", value_name = "KEY=VALUE")]
+        server_env: Vec<String>,
     },
     /// Only the ceiling: a raw keep-alive client into the harness's sink.
     Baseline {
@@ -107,6 +110,7 @@ fn real_main() -> Result<std::process::ExitCode, String> {
             duration,
             max_events,
             quiet,
+            server_env,
         } => {
             if scenarios.is_empty() {
                 return Err("give at least one scenario file (loadtest/scenarios/*.yaml)".into());
@@ -143,6 +147,12 @@ fn real_main() -> Result<std::process::ExitCode, String> {
                 }
                 if let Some(m) = max_events {
                     sc.max_events = m;
+                }
+                for kv in &server_env {
+                    let (k, v) = kv
+                        .split_once('=')
+                        .ok_or_else(|| format!("--server-env {kv}: expected KEY=VALUE"))?;
+                    sc.server_env.insert(k.to_string(), v.to_string());
                 }
                 let report = run::run(&sc, &opts)?;
                 print!("{}", report.summary());

@@ -112,6 +112,14 @@ pub struct EmbeddedStore {
     readers: Arc<Mutex<Vec<Connection>>>,
     path: std::path::PathBuf,
     cipher: Cipher,
+    /// Stops the checkpoint thread.
+    stop: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Drop for EmbeddedStore {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 impl std::fmt::Debug for EmbeddedStore {
@@ -140,7 +148,10 @@ impl EmbeddedStore {
         let conn = open(&path, OpenFlags::default())?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", if synchronous_full { "FULL" } else { "NORMAL" })?;
-        conn.pragma_update(None, "wal_autocheckpoint", 4000)?;
+        // Checkpoints run on their own thread (below) so that copying WAL pages
+        // into the database never stalls the group commits publishers wait on.
+        // The writer's own auto-checkpoint stays as a far-off safety net.
+        conn.pragma_update(None, "wal_autocheckpoint", 262_144)?;
         conn.execute_batch(SCHEMA)?;
         let mut readers = Vec::with_capacity(READERS);
         for _ in 0..READERS {
@@ -150,6 +161,13 @@ impl EmbeddedStore {
             )?;
             readers.push(r);
         }
+        let checkpointer = open(&path, OpenFlags::default())?;
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stop2 = stop.clone();
+        std::thread::Builder::new()
+            .name("outrider-store-checkpoint".into())
+            .spawn(move || checkpoint_loop(checkpointer, stop2))
+            .map_err(|e| StoreError::Database(format!("cannot start checkpoint thread: {e}")))?;
         let (tx, rx) = flume::bounded(WRITE_QUEUE);
         std::thread::Builder::new()
             .name("outrider-store-writer".into())
@@ -160,6 +178,7 @@ impl EmbeddedStore {
             readers: Arc::new(Mutex::new(readers)),
             path,
             cipher,
+            stop,
         })
     }
 
@@ -198,6 +217,17 @@ impl EmbeddedStore {
         })
         .await
         .map_err(|e| StoreError::Database(format!("read task failed: {e}")))?
+    }
+}
+
+/// Copies committed WAL frames into the database file in the background.
+/// PASSIVE never waits for the writer or readers; it stops with the store.
+fn checkpoint_loop(conn: Connection, stop: Arc<std::sync::atomic::AtomicBool>) {
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(200));
+        if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+            tracing::warn!(error = %e, "WAL checkpoint failed");
+        }
     }
 }
 
