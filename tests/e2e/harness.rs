@@ -1,0 +1,46 @@
+//! The load harness, run small against the real server: everything accepted
+//! is delivered, signatures verify, the report adds up.
+
+use std::path::PathBuf;
+
+use loadtest::run::{run, Options};
+use loadtest::scenario::{Scenario, SinkSpec};
+
+#[test]
+fn harness_small_scenario_delivers_everything() {
+    let sc = Scenario {
+        name: "smoke".into(),
+        description: "CI smoke run".into(),
+        tenants: 3,
+        destinations_per_tenant: 2,
+        payload_bytes: 512,
+        rate: 0,
+        duration_seconds: 2,
+        max_events: 300,
+        publish_concurrency: 8,
+        provision_concurrency: 2,
+        drain_seconds: 20,
+        sink: SinkSpec {
+            delay_ms: 0,
+            fail_half_first_attempts: true,
+        },
+        server_env: [("RETRY_SCHEDULE".to_string(), "1".to_string())].into_iter().collect(),
+    };
+    let opts = Options {
+        target: None,
+        server_bin: PathBuf::from(env!("CARGO_BIN_EXE_outrider")),
+        baseline: true,
+        baseline_seconds: 1,
+        quiet: true,
+    };
+    let r = run(&sc, &opts).expect("harness run");
+    assert_eq!(r.publish.accepted, 300, "{}", r.summary());
+    assert_eq!(r.delivery.expected, 600);
+    assert_eq!(r.delivery.delivered, 600, "{}", r.summary());
+    assert_eq!(r.delivery.lost, 0);
+    assert_eq!(r.delivery.bad_signatures, 0);
+    assert!(r.delivery.failures_sent > 0, "the failing sink answered 500 to first attempts");
+    assert!(r.baseline.as_ref().is_some_and(|b| b.requests_per_s > 0.0));
+    assert!(r.ratio.is_some());
+    assert!(r.html().contains("<svg"));
+}
