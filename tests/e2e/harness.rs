@@ -39,7 +39,10 @@ fn harness_small_scenario_delivers_everything() {
     assert_eq!(r.delivery.delivered, 600, "{}", r.summary());
     assert_eq!(r.delivery.lost, 0);
     assert_eq!(r.delivery.bad_signatures, 0);
-    assert!(r.delivery.failures_sent > 0, "the failing sink answered 500 to first attempts");
+    assert!(
+        r.delivery.failures_sent > 0,
+        "the failing sink answered 500 to first attempts"
+    );
     assert!(r.baseline.as_ref().is_some_and(|b| b.requests_per_s > 0.0));
     assert!(r.ratio.is_some());
     assert!(r.html().contains("<svg"));
