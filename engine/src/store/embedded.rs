@@ -100,6 +100,11 @@ enum WriteOp {
         reply: Reply<()>,
     },
     Outcome(Box<OutcomeRecord>),
+    Logs {
+        events: Vec<Arc<Event>>,
+        attempts: Vec<Attempt>,
+        reply: Reply<()>,
+    },
     Entity {
         op: EntityOp,
         reply: Reply<()>,
@@ -249,7 +254,7 @@ fn writer_loop(mut conn: Connection, rx: flume::Receiver<WriteOp>) {
                 WriteOp::Accept { reply, .. } => {
                     let _ = reply.send(res.map(|d| if d { Accepted::Duplicate } else { Accepted::New }));
                 }
-                WriteOp::Schedule { reply, .. } | WriteOp::Entity { reply, .. } => {
+                WriteOp::Schedule { reply, .. } | WriteOp::Entity { reply, .. } | WriteOp::Logs { reply, .. } => {
                     let _ = reply.send(res.map(|_| ()));
                 }
                 WriteOp::Outcome(o) => {
@@ -281,6 +286,7 @@ fn apply_batch(conn: &mut Connection, batch: &mut [WriteOp], now: i64) -> Vec<St
             } => accept(&tx, event, destination_ids, *ttl_ms, now),
             WriteOp::Schedule { delivery, .. } => upsert_pending(&tx, delivery).map(|_| false),
             WriteOp::Outcome(o) => outcome(&tx, o).map(|_| false),
+            WriteOp::Logs { events, attempts, .. } => write_logs(&tx, events, attempts, now).map(|_| false),
             WriteOp::Entity { op, .. } => {
                 // Each entity op runs in a savepoint so its failure does not sink the batch.
                 let op = std::mem::replace(op, Box::new(|_| Ok(())));
@@ -367,24 +373,7 @@ fn upsert_pending(tx: &rusqlite::Transaction<'_>, d: &Delivery) -> rusqlite::Res
 
 fn outcome(tx: &rusqlite::Transaction<'_>, o: &OutcomeRecord) -> rusqlite::Result<()> {
     if let Some(a) = &o.attempt {
-        tx.prepare_cached(
-            "INSERT OR REPLACE INTO attempts (id, tenant_id, event_id, destination_id, destination_type, topic, attempt_number, manual, status, time, code, response_data)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
-        )?
-        .execute(params![
-            a.id,
-            a.tenant_id,
-            a.event_id,
-            a.destination_id,
-            a.destination_type,
-            a.topic,
-            a.attempt_number,
-            a.manual,
-            a.status.as_str(),
-            a.time,
-            a.code,
-            a.response_data.as_ref().map(|v| v.to_string()),
-        ])?;
+        insert_attempt(tx, a)?;
     }
     // Only settle the record this attempt came from: a manual retry scheduled
     // meanwhile (a higher attempt number) takes precedence.
@@ -400,6 +389,58 @@ fn outcome(tx: &rusqlite::Transaction<'_>, o: &OutcomeRecord) -> rusqlite::Resul
             )?
             .execute(params![o.event_id, o.destination_id, o.attempt_number, attempt, due_ms])?;
         }
+    }
+    Ok(())
+}
+
+fn insert_attempt(tx: &rusqlite::Transaction<'_>, a: &Attempt) -> rusqlite::Result<()> {
+    tx.prepare_cached(
+        "INSERT OR REPLACE INTO attempts (id, tenant_id, event_id, destination_id, destination_type, topic, attempt_number, manual, status, time, code, response_data)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+    )?
+    .execute(params![
+        a.id,
+        a.tenant_id,
+        a.event_id,
+        a.destination_id,
+        a.destination_type,
+        a.topic,
+        a.attempt_number,
+        a.manual,
+        a.status.as_str(),
+        a.time,
+        a.code,
+        a.response_data.as_ref().map(|v| v.to_string()),
+    ])?;
+    Ok(())
+}
+
+fn write_logs(
+    tx: &rusqlite::Transaction<'_>,
+    events: &[Arc<Event>],
+    attempts: &[Attempt],
+    now: i64,
+) -> rusqlite::Result<()> {
+    let mut stmt = tx.prepare_cached(
+        "INSERT OR IGNORE INTO events (id, tenant_id, destination_id, topic, eligible_for_retry, time, metadata, data, matched, accepted_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+    )?;
+    for e in events {
+        stmt.execute(params![
+            e.id,
+            e.tenant_id,
+            e.destination_id,
+            e.topic,
+            e.eligible_for_retry,
+            e.time,
+            json_text(&e.metadata),
+            &*e.data,
+            json_text(&e.matched_destination_ids),
+            now,
+        ])?;
+    }
+    for a in attempts {
+        insert_attempt(tx, a)?;
     }
     Ok(())
 }
@@ -700,6 +741,21 @@ impl LogStore for EmbeddedStore {
     }
 }
 
+impl LogWriter for EmbeddedStore {
+    fn write_logs(&self, events: Vec<Arc<Event>>, attempts: Vec<Attempt>) -> BoxFuture<'_, StoreResult<()>> {
+        Box::pin(async move {
+            let (reply, rx) = oneshot::channel();
+            self.write(WriteOp::Logs {
+                events,
+                attempts,
+                reply,
+            })
+            .await?;
+            rx.await.map_err(|_| StoreError::Closed)?
+        })
+    }
+}
+
 impl DeliveryQueue for EmbeddedStore {
     fn accept(
         &self,
@@ -938,6 +994,13 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(by_dest.len(), 5);
+    }
+
+    #[tokio::test]
+    async fn log_store_conformance() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = EmbeddedStore::open(dir.path(), Cipher::new("k"), false).unwrap();
+        crate::store::conformance::run_all(&s, &s).await;
     }
 
     #[tokio::test]

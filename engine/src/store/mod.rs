@@ -9,7 +9,10 @@
 //!   moment an event becomes durable; a pending record goes away only in the
 //!   same write that stores its attempt's outcome.
 
+#[cfg(test)]
+mod conformance;
 pub mod embedded;
+pub mod postgres;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -27,6 +30,8 @@ pub enum StoreError {
     Closed,
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
+    #[error("cannot reach {what}: {message}")]
+    Unreachable { what: &'static str, message: String },
 }
 
 impl From<rusqlite::Error> for StoreError {
@@ -133,6 +138,13 @@ pub trait LogStore: Send + Sync + 'static {
         event_id: String,
         destination_id: String,
     ) -> BoxFuture<'_, StoreResult<Option<Attempt>>>;
+}
+
+/// Batched, idempotent writes of log records: what the log pipeline calls.
+/// Events are kept by id (the first write wins); attempts by id (a rewrite
+/// updates status, code and response).
+pub trait LogWriter: Send + Sync + 'static {
+    fn write_logs(&self, events: Vec<Arc<Event>>, attempts: Vec<Attempt>) -> BoxFuture<'_, StoreResult<()>>;
 }
 
 pub trait DeliveryQueue: Send + Sync + 'static {

@@ -1,0 +1,250 @@
+//! One behaviour suite for every log store: what the list endpoints rely on
+//! (order, seek pagination, filters, tenant scoping, idempotent rewrites).
+//! Each implementation's tests call [`run_all`] on a fresh, empty store.
+
+use std::sync::Arc;
+
+use serde_json::json;
+
+use super::*;
+use crate::model::StringMap;
+
+const T0: i64 = 1_704_067_200_000; // 2024-01-01T00:00:00Z
+
+fn event(id: &str, tenant: &str, topic: &str, t: i64, dests: &[&str]) -> Arc<Event> {
+    let mut metadata = StringMap::new();
+    metadata.insert("source".into(), "crm".into());
+    Arc::new(Event {
+        id: id.into(),
+        tenant_id: tenant.into(),
+        destination_id: None,
+        topic: topic.into(),
+        eligible_for_retry: true,
+        time: t,
+        metadata,
+        data: Arc::from(r#"{"zebra":1,"alpha":{"b":2,"a":1}}"#),
+        matched_destination_ids: dests.iter().map(|d| d.to_string()).collect(),
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn attempt(id: &str, tenant: &str, ev: &str, dest: &str, kind: &str, n: u32, ok: bool, t: i64) -> Attempt {
+    Attempt {
+        id: id.into(),
+        tenant_id: tenant.into(),
+        event_id: ev.into(),
+        destination_id: dest.into(),
+        destination_type: kind.into(),
+        attempt_number: n,
+        manual: n > 2,
+        status: if ok {
+            AttemptStatus::Success
+        } else {
+            AttemptStatus::Failed
+        },
+        time: t,
+        code: Some(if ok { "200" } else { "500" }.into()),
+        response_data: Some(json!({"status": if ok { 200 } else { 500 }, "body": "x"})),
+        topic: "t".into(),
+    }
+}
+
+fn ids_e(v: &[Event]) -> Vec<&str> {
+    v.iter().map(|e| e.id.as_str()).collect()
+}
+
+fn ids_a(v: &[Attempt]) -> Vec<&str> {
+    v.iter().map(|a| a.id.as_str()).collect()
+}
+
+pub(crate) async fn run_all(store: &dyn LogStore, writer: &dyn LogWriter) {
+    // Five events over two tenants, 1 ms apart; e2 and e3 share a timestamp
+    // so the id breaks the tie.
+    let events = vec![
+        event("e0", "t1", "user.created", T0, &["d1"]),
+        event("e1", "t2", "user.created", T0 + 1, &["d2"]),
+        event("e2", "t1", "order.paid", T0 + 2, &["d1", "d3"]),
+        event("e3", "t1", "user.created", T0 + 2, &["d3"]),
+        event("e4", "t2", "order.paid", T0 + 4, &["d2"]),
+    ];
+    let attempts = vec![
+        attempt("a0", "t1", "e0", "d1", "webhook", 1, false, T0 + 10),
+        attempt("a1", "t1", "e0", "d1", "webhook", 2, true, T0 + 20),
+        attempt("a2", "t2", "e1", "d2", "rabbitmq", 1, true, T0 + 11),
+        attempt("a3", "t1", "e2", "d3", "webhook", 1, true, T0 + 12),
+        attempt("a4", "t1", "e2", "d1", "webhook", 1, false, T0 + 12),
+    ];
+    writer.write_logs(events.clone(), attempts.clone()).await.unwrap();
+    // Rewriting is idempotent: no duplicates, attempts take the new status.
+    let mut a4 = attempts[4].clone();
+    a4.status = AttemptStatus::Success;
+    a4.code = Some("204".into());
+    writer.write_logs(vec![events[0].clone()], vec![a4]).await.unwrap();
+
+    // ---- events ----
+    let all = store
+        .list_events(ListQuery {
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        ids_e(&all),
+        ["e4", "e3", "e2", "e1", "e0"],
+        "newest first, id breaks ties"
+    );
+    assert_eq!(
+        &*all[0].data, r#"{"zebra":1,"alpha":{"b":2,"a":1}}"#,
+        "data text kept verbatim"
+    );
+    assert_eq!(all[0].metadata.get("source").map(String::as_str), Some("crm"));
+    assert_eq!(all[2].matched_destination_ids, vec!["d1", "d3"]);
+    assert_eq!(all[2].time, T0 + 2);
+    let asc = store
+        .list_events(ListQuery {
+            limit: 2,
+            dir: Dir::Asc,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(ids_e(&asc), ["e0", "e1"]);
+    let after = store
+        .list_events(ListQuery {
+            limit: 2,
+            after: Some(Seek {
+                time_ms: T0 + 2,
+                id: "e3".into(),
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(ids_e(&after), ["e2", "e1"], "seek past a timestamp tie");
+    let t1 = store
+        .list_events(ListQuery {
+            tenant_ids: vec!["t1".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(ids_e(&t1), ["e3", "e2", "e0"]);
+    let topic = store
+        .list_events(ListQuery {
+            topics: vec!["order.paid".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(ids_e(&topic), ["e4", "e2"]);
+    let by_dest = store
+        .list_events(ListQuery {
+            destination_ids: vec!["d3".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(ids_e(&by_dest), ["e3", "e2"], "matched_destination_ids overlap");
+    let window = store
+        .list_events(ListQuery {
+            time_gt: Some(T0),
+            time_lte: Some(T0 + 2),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(ids_e(&window), ["e3", "e2", "e1"]);
+    let by_id = store
+        .list_events(ListQuery {
+            ids: vec!["e1".into(), "e4".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(ids_e(&by_id), ["e4", "e1"]);
+    assert_eq!(
+        store.get_event(None, "e2".into()).await.unwrap().unwrap().tenant_id,
+        "t1"
+    );
+    assert!(
+        store.get_event(Some("t2".into()), "e2".into()).await.unwrap().is_none(),
+        "tenant scoped"
+    );
+    assert!(store.get_event(None, "nope".into()).await.unwrap().is_none());
+
+    // ---- attempts ----
+    let all = store
+        .list_attempts(ListQuery {
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(ids_a(&all), ["a1", "a4", "a3", "a2", "a0"]);
+    let a4 = all.iter().find(|a| a.id == "a4").unwrap();
+    assert_eq!(
+        (a4.status, a4.code.as_deref()),
+        (AttemptStatus::Success, Some("204")),
+        "rewrite updated"
+    );
+    assert_eq!(all[0].response_data, Some(json!({"status": 200, "body": "x"})));
+    let failed = store
+        .list_attempts(ListQuery {
+            status: Some(AttemptStatus::Failed),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(ids_a(&failed), ["a0"]);
+    let q = ListQuery {
+        tenant_ids: vec!["t1".into()],
+        destination_ids: vec!["d1".into()],
+        event_ids: vec!["e0".into()],
+        dir: Dir::Asc,
+        ..Default::default()
+    };
+    assert_eq!(ids_a(&store.list_attempts(q).await.unwrap()), ["a0", "a1"]);
+    let by_type = store
+        .list_attempts(ListQuery {
+            destination_types: vec!["rabbitmq".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(ids_a(&by_type), ["a2"]);
+    let page = store
+        .list_attempts(ListQuery {
+            limit: 2,
+            after: Some(Seek {
+                time_ms: T0 + 12,
+                id: "a4".into(),
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(ids_a(&page), ["a3", "a2"]);
+    let latest = store
+        .latest_attempt(Some("t1".into()), "e0".into(), "d1".into())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((latest.id.as_str(), latest.attempt_number), ("a1", 2));
+    assert!(store
+        .latest_attempt(Some("t2".into()), "e0".into(), "d1".into())
+        .await
+        .unwrap()
+        .is_none());
+    assert!(store
+        .get_attempt(Some("t2".into()), "a0".into())
+        .await
+        .unwrap()
+        .is_none());
+    let got = store.get_attempt(None, "a3".into()).await.unwrap().unwrap();
+    assert_eq!(
+        (got.event_id.as_str(), got.destination_type.as_str(), got.time),
+        ("e2", "webhook", T0 + 12)
+    );
+    assert!(!got.manual && store.get_attempt(None, "zz".into()).await.unwrap().is_none());
+}

@@ -1,0 +1,493 @@
+//! The PostgreSQL log store (`POSTGRES_URL`): events and attempts, written in
+//! batches with one `UNNEST` insert per table per batch, read with the same
+//! filters and seek pagination as the embedded store. The schema lives in
+//! `migrations/*.sql` and is applied by `outrider migrate` and at start.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{NoTls, Row};
+
+use super::*;
+use crate::model::StringMap;
+
+/// Migrations in order; each runs once, in its own transaction.
+const MIGRATIONS: &[(&str, &str)] = &[("0001_logs", include_str!("../../../migrations/0001_logs.sql"))];
+
+/// Serialises migrations across nodes (an arbitrary, fixed advisory-lock key).
+const MIGRATION_LOCK: i64 = 0x6f75_7472_6964_6572;
+
+const POOL_SIZE: usize = 8;
+
+pub struct PostgresLogStore {
+    pool: Pool,
+}
+
+impl std::fmt::Debug for PostgresLogStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PostgresLogStore")
+    }
+}
+
+fn db_err(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Database(e.to_string())
+}
+
+impl PostgresLogStore {
+    /// Connects, retrying for up to `patience` so a database that is still
+    /// starting does not fail the start; after that the error says why.
+    pub async fn connect(url: &str, patience: Duration) -> StoreResult<Self> {
+        let cfg: tokio_postgres::Config = url.parse().map_err(|e| StoreError::Unreachable {
+            what: "PostgreSQL (POSTGRES_URL is not a valid connection string)",
+            message: format!("{e}"),
+        })?;
+        let mgr = Manager::from_config(
+            cfg,
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(mgr)
+            .max_size(POOL_SIZE)
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .build()
+            .map_err(db_err)?;
+        let deadline = tokio::time::Instant::now() + patience;
+        let mut wait = Duration::from_millis(100);
+        loop {
+            match pool.get().await {
+                Ok(c) => match c.simple_query("SELECT 1").await {
+                    Ok(_) => return Ok(Self { pool }),
+                    Err(e) if tokio::time::Instant::now() >= deadline => {
+                        return Err(StoreError::Unreachable {
+                            what: "PostgreSQL",
+                            message: e.to_string(),
+                        })
+                    }
+                    Err(_) => {}
+                },
+                Err(e) if tokio::time::Instant::now() >= deadline => {
+                    return Err(StoreError::Unreachable {
+                        what: "PostgreSQL",
+                        message: e.to_string(),
+                    })
+                }
+                Err(_) => {}
+            }
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(Duration::from_secs(2));
+        }
+    }
+
+    /// Applies pending migrations; returns the names applied now.
+    pub async fn migrate(&self) -> StoreResult<Vec<String>> {
+        let mut c = self.pool.get().await.map_err(db_err)?;
+        c.execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])
+            .await
+            .map_err(db_err)?;
+        let result = async {
+            c.batch_execute(
+                "CREATE TABLE IF NOT EXISTS outrider_migrations (
+                     version TEXT PRIMARY KEY,
+                     applied_at TIMESTAMPTZ NOT NULL DEFAULT now())",
+            )
+            .await
+            .map_err(db_err)?;
+            let mut applied = Vec::new();
+            for (version, sql) in MIGRATIONS {
+                let done = c
+                    .query_opt("SELECT 1 FROM outrider_migrations WHERE version = $1", &[version])
+                    .await
+                    .map_err(db_err)?
+                    .is_some();
+                if done {
+                    continue;
+                }
+                let tx = c.transaction().await.map_err(db_err)?;
+                tx.batch_execute(sql)
+                    .await
+                    .map_err(|e| StoreError::Database(format!("migration {version}: {e}")))?;
+                tx.execute("INSERT INTO outrider_migrations (version) VALUES ($1)", &[version])
+                    .await
+                    .map_err(db_err)?;
+                tx.commit().await.map_err(db_err)?;
+                applied.push(version.to_string());
+            }
+            Ok(applied)
+        }
+        .await;
+        let _ = c.execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK]).await;
+        result
+    }
+
+    /// Versions not applied yet.
+    pub async fn pending_migrations(&self) -> StoreResult<Vec<String>> {
+        let c = self.pool.get().await.map_err(db_err)?;
+        let exists = c
+            .query_one("SELECT to_regclass('outrider_migrations') IS NOT NULL", &[])
+            .await
+            .map_err(db_err)?
+            .get::<_, bool>(0);
+        let done: Vec<String> = if exists {
+            c.query("SELECT version FROM outrider_migrations", &[])
+                .await
+                .map_err(db_err)?
+                .iter()
+                .map(|r| r.get(0))
+                .collect()
+        } else {
+            vec![]
+        };
+        Ok(MIGRATIONS
+            .iter()
+            .map(|(v, _)| v.to_string())
+            .filter(|v| !done.contains(v))
+            .collect())
+    }
+
+    async fn query(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> StoreResult<Vec<Row>> {
+        let c = self.pool.get().await.map_err(db_err)?;
+        let stmt = c.prepare_cached(sql).await.map_err(db_err)?;
+        c.query(&stmt, params).await.map_err(db_err)
+    }
+}
+
+const EVENT_COLS: &str = "id, tenant_id, topic, eligible_for_retry, (EXTRACT(EPOCH FROM time) * 1000)::BIGINT, metadata::TEXT, data, matched_destination_ids";
+
+fn event_row(r: &Row) -> StoreResult<Event> {
+    let metadata: String = r.get(5);
+    let data: String = r.get(6);
+    Ok(Event {
+        id: r.get(0),
+        tenant_id: r.get(1),
+        destination_id: None,
+        topic: r.get(2),
+        eligible_for_retry: r.get(3),
+        time: r.get(4),
+        metadata: serde_json::from_str::<StringMap>(&metadata).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+        data: Arc::from(data),
+        matched_destination_ids: r.get(7),
+    })
+}
+
+const ATTEMPT_COLS: &str = "id, tenant_id, event_id, destination_id, destination_type, topic, attempt_number, manual, status, (EXTRACT(EPOCH FROM time) * 1000)::BIGINT, code, response_data";
+
+fn attempt_row(r: &Row) -> StoreResult<Attempt> {
+    let status: String = r.get(8);
+    let rd: Option<String> = r.get(11);
+    let n: i32 = r.get(6);
+    Ok(Attempt {
+        id: r.get(0),
+        tenant_id: r.get(1),
+        event_id: r.get(2),
+        destination_id: r.get(3),
+        destination_type: r.get(4),
+        topic: r.get(5),
+        attempt_number: n.max(0) as u32,
+        manual: r.get(7),
+        status: if status == "success" {
+            AttemptStatus::Success
+        } else {
+            AttemptStatus::Failed
+        },
+        time: r.get(9),
+        code: r.get(10),
+        response_data: rd
+            .map(|s| serde_json::from_str(&s).map_err(|e| StoreError::Corrupt(e.to_string())))
+            .transpose()?,
+    })
+}
+
+/// A list query as SQL text and owned parameters.
+struct Sql {
+    text: String,
+    params: Vec<Box<dyn ToSql + Sync + Send>>,
+}
+
+impl Sql {
+    fn push(&mut self, clause: &str, p: Box<dyn ToSql + Sync + Send>) {
+        self.params.push(p);
+        // `$` in the clause stands for this parameter's number.
+        self.text
+            .push_str(&clause.replace('$', &format!("${}", self.params.len())));
+    }
+
+    fn refs(&self) -> Vec<&(dyn ToSql + Sync)> {
+        self.params.iter().map(|p| p.as_ref() as &(dyn ToSql + Sync)).collect()
+    }
+}
+
+fn list_sql(table: &str, cols: &str, q: &ListQuery, attempts: bool) -> Sql {
+    let mut s = Sql {
+        text: format!("SELECT {cols} FROM {table} WHERE TRUE"),
+        params: Vec::new(),
+    };
+    let arrays: [(&str, &Vec<String>); 3] = [("tenant_id", &q.tenant_ids), ("id", &q.ids), ("topic", &q.topics)];
+    for (col, vals) in arrays {
+        if !vals.is_empty() {
+            s.push(&format!(" AND {col} = ANY($)"), Box::new(vals.clone()));
+        }
+    }
+    if attempts {
+        let arrays: [(&str, &Vec<String>); 3] = [
+            ("event_id", &q.event_ids),
+            ("destination_id", &q.destination_ids),
+            ("destination_type", &q.destination_types),
+        ];
+        for (col, vals) in arrays {
+            if !vals.is_empty() {
+                s.push(&format!(" AND {col} = ANY($)"), Box::new(vals.clone()));
+            }
+        }
+        if let Some(st) = q.status {
+            s.push(" AND status = $", Box::new(st.as_str().to_string()));
+        }
+    } else if !q.destination_ids.is_empty() {
+        s.push(" AND matched_destination_ids && $", Box::new(q.destination_ids.clone()));
+    }
+    for (op, v) in [
+        (">=", q.time_gte),
+        (">", q.time_gt),
+        ("<=", q.time_lte),
+        ("<", q.time_lt),
+    ] {
+        if let Some(v) = v {
+            s.push(&format!(" AND time {op} to_timestamp($::BIGINT / 1000.0)"), Box::new(v));
+        }
+    }
+    let (cmp, order) = match q.dir {
+        Dir::Asc => (">", "ASC"),
+        Dir::Desc => ("<", "DESC"),
+    };
+    if let Some(seek) = &q.after {
+        s.push(
+            &format!(" AND (time, id) {cmp} (to_timestamp($::BIGINT / 1000.0)"),
+            Box::new(seek.time_ms),
+        );
+        s.push(", $)", Box::new(seek.id.clone()));
+    }
+    s.push(
+        &format!(" ORDER BY time {order}, id {order} LIMIT $"),
+        Box::new(q.limit as i64),
+    );
+    s
+}
+
+impl LogStore for PostgresLogStore {
+    fn list_events(&self, q: ListQuery) -> BoxFuture<'_, StoreResult<Vec<Event>>> {
+        Box::pin(async move {
+            let sql = list_sql("events", EVENT_COLS, &q, false);
+            self.query(&sql.text, &sql.refs())
+                .await?
+                .iter()
+                .map(event_row)
+                .collect()
+        })
+    }
+
+    fn get_event(&self, tenant_id: Option<String>, id: String) -> BoxFuture<'_, StoreResult<Option<Event>>> {
+        Box::pin(async move {
+            let rows = self
+                .query(
+                    &format!(
+                        "SELECT {EVENT_COLS} FROM events WHERE id = $1 AND ($2::TEXT IS NULL OR tenant_id = $2)
+                         ORDER BY time DESC LIMIT 1"
+                    ),
+                    &[&id, &tenant_id],
+                )
+                .await?;
+            rows.first().map(event_row).transpose()
+        })
+    }
+
+    fn list_attempts(&self, q: ListQuery) -> BoxFuture<'_, StoreResult<Vec<Attempt>>> {
+        Box::pin(async move {
+            let sql = list_sql("attempts", ATTEMPT_COLS, &q, true);
+            self.query(&sql.text, &sql.refs())
+                .await?
+                .iter()
+                .map(attempt_row)
+                .collect()
+        })
+    }
+
+    fn get_attempt(&self, tenant_id: Option<String>, id: String) -> BoxFuture<'_, StoreResult<Option<Attempt>>> {
+        Box::pin(async move {
+            let rows = self
+                .query(
+                    &format!(
+                        "SELECT {ATTEMPT_COLS} FROM attempts WHERE id = $1 AND ($2::TEXT IS NULL OR tenant_id = $2)
+                         ORDER BY time DESC LIMIT 1"
+                    ),
+                    &[&id, &tenant_id],
+                )
+                .await?;
+            rows.first().map(attempt_row).transpose()
+        })
+    }
+
+    fn latest_attempt(
+        &self,
+        tenant_id: Option<String>,
+        event_id: String,
+        destination_id: String,
+    ) -> BoxFuture<'_, StoreResult<Option<Attempt>>> {
+        Box::pin(async move {
+            let rows = self
+                .query(
+                    &format!(
+                        "SELECT {ATTEMPT_COLS} FROM attempts
+                         WHERE event_id = $1 AND destination_id = $2 AND ($3::TEXT IS NULL OR tenant_id = $3)
+                         ORDER BY attempt_number DESC, time DESC LIMIT 1"
+                    ),
+                    &[&event_id, &destination_id, &tenant_id],
+                )
+                .await?;
+            rows.first().map(attempt_row).transpose()
+        })
+    }
+}
+
+impl LogWriter for PostgresLogStore {
+    fn write_logs(&self, events: Vec<Arc<Event>>, attempts: Vec<Attempt>) -> BoxFuture<'_, StoreResult<()>> {
+        Box::pin(async move {
+            let mut c = self.pool.get().await.map_err(db_err)?;
+            let tx = c.transaction().await.map_err(db_err)?;
+            if !events.is_empty() {
+                let id: Vec<&str> = events.iter().map(|e| e.id.as_str()).collect();
+                let tenant: Vec<&str> = events.iter().map(|e| e.tenant_id.as_str()).collect();
+                let time: Vec<i64> = events.iter().map(|e| e.time).collect();
+                let topic: Vec<&str> = events.iter().map(|e| e.topic.as_str()).collect();
+                let retry: Vec<bool> = events.iter().map(|e| e.eligible_for_retry).collect();
+                let data: Vec<&str> = events.iter().map(|e| &*e.data).collect();
+                let meta: Vec<String> = events
+                    .iter()
+                    .map(|e| serde_json::to_string(&e.metadata).unwrap_or_else(|_| "{}".into()))
+                    .collect();
+                // Arrays of arrays must be rectangular in PostgreSQL, so the
+                // matched ids travel as JSON text and are unpacked in SQL.
+                let matched: Vec<String> = events
+                    .iter()
+                    .map(|e| serde_json::to_string(&e.matched_destination_ids).unwrap_or_else(|_| "[]".into()))
+                    .collect();
+                tx.execute(
+                    "INSERT INTO events (id, tenant_id, time, topic, eligible_for_retry, data, metadata, matched_destination_ids)
+                     SELECT u.id, u.tenant_id, to_timestamp(u.ms / 1000.0), u.topic, u.retry, u.data, u.meta::JSONB,
+                            ARRAY(SELECT jsonb_array_elements_text(u.matched::JSONB))
+                     FROM UNNEST($1::TEXT[], $2::TEXT[], $3::BIGINT[], $4::TEXT[], $5::BOOL[], $6::TEXT[], $7::TEXT[], $8::TEXT[])
+                          AS u(id, tenant_id, ms, topic, retry, data, meta, matched)
+                     ON CONFLICT DO NOTHING",
+                    &[&id, &tenant, &time, &topic, &retry, &data, &meta, &matched],
+                )
+                .await
+                .map_err(db_err)?;
+            }
+            if !attempts.is_empty() {
+                let a = &attempts;
+                let id: Vec<&str> = a.iter().map(|x| x.id.as_str()).collect();
+                let event: Vec<&str> = a.iter().map(|x| x.event_id.as_str()).collect();
+                let dest: Vec<&str> = a.iter().map(|x| x.destination_id.as_str()).collect();
+                let kind: Vec<&str> = a.iter().map(|x| x.destination_type.as_str()).collect();
+                let status: Vec<&str> = a.iter().map(|x| x.status.as_str()).collect();
+                let time: Vec<i64> = a.iter().map(|x| x.time).collect();
+                let code: Vec<Option<&str>> = a.iter().map(|x| x.code.as_deref()).collect();
+                let rd: Vec<Option<String>> = a
+                    .iter()
+                    .map(|x| x.response_data.as_ref().map(|v| v.to_string()))
+                    .collect();
+                let manual: Vec<bool> = a.iter().map(|x| x.manual).collect();
+                let number: Vec<i32> = a.iter().map(|x| x.attempt_number as i32).collect();
+                let tenant: Vec<&str> = a.iter().map(|x| x.tenant_id.as_str()).collect();
+                let topic: Vec<&str> = a.iter().map(|x| x.topic.as_str()).collect();
+                tx.execute(
+                    "INSERT INTO attempts (id, event_id, destination_id, destination_type, status, time, code, response_data,
+                                           manual, attempt_number, tenant_id, topic)
+                     SELECT u.id, u.event_id, u.dest, u.kind, u.status, to_timestamp(u.ms / 1000.0), u.code, u.rd,
+                            u.manual, u.n, u.tenant_id, u.topic
+                     FROM UNNEST($1::TEXT[], $2::TEXT[], $3::TEXT[], $4::TEXT[], $5::TEXT[], $6::BIGINT[], $7::TEXT[],
+                                 $8::TEXT[], $9::BOOL[], $10::INT[], $11::TEXT[], $12::TEXT[])
+                          AS u(id, event_id, dest, kind, status, ms, code, rd, manual, n, tenant_id, topic)
+                     ON CONFLICT (time, id) DO UPDATE
+                     SET status = EXCLUDED.status, code = EXCLUDED.code, response_data = EXCLUDED.response_data",
+                    &[&id, &event, &dest, &kind, &status, &time, &code, &rd, &manual, &number, &tenant, &topic],
+                )
+                .await
+                .map_err(db_err)?;
+            }
+            tx.commit().await.map_err(db_err)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The test database; override with OUTRIDER_TEST_POSTGRES_URL.
+    fn base_url() -> String {
+        std::env::var("OUTRIDER_TEST_POSTGRES_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+    }
+
+    /// A fresh schema per test, so runs never see each other's rows. A missing
+    /// database fails the test with a clear message (never a silent pass).
+    async fn fresh() -> (PostgresLogStore, String) {
+        let base = base_url();
+        let schema = format!("outrider_t_{}", crate::ids::random_hex(6));
+        let admin = PostgresLogStore::connect(&base, Duration::from_secs(5)).await.unwrap_or_else(|e| {
+            panic!("PostgreSQL is required for this test and is not reachable at {base}: {e} (start it with scripts/services.sh up)")
+        });
+        admin
+            .pool
+            .get()
+            .await
+            .unwrap()
+            .batch_execute(&format!("CREATE SCHEMA {schema}"))
+            .await
+            .unwrap();
+        let sep = if base.contains('?') { '&' } else { '?' };
+        let url = format!("{base}{sep}options=-c%20search_path%3D{schema}");
+        let store = PostgresLogStore::connect(&url, Duration::from_secs(5)).await.unwrap();
+        (store, schema)
+    }
+
+    async fn drop_schema(schema: &str) {
+        if let Ok(s) = PostgresLogStore::connect(&base_url(), Duration::from_secs(5)).await {
+            let _ = s
+                .pool
+                .get()
+                .await
+                .unwrap()
+                .batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))
+                .await;
+        }
+    }
+
+    #[tokio::test]
+    async fn migrations_apply_once() {
+        let (s, schema) = fresh().await;
+        assert_eq!(s.pending_migrations().await.unwrap(), vec!["0001_logs"]);
+        assert_eq!(s.migrate().await.unwrap(), vec!["0001_logs"]);
+        assert!(s.migrate().await.unwrap().is_empty(), "second run applies nothing");
+        assert!(s.pending_migrations().await.unwrap().is_empty());
+        drop_schema(&schema).await;
+    }
+
+    #[tokio::test]
+    async fn log_store_conformance() {
+        let (s, schema) = fresh().await;
+        s.migrate().await.unwrap();
+        crate::store::conformance::run_all(&s, &s).await;
+        drop_schema(&schema).await;
+    }
+
+    #[tokio::test]
+    async fn unreachable_database_is_a_clear_error() {
+        let e = PostgresLogStore::connect("postgres://nobody@127.0.0.1:1/none", Duration::from_millis(300))
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("cannot reach PostgreSQL"), "{e}");
+    }
+}
