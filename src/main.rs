@@ -30,13 +30,24 @@ enum Command {
         #[arg(long)]
         service: Option<String>,
     },
+    /// Apply the PostgreSQL log-store migrations (POSTGRES_URL) and exit.
+    /// The server also applies them at start; this is for operators who
+    /// migrate before rolling out.
+    Migrate {
+        /// Only list the migrations that are not applied yet.
+        #[arg(long)]
+        plan: bool,
+    },
 }
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    if let Some(Command::Migrate { plan }) = &cli.command {
+        return migrate(cli.config.as_deref(), *plan);
+    }
     let service = match &cli.command {
         Some(Command::Serve { service }) => service.clone(),
-        None => None,
+        _ => None,
     };
     if let Some(s) = service {
         // The flag wins over SERVICE, as a command-line option should.
@@ -73,6 +84,54 @@ fn main() -> std::process::ExitCode {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("outrider: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn migrate(config: Option<&std::path::Path>, plan: bool) -> std::process::ExitCode {
+    let config = match Config::load(config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("outrider: configuration error: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    let Some(url) = config.postgres_url.clone() else {
+        eprintln!("outrider migrate: POSTGRES_URL is not set; the embedded store creates its own schema at start");
+        return std::process::ExitCode::from(2);
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("outrider: cannot start runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let result = rt.block_on(async {
+        let pg = outrider_engine::store::postgres::PostgresLogStore::connect(&url, config.backend_connect_timeout)
+            .await
+            .map_err(|e| format!("POSTGRES_URL: {e}"))?;
+        if plan {
+            pg.pending_migrations().await.map_err(|e| e.to_string())
+        } else {
+            pg.migrate().await.map_err(|e| e.to_string())
+        }
+    });
+    match result {
+        Ok(list) if list.is_empty() => {
+            println!("outrider migrate: the database is up to date");
+            std::process::ExitCode::SUCCESS
+        }
+        Ok(list) => {
+            let verb = if plan { "pending" } else { "applied" };
+            for m in list {
+                println!("{verb}: {m}");
+            }
+            std::process::ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("outrider migrate: {e}");
             std::process::ExitCode::FAILURE
         }
     }

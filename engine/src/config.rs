@@ -123,6 +123,12 @@ pub struct Config {
     pub allow_private_destinations: bool,
     /// Embedded store: fsync every commit (FULL) or rely on the WAL (NORMAL).
     pub embedded_synchronous_full: bool,
+    /// PostgreSQL log store; `None` keeps logs in the embedded store.
+    pub postgres_url: Option<String>,
+    /// Most log records shipped to the log store in one batch.
+    pub log_batch_size: usize,
+    /// How long a start waits for a configured back end before refusing.
+    pub backend_connect_timeout: Duration,
     /// True when the server started with no configuration at all and generated its secrets.
     pub dev_mode: bool,
     /// Where the generated dev secrets were written, in dev mode.
@@ -248,7 +254,13 @@ const YAML_KEYS: &[(&str, &str)] = &[
         "destinations.webhook.max_response_body_bytes",
         "DESTINATIONS_WEBHOOK_MAX_RESPONSE_BODY_BYTES",
     ),
+    ("postgres", "POSTGRES_URL"),
+    ("log_batch_size", "LOG_BATCH_SIZE"),
     ("outrider.data_dir", "OUTRIDER_DATA_DIR"),
+    (
+        "outrider.backend_connect_timeout_seconds",
+        "OUTRIDER_BACKEND_CONNECT_TIMEOUT_SECONDS",
+    ),
     ("outrider.delivery_shards", "DELIVERY_SHARDS"),
     (
         "outrider.allow_private_destinations",
@@ -632,6 +644,12 @@ impl Config {
             delivery_max_concurrency,
             allow_private_destinations: src.bool("OUTRIDER_ALLOW_PRIVATE_DESTINATIONS", false)?,
             embedded_synchronous_full,
+            postgres_url: src.non_empty("POSTGRES_URL").map(String::from),
+            log_batch_size: match src.num("LOG_BATCH_SIZE", 1000usize)? {
+                0 => return Err(invalid("LOG_BATCH_SIZE", "must be >= 1")),
+                n => n,
+            },
+            backend_connect_timeout: Duration::from_secs(src.num("OUTRIDER_BACKEND_CONNECT_TIMEOUT_SECONDS", 30)?),
             dev_mode: false,
             dev_credentials_path: None,
         })

@@ -14,7 +14,8 @@ use crate::ids::IdGenerator;
 use crate::model::{Delivery, Destination, Event, Tenant};
 use crate::shard::{self, ShardDeps, ShardHandle, ShardMsg};
 use crate::store::embedded::EmbeddedStore;
-use crate::store::{Accepted, SharedStore, StoreError};
+use crate::store::postgres::PostgresLogStore;
+use crate::store::{Accepted, LogStore, SharedStore, StoreError};
 use crate::timefmt::now_ms;
 
 #[derive(Debug, thiserror::Error)]
@@ -84,7 +85,11 @@ struct State {
 
 pub struct Engine {
     pub config: Arc<Config>,
+    /// Entities, the durable delivery queue, and the local copy of the logs.
     pub store: SharedStore,
+    /// Where the API's event and attempt queries go: the embedded store, or
+    /// PostgreSQL when `POSTGRES_URL` is set (fed by the log pipeline).
+    pub logs: Arc<dyn LogStore>,
     pub types: Arc<Registry>,
     pub ids: IdGenerator,
     state: RwLock<State>,
@@ -92,6 +97,7 @@ pub struct Engine {
     writes: tokio::sync::Mutex<()>,
     shards: Vec<ShardHandle>,
     threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
+    pipeline: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl Engine {
@@ -100,15 +106,43 @@ impl Engine {
     pub async fn start(config: Config) -> Result<Arc<Engine>, EngineError> {
         let config = Arc::new(config);
         let cipher = Cipher::new(&config.aes_encryption_secret);
-        let store: SharedStore = Arc::new(EmbeddedStore::open(
+        let embedded = Arc::new(EmbeddedStore::open(
             &config.data_dir,
             cipher,
             config.embedded_synchronous_full,
         )?);
-        Self::start_with_store(config, store).await
+        let store: SharedStore = embedded.clone();
+        let (logs, pipeline) = match &config.postgres_url {
+            None => (store.clone() as Arc<dyn LogStore>, None),
+            Some(url) => {
+                // The URL may carry a password: errors name the key, not the value.
+                let pg = PostgresLogStore::connect(url, config.backend_connect_timeout)
+                    .await
+                    .map_err(|e| EngineError::Startup(format!("POSTGRES_URL: {e}")))?;
+                let applied = pg
+                    .migrate()
+                    .await
+                    .map_err(|e| EngineError::Startup(format!("POSTGRES_URL: migrations failed: {e}")))?;
+                if !applied.is_empty() {
+                    tracing::info!(?applied, "PostgreSQL migrations applied");
+                }
+                let pg = Arc::new(pg);
+                (pg.clone() as Arc<dyn LogStore>, Some(pg))
+            }
+        };
+        let engine = Self::start_with_store(config.clone(), store, logs).await?;
+        if let Some(pg) = pipeline {
+            let handle = crate::log_pipeline::spawn(embedded, pg, config.log_batch_size);
+            *engine.pipeline.lock() = Some(handle);
+        }
+        Ok(engine)
     }
 
-    pub async fn start_with_store(config: Arc<Config>, store: SharedStore) -> Result<Arc<Engine>, EngineError> {
+    pub async fn start_with_store(
+        config: Arc<Config>,
+        store: SharedStore,
+        logs: Arc<dyn LogStore>,
+    ) -> Result<Arc<Engine>, EngineError> {
         let types = Arc::new(Registry::new(&config));
         let ids = IdGenerator::new(config.idgen);
         let signer = crate::signing::DefaultSigner::new(&config.webhook).map_err(EngineError::Startup)?;
@@ -127,12 +161,14 @@ impl Engine {
         let engine = Arc::new(Engine {
             config,
             store,
+            logs,
             types,
             ids,
             state: RwLock::new(State::default()),
             writes: tokio::sync::Mutex::new(()),
             shards,
             threads: Mutex::new(threads),
+            pipeline: Mutex::new(None),
         });
         engine.recover().await?;
         Ok(engine)
@@ -201,6 +237,9 @@ impl Engine {
 
     /// Stops the shards. Pending deliveries stay durable for the next start.
     pub fn shutdown(&self) {
+        if let Some(p) = self.pipeline.lock().take() {
+            p.abort();
+        }
         for s in &self.shards {
             let _ = s.tx.try_send(ShardMsg::Shutdown);
         }

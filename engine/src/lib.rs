@@ -17,6 +17,7 @@ pub mod filter;
 pub mod http_client;
 pub mod ids;
 pub mod json;
+pub mod log_pipeline;
 pub mod model;
 pub mod routing;
 pub mod shard;

@@ -103,9 +103,16 @@ impl Server {
 
     /// Runs the binary with extra env and returns (exit code, stderr) without serving.
     pub fn run_once(env: &[(&str, &str)]) -> (i32, String) {
+        let (code, _, err) = Server::run_args(&[], env);
+        (code, err)
+    }
+
+    /// Runs the binary with arguments and env: (exit code, stdout, stderr).
+    pub fn run_args(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
         let tmp = tempfile::tempdir().unwrap();
         let mut c = Command::new(env!("CARGO_BIN_EXE_outrider"));
-        c.current_dir(tmp.path())
+        c.args(args)
+            .current_dir(tmp.path())
             .env_clear()
             .env("API_PORT", free_port().to_string());
         for (k, v) in env {
@@ -114,6 +121,7 @@ impl Server {
         let out = c.output().unwrap();
         (
             out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
             String::from_utf8_lossy(&out.stderr).into_owned(),
         )
     }
@@ -350,4 +358,48 @@ pub fn hmac_b64(key: &[u8], msg: &[u8]) -> String {
     let mut m = Hmac::<sha2::Sha256>::new_from_slice(key).unwrap();
     m.update(msg);
     base64::engine::general_purpose::STANDARD.encode(m.finalize().into_bytes())
+}
+
+/// A TCP forwarder the test can cut, to simulate a back end going away.
+pub struct Proxy {
+    pub port: u16,
+    up: Arc<std::sync::atomic::AtomicBool>,
+    conns: Arc<Mutex<Vec<tokio::task::AbortHandle>>>,
+}
+
+impl Proxy {
+    pub async fn start(target: SocketAddr) -> Proxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let up = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let conns: Arc<Mutex<Vec<tokio::task::AbortHandle>>> = Arc::default();
+        let (u, c) = (up.clone(), conns.clone());
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if !u.load(std::sync::atomic::Ordering::SeqCst) {
+                    drop(inbound);
+                    continue;
+                }
+                let h = tokio::spawn(async move {
+                    if let Ok(mut out) = tokio::net::TcpStream::connect(target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut out).await;
+                    }
+                });
+                c.lock().unwrap().push(h.abort_handle());
+            }
+        });
+        Proxy { port, up, conns }
+    }
+
+    /// Refuses new connections and cuts the open ones.
+    pub fn down(&self) {
+        self.up.store(false, std::sync::atomic::Ordering::SeqCst);
+        for h in self.conns.lock().unwrap().drain(..) {
+            h.abort();
+        }
+    }
+
+    pub fn up(&self) {
+        self.up.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
 }

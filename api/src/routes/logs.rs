@@ -148,7 +148,7 @@ pub async fn list_events(
     lq.topics = q.array("topic");
     let pg = paging(&q, "evt")?;
     pg.apply(&mut lq);
-    let rows = s.engine.store.list_events(lq).await?;
+    let rows = s.engine.logs.list_events(lq).await?;
     let (rows, pagination) = pg.finish(rows, "evt", |e| (e.time, e.id.as_str()));
     Ok(Json(ListPage {
         models: rows.iter().map(views::event).collect(),
@@ -169,7 +169,7 @@ pub async fn get_event(
     };
     let e = s
         .engine
-        .store
+        .logs
         .get_event(scope, event_id)
         .await?
         .ok_or_else(|| ApiError::not_found("event not found"))?;
@@ -205,7 +205,7 @@ async fn render_attempts(s: &AppState, rows: &[Attempt], inc: &Include) -> ApiRe
         if inc.event {
             if let Some(e) = s
                 .engine
-                .store
+                .logs
                 .get_event(Some(a.tenant_id.clone()), a.event_id.clone())
                 .await?
             {
@@ -241,7 +241,7 @@ fn attempt_query(q: &Query) -> ApiResult<ListQuery> {
 async fn attempts_page(s: &AppState, q: &Query, mut lq: ListQuery) -> ApiResult<Json<ListPage<AttemptJson>>> {
     let pg = paging(q, "att")?;
     pg.apply(&mut lq);
-    let rows = s.engine.store.list_attempts(lq).await?;
+    let rows = s.engine.logs.list_attempts(lq).await?;
     let (rows, pagination) = pg.finish(rows, "att", |a| (a.time, a.id.as_str()));
     let models = render_attempts(s, &rows, &include(q)).await?;
     Ok(Json(ListPage { models, pagination }))
@@ -271,7 +271,7 @@ pub async fn get_attempt(
     };
     let a = s
         .engine
-        .store
+        .logs
         .get_attempt(scope, attempt_id)
         .await?
         .ok_or_else(|| ApiError::not_found("attempt not found"))?;
@@ -309,7 +309,7 @@ pub async fn destination_attempt(
     let q = Query::parse(raw.as_deref());
     let a = s
         .engine
-        .store
+        .logs
         .get_attempt(Some(tenant_id), attempt_id)
         .await?
         .filter(|a| a.destination_id == destination_id)

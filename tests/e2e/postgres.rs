@@ -1,0 +1,164 @@
+//! The PostgreSQL log store end to end: logs shipped from the embedded
+//! outbox, queried through the API, surviving a database outage; migrations;
+//! a clear refusal to start when the database is unreachable.
+
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::common::*;
+
+fn pg_url() -> String {
+    std::env::var("OUTRIDER_TEST_POSTGRES_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+}
+
+/// A fresh schema; the returned URL points at it. Fails clearly without PostgreSQL.
+async fn fresh_schema(base: &str) -> (String, tokio_postgres::Client) {
+    let (client, conn) = tokio_postgres::connect(base, tokio_postgres::NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("PostgreSQL is required and not reachable at {base}: {e} (scripts/services.sh up)"));
+    tokio::spawn(conn);
+    let schema = format!("outrider_e2e_{}", &uuid_like());
+    client.batch_execute(&format!("CREATE SCHEMA {schema}")).await.unwrap();
+    client
+        .batch_execute(&format!("SET search_path = {schema}"))
+        .await
+        .unwrap();
+    let sep = if base.contains('?') { '&' } else { '?' };
+    (format!("{base}{sep}options=-c%20search_path%3D{schema}"), client)
+}
+
+fn uuid_like() -> String {
+    format!(
+        "{:x}{:x}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    )
+}
+
+async fn count(c: &tokio_postgres::Client, table: &str) -> i64 {
+    c.query_one(&format!("SELECT count(*) FROM {table}"), &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+#[tokio::test]
+async fn logs_are_shipped_to_postgres_and_queried_there() {
+    let (url, pg) = fresh_schema(&pg_url()).await;
+    let s = Server::start(&[("POSTGRES_URL", &url)]).await;
+    let api = Api::admin(&s);
+    let rx = Receiver::start().await;
+    api.tenant("t1").await;
+    api.webhook("t1", &rx.url("/pg"), json!({})).await;
+    for i in 0..3 {
+        let r = api
+            .raw(
+                "POST",
+                "/publish",
+                &format!(r#"{{"tenant_id":"t1","topic":"x","data":{{"zebra":{i},"alpha":1}}}}"#),
+            )
+            .await;
+        assert_eq!(r.status, 202);
+    }
+    let a = api.wait_attempts("", Duration::from_secs(10), |m| m.len() >= 3).await;
+    assert_eq!(a.len(), 3, "attempts served from PostgreSQL");
+    assert_eq!(count(&pg, "events").await, 3);
+    assert_eq!(count(&pg, "attempts").await, 3);
+    let data: String = pg
+        .query_one("SELECT data FROM events LIMIT 1", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(data.starts_with(r#"{"zebra":"#), "key order kept: {data}");
+    let e = api.get("/events?limit=2").await;
+    assert_eq!(e.body["models"].as_array().unwrap().len(), 2);
+    assert!(e.body["pagination"]["next"].is_string());
+}
+
+#[tokio::test]
+async fn postgres_outage_records_wait_and_arrive() {
+    let (url, pg) = fresh_schema(&pg_url()).await;
+    let addr: std::net::SocketAddr = "127.0.0.1:5432".parse().unwrap();
+    let proxy = Proxy::start(addr).await;
+    let proxied = url.replace("127.0.0.1:5432", &format!("127.0.0.1:{}", proxy.port));
+    assert_ne!(proxied, url, "test URL must point at 127.0.0.1:5432");
+    let s = Server::start(&[("POSTGRES_URL", &proxied)]).await;
+    let api = Api::admin(&s);
+    let rx = Receiver::start().await;
+    api.tenant("t1").await;
+    api.webhook("t1", &rx.url("/o"), json!({})).await;
+    api.publish(json!({"tenant_id": "t1", "topic": "x", "data": {"n": 0}}))
+        .await;
+    api.wait_attempts("", Duration::from_secs(10), |m| m.len() == 1).await;
+
+    proxy.down();
+    for n in 1..=5 {
+        let r = api
+            .publish(json!({"tenant_id": "t1", "topic": "x", "data": {"n": n}}))
+            .await;
+        assert_eq!(r.status, 202, "publishing does not depend on the log store");
+    }
+    // Delivery goes on while the log store is away.
+    assert_eq!(rx.wait_for(6, Duration::from_secs(10)).await.len(), 6);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        count(&pg, "events").await,
+        1,
+        "nothing could be shipped during the outage"
+    );
+
+    proxy.up();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while count(&pg, "attempts").await < 6 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        count(&pg, "events").await,
+        6,
+        "events written when the database returned"
+    );
+    assert_eq!(
+        count(&pg, "attempts").await,
+        6,
+        "attempts written when the database returned"
+    );
+}
+
+#[tokio::test]
+async fn migrate_command_applies_once() {
+    let (url, pg) = fresh_schema(&pg_url()).await;
+    let env = [
+        ("POSTGRES_URL", url.as_str()),
+        ("AES_ENCRYPTION_SECRET", "x"),
+        ("API_KEY", "k"),
+    ];
+    let (code, out, err) = Server::run_args(&["migrate", "--plan"], &env);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("pending: 0001_logs"), "{out}");
+    let (code, out, err) = Server::run_args(&["migrate"], &env);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("applied: 0001_logs"), "{out}");
+    let (_, out, _) = Server::run_args(&["migrate"], &env);
+    assert!(out.contains("up to date"), "{out}");
+    assert_eq!(count(&pg, "events").await, 0, "tables exist");
+}
+
+#[test]
+fn unreachable_postgres_refuses_start_without_leaking_the_password() {
+    let (code, err) = Server::run_once(&[
+        ("API_KEY", "k"),
+        ("AES_ENCRYPTION_SECRET", "x"),
+        ("POSTGRES_URL", "postgres://app:s3cretpw@127.0.0.1:1/db"),
+        ("OUTRIDER_BACKEND_CONNECT_TIMEOUT_SECONDS", "1"),
+    ]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("POSTGRES_URL") && err.contains("cannot reach PostgreSQL"),
+        "{err}"
+    );
+    assert!(!err.contains("s3cretpw"), "the password must not be printed: {err}");
+}
