@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Runs every test: Rust unit and integration tests (cargo nextest), then the
 # official Outpost TypeScript SDK driven against a real server.
-# Needs: the Rust toolchain, Node.js >= 20 with npm (registry access for the first run).
+# Needs: the Rust toolchain, Node.js >= 20 with npm (registry access for the first run), and the
+# back-end services that scripts/services.sh starts or checks (PostgreSQL, Redis, RabbitMQ, moto,
+# the GCP Pub/Sub emulator).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/outrider/target}"
@@ -14,6 +16,12 @@ if ! cargo nextest --version >/dev/null 2>&1; then
   echo "test.sh: installing cargo-nextest" >&2
   cargo install cargo-nextest --locked
 fi
+
+echo "== services (PostgreSQL, Redis, RabbitMQ, moto, Pub/Sub emulator)"
+export OUTRIDER_SERVICES_DIR="${OUTRIDER_SERVICES_DIR:-$(mktemp -d)}"
+trap 'bash scripts/services.sh down' EXIT
+bash scripts/services.sh up
+set -a; . "$OUTRIDER_SERVICES_DIR/env"; set +a
 
 echo "== building"
 cargo build --workspace --all-targets

@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# Back-end services for the tests, on loopback only.
+#   scripts/services.sh up     make sure PostgreSQL, Redis and RabbitMQ answer (start them if
+#                              they are down), start moto (AWS) and the GCP Pub/Sub emulator,
+#                              and write their endpoints to $OUTRIDER_SERVICES_DIR/env
+#   scripts/services.sh down   stop what `up` started (by pid), nothing else
+set -euo pipefail
+DIR="${OUTRIDER_SERVICES_DIR:-/tmp/outrider-services}"
+mkdir -p "$DIR"
+STARTED="$DIR/started"   # lines: name pid-or-command
+ENVF="$DIR/env"
+
+log() { echo "services: $*" >&2; }
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+wait_port() { # name port seconds
+  local i; for ((i = 0; i < $3 * 10; i++)); do port_open "$2" && return 0; sleep 0.1; done
+  log "$1 did not open port $2 within $3 s (log: $DIR/$1.log)"; return 1
+}
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+ensure() { # name port start-command...
+  local name=$1 port=$2; shift 2
+  if port_open "$port"; then return 0; fi
+  log "$name is down on $port: starting it"
+  "$@" >"$DIR/$name.log" 2>&1 || true
+  wait_port "$name" "$port" 60
+  echo "$name system" >>"$STARTED"
+}
+
+up() {
+  : >"$STARTED"
+  ensure postgresql 5432 pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -n1)" main start
+  ensure redis 6379 redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" --appendonly no \
+    --dir /var/lib/redis --logfile /var/log/redis/ci.log
+  ensure rabbitmq 5672 rabbitmq-server -detached
+
+  local moto_port pubsub_port
+  moto_port=$(free_port)
+  command -v moto_server >/dev/null || { log "moto_server is not installed (pip install 'moto[server]')"; return 1; }
+  setsid moto_server -H 127.0.0.1 -p "$moto_port" >"$DIR/moto.log" 2>&1 &
+  echo "moto $!" >>"$STARTED"
+  pubsub_port=$(free_port)
+  command -v gcloud >/dev/null || { log "gcloud (with the pubsub-emulator component) is not installed"; return 1; }
+  setsid gcloud beta emulators pubsub start --host-port="127.0.0.1:$pubsub_port" --project=outrider-test \
+    >"$DIR/pubsub.log" 2>&1 &
+  echo "pubsub $!" >>"$STARTED"
+  wait_port moto "$moto_port" 30
+  wait_port pubsub "$pubsub_port" 90
+  cat >"$ENVF" <<ENV
+OUTRIDER_TEST_POSTGRES_URL=postgres://postgres@127.0.0.1:5432/test
+OUTRIDER_TEST_REDIS_URL=redis://127.0.0.1:6379
+OUTRIDER_TEST_RABBITMQ_URL=amqp://guest:guest@127.0.0.1:5672
+OUTRIDER_TEST_AWS_ENDPOINT=http://127.0.0.1:$moto_port
+PUBSUB_EMULATOR_HOST=127.0.0.1:$pubsub_port
+ENV
+  log "up: postgresql 5432, redis 6379, rabbitmq 5672, moto $moto_port, pubsub $pubsub_port"
+}
+
+down() {
+  [ -f "$STARTED" ] || return 0
+  while read -r name pid; do
+    case "$pid" in
+      system)
+        case "$name" in
+          postgresql) pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -n1)" main stop || true ;;
+          redis) redis-cli -p 6379 shutdown nosave >/dev/null 2>&1 || true ;;
+          rabbitmq) rabbitmqctl stop >/dev/null 2>&1 || true ;;
+        esac ;;
+      *) kill -- "-$pid" 2>/dev/null || kill "$pid" 2>/dev/null || true ;;
+    esac
+  done <"$STARTED"
+  rm -f "$STARTED" "$ENVF"
+  log "down"
+}
+
+case "${1:-}" in
+  up) up ;;
+  down) down ;;
+  *) echo "usage: $0 up|down" >&2; exit 2 ;;
+esac
