@@ -248,3 +248,64 @@ pub(crate) async fn run_all(store: &dyn LogStore, writer: &dyn LogWriter) {
     );
     assert!(!got.manual && store.get_attempt(None, "zz".into()).await.unwrap().is_none());
 }
+
+fn dest(id: &str, tenant: &str, secret: &str) -> Destination {
+    let mut config = StringMap::new();
+    config.insert("url".into(), format!("https://example.com/{id}"));
+    let mut credentials = StringMap::new();
+    credentials.insert("secret".into(), secret.into());
+    Destination {
+        id: id.into(),
+        tenant_id: tenant.into(),
+        kind: "webhook".into(),
+        topics: vec!["user.*".into()],
+        filter: Some(json!({"data": {"amount": {"$gte": 1}}})),
+        config,
+        credentials,
+        delivery_metadata: None,
+        metadata: None,
+        created_at: T0,
+        updated_at: T0,
+        disabled_at: None,
+    }
+}
+
+fn tenant(id: &str) -> Tenant {
+    Tenant {
+        id: id.into(),
+        metadata: None,
+        created_at: T0,
+        updated_at: T0,
+    }
+}
+
+/// The entity-store behaviour every implementation must have.
+pub(crate) async fn run_entities(store: &dyn EntityStore) {
+    let (t0, d0) = store.load_entities().await.unwrap();
+    assert!(t0.is_empty() && d0.is_empty(), "starts empty");
+    store.put_tenant(tenant("t1")).await.unwrap();
+    store.put_tenant(tenant("t2")).await.unwrap();
+    let mut t1 = tenant("t1");
+    let mut md = StringMap::new();
+    md.insert("plan".into(), "pro".into());
+    t1.metadata = Some(md);
+    t1.updated_at = T0 + 5;
+    store.put_tenant(t1.clone()).await.unwrap();
+    store.put_destination(dest("d1", "t1", "whsec_one")).await.unwrap();
+    store.put_destination(dest("d2", "t1", "whsec_two")).await.unwrap();
+    store.put_destination(dest("d3", "t2", "whsec_three")).await.unwrap();
+    let mut d1 = dest("d1", "t1", "whsec_rotated");
+    d1.disabled_at = Some(T0 + 9);
+    store.put_destination(d1.clone()).await.unwrap();
+    store.delete_destination("t1".into(), "d2".into()).await.unwrap();
+    store.delete_tenant("t2".into()).await.unwrap();
+
+    let (mut tenants, dests) = store.load_entities().await.unwrap();
+    tenants.sort_by(|a, b| a.id.cmp(&b.id));
+    assert_eq!(tenants, vec![t1], "update replaced metadata; deleted tenant gone");
+    assert_eq!(
+        dests,
+        vec![d1],
+        "credentials round-trip; deletes and the tenant cascade applied"
+    );
+}

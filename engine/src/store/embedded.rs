@@ -1062,6 +1062,13 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn entity_store_conformance() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = EmbeddedStore::open(dir.path(), Cipher::new("k"), false).unwrap();
+        crate::store::conformance::run_entities(&s).await;
+    }
+
+    #[tokio::test]
     async fn log_store_conformance() {
         let dir = tempfile::tempdir().unwrap();
         let s = EmbeddedStore::open(dir.path(), Cipher::new("k"), false).unwrap();

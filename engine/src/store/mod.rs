@@ -13,6 +13,7 @@
 mod conformance;
 pub mod embedded;
 pub mod postgres;
+pub mod redis;
 
 use std::future::Future;
 use std::pin::Pin;

@@ -1,0 +1,409 @@
+//! The Redis entity store (`REDIS_HOST`, ...): tenants and destinations shared
+//! by every node, with a change channel so each node's in-memory routing
+//! table and shards follow writes made on other nodes.
+//!
+//! Layout (prefixed with `<DEPLOYMENT_ID>:` when set):
+//! `outrider:tenants` hash id → JSON, `outrider:destinations` hash id → JSON
+//! (credentials AES-GCM sealed, base64), `outrider:tenant:<id>:destinations`
+//! set of ids, and the pub/sub channel `outrider:changes`.
+
+use std::time::Duration;
+
+use ::redis::aio::ConnectionManager;
+use ::redis::AsyncCommands;
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine as _;
+use serde::{Deserialize, Serialize};
+
+use super::*;
+use crate::crypto::Cipher;
+use crate::model::StringMap;
+
+/// How to reach Redis, from Outpost's `REDIS_*` settings.
+#[derive(Debug, Clone)]
+pub struct RedisConfig {
+    pub host: String,
+    pub port: u16,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    pub database: i64,
+}
+
+impl RedisConfig {
+    fn url(&self) -> String {
+        let auth = match (&self.username, &self.password) {
+            (Some(u), Some(p)) => format!("{}:{}@", enc(u), enc(p)),
+            (None, Some(p)) => format!(":{}@", enc(p)),
+            (Some(u), None) => format!("{}@", enc(u)),
+            (None, None) => String::new(),
+        };
+        format!("redis://{auth}{}:{}/{}", self.host, self.port, self.database)
+    }
+}
+
+fn enc(s: &str) -> String {
+    form_urlencoded_min(s)
+}
+
+/// Percent-encodes everything but unreserved characters (for userinfo).
+fn form_urlencoded_min(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// A change another node (or this one) made.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Change {
+    Tenant {
+        id: String,
+        deleted: bool,
+    },
+    Destination {
+        id: String,
+        tenant_id: String,
+        deleted: bool,
+    },
+}
+
+#[derive(Serialize, Deserialize)]
+struct StoredDestination {
+    id: String,
+    tenant_id: String,
+    #[serde(rename = "type")]
+    kind: String,
+    topics: Vec<String>,
+    filter: Option<serde_json::Value>,
+    config: StringMap,
+    /// Sealed credentials, base64.
+    credentials: String,
+    delivery_metadata: Option<StringMap>,
+    metadata: Option<StringMap>,
+    created_at: i64,
+    updated_at: i64,
+    disabled_at: Option<i64>,
+}
+
+pub struct RedisEntityStore {
+    client: ::redis::Client,
+    conn: ConnectionManager,
+    prefix: String,
+    cipher: Cipher,
+}
+
+impl std::fmt::Debug for RedisEntityStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisEntityStore")
+            .field("prefix", &self.prefix)
+            .finish()
+    }
+}
+
+fn rerr(e: ::redis::RedisError) -> StoreError {
+    StoreError::Database(format!("redis: {e}"))
+}
+
+impl RedisEntityStore {
+    /// Connects, retrying for up to `patience`; the error never includes the password.
+    pub async fn connect(
+        cfg: &RedisConfig,
+        deployment_id: &str,
+        cipher: Cipher,
+        patience: Duration,
+    ) -> StoreResult<Self> {
+        let client = ::redis::Client::open(cfg.url()).map_err(|e| StoreError::Unreachable {
+            what: "Redis",
+            message: format!("invalid settings: {:?}", e.kind()),
+        })?;
+        let deadline = tokio::time::Instant::now() + patience;
+        let mut wait = Duration::from_millis(100);
+        let conn = loop {
+            let attempt = tokio::time::timeout(Duration::from_secs(2), ConnectionManager::new(client.clone())).await;
+            match attempt {
+                Ok(Ok(c)) => break c,
+                other => {
+                    if tokio::time::Instant::now() >= deadline {
+                        let message = match other {
+                            Ok(Err(e)) => format!("{}:{}: {e}", cfg.host, cfg.port),
+                            _ => format!("{}:{}: timed out", cfg.host, cfg.port),
+                        };
+                        return Err(StoreError::Unreachable { what: "Redis", message });
+                    }
+                }
+            }
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(Duration::from_secs(2));
+        };
+        let prefix = if deployment_id.is_empty() {
+            String::new()
+        } else {
+            format!("{deployment_id}:")
+        };
+        Ok(Self {
+            client,
+            conn,
+            prefix,
+            cipher,
+        })
+    }
+
+    fn key(&self, name: &str) -> String {
+        format!("{}outrider:{name}", self.prefix)
+    }
+
+    pub fn changes_channel(&self) -> String {
+        self.key("changes")
+    }
+
+    async fn announce(&self, change: &Change) -> StoreResult<()> {
+        let payload = serde_json::to_string(change).map_err(|e| StoreError::Database(e.to_string()))?;
+        let mut c = self.conn.clone();
+        let _: i64 = c.publish(self.changes_channel(), payload).await.map_err(rerr)?;
+        Ok(())
+    }
+
+    fn decode_destination(&self, json: &str) -> StoreResult<Destination> {
+        let s: StoredDestination = serde_json::from_str(json).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let sealed = B64
+            .decode(&s.credentials)
+            .map_err(|e| StoreError::Corrupt(format!("destination {}: {e}", s.id)))?;
+        let plain = self
+            .cipher
+            .decrypt(&sealed)
+            .map_err(|e| StoreError::Corrupt(format!("destination {}: {e}", s.id)))?;
+        let credentials: StringMap =
+            serde_json::from_slice(&plain).map_err(|e| StoreError::Corrupt(format!("destination {}: {e}", s.id)))?;
+        Ok(Destination {
+            id: s.id,
+            tenant_id: s.tenant_id,
+            kind: s.kind,
+            topics: s.topics,
+            filter: s.filter,
+            config: s.config,
+            credentials,
+            delivery_metadata: s.delivery_metadata,
+            metadata: s.metadata,
+            created_at: s.created_at,
+            updated_at: s.updated_at,
+            disabled_at: s.disabled_at,
+        })
+    }
+
+    pub async fn get_tenant(&self, id: &str) -> StoreResult<Option<Tenant>> {
+        let mut c = self.conn.clone();
+        let v: Option<String> = c.hget(self.key("tenants"), id).await.map_err(rerr)?;
+        v.map(|j| serde_json::from_str(&j).map_err(|e| StoreError::Corrupt(e.to_string())))
+            .transpose()
+    }
+
+    pub async fn get_destination(&self, id: &str) -> StoreResult<Option<Destination>> {
+        let mut c = self.conn.clone();
+        let v: Option<String> = c.hget(self.key("destinations"), id).await.map_err(rerr)?;
+        v.map(|j| self.decode_destination(&j)).transpose()
+    }
+
+    /// A stream of changes. Messages published while it is not connected are
+    /// lost, so callers resynchronise after (re)subscribing.
+    pub async fn subscribe(&self) -> StoreResult<::redis::aio::PubSub> {
+        let mut ps = self.client.get_async_pubsub().await.map_err(rerr)?;
+        ps.subscribe(self.changes_channel()).await.map_err(rerr)?;
+        Ok(ps)
+    }
+}
+
+impl EntityStore for RedisEntityStore {
+    fn load_entities(&self) -> BoxFuture<'_, StoreResult<(Vec<Tenant>, Vec<Destination>)>> {
+        Box::pin(async move {
+            let mut c = self.conn.clone();
+            let tenants: Vec<(String, String)> = c.hgetall(self.key("tenants")).await.map_err(rerr)?;
+            let dests: Vec<(String, String)> = c.hgetall(self.key("destinations")).await.map_err(rerr)?;
+            let tenants = tenants
+                .iter()
+                .map(|(_, j)| serde_json::from_str(j).map_err(|e| StoreError::Corrupt(e.to_string())))
+                .collect::<StoreResult<Vec<Tenant>>>()?;
+            let dests = dests
+                .iter()
+                .map(|(_, j)| self.decode_destination(j))
+                .collect::<StoreResult<Vec<_>>>()?;
+            Ok((tenants, dests))
+        })
+    }
+
+    fn put_tenant(&self, tenant: Tenant) -> BoxFuture<'_, StoreResult<()>> {
+        Box::pin(async move {
+            let json = serde_json::to_string(&tenant).map_err(|e| StoreError::Database(e.to_string()))?;
+            let mut c = self.conn.clone();
+            let _: i64 = c.hset(self.key("tenants"), &tenant.id, json).await.map_err(rerr)?;
+            self.announce(&Change::Tenant {
+                id: tenant.id,
+                deleted: false,
+            })
+            .await
+        })
+    }
+
+    fn delete_tenant(&self, id: String) -> BoxFuture<'_, StoreResult<()>> {
+        Box::pin(async move {
+            let mut c = self.conn.clone();
+            let set = self.key(&format!("tenant:{id}:destinations"));
+            let ids: Vec<String> = c.smembers(&set).await.map_err(rerr)?;
+            let mut pipe = ::redis::pipe();
+            pipe.atomic();
+            for d in &ids {
+                pipe.hdel(self.key("destinations"), d).ignore();
+            }
+            pipe.del(&set).ignore().hdel(self.key("tenants"), &id).ignore();
+            let _: () = pipe.query_async(&mut c).await.map_err(rerr)?;
+            for d in ids {
+                self.announce(&Change::Destination {
+                    id: d,
+                    tenant_id: id.clone(),
+                    deleted: true,
+                })
+                .await?;
+            }
+            self.announce(&Change::Tenant { id, deleted: true }).await
+        })
+    }
+
+    fn put_destination(&self, d: Destination) -> BoxFuture<'_, StoreResult<()>> {
+        Box::pin(async move {
+            let plain = serde_json::to_vec(&d.credentials).map_err(|e| StoreError::Database(e.to_string()))?;
+            let sealed = self
+                .cipher
+                .encrypt(&plain)
+                .map_err(|e| StoreError::Database(e.to_string()))?;
+            let stored = StoredDestination {
+                id: d.id.clone(),
+                tenant_id: d.tenant_id.clone(),
+                kind: d.kind,
+                topics: d.topics,
+                filter: d.filter,
+                config: d.config,
+                credentials: B64.encode(sealed),
+                delivery_metadata: d.delivery_metadata,
+                metadata: d.metadata,
+                created_at: d.created_at,
+                updated_at: d.updated_at,
+                disabled_at: d.disabled_at,
+            };
+            let json = serde_json::to_string(&stored).map_err(|e| StoreError::Database(e.to_string()))?;
+            let mut c = self.conn.clone();
+            let _: () = ::redis::pipe()
+                .atomic()
+                .hset(self.key("destinations"), &d.id, json)
+                .ignore()
+                .sadd(self.key(&format!("tenant:{}:destinations", d.tenant_id)), &d.id)
+                .ignore()
+                .query_async(&mut c)
+                .await
+                .map_err(rerr)?;
+            self.announce(&Change::Destination {
+                id: d.id,
+                tenant_id: d.tenant_id,
+                deleted: false,
+            })
+            .await
+        })
+    }
+
+    fn delete_destination(&self, tenant_id: String, id: String) -> BoxFuture<'_, StoreResult<()>> {
+        Box::pin(async move {
+            let mut c = self.conn.clone();
+            let _: () = ::redis::pipe()
+                .atomic()
+                .hdel(self.key("destinations"), &id)
+                .ignore()
+                .srem(self.key(&format!("tenant:{tenant_id}:destinations")), &id)
+                .ignore()
+                .query_async(&mut c)
+                .await
+                .map_err(rerr)?;
+            self.announce(&Change::Destination {
+                id,
+                tenant_id,
+                deleted: true,
+            })
+            .await
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_util::StreamExt;
+
+    fn cfg() -> RedisConfig {
+        RedisConfig {
+            host: std::env::var("OUTRIDER_TEST_REDIS_HOST").unwrap_or_else(|_| "127.0.0.1".into()),
+            port: 6379,
+            username: None,
+            password: None,
+            database: 0,
+        }
+    }
+
+    async fn store() -> RedisEntityStore {
+        // A random deployment prefix keeps test runs apart.
+        let dep = format!("t{}", crate::ids::random_hex(6));
+        RedisEntityStore::connect(&cfg(), &dep, Cipher::new("k"), Duration::from_secs(3))
+            .await
+            .unwrap_or_else(|e| panic!("Redis is required for this test: {e} (start it with scripts/services.sh up)"))
+    }
+
+    #[tokio::test]
+    async fn entity_store_conformance() {
+        let s = store().await;
+        crate::store::conformance::run_entities(&s).await;
+        let mut c = s.conn.clone();
+        let raw: Vec<(String, String)> = c.hgetall(s.key("destinations")).await.unwrap();
+        assert!(
+            raw.iter().all(|(_, j)| !j.contains("whsec_")),
+            "credentials are sealed at rest"
+        );
+    }
+
+    #[tokio::test]
+    async fn changes_are_announced() {
+        let s = store().await;
+        let mut ps = s.subscribe().await.unwrap();
+        s.put_tenant(Tenant {
+            id: "t1".into(),
+            metadata: None,
+            created_at: 0,
+            updated_at: 0,
+        })
+        .await
+        .unwrap();
+        let msg = tokio::time::timeout(Duration::from_secs(5), ps.on_message().next())
+            .await
+            .unwrap()
+            .unwrap();
+        let ch: Change = serde_json::from_str(&msg.get_payload::<String>().unwrap()).unwrap();
+        assert_eq!(
+            ch,
+            Change::Tenant {
+                id: "t1".into(),
+                deleted: false
+            }
+        );
+    }
+
+    #[tokio::test]
+    async fn unreachable_redis_is_a_clear_error() {
+        let mut c = cfg();
+        c.port = 1;
+        c.password = Some("hunter2".into());
+        let e = RedisEntityStore::connect(&c, "", Cipher::new("k"), Duration::from_millis(300))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("cannot reach Redis"), "{e}");
+        assert!(!e.contains("hunter2"), "{e}");
+    }
+}
