@@ -123,6 +123,8 @@ pub struct Config {
     pub allow_private_destinations: bool,
     /// Embedded store: fsync every commit (FULL) or rely on the WAL (NORMAL).
     pub embedded_synchronous_full: bool,
+    /// Redis entity store shared by all nodes; `None` keeps entities embedded.
+    pub redis: Option<crate::store::redis::RedisConfig>,
     /// PostgreSQL log store; `None` keeps logs in the embedded store.
     pub postgres_url: Option<String>,
     /// Most log records shipped to the log store in one batch.
@@ -255,6 +257,13 @@ const YAML_KEYS: &[(&str, &str)] = &[
         "DESTINATIONS_WEBHOOK_MAX_RESPONSE_BODY_BYTES",
     ),
     ("postgres", "POSTGRES_URL"),
+    ("redis.host", "REDIS_HOST"),
+    ("redis.port", "REDIS_PORT"),
+    ("redis.username", "REDIS_USERNAME"),
+    ("redis.password", "REDIS_PASSWORD"),
+    ("redis.database", "REDIS_DATABASE"),
+    ("redis.tls_enabled", "REDIS_TLS_ENABLED"),
+    ("redis.cluster_enabled", "REDIS_CLUSTER_ENABLED"),
     ("log_batch_size", "LOG_BATCH_SIZE"),
     ("outrider.data_dir", "OUTRIDER_DATA_DIR"),
     (
@@ -644,6 +653,30 @@ impl Config {
             delivery_max_concurrency,
             allow_private_destinations: src.bool("OUTRIDER_ALLOW_PRIVATE_DESTINATIONS", false)?,
             embedded_synchronous_full,
+            redis: match src.non_empty("REDIS_HOST") {
+                None => None,
+                Some(host) => {
+                    if src.bool("REDIS_TLS_ENABLED", false)? {
+                        return Err(invalid(
+                            "REDIS_TLS_ENABLED",
+                            "TLS to Redis is not supported by this build yet",
+                        ));
+                    }
+                    if src.bool("REDIS_CLUSTER_ENABLED", false)? {
+                        return Err(invalid(
+                            "REDIS_CLUSTER_ENABLED",
+                            "Redis Cluster is not supported by this build yet",
+                        ));
+                    }
+                    Some(crate::store::redis::RedisConfig {
+                        host: host.to_string(),
+                        port: src.num("REDIS_PORT", 6379)?,
+                        username: src.non_empty("REDIS_USERNAME").map(String::from),
+                        password: src.non_empty("REDIS_PASSWORD").map(String::from),
+                        database: src.num("REDIS_DATABASE", 0)?,
+                    })
+                }
+            },
             postgres_url: src.non_empty("POSTGRES_URL").map(String::from),
             log_batch_size: match src.num("LOG_BATCH_SIZE", 1000usize)? {
                 0 => return Err(invalid("LOG_BATCH_SIZE", "must be >= 1")),

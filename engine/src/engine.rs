@@ -15,7 +15,8 @@ use crate::model::{Delivery, Destination, Event, Tenant};
 use crate::shard::{self, ShardDeps, ShardHandle, ShardMsg};
 use crate::store::embedded::EmbeddedStore;
 use crate::store::postgres::PostgresLogStore;
-use crate::store::{Accepted, LogStore, SharedStore, StoreError};
+use crate::store::redis::{Change, RedisEntityStore};
+use crate::store::{Accepted, EntityStore, LogStore, SharedStore, StoreError};
 use crate::timefmt::now_ms;
 
 #[derive(Debug, thiserror::Error)]
@@ -87,6 +88,8 @@ pub struct Engine {
     pub config: Arc<Config>,
     /// Entities, the durable delivery queue, and the local copy of the logs.
     pub store: SharedStore,
+    /// Tenants and destinations: the embedded store, or Redis shared by all nodes.
+    pub entities: Arc<dyn EntityStore>,
     /// Where the API's event and attempt queries go: the embedded store, or
     /// PostgreSQL when `POSTGRES_URL` is set (fed by the log pipeline).
     pub logs: Arc<dyn LogStore>,
@@ -98,6 +101,8 @@ pub struct Engine {
     shards: Vec<ShardHandle>,
     threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
     pipeline: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Follows entity changes made on other nodes (Redis).
+    follower: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl Engine {
@@ -130,7 +135,27 @@ impl Engine {
                 (pg.clone() as Arc<dyn LogStore>, Some(pg))
             }
         };
-        let engine = Self::start_with_store(config.clone(), store, logs).await?;
+        let redis = match &config.redis {
+            None => None,
+            Some(rc) => Some(Arc::new(
+                RedisEntityStore::connect(
+                    rc,
+                    &config.deployment_id,
+                    Cipher::new(&config.aes_encryption_secret),
+                    config.backend_connect_timeout,
+                )
+                .await
+                .map_err(|e| EngineError::Startup(format!("REDIS_HOST: {e}")))?,
+            )),
+        };
+        let entities: Arc<dyn EntityStore> = match &redis {
+            Some(r) => r.clone(),
+            None => store.clone(),
+        };
+        let engine = Self::start_with_store(config.clone(), store, entities, logs).await?;
+        if let Some(r) = redis {
+            *engine.follower.lock() = Some(tokio::spawn(follow(engine.clone(), r)));
+        }
         if let Some(pg) = pipeline {
             let handle = crate::log_pipeline::spawn(embedded, pg, config.log_batch_size);
             *engine.pipeline.lock() = Some(handle);
@@ -141,6 +166,7 @@ impl Engine {
     pub async fn start_with_store(
         config: Arc<Config>,
         store: SharedStore,
+        entities: Arc<dyn EntityStore>,
         logs: Arc<dyn LogStore>,
     ) -> Result<Arc<Engine>, EngineError> {
         let types = Arc::new(Registry::new(&config));
@@ -161,6 +187,7 @@ impl Engine {
         let engine = Arc::new(Engine {
             config,
             store,
+            entities,
             logs,
             types,
             ids,
@@ -169,44 +196,15 @@ impl Engine {
             shards,
             threads: Mutex::new(threads),
             pipeline: Mutex::new(None),
+            follower: Mutex::new(None),
         });
         engine.recover().await?;
         Ok(engine)
     }
 
     async fn recover(&self) -> Result<(), EngineError> {
-        let (tenants, mut loaded) = self.store.load_entities().await?;
-        loaded.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
-        // One shared copy per destination, for the routing table and its shard.
-        let dests: Vec<Arc<Destination>> = loaded
-            .into_iter()
-            .map(|mut d| {
-                d.shrink();
-                Arc::new(d)
-            })
-            .collect();
-        {
-            let mut st = self.state.write();
-            for t in tenants {
-                st.tenants.insert(
-                    t.id.clone(),
-                    TenantEntry {
-                        tenant: t,
-                        dests: Vec::new(),
-                    },
-                );
-            }
-            for d in &dests {
-                if let Some(entry) = st.tenants.get_mut(&d.tenant_id) {
-                    entry.dests.push(d.clone());
-                }
-            }
-            let owners: Vec<(String, String)> = dests.iter().map(|d| (d.id.clone(), d.tenant_id.clone())).collect();
-            st.owners.extend(owners);
-        }
-        for d in dests {
-            self.send(&d.id.clone(), ShardMsg::Upsert(d)).await?;
-        }
+        let (tenants, dests) = self.entities.load_entities().await?;
+        self.install(tenants, dests).await?;
         let pending = self.store.load_pending().await?;
         if !pending.is_empty() {
             tracing::info!(deliveries = pending.len(), "resuming pending deliveries");
@@ -214,6 +212,152 @@ impl Engine {
         for d in pending {
             let id = d.destination_id.clone();
             self.send(&id, ShardMsg::Deliver(d)).await?;
+        }
+        Ok(())
+    }
+
+    /// Replaces the routing table with these entities and tells the shards
+    /// what changed (new or different destinations, removed ones).
+    async fn install(&self, tenants: Vec<Tenant>, mut loaded: Vec<Destination>) -> Result<(), EngineError> {
+        loaded.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+        let mut next = State::default();
+        for t in tenants {
+            next.tenants.insert(
+                t.id.clone(),
+                TenantEntry {
+                    tenant: t,
+                    dests: Vec::new(),
+                },
+            );
+        }
+        let (upserts, removes) = {
+            let st = self.state.read();
+            let mut upserts = Vec::new();
+            for mut d in loaded {
+                d.shrink();
+                // Keep the existing Arc when nothing changed, so shards are left alone.
+                let d = match st
+                    .owners
+                    .get(&d.id)
+                    .and_then(|t| st.tenants.get(t))
+                    .and_then(|e| e.dests.iter().find(|x| x.id == d.id))
+                {
+                    Some(old) if **old == d => old.clone(),
+                    _ => {
+                        let d = Arc::new(d);
+                        upserts.push(d.clone());
+                        d
+                    }
+                };
+                if let Some(entry) = next.tenants.get_mut(&d.tenant_id) {
+                    next.owners.insert(d.id.clone(), d.tenant_id.clone());
+                    entry.dests.push(d);
+                }
+            }
+            let removes: Vec<String> = st
+                .owners
+                .keys()
+                .filter(|id| !next.owners.contains_key(*id))
+                .cloned()
+                .collect();
+            (upserts, removes)
+        };
+        *self.state.write() = next;
+        for d in upserts {
+            self.send(&d.id.clone(), ShardMsg::Upsert(d)).await?;
+        }
+        for id in removes {
+            self.send(&id, ShardMsg::Remove(id.clone())).await?;
+        }
+        Ok(())
+    }
+
+    /// Applies one change announced on the Redis channel (made by any node,
+    /// this one included): the store is read again, so the latest state wins.
+    async fn apply_change(&self, redis: &RedisEntityStore, change: Change) -> Result<(), EngineError> {
+        let _w = self.writes.lock().await;
+        match change {
+            Change::Tenant { id, .. } => match redis.get_tenant(&id).await? {
+                Some(t) => {
+                    let mut st = self.state.write();
+                    let entry = st.tenants.entry(id).or_insert_with(|| TenantEntry {
+                        tenant: t.clone(),
+                        dests: vec![],
+                    });
+                    entry.tenant = t;
+                }
+                None => {
+                    let removed = {
+                        let mut st = self.state.write();
+                        let dests = st.tenants.remove(&id).map(|e| e.dests).unwrap_or_default();
+                        for d in &dests {
+                            st.owners.remove(&d.id);
+                        }
+                        dests
+                    };
+                    for d in removed {
+                        self.send(&d.id, ShardMsg::Remove(d.id.clone())).await?;
+                    }
+                }
+            },
+            Change::Destination { id, tenant_id, .. } => match redis.get_destination(&id).await? {
+                Some(mut d) => {
+                    d.shrink();
+                    // The tenant's own change may not have arrived yet.
+                    let missing = !self.state.read().tenants.contains_key(&d.tenant_id);
+                    let fetched = if missing {
+                        redis.get_tenant(&d.tenant_id).await?
+                    } else {
+                        None
+                    };
+                    let changed = {
+                        let mut st = self.state.write();
+                        if let Some(t) = fetched {
+                            st.tenants.entry(t.id.clone()).or_insert(TenantEntry {
+                                tenant: t,
+                                dests: vec![],
+                            });
+                        }
+                        let d = Arc::new(d);
+                        let mut changed = None;
+                        if let Some(e) = st.tenants.get_mut(&d.tenant_id) {
+                            match e.dests.iter_mut().find(|x| x.id == d.id) {
+                                Some(slot) if **slot == *d => {}
+                                Some(slot) => {
+                                    *slot = d.clone();
+                                    changed = Some(d.clone());
+                                }
+                                None => {
+                                    e.dests.push(d.clone());
+                                    e.dests
+                                        .sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+                                    changed = Some(d.clone());
+                                }
+                            }
+                        }
+                        if changed.is_some() {
+                            st.owners.insert(d.id.clone(), d.tenant_id.clone());
+                        }
+                        changed
+                    };
+                    if let Some(d) = changed {
+                        self.send(&d.id.clone(), ShardMsg::Upsert(d)).await?;
+                    }
+                }
+                None => {
+                    let existed = {
+                        let mut st = self.state.write();
+                        let had = st.owners.remove(&id).is_some();
+                        if let Some(e) = st.tenants.get_mut(&tenant_id) {
+                            e.dests.retain(|d| d.id != id);
+                        }
+                        had
+                    };
+                    if existed {
+                        self.send(&id, ShardMsg::Remove(id.clone())).await?;
+                    }
+                }
+            },
         }
         Ok(())
     }
@@ -239,6 +383,9 @@ impl Engine {
     pub fn shutdown(&self) {
         if let Some(p) = self.pipeline.lock().take() {
             p.abort();
+        }
+        if let Some(f) = self.follower.lock().take() {
+            f.abort();
         }
         for s in &self.shards {
             let _ = s.tx.try_send(ShardMsg::Shutdown);
@@ -282,7 +429,7 @@ impl Engine {
             created_at: existing.map(|t| t.created_at).unwrap_or(now),
             updated_at: now,
         };
-        self.store.put_tenant(tenant.clone()).await?;
+        self.entities.put_tenant(tenant.clone()).await?;
         let mut st = self.state.write();
         let entry = st.tenants.entry(id.to_string()).or_insert_with(|| TenantEntry {
             tenant: tenant.clone(),
@@ -297,7 +444,7 @@ impl Engine {
         if !self.tenant_exists(id) {
             return Ok(false);
         }
-        self.store.delete_tenant(id.to_string()).await?;
+        self.entities.delete_tenant(id.to_string()).await?;
         let removed = {
             let mut st = self.state.write();
             let entry = st.tenants.remove(id);
@@ -345,7 +492,7 @@ impl Engine {
                 ));
             }
         }
-        self.store.put_destination(d.clone()).await?;
+        self.entities.put_destination(d.clone()).await?;
         let mut d = d;
         d.shrink();
         let d = Arc::new(d);
@@ -367,7 +514,7 @@ impl Engine {
         if self.destination(&d.tenant_id, &d.id).is_none() {
             return Err(EngineError::NotFound("destination not found"));
         }
-        self.store.put_destination(d.clone()).await?;
+        self.entities.put_destination(d.clone()).await?;
         let d = Arc::new(d);
         {
             let mut st = self.state.write();
@@ -386,7 +533,7 @@ impl Engine {
         if self.destination(tenant_id, id).is_none() {
             return Ok(false);
         }
-        self.store
+        self.entities
             .delete_destination(tenant_id.to_string(), id.to_string())
             .await?;
         {
@@ -490,5 +637,49 @@ impl Engine {
         };
         self.store.schedule(d.clone()).await?;
         self.send(destination_id, ShardMsg::Deliver(d)).await
+    }
+}
+
+/// Keeps this node's routing table in step with Redis: subscribe to the
+/// change channel, resynchronise fully after every (re)subscription (changes
+/// published while disconnected are not replayed), then apply each change.
+async fn follow(engine: Arc<Engine>, redis: Arc<RedisEntityStore>) {
+    use futures_util::StreamExt;
+    let mut backoff = std::time::Duration::from_millis(100);
+    loop {
+        match redis.subscribe().await {
+            Ok(mut ps) => {
+                match redis.load_entities().await {
+                    Ok((t, d)) => {
+                        if let Err(e) = engine.install(t, d).await {
+                            tracing::warn!(error = %e, "entity resync failed");
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "entity resync failed"),
+                }
+                backoff = std::time::Duration::from_millis(100);
+                let mut stream = ps.on_message();
+                while let Some(msg) = stream.next().await {
+                    let change = msg
+                        .get_payload::<String>()
+                        .ok()
+                        .and_then(|p| serde_json::from_str::<Change>(&p).ok());
+                    match change {
+                        Some(c) => {
+                            if let Err(e) = engine.apply_change(&redis, c).await {
+                                tracing::warn!(error = %e, "cannot apply an entity change");
+                            }
+                        }
+                        None => tracing::warn!("ignoring a malformed entity change message"),
+                    }
+                }
+                tracing::warn!("Redis change channel closed; resubscribing");
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot subscribe to Redis entity changes");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(std::time::Duration::from_secs(5));
+            }
+        }
     }
 }

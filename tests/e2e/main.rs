@@ -6,3 +6,4 @@ mod delivery;
 mod durability;
 mod harness;
 mod postgres;
+mod redis;
