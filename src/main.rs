@@ -61,13 +61,6 @@ fn main() -> std::process::ExitCode {
         }
     };
     init_tracing(&config.log_level);
-    if config.service != Service::All {
-        eprintln!(
-            "outrider: --service {:?} needs the shared back ends (Redis, PostgreSQL, a queue), which this build does not have yet; run all services in one process (the default)",
-            config.service
-        );
-        return std::process::ExitCode::from(2);
-    }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("outrider-control")
@@ -167,6 +160,7 @@ async fn serve(config: Config) -> Result<(), String> {
         tracing::warn!("OUTRIDER_ALLOW_PRIVATE_DESTINATIONS=true: webhook URLs may point at private networks");
     }
     let shards = config.delivery_shards;
+    let service = config.service;
     let data_dir = config.data_dir.clone();
     let engine = Engine::start(config)
         .await
@@ -174,9 +168,14 @@ async fn serve(config: Config) -> Result<(), String> {
     let listener = tokio::net::TcpListener::bind(("0.0.0.0", port))
         .await
         .map_err(|e| format!("cannot listen on port {port} (API_PORT): {e}"))?;
-    tracing::info!(port, shards, data_dir = %data_dir.display(), "outrider listening");
+    tracing::info!(port, shards, ?service, data_dir = %data_dir.display(), "outrider listening");
     let state = outrider_api::AppState::new(engine.clone());
-    outrider_api::serve(listener, state, shutdown_signal())
+    let router = match service {
+        // A delivery node serves health only; the API lives on api nodes.
+        Service::Delivery => outrider_api::health_router(state),
+        _ => outrider_api::router(state),
+    };
+    outrider_api::serve_router(listener, router, shutdown_signal())
         .await
         .map_err(|e| format!("server error: {e}"))?;
     tracing::info!("shutting down");

@@ -58,6 +58,13 @@ impl From<EngineError> for ApiError {
                 "Destination is disabled".into(),
                 json!({"error": "destination_disabled"}),
             ),
+            EngineError::Unavailable(m) => {
+                tracing::error!(error = %m, "back end unavailable");
+                ApiError::Message(
+                    axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                    "delivery queue unavailable, retry later".into(),
+                )
+            }
             other => ApiError::Internal(other.to_string()),
         }
     }

@@ -86,6 +86,24 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// A delivery node's HTTP surface: health only.
+pub fn health_router(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(routes::meta::healthz))
+        .route("/api/v1/healthz", get(routes::meta::healthz))
+        .fallback(routes::meta::not_found)
+        .with_state(state)
+}
+
+/// Serves `router` on `listener` until `shutdown` resolves.
+pub async fn serve_router(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router).with_graceful_shutdown(shutdown).await
+}
+
 /// Serves the API on `listener` until `shutdown` resolves.
 pub async fn serve(
     listener: tokio::net::TcpListener,

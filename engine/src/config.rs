@@ -123,6 +123,8 @@ pub struct Config {
     pub allow_private_destinations: bool,
     /// Embedded store: fsync every commit (FULL) or rely on the WAL (NORMAL).
     pub embedded_synchronous_full: bool,
+    /// The delivery queue between API and delivery nodes.
+    pub rabbitmq: Option<crate::queue::rabbitmq::RabbitConfig>,
     /// Redis entity store shared by all nodes; `None` keeps entities embedded.
     pub redis: Option<crate::store::redis::RedisConfig>,
     /// PostgreSQL log store; `None` keeps logs in the embedded store.
@@ -257,6 +259,10 @@ const YAML_KEYS: &[(&str, &str)] = &[
         "DESTINATIONS_WEBHOOK_MAX_RESPONSE_BODY_BYTES",
     ),
     ("postgres", "POSTGRES_URL"),
+    ("mqs.rabbitmq.server_url", "RABBITMQ_SERVER_URL"),
+    ("mqs.rabbitmq.exchange", "RABBITMQ_EXCHANGE"),
+    ("mqs.rabbitmq.delivery_queue", "RABBITMQ_DELIVERY_QUEUE"),
+    ("mqs.auto_provision", "MQS_AUTO_PROVISION"),
     ("redis.host", "REDIS_HOST"),
     ("redis.port", "REDIS_PORT"),
     ("redis.username", "REDIS_USERNAME"),
@@ -482,6 +488,23 @@ impl Config {
                 ))
             }
         };
+        match service {
+            Service::Log => {
+                return Err(invalid(
+                    "SERVICE",
+                    "there is no separate log service in Outrider: delivery nodes ship their logs to POSTGRES_URL themselves; run api and delivery nodes",
+                ))
+            }
+            Service::Api | Service::Delivery
+                if src.non_empty("RABBITMQ_SERVER_URL").is_none() || src.non_empty("POSTGRES_URL").is_none() =>
+            {
+                return Err(invalid(
+                    "SERVICE",
+                    "running api and delivery as separate services needs a delivery queue (RABBITMQ_SERVER_URL), REDIS_HOST and a shared log store (POSTGRES_URL)",
+                ))
+            }
+            _ => {}
+        }
         let deployment_id = src.string("DEPLOYMENT_ID", "");
         if !deployment_id.is_empty()
             && (deployment_id.len() > 64
@@ -674,6 +697,26 @@ impl Config {
                         username: src.non_empty("REDIS_USERNAME").map(String::from),
                         password: src.non_empty("REDIS_PASSWORD").map(String::from),
                         database: src.num("REDIS_DATABASE", 0)?,
+                    })
+                }
+            },
+            rabbitmq: match src.non_empty("RABBITMQ_SERVER_URL") {
+                None => None,
+                Some(url) => {
+                    if src.non_empty("REDIS_HOST").is_none() {
+                        return Err(invalid(
+                            "RABBITMQ_SERVER_URL",
+                            "a delivery queue needs REDIS_HOST too: tenants, destinations and publish idempotency are shared through Redis",
+                        ));
+                    }
+                    Some(crate::queue::rabbitmq::RabbitConfig {
+                        url: url.to_string(),
+                        exchange: src.non_empty("RABBITMQ_EXCHANGE").unwrap_or("outpost").to_string(),
+                        delivery_queue: src
+                            .non_empty("RABBITMQ_DELIVERY_QUEUE")
+                            .unwrap_or("outpost-delivery")
+                            .to_string(),
+                        auto_provision: src.bool("MQS_AUTO_PROVISION", true)?,
                     })
                 }
             },

@@ -8,10 +8,13 @@ use std::sync::Arc;
 use parking_lot::{Mutex, RwLock};
 
 use crate::config::Config;
+use crate::config::Service;
 use crate::crypto::Cipher;
 use crate::destinations::{PublishContext, Registry};
 use crate::ids::IdGenerator;
 use crate::model::{Delivery, Destination, Event, Tenant};
+use crate::queue::rabbitmq::RabbitQueue;
+use crate::queue::Task;
 use crate::shard::{self, ShardDeps, ShardHandle, ShardMsg};
 use crate::store::embedded::EmbeddedStore;
 use crate::store::postgres::PostgresLogStore;
@@ -33,6 +36,9 @@ pub enum EngineError {
     Closed,
     #[error("{0}")]
     Startup(String),
+    /// A shared back end (the delivery queue) is unavailable right now.
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 /// A tenant with the fields derived from its destinations.
@@ -103,6 +109,10 @@ pub struct Engine {
     pipeline: Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// Follows entity changes made on other nodes (Redis).
     follower: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// The delivery queue between nodes, when configured.
+    bus: Option<Arc<RabbitQueue>>,
+    redis: Option<Arc<RedisEntityStore>>,
+    consumer: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl Engine {
@@ -152,9 +162,23 @@ impl Engine {
             Some(r) => r.clone(),
             None => store.clone(),
         };
-        let engine = Self::start_with_store(config.clone(), store, entities, logs).await?;
+        let bus = match &config.rabbitmq {
+            None => None,
+            Some(rc) => Some(Arc::new(
+                RabbitQueue::connect(rc.clone(), config.backend_connect_timeout)
+                    .await
+                    .map_err(|e| EngineError::Startup(format!("RABBITMQ_SERVER_URL: {e}")))?,
+            )),
+        };
+        let engine = Self::build(config.clone(), store, entities, logs, bus.clone(), redis.clone())?;
+        engine.recover().await?;
         if let Some(r) = redis {
             *engine.follower.lock() = Some(tokio::spawn(follow(engine.clone(), r)));
+        }
+        if let Some(b) = bus {
+            if matches!(config.service, Service::All | Service::Delivery) {
+                *engine.consumer.lock() = Some(tokio::spawn(consume(engine.clone(), b)));
+            }
         }
         if let Some(pg) = pipeline {
             let handle = crate::log_pipeline::spawn(embedded, pg, config.log_batch_size);
@@ -168,6 +192,19 @@ impl Engine {
         store: SharedStore,
         entities: Arc<dyn EntityStore>,
         logs: Arc<dyn LogStore>,
+    ) -> Result<Arc<Engine>, EngineError> {
+        let engine = Self::build(config, store, entities, logs, None, None)?;
+        engine.recover().await?;
+        Ok(engine)
+    }
+
+    fn build(
+        config: Arc<Config>,
+        store: SharedStore,
+        entities: Arc<dyn EntityStore>,
+        logs: Arc<dyn LogStore>,
+        bus: Option<Arc<RabbitQueue>>,
+        redis: Option<Arc<RedisEntityStore>>,
     ) -> Result<Arc<Engine>, EngineError> {
         let types = Arc::new(Registry::new(&config));
         let ids = IdGenerator::new(config.idgen);
@@ -197,8 +234,10 @@ impl Engine {
             threads: Mutex::new(threads),
             pipeline: Mutex::new(None),
             follower: Mutex::new(None),
+            bus,
+            redis,
+            consumer: Mutex::new(None),
         });
-        engine.recover().await?;
         Ok(engine)
     }
 
@@ -384,8 +423,10 @@ impl Engine {
         if let Some(p) = self.pipeline.lock().take() {
             p.abort();
         }
-        if let Some(f) = self.follower.lock().take() {
-            f.abort();
+        for t in [&self.follower, &self.consumer] {
+            if let Some(h) = t.lock().take() {
+                h.abort();
+            }
         }
         for s in &self.shards {
             let _ = s.tx.try_send(ShardMsg::Shutdown);
@@ -576,6 +617,35 @@ impl Engine {
         event.matched_destination_ids = matched.clone();
         let event = Arc::new(event);
         let ttl = self.config.publish_idempotency_key_ttl.as_millis() as i64;
+        if let (Some(bus), Some(redis)) = (&self.bus, &self.redis) {
+            // Across API nodes: the idempotency key lives in Redis, and the
+            // event is durable once the broker confirmed every task.
+            if !redis.claim_idempotency(&event.id, ttl).await? {
+                return Ok(PublishOutcome {
+                    id: event.id.clone(),
+                    duplicate: true,
+                    destination_ids: matched,
+                });
+            }
+            let tasks: Vec<Task> = matched
+                .iter()
+                .map(|d| Task {
+                    event: event.clone(),
+                    destination_id: d.clone(),
+                    attempt: 1,
+                    manual: false,
+                })
+                .collect();
+            if let Err(e) = bus.publish(&tasks).await {
+                let _ = redis.release_idempotency(&event.id).await;
+                return Err(EngineError::Unavailable(format!("delivery queue: {e}")));
+            }
+            return Ok(PublishOutcome {
+                id: event.id.clone(),
+                duplicate: false,
+                destination_ids: matched,
+            });
+        }
         let accepted = self.store.accept(event.clone(), matched.clone(), ttl).await?;
         if accepted == Accepted::New {
             for id in &matched {
@@ -605,7 +675,7 @@ impl Engine {
         destination_id: &str,
     ) -> Result<(), EngineError> {
         let latest = self
-            .store
+            .logs
             .latest_attempt(tenant_scope.map(String::from), event_id.into(), destination_id.into())
             .await?
             .ok_or(EngineError::NotFound("event not found"))?;
@@ -616,7 +686,7 @@ impl Engine {
             return Err(EngineError::DestinationDisabled);
         }
         let event = self
-            .store
+            .logs
             .get_event(Some(latest.tenant_id.clone()), event_id.into())
             .await?
             .ok_or(EngineError::NotFound("event not found"))?;
@@ -635,6 +705,18 @@ impl Engine {
             manual: true,
             due_ms: 0,
         };
+        if let Some(bus) = &self.bus {
+            let task = Task {
+                event: d.event,
+                destination_id: d.destination_id,
+                attempt: d.attempt,
+                manual: true,
+            };
+            return bus
+                .publish(&[task])
+                .await
+                .map_err(|e| EngineError::Unavailable(format!("delivery queue: {e}")));
+        }
         self.store.schedule(d.clone()).await?;
         self.send(destination_id, ShardMsg::Deliver(d)).await
     }
@@ -681,5 +763,42 @@ async fn follow(engine: Arc<Engine>, redis: Arc<RedisEntityStore>) {
                 backoff = (backoff * 2).min(std::time::Duration::from_secs(5));
             }
         }
+    }
+}
+
+/// The delivery node's consumer: each task is made durable in the local store
+/// (then acked) and handed to its shard. Reconnects with backoff.
+async fn consume(engine: Arc<Engine>, bus: Arc<RabbitQueue>) {
+    let prefetch = engine.config.delivery_max_concurrency.clamp(1, u16::MAX as usize) as u16;
+    let mut backoff = std::time::Duration::from_millis(200);
+    loop {
+        let e = engine.clone();
+        let result = bus
+            .consume(prefetch, "outrider-delivery", move |task| {
+                let e = e.clone();
+                async move { e.receive(task).await.map_err(|err| err.to_string()) }
+            })
+            .await;
+        if let Err(err) = result {
+            tracing::warn!(error = %err, "delivery queue consumer stopped; reconnecting");
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(std::time::Duration::from_secs(5));
+    }
+}
+
+impl Engine {
+    /// Takes over one task from the delivery queue.
+    pub async fn receive(&self, task: Task) -> Result<(), EngineError> {
+        let d = Delivery {
+            event: task.event,
+            destination_id: task.destination_id,
+            attempt: task.attempt,
+            manual: task.manual,
+            due_ms: 0,
+        };
+        self.store.receive(d.clone()).await?;
+        let id = d.destination_id.clone();
+        self.send(&id, ShardMsg::Deliver(d)).await
     }
 }

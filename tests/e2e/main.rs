@@ -6,4 +6,5 @@ mod delivery;
 mod durability;
 mod harness;
 mod postgres;
+mod queue;
 mod redis;

@@ -8,12 +8,12 @@ use serde_json::json;
 
 use crate::common::*;
 
-fn pg_url() -> String {
+pub(crate) fn pg_url() -> String {
     std::env::var("OUTRIDER_TEST_POSTGRES_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
 }
 
 /// A fresh schema; the returned URL points at it. Fails clearly without PostgreSQL.
-async fn fresh_schema(base: &str) -> (String, tokio_postgres::Client) {
+pub(crate) async fn fresh_schema(base: &str) -> (String, tokio_postgres::Client) {
     let (client, conn) = tokio_postgres::connect(base, tokio_postgres::NoTls)
         .await
         .unwrap_or_else(|e| panic!("PostgreSQL is required and not reachable at {base}: {e} (scripts/services.sh up)"));
@@ -39,7 +39,7 @@ fn uuid_like() -> String {
     )
 }
 
-async fn count(c: &tokio_postgres::Client, table: &str) -> i64 {
+pub(crate) async fn count(c: &tokio_postgres::Client, table: &str) -> i64 {
     c.query_one(&format!("SELECT count(*) FROM {table}"), &[])
         .await
         .unwrap()

@@ -104,6 +104,10 @@ enum WriteOp {
         delivery: Delivery,
         reply: Reply<()>,
     },
+    Receive {
+        delivery: Delivery,
+        reply: Reply<()>,
+    },
     Outcome(Box<OutcomeRecord>),
     Logs {
         events: Vec<Arc<Event>>,
@@ -259,7 +263,10 @@ fn writer_loop(mut conn: Connection, rx: flume::Receiver<WriteOp>) {
                 WriteOp::Accept { reply, .. } => {
                     let _ = reply.send(res.map(|d| if d { Accepted::Duplicate } else { Accepted::New }));
                 }
-                WriteOp::Schedule { reply, .. } | WriteOp::Entity { reply, .. } | WriteOp::Logs { reply, .. } => {
+                WriteOp::Schedule { reply, .. }
+                | WriteOp::Receive { reply, .. }
+                | WriteOp::Entity { reply, .. }
+                | WriteOp::Logs { reply, .. } => {
                     let _ = reply.send(res.map(|_| ()));
                 }
                 WriteOp::Outcome(o) => {
@@ -290,6 +297,7 @@ fn apply_batch(conn: &mut Connection, batch: &mut [WriteOp], now: i64) -> Vec<St
                 ..
             } => accept(&tx, event, destination_ids, *ttl_ms, now),
             WriteOp::Schedule { delivery, .. } => upsert_pending(&tx, delivery).map(|_| false),
+            WriteOp::Receive { delivery, .. } => receive(&tx, delivery, now).map(|_| false),
             WriteOp::Outcome(o) => outcome(&tx, o).map(|_| false),
             WriteOp::Logs { events, attempts, .. } => write_logs(&tx, events, attempts, now).map(|_| false),
             WriteOp::Entity { op, .. } => {
@@ -366,6 +374,20 @@ fn accept(
         stmt.execute(params![event.id, d, now])?;
     }
     Ok(false)
+}
+
+fn receive(tx: &rusqlite::Transaction<'_>, d: &Delivery, now: i64) -> rusqlite::Result<()> {
+    write_logs(tx, std::slice::from_ref(&d.event), &[], now)?;
+    // A redelivered message must not reset a delivery already in progress;
+    // a manual retry, though, replaces the schedule.
+    if d.manual {
+        return upsert_pending(tx, d);
+    }
+    tx.prepare_cached(
+        "INSERT OR IGNORE INTO pending (event_id, destination_id, attempt, manual, due_ms) VALUES (?1, ?2, ?3, 0, ?4)",
+    )?
+    .execute(params![d.event.id, d.destination_id, d.attempt, d.due_ms])?;
+    Ok(())
 }
 
 fn upsert_pending(tx: &rusqlite::Transaction<'_>, d: &Delivery) -> rusqlite::Result<()> {
@@ -845,6 +867,14 @@ impl DeliveryQueue for EmbeddedStore {
         Box::pin(async move {
             let (reply, rx) = oneshot::channel();
             self.write(WriteOp::Schedule { delivery, reply }).await?;
+            rx.await.map_err(|_| StoreError::Closed)?
+        })
+    }
+
+    fn receive(&self, delivery: Delivery) -> BoxFuture<'_, StoreResult<()>> {
+        Box::pin(async move {
+            let (reply, rx) = oneshot::channel();
+            self.write(WriteOp::Receive { delivery, reply }).await?;
             rx.await.map_err(|_| StoreError::Closed)?
         })
     }

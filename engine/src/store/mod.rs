@@ -157,6 +157,10 @@ pub trait DeliveryQueue: Send + Sync + 'static {
         destination_ids: Vec<String>,
         idempotency_ttl_ms: i64,
     ) -> BoxFuture<'_, StoreResult<Accepted>>;
+    /// Takes over a delivery handed over by the delivery queue: stores the
+    /// event if new and a pending record for (event, destination) unless one
+    /// exists (a manual retry replaces it). `Ok` means it is durable here.
+    fn receive(&self, delivery: Delivery) -> BoxFuture<'_, StoreResult<()>>;
     /// Replaces the pending delivery of (event, destination) with this one.
     fn schedule(&self, delivery: Delivery) -> BoxFuture<'_, StoreResult<()>>;
     /// Stores an attempt and settles its pending record in one write. Returns

@@ -206,6 +206,32 @@ impl RedisEntityStore {
         v.map(|j| self.decode_destination(&j)).transpose()
     }
 
+    /// Claims a publish idempotency key for `ttl_ms` (SET NX PX); `false`
+    /// means another publish of this id already holds it.
+    pub async fn claim_idempotency(&self, event_id: &str, ttl_ms: i64) -> StoreResult<bool> {
+        let mut c = self.conn.clone();
+        let set: Option<String> = ::redis::cmd("SET")
+            .arg(self.key(&format!("idempotency:publish:{event_id}")))
+            .arg("1")
+            .arg("NX")
+            .arg("PX")
+            .arg(ttl_ms.max(1))
+            .query_async(&mut c)
+            .await
+            .map_err(rerr)?;
+        Ok(set.is_some())
+    }
+
+    /// Releases a claim after a publish failed, so a retried publish goes through.
+    pub async fn release_idempotency(&self, event_id: &str) -> StoreResult<()> {
+        let mut c = self.conn.clone();
+        let _: i64 = c
+            .del(self.key(&format!("idempotency:publish:{event_id}")))
+            .await
+            .map_err(rerr)?;
+        Ok(())
+    }
+
     /// A stream of changes. Messages published while it is not connected are
     /// lost, so callers resynchronise after (re)subscribing.
     pub async fn subscribe(&self) -> StoreResult<::redis::aio::PubSub> {

@@ -1,0 +1,136 @@
+//! The delivery queue between API nodes and delivery nodes. Messages are
+//! Outpost's `DeliveryTask` JSON, so the format on the wire is the one Outpost
+//! operators already know:
+//! `{"event":{...},"destination_id":"...","attempt":1,"manual":false}`.
+
+pub mod rabbitmq;
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use crate::model::{Event, StringMap};
+
+/// One delivery to make.
+#[derive(Debug, Clone)]
+pub struct Task {
+    pub event: Arc<Event>,
+    pub destination_id: String,
+    pub attempt: u32,
+    pub manual: bool,
+}
+
+#[derive(Serialize, Deserialize)]
+struct WireEvent<'a> {
+    id: String,
+    tenant_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    destination_id: Option<String>,
+    #[serde(default)]
+    matched_destination_ids: Vec<String>,
+    #[serde(default)]
+    topic: String,
+    #[serde(default = "yes")]
+    eligible_for_retry: bool,
+    time: String,
+    #[serde(default)]
+    metadata: StringMap,
+    #[serde(borrow)]
+    data: &'a RawValue,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Serialize, Deserialize)]
+struct WireTask<'a> {
+    #[serde(borrow)]
+    event: WireEvent<'a>,
+    destination_id: String,
+    attempt: u32,
+    #[serde(default)]
+    manual: bool,
+}
+
+pub fn encode(t: &Task) -> Vec<u8> {
+    let data = RawValue::from_string(t.event.data.to_string())
+        .unwrap_or_else(|_| RawValue::from_string("{}".into()).unwrap_or_else(|_| unreachable!("literal JSON")));
+    let wire = WireTask {
+        event: WireEvent {
+            id: t.event.id.clone(),
+            tenant_id: t.event.tenant_id.clone(),
+            destination_id: t.event.destination_id.clone(),
+            matched_destination_ids: t.event.matched_destination_ids.clone(),
+            topic: t.event.topic.clone(),
+            eligible_for_retry: t.event.eligible_for_retry,
+            time: crate::timefmt::format_ms(t.event.time),
+            metadata: t.event.metadata.clone(),
+            data: &data,
+        },
+        destination_id: t.destination_id.clone(),
+        attempt: t.attempt,
+        manual: t.manual,
+    };
+    serde_json::to_vec(&wire).unwrap_or_default()
+}
+
+pub fn decode(bytes: &[u8]) -> Result<Task, String> {
+    let w: WireTask = serde_json::from_slice(bytes).map_err(|e| format!("malformed delivery task: {e}"))?;
+    let time = crate::timefmt::parse_rfc3339_ms(&w.event.time).ok_or("malformed delivery task: bad event time")?;
+    if !w.event.data.get().starts_with('{') {
+        return Err("malformed delivery task: event data is not an object".into());
+    }
+    Ok(Task {
+        event: Arc::new(Event {
+            id: w.event.id,
+            tenant_id: w.event.tenant_id,
+            destination_id: w.event.destination_id,
+            topic: w.event.topic,
+            eligible_for_retry: w.event.eligible_for_retry,
+            time,
+            metadata: w.event.metadata,
+            data: Arc::from(crate::json::compact(w.event.data.get())),
+            matched_destination_ids: w.event.matched_destination_ids,
+        }),
+        destination_id: w.destination_id,
+        attempt: w.attempt.max(1),
+        manual: w.manual,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_keeps_key_order() {
+        let t = Task {
+            event: Arc::new(Event {
+                id: "e1".into(),
+                tenant_id: "t1".into(),
+                destination_id: None,
+                topic: "x".into(),
+                eligible_for_retry: false,
+                time: 1_704_067_200_120,
+                metadata: StringMap::new(),
+                data: Arc::from(r#"{"zebra":1,"alpha":2}"#),
+                matched_destination_ids: vec!["d1".into()],
+            }),
+            destination_id: "d1".into(),
+            attempt: 3,
+            manual: true,
+        };
+        let bytes = encode(&t);
+        let text = String::from_utf8(bytes.clone()).unwrap();
+        assert!(text.contains(r#""data":{"zebra":1,"alpha":2}"#), "{text}");
+        let back = decode(&bytes).unwrap();
+        assert_eq!(*back.event, *t.event);
+        assert_eq!(
+            (back.attempt, back.manual, back.destination_id.as_str()),
+            (3, true, "d1")
+        );
+        assert!(decode(b"{}").is_err());
+    }
+}

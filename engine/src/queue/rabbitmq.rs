@@ -1,0 +1,306 @@
+//! RabbitMQ as the delivery queue (`RABBITMQ_SERVER_URL`): a durable topic
+//! exchange (`RABBITMQ_EXCHANGE`, default `outpost`) and a durable queue
+//! (`RABBITMQ_DELIVERY_QUEUE`, default `outpost-delivery`) bound with its own
+//! name. Publishing waits for broker confirms; consumers ack a message only
+//! after the handler made it durable locally, and requeue it otherwise.
+
+use std::future::Future;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
+    ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+};
+use lapin::publisher_confirm::Confirmation;
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
+
+use super::{decode, encode, Task};
+
+#[derive(Debug, Clone)]
+pub struct RabbitConfig {
+    pub url: String,
+    pub exchange: String,
+    pub delivery_queue: String,
+    /// Declare the exchange and queue (else only check that they exist).
+    pub auto_provision: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    #[error("cannot reach RabbitMQ: {0}")]
+    Unreachable(String),
+    #[error("RabbitMQ: {0}")]
+    Broker(String),
+    #[error("RabbitMQ refused the message (nack)")]
+    Nacked,
+}
+
+fn broker(e: lapin::Error) -> QueueError {
+    QueueError::Broker(e.to_string())
+}
+
+pub struct RabbitQueue {
+    conn: Connection,
+    publisher: Channel,
+    cfg: RabbitConfig,
+}
+
+impl std::fmt::Debug for RabbitQueue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RabbitQueue")
+            .field("queue", &self.cfg.delivery_queue)
+            .finish()
+    }
+}
+
+/// The URL without its password, for messages.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => format!("{}://***@{}", &url[..s], &url[at + 1..]),
+        _ => url.to_string(),
+    }
+}
+
+impl RabbitQueue {
+    pub async fn connect(cfg: RabbitConfig, patience: Duration) -> Result<Self, QueueError> {
+        let deadline = tokio::time::Instant::now() + patience;
+        let mut wait = Duration::from_millis(100);
+        let conn = loop {
+            let props = ConnectionProperties::default()
+                .with_executor(tokio_executor_trait::Tokio::current())
+                .with_reactor(tokio_reactor_trait::Tokio::current());
+            match tokio::time::timeout(Duration::from_secs(3), Connection::connect(&cfg.url, props)).await {
+                Ok(Ok(c)) => break c,
+                other => {
+                    if tokio::time::Instant::now() >= deadline {
+                        let why = match other {
+                            Ok(Err(e)) => e.to_string(),
+                            _ => "timed out".into(),
+                        };
+                        return Err(QueueError::Unreachable(format!("{}: {why}", redact(&cfg.url))));
+                    }
+                }
+            }
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(Duration::from_secs(2));
+        };
+        let publisher = conn.create_channel().await.map_err(broker)?;
+        publisher
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .map_err(broker)?;
+        let q = Self { conn, publisher, cfg };
+        q.provision().await?;
+        Ok(q)
+    }
+
+    async fn provision(&self) -> Result<(), QueueError> {
+        let passive = !self.cfg.auto_provision;
+        self.publisher
+            .exchange_declare(
+                &self.cfg.exchange,
+                ExchangeKind::Topic,
+                ExchangeDeclareOptions {
+                    durable: true,
+                    passive,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|e| QueueError::Broker(format!("exchange {}: {e}", self.cfg.exchange)))?;
+        self.publisher
+            .queue_declare(
+                &self.cfg.delivery_queue,
+                QueueDeclareOptions {
+                    durable: true,
+                    passive,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|e| QueueError::Broker(format!("queue {}: {e}", self.cfg.delivery_queue)))?;
+        if self.cfg.auto_provision {
+            self.publisher
+                .queue_bind(
+                    &self.cfg.delivery_queue,
+                    &self.cfg.exchange,
+                    &self.cfg.delivery_queue,
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await
+                .map_err(broker)?;
+        }
+        Ok(())
+    }
+
+    /// Publishes persistent messages and returns once the broker confirmed all.
+    pub async fn publish(&self, tasks: &[Task]) -> Result<(), QueueError> {
+        let mut confirms = Vec::with_capacity(tasks.len());
+        for t in tasks {
+            let c = self
+                .publisher
+                .basic_publish(
+                    &self.cfg.exchange,
+                    &self.cfg.delivery_queue,
+                    BasicPublishOptions::default(),
+                    &encode(t),
+                    BasicProperties::default()
+                        .with_delivery_mode(2)
+                        .with_content_type("application/json".into()),
+                )
+                .await
+                .map_err(broker)?;
+            confirms.push(c);
+        }
+        for c in confirms {
+            match c.await.map_err(broker)? {
+                Confirmation::Ack(_) => {}
+                _ => return Err(QueueError::Nacked),
+            }
+        }
+        Ok(())
+    }
+
+    /// Consumes until the connection fails. Each task goes to `handle`; an
+    /// `Ok` acks it, an `Err` requeues it; a malformed message is rejected
+    /// without requeue (the broker's dead-letter policy applies).
+    pub async fn consume<F, Fut>(&self, prefetch: u16, tag: &str, handle: F) -> Result<(), QueueError>
+    where
+        F: Fn(Task) -> Fut,
+        Fut: Future<Output = Result<(), String>>,
+    {
+        let ch = self.conn.create_channel().await.map_err(broker)?;
+        ch.basic_qos(prefetch, BasicQosOptions::default())
+            .await
+            .map_err(broker)?;
+        let mut consumer = ch
+            .basic_consume(
+                &self.cfg.delivery_queue,
+                tag,
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(broker)?;
+        while let Some(d) = consumer.next().await {
+            let d = d.map_err(broker)?;
+            match decode(&d.data) {
+                Err(e) => {
+                    tracing::warn!(error = %e, "rejecting a malformed delivery task");
+                    d.acker
+                        .nack(BasicNackOptions {
+                            requeue: false,
+                            ..Default::default()
+                        })
+                        .await
+                        .map_err(broker)?;
+                }
+                Ok(task) => match handle(task).await {
+                    Ok(()) => {
+                        d.acker.ack(BasicAckOptions::default()).await.map_err(broker)?;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "delivery task not accepted; requeued");
+                        d.acker
+                            .nack(BasicNackOptions {
+                                requeue: true,
+                                ..Default::default()
+                            })
+                            .await
+                            .map_err(broker)?;
+                    }
+                },
+            }
+        }
+        Err(QueueError::Broker("consumer stopped".into()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Event, StringMap};
+    use std::sync::{Arc, Mutex};
+
+    fn url() -> String {
+        std::env::var("OUTRIDER_TEST_RABBITMQ_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672".into())
+    }
+
+    fn task(n: u32) -> Task {
+        Task {
+            event: Arc::new(Event {
+                id: format!("e{n}"),
+                tenant_id: "t".into(),
+                destination_id: None,
+                topic: "x".into(),
+                eligible_for_retry: true,
+                time: 1_704_067_200_000,
+                metadata: StringMap::new(),
+                data: Arc::from("{\"n\":1}"),
+                matched_destination_ids: vec!["d".into()],
+            }),
+            destination_id: "d".into(),
+            attempt: 1,
+            manual: false,
+        }
+    }
+
+    #[tokio::test]
+    async fn publish_confirm_consume_ack_and_requeue() {
+        let name = format!("outrider-test-{}", crate::ids::random_hex(4));
+        let cfg = RabbitConfig {
+            url: url(),
+            exchange: "outrider-test".into(),
+            delivery_queue: name,
+            auto_provision: true,
+        };
+        let q = RabbitQueue::connect(cfg, Duration::from_secs(5))
+            .await
+            .unwrap_or_else(|e| panic!("RabbitMQ is required for this test: {e} (scripts/services.sh up)"));
+        q.publish(&[task(1), task(2)]).await.unwrap();
+        let seen: Arc<Mutex<Vec<String>>> = Arc::default();
+        let s = seen.clone();
+        // The first delivery of e1 fails and is requeued; then both succeed.
+        let consume = q.consume(10, "t", move |t| {
+            let s = s.clone();
+            async move {
+                let mut v = s.lock().unwrap();
+                let first = !v.contains(&t.event.id);
+                v.push(t.event.id.clone());
+                if first && t.event.id == "e1" {
+                    Err("not now".into())
+                } else {
+                    Ok(())
+                }
+            }
+        });
+        let _ = tokio::time::timeout(Duration::from_secs(3), consume).await;
+        let v = seen.lock().unwrap().clone();
+        let _ = q
+            .publisher
+            .queue_delete(&q.cfg.delivery_queue, Default::default())
+            .await;
+        assert_eq!(v.iter().filter(|id| *id == "e1").count(), 2, "{v:?}");
+        assert_eq!(v.iter().filter(|id| *id == "e2").count(), 1, "{v:?}");
+    }
+
+    #[tokio::test]
+    async fn unreachable_broker_is_a_clear_error() {
+        let cfg = RabbitConfig {
+            url: "amqp://app:s3cret@127.0.0.1:1".into(),
+            exchange: "x".into(),
+            delivery_queue: "q".into(),
+            auto_provision: true,
+        };
+        let e = RabbitQueue::connect(cfg, Duration::from_millis(300))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("cannot reach RabbitMQ") && !e.contains("s3cret"), "{e}");
+    }
+}

@@ -1,0 +1,145 @@
+//! Scale-out: an API node and a delivery node, sharing Redis (entities,
+//! idempotency), RabbitMQ (the delivery queue) and PostgreSQL (logs).
+
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use crate::common::*;
+use crate::postgres::{count, fresh_schema, pg_url};
+
+fn refs<'a>(v: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
+    v.iter().map(|(k, v)| (*k, v.as_str())).collect()
+}
+
+fn uniq() -> String {
+    format!("{}{}", std::process::id(), free_port())
+}
+
+#[tokio::test]
+async fn api_and_delivery_nodes_split_over_rabbitmq() {
+    let id = uniq();
+    let (url, pg) = fresh_schema(&pg_url()).await;
+    let dep = format!("q{id}");
+    let queue = format!("outrider-e2e-{id}");
+    let shared = |service: &'static str| -> Vec<(&'static str, String)> {
+        [
+            ("SERVICE", service.to_string()),
+            ("REDIS_HOST", "127.0.0.1".to_string()),
+            ("DEPLOYMENT_ID", dep.clone()),
+            ("RABBITMQ_SERVER_URL", "amqp://guest:guest@127.0.0.1:5672".to_string()),
+            ("RABBITMQ_EXCHANGE", "outrider-e2e".to_string()),
+            ("RABBITMQ_DELIVERY_QUEUE", queue.clone()),
+            ("POSTGRES_URL", url.clone()),
+            ("RETRY_SCHEDULE", "1,1,1,1,1".to_string()),
+        ]
+        .into()
+    };
+    let (api_owned, del_owned) = (shared("api"), shared("delivery"));
+    let (api_env, del_env) = (refs(&api_owned), refs(&del_owned));
+
+    let api_node = Server::start(&api_env).await;
+    let mut delivery_node = Server::start(&del_env).await;
+    let api = Api::admin(&api_node);
+    let rx = Receiver::start().await;
+
+    // The delivery node serves health only.
+    assert_eq!(Api::admin(&delivery_node).get("/healthz").await.status, 200);
+    assert_eq!(Api::admin(&delivery_node).get("/tenants").await.status, 404);
+
+    api.tenant("t1").await;
+    let d = api.webhook("t1", &rx.url("/q"), json!({})).await;
+    let did = d["id"].as_str().unwrap().to_string();
+    tokio::time::sleep(Duration::from_millis(300)).await; // the delivery node follows Redis
+
+    let r = api
+        .publish(json!({"id": format!("evt-{id}-0"), "tenant_id": "t1", "topic": "x", "data": {"n": 0}}))
+        .await;
+    assert_eq!(r.status, 202, "{}", r.text);
+    assert_eq!(r.body["destination_ids"], json!([did]));
+    let again = api
+        .publish(json!({"id": format!("evt-{id}-0"), "tenant_id": "t1", "topic": "x", "data": {"n": 0}}))
+        .await;
+    assert_eq!(again.body["duplicate"], true, "idempotency is shared through Redis");
+    let got = rx.wait_for(1, Duration::from_secs(10)).await;
+    assert_eq!(got.len(), 1, "delivered by the delivery node");
+
+    // The API node answers attempts from PostgreSQL, fed by the delivery node.
+    let a = api
+        .wait_attempts(&format!("event_id=evt-{id}-0"), Duration::from_secs(10), |m| {
+            m.len() == 1
+        })
+        .await;
+    assert_eq!(a.len(), 1);
+    // A manual retry from the API node travels through the queue.
+    let r = api
+        .post(
+            "/retry",
+            json!({"event_id": format!("evt-{id}-0"), "destination_id": did}),
+        )
+        .await;
+    assert_eq!(r.status, 202, "{}", r.text);
+    let a = api
+        .wait_attempts(&format!("event_id=evt-{id}-0&dir=asc"), Duration::from_secs(10), |m| {
+            m.len() == 2
+        })
+        .await;
+    assert_eq!(a.len(), 2);
+    assert_eq!(
+        (a[1]["attempt_number"].as_i64(), a[1]["manual"].as_bool()),
+        (Some(2), Some(true))
+    );
+
+    // The delivery node dies; publishing goes on into the queue; nothing is lost.
+    delivery_node.kill9();
+    let mut accepted = Vec::new();
+    for n in 1..=50 {
+        let r = api
+            .publish(json!({"id": format!("evt-{id}-{n}"), "tenant_id": "t1", "topic": "x", "data": {"n": n}}))
+            .await;
+        assert_eq!(r.status, 202);
+        accepted.push(format!("evt-{id}-{n}"));
+    }
+    delivery_node.spawn().await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let ids: std::collections::HashSet<String> =
+            rx.got().iter().filter_map(|g| g.header("x-outpost-event-id")).collect();
+        let missing = accepted.iter().filter(|e| !ids.contains(*e)).count();
+        if missing == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{missing} accepted events never delivered");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while count(&pg, "events").await < 51 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(count(&pg, "events").await, 51, "every event logged in PostgreSQL");
+}
+
+#[test]
+fn split_services_need_their_back_ends() {
+    let base = [("API_KEY", "k"), ("AES_ENCRYPTION_SECRET", "x")];
+    let with = |extra: &[(&'static str, &'static str)]| {
+        let mut v: Vec<(&str, &str)> = base.to_vec();
+        v.extend_from_slice(extra);
+        Server::run_once(&v)
+    };
+    let (code, err) = with(&[("SERVICE", "api")]);
+    assert!(
+        code != 0 && err.contains("SERVICE") && err.contains("RABBITMQ_SERVER_URL"),
+        "{err}"
+    );
+    let (code, err) = with(&[("RABBITMQ_SERVER_URL", "amqp://127.0.0.1")]);
+    assert!(
+        code != 0 && err.contains("RABBITMQ_SERVER_URL") && err.contains("REDIS_HOST"),
+        "{err}"
+    );
+    let (code, err) = with(&[("SERVICE", "log")]);
+    assert!(code != 0 && err.contains("log service"), "{err}");
+    // The command-line flag behaves like SERVICE.
+    let (code, _, err) = Server::run_args(&["serve", "--service", "delivery"], &base);
+    assert!(code != 0 && err.contains("SERVICE"), "{err}");
+}
