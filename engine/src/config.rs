@@ -125,6 +125,8 @@ pub struct Config {
     pub embedded_synchronous_full: bool,
     /// The delivery queue between API and delivery nodes.
     pub rabbitmq: Option<crate::queue::rabbitmq::RabbitConfig>,
+    /// An inbound queue producers publish events to (same JSON as `POST /publish`).
+    pub publish_rabbitmq: Option<crate::queue::rabbitmq::RabbitConfig>,
     /// Redis entity store shared by all nodes; `None` keeps entities embedded.
     pub redis: Option<crate::store::redis::RedisConfig>,
     /// PostgreSQL log store; `None` keeps logs in the embedded store.
@@ -263,6 +265,9 @@ const YAML_KEYS: &[(&str, &str)] = &[
     ("mqs.rabbitmq.exchange", "RABBITMQ_EXCHANGE"),
     ("mqs.rabbitmq.delivery_queue", "RABBITMQ_DELIVERY_QUEUE"),
     ("mqs.auto_provision", "MQS_AUTO_PROVISION"),
+    ("publishmq.rabbitmq.server_url", "PUBLISH_RABBITMQ_SERVER_URL"),
+    ("publishmq.rabbitmq.exchange", "PUBLISH_RABBITMQ_EXCHANGE"),
+    ("publishmq.rabbitmq.queue", "PUBLISH_RABBITMQ_QUEUE"),
     ("redis.host", "REDIS_HOST"),
     ("redis.port", "REDIS_PORT"),
     ("redis.username", "REDIS_USERNAME"),
@@ -719,6 +724,20 @@ impl Config {
                         auto_provision: src.bool("MQS_AUTO_PROVISION", true)?,
                     })
                 }
+            },
+            publish_rabbitmq: match src.non_empty("PUBLISH_RABBITMQ_SERVER_URL") {
+                None => None,
+                Some(url) => Some(crate::queue::rabbitmq::RabbitConfig {
+                    url: url.to_string(),
+                    exchange: src.non_empty("PUBLISH_RABBITMQ_EXCHANGE").unwrap_or("").to_string(),
+                    delivery_queue: src
+                        .non_empty("PUBLISH_RABBITMQ_QUEUE")
+                        .ok_or(ConfigError::Missing {
+                            key: "PUBLISH_RABBITMQ_QUEUE",
+                        })?
+                        .to_string(),
+                    auto_provision: src.bool("MQS_AUTO_PROVISION", true)?,
+                }),
             },
             postgres_url: src.non_empty("POSTGRES_URL").map(String::from),
             log_batch_size: match src.num("LOG_BATCH_SIZE", 1000usize)? {

@@ -113,6 +113,7 @@ pub struct Engine {
     bus: Option<Arc<RabbitQueue>>,
     redis: Option<Arc<RedisEntityStore>>,
     consumer: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    publish_consumer: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl Engine {
@@ -180,6 +181,16 @@ impl Engine {
                 *engine.consumer.lock() = Some(tokio::spawn(consume(engine.clone(), b)));
             }
         }
+        if let Some(pc) = &config.publish_rabbitmq {
+            if matches!(config.service, Service::All | Service::Api) {
+                let q = Arc::new(
+                    RabbitQueue::connect(pc.clone(), config.backend_connect_timeout)
+                        .await
+                        .map_err(|e| EngineError::Startup(format!("PUBLISH_RABBITMQ_SERVER_URL: {e}")))?,
+                );
+                *engine.publish_consumer.lock() = Some(tokio::spawn(consume_publish_queue(engine.clone(), q)));
+            }
+        }
         if let Some(pg) = pipeline {
             let handle = crate::log_pipeline::spawn(embedded, pg, config.log_batch_size);
             *engine.pipeline.lock() = Some(handle);
@@ -237,6 +248,7 @@ impl Engine {
             bus,
             redis,
             consumer: Mutex::new(None),
+            publish_consumer: Mutex::new(None),
         });
         Ok(engine)
     }
@@ -423,7 +435,7 @@ impl Engine {
         if let Some(p) = self.pipeline.lock().take() {
             p.abort();
         }
-        for t in [&self.follower, &self.consumer] {
+        for t in [&self.follower, &self.consumer, &self.publish_consumer] {
             if let Some(h) = t.lock().take() {
                 h.abort();
             }
@@ -800,5 +812,53 @@ impl Engine {
         self.store.receive(d.clone()).await?;
         let id = d.destination_id.clone();
         self.send(&id, ShardMsg::Deliver(d)).await
+    }
+}
+
+/// Events a producer put straight on the publish queue: the same document
+/// and rules as `POST /publish`. Invalid ones (bad JSON, failed validation,
+/// unknown tenant) are rejected without requeue so the broker's dead-letter
+/// policy applies; transient failures are requeued.
+async fn consume_publish_queue(engine: Arc<Engine>, queue: Arc<RabbitQueue>) {
+    use crate::queue::rabbitmq::Disposition;
+    let mut backoff = std::time::Duration::from_millis(200);
+    loop {
+        let e = engine.clone();
+        let result = queue
+            .consume_bytes(64, "outrider-publish", move |bytes| {
+                let e = e.clone();
+                let parsed = crate::publish::parse(bytes, &e.config, &e.ids);
+                async move {
+                    let event = match parsed {
+                        Ok(ev) => ev,
+                        Err(err) => {
+                            tracing::warn!(error = %err, "rejecting an invalid event from the publish queue");
+                            return Disposition::Reject;
+                        }
+                    };
+                    // Its own task, like the API: the hand-off finishes even if this consumer stops.
+                    match tokio::spawn(async move { e.publish(event).await }).await {
+                        Ok(Ok(_)) => Disposition::Ack,
+                        Ok(Err(EngineError::NotFound(what))) => {
+                            tracing::warn!(what, "rejecting an event from the publish queue");
+                            Disposition::Reject
+                        }
+                        Ok(Err(err)) => {
+                            tracing::warn!(error = %err, "publish from the queue failed; requeued");
+                            Disposition::Requeue
+                        }
+                        Err(err) => {
+                            tracing::error!(error = %err, "publish task failed; requeued");
+                            Disposition::Requeue
+                        }
+                    }
+                }
+            })
+            .await;
+        if let Err(err) = result {
+            tracing::warn!(error = %err, "publish queue consumer stopped; reconnecting");
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(std::time::Duration::from_secs(5));
     }
 }

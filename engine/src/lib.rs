@@ -19,6 +19,7 @@ pub mod ids;
 pub mod json;
 pub mod log_pipeline;
 pub mod model;
+pub mod publish;
 pub mod queue;
 pub mod routing;
 pub mod shard;

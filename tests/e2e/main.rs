@@ -6,5 +6,6 @@ mod delivery;
 mod durability;
 mod harness;
 mod postgres;
+mod publishmq;
 mod queue;
 mod redis;

@@ -98,19 +98,23 @@ impl RabbitQueue {
 
     async fn provision(&self) -> Result<(), QueueError> {
         let passive = !self.cfg.auto_provision;
-        self.publisher
-            .exchange_declare(
-                &self.cfg.exchange,
-                ExchangeKind::Topic,
-                ExchangeDeclareOptions {
-                    durable: true,
-                    passive,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .map_err(|e| QueueError::Broker(format!("exchange {}: {e}", self.cfg.exchange)))?;
+        // An empty exchange name is the broker's default exchange: nothing to declare or bind.
+        let exchange = !self.cfg.exchange.is_empty();
+        if exchange {
+            self.publisher
+                .exchange_declare(
+                    &self.cfg.exchange,
+                    ExchangeKind::Topic,
+                    ExchangeDeclareOptions {
+                        durable: true,
+                        passive,
+                        ..Default::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await
+                .map_err(|e| QueueError::Broker(format!("exchange {}: {e}", self.cfg.exchange)))?;
+        }
         self.publisher
             .queue_declare(
                 &self.cfg.delivery_queue,
@@ -123,7 +127,7 @@ impl RabbitQueue {
             )
             .await
             .map_err(|e| QueueError::Broker(format!("queue {}: {e}", self.cfg.delivery_queue)))?;
-        if self.cfg.auto_provision {
+        if self.cfg.auto_provision && exchange {
             self.publisher
                 .queue_bind(
                     &self.cfg.delivery_queue,
@@ -166,13 +170,62 @@ impl RabbitQueue {
         Ok(())
     }
 
-    /// Consumes until the connection fails. Each task goes to `handle`; an
-    /// `Ok` acks it, an `Err` requeues it; a malformed message is rejected
-    /// without requeue (the broker's dead-letter policy applies).
+    /// Publishes one raw, persistent message to the queue (confirmed).
+    pub async fn publish_bytes(&self, payload: &[u8]) -> Result<(), QueueError> {
+        let c = self
+            .publisher
+            .basic_publish(
+                &self.cfg.exchange,
+                &self.cfg.delivery_queue,
+                BasicPublishOptions::default(),
+                payload,
+                BasicProperties::default()
+                    .with_delivery_mode(2)
+                    .with_content_type("application/json".into()),
+            )
+            .await
+            .map_err(broker)?;
+        match c.await.map_err(broker)? {
+            Confirmation::Ack(_) => Ok(()),
+            _ => Err(QueueError::Nacked),
+        }
+    }
+
+    /// Consumes delivery tasks until the connection fails. `Ok` acks, `Err`
+    /// requeues; a malformed message is rejected without requeue (the
+    /// broker's dead-letter policy applies).
     pub async fn consume<F, Fut>(&self, prefetch: u16, tag: &str, handle: F) -> Result<(), QueueError>
     where
         F: Fn(Task) -> Fut,
         Fut: Future<Output = Result<(), String>>,
+    {
+        self.consume_bytes(prefetch, tag, |bytes| {
+            let task = decode(bytes);
+            let fut = task.map(&handle);
+            async move {
+                match fut {
+                    Err(e) => {
+                        tracing::warn!(error = %e, "rejecting a malformed delivery task");
+                        Disposition::Reject
+                    }
+                    Ok(f) => match f.await {
+                        Ok(()) => Disposition::Ack,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "delivery task not accepted; requeued");
+                            Disposition::Requeue
+                        }
+                    },
+                }
+            }
+        })
+        .await
+    }
+
+    /// Consumes raw messages until the connection fails; `handle` decides each fate.
+    pub async fn consume_bytes<F, Fut>(&self, prefetch: u16, tag: &str, handle: F) -> Result<(), QueueError>
+    where
+        F: Fn(&[u8]) -> Fut,
+        Fut: Future<Output = Disposition>,
     {
         let ch = self.conn.create_channel().await.map_err(broker)?;
         ch.basic_qos(prefetch, BasicQosOptions::default())
@@ -189,36 +242,33 @@ impl RabbitQueue {
             .map_err(broker)?;
         while let Some(d) = consumer.next().await {
             let d = d.map_err(broker)?;
-            match decode(&d.data) {
-                Err(e) => {
-                    tracing::warn!(error = %e, "rejecting a malformed delivery task");
+            match handle(&d.data).await {
+                Disposition::Ack => {
+                    d.acker.ack(BasicAckOptions::default()).await.map_err(broker)?;
+                }
+                other => {
                     d.acker
                         .nack(BasicNackOptions {
-                            requeue: false,
+                            requeue: other == Disposition::Requeue,
                             ..Default::default()
                         })
                         .await
                         .map_err(broker)?;
                 }
-                Ok(task) => match handle(task).await {
-                    Ok(()) => {
-                        d.acker.ack(BasicAckOptions::default()).await.map_err(broker)?;
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "delivery task not accepted; requeued");
-                        d.acker
-                            .nack(BasicNackOptions {
-                                requeue: true,
-                                ..Default::default()
-                            })
-                            .await
-                            .map_err(broker)?;
-                    }
-                },
             }
         }
         Err(QueueError::Broker("consumer stopped".into()))
     }
+}
+
+/// What to do with a consumed message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Disposition {
+    Ack,
+    /// Put it back for another try (a transient failure here).
+    Requeue,
+    /// Drop it (or dead-letter it, per the broker's policy): it can never succeed.
+    Reject,
 }
 
 #[cfg(test)]

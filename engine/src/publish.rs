@@ -1,0 +1,86 @@
+//! Parsing and validation of a publish request, shared by `POST /publish`
+//! and the publish queue (the same JSON document either way).
+
+use std::sync::Arc;
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use crate::config::Config;
+use crate::ids::IdGenerator;
+use crate::model::{Event, StringMap};
+use crate::timefmt::{now_ms, parse_rfc3339_ms};
+
+/// Why a publish request was refused; the API maps these to 422 bodies.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PublishInputError {
+    /// Not JSON, or a field of the wrong type.
+    #[error("invalid JSON")]
+    InvalidJson,
+    /// Field-level problems (`tenant_id is required`, ...).
+    #[error("validation error: {0:?}")]
+    Invalid(Vec<String>),
+}
+
+#[derive(Deserialize)]
+struct PublishBody {
+    id: Option<String>,
+    tenant_id: Option<String>,
+    destination_id: Option<String>,
+    topic: Option<String>,
+    eligible_for_retry: Option<bool>,
+    time: Option<String>,
+    metadata: Option<StringMap>,
+    data: Option<Box<RawValue>>,
+}
+
+/// Turns a publish document into an event (id generated when absent).
+pub fn parse(body: &[u8], cfg: &Config, ids: &IdGenerator) -> Result<Event, PublishInputError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Err(PublishInputError::InvalidJson);
+    }
+    let b: PublishBody = serde_json::from_slice(body).map_err(|_| PublishInputError::InvalidJson)?;
+    let mut missing = Vec::new();
+    let tenant_id = b.tenant_id.filter(|t| !t.is_empty());
+    if tenant_id.is_none() {
+        missing.push("tenant_id is required".to_string());
+    }
+    match &b.data {
+        None => missing.push("data is required".into()),
+        Some(d) if d.get() == "null" => missing.push("data is required".into()),
+        Some(d) if !d.get().starts_with('{') => missing.push("data must be a valid JSON object".into()),
+        _ => {}
+    }
+    if !missing.is_empty() {
+        return Err(PublishInputError::Invalid(missing));
+    }
+    let topic = b.topic.unwrap_or_default();
+    if !cfg.topics.is_empty() {
+        if topic.is_empty() {
+            return Err(PublishInputError::Invalid(vec!["topic is required".into()]));
+        }
+        if topic != "*" && !cfg.topics.contains(&topic) {
+            return Err(PublishInputError::Invalid(vec!["topic is invalid".into()]));
+        }
+    }
+    let time = match b.time.as_deref() {
+        None | Some("") => now_ms(),
+        Some(t) => parse_rfc3339_ms(t)
+            .ok_or_else(|| PublishInputError::Invalid(vec!["time must be an RFC 3339 date-time".into()]))?,
+    };
+    let data = b.data.map(|d| crate::json::compact(d.get())).unwrap_or_default();
+    Ok(Event {
+        id: b
+            .id
+            .filter(|i| !i.is_empty())
+            .unwrap_or_else(|| ids.generate(&cfg.event_id_prefix)),
+        tenant_id: tenant_id.unwrap_or_default(),
+        destination_id: b.destination_id.filter(|d| !d.is_empty()),
+        topic,
+        eligible_for_retry: b.eligible_for_retry.unwrap_or(true),
+        time,
+        metadata: b.metadata.unwrap_or_default(),
+        data: Arc::from(data),
+        matched_destination_ids: vec![],
+    })
+}
