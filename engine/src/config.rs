@@ -123,6 +123,8 @@ pub struct Config {
     pub allow_private_destinations: bool,
     /// Embedded store: fsync every commit (FULL) or rely on the WAL (NORMAL).
     pub embedded_synchronous_full: bool,
+    /// AWS SQS as the delivery queue (wins over RabbitMQ, as in Outpost).
+    pub sqs: Option<crate::queue::sqs::SqsConfig>,
     /// The delivery queue between API and delivery nodes.
     pub rabbitmq: Option<crate::queue::rabbitmq::RabbitConfig>,
     /// An inbound queue producers publish events to (same JSON as `POST /publish`).
@@ -261,6 +263,11 @@ const YAML_KEYS: &[(&str, &str)] = &[
         "DESTINATIONS_WEBHOOK_MAX_RESPONSE_BODY_BYTES",
     ),
     ("postgres", "POSTGRES_URL"),
+    ("mqs.aws_sqs.region", "AWS_SQS_REGION"),
+    ("mqs.aws_sqs.endpoint", "AWS_SQS_ENDPOINT"),
+    ("mqs.aws_sqs.access_key_id", "AWS_SQS_ACCESS_KEY_ID"),
+    ("mqs.aws_sqs.secret_access_key", "AWS_SQS_SECRET_ACCESS_KEY"),
+    ("mqs.aws_sqs.delivery_queue", "AWS_SQS_DELIVERY_QUEUE"),
     ("mqs.rabbitmq.server_url", "RABBITMQ_SERVER_URL"),
     ("mqs.rabbitmq.exchange", "RABBITMQ_EXCHANGE"),
     ("mqs.rabbitmq.delivery_queue", "RABBITMQ_DELIVERY_QUEUE"),
@@ -501,11 +508,12 @@ impl Config {
                 ))
             }
             Service::Api | Service::Delivery
-                if src.non_empty("RABBITMQ_SERVER_URL").is_none() || src.non_empty("POSTGRES_URL").is_none() =>
+                if (src.non_empty("RABBITMQ_SERVER_URL").is_none() && src.non_empty("AWS_SQS_REGION").is_none())
+                    || src.non_empty("POSTGRES_URL").is_none() =>
             {
                 return Err(invalid(
                     "SERVICE",
-                    "running api and delivery as separate services needs a delivery queue (RABBITMQ_SERVER_URL), REDIS_HOST and a shared log store (POSTGRES_URL)",
+                    "running api and delivery as separate services needs a delivery queue (AWS_SQS_REGION or RABBITMQ_SERVER_URL), REDIS_HOST and a shared log store (POSTGRES_URL)",
                 ))
             }
             _ => {}
@@ -719,6 +727,37 @@ impl Config {
                         exchange: src.non_empty("RABBITMQ_EXCHANGE").unwrap_or("outpost").to_string(),
                         delivery_queue: src
                             .non_empty("RABBITMQ_DELIVERY_QUEUE")
+                            .unwrap_or("outpost-delivery")
+                            .to_string(),
+                        auto_provision: src.bool("MQS_AUTO_PROVISION", true)?,
+                    })
+                }
+            },
+            sqs: match src.non_empty("AWS_SQS_REGION") {
+                None => None,
+                Some(region) => {
+                    if src.non_empty("REDIS_HOST").is_none() {
+                        return Err(invalid(
+                            "AWS_SQS_REGION",
+                            "a delivery queue needs REDIS_HOST too: tenants, destinations and publish idempotency are shared through Redis",
+                        ));
+                    }
+                    let credentials = match (src.non_empty("AWS_SQS_ACCESS_KEY_ID"), src.non_empty("AWS_SQS_SECRET_ACCESS_KEY")) {
+                        (Some(k), Some(s)) => Some((k.to_string(), s.to_string())),
+                        (None, None) => None,
+                        _ => {
+                            return Err(invalid(
+                                "AWS_SQS_ACCESS_KEY_ID",
+                                "set both AWS_SQS_ACCESS_KEY_ID and AWS_SQS_SECRET_ACCESS_KEY, or neither (default credential chain)",
+                            ))
+                        }
+                    };
+                    Some(crate::queue::sqs::SqsConfig {
+                        region: region.to_string(),
+                        endpoint: src.non_empty("AWS_SQS_ENDPOINT").map(String::from),
+                        credentials,
+                        delivery_queue: src
+                            .non_empty("AWS_SQS_DELIVERY_QUEUE")
                             .unwrap_or("outpost-delivery")
                             .to_string(),
                         auto_provision: src.bool("MQS_AUTO_PROVISION", true)?,

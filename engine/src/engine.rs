@@ -14,7 +14,8 @@ use crate::destinations::{PublishContext, Registry};
 use crate::ids::IdGenerator;
 use crate::model::{Delivery, Destination, Event, Tenant};
 use crate::queue::rabbitmq::RabbitQueue;
-use crate::queue::Task;
+use crate::queue::sqs::SqsQueue;
+use crate::queue::{DeliveryBus, Task, TaskHandler};
 use crate::shard::{self, ShardDeps, ShardHandle, ShardMsg};
 use crate::store::embedded::EmbeddedStore;
 use crate::store::postgres::PostgresLogStore;
@@ -110,7 +111,7 @@ pub struct Engine {
     /// Follows entity changes made on other nodes (Redis).
     follower: Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// The delivery queue between nodes, when configured.
-    bus: Option<Arc<RabbitQueue>>,
+    bus: Option<Arc<dyn DeliveryBus>>,
     redis: Option<Arc<RedisEntityStore>>,
     consumer: Mutex<Option<tokio::task::JoinHandle<()>>>,
     publish_consumer: Mutex<Option<tokio::task::JoinHandle<()>>>,
@@ -163,13 +164,19 @@ impl Engine {
             Some(r) => r.clone(),
             None => store.clone(),
         };
-        let bus = match &config.rabbitmq {
-            None => None,
-            Some(rc) => Some(Arc::new(
+        // Outpost's selection order: AWS SQS first, then RabbitMQ.
+        let bus: Option<Arc<dyn DeliveryBus>> = match (&config.sqs, &config.rabbitmq) {
+            (Some(sc), _) => Some(Arc::new(
+                SqsQueue::connect(sc.clone(), config.backend_connect_timeout)
+                    .await
+                    .map_err(|e| EngineError::Startup(format!("AWS_SQS_REGION: {e}")))?,
+            )),
+            (None, Some(rc)) => Some(Arc::new(
                 RabbitQueue::connect(rc.clone(), config.backend_connect_timeout)
                     .await
                     .map_err(|e| EngineError::Startup(format!("RABBITMQ_SERVER_URL: {e}")))?,
             )),
+            (None, None) => None,
         };
         let engine = Self::build(config.clone(), store, entities, logs, bus.clone(), redis.clone())?;
         engine.recover().await?;
@@ -214,7 +221,7 @@ impl Engine {
         store: SharedStore,
         entities: Arc<dyn EntityStore>,
         logs: Arc<dyn LogStore>,
-        bus: Option<Arc<RabbitQueue>>,
+        bus: Option<Arc<dyn DeliveryBus>>,
         redis: Option<Arc<RedisEntityStore>>,
     ) -> Result<Arc<Engine>, EngineError> {
         let types = Arc::new(Registry::new(&config));
@@ -780,17 +787,16 @@ async fn follow(engine: Arc<Engine>, redis: Arc<RedisEntityStore>) {
 
 /// The delivery node's consumer: each task is made durable in the local store
 /// (then acked) and handed to its shard. Reconnects with backoff.
-async fn consume(engine: Arc<Engine>, bus: Arc<RabbitQueue>) {
+async fn consume(engine: Arc<Engine>, bus: Arc<dyn DeliveryBus>) {
     let prefetch = engine.config.delivery_max_concurrency.clamp(1, u16::MAX as usize) as u16;
     let mut backoff = std::time::Duration::from_millis(200);
     loop {
         let e = engine.clone();
-        let result = bus
-            .consume(prefetch, "outrider-delivery", move |task| {
-                let e = e.clone();
-                async move { e.receive(task).await.map_err(|err| err.to_string()) }
-            })
-            .await;
+        let handler: TaskHandler = Arc::new(move |task| {
+            let e = e.clone();
+            Box::pin(async move { e.receive(task).await.map_err(|err| err.to_string()) })
+        });
+        let result = bus.consume(prefetch, handler).await;
         if let Err(err) = result {
             tracing::warn!(error = %err, "delivery queue consumer stopped; reconnecting");
         }

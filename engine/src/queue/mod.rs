@@ -4,13 +4,40 @@
 //! `{"event":{...},"destination_id":"...","attempt":1,"manual":false}`.
 
 pub mod rabbitmq;
+pub mod sqs;
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use crate::model::{Event, StringMap};
+
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    #[error("cannot reach {what}: {message}")]
+    Unreachable { what: &'static str, message: String },
+    #[error("{what}: {message}")]
+    Broker { what: &'static str, message: String },
+    #[error("the queue refused the message")]
+    Nacked,
+}
+
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// What a delivery node does with one task: `Ok` = durable here (ack it).
+pub type TaskHandler = Arc<dyn Fn(Task) -> BoxFuture<'static, Result<(), String>> + Send + Sync>;
+
+/// The delivery queue between API and delivery nodes, whatever the broker.
+pub trait DeliveryBus: Send + Sync + 'static {
+    /// Returns once the broker holds every task durably.
+    fn publish<'a>(&'a self, tasks: &'a [Task]) -> BoxFuture<'a, Result<(), QueueError>>;
+    /// Consumes until the connection fails; acks after `handle` succeeds,
+    /// makes the task visible again after it fails, drops malformed messages.
+    fn consume(&self, prefetch: u16, handle: TaskHandler) -> BoxFuture<'_, Result<(), QueueError>>;
+}
 
 /// One delivery to make.
 #[derive(Debug, Clone)]

@@ -16,7 +16,7 @@ use lapin::publisher_confirm::Confirmation;
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
 
-use super::{decode, encode, Task};
+use super::{decode, encode, BoxFuture, DeliveryBus, Task, TaskHandler};
 
 #[derive(Debug, Clone)]
 pub struct RabbitConfig {
@@ -27,18 +27,20 @@ pub struct RabbitConfig {
     pub auto_provision: bool,
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum QueueError {
-    #[error("cannot reach RabbitMQ: {0}")]
-    Unreachable(String),
-    #[error("RabbitMQ: {0}")]
-    Broker(String),
-    #[error("RabbitMQ refused the message (nack)")]
-    Nacked,
-}
+pub use super::QueueError;
 
 fn broker(e: lapin::Error) -> QueueError {
-    QueueError::Broker(e.to_string())
+    QueueError::Broker {
+        what: "RabbitMQ",
+        message: e.to_string(),
+    }
+}
+
+fn broker_msg(message: String) -> QueueError {
+    QueueError::Broker {
+        what: "RabbitMQ",
+        message,
+    }
 }
 
 pub struct RabbitQueue {
@@ -79,7 +81,10 @@ impl RabbitQueue {
                             Ok(Err(e)) => e.to_string(),
                             _ => "timed out".into(),
                         };
-                        return Err(QueueError::Unreachable(format!("{}: {why}", redact(&cfg.url))));
+                        return Err(QueueError::Unreachable {
+                            what: "RabbitMQ",
+                            message: format!("{}: {why}", redact(&cfg.url)),
+                        });
                     }
                 }
             }
@@ -113,7 +118,7 @@ impl RabbitQueue {
                     FieldTable::default(),
                 )
                 .await
-                .map_err(|e| QueueError::Broker(format!("exchange {}: {e}", self.cfg.exchange)))?;
+                .map_err(|e| broker_msg(format!("exchange {}: {e}", self.cfg.exchange)))?;
         }
         self.publisher
             .queue_declare(
@@ -126,7 +131,7 @@ impl RabbitQueue {
                 FieldTable::default(),
             )
             .await
-            .map_err(|e| QueueError::Broker(format!("queue {}: {e}", self.cfg.delivery_queue)))?;
+            .map_err(|e| broker_msg(format!("queue {}: {e}", self.cfg.delivery_queue)))?;
         if self.cfg.auto_provision && exchange {
             self.publisher
                 .queue_bind(
@@ -257,7 +262,17 @@ impl RabbitQueue {
                 }
             }
         }
-        Err(QueueError::Broker("consumer stopped".into()))
+        Err(broker_msg("consumer stopped".into()))
+    }
+}
+
+impl DeliveryBus for RabbitQueue {
+    fn publish<'a>(&'a self, tasks: &'a [Task]) -> BoxFuture<'a, Result<(), QueueError>> {
+        Box::pin(RabbitQueue::publish(self, tasks))
+    }
+
+    fn consume(&self, prefetch: u16, handle: TaskHandler) -> BoxFuture<'_, Result<(), QueueError>> {
+        Box::pin(async move { RabbitQueue::consume(self, prefetch, "outrider-delivery", move |t| handle(t)).await })
     }
 }
 

@@ -1,0 +1,298 @@
+//! AWS SQS as the delivery queue (`AWS_SQS_*`). Messages are the same
+//! DeliveryTask JSON. Publishing uses SendMessageBatch (10 per call) and
+//! succeeds only when every entry was accepted; a consumed message is deleted
+//! after the handler made it durable, made visible again at once when the
+//! handler failed, and deleted (with a warning) when it can never be parsed.
+//! `AWS_SQS_ENDPOINT` points the SDK at a local emulator (moto).
+
+use std::time::Duration;
+
+use aws_sdk_sqs::config::{Credentials, Region};
+use aws_sdk_sqs::types::SendMessageBatchRequestEntry;
+use aws_sdk_sqs::Client;
+
+use super::{decode, encode, BoxFuture, DeliveryBus, QueueError, Task, TaskHandler};
+
+/// How long a received task stays hidden. A delivery node only has to make
+/// the task durable locally (milliseconds) before deleting it, so a short
+/// timeout bounds how long the tasks of a node that died stay invisible.
+const VISIBILITY_TIMEOUT_SECONDS: i32 = 10;
+
+#[derive(Debug, Clone)]
+pub struct SqsConfig {
+    pub region: String,
+    pub endpoint: Option<String>,
+    /// Static keys; `None` uses the default AWS credential chain.
+    pub credentials: Option<(String, String)>,
+    pub delivery_queue: String,
+    pub auto_provision: bool,
+}
+
+pub struct SqsQueue {
+    client: Client,
+    url: String,
+}
+
+impl std::fmt::Debug for SqsQueue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqsQueue").field("url", &self.url).finish()
+    }
+}
+
+fn broker(e: impl std::fmt::Display) -> QueueError {
+    QueueError::Broker {
+        what: "AWS SQS",
+        message: e.to_string(),
+    }
+}
+
+/// The SDK's error with its cause chain, for messages.
+fn describe(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(c) = src {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        src = c.source();
+    }
+    s
+}
+
+impl SqsQueue {
+    pub async fn connect(cfg: SqsConfig, patience: Duration) -> Result<Self, QueueError> {
+        let mut loader =
+            aws_config::defaults(aws_config::BehaviorVersion::latest()).region(Region::new(cfg.region.clone()));
+        if let Some(ep) = &cfg.endpoint {
+            loader = loader.endpoint_url(ep);
+        }
+        if let Some((key, secret)) = &cfg.credentials {
+            loader = loader.credentials_provider(Credentials::new(key, secret, None, None, "outrider-config"));
+        }
+        let client = Client::new(&loader.load().await);
+        let deadline = tokio::time::Instant::now() + patience;
+        let mut wait = Duration::from_millis(100);
+        let url = loop {
+            let result = if cfg.auto_provision {
+                client
+                    .create_queue()
+                    .queue_name(&cfg.delivery_queue)
+                    .send()
+                    .await
+                    .map(|o| o.queue_url().map(String::from))
+                    .map_err(|e| describe(&e))
+            } else {
+                client
+                    .get_queue_url()
+                    .queue_name(&cfg.delivery_queue)
+                    .send()
+                    .await
+                    .map(|o| o.queue_url().map(String::from))
+                    .map_err(|e| describe(&e))
+            };
+            match result {
+                Ok(Some(url)) => break url,
+                Ok(None) => return Err(broker("no queue URL returned")),
+                Err(e) if tokio::time::Instant::now() >= deadline => {
+                    return Err(QueueError::Unreachable {
+                        what: "AWS SQS",
+                        message: format!("queue {}: {e}", cfg.delivery_queue),
+                    })
+                }
+                Err(_) => {}
+            }
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(Duration::from_secs(2));
+        };
+        Ok(Self { client, url })
+    }
+
+    /// Sends a raw message (used by tests and producers).
+    pub async fn send_raw(&self, body: &str) -> Result<(), QueueError> {
+        self.client
+            .send_message()
+            .queue_url(&self.url)
+            .message_body(body)
+            .send()
+            .await
+            .map_err(|e| broker(describe(&e)))?;
+        Ok(())
+    }
+
+    async fn publish_tasks(&self, tasks: &[Task]) -> Result<(), QueueError> {
+        for chunk in tasks.chunks(10) {
+            let entries = chunk
+                .iter()
+                .enumerate()
+                .map(|(i, t)| {
+                    SendMessageBatchRequestEntry::builder()
+                        .id(i.to_string())
+                        .message_body(String::from_utf8_lossy(&encode(t)).into_owned())
+                        .build()
+                        .map_err(broker)
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            let out = self
+                .client
+                .send_message_batch()
+                .queue_url(&self.url)
+                .set_entries(Some(entries))
+                .send()
+                .await
+                .map_err(|e| broker(describe(&e)))?;
+            if !out.failed().is_empty() {
+                return Err(QueueError::Nacked);
+            }
+        }
+        Ok(())
+    }
+
+    async fn consume_tasks(&self, prefetch: u16, handle: TaskHandler) -> Result<(), QueueError> {
+        let batch = prefetch.clamp(1, 10) as i32;
+        loop {
+            let out = self
+                .client
+                .receive_message()
+                .queue_url(&self.url)
+                .max_number_of_messages(batch)
+                .wait_time_seconds(5)
+                .visibility_timeout(VISIBILITY_TIMEOUT_SECONDS)
+                .send()
+                .await
+                .map_err(|e| broker(describe(&e)))?;
+            let work = out.messages().iter().map(|m| {
+                let handle = handle.clone();
+                let receipt = m.receipt_handle().unwrap_or_default().to_string();
+                let parsed = decode(m.body().unwrap_or_default().as_bytes());
+                async move {
+                    let keep = match parsed {
+                        Err(e) => {
+                            tracing::warn!(error = %e, "dropping a malformed delivery task");
+                            false
+                        }
+                        Ok(task) => match handle(task).await {
+                            Ok(()) => false,
+                            Err(e) => {
+                                tracing::warn!(error = %e, "delivery task not accepted; made visible again");
+                                true
+                            }
+                        },
+                    };
+                    let r = if keep {
+                        self.client
+                            .change_message_visibility()
+                            .queue_url(&self.url)
+                            .receipt_handle(&receipt)
+                            .visibility_timeout(0)
+                            .send()
+                            .await
+                            .map(|_| ())
+                            .map_err(|e| describe(&e))
+                    } else {
+                        self.client
+                            .delete_message()
+                            .queue_url(&self.url)
+                            .receipt_handle(&receipt)
+                            .send()
+                            .await
+                            .map(|_| ())
+                            .map_err(|e| describe(&e))
+                    };
+                    if let Err(e) = r {
+                        // The message reappears after its visibility timeout: at least once.
+                        tracing::warn!(error = %e, "cannot settle an SQS message");
+                    }
+                }
+            });
+            futures_util::future::join_all(work).await;
+        }
+    }
+}
+
+impl DeliveryBus for SqsQueue {
+    fn publish<'a>(&'a self, tasks: &'a [Task]) -> BoxFuture<'a, Result<(), QueueError>> {
+        Box::pin(self.publish_tasks(tasks))
+    }
+
+    fn consume(&self, prefetch: u16, handle: TaskHandler) -> BoxFuture<'_, Result<(), QueueError>> {
+        Box::pin(self.consume_tasks(prefetch, handle))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Event, StringMap};
+    use std::sync::{Arc, Mutex};
+
+    /// moto's endpoint, exported by scripts/services.sh.
+    fn endpoint() -> String {
+        std::env::var("OUTRIDER_TEST_AWS_ENDPOINT").unwrap_or_else(|_| {
+            panic!(
+                "OUTRIDER_TEST_AWS_ENDPOINT is not set: run the tests through scripts/test.sh (it starts moto_server)"
+            )
+        })
+    }
+
+    fn task(n: u32) -> Task {
+        Task {
+            event: Arc::new(Event {
+                id: format!("e{n}"),
+                tenant_id: "t".into(),
+                destination_id: None,
+                topic: "x".into(),
+                eligible_for_retry: true,
+                time: 1_704_067_200_000,
+                metadata: StringMap::new(),
+                data: Arc::from("{\"b\":1,\"a\":2}"),
+                matched_destination_ids: vec!["d".into()],
+            }),
+            destination_id: "d".into(),
+            attempt: 1,
+            manual: false,
+        }
+    }
+
+    #[tokio::test]
+    async fn publish_consume_delete_and_redrive() {
+        let q = SqsQueue::connect(
+            SqsConfig {
+                region: "us-east-1".into(),
+                endpoint: Some(endpoint()),
+                credentials: Some(("test".into(), "test".into())),
+                delivery_queue: format!("outrider-test-{}", crate::ids::random_hex(4)),
+                auto_provision: true,
+            },
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("moto is required for this test: {e}"));
+        let tasks: Vec<Task> = (0..12).map(task).collect();
+        DeliveryBus::publish(&q, &tasks).await.unwrap();
+        q.send_raw("not a task").await.unwrap();
+        let seen: Arc<Mutex<Vec<String>>> = Arc::default();
+        let s = seen.clone();
+        let handler: TaskHandler = Arc::new(move |t: Task| {
+            let s = s.clone();
+            Box::pin(async move {
+                assert_eq!(&*t.event.data, "{\"b\":1,\"a\":2}");
+                let mut v = s.lock().unwrap();
+                let first = !v.contains(&t.event.id);
+                v.push(t.event.id.clone());
+                // e3 fails once and comes back.
+                if first && t.event.id == "e3" {
+                    Err("not now".to_string())
+                } else {
+                    Ok(())
+                }
+            })
+        });
+        let _ = tokio::time::timeout(Duration::from_secs(8), DeliveryBus::consume(&q, 10, handler)).await;
+        let v = seen.lock().unwrap().clone();
+        let mut unique = v.clone();
+        unique.sort();
+        unique.dedup();
+        assert_eq!(unique.len(), 12, "{v:?}");
+        assert_eq!(v.iter().filter(|id| *id == "e3").count(), 2, "{v:?}");
+        assert_eq!(v.len(), 13, "acked messages are not received again: {v:?}");
+    }
+}
