@@ -14,8 +14,8 @@ pub fn cpu_seconds(pid: u32) -> Option<f64> {
     Some((utime + stime) / TICKS)
 }
 
-/// `(RssAnon, RssFile)` in bytes: heap versus file-backed pages (mmap).
-pub fn rss_split(pid: u32) -> Option<(u64, u64)> {
+/// Two `kB` fields of `/proc/<pid>/status`, in bytes.
+fn status_pair(pid: u32, a: &str, b: &str) -> Option<(u64, u64)> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let field = |name: &str| {
         status
@@ -25,21 +25,17 @@ pub fn rss_split(pid: u32) -> Option<(u64, u64)> {
             .and_then(|v| v.parse::<u64>().ok())
             .map(|kb| kb * 1024)
     };
-    Some((field("RssAnon:")?, field("RssFile:")?))
+    Some((field(a)?, field(b)?))
+}
+
+/// `(RssAnon, RssFile)` in bytes: heap versus file-backed pages (mmap).
+pub fn rss_split(pid: u32) -> Option<(u64, u64)> {
+    status_pair(pid, "RssAnon:", "RssFile:")
 }
 
 /// `(VmRSS, VmHWM)` in bytes.
 pub fn memory(pid: u32) -> Option<(u64, u64)> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let field = |name: &str| {
-        status
-            .lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse::<u64>().ok())
-            .map(|kb| kb * 1024)
-    };
-    Some((field("VmRSS:")?, field("VmHWM:")?))
+    status_pair(pid, "VmRSS:", "VmHWM:")
 }
 
 #[cfg(test)]

@@ -71,20 +71,26 @@ pub async fn delete(
     Ok(Json(json!({"success": true})))
 }
 
-pub async fn token(
-    p: Principal,
-    State(s): State<AppState>,
-    Path(tenant_id): Path<String>,
-) -> ApiResult<impl IntoResponse> {
+/// A tenant token, for admins only (both `/token` and `/portal` hand one out).
+fn issue_token(p: &Principal, s: &AppState, tenant_id: &str) -> ApiResult<String> {
     p.require_admin()?;
-    tenant_access(&p, &s, &tenant_id)?;
+    tenant_access(p, s, tenant_id)?;
     let jwt = s.jwt.as_ref().ok_or_else(|| {
         ApiError::Message(
             StatusCode::NOT_IMPLEMENTED,
             "tenant tokens are disabled: API_JWT_SECRET is not set".into(),
         )
     })?;
-    Ok(Json(json!({"token": jwt.issue(&tenant_id)?, "tenant_id": tenant_id})))
+    jwt.issue(tenant_id)
+}
+
+pub async fn token(
+    p: Principal,
+    State(s): State<AppState>,
+    Path(tenant_id): Path<String>,
+) -> ApiResult<impl IntoResponse> {
+    let token = issue_token(&p, &s, &tenant_id)?;
+    Ok(Json(json!({"token": token, "tenant_id": tenant_id})))
 }
 
 pub async fn portal(
@@ -94,19 +100,12 @@ pub async fn portal(
     headers: HeaderMap,
     RawQuery(raw): RawQuery,
 ) -> ApiResult<impl IntoResponse> {
-    p.require_admin()?;
-    tenant_access(&p, &s, &tenant_id)?;
-    let jwt = s.jwt.as_ref().ok_or_else(|| {
-        ApiError::Message(
-            StatusCode::NOT_IMPLEMENTED,
-            "tenant tokens are disabled: API_JWT_SECRET is not set".into(),
-        )
-    })?;
+    let token = issue_token(&p, &s, &tenant_id)?;
     let host = headers
         .get(axum::http::header::HOST)
         .and_then(|h| h.to_str().ok())
         .unwrap_or("localhost");
-    let mut url = format!("http://{host}?token={}", jwt.issue(&tenant_id)?);
+    let mut url = format!("http://{host}?token={token}");
     let q = Query::parse(raw.as_deref());
     if let Some(theme) = q.get("theme").filter(|t| *t == "light" || *t == "dark") {
         url.push_str(&format!("&theme={theme}"));

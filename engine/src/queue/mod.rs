@@ -127,6 +127,27 @@ pub fn decode(bytes: &[u8]) -> Result<Task, String> {
     })
 }
 
+/// A task for tests: event `e<n>` of tenant `t` to destination `d`.
+#[cfg(test)]
+pub(crate) fn sample_task(n: u32, data: &str) -> Task {
+    Task {
+        event: Arc::new(Event {
+            id: format!("e{n}"),
+            tenant_id: "t".into(),
+            destination_id: None,
+            topic: "x".into(),
+            eligible_for_retry: true,
+            time: 1_704_067_200_000,
+            metadata: StringMap::new(),
+            data: Arc::from(data),
+            matched_destination_ids: vec!["d".into()],
+        }),
+        destination_id: "d".into(),
+        attempt: 1,
+        manual: false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

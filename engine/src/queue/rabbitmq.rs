@@ -289,7 +289,6 @@ pub enum Disposition {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{Event, StringMap};
     use std::sync::{Arc, Mutex};
 
     fn url() -> String {
@@ -297,22 +296,7 @@ mod tests {
     }
 
     fn task(n: u32) -> Task {
-        Task {
-            event: Arc::new(Event {
-                id: format!("e{n}"),
-                tenant_id: "t".into(),
-                destination_id: None,
-                topic: "x".into(),
-                eligible_for_retry: true,
-                time: 1_704_067_200_000,
-                metadata: StringMap::new(),
-                data: Arc::from("{\"n\":1}"),
-                matched_destination_ids: vec!["d".into()],
-            }),
-            destination_id: "d".into(),
-            attempt: 1,
-            manual: false,
-        }
+        crate::queue::sample_task(n, "{\"n\":1}")
     }
 
     #[tokio::test]

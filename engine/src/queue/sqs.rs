@@ -221,7 +221,6 @@ impl DeliveryBus for SqsQueue {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{Event, StringMap};
     use std::sync::{Arc, Mutex};
 
     /// moto's endpoint, exported by scripts/services.sh.
@@ -234,22 +233,7 @@ mod tests {
     }
 
     fn task(n: u32) -> Task {
-        Task {
-            event: Arc::new(Event {
-                id: format!("e{n}"),
-                tenant_id: "t".into(),
-                destination_id: None,
-                topic: "x".into(),
-                eligible_for_retry: true,
-                time: 1_704_067_200_000,
-                metadata: StringMap::new(),
-                data: Arc::from("{\"b\":1,\"a\":2}"),
-                matched_destination_ids: vec!["d".into()],
-            }),
-            destination_id: "d".into(),
-            attempt: 1,
-            manual: false,
-        }
+        crate::queue::sample_task(n, "{\"b\":1,\"a\":2}")
     }
 
     #[tokio::test]

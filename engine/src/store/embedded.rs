@@ -554,12 +554,7 @@ fn list_sql(table: &str, cols: &str, q: &ListQuery, attempts: bool) -> (String, 
         ));
         args.extend(q.destination_ids.iter().map(|v| V::Text(v.clone())));
     }
-    for (op, v) in [
-        (">=", q.time_gte),
-        (">", q.time_gt),
-        ("<=", q.time_lte),
-        ("<", q.time_lt),
-    ] {
+    for (op, v) in q.time_bounds() {
         if let Some(v) = v {
             sql.push_str(&format!(" AND time {op} ?"));
             args.push(V::Integer(v));

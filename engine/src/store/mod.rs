@@ -98,6 +98,18 @@ impl Default for ListQuery {
     }
 }
 
+impl ListQuery {
+    /// The time filters as `(SQL operator, bound)` pairs.
+    pub fn time_bounds(&self) -> [(&'static str, Option<i64>); 4] {
+        [
+            (">=", self.time_gte),
+            (">", self.time_gt),
+            ("<=", self.time_lte),
+            ("<", self.time_lt),
+        ]
+    }
+}
+
 /// What publishing found when it tried to accept an event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Accepted {

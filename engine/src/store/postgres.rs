@@ -248,12 +248,7 @@ fn list_sql(table: &str, cols: &str, q: &ListQuery, attempts: bool) -> Sql {
     } else if !q.destination_ids.is_empty() {
         s.push(" AND matched_destination_ids && $", Box::new(q.destination_ids.clone()));
     }
-    for (op, v) in [
-        (">=", q.time_gte),
-        (">", q.time_gt),
-        ("<=", q.time_lte),
-        ("<", q.time_lt),
-    ] {
+    for (op, v) in q.time_bounds() {
         if let Some(v) = v {
             s.push(&format!(" AND time {op} to_timestamp($::BIGINT / 1000.0)"), Box::new(v));
         }
