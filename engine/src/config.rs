@@ -125,6 +125,8 @@ pub struct Config {
     pub embedded_synchronous_full: bool,
     /// AWS SQS as the delivery queue (wins over RabbitMQ, as in Outpost).
     pub sqs: Option<crate::queue::sqs::SqsConfig>,
+    /// GCP Pub/Sub as the delivery queue (after SQS, before RabbitMQ).
+    pub pubsub: Option<crate::queue::pubsub::PubSubConfig>,
     /// The delivery queue between API and delivery nodes.
     pub rabbitmq: Option<crate::queue::rabbitmq::RabbitConfig>,
     /// An inbound queue producers publish events to (same JSON as `POST /publish`).
@@ -268,6 +270,16 @@ const YAML_KEYS: &[(&str, &str)] = &[
     ("mqs.aws_sqs.access_key_id", "AWS_SQS_ACCESS_KEY_ID"),
     ("mqs.aws_sqs.secret_access_key", "AWS_SQS_SECRET_ACCESS_KEY"),
     ("mqs.aws_sqs.delivery_queue", "AWS_SQS_DELIVERY_QUEUE"),
+    ("mqs.gcp_pubsub.project", "GCP_PUBSUB_PROJECT"),
+    (
+        "mqs.gcp_pubsub.service_account_credentials",
+        "GCP_PUBSUB_SERVICE_ACCOUNT_CREDENTIALS",
+    ),
+    ("mqs.gcp_pubsub.delivery_topic", "GCP_PUBSUB_DELIVERY_TOPIC"),
+    (
+        "mqs.gcp_pubsub.delivery_subscription",
+        "GCP_PUBSUB_DELIVERY_SUBSCRIPTION",
+    ),
     ("mqs.rabbitmq.server_url", "RABBITMQ_SERVER_URL"),
     ("mqs.rabbitmq.exchange", "RABBITMQ_EXCHANGE"),
     ("mqs.rabbitmq.delivery_queue", "RABBITMQ_DELIVERY_QUEUE"),
@@ -508,12 +520,14 @@ impl Config {
                 ))
             }
             Service::Api | Service::Delivery
-                if (src.non_empty("RABBITMQ_SERVER_URL").is_none() && src.non_empty("AWS_SQS_REGION").is_none())
+                if (src.non_empty("RABBITMQ_SERVER_URL").is_none()
+                    && src.non_empty("AWS_SQS_REGION").is_none()
+                    && src.non_empty("GCP_PUBSUB_PROJECT").is_none())
                     || src.non_empty("POSTGRES_URL").is_none() =>
             {
                 return Err(invalid(
                     "SERVICE",
-                    "running api and delivery as separate services needs a delivery queue (AWS_SQS_REGION or RABBITMQ_SERVER_URL), REDIS_HOST and a shared log store (POSTGRES_URL)",
+                    "running api and delivery as separate services needs a delivery queue (AWS_SQS_REGION, GCP_PUBSUB_PROJECT or RABBITMQ_SERVER_URL), REDIS_HOST and a shared log store (POSTGRES_URL)",
                 ))
             }
             _ => {}
@@ -760,6 +774,36 @@ impl Config {
                             .non_empty("AWS_SQS_DELIVERY_QUEUE")
                             .unwrap_or("outpost-delivery")
                             .to_string(),
+                        auto_provision: src.bool("MQS_AUTO_PROVISION", true)?,
+                    })
+                }
+            },
+            pubsub: match src.non_empty("GCP_PUBSUB_PROJECT") {
+                None => None,
+                Some(project) => {
+                    if src.non_empty("REDIS_HOST").is_none() {
+                        return Err(invalid(
+                            "GCP_PUBSUB_PROJECT",
+                            "a delivery queue needs REDIS_HOST too: tenants, destinations and publish idempotency are shared through Redis",
+                        ));
+                    }
+                    if src.non_empty("GCP_PUBSUB_SERVICE_ACCOUNT_CREDENTIALS").is_some() {
+                        return Err(invalid(
+                            "GCP_PUBSUB_SERVICE_ACCOUNT_CREDENTIALS",
+                            "not supported by this build yet: use Application Default Credentials (GOOGLE_APPLICATION_CREDENTIALS or the metadata server)",
+                        ));
+                    }
+                    let topic = src
+                        .non_empty("GCP_PUBSUB_DELIVERY_TOPIC")
+                        .unwrap_or("outpost-delivery")
+                        .to_string();
+                    Some(crate::queue::pubsub::PubSubConfig {
+                        project: project.to_string(),
+                        subscription: src
+                            .non_empty("GCP_PUBSUB_DELIVERY_SUBSCRIPTION")
+                            .map(String::from)
+                            .unwrap_or_else(|| format!("{topic}-sub")),
+                        topic,
                         auto_provision: src.bool("MQS_AUTO_PROVISION", true)?,
                     })
                 }

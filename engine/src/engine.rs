@@ -13,6 +13,7 @@ use crate::crypto::Cipher;
 use crate::destinations::{PublishContext, Registry};
 use crate::ids::IdGenerator;
 use crate::model::{Delivery, Destination, Event, Tenant};
+use crate::queue::pubsub::PubSubQueue;
 use crate::queue::rabbitmq::RabbitQueue;
 use crate::queue::sqs::SqsQueue;
 use crate::queue::{DeliveryBus, Task, TaskHandler};
@@ -164,19 +165,24 @@ impl Engine {
             Some(r) => r.clone(),
             None => store.clone(),
         };
-        // Outpost's selection order: AWS SQS first, then RabbitMQ.
-        let bus: Option<Arc<dyn DeliveryBus>> = match (&config.sqs, &config.rabbitmq) {
-            (Some(sc), _) => Some(Arc::new(
+        // Outpost's selection order: AWS SQS, then GCP Pub/Sub, then RabbitMQ.
+        let bus: Option<Arc<dyn DeliveryBus>> = match (&config.sqs, &config.pubsub, &config.rabbitmq) {
+            (Some(sc), _, _) => Some(Arc::new(
                 SqsQueue::connect(sc.clone(), config.backend_connect_timeout)
                     .await
                     .map_err(|e| EngineError::Startup(format!("AWS_SQS_REGION: {e}")))?,
             )),
-            (None, Some(rc)) => Some(Arc::new(
+            (None, Some(pc), _) => Some(Arc::new(
+                PubSubQueue::connect(pc.clone(), config.backend_connect_timeout)
+                    .await
+                    .map_err(|e| EngineError::Startup(format!("GCP_PUBSUB_PROJECT: {e}")))?,
+            )),
+            (None, None, Some(rc)) => Some(Arc::new(
                 RabbitQueue::connect(rc.clone(), config.backend_connect_timeout)
                     .await
                     .map_err(|e| EngineError::Startup(format!("RABBITMQ_SERVER_URL: {e}")))?,
             )),
-            (None, None) => None,
+            (None, None, None) => None,
         };
         let engine = Self::build(config.clone(), store, entities, logs, bus.clone(), redis.clone())?;
         engine.recover().await?;

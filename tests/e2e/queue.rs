@@ -42,6 +42,24 @@ async fn api_and_delivery_nodes_split_over_sqs() {
     .await;
 }
 
+#[tokio::test]
+async fn api_and_delivery_nodes_split_over_gcp_pubsub() {
+    assert!(
+        std::env::var("PUBSUB_EMULATOR_HOST").is_ok(),
+        "PUBSUB_EMULATOR_HOST is not set: run through scripts/test.sh (it starts the emulator)"
+    );
+    let topic = format!("outrider-e2e-{}", uniq());
+    split_scenario(vec![
+        ("GCP_PUBSUB_PROJECT", "outrider-test".to_string()),
+        ("GCP_PUBSUB_DELIVERY_TOPIC", topic),
+        (
+            "PUBSUB_EMULATOR_HOST",
+            std::env::var("PUBSUB_EMULATOR_HOST").unwrap_or_default(),
+        ),
+    ])
+    .await;
+}
+
 async fn split_scenario(broker: Vec<(&'static str, String)>) {
     let id = uniq();
     let (url, pg) = fresh_schema(&pg_url()).await;

@@ -3,6 +3,7 @@
 //! operators already know:
 //! `{"event":{...},"destination_id":"...","attempt":1,"manual":false}`.
 
+pub mod pubsub;
 pub mod rabbitmq;
 pub mod sqs;
 

@@ -1,0 +1,238 @@
+//! GCP Pub/Sub as the delivery queue (`GCP_PUBSUB_*`): a topic
+//! (`GCP_PUBSUB_DELIVERY_TOPIC`, default `outpost-delivery`) and a pull
+//! subscription (`GCP_PUBSUB_DELIVERY_SUBSCRIPTION`, `outpost-delivery-sub`).
+//! Publishing is a synchronous Publish call per batch (the server returns ids
+//! only for stored messages); consumed messages are acked after the handler
+//! made them durable, nacked (redelivered at once) when it failed, and acked
+//! with a warning when they can never be parsed. `PUBSUB_EMULATOR_HOST`
+//! points the client at the emulator.
+
+use std::time::Duration;
+
+use gcloud_googleapis::pubsub::v1::PubsubMessage;
+use gcloud_pubsub::client::{Client, ClientConfig};
+use gcloud_pubsub::subscription::{Subscription, SubscriptionConfig};
+use gcloud_pubsub::topic::Topic;
+
+use super::{decode, encode, BoxFuture, DeliveryBus, QueueError, Task, TaskHandler};
+
+#[derive(Debug, Clone)]
+pub struct PubSubConfig {
+    pub project: String,
+    pub topic: String,
+    pub subscription: String,
+    pub auto_provision: bool,
+}
+
+pub struct PubSubQueue {
+    topic: Topic,
+    subscription: Subscription,
+}
+
+impl std::fmt::Debug for PubSubQueue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PubSubQueue")
+            .field("topic", &self.topic.fully_qualified_name())
+            .finish()
+    }
+}
+
+fn broker(e: impl std::fmt::Display) -> QueueError {
+    QueueError::Broker {
+        what: "GCP Pub/Sub",
+        message: e.to_string(),
+    }
+}
+
+/// Messages per Publish call (well under the 10 MB / 1,000 message limits).
+const PUBLISH_BATCH: usize = 100;
+
+impl PubSubQueue {
+    /// The emulator (`PUBSUB_EMULATOR_HOST`) needs no credentials; Google
+    /// Cloud uses Application Default Credentials.
+    async fn client_config(project: &str) -> Result<ClientConfig, String> {
+        let mut cc = ClientConfig::default();
+        if std::env::var("PUBSUB_EMULATOR_HOST").is_err() {
+            cc = cc.with_auth().await.map_err(|e| format!("credentials: {e}"))?;
+        }
+        cc.project_id = Some(project.to_string());
+        Ok(cc)
+    }
+
+    pub async fn connect(cfg: PubSubConfig, patience: Duration) -> Result<Self, QueueError> {
+        let deadline = tokio::time::Instant::now() + patience;
+        let mut wait = Duration::from_millis(200);
+        loop {
+            let attempt = async {
+                let client = Client::new(Self::client_config(&cfg.project).await?)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let topic = client.topic(&cfg.topic);
+                let subscription = client.subscription(&cfg.subscription);
+                if !topic.exists(None).await.map_err(|e| e.to_string())? {
+                    if !cfg.auto_provision {
+                        return Err(format!("topic {} does not exist (MQS_AUTO_PROVISION=false)", cfg.topic));
+                    }
+                    topic.create(None, None).await.map_err(|e| e.to_string())?;
+                }
+                if !subscription.exists(None).await.map_err(|e| e.to_string())? {
+                    if !cfg.auto_provision {
+                        return Err(format!(
+                            "subscription {} does not exist (MQS_AUTO_PROVISION=false)",
+                            cfg.subscription
+                        ));
+                    }
+                    // The minimum Pub/Sub allows: a delivery node makes a task durable in
+                    // milliseconds, and a short deadline bounds how long the tasks a dead
+                    // node had pulled stay leased.
+                    let sc = SubscriptionConfig {
+                        ack_deadline_seconds: 10,
+                        ..Default::default()
+                    };
+                    subscription
+                        .create(topic.fully_qualified_name(), sc, None)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                }
+                Ok::<_, String>(Self { topic, subscription })
+            };
+            match tokio::time::timeout(Duration::from_secs(10), attempt).await {
+                Ok(Ok(q)) => return Ok(q),
+                other => {
+                    if tokio::time::Instant::now() >= deadline {
+                        let message = match other {
+                            Ok(Err(e)) => e,
+                            _ => "timed out".into(),
+                        };
+                        return Err(QueueError::Unreachable {
+                            what: "GCP Pub/Sub",
+                            message,
+                        });
+                    }
+                }
+            }
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(Duration::from_secs(2));
+        }
+    }
+
+    /// Publishes raw messages (tests and producers).
+    pub async fn publish_raw(&self, bodies: Vec<Vec<u8>>) -> Result<(), QueueError> {
+        let publisher = self.topic.new_publisher(None);
+        for chunk in bodies.chunks(PUBLISH_BATCH) {
+            let msgs: Vec<PubsubMessage> = chunk
+                .iter()
+                .map(|b| PubsubMessage {
+                    data: b.clone(),
+                    ..Default::default()
+                })
+                .collect();
+            let ids = publisher.publish_immediately(msgs, None).await.map_err(broker)?;
+            if ids.len() != chunk.len() {
+                return Err(QueueError::Nacked);
+            }
+        }
+        Ok(())
+    }
+
+    async fn consume_tasks(&self, prefetch: u16, handle: TaskHandler) -> Result<(), QueueError> {
+        let max = prefetch.clamp(1, 1000) as i32;
+        loop {
+            let msgs = self.subscription.pull(max, None).await.map_err(broker)?;
+            let work = msgs.into_iter().map(|m| {
+                let handle = handle.clone();
+                let parsed = decode(&m.message.data);
+                async move {
+                    let ok = match parsed {
+                        Err(e) => {
+                            tracing::warn!(error = %e, "dropping a malformed delivery task");
+                            true
+                        }
+                        Ok(task) => match handle(task).await {
+                            Ok(()) => true,
+                            Err(e) => {
+                                tracing::warn!(error = %e, "delivery task not accepted; redelivered");
+                                false
+                            }
+                        },
+                    };
+                    let r = if ok { m.ack().await } else { m.nack().await };
+                    if let Err(e) = r {
+                        // Not acked: it comes back after the ack deadline (at least once).
+                        tracing::warn!(error = %e, "cannot settle a Pub/Sub message");
+                    }
+                }
+            });
+            futures_util::future::join_all(work).await;
+        }
+    }
+}
+
+impl DeliveryBus for PubSubQueue {
+    fn publish<'a>(&'a self, tasks: &'a [Task]) -> BoxFuture<'a, Result<(), QueueError>> {
+        Box::pin(self.publish_raw(tasks.iter().map(encode).collect()))
+    }
+
+    fn consume(&self, prefetch: u16, handle: TaskHandler) -> BoxFuture<'_, Result<(), QueueError>> {
+        Box::pin(self.consume_tasks(prefetch, handle))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+
+    #[tokio::test]
+    async fn publish_consume_ack_and_redeliver() {
+        assert!(
+            std::env::var("PUBSUB_EMULATOR_HOST").is_ok(),
+            "PUBSUB_EMULATOR_HOST is not set: run the tests through scripts/test.sh (it starts the emulator)"
+        );
+        let name = format!("outrider-test-{}", crate::ids::random_hex(4));
+        let q = PubSubQueue::connect(
+            PubSubConfig {
+                project: "outrider-test".into(),
+                topic: name.clone(),
+                subscription: format!("{name}-sub"),
+                auto_provision: true,
+            },
+            Duration::from_secs(20),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("the Pub/Sub emulator is required for this test: {e}"));
+        let tasks: Vec<Task> = (0..5)
+            .map(|n| crate::queue::sample_task(n, "{\"b\":1,\"a\":2}"))
+            .collect();
+        DeliveryBus::publish(&q, &tasks).await.unwrap();
+        q.publish_raw(vec![b"not a task".to_vec()]).await.unwrap();
+        let seen: Arc<Mutex<Vec<String>>> = Arc::default();
+        let s = seen.clone();
+        let handler: TaskHandler = Arc::new(move |t: Task| {
+            let s = s.clone();
+            Box::pin(async move {
+                assert_eq!(&*t.event.data, "{\"b\":1,\"a\":2}");
+                let mut v = s.lock().unwrap();
+                let first = !v.contains(&t.event.id);
+                v.push(t.event.id.clone());
+                if first && t.event.id == "e2" {
+                    Err("not now".to_string())
+                } else {
+                    Ok(())
+                }
+            })
+        });
+        let _ = tokio::time::timeout(Duration::from_secs(8), DeliveryBus::consume(&q, 10, handler)).await;
+        let v = seen.lock().unwrap().clone();
+        let mut unique = v.clone();
+        unique.sort();
+        unique.dedup();
+        assert_eq!(unique.len(), 5, "{v:?}");
+        assert_eq!(
+            v.iter().filter(|id| *id == "e2").count(),
+            2,
+            "nacked once, redelivered: {v:?}"
+        );
+        assert_eq!(v.len(), 6, "acked messages are not redelivered: {v:?}");
+    }
+}
