@@ -7,6 +7,7 @@
 import { spawn } from "node:child_process";
 import { mkdtempSync, rmSync } from "node:fs";
 import { createServer } from "node:http";
+import { createServer as createTcpServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Outpost } from "@hookdeck/outpost-sdk";
@@ -17,7 +18,15 @@ if (!bin) {
   process.exit(2);
 }
 const apiKey = "sdk-admin-key";
-const port = 20000 + Math.floor(Math.random() * 20000);
+// Ask the OS for a free port (a guessed one can collide with another service).
+const port = await new Promise((resolve, reject) => {
+  const probe = createTcpServer();
+  probe.once("error", reject);
+  probe.listen(0, "127.0.0.1", () => {
+    const p = probe.address().port;
+    probe.close(() => resolve(p));
+  });
+});
 const dir = mkdtempSync(join(tmpdir(), "outrider-sdk-"));
 
 // The receiver: records event ids, answers 200.
