@@ -116,6 +116,7 @@ pub struct Engine {
     redis: Option<Arc<RedisEntityStore>>,
     consumer: Mutex<Option<tokio::task::JoinHandle<()>>>,
     publish_consumer: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    retry_poller: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl Engine {
@@ -191,7 +192,10 @@ impl Engine {
         }
         if let Some(b) = bus {
             if matches!(config.service, Service::All | Service::Delivery) {
-                *engine.consumer.lock() = Some(tokio::spawn(consume(engine.clone(), b)));
+                *engine.consumer.lock() = Some(tokio::spawn(consume(engine.clone(), b.clone())));
+                if let Some(r) = &engine.redis {
+                    *engine.retry_poller.lock() = Some(tokio::spawn(poll_retries(r.clone(), b)));
+                }
             }
         }
         if let Some(pc) = &config.publish_rabbitmq {
@@ -242,6 +246,7 @@ impl Engine {
             },
             tls: crate::http_client::tls_config(),
             ids: ids.clone(),
+            shared_retries: bus.as_ref().and(redis.clone()),
         };
         let (shards, threads) = shard::start(config.delivery_shards, deps)
             .map_err(|e| EngineError::Startup(format!("cannot start shards: {e}")))?;
@@ -262,6 +267,7 @@ impl Engine {
             redis,
             consumer: Mutex::new(None),
             publish_consumer: Mutex::new(None),
+            retry_poller: Mutex::new(None),
         });
         Ok(engine)
     }
@@ -448,7 +454,12 @@ impl Engine {
         if let Some(p) = self.pipeline.lock().take() {
             p.abort();
         }
-        for t in [&self.follower, &self.consumer, &self.publish_consumer] {
+        for t in [
+            &self.follower,
+            &self.consumer,
+            &self.publish_consumer,
+            &self.retry_poller,
+        ] {
             if let Some(h) = t.lock().take() {
                 h.abort();
             }
@@ -872,5 +883,48 @@ async fn consume_publish_queue(engine: Arc<Engine>, queue: Arc<RabbitQueue>) {
         }
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(std::time::Duration::from_secs(5));
+    }
+}
+
+/// Moves due retries from the shared schedule onto the delivery queue. Every
+/// delivery node runs one; leases keep two pollers from sending the same
+/// retry, and a poller that dies mid-way only delays it by the lease.
+async fn poll_retries(redis: Arc<RedisEntityStore>, bus: Arc<dyn DeliveryBus>) {
+    const LEASE_MS: i64 = 30_000;
+    const BATCH: usize = 100;
+    let idle = std::time::Duration::from_millis(200);
+    loop {
+        let leased = match redis.lease_due_retries(now_ms(), LEASE_MS, BATCH).await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the shared retry schedule");
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        if leased.is_empty() {
+            tokio::time::sleep(idle).await;
+            continue;
+        }
+        let mut tasks = Vec::with_capacity(leased.len());
+        let mut done = Vec::with_capacity(leased.len());
+        for (member, score, body) in leased {
+            match crate::queue::decode(body.as_bytes()) {
+                Ok(t) => tasks.push(t),
+                Err(e) => tracing::warn!(error = %e, member, "dropping an unreadable scheduled retry"),
+            }
+            done.push((member, score));
+        }
+        match bus.publish(&tasks).await {
+            Ok(()) => {
+                for (member, score) in done {
+                    if let Err(e) = redis.finish_retry(&member, score).await {
+                        // Left leased: it is sent again after the lease (at least once).
+                        tracing::warn!(error = %e, "cannot clear a sent retry");
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot queue due retries; they stay scheduled"),
+        }
     }
 }

@@ -77,6 +77,9 @@ pub struct ShardDeps {
     pub publish: PublishContext,
     pub tls: Arc<rustls::ClientConfig>,
     pub ids: IdGenerator,
+    /// With a delivery queue, retries go to the schedule shared through
+    /// Redis (any delivery node runs them); without, they stay on this node.
+    pub shared_retries: Option<Arc<crate::store::redis::RedisEntityStore>>,
 }
 
 /// Bound on a shard's inbox; senders wait beyond it (backpressure).
@@ -337,6 +340,22 @@ impl Shard {
                 }
             }
         };
+        // Hand the retry to the shared schedule first; only once it is there
+        // is the local record settled. If Redis is unavailable the retry
+        // stays local (still durable, on this node).
+        let mut next = next;
+        if let (Some(redis), NextStep::Retry { attempt, due_ms }) = (&self.deps.shared_retries, &next) {
+            let task = crate::queue::Task {
+                event: d.event.clone(),
+                destination_id: d.destination_id.clone(),
+                attempt: *attempt,
+                manual: false,
+            };
+            match redis.schedule_retry(&task, *due_ms).await {
+                Ok(()) => next = NextStep::Done,
+                Err(e) => tracing::warn!(error = %e, "shared retry schedule unavailable; retrying from this node"),
+            }
+        }
         let attempt = Attempt {
             id: self.deps.ids.generate(&cfg.attempt_id_prefix),
             tenant_id: d.event.tenant_id.clone(),

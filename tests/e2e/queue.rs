@@ -185,3 +185,56 @@ fn split_services_need_their_back_ends() {
     let (code, _, err) = Server::run_args(&["serve", "--service", "delivery"], &base);
     assert!(code != 0 && err.contains("SERVICE"), "{err}");
 }
+
+#[tokio::test]
+async fn retries_survive_the_loss_of_the_delivery_node_that_scheduled_them() {
+    let id = uniq();
+    let (url, _pg) = fresh_schema(&pg_url()).await;
+    let env: Vec<(&'static str, String)> = vec![
+        ("REDIS_HOST", "127.0.0.1".into()),
+        ("DEPLOYMENT_ID", format!("r{id}")),
+        ("POSTGRES_URL", url),
+        ("RABBITMQ_SERVER_URL", "amqp://guest:guest@127.0.0.1:5672".into()),
+        ("RABBITMQ_EXCHANGE", "outrider-e2e".into()),
+        ("RABBITMQ_DELIVERY_QUEUE", format!("outrider-e2e-retry-{id}")),
+        ("RETRY_SCHEDULE", "2".into()),
+    ];
+    let with = |service: &'static str| {
+        let mut v = env.clone();
+        v.push(("SERVICE", service.into()));
+        v
+    };
+    let (api_env, del_env) = (with("api"), with("delivery"));
+    let api_node = Server::start(&refs(&api_env)).await;
+    let mut node_a = Server::start(&refs(&del_env)).await;
+    let api = Api::admin(&api_node);
+    let rx = Receiver::start().await;
+    rx.state.script.lock().unwrap().push_back(500);
+    api.tenant("t1").await;
+    api.webhook("t1", &rx.url("/lost"), json!({})).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let r = api
+        .publish(json!({"tenant_id": "t1", "topic": "x", "data": {"n": 1}}))
+        .await;
+    let ev = r.body["id"].as_str().unwrap().to_string();
+    // Attempt 1 failed on node A (and is logged)...
+    let a = api
+        .wait_attempts(&format!("event_id={ev}"), Duration::from_secs(10), |m| m.len() == 1)
+        .await;
+    assert_eq!(a[0]["status"], "failed");
+    // ...then node A is gone for good, its disk with it.
+    node_a.kill9();
+    drop(node_a);
+    let _node_b = Server::start(&refs(&del_env)).await;
+    let a = api
+        .wait_attempts(&format!("event_id={ev}&dir=asc"), Duration::from_secs(20), |m| {
+            m.len() == 2
+        })
+        .await;
+    assert_eq!(a.len(), 2, "the retry was run by another node: {a:?}");
+    assert_eq!(
+        (a[1]["attempt_number"].as_i64(), a[1]["status"].as_str()),
+        (Some(2), Some("success"))
+    );
+    assert_eq!(rx.count(), 2);
+}

@@ -232,6 +232,89 @@ impl RedisEntityStore {
         Ok(())
     }
 
+    /// Schedules a retry shared by every delivery node: the due time in a
+    /// sorted set, the task in a hash, written together. Scheduling the same
+    /// (event, destination) again replaces both.
+    pub async fn schedule_retry(&self, task: &crate::queue::Task, due_ms: i64) -> StoreResult<()> {
+        let member = format!("{}:{}", task.event.id, task.destination_id);
+        let body = String::from_utf8_lossy(&crate::queue::encode(task)).into_owned();
+        let mut c = self.conn.clone();
+        let _: () = ::redis::pipe()
+            .atomic()
+            .zadd(self.key("retry:due"), &member, due_ms)
+            .ignore()
+            .hset(self.key("retry:tasks"), &member, body)
+            .ignore()
+            .query_async(&mut c)
+            .await
+            .map_err(rerr)?;
+        Ok(())
+    }
+
+    /// Leases up to `limit` due retries until `now + lease_ms`: they stay in
+    /// the schedule (so a poller that dies loses nothing) but other pollers
+    /// skip them until the lease ends. Returns `(member, lease score, task JSON)`.
+    pub async fn lease_due_retries(
+        &self,
+        now_ms: i64,
+        lease_ms: i64,
+        limit: usize,
+    ) -> StoreResult<Vec<(String, i64, String)>> {
+        const LEASE: &str = r#"
+            local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[3])
+            local out = {}
+            for _, m in ipairs(due) do
+                redis.call('ZADD', KEYS[1], ARGV[2], m)
+                local body = redis.call('HGET', KEYS[2], m)
+                table.insert(out, m)
+                table.insert(out, body or '')
+            end
+            return out
+        "#;
+        let lease_until = now_ms + lease_ms;
+        let mut c = self.conn.clone();
+        let flat: Vec<String> = ::redis::Script::new(LEASE)
+            .key(self.key("retry:due"))
+            .key(self.key("retry:tasks"))
+            .arg(now_ms)
+            .arg(lease_until)
+            .arg(limit)
+            .invoke_async(&mut c)
+            .await
+            .map_err(rerr)?;
+        Ok(flat
+            .chunks(2)
+            .filter_map(|p| match p {
+                [m, body] => Some((m.clone(), lease_until, body.clone())),
+                _ => None,
+            })
+            .collect())
+    }
+
+    /// Removes a retry once it is on the delivery queue, unless it was
+    /// rescheduled meanwhile (its score is no longer our lease).
+    pub async fn finish_retry(&self, member: &str, lease_score: i64) -> StoreResult<()> {
+        const FINISH: &str = r#"
+            local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
+            if score and tonumber(score) == tonumber(ARGV[2]) then
+                redis.call('ZREM', KEYS[1], ARGV[1])
+                redis.call('HDEL', KEYS[2], ARGV[1])
+                return 1
+            end
+            return 0
+        "#;
+        let mut c = self.conn.clone();
+        let _: i64 = ::redis::Script::new(FINISH)
+            .key(self.key("retry:due"))
+            .key(self.key("retry:tasks"))
+            .arg(member)
+            .arg(lease_score)
+            .invoke_async(&mut c)
+            .await
+            .map_err(rerr)?;
+        Ok(())
+    }
+
     /// A stream of changes. Messages published while it is not connected are
     /// lost, so callers resynchronise after (re)subscribing.
     pub async fn subscribe(&self) -> StoreResult<::redis::aio::PubSub> {
@@ -418,6 +501,33 @@ mod tests {
                 deleted: false
             }
         );
+    }
+
+    #[tokio::test]
+    async fn retry_schedule_leases_and_finishes() {
+        let s = store().await;
+        let t = crate::queue::sample_task(1, "{}");
+        s.schedule_retry(&t, 1_000).await.unwrap();
+        let mut later = crate::queue::sample_task(2, "{}");
+        later.attempt = 2;
+        s.schedule_retry(&later, 9_000).await.unwrap();
+        let leased = s.lease_due_retries(5_000, 30_000, 10).await.unwrap();
+        assert_eq!(leased.len(), 1, "only what is due");
+        let (member, score, body) = leased[0].clone();
+        assert_eq!(member, "e1:d");
+        assert_eq!(crate::queue::decode(body.as_bytes()).unwrap().event.id, "e1");
+        assert!(
+            s.lease_due_retries(6_000, 30_000, 10).await.unwrap().is_empty(),
+            "leased entries are skipped"
+        );
+        // A poller that died: the lease ends and another poller gets it.
+        assert_eq!(s.lease_due_retries(40_000, 30_000, 10).await.unwrap().len(), 2);
+        // A stale lease does not remove the entry.
+        s.finish_retry(&member, score).await.unwrap();
+        assert_eq!(s.lease_due_retries(200_000, 30_000, 10).await.unwrap().len(), 2);
+        s.finish_retry(&member, 230_000).await.unwrap();
+        let left = s.lease_due_retries(500_000, 30_000, 10).await.unwrap();
+        assert_eq!(left.iter().map(|l| l.0.as_str()).collect::<Vec<_>>(), vec!["e2:d"]);
     }
 
     #[tokio::test]
