@@ -129,6 +129,10 @@ pub struct Config {
     pub pubsub: Option<crate::queue::pubsub::PubSubConfig>,
     /// The delivery queue between API and delivery nodes.
     pub rabbitmq: Option<crate::queue::rabbitmq::RabbitConfig>,
+    /// Publish queue on AWS SQS (chosen first, as in Outpost).
+    pub publish_sqs: Option<crate::queue::sqs::SqsConfig>,
+    /// Publish queue on GCP Pub/Sub.
+    pub publish_pubsub: Option<crate::queue::pubsub::PubSubConfig>,
     /// An inbound queue producers publish events to (same JSON as `POST /publish`).
     pub publish_rabbitmq: Option<crate::queue::rabbitmq::RabbitConfig>,
     /// Redis entity store shared by all nodes; `None` keeps entities embedded.
@@ -284,6 +288,17 @@ const YAML_KEYS: &[(&str, &str)] = &[
     ("mqs.rabbitmq.exchange", "RABBITMQ_EXCHANGE"),
     ("mqs.rabbitmq.delivery_queue", "RABBITMQ_DELIVERY_QUEUE"),
     ("mqs.auto_provision", "MQS_AUTO_PROVISION"),
+    ("publishmq.aws_sqs.region", "PUBLISH_AWS_SQS_REGION"),
+    ("publishmq.aws_sqs.endpoint", "PUBLISH_AWS_SQS_ENDPOINT"),
+    ("publishmq.aws_sqs.access_key_id", "PUBLISH_AWS_SQS_ACCESS_KEY_ID"),
+    (
+        "publishmq.aws_sqs.secret_access_key",
+        "PUBLISH_AWS_SQS_SECRET_ACCESS_KEY",
+    ),
+    ("publishmq.aws_sqs.queue", "PUBLISH_AWS_SQS_QUEUE"),
+    ("publishmq.gcp_pubsub.project", "PUBLISH_GCP_PUBSUB_PROJECT"),
+    ("publishmq.gcp_pubsub.topic", "PUBLISH_GCP_PUBSUB_TOPIC"),
+    ("publishmq.gcp_pubsub.subscription", "PUBLISH_GCP_PUBSUB_SUBSCRIPTION"),
     ("publishmq.rabbitmq.server_url", "PUBLISH_RABBITMQ_SERVER_URL"),
     ("publishmq.rabbitmq.exchange", "PUBLISH_RABBITMQ_EXCHANGE"),
     ("publishmq.rabbitmq.queue", "PUBLISH_RABBITMQ_QUEUE"),
@@ -801,6 +816,51 @@ impl Config {
                         project: project.to_string(),
                         subscription: src
                             .non_empty("GCP_PUBSUB_DELIVERY_SUBSCRIPTION")
+                            .map(String::from)
+                            .unwrap_or_else(|| format!("{topic}-sub")),
+                        topic,
+                        auto_provision: src.bool("MQS_AUTO_PROVISION", true)?,
+                    })
+                }
+            },
+            publish_sqs: match src.non_empty("PUBLISH_AWS_SQS_REGION") {
+                None => None,
+                Some(region) => Some(crate::queue::sqs::SqsConfig {
+                    region: region.to_string(),
+                    endpoint: src.non_empty("PUBLISH_AWS_SQS_ENDPOINT").map(String::from),
+                    credentials: match (
+                        src.non_empty("PUBLISH_AWS_SQS_ACCESS_KEY_ID"),
+                        src.non_empty("PUBLISH_AWS_SQS_SECRET_ACCESS_KEY"),
+                    ) {
+                        (Some(k), Some(s)) => Some((k.to_string(), s.to_string())),
+                        (None, None) => None,
+                        _ => return Err(invalid(
+                            "PUBLISH_AWS_SQS_ACCESS_KEY_ID",
+                            "set both PUBLISH_AWS_SQS_ACCESS_KEY_ID and PUBLISH_AWS_SQS_SECRET_ACCESS_KEY, or neither",
+                        )),
+                    },
+                    delivery_queue: src
+                        .non_empty("PUBLISH_AWS_SQS_QUEUE")
+                        .ok_or(ConfigError::Missing {
+                            key: "PUBLISH_AWS_SQS_QUEUE",
+                        })?
+                        .to_string(),
+                    auto_provision: src.bool("MQS_AUTO_PROVISION", true)?,
+                }),
+            },
+            publish_pubsub: match src.non_empty("PUBLISH_GCP_PUBSUB_PROJECT") {
+                None => None,
+                Some(project) => {
+                    let topic = src
+                        .non_empty("PUBLISH_GCP_PUBSUB_TOPIC")
+                        .ok_or(ConfigError::Missing {
+                            key: "PUBLISH_GCP_PUBSUB_TOPIC",
+                        })?
+                        .to_string();
+                    Some(crate::queue::pubsub::PubSubConfig {
+                        project: project.to_string(),
+                        subscription: src
+                            .non_empty("PUBLISH_GCP_PUBSUB_SUBSCRIPTION")
                             .map(String::from)
                             .unwrap_or_else(|| format!("{topic}-sub")),
                         topic,

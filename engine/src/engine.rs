@@ -16,7 +16,7 @@ use crate::model::{Delivery, Destination, Event, Tenant};
 use crate::queue::pubsub::PubSubQueue;
 use crate::queue::rabbitmq::RabbitQueue;
 use crate::queue::sqs::SqsQueue;
-use crate::queue::{DeliveryBus, Task, TaskHandler};
+use crate::queue::{DeliveryBus, Disposition, MessageSource, Task, TaskHandler};
 use crate::shard::{self, ShardDeps, ShardHandle, ShardMsg};
 use crate::store::embedded::EmbeddedStore;
 use crate::store::postgres::PostgresLogStore;
@@ -198,13 +198,29 @@ impl Engine {
                 }
             }
         }
-        if let Some(pc) = &config.publish_rabbitmq {
-            if matches!(config.service, Service::All | Service::Api) {
-                let q = Arc::new(
-                    RabbitQueue::connect(pc.clone(), config.backend_connect_timeout)
-                        .await
-                        .map_err(|e| EngineError::Startup(format!("PUBLISH_RABBITMQ_SERVER_URL: {e}")))?,
-                );
+        if matches!(config.service, Service::All | Service::Api) {
+            let t = config.backend_connect_timeout;
+            // Outpost's order: AWS SQS, then GCP Pub/Sub, then RabbitMQ.
+            let source: Option<Arc<dyn MessageSource>> =
+                match (&config.publish_sqs, &config.publish_pubsub, &config.publish_rabbitmq) {
+                    (Some(c), _, _) => {
+                        Some(Arc::new(SqsQueue::connect(c.clone(), t).await.map_err(|e| {
+                            EngineError::Startup(format!("PUBLISH_AWS_SQS_REGION: {e}"))
+                        })?))
+                    }
+                    (None, Some(c), _) => {
+                        Some(Arc::new(PubSubQueue::connect(c.clone(), t).await.map_err(|e| {
+                            EngineError::Startup(format!("PUBLISH_GCP_PUBSUB_PROJECT: {e}"))
+                        })?))
+                    }
+                    (None, None, Some(c)) => {
+                        Some(Arc::new(RabbitQueue::connect(c.clone(), t).await.map_err(|e| {
+                            EngineError::Startup(format!("PUBLISH_RABBITMQ_SERVER_URL: {e}"))
+                        })?))
+                    }
+                    (None, None, None) => None,
+                };
+            if let Some(q) = source {
                 *engine.publish_consumer.lock() = Some(tokio::spawn(consume_publish_queue(engine.clone(), q)));
             }
         }
@@ -842,42 +858,40 @@ impl Engine {
 /// and rules as `POST /publish`. Invalid ones (bad JSON, failed validation,
 /// unknown tenant) are rejected without requeue so the broker's dead-letter
 /// policy applies; transient failures are requeued.
-async fn consume_publish_queue(engine: Arc<Engine>, queue: Arc<RabbitQueue>) {
-    use crate::queue::rabbitmq::Disposition;
+async fn consume_publish_queue(engine: Arc<Engine>, queue: Arc<dyn MessageSource>) {
     let mut backoff = std::time::Duration::from_millis(200);
     loop {
         let e = engine.clone();
-        let result = queue
-            .consume_bytes(64, "outrider-publish", move |bytes| {
-                let e = e.clone();
-                let parsed = crate::publish::parse(bytes, &e.config, &e.ids);
-                async move {
-                    let event = match parsed {
-                        Ok(ev) => ev,
-                        Err(err) => {
-                            tracing::warn!(error = %err, "rejecting an invalid event from the publish queue");
-                            return Disposition::Reject;
-                        }
-                    };
-                    // Its own task, like the API: the hand-off finishes even if this consumer stops.
-                    match tokio::spawn(async move { e.publish(event).await }).await {
-                        Ok(Ok(_)) => Disposition::Ack,
-                        Ok(Err(EngineError::NotFound(what))) => {
-                            tracing::warn!(what, "rejecting an event from the publish queue");
-                            Disposition::Reject
-                        }
-                        Ok(Err(err)) => {
-                            tracing::warn!(error = %err, "publish from the queue failed; requeued");
-                            Disposition::Requeue
-                        }
-                        Err(err) => {
-                            tracing::error!(error = %err, "publish task failed; requeued");
-                            Disposition::Requeue
-                        }
+        let handler: crate::queue::ByteHandler = Arc::new(move |bytes: Vec<u8>| {
+            let e = e.clone();
+            let parsed = crate::publish::parse(&bytes, &e.config, &e.ids);
+            Box::pin(async move {
+                let event = match parsed {
+                    Ok(ev) => ev,
+                    Err(err) => {
+                        tracing::warn!(error = %err, "rejecting an invalid event from the publish queue");
+                        return Disposition::Reject;
+                    }
+                };
+                // Its own task, like the API: the hand-off finishes even if this consumer stops.
+                match tokio::spawn(async move { e.publish(event).await }).await {
+                    Ok(Ok(_)) => Disposition::Ack,
+                    Ok(Err(EngineError::NotFound(what))) => {
+                        tracing::warn!(what, "rejecting an event from the publish queue");
+                        Disposition::Reject
+                    }
+                    Ok(Err(err)) => {
+                        tracing::warn!(error = %err, "publish from the queue failed; requeued");
+                        Disposition::Requeue
+                    }
+                    Err(err) => {
+                        tracing::error!(error = %err, "publish task failed; requeued");
+                        Disposition::Requeue
                     }
                 }
             })
-            .await;
+        });
+        let result = queue.consume_bytes(64, handler).await;
         if let Err(err) = result {
             tracing::warn!(error = %err, "publish queue consumer stopped; reconnecting");
         }

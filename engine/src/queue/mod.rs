@@ -40,6 +40,47 @@ pub trait DeliveryBus: Send + Sync + 'static {
     fn consume(&self, prefetch: u16, handle: TaskHandler) -> BoxFuture<'_, Result<(), QueueError>>;
 }
 
+/// What to do with a consumed message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Disposition {
+    Ack,
+    /// Put it back for another try (a transient failure here).
+    Requeue,
+    /// Drop it (or dead-letter it, per the broker's policy): it can never succeed.
+    Reject,
+}
+
+/// What a consumer does with one raw message.
+pub type ByteHandler = Arc<dyn Fn(Vec<u8>) -> BoxFuture<'static, Disposition> + Send + Sync>;
+
+/// A queue consumed as raw messages (the publish queue).
+pub trait MessageSource: Send + Sync + 'static {
+    fn consume_bytes(&self, prefetch: u16, handle: ByteHandler) -> BoxFuture<'_, Result<(), QueueError>>;
+}
+
+/// Adapts a task handler to raw messages: malformed tasks are rejected,
+/// handler failures requeued.
+pub fn task_handler(handle: TaskHandler) -> ByteHandler {
+    Arc::new(move |bytes: Vec<u8>| {
+        let handle = handle.clone();
+        Box::pin(async move {
+            match decode(&bytes) {
+                Err(e) => {
+                    tracing::warn!(error = %e, "dropping a malformed delivery task");
+                    Disposition::Reject
+                }
+                Ok(task) => match handle(task).await {
+                    Ok(()) => Disposition::Ack,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "delivery task not accepted; it will be redelivered");
+                        Disposition::Requeue
+                    }
+                },
+            }
+        })
+    })
+}
+
 /// One delivery to make.
 #[derive(Debug, Clone)]
 pub struct Task {

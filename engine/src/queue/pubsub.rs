@@ -14,7 +14,7 @@ use gcloud_pubsub::client::{Client, ClientConfig};
 use gcloud_pubsub::subscription::{Subscription, SubscriptionConfig};
 use gcloud_pubsub::topic::Topic;
 
-use super::{decode, encode, BoxFuture, DeliveryBus, QueueError, Task, TaskHandler};
+use super::{encode, BoxFuture, ByteHandler, DeliveryBus, Disposition, MessageSource, QueueError, Task, TaskHandler};
 
 #[derive(Debug, Clone)]
 pub struct PubSubConfig {
@@ -135,30 +135,21 @@ impl PubSubQueue {
         Ok(())
     }
 
-    async fn consume_tasks(&self, prefetch: u16, handle: TaskHandler) -> Result<(), QueueError> {
+    async fn consume_messages(&self, prefetch: u16, handle: ByteHandler) -> Result<(), QueueError> {
         let max = prefetch.clamp(1, 1000) as i32;
         loop {
             let msgs = self.subscription.pull(max, None).await.map_err(broker)?;
             let work = msgs.into_iter().map(|m| {
                 let handle = handle.clone();
-                let parsed = decode(&m.message.data);
                 async move {
-                    let ok = match parsed {
-                        Err(e) => {
-                            tracing::warn!(error = %e, "dropping a malformed delivery task");
-                            true
-                        }
-                        Ok(task) => match handle(task).await {
-                            Ok(()) => true,
-                            Err(e) => {
-                                tracing::warn!(error = %e, "delivery task not accepted; redelivered");
-                                false
-                            }
-                        },
+                    // Requeue = nack (redelivered at once); ack and reject ack it.
+                    let r = if handle(m.message.data.clone()).await == Disposition::Requeue {
+                        m.nack().await
+                    } else {
+                        m.ack().await
                     };
-                    let r = if ok { m.ack().await } else { m.nack().await };
                     if let Err(e) = r {
-                        // Not acked: it comes back after the ack deadline (at least once).
+                        // Not settled: it comes back after the ack deadline (at least once).
                         tracing::warn!(error = %e, "cannot settle a Pub/Sub message");
                     }
                 }
@@ -168,13 +159,19 @@ impl PubSubQueue {
     }
 }
 
+impl MessageSource for PubSubQueue {
+    fn consume_bytes(&self, prefetch: u16, handle: ByteHandler) -> BoxFuture<'_, Result<(), QueueError>> {
+        Box::pin(self.consume_messages(prefetch, handle))
+    }
+}
+
 impl DeliveryBus for PubSubQueue {
     fn publish<'a>(&'a self, tasks: &'a [Task]) -> BoxFuture<'a, Result<(), QueueError>> {
         Box::pin(self.publish_raw(tasks.iter().map(encode).collect()))
     }
 
     fn consume(&self, prefetch: u16, handle: TaskHandler) -> BoxFuture<'_, Result<(), QueueError>> {
-        Box::pin(self.consume_tasks(prefetch, handle))
+        Box::pin(self.consume_messages(prefetch, super::task_handler(handle)))
     }
 }
 

@@ -16,7 +16,8 @@ use lapin::publisher_confirm::Confirmation;
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
 
-use super::{decode, encode, BoxFuture, DeliveryBus, Task, TaskHandler};
+pub use super::Disposition;
+use super::{decode, encode, BoxFuture, ByteHandler, DeliveryBus, MessageSource, Task, TaskHandler};
 
 #[derive(Debug, Clone)]
 pub struct RabbitConfig {
@@ -266,6 +267,14 @@ impl RabbitQueue {
     }
 }
 
+impl MessageSource for RabbitQueue {
+    fn consume_bytes(&self, prefetch: u16, handle: ByteHandler) -> BoxFuture<'_, Result<(), QueueError>> {
+        Box::pin(async move {
+            RabbitQueue::consume_bytes(self, prefetch, "outrider-publish", move |b: &[u8]| handle(b.to_vec())).await
+        })
+    }
+}
+
 impl DeliveryBus for RabbitQueue {
     fn publish<'a>(&'a self, tasks: &'a [Task]) -> BoxFuture<'a, Result<(), QueueError>> {
         Box::pin(RabbitQueue::publish(self, tasks))
@@ -274,16 +283,6 @@ impl DeliveryBus for RabbitQueue {
     fn consume(&self, prefetch: u16, handle: TaskHandler) -> BoxFuture<'_, Result<(), QueueError>> {
         Box::pin(async move { RabbitQueue::consume(self, prefetch, "outrider-delivery", move |t| handle(t)).await })
     }
-}
-
-/// What to do with a consumed message.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Disposition {
-    Ack,
-    /// Put it back for another try (a transient failure here).
-    Requeue,
-    /// Drop it (or dead-letter it, per the broker's policy): it can never succeed.
-    Reject,
 }
 
 #[cfg(test)]

@@ -11,7 +11,7 @@ use aws_sdk_sqs::config::{Credentials, Region};
 use aws_sdk_sqs::types::SendMessageBatchRequestEntry;
 use aws_sdk_sqs::Client;
 
-use super::{decode, encode, BoxFuture, DeliveryBus, QueueError, Task, TaskHandler};
+use super::{encode, BoxFuture, ByteHandler, DeliveryBus, Disposition, MessageSource, QueueError, Task, TaskHandler};
 
 /// How long a received task stays hidden. A delivery node only has to make
 /// the task durable locally (milliseconds) before deleting it, so a short
@@ -146,7 +146,7 @@ impl SqsQueue {
         Ok(())
     }
 
-    async fn consume_tasks(&self, prefetch: u16, handle: TaskHandler) -> Result<(), QueueError> {
+    async fn consume_messages(&self, prefetch: u16, handle: ByteHandler) -> Result<(), QueueError> {
         let batch = prefetch.clamp(1, 10) as i32;
         loop {
             let out = self
@@ -162,22 +162,10 @@ impl SqsQueue {
             let work = out.messages().iter().map(|m| {
                 let handle = handle.clone();
                 let receipt = m.receipt_handle().unwrap_or_default().to_string();
-                let parsed = decode(m.body().unwrap_or_default().as_bytes());
+                let body = m.body().unwrap_or_default().as_bytes().to_vec();
                 async move {
-                    let keep = match parsed {
-                        Err(e) => {
-                            tracing::warn!(error = %e, "dropping a malformed delivery task");
-                            false
-                        }
-                        Ok(task) => match handle(task).await {
-                            Ok(()) => false,
-                            Err(e) => {
-                                tracing::warn!(error = %e, "delivery task not accepted; made visible again");
-                                true
-                            }
-                        },
-                    };
-                    let r = if keep {
+                    // Requeue = visible again at once; ack and reject delete it.
+                    let r = if handle(body).await == Disposition::Requeue {
                         self.client
                             .change_message_visibility()
                             .queue_url(&self.url)
@@ -208,13 +196,19 @@ impl SqsQueue {
     }
 }
 
+impl MessageSource for SqsQueue {
+    fn consume_bytes(&self, prefetch: u16, handle: ByteHandler) -> BoxFuture<'_, Result<(), QueueError>> {
+        Box::pin(self.consume_messages(prefetch, handle))
+    }
+}
+
 impl DeliveryBus for SqsQueue {
     fn publish<'a>(&'a self, tasks: &'a [Task]) -> BoxFuture<'a, Result<(), QueueError>> {
         Box::pin(self.publish_tasks(tasks))
     }
 
     fn consume(&self, prefetch: u16, handle: TaskHandler) -> BoxFuture<'_, Result<(), QueueError>> {
-        Box::pin(self.consume_tasks(prefetch, handle))
+        Box::pin(self.consume_messages(prefetch, super::task_handler(handle)))
     }
 }
 
