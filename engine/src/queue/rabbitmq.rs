@@ -13,7 +13,7 @@ use lapin::options::{
     ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
 };
 use lapin::publisher_confirm::Confirmation;
-use lapin::types::FieldTable;
+use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
 
 pub use super::Disposition;
@@ -43,6 +43,9 @@ fn broker_msg(message: String) -> QueueError {
         message,
     }
 }
+
+/// Deliveries of one message before it is dead-lettered.
+const DELIVERY_LIMIT: i32 = 5;
 
 pub struct RabbitQueue {
     conn: Connection,
@@ -121,6 +124,46 @@ impl RabbitQueue {
                 .await
                 .map_err(|e| broker_msg(format!("exchange {}: {e}", self.cfg.exchange)))?;
         }
+        // Dead letters (rejected messages, and any redelivered more than
+        // DELIVERY_LIMIT times) go to `<queue>.dlq`, as Outpost provisions it:
+        // a quorum queue with a delivery limit, dead-lettering to the same exchange.
+        let dlq = self.dlq_name();
+        let mut args = FieldTable::default();
+        if !passive {
+            self.publisher
+                .queue_declare(
+                    &dlq,
+                    QueueDeclareOptions {
+                        durable: true,
+                        ..Default::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await
+                .map_err(|e| broker_msg(format!("queue {dlq}: {e}")))?;
+            if exchange {
+                self.publisher
+                    .queue_bind(
+                        &dlq,
+                        &self.cfg.exchange,
+                        &dlq,
+                        QueueBindOptions::default(),
+                        FieldTable::default(),
+                    )
+                    .await
+                    .map_err(broker)?;
+            }
+            args.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
+            args.insert("x-delivery-limit".into(), AMQPValue::LongInt(DELIVERY_LIMIT));
+            args.insert(
+                "x-dead-letter-exchange".into(),
+                AMQPValue::LongString(self.cfg.exchange.clone().into()),
+            );
+            args.insert(
+                "x-dead-letter-routing-key".into(),
+                AMQPValue::LongString(dlq.clone().into()),
+            );
+        }
         self.publisher
             .queue_declare(
                 &self.cfg.delivery_queue,
@@ -129,7 +172,7 @@ impl RabbitQueue {
                     passive,
                     ..Default::default()
                 },
-                FieldTable::default(),
+                args,
             )
             .await
             .map_err(|e| broker_msg(format!("queue {}: {e}", self.cfg.delivery_queue)))?;
@@ -146,6 +189,21 @@ impl RabbitQueue {
                 .map_err(broker)?;
         }
         Ok(())
+    }
+
+    /// Where rejected and over-delivered messages end up.
+    pub fn dlq_name(&self) -> String {
+        format!("{}.dlq", self.cfg.delivery_queue)
+    }
+
+    /// Takes one message from the dead-letter queue (for tests and tooling).
+    pub async fn get_dead_letter(&self) -> Result<Option<Vec<u8>>, QueueError> {
+        let m = self
+            .publisher
+            .basic_get(&self.dlq_name(), lapin::options::BasicGetOptions { no_ack: true })
+            .await
+            .map_err(broker)?;
+        Ok(m.map(|m| m.delivery.data.clone()))
     }
 
     /// Publishes persistent messages and returns once the broker confirmed all.
@@ -329,12 +387,48 @@ mod tests {
         });
         let _ = tokio::time::timeout(Duration::from_secs(3), consume).await;
         let v = seen.lock().unwrap().clone();
-        let _ = q
-            .publisher
-            .queue_delete(&q.cfg.delivery_queue, Default::default())
-            .await;
         assert_eq!(v.iter().filter(|id| *id == "e1").count(), 2, "{v:?}");
         assert_eq!(v.iter().filter(|id| *id == "e2").count(), 1, "{v:?}");
+        for qn in [q.cfg.delivery_queue.clone(), q.dlq_name()] {
+            let _ = q.publisher.queue_delete(&qn, Default::default()).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn rejected_and_poison_messages_are_dead_lettered() {
+        let name = format!("outrider-test-{}", crate::ids::random_hex(4));
+        let cfg = RabbitConfig {
+            url: url(),
+            exchange: "outrider-test".into(),
+            delivery_queue: name,
+            auto_provision: true,
+        };
+        let q = RabbitQueue::connect(cfg, Duration::from_secs(5)).await.unwrap();
+        q.publish_bytes(b"not a task").await.unwrap();
+        q.publish(&[task(7)]).await.unwrap();
+        // e7 always fails: requeued until the delivery limit dead-letters it.
+        let tries = Arc::new(Mutex::new(0));
+        let t = tries.clone();
+        let consume = q.consume(10, "t", move |_task| {
+            let t = t.clone();
+            async move {
+                *t.lock().unwrap() += 1;
+                Err::<(), String>("always".into())
+            }
+        });
+        let _ = tokio::time::timeout(Duration::from_secs(4), consume).await;
+        let mut dead = Vec::new();
+        while let Some(m) = q.get_dead_letter().await.unwrap() {
+            dead.push(String::from_utf8_lossy(&m).into_owned());
+        }
+        for qn in [q.cfg.delivery_queue.clone(), q.dlq_name()] {
+            let _ = q.publisher.queue_delete(&qn, Default::default()).await;
+        }
+        assert_eq!(dead.len(), 2, "{dead:?}");
+        assert!(dead.iter().any(|d| d == "not a task"));
+        assert!(dead.iter().any(|d| d.contains("\"id\":\"e7\"")));
+        let n = *tries.lock().unwrap();
+        assert!((5..=6).contains(&n), "bounded redeliveries: {n}");
     }
 
     #[tokio::test]

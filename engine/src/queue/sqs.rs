@@ -31,7 +31,12 @@ pub struct SqsConfig {
 pub struct SqsQueue {
     client: Client,
     url: String,
+    /// `<queue>-dlq`: rejected messages are moved here; the main queue's
+    /// redrive policy sends a message here after MAX_RECEIVES receives.
+    dlq_url: Option<String>,
 }
+
+const MAX_RECEIVES: u32 = 6;
 
 impl std::fmt::Debug for SqsQueue {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -71,15 +76,10 @@ impl SqsQueue {
         let client = Client::new(&loader.load().await);
         let deadline = tokio::time::Instant::now() + patience;
         let mut wait = Duration::from_millis(100);
+        let dlq_name = format!("{}-dlq", cfg.delivery_queue);
         let url = loop {
             let result = if cfg.auto_provision {
-                client
-                    .create_queue()
-                    .queue_name(&cfg.delivery_queue)
-                    .send()
-                    .await
-                    .map(|o| o.queue_url().map(String::from))
-                    .map_err(|e| describe(&e))
+                Self::provision(&client, &cfg.delivery_queue, &dlq_name).await
             } else {
                 client
                     .get_queue_url()
@@ -103,7 +103,84 @@ impl SqsQueue {
             tokio::time::sleep(wait).await;
             wait = (wait * 2).min(Duration::from_secs(2));
         };
-        Ok(Self { client, url })
+        let dlq_url = client
+            .get_queue_url()
+            .queue_name(&dlq_name)
+            .send()
+            .await
+            .ok()
+            .and_then(|o| o.queue_url().map(String::from));
+        Ok(Self { client, url, dlq_url })
+    }
+
+    /// Creates the dead-letter queue and the main queue with its redrive policy.
+    async fn provision(client: &Client, queue: &str, dlq: &str) -> Result<Option<String>, String> {
+        use aws_sdk_sqs::types::QueueAttributeName;
+        let dlq_url = client
+            .create_queue()
+            .queue_name(dlq)
+            .send()
+            .await
+            .map_err(|e| describe(&e))?
+            .queue_url()
+            .map(String::from)
+            .ok_or("no dead-letter queue URL returned")?;
+        let arn = client
+            .get_queue_attributes()
+            .queue_url(&dlq_url)
+            .attribute_names(QueueAttributeName::QueueArn)
+            .send()
+            .await
+            .map_err(|e| describe(&e))?
+            .attributes()
+            .and_then(|a| a.get(&QueueAttributeName::QueueArn).cloned())
+            .ok_or("no dead-letter queue ARN returned")?;
+        let url = client
+            .create_queue()
+            .queue_name(queue)
+            .send()
+            .await
+            .map_err(|e| describe(&e))?
+            .queue_url()
+            .map(String::from);
+        if let Some(u) = &url {
+            let policy = serde_json::json!({"deadLetterTargetArn": arn, "maxReceiveCount": MAX_RECEIVES.to_string()});
+            client
+                .set_queue_attributes()
+                .queue_url(u)
+                .attributes(QueueAttributeName::RedrivePolicy, policy.to_string())
+                .send()
+                .await
+                .map_err(|e| describe(&e))?;
+        }
+        Ok(url)
+    }
+
+    /// Takes one message from the dead-letter queue (for tests and tooling).
+    pub async fn get_dead_letter(&self) -> Result<Option<String>, QueueError> {
+        let Some(dlq) = &self.dlq_url else { return Ok(None) };
+        let out = self
+            .client
+            .receive_message()
+            .queue_url(dlq)
+            .max_number_of_messages(1)
+            .wait_time_seconds(1)
+            .send()
+            .await
+            .map_err(|e| broker(describe(&e)))?;
+        let Some(m) = out.messages().first() else {
+            return Ok(None);
+        };
+        if let Some(r) = m.receipt_handle() {
+            let _ = self
+                .client
+                .delete_message()
+                .queue_url(dlq)
+                .receipt_handle(r)
+                .send()
+                .await;
+        }
+        Ok(m.body().map(String::from))
     }
 
     /// Sends a raw message (used by tests and producers).
@@ -164,8 +241,26 @@ impl SqsQueue {
                 let receipt = m.receipt_handle().unwrap_or_default().to_string();
                 let body = m.body().unwrap_or_default().as_bytes().to_vec();
                 async move {
-                    // Requeue = visible again at once; ack and reject delete it.
-                    let r = if handle(body).await == Disposition::Requeue {
+                    // Requeue = visible again at once; reject = moved to the
+                    // dead-letter queue; both ack and reject then delete it.
+                    let disposition = handle(body.clone()).await;
+                    if disposition == Disposition::Reject {
+                        if let Some(dlq) = &self.dlq_url {
+                            let moved = self
+                                .client
+                                .send_message()
+                                .queue_url(dlq)
+                                .message_body(String::from_utf8_lossy(&body).into_owned())
+                                .send()
+                                .await;
+                            if let Err(e) = moved {
+                                // Leave it: the redrive policy moves it after MAX_RECEIVES receives.
+                                tracing::warn!(error = %describe(&e), "cannot move a rejected message to the dead-letter queue");
+                                return;
+                            }
+                        }
+                    }
+                    let r = if disposition == Disposition::Requeue {
                         self.client
                             .change_message_visibility()
                             .queue_url(&self.url)
@@ -272,5 +367,10 @@ mod tests {
         assert_eq!(unique.len(), 12, "{v:?}");
         assert_eq!(v.iter().filter(|id| *id == "e3").count(), 2, "{v:?}");
         assert_eq!(v.len(), 13, "acked messages are not received again: {v:?}");
+        assert_eq!(
+            q.get_dead_letter().await.unwrap().as_deref(),
+            Some("not a task"),
+            "rejected → dead-letter queue"
+        );
     }
 }
