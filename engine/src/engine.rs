@@ -225,7 +225,12 @@ impl Engine {
             }
         }
         if let Some(pg) = pipeline {
-            let handle = crate::log_pipeline::spawn(embedded, pg, config.log_batch_size);
+            let handle = crate::log_pipeline::spawn(
+                embedded,
+                pg,
+                config.log_batch_size,
+                config.publish_idempotency_key_ttl.as_millis() as i64,
+            );
             *engine.pipeline.lock() = Some(handle);
         }
         Ok(engine)
@@ -769,7 +774,8 @@ impl Engine {
                 .await
                 .map_err(|e| EngineError::Unavailable(format!("delivery queue: {e}")));
         }
-        self.store.schedule(d.clone()).await?;
+        // `receive` also restores the event row if it was pruned after shipping.
+        self.store.receive(d.clone()).await?;
         self.send(destination_id, ShardMsg::Deliver(d)).await
     }
 }

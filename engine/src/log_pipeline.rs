@@ -17,7 +17,14 @@ use crate::store::LogWriter;
 const IDLE: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
 
-pub fn spawn(source: Arc<EmbeddedStore>, sink: Arc<dyn LogWriter>, batch: usize) -> tokio::task::JoinHandle<()> {
+/// `idempotency_ttl_ms`: shipped events younger than this stay locally, since
+/// duplicate publishes are detected against them.
+pub fn spawn(
+    source: Arc<EmbeddedStore>,
+    sink: Arc<dyn LogWriter>,
+    batch: usize,
+    idempotency_ttl_ms: i64,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let (mut ev, mut at) = loop {
             match source.log_cursor().await {
@@ -60,6 +67,11 @@ pub fn spawn(source: Arc<EmbeddedStore>, sink: Arc<dyn LogWriter>, batch: usize)
                     }
                     ev = next_ev;
                     at = next_at;
+                    // Shipped rows have their home elsewhere now; keep the disk bounded.
+                    let keep_after = crate::timefmt::now_ms() - idempotency_ttl_ms;
+                    if let Err(e) = source.prune_shipped(ev, at, keep_after).await {
+                        tracing::warn!(error = %e, "cannot prune shipped log rows");
+                    }
                     tracing::trace!(records = n, "log records shipped");
                 }
                 Err(e) => {
@@ -71,4 +83,91 @@ pub fn spawn(source: Arc<EmbeddedStore>, sink: Arc<dyn LogWriter>, batch: usize)
             }
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::Cipher;
+    use crate::model::{Attempt, AttemptStatus, NextStep, StringMap};
+    use crate::store::{DeliveryQueue, ListQuery, LogStore, OutcomeRecord};
+
+    fn event(id: &str) -> Arc<crate::model::Event> {
+        Arc::new(crate::model::Event {
+            id: id.into(),
+            tenant_id: "t".into(),
+            destination_id: None,
+            topic: "x".into(),
+            eligible_for_retry: true,
+            time: 1_704_067_200_000,
+            metadata: StringMap::new(),
+            data: Arc::from("{}"),
+            matched_destination_ids: vec!["d".into()],
+        })
+    }
+
+    fn done(ev: &str, n: u32) -> OutcomeRecord {
+        OutcomeRecord {
+            event_id: ev.into(),
+            destination_id: "d".into(),
+            attempt_number: n,
+            attempt: Some(Attempt {
+                id: format!("a-{ev}-{n}"),
+                tenant_id: "t".into(),
+                event_id: ev.into(),
+                destination_id: "d".into(),
+                destination_type: "webhook".into(),
+                attempt_number: n,
+                manual: false,
+                status: AttemptStatus::Success,
+                time: 1_704_067_200_500,
+                code: Some("200".into()),
+                response_data: None,
+                topic: "x".into(),
+            }),
+            next: NextStep::Done,
+        }
+    }
+
+    /// Ships from one real embedded store to another (both real SQLite
+    /// stores), then prunes what the source no longer needs.
+    #[tokio::test]
+    async fn ships_everything_then_prunes_what_is_not_needed() {
+        let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let source = Arc::new(EmbeddedStore::open(a.path(), Cipher::new("k"), false).unwrap());
+        let sink = Arc::new(EmbeddedStore::open(b.path(), Cipher::new("k"), false).unwrap());
+        for id in ["e1", "e2", "e3"] {
+            source.accept(event(id), vec!["d".into()], 1).await.unwrap();
+        }
+        // e1 and e2 are delivered; e3 is still pending.
+        source.record(done("e1", 1)).await.unwrap();
+        source.record(done("e2", 1)).await.unwrap();
+        let h = spawn(source.clone(), sink.clone(), 2, 0);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            let shipped = sink.list_events(ListQuery::default()).await.unwrap().len();
+            let (ev, at) = source.log_counts().await.unwrap();
+            if (shipped, ev, at) == (3, 1, 0) || std::time::Instant::now() > deadline {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        h.abort();
+        assert_eq!(
+            sink.list_events(ListQuery::default()).await.unwrap().len(),
+            3,
+            "all shipped"
+        );
+        assert_eq!(sink.list_attempts(ListQuery::default()).await.unwrap().len(), 2);
+        assert_eq!(
+            source.log_counts().await.unwrap(),
+            (1, 0),
+            "only the event with a pending delivery stays"
+        );
+        assert_eq!(
+            source.load_pending().await.unwrap().len(),
+            1,
+            "the pending delivery is intact"
+        );
+    }
 }

@@ -40,7 +40,9 @@ CREATE TABLE IF NOT EXISTS destinations (
 );
 CREATE INDEX IF NOT EXISTS destinations_tenant ON destinations (tenant_id);
 CREATE TABLE IF NOT EXISTS events (
-    seq INTEGER PRIMARY KEY,
+    -- AUTOINCREMENT: sequence numbers are never reused after rows are pruned,
+    -- so the log-shipping cursor never skips a new row.
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
     id TEXT NOT NULL UNIQUE,
     tenant_id TEXT NOT NULL,
     destination_id TEXT,
@@ -56,7 +58,7 @@ CREATE TABLE IF NOT EXISTS events (
 CREATE INDEX IF NOT EXISTS events_tenant_time ON events (tenant_id, time, id);
 CREATE INDEX IF NOT EXISTS events_time ON events (time, id);
 CREATE TABLE IF NOT EXISTS attempts (
-    seq INTEGER PRIMARY KEY,
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
     id TEXT NOT NULL UNIQUE,
     tenant_id TEXT NOT NULL,
     event_id TEXT NOT NULL,
@@ -790,6 +792,33 @@ impl EmbeddedStore {
             st.execute(params!["log_shipped_attempts", attempts])?;
             Ok(())
         }))
+        .await
+    }
+
+    /// Deletes log rows already shipped (up to the cursor), keeping events that
+    /// still have pending deliveries or are inside the publish-idempotency
+    /// window. Used when the logs' home is an external store.
+    pub async fn prune_shipped(&self, events: i64, attempts: i64, keep_accepted_after: i64) -> StoreResult<()> {
+        self.entity(Box::new(move |c| {
+            c.execute("DELETE FROM attempts WHERE seq <= ?1", [attempts])?;
+            c.execute(
+                "DELETE FROM events WHERE seq <= ?1 AND accepted_at < ?2
+                 AND NOT EXISTS (SELECT 1 FROM pending p WHERE p.event_id = events.id)",
+                params![events, keep_accepted_after],
+            )?;
+            Ok(())
+        }))
+        .await
+    }
+
+    /// Row counts `(events, attempts)` of the local log tables.
+    pub async fn log_counts(&self) -> StoreResult<(i64, i64)> {
+        self.read(|c| {
+            let n = |t: &str| -> rusqlite::Result<i64> {
+                c.query_row(&format!("SELECT count(*) FROM {t}"), [], |r| r.get(0))
+            };
+            Ok((n("events")?, n("attempts")?))
+        })
         .await
     }
 
