@@ -190,6 +190,32 @@ pub(crate) fn sample_task(n: u32, data: &str) -> Task {
     }
 }
 
+/// A handler for tests: records every task id it sees, checks the data is
+/// `data`, and fails the first delivery of `fail_once`. Returns the record.
+#[cfg(test)]
+pub(crate) fn recording_handler(
+    data: &'static str,
+    fail_once: &'static str,
+) -> (TaskHandler, Arc<std::sync::Mutex<Vec<String>>>) {
+    let seen: Arc<std::sync::Mutex<Vec<String>>> = Arc::default();
+    let s = seen.clone();
+    let handler: TaskHandler = Arc::new(move |t: Task| {
+        let s = s.clone();
+        Box::pin(async move {
+            assert_eq!(&*t.event.data, data);
+            let mut v = s.lock().unwrap_or_else(|e| e.into_inner());
+            let first = !v.contains(&t.event.id);
+            v.push(t.event.id.clone());
+            if first && t.event.id == fail_once {
+                Err("not now".to_string())
+            } else {
+                Ok(())
+            }
+        })
+    });
+    (handler, seen)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

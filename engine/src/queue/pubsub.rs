@@ -178,7 +178,6 @@ impl DeliveryBus for PubSubQueue {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::{Arc, Mutex};
 
     #[tokio::test]
     async fn publish_consume_ack_and_redeliver() {
@@ -203,22 +202,7 @@ mod tests {
             .collect();
         DeliveryBus::publish(&q, &tasks).await.unwrap();
         q.publish_raw(vec![b"not a task".to_vec()]).await.unwrap();
-        let seen: Arc<Mutex<Vec<String>>> = Arc::default();
-        let s = seen.clone();
-        let handler: TaskHandler = Arc::new(move |t: Task| {
-            let s = s.clone();
-            Box::pin(async move {
-                assert_eq!(&*t.event.data, "{\"b\":1,\"a\":2}");
-                let mut v = s.lock().unwrap();
-                let first = !v.contains(&t.event.id);
-                v.push(t.event.id.clone());
-                if first && t.event.id == "e2" {
-                    Err("not now".to_string())
-                } else {
-                    Ok(())
-                }
-            })
-        });
+        let (handler, seen) = crate::queue::recording_handler("{\"b\":1,\"a\":2}", "e2");
         let _ = tokio::time::timeout(Duration::from_secs(8), DeliveryBus::consume(&q, 10, handler)).await;
         let v = seen.lock().unwrap().clone();
         let mut unique = v.clone();

@@ -310,7 +310,6 @@ impl DeliveryBus for SqsQueue {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::{Arc, Mutex};
 
     /// moto's endpoint, exported by scripts/services.sh.
     fn endpoint() -> String {
@@ -342,23 +341,7 @@ mod tests {
         let tasks: Vec<Task> = (0..12).map(task).collect();
         DeliveryBus::publish(&q, &tasks).await.unwrap();
         q.send_raw("not a task").await.unwrap();
-        let seen: Arc<Mutex<Vec<String>>> = Arc::default();
-        let s = seen.clone();
-        let handler: TaskHandler = Arc::new(move |t: Task| {
-            let s = s.clone();
-            Box::pin(async move {
-                assert_eq!(&*t.event.data, "{\"b\":1,\"a\":2}");
-                let mut v = s.lock().unwrap();
-                let first = !v.contains(&t.event.id);
-                v.push(t.event.id.clone());
-                // e3 fails once and comes back.
-                if first && t.event.id == "e3" {
-                    Err("not now".to_string())
-                } else {
-                    Ok(())
-                }
-            })
-        });
+        let (handler, seen) = crate::queue::recording_handler("{\"b\":1,\"a\":2}", "e3");
         let _ = tokio::time::timeout(Duration::from_secs(8), DeliveryBus::consume(&q, 10, handler)).await;
         let v = seen.lock().unwrap().clone();
         let mut unique = v.clone();
