@@ -56,7 +56,31 @@ ENV
   log "up: postgresql 5432, redis 6379, rabbitmq 5672, moto $moto_port, pubsub $pubsub_port"
 }
 
+# Test artifacts only: names the test suite generates (unique per run). Every
+# step tolerates failure, so cleaning can never change a test result.
+clean_test_artifacts() {
+  if command -v rabbitmqctl >/dev/null && port_open 5672; then
+    timeout 60 rabbitmqctl -q list_queues name 2>/dev/null \
+      | grep -E '^outrider-(test|e2e|publish-e2e)-' \
+      | while read -r q; do timeout 20 rabbitmqctl -q delete_queue "$q" </dev/null >/dev/null 2>&1 || true; done
+  fi
+  if command -v psql >/dev/null && port_open 5432; then
+    for db in test; do
+      timeout 30 psql -h 127.0.0.1 -U postgres -d "$db" -Atc \
+        "select nspname from pg_namespace where nspname ~ '^outrider_(t|e2e)_'" 2>/dev/null \
+        | while read -r sch; do timeout 20 psql -h 127.0.0.1 -U postgres -d "$db" -qc "drop schema \"$sch\" cascade" </dev/null >/dev/null 2>&1 || true; done
+    done
+  fi
+  if command -v redis-cli >/dev/null && port_open 6379; then
+    # Test deployments: t<hex>, e2e<n>, q<n>, r<n> prefixes before ":outrider:".
+    timeout 30 redis-cli --scan --pattern '*:outrider:*' 2>/dev/null \
+      | grep -E '^(t[0-9a-f]{12}|e2e[0-9]+|q[0-9]+|r[0-9]+):outrider:' \
+      | xargs -r -n 500 redis-cli del >/dev/null 2>&1 || true
+  fi
+}
+
 down() {
+  clean_test_artifacts || true
   [ -f "$STARTED" ] || return 0
   while read -r name pid; do
     case "$pid" in
