@@ -377,6 +377,16 @@ impl WebhookPublisher {
     }
 }
 
+/// An event's data as a `Bytes` owner, so every delivery of the event (and
+/// every retry) sends the same allocation.
+struct EventBody(Arc<str>);
+
+impl AsRef<[u8]> for EventBody {
+    fn as_ref(&self) -> &[u8] {
+        self.0.as_bytes()
+    }
+}
+
 /// Maps a transport error to an attempt result.
 fn failed(e: SendError) -> PublishResult {
     PublishResult {
@@ -404,7 +414,8 @@ impl Publisher for WebhookPublisher {
                     }
                 }
             };
-            let body = Bytes::copy_from_slice(event.data.as_bytes());
+            // The body is the event's shared text: no copy per delivery.
+            let body = Bytes::from_owner(EventBody(event.data.clone()));
             match client.post(&self.target, headers, body).await {
                 Ok(r) => {
                     let max = self.ctx.config.webhook.max_response_body_bytes;
