@@ -143,10 +143,46 @@ pub struct Config {
     pub log_batch_size: usize,
     /// How long a start waits for a configured back end before refusing.
     pub backend_connect_timeout: Duration,
+    /// Consecutive-failure alerts, auto-disable and exhausted-retries alerts.
+    pub alert: AlertConfig,
+    /// Operator events: `None` when `OPERATION_EVENTS_TOPICS` is empty or unset.
+    pub operator_events: Option<crate::opevents::OperatorEventsConfig>,
     /// True when the server started with no configuration at all and generated its secrets.
     pub dev_mode: bool,
     /// Where the generated dev secrets were written, in dev mode.
     pub dev_credentials_path: Option<PathBuf>,
+}
+
+/// Alerting rules (Outpost's `ALERT_*`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AlertConfig {
+    /// `None` turns consecutive-failure tracking off (the key set to an empty string).
+    pub consecutive_failure_count: Option<u32>,
+    pub auto_disable_destination: bool,
+    /// `None` turns exhausted-retries alerts off; zero means no suppression.
+    pub exhausted_retries_window: Option<Duration>,
+    /// Which exhausted-retries alerts a window suppresses.
+    pub exhausted_retries_scope: ExhaustedScope,
+}
+
+/// What one exhausted-retries alert stands for within its window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExhaustedScope {
+    /// The seed's rule (default): one alert per event and destination.
+    Event,
+    /// The newer docs' rule: one alert per destination.
+    Destination,
+}
+
+impl Default for AlertConfig {
+    fn default() -> Self {
+        Self {
+            consecutive_failure_count: Some(100),
+            auto_disable_destination: false,
+            exhausted_retries_window: Some(Duration::from_secs(3600)),
+            exhausted_retries_scope: ExhaustedScope::Event,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -310,6 +346,29 @@ const YAML_KEYS: &[(&str, &str)] = &[
     ("redis.tls_enabled", "REDIS_TLS_ENABLED"),
     ("redis.cluster_enabled", "REDIS_CLUSTER_ENABLED"),
     ("log_batch_size", "LOG_BATCH_SIZE"),
+    ("alert.consecutive_failure_count", "ALERT_CONSECUTIVE_FAILURE_COUNT"),
+    ("alert.auto_disable_destination", "ALERT_AUTO_DISABLE_DESTINATION"),
+    (
+        "alert.exhausted_retries_window_seconds",
+        "ALERT_EXHAUSTED_RETRIES_WINDOW_SECONDS",
+    ),
+    ("alert.exhausted_retries_scope", "OUTRIDER_ALERT_EXHAUSTED_RETRIES_SCOPE"),
+    ("operator_events.topics", "OPERATION_EVENTS_TOPICS"),
+    ("operator_events.http.url", "OPERATION_EVENTS_HTTP_URL"),
+    ("operator_events.http.signing_secret", "OPERATION_EVENTS_HTTP_SIGNING_SECRET"),
+    ("operator_events.aws_sqs.queue_url", "OPERATION_EVENTS_AWS_SQS_QUEUE_URL"),
+    ("operator_events.aws_sqs.access_key_id", "OPERATION_EVENTS_AWS_SQS_ACCESS_KEY_ID"),
+    (
+        "operator_events.aws_sqs.secret_access_key",
+        "OPERATION_EVENTS_AWS_SQS_SECRET_ACCESS_KEY",
+    ),
+    ("operator_events.aws_sqs.region", "OPERATION_EVENTS_AWS_SQS_REGION"),
+    ("operator_events.aws_sqs.endpoint", "OPERATION_EVENTS_AWS_SQS_ENDPOINT"),
+    ("operator_events.gcp_pubsub.project_id", "OPERATION_EVENTS_GCP_PUBSUB_PROJECT_ID"),
+    ("operator_events.gcp_pubsub.topic_id", "OPERATION_EVENTS_GCP_PUBSUB_TOPIC_ID"),
+    ("operator_events.gcp_pubsub.credentials", "OPERATION_EVENTS_GCP_PUBSUB_CREDENTIALS"),
+    ("operator_events.rabbitmq.server_url", "OPERATION_EVENTS_RABBITMQ_SERVER_URL"),
+    ("operator_events.rabbitmq.exchange", "OPERATION_EVENTS_RABBITMQ_EXCHANGE"),
     ("outrider.data_dir", "OUTRIDER_DATA_DIR"),
     (
         "outrider.backend_connect_timeout_seconds",
@@ -888,6 +947,8 @@ impl Config {
                 n => n,
             },
             backend_connect_timeout: Duration::from_secs(src.num("OUTRIDER_BACKEND_CONNECT_TIMEOUT_SECONDS", 30)?),
+            alert: alert_config(src)?,
+            operator_events: operator_events_config(src)?,
             dev_mode: false,
             dev_credentials_path: None,
         })
@@ -929,6 +990,144 @@ impl Config {
         cfg.dev_mode = true;
         cfg.dev_credentials_path = Some(path);
         Ok(cfg)
+    }
+}
+
+fn alert_config(src: &Sources) -> Result<AlertConfig, ConfigError> {
+    // Unset means the default; set to an empty string turns the rule off.
+    let consecutive_failure_count = match src.get("ALERT_CONSECUTIVE_FAILURE_COUNT").map(str::trim) {
+        None => Some(100),
+        Some("") => None,
+        Some(v) => match v.parse::<u32>() {
+            Ok(n) if n >= 1 => Some(n),
+            _ => {
+                return Err(invalid(
+                    "ALERT_CONSECUTIVE_FAILURE_COUNT",
+                    format!("must be an integer >= 1 (or empty to turn it off), got {v:?}"),
+                ))
+            }
+        },
+    };
+    let exhausted_retries_window = match src.get("ALERT_EXHAUSTED_RETRIES_WINDOW_SECONDS").map(str::trim) {
+        None => Some(Duration::from_secs(3600)),
+        Some("") => None,
+        Some(v) => match v.parse::<u64>() {
+            Ok(n) => Some(Duration::from_secs(n)),
+            _ => {
+                return Err(invalid(
+                    "ALERT_EXHAUSTED_RETRIES_WINDOW_SECONDS",
+                    format!("must be a whole number of seconds (0 = no suppression, empty = off), got {v:?}"),
+                ))
+            }
+        },
+    };
+    let exhausted_retries_scope = match src.non_empty("OUTRIDER_ALERT_EXHAUSTED_RETRIES_SCOPE").unwrap_or("event") {
+        "event" => ExhaustedScope::Event,
+        "destination" => ExhaustedScope::Destination,
+        other => {
+            return Err(invalid(
+                "OUTRIDER_ALERT_EXHAUSTED_RETRIES_SCOPE",
+                format!("expected event or destination, got {other:?}"),
+            ))
+        }
+    };
+    Ok(AlertConfig {
+        consecutive_failure_count,
+        auto_disable_destination: src.bool("ALERT_AUTO_DISABLE_DESTINATION", false)?,
+        exhausted_retries_window,
+        exhausted_retries_scope,
+    })
+}
+
+/// Outpost's docs say `OPERATION_EVENTS_*`, its code reads `OPERATOR_EVENTS_*`:
+/// both are accepted, the documented name wins when both are set.
+fn opev<'a>(src: &'a Sources, suffix: &str) -> Option<&'a str> {
+    src.non_empty(&format!("OPERATION_EVENTS_{suffix}"))
+        .or_else(|| src.non_empty(&format!("OPERATOR_EVENTS_{suffix}")))
+}
+
+fn operator_events_config(src: &Sources) -> Result<Option<crate::opevents::OperatorEventsConfig>, ConfigError> {
+    use crate::opevents::{OperatorEventsConfig, SinkConfig, TopicSet, TOPICS};
+    let mut sinks = Vec::new();
+    if let Some(url) = opev(src, "HTTP_URL") {
+        crate::http_client::Target::parse(url).map_err(|e| invalid("OPERATION_EVENTS_HTTP_URL", e))?;
+        sinks.push(SinkConfig::Http {
+            url: url.to_string(),
+            signing_secret: opev(src, "HTTP_SIGNING_SECRET").map(String::from),
+        });
+    }
+    if let Some(queue_url) = opev(src, "AWS_SQS_QUEUE_URL") {
+        let credentials = match (opev(src, "AWS_SQS_ACCESS_KEY_ID"), opev(src, "AWS_SQS_SECRET_ACCESS_KEY")) {
+            (Some(k), Some(s)) => Some((k.to_string(), s.to_string())),
+            (None, None) => None,
+            _ => {
+                return Err(invalid(
+                    "OPERATION_EVENTS_AWS_SQS_ACCESS_KEY_ID",
+                    "set both OPERATION_EVENTS_AWS_SQS_ACCESS_KEY_ID and OPERATION_EVENTS_AWS_SQS_SECRET_ACCESS_KEY, or neither",
+                ))
+            }
+        };
+        sinks.push(SinkConfig::Sqs {
+            queue_url: queue_url.to_string(),
+            region: opev(src, "AWS_SQS_REGION").unwrap_or("us-east-1").to_string(),
+            endpoint: opev(src, "AWS_SQS_ENDPOINT").map(String::from),
+            credentials,
+        });
+    }
+    if let Some(project) = opev(src, "GCP_PUBSUB_PROJECT_ID") {
+        if opev(src, "GCP_PUBSUB_CREDENTIALS").is_some() {
+            return Err(invalid(
+                "OPERATION_EVENTS_GCP_PUBSUB_CREDENTIALS",
+                "not supported by this build yet: use Application Default Credentials (GOOGLE_APPLICATION_CREDENTIALS or the metadata server)",
+            ));
+        }
+        sinks.push(SinkConfig::PubSub {
+            project: project.to_string(),
+            topic: opev(src, "GCP_PUBSUB_TOPIC_ID")
+                .ok_or(ConfigError::Missing {
+                    key: "OPERATION_EVENTS_GCP_PUBSUB_TOPIC_ID",
+                })?
+                .to_string(),
+            auto_provision: src.bool("MQS_AUTO_PROVISION", true)?,
+        });
+    }
+    if let Some(url) = opev(src, "RABBITMQ_SERVER_URL") {
+        sinks.push(SinkConfig::RabbitMq {
+            url: url.to_string(),
+            exchange: opev(src, "RABBITMQ_EXCHANGE").unwrap_or("outpost-events").to_string(),
+            auto_provision: src.bool("MQS_AUTO_PROVISION", true)?,
+        });
+    }
+    let topics = match opev(src, "TOPICS").map(str::trim) {
+        None | Some("") => return Ok(None),
+        Some("*") => TopicSet::All,
+        Some(list) => {
+            let topics = comma_list(list);
+            if let Some(bad) = topics.iter().find(|t| !TOPICS.contains(&t.as_str())) {
+                return Err(invalid(
+                    "OPERATION_EVENTS_TOPICS",
+                    format!("unknown topic {bad:?}; expected * or a list of: {}", TOPICS.join(", ")),
+                ));
+            }
+            TopicSet::List(topics)
+        }
+    };
+    if sinks.len() > 1 {
+        return Err(invalid(
+            "OPERATION_EVENTS_TOPICS",
+            format!(
+                "exactly one sink may be configured, found {}: {}",
+                sinks.len(),
+                sinks.iter().map(SinkConfig::kind).collect::<Vec<_>>().join(", ")
+            ),
+        ));
+    }
+    match sinks.pop() {
+        Some(sink) => Ok(Some(OperatorEventsConfig { topics, sink })),
+        None => Err(invalid(
+            "OPERATION_EVENTS_TOPICS",
+            "topics are set but no sink is configured: set OPERATION_EVENTS_HTTP_URL, OPERATION_EVENTS_AWS_SQS_QUEUE_URL, OPERATION_EVENTS_GCP_PUBSUB_PROJECT_ID or OPERATION_EVENTS_RABBITMQ_SERVER_URL",
+        )),
     }
 }
 

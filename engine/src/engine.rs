@@ -7,7 +7,9 @@ use std::sync::Arc;
 
 use parking_lot::{Mutex, RwLock};
 
+use crate::alerts::{AlertActions, AlertState, MemoryAlertState, Signal};
 use crate::config::Config;
+use crate::opevents::OperatorEvents;
 use crate::config::Service;
 use crate::crypto::Cipher;
 use crate::destinations::{PublishContext, Registry};
@@ -117,6 +119,12 @@ pub struct Engine {
     consumer: Mutex<Option<tokio::task::JoinHandle<()>>>,
     publish_consumer: Mutex<Option<tokio::task::JoinHandle<()>>>,
     retry_poller: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Operator events, when `OPERATION_EVENTS_TOPICS` and a sink are set.
+    pub opevents: Option<Arc<OperatorEvents>>,
+    /// The shards' alert signals, taken by the tracker when it starts.
+    signals: Mutex<Option<flume::Receiver<Signal>>>,
+    /// The alert tracker and the operator-event senders.
+    background: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
 impl Engine {
@@ -185,8 +193,21 @@ impl Engine {
             )),
             (None, None, None) => None,
         };
-        let engine = Self::build(config.clone(), store, entities, logs, bus.clone(), redis.clone())?;
+        let opevents = config
+            .operator_events
+            .as_ref()
+            .map(|c| OperatorEvents::new(c, &config.deployment_id, embedded.clone()));
+        let engine = Self::build(
+            config.clone(),
+            store,
+            entities,
+            logs,
+            bus.clone(),
+            redis.clone(),
+            opevents,
+        )?;
         engine.recover().await?;
+        engine.start_alerting();
         if let Some(r) = redis {
             *engine.follower.lock() = Some(tokio::spawn(follow(engine.clone(), r)));
         }
@@ -242,8 +263,9 @@ impl Engine {
         entities: Arc<dyn EntityStore>,
         logs: Arc<dyn LogStore>,
     ) -> Result<Arc<Engine>, EngineError> {
-        let engine = Self::build(config, store, entities, logs, None, None)?;
+        let engine = Self::build(config, store, entities, logs, None, None, None)?;
         engine.recover().await?;
+        engine.start_alerting();
         Ok(engine)
     }
 
@@ -254,8 +276,23 @@ impl Engine {
         logs: Arc<dyn LogStore>,
         bus: Option<Arc<dyn DeliveryBus>>,
         redis: Option<Arc<RedisEntityStore>>,
+        opevents: Option<Arc<OperatorEvents>>,
     ) -> Result<Arc<Engine>, EngineError> {
         let types = Arc::new(Registry::new(&config));
+        let wants = |t: &str| opevents.as_ref().is_some_and(|o| o.wants(t));
+        let count_failures = config.alert.consecutive_failure_count.is_some()
+            && (config.alert.auto_disable_destination
+                || wants(crate::alerts::TOPIC_CONSECUTIVE_FAILURE)
+                || redis.is_some());
+        let exhausted = config.alert.exhausted_retries_window.is_some() && wants(crate::alerts::TOPIC_EXHAUSTED);
+        let (signal_tx, signal_rx) = flume::bounded(4096);
+        let alerts = (count_failures || exhausted).then(|| shard::AlertHooks {
+            tx: signal_tx,
+            count_failures,
+            keep_samples: config.alert.consecutive_failure_count.unwrap_or(0) as usize,
+            shared: redis.is_some(),
+            exhausted,
+        });
         let ids = IdGenerator::new(config.idgen);
         let signer = crate::signing::DefaultSigner::new(&config.webhook).map_err(EngineError::Startup)?;
         let deps = ShardDeps {
@@ -268,6 +305,8 @@ impl Engine {
             tls: crate::http_client::tls_config(),
             ids: ids.clone(),
             shared_retries: bus.as_ref().and(redis.clone()),
+            alerts,
+            opevents: opevents.clone().filter(|o| o.wants_attempts()),
         };
         let (shards, threads) = shard::start(config.delivery_shards, deps)
             .map_err(|e| EngineError::Startup(format!("cannot start shards: {e}")))?;
@@ -289,8 +328,77 @@ impl Engine {
             consumer: Mutex::new(None),
             publish_consumer: Mutex::new(None),
             retry_poller: Mutex::new(None),
+            opevents,
+            signals: Mutex::new(Some(signal_rx)),
+            background: Mutex::new(Vec::new()),
         });
         Ok(engine)
+    }
+
+    /// Starts the alert tracker (where shards deliver) and the operator-event senders.
+    fn start_alerting(self: &Arc<Self>) {
+        let mut bg = self.background.lock();
+        if let Some(o) = &self.opevents {
+            bg.extend(o.spawn());
+        }
+        let rx = self.signals.lock().take();
+        if let (Some(rx), true) = (rx, matches!(self.config.service, Service::All | Service::Delivery)) {
+            let state: Arc<dyn AlertState> = match &self.redis {
+                Some(r) => r.clone(),
+                None => Arc::new(MemoryAlertState::default()),
+            };
+            let actions = Arc::new(EngineAlerts {
+                engine: Arc::downgrade(self),
+                opevents: self.opevents.clone(),
+            });
+            bg.push(tokio::spawn(crate::alerts::track(
+                self.config.alert.clone(),
+                state,
+                actions,
+                rx,
+            )));
+        }
+    }
+
+    /// Disables a destination after its failure streak reached the limit.
+    /// `None` when it is gone or was already disabled.
+    pub async fn auto_disable(&self, tenant_id: &str, id: &str) -> Option<Arc<Destination>> {
+        let current = self.destination(tenant_id, id)?;
+        if !current.is_enabled() {
+            return None;
+        }
+        let mut next = (*current).clone();
+        next.disabled_at = Some(now_ms());
+        match self.update_destination(next).await {
+            Ok(d) => Some(d),
+            Err(e) => {
+                tracing::error!(error = %e, destination_id = id, "cannot auto-disable a destination");
+                None
+            }
+        }
+    }
+
+    /// `tenant.subscription.updated` when a destination change altered the
+    /// tenant's topics or destination count.
+    fn subscription_changed(&self, before: Option<TenantView>, tenant_id: &str) {
+        let Some(o) = &self.opevents else { return };
+        let (Some(before), Some(after)) = (before, self.tenant(tenant_id)) else {
+            return;
+        };
+        if before.topics == after.topics && before.destinations_count == after.destinations_count {
+            return;
+        }
+        o.best_effort(
+            crate::opevents::TOPIC_SUBSCRIPTION_UPDATED,
+            Some(tenant_id),
+            serde_json::json!({
+                "tenant_id": tenant_id,
+                "topics": after.topics,
+                "previous_topics": before.topics,
+                "destinations_count": after.destinations_count,
+                "previous_destinations_count": before.destinations_count,
+            }),
+        );
     }
 
     async fn recover(&self) -> Result<(), EngineError> {
@@ -485,6 +593,9 @@ impl Engine {
                 h.abort();
             }
         }
+        for h in self.background.lock().drain(..) {
+            h.abort();
+        }
         for s in &self.shards {
             let _ = s.tx.try_send(ShardMsg::Shutdown);
         }
@@ -575,6 +686,7 @@ impl Engine {
     /// Stores a new destination (already validated and preprocessed).
     pub async fn create_destination(&self, d: Destination) -> Result<Arc<Destination>, EngineError> {
         let _w = self.writes.lock().await;
+        let before = self.tenant(&d.tenant_id);
         {
             let st = self.state.read();
             let entry = st
@@ -602,6 +714,7 @@ impl Engine {
             }
         }
         self.send(&d.id, ShardMsg::Upsert(d.clone())).await?;
+        self.subscription_changed(before, &d.tenant_id);
         Ok(d)
     }
 
@@ -612,6 +725,7 @@ impl Engine {
         if self.destination(&d.tenant_id, &d.id).is_none() {
             return Err(EngineError::NotFound("destination not found"));
         }
+        let before = self.tenant(&d.tenant_id);
         self.entities.put_destination(d.clone()).await?;
         let d = Arc::new(d);
         {
@@ -623,6 +737,7 @@ impl Engine {
             }
         }
         self.send(&d.id, ShardMsg::Upsert(d.clone())).await?;
+        self.subscription_changed(before, &d.tenant_id);
         Ok(d)
     }
 
@@ -631,6 +746,7 @@ impl Engine {
         if self.destination(tenant_id, id).is_none() {
             return Ok(false);
         }
+        let before = self.tenant(tenant_id);
         self.entities
             .delete_destination(tenant_id.to_string(), id.to_string())
             .await?;
@@ -642,6 +758,7 @@ impl Engine {
             }
         }
         self.send(id, ShardMsg::Remove(id.to_string())).await?;
+        self.subscription_changed(before, tenant_id);
         Ok(true)
     }
 
@@ -777,6 +894,38 @@ impl Engine {
         // `receive` also restores the event row if it was pruned after shipping.
         self.store.receive(d.clone()).await?;
         self.send(destination_id, ShardMsg::Deliver(d)).await
+    }
+}
+
+/// What the alert tracker may do to this node.
+struct EngineAlerts {
+    engine: std::sync::Weak<Engine>,
+    opevents: Option<Arc<OperatorEvents>>,
+}
+
+impl AlertActions for EngineAlerts {
+    fn disable(&self, destination: Arc<Destination>) -> futures_util::future::BoxFuture<'_, Option<Arc<Destination>>> {
+        Box::pin(async move {
+            let engine = self.engine.upgrade()?;
+            engine.auto_disable(&destination.tenant_id, &destination.id).await
+        })
+    }
+
+    fn alert(
+        &self,
+        topic: &'static str,
+        tenant_id: String,
+        data: serde_json::Value,
+    ) -> futures_util::future::BoxFuture<'_, ()> {
+        Box::pin(async move {
+            if let Some(o) = &self.opevents {
+                o.alert(topic, tenant_id, data).await;
+            }
+        })
+    }
+
+    fn wants(&self, topic: &str) -> bool {
+        self.opevents.as_ref().is_some_and(|o| o.wants(topic))
     }
 }
 

@@ -9,6 +9,7 @@
 //! attempt plus the pending record's fate (done, or retry at a time) are
 //! written together ([`store::DeliveryQueue::record`]).
 
+pub mod alerts;
 pub mod config;
 pub mod crypto;
 pub mod destinations;
@@ -19,6 +20,7 @@ pub mod ids;
 pub mod json;
 pub mod log_pipeline;
 pub mod model;
+pub mod opevents;
 pub mod publish;
 pub mod queue;
 pub mod routing;

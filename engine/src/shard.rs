@@ -6,7 +6,7 @@
 
 use std::cell::RefCell;
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::{BinaryHeap, HashMap, HashSet};
 use std::hash::{Hash, Hasher};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -14,6 +14,7 @@ use std::sync::Arc;
 
 use tokio::sync::{Notify, Semaphore};
 
+use crate::alerts::{Sample, Signal, Streak};
 use crate::destinations::{PublishContext, Publisher, Registry};
 use crate::http_client::HttpClient;
 use crate::ids::IdGenerator;
@@ -80,6 +81,25 @@ pub struct ShardDeps {
     /// With a delivery queue, retries go to the schedule shared through
     /// Redis (any delivery node runs them); without, they stay on this node.
     pub shared_retries: Option<Arc<crate::store::redis::RedisEntityStore>>,
+    /// Where failure streaks and exhausted retries go, when alerting is on.
+    pub alerts: Option<AlertHooks>,
+    /// Operator events, for `attempt.*` (only when a sink wants them).
+    pub opevents: Option<Arc<crate::opevents::OperatorEvents>>,
+}
+
+/// How a shard feeds the node's alert tracker.
+#[derive(Clone)]
+pub struct AlertHooks {
+    pub tx: flume::Sender<Signal>,
+    /// Count consecutive failures (`ALERT_CONSECUTIVE_FAILURE_COUNT` set).
+    pub count_failures: bool,
+    /// Failures kept per streak as alert examples (the alert count).
+    pub keep_samples: usize,
+    /// Counters shared with other nodes: every success must reset them,
+    /// not only those after a failure this shard saw.
+    pub shared: bool,
+    /// Report deliveries that used up their retries.
+    pub exhausted: bool,
 }
 
 /// Bound on a shard's inbox; senders wait beyond it (backpressure).
@@ -160,6 +180,11 @@ struct Shard {
     /// for the same (event, destination).
     superseded: RefCell<HashMap<(String, String), u32>>,
     stats: Arc<ShardStats>,
+    /// Failure streaks since the last flush to the tracker, per destination.
+    streaks: RefCell<HashMap<String, Streak>>,
+    /// Destinations whose last outcome here was a failure (single node: a
+    /// success elsewhere is impossible, so other successes need no reset).
+    failing: RefCell<HashSet<String>>,
 }
 
 async fn run(id: usize, rx: flume::Receiver<ShardMsg>, deps: ShardDeps, stats: Arc<ShardStats>) {
@@ -179,8 +204,15 @@ async fn run(id: usize, rx: flume::Receiver<ShardMsg>, deps: ShardDeps, stats: A
         inflight: Arc::new(Semaphore::new(cfg.delivery_max_concurrency)),
         superseded: RefCell::new(HashMap::new()),
         stats,
+        streaks: RefCell::new(HashMap::new()),
+        failing: RefCell::new(HashSet::new()),
     });
     let timer_task = tokio::task::spawn_local(timer_loop(shard.clone()));
+    let flush_task = shard
+        .deps
+        .alerts
+        .clone()
+        .map(|h| tokio::task::spawn_local(flush_loop(shard.clone(), h.tx)));
     while let Ok(msg) = rx.recv_async().await {
         match msg {
             ShardMsg::Upsert(d) => shard.upsert(d),
@@ -204,6 +236,9 @@ async fn run(id: usize, rx: flume::Receiver<ShardMsg>, deps: ShardDeps, stats: A
         }
     }
     timer_task.abort();
+    if let Some(t) = flush_task {
+        t.abort();
+    }
     tracing::debug!(shard = id, "shard stopped");
 }
 
@@ -239,7 +274,85 @@ async fn timer_loop(shard: Rc<Shard>) {
     }
 }
 
+/// Hands the shard's failure streaks to the tracker every flush interval.
+async fn flush_loop(shard: Rc<Shard>, tx: flume::Sender<Signal>) {
+    let mut tick = tokio::time::interval(crate::alerts::FLUSH_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if shard.streaks.borrow().is_empty() {
+            continue;
+        }
+        let batch: Vec<Streak> = shard.streaks.borrow_mut().drain().map(|(_, s)| s).collect();
+        if tx.send_async(Signal::Streaks(batch)).await.is_err() {
+            return;
+        }
+    }
+}
+
 impl Shard {
+    /// Feeds the alert tracker and `attempt.*` operator events with one
+    /// outcome. `attempt` is only there when something needs a copy of it
+    /// (a failure while alerting, or `attempt.*` subscribed).
+    fn observe(
+        &self,
+        dest: &Arc<Destination>,
+        event: &Arc<crate::model::Event>,
+        status: AttemptStatus,
+        attempt: Option<Attempt>,
+    ) {
+        let failed = status == AttemptStatus::Failed;
+        if let Some(h) = &self.deps.alerts {
+            if h.count_failures {
+                let mut streaks = self.streaks.borrow_mut();
+                if failed {
+                    self.failing.borrow_mut().insert(dest.id.clone());
+                    if let Some(a) = &attempt {
+                        let sample = Sample {
+                            event: event.clone(),
+                            attempt: a.clone(),
+                        };
+                        streaks
+                            .entry(dest.id.clone())
+                            .or_insert_with(|| Streak::new(dest.clone()))
+                            .failure(sample, h.keep_samples);
+                    }
+                } else if h.shared || self.failing.borrow_mut().remove(&dest.id) {
+                    streaks
+                        .entry(dest.id.clone())
+                        .or_insert_with(|| Streak::new(dest.clone()))
+                        .success();
+                }
+            }
+            let max = self.deps.publish.config.retry.max_retries();
+            if let (true, true, Some(a)) = (failed, h.exhausted, &attempt) {
+                if event.eligible_for_retry && max > 0 && a.attempt_number > max {
+                    let signal = Signal::Exhausted {
+                        destination: dest.clone(),
+                        sample: Box::new(Sample {
+                            event: event.clone(),
+                            attempt: a.clone(),
+                        }),
+                    };
+                    let tx = h.tx.clone();
+                    // Rare; sent from its own task so the attempt never waits on the tracker.
+                    tokio::task::spawn_local(async move {
+                        let _ = tx.send_async(signal).await;
+                    });
+                }
+            }
+        }
+        if let (Some(op), Some(a)) = (&self.deps.opevents, attempt) {
+            if op.wants_attempts() {
+                op.attempt(crate::opevents::AttemptNote {
+                    event: event.clone(),
+                    attempt: a,
+                    destination: dest.clone(),
+                });
+            }
+        }
+    }
+
     fn upsert(&self, d: Arc<Destination>) {
         let publisher = match self.deps.types.get(&d.kind) {
             Some(t) => t.publisher(&d, &self.deps.publish).map(Rc::<dyn Publisher>::from),
@@ -370,6 +483,10 @@ impl Shard {
             response_data: result.response_data,
             topic: d.event.topic.clone(),
         };
+        let status = attempt.status;
+        let copy = (status == AttemptStatus::Failed && self.deps.alerts.is_some())
+            || self.deps.opevents.as_ref().is_some_and(|o| o.wants_attempts());
+        let observed = copy.then(|| attempt.clone());
         self.record(OutcomeRecord {
             event_id: d.event.id.clone(),
             destination_id: d.destination_id.clone(),
@@ -378,6 +495,10 @@ impl Shard {
             next: next.clone(),
         })
         .await;
+        // After the outcome is durable: alerts never run ahead of the log.
+        if self.deps.alerts.is_some() || self.deps.opevents.is_some() {
+            self.observe(&dest, &d.event, status, observed);
+        }
         match next {
             NextStep::Retry { attempt, due_ms } => self.schedule(Delivery {
                 event: d.event,

@@ -5,6 +5,7 @@ mod common;
 mod delivery;
 mod durability;
 mod harness;
+mod opevents;
 mod postgres;
 mod publishmq;
 mod queue;

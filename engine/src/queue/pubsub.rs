@@ -50,7 +50,7 @@ const PUBLISH_BATCH: usize = 100;
 impl PubSubQueue {
     /// The emulator (`PUBSUB_EMULATOR_HOST`) needs no credentials; Google
     /// Cloud uses Application Default Credentials.
-    async fn client_config(project: &str) -> Result<ClientConfig, String> {
+    pub(crate) async fn client_config(project: &str) -> Result<ClientConfig, String> {
         let mut cc = ClientConfig::default();
         if std::env::var("PUBSUB_EMULATOR_HOST").is_err() {
             cc = cc.with_auth().await.map_err(|e| format!("credentials: {e}"))?;

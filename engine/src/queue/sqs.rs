@@ -63,17 +63,26 @@ fn describe(e: &(dyn std::error::Error + 'static)) -> String {
     s
 }
 
+/// An SQS client for a region, an optional endpoint (moto) and optional static keys.
+pub(crate) async fn client(region: &str, endpoint: Option<&str>, credentials: Option<&(String, String)>) -> Client {
+    let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest()).region(Region::new(region.to_string()));
+    if let Some(ep) = endpoint {
+        loader = loader.endpoint_url(ep);
+    }
+    if let Some((key, secret)) = credentials {
+        loader = loader.credentials_provider(Credentials::new(key, secret, None, None, "outrider-config"));
+    }
+    Client::new(&loader.load().await)
+}
+
+/// The SDK error with its causes, for messages.
+pub(crate) fn describe_error(e: &(dyn std::error::Error + 'static)) -> String {
+    describe(e)
+}
+
 impl SqsQueue {
     pub async fn connect(cfg: SqsConfig, patience: Duration) -> Result<Self, QueueError> {
-        let mut loader =
-            aws_config::defaults(aws_config::BehaviorVersion::latest()).region(Region::new(cfg.region.clone()));
-        if let Some(ep) = &cfg.endpoint {
-            loader = loader.endpoint_url(ep);
-        }
-        if let Some((key, secret)) = &cfg.credentials {
-            loader = loader.credentials_provider(Credentials::new(key, secret, None, None, "outrider-config"));
-        }
-        let client = Client::new(&loader.load().await);
+        let client = client(&cfg.region, cfg.endpoint.as_deref(), cfg.credentials.as_ref()).await;
         let deadline = tokio::time::Instant::now() + patience;
         let mut wait = Duration::from_millis(100);
         let dlq_name = format!("{}-dlq", cfg.delivery_queue);
@@ -111,6 +120,11 @@ impl SqsQueue {
             .ok()
             .and_then(|o| o.queue_url().map(String::from));
         Ok(Self { client, url, dlq_url })
+    }
+
+    /// The queue's URL.
+    pub fn url(&self) -> &str {
+        &self.url
     }
 
     /// Creates the dead-letter queue and the main queue with its redrive policy.

@@ -85,6 +85,12 @@ CREATE TABLE IF NOT EXISTS pending (
     due_ms INTEGER NOT NULL
 );
 CREATE UNIQUE INDEX IF NOT EXISTS pending_key ON pending (event_id, destination_id);
+-- Operator alerts persisted before they are sent; deleted once the sink has them.
+CREATE TABLE IF NOT EXISTS opevent_outbox (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    topic TEXT NOT NULL,
+    body BLOB NOT NULL
+);
 -- Small durable counters, e.g. how far the log pipeline has shipped.
 CREATE TABLE IF NOT EXISTS meta (
     key TEXT PRIMARY KEY,
@@ -772,6 +778,40 @@ pub struct LogBatch {
 }
 
 impl EmbeddedStore {
+    /// Persists an operator event for sending; returns its sequence number.
+    pub async fn outbox_put(&self, topic: &str, body: Vec<u8>) -> StoreResult<i64> {
+        let (tx, rx) = oneshot::channel();
+        let topic = topic.to_string();
+        self.entity(Box::new(move |c| {
+            c.prepare_cached("INSERT INTO opevent_outbox (topic, body) VALUES (?1, ?2)")?
+                .execute(params![topic, body])?;
+            let _ = tx.send(c.last_insert_rowid());
+            Ok(())
+        }))
+        .await?;
+        rx.await.map_err(|_| StoreError::Closed)
+    }
+
+    /// The oldest `limit` persisted operator events: `(seq, topic, body)`.
+    pub async fn outbox_load(&self, limit: usize) -> StoreResult<Vec<(i64, String, Vec<u8>)>> {
+        self.read(move |c| {
+            let mut st = c.prepare_cached("SELECT seq, topic, body FROM opevent_outbox ORDER BY seq LIMIT ?1")?;
+            let rows = st
+                .query_map([limit as i64], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(rows)
+        })
+        .await
+    }
+
+    pub async fn outbox_delete(&self, seq: i64) -> StoreResult<()> {
+        self.entity(Box::new(move |c| {
+            c.prepare_cached("DELETE FROM opevent_outbox WHERE seq = ?1")?.execute([seq])?;
+            Ok(())
+        }))
+        .await
+    }
+
     /// How far the log pipeline has shipped: `(event seq, attempt seq)`.
     pub async fn log_cursor(&self) -> StoreResult<(i64, i64)> {
         self.read(|c| {

@@ -442,6 +442,73 @@ impl EntityStore for RedisEntityStore {
     }
 }
 
+/// Consecutive-failure counters (`cf:<destination>`, 24 h TTL refreshed on
+/// every change) and alert suppression keys, shared by every delivery node.
+impl crate::alerts::AlertState for RedisEntityStore {
+    fn apply(&self, ops: Vec<crate::alerts::CounterOp>) -> BoxFuture<'_, StoreResult<Vec<(u64, u64)>>> {
+        // One round trip for a whole flush; ops run in order, atomically.
+        const APPLY: &str = r#"
+local out = {}
+for i, key in ipairs(KEYS) do
+  local reset = ARGV[2 * i - 1] == '1'
+  local add = tonumber(ARGV[2 * i])
+  local before = 0
+  if not reset then before = tonumber(redis.call('GET', key) or '0') end
+  local after = before + add
+  if after == 0 then
+    redis.call('DEL', key)
+  else
+    redis.call('SET', key, after, 'PX', 86400000)
+  end
+  out[#out + 1] = before
+  out[#out + 1] = after
+end
+return out
+"#;
+        Box::pin(async move {
+            if ops.is_empty() {
+                return Ok(vec![]);
+            }
+            let script = ::redis::Script::new(APPLY);
+            let mut inv = script.prepare_invoke();
+            for op in &ops {
+                inv.key(self.key(&format!("cf:{}", op.destination_id)));
+                inv.arg(if op.reset { "1" } else { "0" }).arg(op.failures);
+            }
+            let mut c = self.conn.clone();
+            let flat: Vec<u64> = inv.invoke_async(&mut c).await.map_err(rerr)?;
+            Ok(flat.chunks(2).map(|p| (p[0], p.get(1).copied().unwrap_or(0))).collect())
+        })
+    }
+
+    fn claim(&self, key: String, window: Duration) -> BoxFuture<'_, StoreResult<bool>> {
+        Box::pin(async move {
+            if window.is_zero() {
+                return Ok(true);
+            }
+            let mut c = self.conn.clone();
+            let set: Option<String> = ::redis::cmd("SET")
+                .arg(self.key(&format!("alert:claim:{key}")))
+                .arg("1")
+                .arg("NX")
+                .arg("PX")
+                .arg(window.as_millis().max(1) as u64)
+                .query_async(&mut c)
+                .await
+                .map_err(rerr)?;
+            Ok(set.is_some())
+        })
+    }
+
+    fn failures(&self, destination_id: String) -> BoxFuture<'_, StoreResult<u64>> {
+        Box::pin(async move {
+            let mut c = self.conn.clone();
+            let v: Option<u64> = c.get(self.key(&format!("cf:{destination_id}"))).await.map_err(rerr)?;
+            Ok(v.unwrap_or(0))
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -463,6 +530,11 @@ mod tests {
         RedisEntityStore::connect(&cfg(), &dep, Cipher::new("k"), Duration::from_secs(3))
             .await
             .unwrap_or_else(|e| panic!("Redis is required for this test: {e} (start it with scripts/services.sh up)"))
+    }
+
+    #[tokio::test]
+    async fn alert_state_conformance() {
+        crate::alerts::conformance::run_all(&store().await, "").await;
     }
 
     #[tokio::test]
