@@ -994,7 +994,11 @@ async fn consume(engine: Arc<Engine>, bus: Arc<dyn DeliveryBus>) {
 }
 
 impl Engine {
-    /// Takes over one task from the delivery queue.
+    /// Takes over one task from the delivery queue and returns once its
+    /// attempt outcome (and any retry) is durable: only then is the message
+    /// acked, so a node that dies mid-attempt leaves the task to another node.
+    /// The local record also feeds the log pipeline, and makes the node
+    /// resume the delivery itself if it restarts first (at least once).
     pub async fn receive(&self, task: Task) -> Result<(), EngineError> {
         let d = Delivery {
             event: task.event,
@@ -1003,9 +1007,24 @@ impl Engine {
             manual: task.manual,
             due_ms: 0,
         };
+        // A destination created a moment ago on another node may not have
+        // reached this node's table yet: read it from Redis before the shard
+        // would drop the task as "deleted".
+        if let Some(redis) = &self.redis {
+            if !self.state.read().owners.contains_key(&d.destination_id) {
+                let change = Change::Destination {
+                    id: d.destination_id.clone(),
+                    tenant_id: d.event.tenant_id.clone(),
+                    deleted: false,
+                };
+                self.apply_change(redis, change).await?;
+            }
+        }
         self.store.receive(d.clone()).await?;
         let id = d.destination_id.clone();
-        self.send(&id, ShardMsg::Deliver(d)).await
+        let (done, finished) = tokio::sync::oneshot::channel();
+        self.send(&id, ShardMsg::DeliverThen(d, done)).await?;
+        finished.await.map_err(|_| EngineError::Closed)
     }
 }
 

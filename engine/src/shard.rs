@@ -28,6 +28,9 @@ pub enum ShardMsg {
     Upsert(Arc<Destination>),
     Remove(String),
     Deliver(Delivery),
+    /// A delivery taken from the delivery queue: `done` fires once its
+    /// outcome (and any retry) is durable, so the message can be acked.
+    DeliverThen(Delivery, tokio::sync::oneshot::Sender<()>),
     /// Stop after finishing nothing further; pending work stays durable.
     Shutdown,
 }
@@ -229,8 +232,17 @@ async fn run(id: usize, rx: flume::Receiver<ShardMsg>, deps: ShardDeps, stats: A
                 if d.due_ms > now_ms() {
                     shard.schedule(d);
                 } else {
-                    shard.clone().dispatch(d).await;
+                    shard.clone().dispatch(d, None).await;
                 }
+            }
+            ShardMsg::DeliverThen(d, done) => {
+                if d.manual {
+                    shard
+                        .superseded
+                        .borrow_mut()
+                        .insert((d.event.id.clone(), d.destination_id.clone()), d.attempt);
+                }
+                shard.clone().dispatch(d, Some(done)).await;
             }
             ShardMsg::Shutdown => break,
         }
@@ -266,7 +278,7 @@ async fn timer_loop(shard: Rc<Shard>) {
                         .get(&key)
                         .is_some_and(|&a| a > t.delivery.attempt);
                     if !stale {
-                        shard.clone().dispatch(t.delivery).await;
+                        shard.clone().dispatch(t.delivery, None).await;
                     }
                 }
             }
@@ -383,7 +395,7 @@ impl Shard {
 
     /// Waits for an in-flight slot (backpressure on the inbox), then runs the
     /// attempt as its own task.
-    async fn dispatch(self: Rc<Self>, d: Delivery) {
+    async fn dispatch(self: Rc<Self>, d: Delivery, done: Option<tokio::sync::oneshot::Sender<()>>) {
         let permit = match self.inflight.clone().acquire_owned().await {
             Ok(p) => p,
             Err(_) => return,
@@ -391,6 +403,9 @@ impl Shard {
         tokio::task::spawn_local(async move {
             self.attempt(d).await;
             drop(permit);
+            if let Some(done) = done {
+                let _ = done.send(());
+            }
         });
     }
 

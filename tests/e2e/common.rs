@@ -274,6 +274,8 @@ pub struct ReceiverState {
     pub always: Mutex<Option<u16>>,
     pub delay: Mutex<Duration>,
     pub body: Mutex<String>,
+    /// Paths starting with this always get a 500.
+    pub fail_prefix: Mutex<Option<String>>,
 }
 
 /// A real HTTP server on loopback that records deliveries.
@@ -298,12 +300,21 @@ async fn record(
         headers,
         body,
     });
-    let status = s
-        .always
+    let failing = s
+        .fail_prefix
         .lock()
         .unwrap()
-        .or_else(|| s.script.lock().unwrap().pop_front())
-        .unwrap_or(200);
+        .as_deref()
+        .is_some_and(|p| uri.path().starts_with(p));
+    let status = if failing {
+        500
+    } else {
+        s.always
+            .lock()
+            .unwrap()
+            .or_else(|| s.script.lock().unwrap().pop_front())
+            .unwrap_or(200)
+    };
     let text = s.body.lock().unwrap().clone();
     (
         StatusCode::from_u16(status).unwrap(),

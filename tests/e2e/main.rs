@@ -10,3 +10,4 @@ mod postgres;
 mod publishmq;
 mod queue;
 mod redis;
+mod scale;

@@ -82,11 +82,11 @@ impl PubSubQueue {
                             cfg.subscription
                         ));
                     }
-                    // The minimum Pub/Sub allows: a delivery node makes a task durable in
-                    // milliseconds, and a short deadline bounds how long the tasks a dead
-                    // node had pulled stay leased.
+                    // A delivery node acks once the attempt's outcome is durable (bounded by
+                    // the delivery timeout); the tasks a dead node had pulled come back
+                    // after this long.
                     let sc = SubscriptionConfig {
-                        ack_deadline_seconds: 10,
+                        ack_deadline_seconds: 30,
                         ..Default::default()
                     };
                     subscription
@@ -135,13 +135,21 @@ impl PubSubQueue {
         Ok(())
     }
 
+    /// Pulls while fewer than `prefetch` messages are being handled; each
+    /// message is settled when its handler returns.
     async fn consume_messages(&self, prefetch: u16, handle: ByteHandler) -> Result<(), QueueError> {
-        let max = prefetch.clamp(1, 1000) as i32;
+        let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(prefetch.clamp(1, 1000) as usize));
         loop {
-            let msgs = self.subscription.pull(max, None).await.map_err(broker)?;
-            let work = msgs.into_iter().map(|m| {
+            let want = (slots.available_permits() as u32).clamp(1, 1000);
+            let Ok(mut permits) = slots.clone().acquire_many_owned(want).await else {
+                return Err(broker("consumer stopped"));
+            };
+            let msgs = self.subscription.pull(want as i32, None).await.map_err(broker)?;
+            for m in msgs {
+                let Some(permit) = permits.split(1) else { break };
                 let handle = handle.clone();
-                async move {
+                tokio::spawn(async move {
+                    let _permit = permit;
                     // Requeue = nack (redelivered at once); ack and reject ack it.
                     let r = if handle(m.message.data.clone()).await == Disposition::Requeue {
                         m.nack().await
@@ -152,9 +160,8 @@ impl PubSubQueue {
                         // Not settled: it comes back after the ack deadline (at least once).
                         tracing::warn!(error = %e, "cannot settle a Pub/Sub message");
                     }
-                }
-            });
-            futures_util::future::join_all(work).await;
+                });
+            }
         }
     }
 }

@@ -4,7 +4,6 @@
 //! name. Publishing waits for broker confirms; consumers ack a message only
 //! after the handler made it durable locally, and requeue it otherwise.
 
-use std::future::Future;
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -17,7 +16,7 @@ use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
 
 pub use super::Disposition;
-use super::{decode, encode, BoxFuture, ByteHandler, DeliveryBus, MessageSource, Task, TaskHandler};
+use super::{encode, BoxFuture, ByteHandler, DeliveryBus, MessageSource, Task, TaskHandler};
 
 #[derive(Debug, Clone)]
 pub struct RabbitConfig {
@@ -258,39 +257,14 @@ impl RabbitQueue {
     /// Consumes delivery tasks until the connection fails. `Ok` acks, `Err`
     /// requeues; a malformed message is rejected without requeue (the
     /// broker's dead-letter policy applies).
-    pub async fn consume<F, Fut>(&self, prefetch: u16, tag: &str, handle: F) -> Result<(), QueueError>
-    where
-        F: Fn(Task) -> Fut,
-        Fut: Future<Output = Result<(), String>>,
-    {
-        self.consume_bytes(prefetch, tag, |bytes| {
-            let task = decode(bytes);
-            let fut = task.map(&handle);
-            async move {
-                match fut {
-                    Err(e) => {
-                        tracing::warn!(error = %e, "rejecting a malformed delivery task");
-                        Disposition::Reject
-                    }
-                    Ok(f) => match f.await {
-                        Ok(()) => Disposition::Ack,
-                        Err(e) => {
-                            tracing::warn!(error = %e, "delivery task not accepted; requeued");
-                            Disposition::Requeue
-                        }
-                    },
-                }
-            }
-        })
-        .await
+    pub async fn consume(&self, prefetch: u16, tag: &str, handle: TaskHandler) -> Result<(), QueueError> {
+        self.consume_bytes(prefetch, tag, super::task_handler(handle)).await
     }
 
-    /// Consumes raw messages until the connection fails; `handle` decides each fate.
-    pub async fn consume_bytes<F, Fut>(&self, prefetch: u16, tag: &str, handle: F) -> Result<(), QueueError>
-    where
-        F: Fn(&[u8]) -> Fut,
-        Fut: Future<Output = Disposition>,
-    {
+    /// Consumes raw messages until the connection fails; `handle` decides each
+    /// fate. Messages are handled concurrently, up to `prefetch` unacked at a
+    /// time (the broker's QoS limit), each settled when its handler returns.
+    pub async fn consume_bytes(&self, prefetch: u16, tag: &str, handle: ByteHandler) -> Result<(), QueueError> {
         let ch = self.conn.create_channel().await.map_err(broker)?;
         ch.basic_qos(prefetch, BasicQosOptions::default())
             .await
@@ -306,20 +280,25 @@ impl RabbitQueue {
             .map_err(broker)?;
         while let Some(d) = consumer.next().await {
             let d = d.map_err(broker)?;
-            match handle(&d.data).await {
-                Disposition::Ack => {
-                    d.acker.ack(BasicAckOptions::default()).await.map_err(broker)?;
+            let handle = handle.clone();
+            tokio::spawn(async move {
+                let disposition = handle(d.data).await;
+                let settled = match disposition {
+                    Disposition::Ack => d.acker.ack(BasicAckOptions::default()).await,
+                    other => {
+                        d.acker
+                            .nack(BasicNackOptions {
+                                requeue: other == Disposition::Requeue,
+                                ..Default::default()
+                            })
+                            .await
+                    }
+                };
+                if let Err(e) = settled {
+                    // Unsettled: the broker redelivers it when the channel closes (at least once).
+                    tracing::warn!(error = %e, "cannot settle a RabbitMQ message");
                 }
-                other => {
-                    d.acker
-                        .nack(BasicNackOptions {
-                            requeue: other == Disposition::Requeue,
-                            ..Default::default()
-                        })
-                        .await
-                        .map_err(broker)?;
-                }
-            }
+            });
         }
         Err(broker_msg("consumer stopped".into()))
     }
@@ -328,7 +307,7 @@ impl RabbitQueue {
 impl MessageSource for RabbitQueue {
     fn consume_bytes(&self, prefetch: u16, handle: ByteHandler) -> BoxFuture<'_, Result<(), QueueError>> {
         Box::pin(async move {
-            RabbitQueue::consume_bytes(self, prefetch, "outrider-publish", move |b: &[u8]| handle(b.to_vec())).await
+            RabbitQueue::consume_bytes(self, prefetch, "outrider-publish", handle).await
         })
     }
 }
@@ -339,7 +318,7 @@ impl DeliveryBus for RabbitQueue {
     }
 
     fn consume(&self, prefetch: u16, handle: TaskHandler) -> BoxFuture<'_, Result<(), QueueError>> {
-        Box::pin(async move { RabbitQueue::consume(self, prefetch, "outrider-delivery", move |t| handle(t)).await })
+        Box::pin(async move { RabbitQueue::consume(self, prefetch, "outrider-delivery", handle).await })
     }
 }
 
@@ -372,9 +351,9 @@ mod tests {
         let seen: Arc<Mutex<Vec<String>>> = Arc::default();
         let s = seen.clone();
         // The first delivery of e1 fails and is requeued; then both succeed.
-        let consume = q.consume(10, "t", move |t| {
+        let handler: TaskHandler = Arc::new(move |t| {
             let s = s.clone();
-            async move {
+            Box::pin(async move {
                 let mut v = s.lock().unwrap();
                 let first = !v.contains(&t.event.id);
                 v.push(t.event.id.clone());
@@ -383,8 +362,9 @@ mod tests {
                 } else {
                     Ok(())
                 }
-            }
+            })
         });
+        let consume = q.consume(10, "t", handler);
         let _ = tokio::time::timeout(Duration::from_secs(3), consume).await;
         let v = seen.lock().unwrap().clone();
         assert_eq!(v.iter().filter(|id| *id == "e1").count(), 2, "{v:?}");
@@ -409,13 +389,14 @@ mod tests {
         // e7 always fails: requeued until the delivery limit dead-letters it.
         let tries = Arc::new(Mutex::new(0));
         let t = tries.clone();
-        let consume = q.consume(10, "t", move |_task| {
+        let handler: TaskHandler = Arc::new(move |_task| {
             let t = t.clone();
-            async move {
+            Box::pin(async move {
                 *t.lock().unwrap() += 1;
                 Err::<(), String>("always".into())
-            }
+            })
         });
+        let consume = q.consume(10, "t", handler);
         let _ = tokio::time::timeout(Duration::from_secs(4), consume).await;
         let mut dead = Vec::new();
         while let Some(m) = q.get_dead_letter().await.unwrap() {

@@ -13,10 +13,10 @@ use aws_sdk_sqs::Client;
 
 use super::{encode, BoxFuture, ByteHandler, DeliveryBus, Disposition, MessageSource, QueueError, Task, TaskHandler};
 
-/// How long a received task stays hidden. A delivery node only has to make
-/// the task durable locally (milliseconds) before deleting it, so a short
-/// timeout bounds how long the tasks of a node that died stay invisible.
-const VISIBILITY_TIMEOUT_SECONDS: i32 = 10;
+/// How long a received task stays hidden. A delivery node deletes it once the
+/// attempt's outcome is durable (the attempt is bounded by the delivery
+/// timeout); the tasks of a node that died reappear after this long.
+const VISIBILITY_TIMEOUT_SECONDS: i32 = 30;
 
 #[derive(Debug, Clone)]
 pub struct SqsConfig {
@@ -237,71 +237,87 @@ impl SqsQueue {
         Ok(())
     }
 
+    /// Receives in batches of up to 10 while fewer than `prefetch` messages
+    /// are being handled; each message is settled when its handler returns.
     async fn consume_messages(&self, prefetch: u16, handle: ByteHandler) -> Result<(), QueueError> {
-        let batch = prefetch.clamp(1, 10) as i32;
+        let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(prefetch.max(1) as usize));
         loop {
+            let want = (slots.available_permits() as u32).clamp(1, 10);
+            let Ok(mut permits) = slots.clone().acquire_many_owned(want).await else {
+                return Err(broker("consumer stopped"));
+            };
             let out = self
                 .client
                 .receive_message()
                 .queue_url(&self.url)
-                .max_number_of_messages(batch)
+                .max_number_of_messages(want as i32)
                 .wait_time_seconds(5)
                 .visibility_timeout(VISIBILITY_TIMEOUT_SECONDS)
                 .send()
                 .await
                 .map_err(|e| broker(describe(&e)))?;
-            let work = out.messages().iter().map(|m| {
+            for m in out.messages() {
+                let Some(permit) = permits.split(1) else { break };
                 let handle = handle.clone();
+                let client = self.client.clone();
+                let url = self.url.clone();
+                let dlq_url = self.dlq_url.clone();
                 let receipt = m.receipt_handle().unwrap_or_default().to_string();
                 let body = m.body().unwrap_or_default().as_bytes().to_vec();
-                async move {
-                    // Requeue = visible again at once; reject = moved to the
-                    // dead-letter queue; both ack and reject then delete it.
-                    let disposition = handle(body.clone()).await;
-                    if disposition == Disposition::Reject {
-                        if let Some(dlq) = &self.dlq_url {
-                            let moved = self
-                                .client
-                                .send_message()
-                                .queue_url(dlq)
-                                .message_body(String::from_utf8_lossy(&body).into_owned())
-                                .send()
-                                .await;
-                            if let Err(e) = moved {
-                                // Leave it: the redrive policy moves it after MAX_RECEIVES receives.
-                                tracing::warn!(error = %describe(&e), "cannot move a rejected message to the dead-letter queue");
-                                return;
-                            }
-                        }
-                    }
-                    let r = if disposition == Disposition::Requeue {
-                        self.client
-                            .change_message_visibility()
-                            .queue_url(&self.url)
-                            .receipt_handle(&receipt)
-                            .visibility_timeout(0)
-                            .send()
-                            .await
-                            .map(|_| ())
-                            .map_err(|e| describe(&e))
-                    } else {
-                        self.client
-                            .delete_message()
-                            .queue_url(&self.url)
-                            .receipt_handle(&receipt)
-                            .send()
-                            .await
-                            .map(|_| ())
-                            .map_err(|e| describe(&e))
-                    };
-                    if let Err(e) = r {
-                        // The message reappears after its visibility timeout: at least once.
-                        tracing::warn!(error = %e, "cannot settle an SQS message");
-                    }
-                }
-            });
-            futures_util::future::join_all(work).await;
+                tokio::spawn(async move {
+                    let _permit = permit;
+                    settle(&client, &url, dlq_url.as_deref(), &receipt, body, &handle).await;
+                });
+            }
+            // Unused permits go back when `permits` drops here.
         }
+    }
+}
+
+/// Runs the handler on one message, then deletes it, moves it to the
+/// dead-letter queue, or makes it visible again.
+async fn settle(client: &Client, url: &str, dlq_url: Option<&str>, receipt: &str, body: Vec<u8>, handle: &ByteHandler) {
+    // Requeue = visible again at once; reject = moved to the dead-letter
+    // queue; both ack and reject then delete it.
+    let disposition = handle(body.clone()).await;
+    if disposition == Disposition::Reject {
+        if let Some(dlq) = dlq_url {
+            let moved = client
+                .send_message()
+                .queue_url(dlq)
+                .message_body(String::from_utf8_lossy(&body).into_owned())
+                .send()
+                .await;
+            if let Err(e) = moved {
+                // Leave it: the redrive policy moves it after MAX_RECEIVES receives.
+                tracing::warn!(error = %describe(&e), "cannot move a rejected message to the dead-letter queue");
+                return;
+            }
+        }
+    }
+    let r = if disposition == Disposition::Requeue {
+        client
+            .change_message_visibility()
+            .queue_url(url)
+            .receipt_handle(receipt)
+            .visibility_timeout(0)
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| describe(&e))
+    } else {
+        client
+            .delete_message()
+            .queue_url(url)
+            .receipt_handle(receipt)
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| describe(&e))
+    };
+    if let Err(e) = r {
+        // The message reappears after its visibility timeout: at least once.
+        tracing::warn!(error = %e, "cannot settle an SQS message");
     }
 }
 
