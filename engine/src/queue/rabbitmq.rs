@@ -47,9 +47,15 @@ fn broker_msg(message: String) -> QueueError {
 const DELIVERY_LIMIT: i32 = 5;
 
 pub struct RabbitQueue {
-    conn: Connection,
-    publisher: Channel,
+    /// The current connection and its confirm-mode publishing channel,
+    /// reopened on first use after the broker went away.
+    link: tokio::sync::Mutex<Option<Link>>,
     cfg: RabbitConfig,
+}
+
+struct Link {
+    conn: std::sync::Arc<Connection>,
+    publisher: Channel,
 }
 
 impl std::fmt::Debug for RabbitQueue {
@@ -69,47 +75,85 @@ fn redact(url: &str) -> String {
 }
 
 impl RabbitQueue {
-    pub async fn connect(cfg: RabbitConfig, patience: Duration) -> Result<Self, QueueError> {
-        let deadline = tokio::time::Instant::now() + patience;
-        let mut wait = Duration::from_millis(100);
-        let conn = loop {
-            let props = ConnectionProperties::default()
-                .with_executor(tokio_executor_trait::Tokio::current())
-                .with_reactor(tokio_reactor_trait::Tokio::current());
-            match tokio::time::timeout(Duration::from_secs(3), Connection::connect(&cfg.url, props)).await {
-                Ok(Ok(c)) => break c,
-                other => {
-                    if tokio::time::Instant::now() >= deadline {
-                        let why = match other {
-                            Ok(Err(e)) => e.to_string(),
-                            _ => "timed out".into(),
-                        };
-                        return Err(QueueError::Unreachable {
-                            what: "RabbitMQ",
-                            message: format!("{}: {why}", redact(&cfg.url)),
-                        });
-                    }
-                }
+    /// One connection attempt: a connection and a confirm-mode channel.
+    async fn open(cfg: &RabbitConfig) -> Result<Link, QueueError> {
+        let props = ConnectionProperties::default()
+            .with_executor(tokio_executor_trait::Tokio::current())
+            .with_reactor(tokio_reactor_trait::Tokio::current());
+        let conn = match tokio::time::timeout(Duration::from_secs(3), Connection::connect(&cfg.url, props)).await {
+            Ok(Ok(c)) => c,
+            other => {
+                let why = match other {
+                    Ok(Err(e)) => e.to_string(),
+                    _ => "timed out".into(),
+                };
+                return Err(QueueError::Unreachable {
+                    what: "RabbitMQ",
+                    message: format!("{}: {why}", redact(&cfg.url)),
+                });
             }
-            tokio::time::sleep(wait).await;
-            wait = (wait * 2).min(Duration::from_secs(2));
         };
         let publisher = conn.create_channel().await.map_err(broker)?;
         publisher
             .confirm_select(ConfirmSelectOptions::default())
             .await
             .map_err(broker)?;
-        let q = Self { conn, publisher, cfg };
-        q.provision().await?;
+        Ok(Link {
+            conn: std::sync::Arc::new(conn),
+            publisher,
+        })
+    }
+
+    pub async fn connect(cfg: RabbitConfig, patience: Duration) -> Result<Self, QueueError> {
+        let deadline = tokio::time::Instant::now() + patience;
+        let mut wait = Duration::from_millis(100);
+        let link = loop {
+            match Self::open(&cfg).await {
+                Ok(l) => break l,
+                Err(e) if tokio::time::Instant::now() >= deadline => return Err(e),
+                Err(_) => {}
+            }
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(Duration::from_secs(2));
+        };
+        let q = Self {
+            link: tokio::sync::Mutex::new(None),
+            cfg,
+        };
+        q.provision(&link.publisher).await?;
+        *q.link.lock().await = Some(link);
         Ok(q)
     }
 
-    async fn provision(&self) -> Result<(), QueueError> {
+    /// The live connection and publishing channel, reconnecting (and
+    /// declaring the topology again) if the broker went away.
+    async fn session(&self) -> Result<(std::sync::Arc<Connection>, Channel), QueueError> {
+        let mut slot = self.link.lock().await;
+        if let Some(l) = slot.as_ref() {
+            if l.conn.status().connected() && l.publisher.status().connected() {
+                return Ok((l.conn.clone(), l.publisher.clone()));
+            }
+        }
+        *slot = None;
+        let link = Self::open(&self.cfg).await?;
+        self.provision(&link.publisher).await?;
+        tracing::info!(queue = %self.cfg.delivery_queue, "connected to RabbitMQ");
+        let out = (link.conn.clone(), link.publisher.clone());
+        *slot = Some(link);
+        Ok(out)
+    }
+
+    /// Forgets the link after an error, so the next call reconnects.
+    async fn reset(&self) {
+        *self.link.lock().await = None;
+    }
+
+    async fn provision(&self, publisher: &Channel) -> Result<(), QueueError> {
         let passive = !self.cfg.auto_provision;
         // An empty exchange name is the broker's default exchange: nothing to declare or bind.
         let exchange = !self.cfg.exchange.is_empty();
         if exchange {
-            self.publisher
+            publisher
                 .exchange_declare(
                     &self.cfg.exchange,
                     ExchangeKind::Topic,
@@ -129,7 +173,7 @@ impl RabbitQueue {
         let dlq = self.dlq_name();
         let mut args = FieldTable::default();
         if !passive {
-            self.publisher
+            publisher
                 .queue_declare(
                     &dlq,
                     QueueDeclareOptions {
@@ -141,7 +185,7 @@ impl RabbitQueue {
                 .await
                 .map_err(|e| broker_msg(format!("queue {dlq}: {e}")))?;
             if exchange {
-                self.publisher
+                publisher
                     .queue_bind(
                         &dlq,
                         &self.cfg.exchange,
@@ -163,7 +207,7 @@ impl RabbitQueue {
                 AMQPValue::LongString(dlq.clone().into()),
             );
         }
-        self.publisher
+        publisher
             .queue_declare(
                 &self.cfg.delivery_queue,
                 QueueDeclareOptions {
@@ -176,7 +220,7 @@ impl RabbitQueue {
             .await
             .map_err(|e| broker_msg(format!("queue {}: {e}", self.cfg.delivery_queue)))?;
         if self.cfg.auto_provision && exchange {
-            self.publisher
+            publisher
                 .queue_bind(
                     &self.cfg.delivery_queue,
                     &self.cfg.exchange,
@@ -197,8 +241,8 @@ impl RabbitQueue {
 
     /// Takes one message from the dead-letter queue (for tests and tooling).
     pub async fn get_dead_letter(&self) -> Result<Option<Vec<u8>>, QueueError> {
-        let m = self
-            .publisher
+        let (_, publisher) = self.session().await?;
+        let m = publisher
             .basic_get(&self.dlq_name(), lapin::options::BasicGetOptions { no_ack: true })
             .await
             .map_err(broker)?;
@@ -207,51 +251,47 @@ impl RabbitQueue {
 
     /// Publishes persistent messages and returns once the broker confirmed all.
     pub async fn publish(&self, tasks: &[Task]) -> Result<(), QueueError> {
-        let mut confirms = Vec::with_capacity(tasks.len());
-        for t in tasks {
-            let c = self
-                .publisher
-                .basic_publish(
-                    &self.cfg.exchange,
-                    &self.cfg.delivery_queue,
-                    BasicPublishOptions::default(),
-                    &encode(t),
-                    BasicProperties::default()
-                        .with_delivery_mode(2)
-                        .with_content_type("application/json".into()),
-                )
-                .await
-                .map_err(broker)?;
-            confirms.push(c);
-        }
-        for c in confirms {
-            match c.await.map_err(broker)? {
-                Confirmation::Ack(_) => {}
-                _ => return Err(QueueError::Nacked),
-            }
-        }
-        Ok(())
+        let payloads: Vec<Vec<u8>> = tasks.iter().map(encode).collect();
+        self.publish_confirmed(&payloads).await
     }
 
     /// Publishes one raw, persistent message to the queue (confirmed).
     pub async fn publish_bytes(&self, payload: &[u8]) -> Result<(), QueueError> {
-        let c = self
-            .publisher
-            .basic_publish(
-                &self.cfg.exchange,
-                &self.cfg.delivery_queue,
-                BasicPublishOptions::default(),
-                payload,
-                BasicProperties::default()
-                    .with_delivery_mode(2)
-                    .with_content_type("application/json".into()),
-            )
-            .await
-            .map_err(broker)?;
-        match c.await.map_err(broker)? {
-            Confirmation::Ack(_) => Ok(()),
-            _ => Err(QueueError::Nacked),
+        self.publish_confirmed(&[payload.to_vec()]).await
+    }
+
+    async fn publish_confirmed(&self, payloads: &[Vec<u8>]) -> Result<(), QueueError> {
+        let (_, publisher) = self.session().await?;
+        let result = async {
+            let mut confirms = Vec::with_capacity(payloads.len());
+            for p in payloads {
+                let c = publisher
+                    .basic_publish(
+                        &self.cfg.exchange,
+                        &self.cfg.delivery_queue,
+                        BasicPublishOptions::default(),
+                        p,
+                        BasicProperties::default()
+                            .with_delivery_mode(2)
+                            .with_content_type("application/json".into()),
+                    )
+                    .await
+                    .map_err(broker)?;
+                confirms.push(c);
+            }
+            for c in confirms {
+                match c.await.map_err(broker)? {
+                    Confirmation::Ack(_) => {}
+                    _ => return Err(QueueError::Nacked),
+                }
+            }
+            Ok(())
         }
+        .await;
+        if matches!(result, Err(QueueError::Broker { .. })) {
+            self.reset().await;
+        }
+        result
     }
 
     /// Consumes delivery tasks until the connection fails. `Ok` acks, `Err`
@@ -265,7 +305,8 @@ impl RabbitQueue {
     /// fate. Messages are handled concurrently, up to `prefetch` unacked at a
     /// time (the broker's QoS limit), each settled when its handler returns.
     pub async fn consume_bytes(&self, prefetch: u16, tag: &str, handle: ByteHandler) -> Result<(), QueueError> {
-        let ch = self.conn.create_channel().await.map_err(broker)?;
+        let (conn, _) = self.session().await?;
+        let ch = conn.create_channel().await.map_err(broker)?;
         ch.basic_qos(prefetch, BasicQosOptions::default())
             .await
             .map_err(broker)?;
@@ -370,7 +411,7 @@ mod tests {
         assert_eq!(v.iter().filter(|id| *id == "e1").count(), 2, "{v:?}");
         assert_eq!(v.iter().filter(|id| *id == "e2").count(), 1, "{v:?}");
         for qn in [q.cfg.delivery_queue.clone(), q.dlq_name()] {
-            let _ = q.publisher.queue_delete(&qn, Default::default()).await;
+            let _ = q.session().await.unwrap().1.queue_delete(&qn, Default::default()).await;
         }
     }
 
@@ -403,7 +444,7 @@ mod tests {
             dead.push(String::from_utf8_lossy(&m).into_owned());
         }
         for qn in [q.cfg.delivery_queue.clone(), q.dlq_name()] {
-            let _ = q.publisher.queue_delete(&qn, Default::default()).await;
+            let _ = q.session().await.unwrap().1.queue_delete(&qn, Default::default()).await;
         }
         assert_eq!(dead.len(), 2, "{dead:?}");
         assert!(dead.iter().any(|d| d == "not a task"));
