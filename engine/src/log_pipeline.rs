@@ -76,7 +76,7 @@ pub fn spawn(
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, records = n, retry_in_ms = backoff.as_millis() as u64,
-                        "log store unavailable; records wait in the embedded store");
+                        "PostgreSQL log store unavailable; records wait in the embedded store");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(MAX_BACKOFF);
                 }

@@ -62,7 +62,9 @@ impl Drop for Spawned {
     }
 }
 
-fn spawn_server(bin: &PathBuf, sc: &Scenario, key: &str) -> Result<(Spawned, SocketAddr), String> {
+/// `{sink}` in a server setting stands for the harness sink's address (an
+/// operator-events URL, say).
+fn spawn_server(bin: &PathBuf, sc: &Scenario, key: &str, sink: SocketAddr) -> Result<(Spawned, SocketAddr), String> {
     if !bin.is_file() {
         return Err(format!(
             "server binary {} not found: build it with `cargo build --release` or pass --server-bin / --target",
@@ -92,7 +94,7 @@ fn spawn_server(bin: &PathBuf, sc: &Scenario, key: &str) -> Result<(Spawned, Soc
         .stdout(Stdio::null())
         .stderr(Stdio::inherit());
     for (k, v) in &sc.server_env {
-        cmd.env(k, v);
+        cmd.env(k, v.replace("{sink}", &sink.to_string()));
     }
     let child = cmd.spawn().map_err(|e| format!("start {}: {e}", bin.display()))?;
     Ok((Spawned { child, _dir: dir }, SocketAddr::from(([127, 0, 0, 1], port))))
@@ -157,7 +159,7 @@ pub fn run(sc: &Scenario, opts: &Options) -> Result<Report, String> {
     let (spawned, addr) = match &opts.target {
         Some(t) => (None, t.addr),
         None => {
-            let (s, a) = spawn_server(&opts.server_bin, sc, &api_key)?;
+            let (s, a) = spawn_server(&opts.server_bin, sc, &api_key, sink.addr)?;
             (Some(s), a)
         }
     };

@@ -31,11 +31,18 @@ pub struct Server {
     env: Vec<(String, String)>,
     child: Option<Child>,
     _tmp: Option<tempfile::TempDir>,
+    /// Where stdout and stderr go (appended across restarts); `None`: stderr inherited, stdout dropped.
+    log: Option<PathBuf>,
 }
 
 impl Server {
     /// Starts a server with test defaults, overridden by `env`.
     pub async fn start(env: &[(&str, &str)]) -> Server {
+        Self::start_logged(env, None).await
+    }
+
+    /// Like `start`, with the server's stderr appended to `log`.
+    pub async fn start_logged(env: &[(&str, &str)], log: Option<PathBuf>) -> Server {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().to_path_buf();
         let mut s = Server {
@@ -44,6 +51,7 @@ impl Server {
             env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             child: None,
             _tmp: Some(tmp),
+            log,
         };
         s.spawn().await;
         s
@@ -70,6 +78,10 @@ impl Server {
             .stderr(Stdio::inherit());
         for (k, v) in &self.env {
             c.env(k, v);
+        }
+        if let Some(path) = &self.log {
+            let f = std::fs::OpenOptions::new().create(true).append(true).open(path).unwrap();
+            c.stdout(f.try_clone().unwrap()).stderr(f);
         }
         c
     }

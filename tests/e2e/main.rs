@@ -6,6 +6,7 @@ mod delivery;
 mod durability;
 mod harness;
 mod opevents;
+mod outage;
 mod postgres;
 mod publishmq;
 mod queue;
