@@ -352,23 +352,50 @@ const YAML_KEYS: &[(&str, &str)] = &[
         "alert.exhausted_retries_window_seconds",
         "ALERT_EXHAUSTED_RETRIES_WINDOW_SECONDS",
     ),
-    ("alert.exhausted_retries_scope", "OUTRIDER_ALERT_EXHAUSTED_RETRIES_SCOPE"),
+    (
+        "alert.exhausted_retries_scope",
+        "OUTRIDER_ALERT_EXHAUSTED_RETRIES_SCOPE",
+    ),
     ("operator_events.topics", "OPERATION_EVENTS_TOPICS"),
     ("operator_events.http.url", "OPERATION_EVENTS_HTTP_URL"),
-    ("operator_events.http.signing_secret", "OPERATION_EVENTS_HTTP_SIGNING_SECRET"),
-    ("operator_events.aws_sqs.queue_url", "OPERATION_EVENTS_AWS_SQS_QUEUE_URL"),
-    ("operator_events.aws_sqs.access_key_id", "OPERATION_EVENTS_AWS_SQS_ACCESS_KEY_ID"),
+    (
+        "operator_events.http.signing_secret",
+        "OPERATION_EVENTS_HTTP_SIGNING_SECRET",
+    ),
+    (
+        "operator_events.aws_sqs.queue_url",
+        "OPERATION_EVENTS_AWS_SQS_QUEUE_URL",
+    ),
+    (
+        "operator_events.aws_sqs.access_key_id",
+        "OPERATION_EVENTS_AWS_SQS_ACCESS_KEY_ID",
+    ),
     (
         "operator_events.aws_sqs.secret_access_key",
         "OPERATION_EVENTS_AWS_SQS_SECRET_ACCESS_KEY",
     ),
     ("operator_events.aws_sqs.region", "OPERATION_EVENTS_AWS_SQS_REGION"),
     ("operator_events.aws_sqs.endpoint", "OPERATION_EVENTS_AWS_SQS_ENDPOINT"),
-    ("operator_events.gcp_pubsub.project_id", "OPERATION_EVENTS_GCP_PUBSUB_PROJECT_ID"),
-    ("operator_events.gcp_pubsub.topic_id", "OPERATION_EVENTS_GCP_PUBSUB_TOPIC_ID"),
-    ("operator_events.gcp_pubsub.credentials", "OPERATION_EVENTS_GCP_PUBSUB_CREDENTIALS"),
-    ("operator_events.rabbitmq.server_url", "OPERATION_EVENTS_RABBITMQ_SERVER_URL"),
-    ("operator_events.rabbitmq.exchange", "OPERATION_EVENTS_RABBITMQ_EXCHANGE"),
+    (
+        "operator_events.gcp_pubsub.project_id",
+        "OPERATION_EVENTS_GCP_PUBSUB_PROJECT_ID",
+    ),
+    (
+        "operator_events.gcp_pubsub.topic_id",
+        "OPERATION_EVENTS_GCP_PUBSUB_TOPIC_ID",
+    ),
+    (
+        "operator_events.gcp_pubsub.credentials",
+        "OPERATION_EVENTS_GCP_PUBSUB_CREDENTIALS",
+    ),
+    (
+        "operator_events.rabbitmq.server_url",
+        "OPERATION_EVENTS_RABBITMQ_SERVER_URL",
+    ),
+    (
+        "operator_events.rabbitmq.exchange",
+        "OPERATION_EVENTS_RABBITMQ_EXCHANGE",
+    ),
     ("outrider.data_dir", "OUTRIDER_DATA_DIR"),
     (
         "outrider.backend_connect_timeout_seconds",
@@ -1021,7 +1048,10 @@ fn alert_config(src: &Sources) -> Result<AlertConfig, ConfigError> {
             }
         },
     };
-    let exhausted_retries_scope = match src.non_empty("OUTRIDER_ALERT_EXHAUSTED_RETRIES_SCOPE").unwrap_or("event") {
+    let exhausted_retries_scope = match src
+        .non_empty("OUTRIDER_ALERT_EXHAUSTED_RETRIES_SCOPE")
+        .unwrap_or("event")
+    {
         "event" => ExhaustedScope::Event,
         "destination" => ExhaustedScope::Destination,
         other => {

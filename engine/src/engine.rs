@@ -9,12 +9,12 @@ use parking_lot::{Mutex, RwLock};
 
 use crate::alerts::{AlertActions, AlertState, MemoryAlertState, Signal};
 use crate::config::Config;
-use crate::opevents::OperatorEvents;
 use crate::config::Service;
 use crate::crypto::Cipher;
 use crate::destinations::{PublishContext, Registry};
 use crate::ids::IdGenerator;
 use crate::model::{Delivery, Destination, Event, Tenant};
+use crate::opevents::OperatorEvents;
 use crate::queue::pubsub::PubSubQueue;
 use crate::queue::rabbitmq::RabbitQueue;
 use crate::queue::sqs::SqsQueue;

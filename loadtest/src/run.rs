@@ -63,8 +63,15 @@ impl Drop for Spawned {
 }
 
 /// `{sink}` in a server setting stands for the harness sink's address (an
-/// operator-events URL, say).
-fn spawn_server(bin: &PathBuf, sc: &Scenario, key: &str, sink: SocketAddr) -> Result<(Spawned, SocketAddr), String> {
+/// operator-events URL, say), `{run}` for this run's id (a `DEPLOYMENT_ID`
+/// that keeps runs against a shared Redis apart).
+fn spawn_server(
+    bin: &PathBuf,
+    sc: &Scenario,
+    key: &str,
+    sink: SocketAddr,
+    run: &str,
+) -> Result<(Spawned, SocketAddr), String> {
     if !bin.is_file() {
         return Err(format!(
             "server binary {} not found: build it with `cargo build --release` or pass --server-bin / --target",
@@ -94,7 +101,7 @@ fn spawn_server(bin: &PathBuf, sc: &Scenario, key: &str, sink: SocketAddr) -> Re
         .stdout(Stdio::null())
         .stderr(Stdio::inherit());
     for (k, v) in &sc.server_env {
-        cmd.env(k, v.replace("{sink}", &sink.to_string()));
+        cmd.env(k, v.replace("{sink}", &sink.to_string()).replace("{run}", run));
     }
     let child = cmd.spawn().map_err(|e| format!("start {}: {e}", bin.display()))?;
     Ok((Spawned { child, _dir: dir }, SocketAddr::from(([127, 0, 0, 1], port))))
@@ -159,7 +166,7 @@ pub fn run(sc: &Scenario, opts: &Options) -> Result<Report, String> {
     let (spawned, addr) = match &opts.target {
         Some(t) => (None, t.addr),
         None => {
-            let (s, a) = spawn_server(&opts.server_bin, sc, &api_key, sink.addr)?;
+            let (s, a) = spawn_server(&opts.server_bin, sc, &api_key, sink.addr, &run_id)?;
             (Some(s), a)
         }
     };
@@ -203,6 +210,10 @@ pub fn run(sc: &Scenario, opts: &Options) -> Result<Report, String> {
     let cpu1 = pid.and_then(procstat::cpu_seconds);
     // Read before the baseline also uses the sink.
     let sink_requests = sink.stats.requests.load(Ordering::Relaxed);
+    let foreign = sink.stats.foreign.load(Ordering::Relaxed);
+    if foreign > 0 {
+        eprintln!("sink: {foreign} requests that were not harness deliveries (operator events, say)");
+    }
     let peak_rss = pid.and_then(procstat::memory).map(|m| m.1);
     drop(spawned);
 

@@ -80,7 +80,11 @@ impl Server {
             c.env(k, v);
         }
         if let Some(path) = &self.log {
-            let f = std::fs::OpenOptions::new().create(true).append(true).open(path).unwrap();
+            let f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .unwrap();
             c.stdout(f.try_clone().unwrap()).stderr(f);
         }
         c

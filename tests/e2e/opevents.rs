@@ -104,7 +104,10 @@ async fn consecutive_failures_alert_at_thresholds_then_auto_disable() {
         assert_eq!(data["tenant_id"], "t1");
         assert_eq!(data["destination"]["id"], did.as_str());
         assert_eq!(data["destination"]["type"], "webhook");
-        assert!(data["destination"].get("credentials").is_none(), "no credentials in alerts");
+        assert!(
+            data["destination"].get("credentials").is_none(),
+            "no credentials in alerts"
+        );
         assert_eq!(data["attempt"]["status"], "failed");
         assert_eq!(data["attempt"]["destination_id"], did.as_str());
         assert_eq!(data["event"]["tenant_id"], "t1");
@@ -171,7 +174,10 @@ async fn exhausted_retries_alert_once_per_event_within_the_window() {
         .await;
     let got = wait_topic(&sink, topic, 2, WAIT).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let ids: Vec<Value> = of_topic(&sink, topic).iter().map(|(v, _)| v["data"]["event"]["id"].clone()).collect();
+    let ids: Vec<Value> = of_topic(&sink, topic)
+        .iter()
+        .map(|(v, _)| v["data"]["event"]["id"].clone())
+        .collect();
     assert_eq!(ids, vec![json!("ev-a"), json!("ev-b")], "{got:?}");
     // After the window, the same event + destination alerts again.
     tokio::time::sleep(Duration::from_millis(3000)).await;
@@ -209,7 +215,11 @@ async fn exhausted_retries_per_destination_option() {
     rx.wait_for(10, WAIT).await;
     tokio::time::sleep(Duration::from_millis(800)).await;
     assert_eq!(rx.count(), 10);
-    assert_eq!(of_topic(&sink, "alert.attempt.exhausted_retries").len(), 1, "one per destination per window");
+    assert_eq!(
+        of_topic(&sink, "alert.attempt.exhausted_retries").len(),
+        1,
+        "one per destination per window"
+    );
 }
 
 #[tokio::test]
@@ -250,8 +260,11 @@ async fn subscription_updates_and_attempt_events_over_http() {
     // Same topics again: no event. New topics: one.
     api.patch(&format!("/tenants/t1/destinations/{did}"), json!({"topics": ["a"]}))
         .await;
-    api.patch(&format!("/tenants/t1/destinations/{did}"), json!({"topics": ["a", "b"]}))
-        .await;
+    api.patch(
+        &format!("/tenants/t1/destinations/{did}"),
+        json!({"topics": ["a", "b"]}),
+    )
+    .await;
     let got = wait_topic(&sink, topic, 2, WAIT).await;
     assert_eq!(got[1].0["data"]["topics"], json!(["a", "b"]));
     assert_eq!(got[1].0["data"]["previous_topics"], json!(["a"]));
@@ -324,7 +337,11 @@ async fn alert_survives_a_sink_outage_and_a_restart() {
         .iter()
         .map(|v| v["data"]["consecutive_failures"]["threshold"].as_u64().unwrap())
         .collect();
-    assert_eq!(thresholds, vec![50, 70, 90, 100], "all alerts arrive after the restart, in order");
+    assert_eq!(
+        thresholds,
+        vec![50, 70, 90, 100],
+        "all alerts arrive after the restart, in order"
+    );
     assert_eq!(accepted[0]["id"], first_id, "the persisted alert, not a new one");
 }
 
@@ -342,14 +359,23 @@ async fn misconfigured_operator_events_refuse_to_start() {
     };
     let (code, err) = with(&[("OPERATION_EVENTS_TOPICS", "*")]);
     assert_ne!(code, 0);
-    assert!(err.contains("OPERATION_EVENTS_TOPICS") && err.contains("no sink"), "{err}");
+    assert!(
+        err.contains("OPERATION_EVENTS_TOPICS") && err.contains("no sink"),
+        "{err}"
+    );
     let (code, err) = with(&[
         ("OPERATION_EVENTS_TOPICS", "*"),
         ("OPERATION_EVENTS_HTTP_URL", "http://127.0.0.1:9/x"),
-        ("OPERATION_EVENTS_RABBITMQ_SERVER_URL", "amqp://guest:guest@127.0.0.1:5672"),
+        (
+            "OPERATION_EVENTS_RABBITMQ_SERVER_URL",
+            "amqp://guest:guest@127.0.0.1:5672",
+        ),
     ]);
     assert_ne!(code, 0);
-    assert!(err.contains("exactly one sink") && err.contains("http, rabbitmq"), "{err}");
+    assert!(
+        err.contains("exactly one sink") && err.contains("http, rabbitmq"),
+        "{err}"
+    );
     let (code, err) = with(&[
         ("OPERATION_EVENTS_TOPICS", "alert.nope"),
         ("OPERATION_EVENTS_HTTP_URL", "http://127.0.0.1:9/x"),
@@ -378,10 +404,16 @@ async fn broker_sink(sink_env: Vec<(&'static str, String)>, read: impl AsyncFnOn
     api.tenant("t9").await;
     api.webhook("t9", "http://127.0.0.1:9/never", json!({"topics": ["orders"]}))
         .await;
-    let body = tokio::time::timeout(WAIT, read()).await.expect("operator event arrives");
+    let body = tokio::time::timeout(WAIT, read())
+        .await
+        .expect("operator event arrives");
     let v: Value = serde_json::from_slice(&body).unwrap();
     assert_envelope(&v, "tenant.subscription.updated", "t9");
-    assert_eq!(v.as_object().unwrap().len(), 6, "id, topic, time, deployment_id, tenant_id, data: {v}");
+    assert_eq!(
+        v.as_object().unwrap().len(),
+        6,
+        "id, topic, time, deployment_id, tenant_id, data: {v}"
+    );
     assert_eq!(
         v["data"],
         json!({"tenant_id": "t9", "topics": ["orders"], "previous_topics": [],
@@ -442,8 +474,9 @@ async fn sqs_sink() {
 
 #[tokio::test]
 async fn gcp_pubsub_sink() {
-    let host = std::env::var("PUBSUB_EMULATOR_HOST")
-        .unwrap_or_else(|_| panic!("PUBSUB_EMULATOR_HOST is not set: run through scripts/test.sh (it starts the emulator)"));
+    let host = std::env::var("PUBSUB_EMULATOR_HOST").unwrap_or_else(|_| {
+        panic!("PUBSUB_EMULATOR_HOST is not set: run through scripts/test.sh (it starts the emulator)")
+    });
     let topic = format!("outrider-opevents-e2e-{}", free_port());
     // The subscription must exist before the event is published.
     let queue = PubSubQueue::connect(
@@ -505,11 +538,22 @@ async fn rabbitmq_sink() {
         )
         .await
         .unwrap();
-    ch.queue_bind(q.name().as_str(), &exchange, "tenant.#", QueueBindOptions::default(), FieldTable::default())
-        .await
-        .unwrap();
+    ch.queue_bind(
+        q.name().as_str(),
+        &exchange,
+        "tenant.#",
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
     let mut consumer = ch
-        .basic_consume(q.name().as_str(), "t", BasicConsumeOptions::default(), FieldTable::default())
+        .basic_consume(
+            q.name().as_str(),
+            "t",
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
         .await
         .unwrap();
     broker_sink(

@@ -183,11 +183,7 @@ async fn outage_redis_postgres_and_rabbitmq_restarts_lose_nothing() {
     let accepted: Vec<String> = accepted.lock().unwrap().clone();
     let deadline = Instant::now() + Duration::from_secs(90);
     let missing = loop {
-        let got: HashSet<String> = rx
-            .got()
-            .iter()
-            .filter_map(|r| r.header("x-outpost-event-id"))
-            .collect();
+        let got: HashSet<String> = rx.got().iter().filter_map(|r| r.header("x-outpost-event-id")).collect();
         let missing: Vec<&String> = accepted.iter().filter(|id| !got.contains(*id)).collect();
         if missing.is_empty() || Instant::now() >= deadline {
             break missing.len();
@@ -214,7 +210,11 @@ async fn outage_redis_postgres_and_rabbitmq_restarts_lose_nothing() {
     );
     assert!(accepted.len() > 100, "the publisher kept going");
     assert_eq!(missing, 0, "every accepted event delivered");
-    assert_eq!(in_pg, accepted.len() as i64, "every accepted event logged in PostgreSQL");
+    assert_eq!(
+        in_pg,
+        accepted.len() as i64,
+        "every accepted event logged in PostgreSQL"
+    );
     let text = std::fs::read_to_string(&api_log).unwrap_or_default() + &std::fs::read_to_string(&del_log).unwrap();
     let lower = text.to_lowercase();
     for what in ["redis", "postgres", "rabbitmq"] {

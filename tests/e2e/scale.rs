@@ -57,7 +57,11 @@ async fn cluster(tag: &str) -> Cluster {
     for t in 0..TENANTS {
         api.tenant(&format!("t{t}")).await;
         for k in 0..PER_TENANT {
-            let path = if k == 0 { format!("/fail/{t}/{k}") } else { format!("/ok/{t}/{k}") };
+            let path = if k == 0 {
+                format!("/fail/{t}/{k}")
+            } else {
+                format!("/ok/{t}/{k}")
+            };
             let d = api
                 .webhook(&format!("t{t}"), &rx.url(&path), json!({"topics": [format!("k{k}")]}))
                 .await;
@@ -126,7 +130,11 @@ fn tally(rx: &Receiver) -> (HashMap<String, usize>, HashMap<String, usize>) {
     let (mut ok, mut failed) = (HashMap::new(), HashMap::new());
     for r in rx.got() {
         let id = r.header("x-outpost-event-id").unwrap_or_default();
-        let m = if r.path.starts_with("/fail/") { &mut failed } else { &mut ok };
+        let m = if r.path.starts_with("/fail/") {
+            &mut failed
+        } else {
+            &mut ok
+        };
         *m.entry(id).or_insert(0) += 1;
     }
     (ok, failed)
@@ -171,7 +179,11 @@ async fn two_delivery_nodes_deliver_10k_events_over_200_destinations() {
     );
     assert_eq!(accepted, N);
     assert_eq!(lost, 0, "every accepted event delivered");
-    assert_eq!(failed.len(), N / PER_TENANT, "every event of a failing destination tried");
+    assert_eq!(
+        failed.len(),
+        N / PER_TENANT,
+        "every event of a failing destination tried"
+    );
     // Both delivery nodes took part.
     for (n, node) in c.delivery.iter().enumerate() {
         let h = Api::admin(node).get("/healthz").await;

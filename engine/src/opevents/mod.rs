@@ -220,7 +220,10 @@ impl OperatorEvents {
             let n = self.stats.dropped.fetch_add(1, Ordering::Relaxed) + 1;
             // One line per power of two keeps a flood from flooding the log.
             if n.is_power_of_two() {
-                tracing::warn!(dropped_total = n, "operator-event queue full; best-effort events dropped");
+                tracing::warn!(
+                    dropped_total = n,
+                    "operator-event queue full; best-effort events dropped"
+                );
             }
         }
     }

@@ -105,7 +105,8 @@ pub fn build(cfg: SinkConfig) -> std::sync::Arc<dyn Sink> {
 
 /// `v0=<hex HMAC-SHA256(secret, body)>`, Outpost's operator-event signature.
 pub fn signature(secret: &str, body: &[u8]) -> String {
-    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap_or_else(|_| unreachable!("HMAC takes any key"));
+    let mut mac =
+        Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap_or_else(|_| unreachable!("HMAC takes any key"));
     mac.update(body);
     format!("v0={}", hex::encode(mac.finalize().into_bytes()))
 }
@@ -128,7 +129,10 @@ impl Sink for HttpSink {
                 req = req.header("x-outpost-signature", signature(s, body));
             }
             // The error text names the host, never a secret.
-            let resp = req.send().await.map_err(|e| format!("HTTP sink: {}", e.without_url()))?;
+            let resp = req
+                .send()
+                .await
+                .map_err(|e| format!("HTTP sink: {}", e.without_url()))?;
             let status = resp.status();
             if status.as_u16() >= 400 {
                 return Err(format!("HTTP sink answered {status}"));
@@ -194,7 +198,10 @@ impl PubSubSink {
         let topic = client.topic(&self.topic);
         if !topic.exists(None).await.map_err(|e| e.to_string())? {
             if !self.auto_provision {
-                return Err(format!("topic {} does not exist (MQS_AUTO_PROVISION=false)", self.topic));
+                return Err(format!(
+                    "topic {} does not exist (MQS_AUTO_PROVISION=false)",
+                    self.topic
+                ));
             }
             topic.create(None, None).await.map_err(|e| e.to_string())?;
         }

@@ -347,9 +347,7 @@ impl RabbitQueue {
 
 impl MessageSource for RabbitQueue {
     fn consume_bytes(&self, prefetch: u16, handle: ByteHandler) -> BoxFuture<'_, Result<(), QueueError>> {
-        Box::pin(async move {
-            RabbitQueue::consume_bytes(self, prefetch, "outrider-publish", handle).await
-        })
+        Box::pin(async move { RabbitQueue::consume_bytes(self, prefetch, "outrider-publish", handle).await })
     }
 }
 

@@ -65,7 +65,8 @@ fn describe(e: &(dyn std::error::Error + 'static)) -> String {
 
 /// An SQS client for a region, an optional endpoint (moto) and optional static keys.
 pub(crate) async fn client(region: &str, endpoint: Option<&str>, credentials: Option<&(String, String)>) -> Client {
-    let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest()).region(Region::new(region.to_string()));
+    let mut loader =
+        aws_config::defaults(aws_config::BehaviorVersion::latest()).region(Region::new(region.to_string()));
     if let Some(ep) = endpoint {
         loader = loader.endpoint_url(ep);
     }

@@ -806,7 +806,8 @@ impl EmbeddedStore {
 
     pub async fn outbox_delete(&self, seq: i64) -> StoreResult<()> {
         self.entity(Box::new(move |c| {
-            c.prepare_cached("DELETE FROM opevent_outbox WHERE seq = ?1")?.execute([seq])?;
+            c.prepare_cached("DELETE FROM opevent_outbox WHERE seq = ?1")?
+                .execute([seq])?;
             Ok(())
         }))
         .await
