@@ -61,7 +61,7 @@ ENV
 clean_test_artifacts() {
   if command -v rabbitmqctl >/dev/null && port_open 5672; then
     timeout 60 rabbitmqctl -q list_queues name 2>/dev/null \
-      | grep -E '^outrider-(test|e2e|publish-e2e)-' \
+      | grep -E '^outrider-(test|e2e|publish-e2e|opevents-e2e|loadtest)-' \
       | while read -r q; do timeout 20 rabbitmqctl -q delete_queue "$q" </dev/null >/dev/null 2>&1 || true; done
   fi
   if command -v psql >/dev/null && port_open 5432; then
@@ -72,9 +72,9 @@ clean_test_artifacts() {
     done
   fi
   if command -v redis-cli >/dev/null && port_open 6379; then
-    # Test deployments: t<hex>, e2e<n>, q<n>, r<n> prefixes before ":outrider:".
+    # Test deployments: t<hex>, e2e<n>, q<n>, r<n>, s<n>, lt<hex> (harness) prefixes before ":outrider:".
     timeout 30 redis-cli --scan --pattern '*:outrider:*' 2>/dev/null \
-      | grep -E '^(t[0-9a-f]{12}|e2e[0-9]+|q[0-9]+|r[0-9]+):outrider:' \
+      | grep -E '^(t[0-9a-f]{12}|e2e[0-9]+|q[0-9]+|r[0-9]+|s[0-9]+|lt[0-9a-f]+):outrider:' \
       | xargs -r -n 500 redis-cli del >/dev/null 2>&1 || true
   fi
 }

@@ -345,6 +345,8 @@ const YAML_KEYS: &[(&str, &str)] = &[
     ("redis.database", "REDIS_DATABASE"),
     ("redis.tls_enabled", "REDIS_TLS_ENABLED"),
     ("redis.cluster_enabled", "REDIS_CLUSTER_ENABLED"),
+    ("outrider.redis_tls_ca_file", "OUTRIDER_REDIS_TLS_CA_FILE"),
+    ("outrider.redis_tls_insecure", "OUTRIDER_REDIS_TLS_INSECURE"),
     ("log_batch_size", "LOG_BATCH_SIZE"),
     ("alert.consecutive_failure_count", "ALERT_CONSECUTIVE_FAILURE_COUNT"),
     ("alert.auto_disable_destination", "ALERT_AUTO_DISABLE_DESTINATION"),
@@ -807,12 +809,6 @@ impl Config {
             redis: match src.non_empty("REDIS_HOST") {
                 None => None,
                 Some(host) => {
-                    if src.bool("REDIS_TLS_ENABLED", false)? {
-                        return Err(invalid(
-                            "REDIS_TLS_ENABLED",
-                            "TLS to Redis is not supported by this build yet",
-                        ));
-                    }
                     if src.bool("REDIS_CLUSTER_ENABLED", false)? {
                         return Err(invalid(
                             "REDIS_CLUSTER_ENABLED",
@@ -825,6 +821,14 @@ impl Config {
                         username: src.non_empty("REDIS_USERNAME").map(String::from),
                         password: src.non_empty("REDIS_PASSWORD").map(String::from),
                         database: src.num("REDIS_DATABASE", 0)?,
+                        tls: if src.bool("REDIS_TLS_ENABLED", false)? {
+                            Some(crate::store::redis::RedisTls {
+                                ca_file: src.non_empty("OUTRIDER_REDIS_TLS_CA_FILE").map(PathBuf::from),
+                                insecure: src.bool("OUTRIDER_REDIS_TLS_INSECURE", false)?,
+                            })
+                        } else {
+                            None
+                        },
                     })
                 }
             },

@@ -131,6 +131,9 @@ impl Engine {
     /// Opens the embedded store, loads the routing table, starts the shards and
     /// re-dispatches every delivery that was pending when the process stopped.
     pub async fn start(config: Config) -> Result<Arc<Engine>, EngineError> {
+        // Several rustls providers are linked in (the cloud SDKs bring their
+        // own); clients that do not pick one explicitly use this default.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let config = Arc::new(config);
         let cipher = Cipher::new(&config.aes_encryption_secret);
         let embedded = Arc::new(EmbeddedStore::open(

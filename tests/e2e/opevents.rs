@@ -571,3 +571,76 @@ async fn rabbitmq_sink() {
     .await;
     let _ = ch.exchange_delete(&exchange, ExchangeDeleteOptions::default()).await;
 }
+
+#[tokio::test]
+async fn exhausted_retries_of_a_redelivered_queue_task_alert_once() {
+    use outrider_engine::model::{Event, StringMap};
+    use outrider_engine::queue::rabbitmq::{RabbitConfig, RabbitQueue};
+    use outrider_engine::queue::Task;
+    // One node with Redis (the suppression key), RabbitMQ and PostgreSQL.
+    let id = format!("{}{}", std::process::id(), free_port());
+    let (url, _pg) = crate::postgres::fresh_schema(&crate::postgres::pg_url()).await;
+    let queue = format!("outrider-e2e-redeliver-{id}");
+    let sink = Receiver::start().await;
+    let sink_url = sink.url("/ops");
+    let dep = format!("r{id}");
+    let s = Server::start(&[
+        ("REDIS_HOST", "127.0.0.1"),
+        ("DEPLOYMENT_ID", &dep),
+        ("POSTGRES_URL", &url),
+        ("RABBITMQ_SERVER_URL", "amqp://guest:guest@127.0.0.1:5672"),
+        ("RABBITMQ_EXCHANGE", "outrider-e2e"),
+        ("RABBITMQ_DELIVERY_QUEUE", &queue),
+        ("RETRY_SCHEDULE", "1"),
+        ("OPERATION_EVENTS_TOPICS", "alert.attempt.exhausted_retries"),
+        ("OPERATION_EVENTS_HTTP_URL", &sink_url),
+    ])
+    .await;
+    let api = Api::admin(&s);
+    let rx = Receiver::start().await;
+    *rx.state.always.lock().unwrap() = Some(500);
+    api.tenant("t1").await;
+    let d = api.webhook("t1", &rx.url("/x"), json!({})).await;
+    let did = d["id"].as_str().unwrap().to_string();
+    // The last allowed attempt (2 of 1 + 1 retry), put on the queue twice: a redelivery.
+    let task = Task {
+        event: Arc::new(Event {
+            id: format!("redeliver-{id}"),
+            tenant_id: "t1".into(),
+            destination_id: None,
+            topic: "x".into(),
+            eligible_for_retry: true,
+            time: chrono::Utc::now().timestamp_millis(),
+            metadata: StringMap::new(),
+            data: Arc::from("{}"),
+            matched_destination_ids: vec![did.clone()],
+        }),
+        destination_id: did.clone(),
+        attempt: 2,
+        manual: false,
+    };
+    let producer = RabbitQueue::connect(
+        RabbitConfig {
+            url: "amqp://guest:guest@127.0.0.1:5672".into(),
+            exchange: "outrider-e2e".into(),
+            delivery_queue: queue.clone(),
+            auto_provision: true,
+        },
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("RabbitMQ is required for this test: {e} (scripts/services.sh up)"));
+    producer.publish(std::slice::from_ref(&task)).await.unwrap();
+    rx.wait_for(1, WAIT).await;
+    producer.publish(&[task]).await.unwrap();
+    assert_eq!(rx.wait_for(2, WAIT).await.len(), 2, "both copies attempted");
+    let got = wait_topic(&sink, "alert.attempt.exhausted_retries", 1, WAIT).await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(got.len(), 1);
+    assert_eq!(
+        of_topic(&sink, "alert.attempt.exhausted_retries").len(),
+        1,
+        "the redelivered copy's exhaustion is suppressed"
+    );
+    assert_eq!(got[0].0["data"]["attempt"]["attempt_number"], 2);
+}

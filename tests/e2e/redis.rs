@@ -90,3 +90,79 @@ fn unreachable_redis_refuses_start_without_leaking_the_password() {
     );
     assert!(!err.contains("hunter2pw"), "{err}");
 }
+
+/// A CA and a server certificate for 127.0.0.1, made with the openssl CLI.
+fn make_certs(dir: &std::path::Path) {
+    let sh = |cmd: &str| {
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(cmd)
+            .current_dir(dir)
+            .output()
+            .expect("sh");
+        assert!(out.status.success(), "{cmd}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    sh("openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.crt -days 2 -subj /CN=outrider-test-ca");
+    sh("openssl req -newkey rsa:2048 -nodes -keyout server.key -out server.csr -subj /CN=127.0.0.1");
+    sh("printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\\n' > ext.cnf");
+    sh("openssl x509 -req -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial -out server.crt -days 2 -extfile ext.cnf");
+}
+
+#[tokio::test]
+async fn tls_to_redis_verifies_the_server_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    make_certs(dir.path());
+    let port = free_port();
+    let mut redis = std::process::Command::new("redis-server")
+        .args(["--port", "0", "--bind", "127.0.0.1", "--tls-port", &port.to_string()])
+        .args(["--tls-cert-file", "server.crt", "--tls-key-file", "server.key"])
+        .args(["--tls-ca-cert-file", "ca.crt", "--tls-auth-clients", "no", "--save", ""])
+        .current_dir(dir.path())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("redis-server is required for this test: {e}"));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "TLS redis-server did not start");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let port_s = port.to_string();
+    let ca = dir.path().join("ca.crt");
+    let ca_s = ca.to_string_lossy().into_owned();
+    let base = [
+        ("API_KEY", "k"),
+        ("AES_ENCRYPTION_SECRET", "s"),
+        ("REDIS_HOST", "127.0.0.1"),
+        ("REDIS_PORT", port_s.as_str()),
+        ("REDIS_TLS_ENABLED", "true"),
+        ("OUTRIDER_BACKEND_CONNECT_TIMEOUT_SECONDS", "2"),
+    ];
+    // Without the CA the certificate is not trusted: the start is refused.
+    let (code, err) = Server::run_once(&base);
+    assert_ne!(code, 0);
+    assert!(err.contains("REDIS_HOST"), "{err}");
+    // With it, the node works over TLS: entities stored, deliveries made.
+    let mut env: Vec<(&str, &str)> = base.to_vec();
+    env.push(("OUTRIDER_REDIS_TLS_CA_FILE", ca_s.as_str()));
+    env.retain(|(k, _)| *k != "API_KEY" && *k != "AES_ENCRYPTION_SECRET");
+    let s = Server::start(&env).await;
+    let api = Api::admin(&s);
+    let rx = Receiver::start().await;
+    api.tenant("t1").await;
+    api.webhook("t1", &rx.url("/tls"), json!({})).await;
+    let r = api.publish(json!({"tenant_id": "t1", "topic": "x", "data": {}})).await;
+    assert_eq!(r.status, 202);
+    assert_eq!(rx.wait_for(1, Duration::from_secs(10)).await.len(), 1);
+    // Outpost's behaviour (no verification) is available explicitly.
+    let mut insecure: Vec<(&str, &str)> = base.to_vec();
+    insecure.push(("OUTRIDER_REDIS_TLS_INSECURE", "true"));
+    insecure.retain(|(k, _)| *k != "API_KEY" && *k != "AES_ENCRYPTION_SECRET");
+    let s2 = Server::start(&insecure).await;
+    assert_eq!(
+        Api::admin(&s2).get("/tenants/t1").await.status,
+        200,
+        "same data over an unverified TLS link"
+    );
+    let _ = redis.kill();
+    let _ = redis.wait();
+}

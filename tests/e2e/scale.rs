@@ -212,6 +212,7 @@ async fn two_delivery_nodes_deliver_10k_events_over_200_destinations() {
             username: None,
             password: None,
             database: 0,
+            tls: None,
         },
         &c.dep,
         outrider_engine::crypto::Cipher::new("x"),

@@ -20,13 +20,38 @@ use crate::crypto::Cipher;
 use crate::model::StringMap;
 
 /// How to reach Redis, from Outpost's `REDIS_*` settings.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct RedisConfig {
     pub host: String,
     pub port: u16,
     pub username: Option<String>,
     pub password: Option<String>,
     pub database: i64,
+    /// `REDIS_TLS_ENABLED`: `None` = plain TCP.
+    pub tls: Option<RedisTls>,
+}
+
+/// TLS to Redis. Unlike Outpost (which never verifies), the server's
+/// certificate is verified against the system roots, or against
+/// `ca_file` when set; `insecure` turns verification off, as Outpost does.
+#[derive(Debug, Clone, Default)]
+pub struct RedisTls {
+    pub ca_file: Option<std::path::PathBuf>,
+    pub insecure: bool,
+}
+
+// The password stays out of logs and panics.
+impl std::fmt::Debug for RedisConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisConfig")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("database", &self.database)
+            .field("tls", &self.tls)
+            .finish()
+    }
 }
 
 impl RedisConfig {
@@ -37,7 +62,36 @@ impl RedisConfig {
             (Some(u), None) => format!("{}@", enc(u)),
             (None, None) => String::new(),
         };
-        format!("redis://{auth}{}:{}/{}", self.host, self.port, self.database)
+        let (scheme, fragment) = match &self.tls {
+            None => ("redis", ""),
+            Some(t) if t.insecure => ("rediss", "#insecure"),
+            Some(_) => ("rediss", ""),
+        };
+        format!(
+            "{scheme}://{auth}{}:{}/{}{fragment}",
+            self.host, self.port, self.database
+        )
+    }
+
+    /// A client for these settings (TLS with a custom CA when configured).
+    fn client(&self) -> Result<::redis::Client, String> {
+        let ca = match self.tls.as_ref().and_then(|t| t.ca_file.as_ref()) {
+            None => None,
+            Some(path) => {
+                Some(std::fs::read(path).map_err(|e| format!("cannot read the CA file {}: {e}", path.display()))?)
+            }
+        };
+        let built = match ca {
+            None => ::redis::Client::open(self.url()),
+            Some(root_cert) => ::redis::Client::build_with_tls(
+                self.url(),
+                ::redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(root_cert),
+                },
+            ),
+        };
+        built.map_err(|e| format!("invalid settings: {:?}", e.kind()))
     }
 }
 
@@ -115,10 +169,9 @@ impl RedisEntityStore {
         cipher: Cipher,
         patience: Duration,
     ) -> StoreResult<Self> {
-        let client = ::redis::Client::open(cfg.url()).map_err(|e| StoreError::Unreachable {
-            what: "Redis",
-            message: format!("invalid settings: {:?}", e.kind()),
-        })?;
+        let client = cfg
+            .client()
+            .map_err(|message| StoreError::Unreachable { what: "Redis", message })?;
         let deadline = tokio::time::Instant::now() + patience;
         let mut wait = Duration::from_millis(100);
         let conn = loop {
@@ -521,6 +574,7 @@ mod tests {
             username: None,
             password: None,
             database: 0,
+            tls: None,
         }
     }
 
