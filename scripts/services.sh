@@ -73,8 +73,8 @@ clean_test_artifacts() {
   fi
   if command -v redis-cli >/dev/null && port_open 6379; then
     # Test deployments: t<hex>, e2e<n>, q<n>, r<n>, s<n>, lt<hex> (harness) prefixes before ":outrider:".
-    timeout 30 redis-cli --scan --pattern '*:outrider:*' 2>/dev/null \
-      | grep -E '^(t[0-9a-f]{12}|e2e[0-9]+|q[0-9]+|r[0-9]+|s[0-9]+|lt[0-9a-f]+):outrider:' \
+    timeout 30 redis-cli --scan --pattern '*outrider*' 2>/dev/null \
+      | grep -E '^\{?(t[0-9a-f]{12}|e2e[0-9]+|q[0-9]+|r[0-9]+|s[0-9]+|lt[0-9a-f]+):outrider(:|\}:)' \
       | xargs -r -n 500 redis-cli del >/dev/null 2>&1 || true
   fi
 }

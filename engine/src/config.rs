@@ -809,11 +809,15 @@ impl Config {
             redis: match src.non_empty("REDIS_HOST") {
                 None => None,
                 Some(host) => {
-                    if src.bool("REDIS_CLUSTER_ENABLED", false)? {
+                    let cluster = src.bool("REDIS_CLUSTER_ENABLED", false)?;
+                    if cluster && src.non_empty("OUTRIDER_REDIS_TLS_CA_FILE").is_some() {
                         return Err(invalid(
-                            "REDIS_CLUSTER_ENABLED",
-                            "Redis Cluster is not supported by this build yet",
+                            "OUTRIDER_REDIS_TLS_CA_FILE",
+                            "a custom CA is not supported with REDIS_CLUSTER_ENABLED yet: use system roots or OUTRIDER_REDIS_TLS_INSECURE",
                         ));
+                    }
+                    if cluster && src.num("REDIS_DATABASE", 0i64)? != 0 {
+                        return Err(invalid("REDIS_DATABASE", "a Redis Cluster has only database 0"));
                     }
                     Some(crate::store::redis::RedisConfig {
                         host: host.to_string(),
@@ -829,6 +833,7 @@ impl Config {
                         } else {
                             None
                         },
+                        cluster,
                     })
                 }
             },

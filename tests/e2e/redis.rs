@@ -166,3 +166,134 @@ async fn tls_to_redis_verifies_the_server_certificate() {
     let _ = redis.kill();
     let _ = redis.wait();
 }
+
+/// A three-master Redis Cluster of private `redis-server`s on free ports.
+struct Cluster {
+    ports: Vec<u16>,
+    children: Vec<std::process::Child>,
+    _dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    async fn start() -> Cluster {
+        let dir = tempfile::tempdir().unwrap();
+        let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let mut children = Vec::new();
+        for p in &ports {
+            let child = std::process::Command::new("redis-server")
+                .args(["--port", &p.to_string(), "--bind", "127.0.0.1", "--save", ""])
+                .args([
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    &format!("nodes-{p}.conf"),
+                ])
+                .current_dir(dir.path())
+                .stdout(std::process::Stdio::null())
+                .spawn()
+                .unwrap_or_else(|e| panic!("redis-server is required for this test: {e}"));
+            children.push(child);
+        }
+        for p in &ports {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while std::net::TcpStream::connect(("127.0.0.1", *p)).is_err() {
+                assert!(Instant::now() < deadline, "cluster node did not start");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        let nodes: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+        let out = std::process::Command::new("redis-cli")
+            .arg("--cluster")
+            .arg("create")
+            .args(&nodes)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .expect("redis-cli");
+        assert!(
+            out.status.success(),
+            "cluster create: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let ok = ports.iter().all(|p| {
+                std::process::Command::new("redis-cli")
+                    .args(["-p", &p.to_string(), "cluster", "info"])
+                    .output()
+                    .map(|o| String::from_utf8_lossy(&o.stdout).contains("cluster_state:ok"))
+                    .unwrap_or(false)
+            });
+            if ok {
+                break;
+            }
+            assert!(Instant::now() < deadline, "cluster did not converge");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Cluster {
+            ports,
+            children,
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+#[tokio::test]
+async fn redis_cluster_shares_entities_idempotency_and_retries() {
+    let cluster = Cluster::start().await;
+    let (pa, pb) = (cluster.ports[0].to_string(), cluster.ports[1].to_string());
+    let dep = format!("e2e{}", std::process::id() as u64 * 1000 + free_port() as u64);
+    let queue = format!("outrider-e2e-cluster-{}", free_port());
+    let (url, _pg) = crate::postgres::fresh_schema(&crate::postgres::pg_url()).await;
+    let env = |port: &str| -> Vec<(&'static str, String)> {
+        vec![
+            ("REDIS_HOST", "127.0.0.1".into()),
+            ("REDIS_PORT", port.into()),
+            ("REDIS_CLUSTER_ENABLED", "true".into()),
+            ("DEPLOYMENT_ID", dep.clone()),
+            ("POSTGRES_URL", url.clone()),
+            ("RABBITMQ_SERVER_URL", "amqp://guest:guest@127.0.0.1:5672".into()),
+            ("RABBITMQ_EXCHANGE", "outrider-e2e".into()),
+            ("RABBITMQ_DELIVERY_QUEUE", queue.clone()),
+            ("RETRY_SCHEDULE", "1".into()),
+        ]
+    };
+    // Each node is given a different seed node of the cluster.
+    let (ea, eb) = (env(&pa), env(&pb));
+    let a = Server::start(&ea.iter().map(|(k, v)| (*k, v.as_str())).collect::<Vec<_>>()).await;
+    let b = Server::start(&eb.iter().map(|(k, v)| (*k, v.as_str())).collect::<Vec<_>>()).await;
+    let (api_a, api_b) = (Api::admin(&a), Api::admin(&b));
+    let rx = Receiver::start().await;
+    api_a.tenant("t1").await;
+    api_a.webhook("t1", &rx.url("/c"), json!({})).await;
+    eventually("node B sees the destination", async || {
+        api_b
+            .get("/tenants/t1/destinations")
+            .await
+            .body
+            .as_array()
+            .is_some_and(|v| v.len() == 1)
+    })
+    .await;
+    // Idempotency across nodes, through the cluster.
+    let ev = json!({"id": format!("cl-{dep}"), "tenant_id": "t1", "topic": "x", "data": {}});
+    assert_eq!(api_b.publish(ev.clone()).await.body["duplicate"], false);
+    assert_eq!(api_a.publish(ev).await.body["duplicate"], true);
+    // A failed attempt's retry goes through the shared schedule (a multi-key script).
+    rx.state.script.lock().unwrap().push_back(500);
+    let got = rx.wait_for(2, Duration::from_secs(15)).await;
+    assert_eq!(
+        got.len(),
+        2,
+        "first attempt failed, the retry from the cluster-held schedule succeeded"
+    );
+    assert_eq!(got[0].header("x-outpost-event-id"), got[1].header("x-outpost-event-id"));
+}

@@ -213,6 +213,7 @@ async fn two_delivery_nodes_deliver_10k_events_over_200_destinations() {
             password: None,
             database: 0,
             tls: None,
+            cluster: false,
         },
         &c.dep,
         outrider_engine::crypto::Cipher::new("x"),

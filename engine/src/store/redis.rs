@@ -2,10 +2,13 @@
 //! by every node, with a change channel so each node's in-memory routing
 //! table and shards follow writes made on other nodes.
 //!
-//! Layout (prefixed with `<DEPLOYMENT_ID>:` when set):
-//! `outrider:tenants` hash id → JSON, `outrider:destinations` hash id → JSON
-//! (credentials AES-GCM sealed, base64), `outrider:tenant:<id>:destinations`
-//! set of ids, and the pub/sub channel `outrider:changes`.
+//! Layout: every key starts with the hash tag `{<DEPLOYMENT_ID>:outrider}`
+//! (`{outrider}` without a deployment id), so on a Redis Cluster all of a
+//! deployment's keys share one slot and the multi-key scripts and
+//! transactions stay valid (the cluster then gives failover, not sharding).
+//! `…:tenants` hash id → JSON, `…:destinations` hash id → JSON (credentials
+//! AES-GCM sealed, base64), `…:tenant:<id>:destinations` set of ids, and the
+//! pub/sub channel `…:changes`.
 
 use std::time::Duration;
 
@@ -29,6 +32,8 @@ pub struct RedisConfig {
     pub database: i64,
     /// `REDIS_TLS_ENABLED`: `None` = plain TCP.
     pub tls: Option<RedisTls>,
+    /// `REDIS_CLUSTER_ENABLED`: `host:port` is a seed node of a Redis Cluster.
+    pub cluster: bool,
 }
 
 /// TLS to Redis. Unlike Outpost (which never verifies), the server's
@@ -50,6 +55,7 @@ impl std::fmt::Debug for RedisConfig {
             .field("password", &self.password.as_ref().map(|_| "<redacted>"))
             .field("database", &self.database)
             .field("tls", &self.tls)
+            .field("cluster", &self.cluster)
             .finish()
     }
 }
@@ -142,9 +148,45 @@ struct StoredDestination {
     disabled_at: Option<i64>,
 }
 
+/// A connection to one Redis server (reconnecting) or to a Redis Cluster.
+#[derive(Clone)]
+enum Conn {
+    Single(ConnectionManager),
+    Cluster(::redis::cluster_async::ClusterConnection),
+}
+
+impl ::redis::aio::ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a ::redis::Cmd) -> ::redis::RedisFuture<'a, ::redis::Value> {
+        match self {
+            Conn::Single(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a ::redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> ::redis::RedisFuture<'a, Vec<::redis::Value>> {
+        match self {
+            Conn::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Single(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
 pub struct RedisEntityStore {
+    /// Subscriptions go to the configured node (on a cluster, PUBLISH reaches every node's subscribers).
     client: ::redis::Client,
-    conn: ConnectionManager,
+    conn: Conn,
     prefix: String,
     cipher: Cipher,
 }
@@ -174,8 +216,24 @@ impl RedisEntityStore {
             .map_err(|message| StoreError::Unreachable { what: "Redis", message })?;
         let deadline = tokio::time::Instant::now() + patience;
         let mut wait = Duration::from_millis(100);
+        let cluster = if cfg.cluster {
+            Some(
+                ::redis::cluster::ClusterClient::new(vec![cfg.url()]).map_err(|e| StoreError::Unreachable {
+                    what: "Redis",
+                    message: format!("invalid cluster settings: {:?}", e.kind()),
+                })?,
+            )
+        } else {
+            None
+        };
         let conn = loop {
-            let attempt = tokio::time::timeout(Duration::from_secs(2), ConnectionManager::new(client.clone())).await;
+            let attempt = tokio::time::timeout(Duration::from_secs(2), async {
+                match &cluster {
+                    Some(cc) => cc.get_async_connection().await.map(Conn::Cluster),
+                    None => ConnectionManager::new(client.clone()).await.map(Conn::Single),
+                }
+            })
+            .await;
             match attempt {
                 Ok(Ok(c)) => break c,
                 other => {
@@ -205,7 +263,7 @@ impl RedisEntityStore {
     }
 
     fn key(&self, name: &str) -> String {
-        format!("{}outrider:{name}", self.prefix)
+        format!("{{{}outrider}}:{name}", self.prefix)
     }
 
     pub fn changes_channel(&self) -> String {
@@ -575,6 +633,7 @@ mod tests {
             password: None,
             database: 0,
             tls: None,
+            cluster: false,
         }
     }
 
