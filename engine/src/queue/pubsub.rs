@@ -27,6 +27,10 @@ pub struct PubSubConfig {
 pub struct PubSubQueue {
     topic: Topic,
     subscription: Subscription,
+    /// `<topic>-dlq` (with `<topic>-dlq-sub` so what lands there is kept):
+    /// rejected messages are moved there. `None` if it does not exist and
+    /// auto-provisioning is off.
+    dlq: Option<(Topic, Subscription)>,
 }
 
 impl std::fmt::Debug for PubSubQueue {
@@ -94,7 +98,26 @@ impl PubSubQueue {
                         .await
                         .map_err(|e| e.to_string())?;
                 }
-                Ok::<_, String>(Self { topic, subscription })
+                let dlq_topic = client.topic(&format!("{}-dlq", cfg.topic));
+                let dlq_sub = client.subscription(&format!("{}-dlq-sub", cfg.topic));
+                let mut dlq = None;
+                if dlq_topic.exists(None).await.map_err(|e| e.to_string())? {
+                    dlq = Some((dlq_topic, dlq_sub));
+                } else if cfg.auto_provision {
+                    dlq_topic.create(None, None).await.map_err(|e| e.to_string())?;
+                    if !dlq_sub.exists(None).await.map_err(|e| e.to_string())? {
+                        dlq_sub
+                            .create(dlq_topic.fully_qualified_name(), SubscriptionConfig::default(), None)
+                            .await
+                            .map_err(|e| e.to_string())?;
+                    }
+                    dlq = Some((dlq_topic, dlq_sub));
+                }
+                Ok::<_, String>(Self {
+                    topic,
+                    subscription,
+                    dlq,
+                })
             };
             match tokio::time::timeout(Duration::from_secs(10), attempt).await {
                 Ok(Ok(q)) => return Ok(q),
@@ -114,6 +137,18 @@ impl PubSubQueue {
             tokio::time::sleep(wait).await;
             wait = (wait * 2).min(Duration::from_secs(2));
         }
+    }
+
+    /// Takes one message from the dead-letter subscription (tests and tooling).
+    pub async fn get_dead_letter(&self) -> Result<Option<Vec<u8>>, QueueError> {
+        let Some((_, sub)) = &self.dlq else { return Ok(None) };
+        let msgs = sub.pull(1, None).await.map_err(broker)?;
+        let Some(m) = msgs.into_iter().next() else {
+            return Ok(None);
+        };
+        let data = m.message.data.clone();
+        m.ack().await.map_err(broker)?;
+        Ok(Some(data))
     }
 
     /// Publishes raw messages (tests and producers).
@@ -148,13 +183,40 @@ impl PubSubQueue {
             for m in msgs {
                 let Some(permit) = permits.split(1) else { break };
                 let handle = handle.clone();
+                let dlq = self.dlq.as_ref().map(|(t, _)| t.clone());
                 tokio::spawn(async move {
                     let _permit = permit;
-                    // Requeue = nack (redelivered at once); ack and reject ack it.
-                    let r = if handle(m.message.data.clone()).await == Disposition::Requeue {
-                        m.nack().await
-                    } else {
-                        m.ack().await
+                    // Requeue = nack (redelivered at once); reject = moved to the
+                    // dead-letter topic, then acked; ack acks.
+                    let r = match handle(m.message.data.clone()).await {
+                        Disposition::Requeue => m.nack().await,
+                        Disposition::Ack => m.ack().await,
+                        Disposition::Reject => match dlq {
+                            Some(t) => {
+                                let moved = t
+                                    .new_publisher(None)
+                                    .publish_immediately(
+                                        vec![PubsubMessage {
+                                            data: m.message.data.clone(),
+                                            ..Default::default()
+                                        }],
+                                        None,
+                                    )
+                                    .await;
+                                match moved {
+                                    Ok(_) => m.ack().await,
+                                    Err(e) => {
+                                        // Not lost: it comes back and is moved on a later try.
+                                        tracing::warn!(error = %e, "cannot move a rejected message to the dead-letter topic");
+                                        m.nack().await
+                                    }
+                                }
+                            }
+                            None => {
+                                tracing::warn!("dropping a rejected Pub/Sub message: no dead-letter topic");
+                                m.ack().await
+                            }
+                        },
                     };
                     if let Err(e) = r {
                         // Not settled: it comes back after the ack deadline (at least once).
@@ -222,5 +284,14 @@ mod tests {
             "nacked once, redelivered: {v:?}"
         );
         assert_eq!(v.len(), 6, "acked messages are not redelivered: {v:?}");
+        let dead = tokio::time::timeout(Duration::from_secs(5), q.get_dead_letter())
+            .await
+            .expect("dead-letter pull")
+            .unwrap();
+        assert_eq!(
+            dead.as_deref(),
+            Some(&b"not a task"[..]),
+            "the malformed message was dead-lettered"
+        );
     }
 }
