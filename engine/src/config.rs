@@ -335,6 +335,10 @@ const YAML_KEYS: &[(&str, &str)] = &[
     ("publishmq.gcp_pubsub.project", "PUBLISH_GCP_PUBSUB_PROJECT"),
     ("publishmq.gcp_pubsub.topic", "PUBLISH_GCP_PUBSUB_TOPIC"),
     ("publishmq.gcp_pubsub.subscription", "PUBLISH_GCP_PUBSUB_SUBSCRIPTION"),
+    (
+        "publishmq.gcp_pubsub.service_account_credentials",
+        "PUBLISH_GCP_PUBSUB_SERVICE_ACCOUNT_CREDENTIALS",
+    ),
     ("publishmq.rabbitmq.server_url", "PUBLISH_RABBITMQ_SERVER_URL"),
     ("publishmq.rabbitmq.exchange", "PUBLISH_RABBITMQ_EXCHANGE"),
     ("publishmq.rabbitmq.queue", "PUBLISH_RABBITMQ_QUEUE"),
@@ -897,17 +901,15 @@ impl Config {
                             "a delivery queue needs REDIS_HOST too: tenants, destinations and publish idempotency are shared through Redis",
                         ));
                     }
-                    if src.non_empty("GCP_PUBSUB_SERVICE_ACCOUNT_CREDENTIALS").is_some() {
-                        return Err(invalid(
-                            "GCP_PUBSUB_SERVICE_ACCOUNT_CREDENTIALS",
-                            "not supported by this build yet: use Application Default Credentials (GOOGLE_APPLICATION_CREDENTIALS or the metadata server)",
-                        ));
-                    }
                     let topic = src
                         .non_empty("GCP_PUBSUB_DELIVERY_TOPIC")
                         .unwrap_or("outpost-delivery")
                         .to_string();
                     Some(crate::queue::pubsub::PubSubConfig {
+                        credentials: gcp_credentials(
+                            "GCP_PUBSUB_SERVICE_ACCOUNT_CREDENTIALS",
+                            src.non_empty("GCP_PUBSUB_SERVICE_ACCOUNT_CREDENTIALS"),
+                        )?,
                         project: project.to_string(),
                         subscription: src
                             .non_empty("GCP_PUBSUB_DELIVERY_SUBSCRIPTION")
@@ -953,6 +955,10 @@ impl Config {
                         })?
                         .to_string();
                     Some(crate::queue::pubsub::PubSubConfig {
+                        credentials: gcp_credentials(
+                            "PUBLISH_GCP_PUBSUB_SERVICE_ACCOUNT_CREDENTIALS",
+                            src.non_empty("PUBLISH_GCP_PUBSUB_SERVICE_ACCOUNT_CREDENTIALS"),
+                        )?,
                         project: project.to_string(),
                         subscription: src
                             .non_empty("PUBLISH_GCP_PUBSUB_SUBSCRIPTION")
@@ -1027,6 +1033,23 @@ impl Config {
         cfg.dev_credentials_path = Some(path);
         Ok(cfg)
     }
+}
+
+/// A service-account key given inline: it must be a JSON object with a
+/// `type` (checked here so a bad value stops the start, naming the key but
+/// never echoing the secret).
+fn gcp_credentials(key: &'static str, value: Option<&str>) -> Result<Option<String>, ConfigError> {
+    let Some(v) = value else { return Ok(None) };
+    let ok = serde_json::from_str::<serde_json::Value>(v)
+        .ok()
+        .is_some_and(|j| j.get("type").and_then(|t| t.as_str()).is_some());
+    if !ok {
+        return Err(invalid(
+            key,
+            "must be the JSON of a service-account key (an object with a \"type\" field)",
+        ));
+    }
+    Ok(Some(v.to_string()))
 }
 
 fn alert_config(src: &Sources) -> Result<AlertConfig, ConfigError> {
@@ -1114,14 +1137,13 @@ fn operator_events_config(src: &Sources) -> Result<Option<crate::opevents::Opera
         });
     }
     if let Some(project) = opev(src, "GCP_PUBSUB_PROJECT_ID") {
-        if opev(src, "GCP_PUBSUB_CREDENTIALS").is_some() {
-            return Err(invalid(
-                "OPERATION_EVENTS_GCP_PUBSUB_CREDENTIALS",
-                "not supported by this build yet: use Application Default Credentials (GOOGLE_APPLICATION_CREDENTIALS or the metadata server)",
-            ));
-        }
+        let credentials = gcp_credentials(
+            "OPERATION_EVENTS_GCP_PUBSUB_CREDENTIALS",
+            opev(src, "GCP_PUBSUB_CREDENTIALS"),
+        )?;
         sinks.push(SinkConfig::PubSub {
             project: project.to_string(),
+            credentials,
             topic: opev(src, "GCP_PUBSUB_TOPIC_ID")
                 .ok_or(ConfigError::Missing {
                     key: "OPERATION_EVENTS_GCP_PUBSUB_TOPIC_ID",
@@ -1244,6 +1266,55 @@ mod tests {
         assert_eq!(c.retry.delay(3), Duration::from_secs(120));
         assert_eq!(c.webhook.header_prefix, "x-outpost-");
         assert_eq!(c.webhook.max_response_body_bytes, 131_072);
+    }
+
+    #[test]
+    fn gcp_service_account_credentials_are_checked_and_never_echoed() {
+        let base = [("REDIS_HOST", "127.0.0.1"), ("GCP_PUBSUB_PROJECT", "p")];
+        let mut bad = base.to_vec();
+        bad.push((
+            "GCP_PUBSUB_SERVICE_ACCOUNT_CREDENTIALS",
+            "{not json, private_key: s3cret",
+        ));
+        let e = cfg(&bad).unwrap_err().to_string();
+        assert!(
+            e.contains("GCP_PUBSUB_SERVICE_ACCOUNT_CREDENTIALS") && !e.contains("s3cret"),
+            "{e}"
+        );
+        let mut good = base.to_vec();
+        let key = r#"{"type":"service_account","project_id":"p","private_key":"k","client_email":"a@p"}"#;
+        good.push(("GCP_PUBSUB_SERVICE_ACCOUNT_CREDENTIALS", key));
+        let c = cfg(&good).unwrap();
+        assert_eq!(c.pubsub.unwrap().credentials.as_deref(), Some(key));
+        let e = cfg(&[
+            ("OPERATION_EVENTS_TOPICS", "*"),
+            ("OPERATION_EVENTS_GCP_PUBSUB_PROJECT_ID", "p"),
+            ("OPERATION_EVENTS_GCP_PUBSUB_TOPIC_ID", "t"),
+            ("OPERATION_EVENTS_GCP_PUBSUB_CREDENTIALS", "[]"),
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("OPERATION_EVENTS_GCP_PUBSUB_CREDENTIALS"), "{e}");
+    }
+
+    #[test]
+    fn alert_settings_follow_outpost() {
+        let c = cfg(&[]).unwrap();
+        assert_eq!(c.alert, AlertConfig::default());
+        let c = cfg(&[
+            ("ALERT_CONSECUTIVE_FAILURE_COUNT", ""),
+            ("ALERT_EXHAUSTED_RETRIES_WINDOW_SECONDS", "0"),
+        ])
+        .unwrap();
+        assert_eq!(c.alert.consecutive_failure_count, None, "empty turns it off");
+        assert_eq!(
+            c.alert.exhausted_retries_window,
+            Some(Duration::ZERO),
+            "0 = no suppression"
+        );
+        let c = cfg(&[("ALERT_EXHAUSTED_RETRIES_WINDOW_SECONDS", "")]).unwrap();
+        assert_eq!(c.alert.exhausted_retries_window, None, "empty turns it off");
+        assert!(cfg(&[("ALERT_CONSECUTIVE_FAILURE_COUNT", "0")]).is_err());
     }
 
     #[test]

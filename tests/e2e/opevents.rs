@@ -482,6 +482,7 @@ async fn gcp_pubsub_sink() {
     let queue = PubSubQueue::connect(
         PubSubConfig {
             project: "outrider-test".into(),
+            credentials: None,
             topic: topic.clone(),
             subscription: format!("{topic}-sub"),
             auto_provision: true,

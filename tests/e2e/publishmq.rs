@@ -120,6 +120,7 @@ async fn gcp_pubsub_publish_queue() {
         let producer = PubSubQueue::connect(
             PubSubConfig {
                 project: "outrider-test".into(),
+                credentials: None,
                 topic: topic.clone(),
                 subscription: format!("{topic}-sub"),
                 auto_provision: true,

@@ -25,6 +25,7 @@ pub enum SinkConfig {
     PubSub {
         project: String,
         topic: String,
+        credentials: Option<String>,
         auto_provision: bool,
     },
     RabbitMq {
@@ -83,10 +84,12 @@ pub fn build(cfg: SinkConfig) -> std::sync::Arc<dyn Sink> {
         SinkConfig::PubSub {
             project,
             topic,
+            credentials,
             auto_provision,
         } => std::sync::Arc::new(PubSubSink {
             project,
             topic,
+            credentials,
             auto_provision,
             publisher: Mutex::new(None),
         }),
@@ -185,13 +188,14 @@ impl Sink for SqsSink {
 struct PubSubSink {
     project: String,
     topic: String,
+    credentials: Option<String>,
     auto_provision: bool,
     publisher: Mutex<Option<gcloud_pubsub::publisher::Publisher>>,
 }
 
 impl PubSubSink {
     async fn connect(&self) -> Result<gcloud_pubsub::publisher::Publisher, String> {
-        let cc = crate::queue::pubsub::PubSubQueue::client_config(&self.project).await?;
+        let cc = crate::queue::pubsub::PubSubQueue::client_config(&self.project, self.credentials.as_deref()).await?;
         let client = gcloud_pubsub::client::Client::new(cc)
             .await
             .map_err(|e| e.to_string())?;

@@ -19,6 +19,8 @@ use super::{encode, BoxFuture, ByteHandler, DeliveryBus, Disposition, MessageSou
 #[derive(Debug, Clone)]
 pub struct PubSubConfig {
     pub project: String,
+    /// A service-account key (JSON); `None` = Application Default Credentials.
+    pub credentials: Option<String>,
     pub topic: String,
     pub subscription: String,
     pub auto_provision: bool,
@@ -53,11 +55,24 @@ const PUBLISH_BATCH: usize = 100;
 
 impl PubSubQueue {
     /// The emulator (`PUBSUB_EMULATOR_HOST`) needs no credentials; Google
-    /// Cloud uses Application Default Credentials.
-    pub(crate) async fn client_config(project: &str) -> Result<ClientConfig, String> {
+    /// Cloud uses the configured service-account key, else Application
+    /// Default Credentials.
+    pub(crate) async fn client_config(project: &str, credentials: Option<&str>) -> Result<ClientConfig, String> {
+        use gcloud_pubsub::client::google_cloud_auth::credentials::CredentialsFile;
         let mut cc = ClientConfig::default();
         if std::env::var("PUBSUB_EMULATOR_HOST").is_err() {
-            cc = cc.with_auth().await.map_err(|e| format!("credentials: {e}"))?;
+            cc = match credentials {
+                Some(json) => {
+                    // The error text never repeats the key material.
+                    let file = CredentialsFile::new_from_str(json)
+                        .await
+                        .map_err(|_| "the service-account credentials are not a valid key file".to_string())?;
+                    cc.with_credentials(file)
+                        .await
+                        .map_err(|e| format!("credentials: {e}"))?
+                }
+                None => cc.with_auth().await.map_err(|e| format!("credentials: {e}"))?,
+            };
         }
         cc.project_id = Some(project.to_string());
         Ok(cc)
@@ -68,7 +83,7 @@ impl PubSubQueue {
         let mut wait = Duration::from_millis(200);
         loop {
             let attempt = async {
-                let client = Client::new(Self::client_config(&cfg.project).await?)
+                let client = Client::new(Self::client_config(&cfg.project, cfg.credentials.as_deref()).await?)
                     .await
                     .map_err(|e| e.to_string())?;
                 let topic = client.topic(&cfg.topic);
@@ -258,6 +273,7 @@ mod tests {
         let q = PubSubQueue::connect(
             PubSubConfig {
                 project: "outrider-test".into(),
+                credentials: None,
                 topic: name.clone(),
                 subscription: format!("{name}-sub"),
                 auto_provision: true,
