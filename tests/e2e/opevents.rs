@@ -286,6 +286,14 @@ async fn subscription_updates_and_attempt_events_over_http() {
     assert_eq!(failed[0].0["data"]["attempt"]["status"], "failed");
     assert_eq!(failed[0].0["data"]["attempt"]["code"], "500");
     assert_eq!(ok[0].0["data"]["attempt"]["status"], "success");
+    // The sender's counters are on /healthz.
+    let h = reqwest::get(format!("http://127.0.0.1:{}/healthz", s.port))
+        .await
+        .unwrap();
+    let h: Value = h.json().await.unwrap();
+    let ops = &h["workers"]["operator-events"];
+    assert!(ops["sent"].as_u64().unwrap() >= 4, "{h}");
+    assert_eq!(ops["dropped"], 0);
     // Delete: count back to zero.
     api.call("DELETE", &format!("/tenants/t1/destinations/{did}"), None)
         .await;

@@ -17,6 +17,19 @@ pub async fn healthz(State(s): State<AppState>) -> impl IntoResponse {
         "delivery-shards".into(),
         json!({"status": "healthy", "shards": s.engine.shard_count()}),
     );
+    if let Some(o) = &s.engine.opevents {
+        use std::sync::atomic::Ordering::Relaxed;
+        // Best-effort events dropped (queue full or 3 failed tries) are visible here, not only in logs.
+        workers.insert(
+            "operator-events".into(),
+            json!({
+                "status": "healthy",
+                "sent": o.stats.sent.load(Relaxed),
+                "dropped": o.stats.dropped.load(Relaxed),
+                "failed_sends": o.stats.failed_sends.load(Relaxed),
+            }),
+        );
+    }
     Json(json!({
         "status": "healthy",
         "timestamp": outrider_engine::timefmt::format_ms(outrider_engine::timefmt::now_ms()),
