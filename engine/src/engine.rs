@@ -249,12 +249,14 @@ impl Engine {
             }
         }
         if let Some(pg) = pipeline {
-            let handle = crate::log_pipeline::spawn(
-                embedded,
-                pg,
-                config.log_batch_size,
-                config.publish_idempotency_key_ttl.as_millis() as i64,
-            );
+            // With a delivery queue, publish idempotency lives in Redis: shipped
+            // events need not stay on the node for the idempotency window.
+            let window = if engine.bus.is_some() {
+                0
+            } else {
+                config.publish_idempotency_key_ttl.as_millis() as i64
+            };
+            let handle = crate::log_pipeline::spawn(embedded, pg, config.log_batch_size, window);
             *engine.pipeline.lock() = Some(handle);
         }
         Ok(engine)

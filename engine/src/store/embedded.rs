@@ -842,11 +842,19 @@ impl EmbeddedStore {
     pub async fn prune_shipped(&self, events: i64, attempts: i64, keep_accepted_after: i64) -> StoreResult<()> {
         self.entity(Box::new(move |c| {
             c.execute("DELETE FROM attempts WHERE seq <= ?1", [attempts])?;
-            c.execute(
-                "DELETE FROM events WHERE seq <= ?1 AND accepted_at < ?2
+            // Rows are appended in acceptance order, so the ones still inside
+            // the window are a suffix: stop at the first of them instead of
+            // scanning the whole window on every prune.
+            let first_kept: Option<i64> = c
+                .prepare_cached("SELECT seq FROM events WHERE accepted_at >= ?1 ORDER BY seq LIMIT 1")?
+                .query_row([keep_accepted_after], |r| r.get(0))
+                .optional()?;
+            let upto = first_kept.map_or(events, |k| events.min(k - 1));
+            c.prepare_cached(
+                "DELETE FROM events WHERE seq <= ?1
                  AND NOT EXISTS (SELECT 1 FROM pending p WHERE p.event_id = events.id)",
-                params![events, keep_accepted_after],
-            )?;
+            )?
+            .execute([upto])?;
             Ok(())
         }))
         .await
