@@ -48,26 +48,51 @@ fn assert_signed(r: &Received) {
     assert_eq!(sig, format!("v0={}", hmac_hex(SECRET.as_bytes(), &r.body)));
 }
 
-#[tokio::test]
-async fn consecutive_failures_alert_at_thresholds_then_auto_disable() {
+/// A server whose operator events go to a recording HTTP sink (signed with
+/// `SECRET`), with tenant `t1` and one webhook destination that always
+/// answers 500.
+struct Failing {
+    s: Server,
+    api: Api,
+    sink: Receiver,
+    rx: Receiver,
+    did: String,
+}
+
+async fn failing_setup(env: &[(&str, &str)]) -> Failing {
     let sink = Receiver::start().await;
     let url = sink.url("/ops");
-    let s = Server::start(&[
-        ("ALERT_CONSECUTIVE_FAILURE_COUNT", "10"),
-        ("ALERT_AUTO_DISABLE_DESTINATION", "true"),
-        ("OPERATION_EVENTS_TOPICS", "*"),
+    let mut all: Vec<(&str, &str)> = vec![
         ("OPERATION_EVENTS_HTTP_URL", &url),
         ("OPERATION_EVENTS_HTTP_SIGNING_SECRET", SECRET),
         ("DEPLOYMENT_ID", "dep-e2e"),
-        ("RETRY_SCHEDULE", "1,1,1"),
-    ])
-    .await;
+    ];
+    all.extend_from_slice(env);
+    let s = Server::start(&all).await;
     let api = Api::admin(&s);
     let rx = Receiver::start().await;
     *rx.state.always.lock().unwrap() = Some(500);
     api.tenant("t1").await;
     let d = api.webhook("t1", &rx.url("/fail"), json!({})).await;
     let did = d["id"].as_str().unwrap().to_string();
+    Failing { s, api, sink, rx, did }
+}
+
+#[tokio::test]
+async fn consecutive_failures_alert_at_thresholds_then_auto_disable() {
+    let Failing {
+        s: _server,
+        api,
+        sink,
+        rx,
+        did,
+    } = failing_setup(&[
+        ("ALERT_CONSECUTIVE_FAILURE_COUNT", "10"),
+        ("ALERT_AUTO_DISABLE_DESTINATION", "true"),
+        ("OPERATION_EVENTS_TOPICS", "*"),
+        ("RETRY_SCHEDULE", "1,1,1"),
+    ])
+    .await;
     for i in 0..12 {
         let r = api
             .publish(json!({"tenant_id": "t1", "topic": "x", "data": {"n": i}}))
@@ -137,22 +162,19 @@ async fn consecutive_failures_alert_at_thresholds_then_auto_disable() {
 
 #[tokio::test]
 async fn exhausted_retries_alert_once_per_event_within_the_window() {
-    let sink = Receiver::start().await;
-    let url = sink.url("/ops");
-    let s = Server::start(&[
+    // Every field is bound: the server lives until the end of the test.
+    let Failing {
+        s: _server,
+        api,
+        sink,
+        rx: _rx,
+        did,
+    } = failing_setup(&[
         ("OPERATION_EVENTS_TOPICS", "alert.attempt.exhausted_retries"),
-        ("OPERATION_EVENTS_HTTP_URL", &url),
-        ("DEPLOYMENT_ID", "dep-e2e"),
         ("RETRY_SCHEDULE", "1"),
         ("ALERT_EXHAUSTED_RETRIES_WINDOW_SECONDS", "3"),
     ])
     .await;
-    let api = Api::admin(&s);
-    let rx = Receiver::start().await;
-    *rx.state.always.lock().unwrap() = Some(500);
-    api.tenant("t1").await;
-    let d = api.webhook("t1", &rx.url("/x"), json!({})).await;
-    let did = d["id"].as_str().unwrap().to_string();
     let topic = "alert.attempt.exhausted_retries";
     api.publish(json!({"id": "ev-a", "tenant_id": "t1", "topic": "x", "data": {}}))
         .await;
@@ -191,22 +213,19 @@ async fn exhausted_retries_alert_once_per_event_within_the_window() {
 
 #[tokio::test]
 async fn exhausted_retries_per_destination_option() {
-    let sink = Receiver::start().await;
-    let url = sink.url("/ops");
-    let s = Server::start(&[
+    let Failing {
+        s: _server,
+        api,
+        sink,
+        rx,
+        did: _,
+    } = failing_setup(&[
         ("OPERATION_EVENTS_TOPICS", "alert.attempt.exhausted_retries"),
-        ("OPERATION_EVENTS_HTTP_URL", &url),
-        ("DEPLOYMENT_ID", "dep-e2e"),
         ("RETRY_SCHEDULE", "1"),
         ("ALERT_EXHAUSTED_RETRIES_WINDOW_SECONDS", "60"),
         ("OUTRIDER_ALERT_EXHAUSTED_RETRIES_SCOPE", "destination"),
     ])
     .await;
-    let api = Api::admin(&s);
-    let rx = Receiver::start().await;
-    *rx.state.always.lock().unwrap() = Some(500);
-    api.tenant("t1").await;
-    api.webhook("t1", &rx.url("/x"), json!({})).await;
     for i in 0..5 {
         api.publish(json!({"tenant_id": "t1", "topic": "x", "data": {"n": i}}))
             .await;
@@ -305,21 +324,18 @@ async fn subscription_updates_and_attempt_events_over_http() {
 
 #[tokio::test]
 async fn alert_survives_a_sink_outage_and_a_restart() {
-    let sink = Receiver::start().await;
-    *sink.state.always.lock().unwrap() = Some(503);
-    let url = sink.url("/ops");
-    let mut s = Server::start(&[
+    let Failing {
+        mut s,
+        api,
+        sink,
+        rx: _rx,
+        did: _,
+    } = failing_setup(&[
         ("ALERT_CONSECUTIVE_FAILURE_COUNT", "2"),
         ("OPERATION_EVENTS_TOPICS", "alert.destination.consecutive_failure"),
-        ("OPERATION_EVENTS_HTTP_URL", &url),
-        ("DEPLOYMENT_ID", "dep-e2e"),
     ])
     .await;
-    let api = Api::admin(&s);
-    let rx = Receiver::start().await;
-    *rx.state.always.lock().unwrap() = Some(500);
-    api.tenant("t1").await;
-    api.webhook("t1", &rx.url("/x"), json!({})).await;
+    *sink.state.always.lock().unwrap() = Some(503);
     for _ in 0..2 {
         api.publish(json!({"tenant_id": "t1", "topic": "x", "eligible_for_retry": false, "data": {}}))
             .await;
