@@ -221,6 +221,7 @@ async fn run(id: usize, rx: flume::Receiver<ShardMsg>, deps: ShardDeps, stats: A
             ShardMsg::Upsert(d) => shard.upsert(d),
             ShardMsg::Remove(id) => {
                 shard.dests.borrow_mut().remove(&id);
+                shard.failing.borrow_mut().remove(&id);
             }
             ShardMsg::Deliver(d) => {
                 if d.manual {
