@@ -216,6 +216,96 @@ pub(crate) fn recording_handler(
     (handler, seen)
 }
 
+/// The shared test suite every [`DeliveryBus`] passes: at-least-once
+/// redelivery of a failed task, no redelivery of acked ones, malformed
+/// messages never reach the handler, and tasks handled concurrently (a
+/// delivery node acks only after the attempt, so one slow attempt must not
+/// hold the others back).
+#[cfg(test)]
+pub(crate) mod conformance {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::{Duration, Instant};
+
+    async fn until(what: &str, timeout: Duration, f: impl Fn() -> bool) {
+        let deadline = Instant::now() + timeout;
+        while !f() {
+            assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// `raw` puts bytes on the queue as a producer would. One consumer runs
+    /// throughout (an aborted receive could still take messages on the
+    /// broker side and hide them for the visibility timeout).
+    pub async fn run(bus: Arc<dyn DeliveryBus>, raw: impl AsyncFnOnce(Vec<u8>)) {
+        const DATA: &str = "{\"b\":1,\"a\":2}";
+        // Tasks e0..e4 are recorded (e2 fails once); e10.. wait until 4 are in flight at once.
+        let (record, seen) = recording_handler(DATA, "e2");
+        let inflight = Arc::new(AtomicUsize::new(0));
+        let peak = Arc::new(AtomicUsize::new(0));
+        let done = Arc::new(AtomicUsize::new(0));
+        let (i, p, d) = (inflight.clone(), peak.clone(), done.clone());
+        let handler: TaskHandler = Arc::new(move |t: Task| {
+            if t.event.id.len() == 2 {
+                return record(t);
+            }
+            let (i, p, d) = (i.clone(), p.clone(), d.clone());
+            Box::pin(async move {
+                let now = i.fetch_add(1, Ordering::SeqCst) + 1;
+                p.fetch_max(now, Ordering::SeqCst);
+                let deadline = Instant::now() + Duration::from_secs(3);
+                while p.load(Ordering::SeqCst) < 4 && Instant::now() < deadline {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                i.fetch_sub(1, Ordering::SeqCst);
+                d.fetch_add(1, Ordering::SeqCst);
+                Ok(())
+            })
+        });
+        let b = bus.clone();
+        let consumer = tokio::spawn(async move { b.consume(10, handler).await });
+
+        let tasks: Vec<Task> = (0..5).map(|n| sample_task(n, DATA)).collect();
+        bus.publish(&tasks).await.unwrap();
+        raw(b"not a task".to_vec()).await;
+        until("5 tasks + 1 redelivery", Duration::from_secs(20), || {
+            seen.lock().map(|v| v.len() >= 6).unwrap_or(false)
+        })
+        .await;
+        // Anything acked would come back within this.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let v = seen.lock().unwrap().clone();
+        let mut unique = v.clone();
+        unique.sort();
+        unique.dedup();
+        assert_eq!(unique, vec!["e0", "e1", "e2", "e3", "e4"], "{v:?}");
+        assert_eq!(
+            v.iter().filter(|id| *id == "e2").count(),
+            2,
+            "failed once, redelivered once: {v:?}"
+        );
+        assert_eq!(
+            v.len(),
+            6,
+            "acked tasks are not redelivered; malformed never handled: {v:?}"
+        );
+
+        let tasks: Vec<Task> = (10..18).map(|n| sample_task(n, DATA)).collect();
+        bus.publish(&tasks).await.unwrap();
+        until("8 tasks handled", Duration::from_secs(30), || {
+            done.load(Ordering::SeqCst) >= 8
+        })
+        .await;
+        consumer.abort();
+        assert!(
+            peak.load(Ordering::SeqCst) >= 4,
+            "tasks are handled concurrently: peak {} in flight",
+            peak.load(Ordering::SeqCst)
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -264,42 +264,28 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn publish_consume_ack_and_redeliver() {
+    async fn delivery_bus_conformance_and_dead_letter_topic() {
         assert!(
             std::env::var("PUBSUB_EMULATOR_HOST").is_ok(),
             "PUBSUB_EMULATOR_HOST is not set: run the tests through scripts/test.sh (it starts the emulator)"
         );
         let name = format!("outrider-test-{}", crate::ids::random_hex(4));
-        let q = PubSubQueue::connect(
-            PubSubConfig {
-                project: "outrider-test".into(),
-                credentials: None,
-                topic: name.clone(),
-                subscription: format!("{name}-sub"),
-                auto_provision: true,
-            },
-            Duration::from_secs(20),
-        )
-        .await
-        .unwrap_or_else(|e| panic!("the Pub/Sub emulator is required for this test: {e}"));
-        let tasks: Vec<Task> = (0..5)
-            .map(|n| crate::queue::sample_task(n, "{\"b\":1,\"a\":2}"))
-            .collect();
-        DeliveryBus::publish(&q, &tasks).await.unwrap();
-        q.publish_raw(vec![b"not a task".to_vec()]).await.unwrap();
-        let (handler, seen) = crate::queue::recording_handler("{\"b\":1,\"a\":2}", "e2");
-        let _ = tokio::time::timeout(Duration::from_secs(8), DeliveryBus::consume(&q, 10, handler)).await;
-        let v = seen.lock().unwrap().clone();
-        let mut unique = v.clone();
-        unique.sort();
-        unique.dedup();
-        assert_eq!(unique.len(), 5, "{v:?}");
-        assert_eq!(
-            v.iter().filter(|id| *id == "e2").count(),
-            2,
-            "nacked once, redelivered: {v:?}"
+        let q = std::sync::Arc::new(
+            PubSubQueue::connect(
+                PubSubConfig {
+                    project: "outrider-test".into(),
+                    credentials: None,
+                    topic: name.clone(),
+                    subscription: format!("{name}-sub"),
+                    auto_provision: true,
+                },
+                Duration::from_secs(20),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("the Pub/Sub emulator is required for this test: {e}")),
         );
-        assert_eq!(v.len(), 6, "acked messages are not redelivered: {v:?}");
+        let p = q.clone();
+        crate::queue::conformance::run(q.clone(), async move |b| p.publish_raw(vec![b]).await.unwrap()).await;
         let dead = tokio::time::timeout(Duration::from_secs(5), q.get_dead_letter())
             .await
             .expect("dead-letter pull")

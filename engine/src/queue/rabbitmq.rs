@@ -375,7 +375,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn publish_confirm_consume_ack_and_requeue() {
+    async fn delivery_bus_conformance() {
         let name = format!("outrider-test-{}", crate::ids::random_hex(4));
         let cfg = RabbitConfig {
             url: url(),
@@ -383,31 +383,13 @@ mod tests {
             delivery_queue: name,
             auto_provision: true,
         };
-        let q = RabbitQueue::connect(cfg, Duration::from_secs(5))
-            .await
-            .unwrap_or_else(|e| panic!("RabbitMQ is required for this test: {e} (scripts/services.sh up)"));
-        q.publish(&[task(1), task(2)]).await.unwrap();
-        let seen: Arc<Mutex<Vec<String>>> = Arc::default();
-        let s = seen.clone();
-        // The first delivery of e1 fails and is requeued; then both succeed.
-        let handler: TaskHandler = Arc::new(move |t| {
-            let s = s.clone();
-            Box::pin(async move {
-                let mut v = s.lock().unwrap();
-                let first = !v.contains(&t.event.id);
-                v.push(t.event.id.clone());
-                if first && t.event.id == "e1" {
-                    Err("not now".into())
-                } else {
-                    Ok(())
-                }
-            })
-        });
-        let consume = q.consume(10, "t", handler);
-        let _ = tokio::time::timeout(Duration::from_secs(3), consume).await;
-        let v = seen.lock().unwrap().clone();
-        assert_eq!(v.iter().filter(|id| *id == "e1").count(), 2, "{v:?}");
-        assert_eq!(v.iter().filter(|id| *id == "e2").count(), 1, "{v:?}");
+        let q = Arc::new(
+            RabbitQueue::connect(cfg, Duration::from_secs(5))
+                .await
+                .unwrap_or_else(|e| panic!("RabbitMQ is required for this test: {e} (scripts/services.sh up)")),
+        );
+        let p = q.clone();
+        crate::queue::conformance::run(q.clone(), async move |b| p.publish_bytes(&b).await.unwrap()).await;
         for qn in [q.cfg.delivery_queue.clone(), q.dlq_name()] {
             let _ = q.session().await.unwrap().1.queue_delete(&qn, Default::default()).await;
         }
