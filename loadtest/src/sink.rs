@@ -90,7 +90,14 @@ pub fn start(core: Option<usize>, behaviour: Behaviour, prefix: String, destinat
                 .build()
                 .expect("sink runtime");
             rt.block_on(async move {
-                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind sink");
+                // A deep accept backlog: a burst of new connections must not
+                // overflow it (each dropped SYN would add a 1 s retransmit to
+                // the measured latency).
+                let socket = tokio::net::TcpSocket::new_v4().expect("sink socket");
+                socket
+                    .bind(std::net::SocketAddr::from(([127, 0, 0, 1], 0)))
+                    .expect("bind sink");
+                let listener = socket.listen(4096).expect("listen sink");
                 let _ = tx.send(listener.local_addr().expect("sink addr"));
                 let behaviour = Arc::new(behaviour);
                 let prefix: Arc<str> = Arc::from(prefix);
