@@ -331,10 +331,16 @@ impl Shard {
                             .failure(sample, h.keep_samples);
                     }
                 } else if h.shared || self.failing.borrow_mut().remove(&dest.id) {
-                    streaks
-                        .entry(dest.id.clone())
-                        .or_insert_with(|| Streak::new(dest.clone()))
-                        .success();
+                    // Shared counters see a success per delivery: look up before
+                    // allocating a key, so a busy destination costs no allocation.
+                    match streaks.get_mut(&dest.id) {
+                        Some(s) => s.success(),
+                        None => {
+                            let mut s = Streak::new(dest.clone());
+                            s.success();
+                            streaks.insert(dest.id.clone(), s);
+                        }
+                    }
                 }
             }
             let max = self.deps.publish.config.retry.max_retries();

@@ -16,6 +16,18 @@ async fn eventually(what: &str, mut f: impl AsyncFnMut() -> bool) {
     }
 }
 
+/// Waits until `api`'s node lists `n` destinations of tenant `t1`.
+async fn sees_destinations(api: &Api, n: usize) {
+    eventually("the node sees the destinations", async || {
+        api.get("/tenants/t1/destinations")
+            .await
+            .body
+            .as_array()
+            .is_some_and(|v| v.len() == n)
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn two_nodes_share_entities_through_redis() {
     let dep = format!("e2e{}", std::process::id() as u64 * 1000 + free_port() as u64);
@@ -28,15 +40,7 @@ async fn two_nodes_share_entities_through_redis() {
     api_a.tenant("t1").await;
     let d = api_a.webhook("t1", &rx.url("/r"), json!({})).await;
     let did = d["id"].as_str().unwrap().to_string();
-    eventually("node B sees the destination", async || {
-        api_b
-            .get("/tenants/t1/destinations")
-            .await
-            .body
-            .as_array()
-            .is_some_and(|v| v.len() == 1)
-    })
-    .await;
+    sees_destinations(&api_b, 1).await;
     // B delivers to a destination created on A, signed with the same secret.
     let r = api_b
         .publish(json!({"tenant_id": "t1", "topic": "x", "data": {"from": "b"}}))
@@ -274,15 +278,7 @@ async fn redis_cluster_shares_entities_idempotency_and_retries() {
     let rx = Receiver::start().await;
     api_a.tenant("t1").await;
     api_a.webhook("t1", &rx.url("/c"), json!({})).await;
-    eventually("node B sees the destination", async || {
-        api_b
-            .get("/tenants/t1/destinations")
-            .await
-            .body
-            .as_array()
-            .is_some_and(|v| v.len() == 1)
-    })
-    .await;
+    sees_destinations(&api_b, 1).await;
     // Idempotency across nodes, through the cluster.
     let ev = json!({"id": format!("cl-{dep}"), "tenant_id": "t1", "topic": "x", "data": {}});
     assert_eq!(api_b.publish(ev.clone()).await.body["duplicate"], false);

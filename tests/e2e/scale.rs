@@ -206,15 +206,7 @@ async fn two_delivery_nodes_deliver_10k_events_over_200_destinations() {
     // Consecutive-failure counters in Redis: each failing destination's equals its failed attempts.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let redis = outrider_engine::store::redis::RedisEntityStore::connect(
-        &outrider_engine::store::redis::RedisConfig {
-            host: "127.0.0.1".into(),
-            port: 6379,
-            username: None,
-            password: None,
-            database: 0,
-            tls: None,
-            cluster: false,
-        },
+        &outrider_engine::store::redis::RedisConfig::plain("127.0.0.1", 6379),
         &c.dep,
         outrider_engine::crypto::Cipher::new("x"),
         Duration::from_secs(5),

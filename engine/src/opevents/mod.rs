@@ -65,18 +65,7 @@ pub struct OperatorEventsConfig {
 
 /// Outpost's event projection (the delivery task's event).
 pub fn event_json(e: &Event) -> serde_json::Value {
-    let data: serde_json::Value = serde_json::from_str(&e.data).unwrap_or(serde_json::Value::Null);
-    serde_json::json!({
-        "id": e.id,
-        "tenant_id": e.tenant_id,
-        "destination_id": e.destination_id.clone().unwrap_or_default(),
-        "matched_destination_ids": e.matched_destination_ids,
-        "topic": e.topic,
-        "eligible_for_retry": e.eligible_for_retry,
-        "time": format_ms(e.time),
-        "metadata": e.metadata,
-        "data": data,
-    })
+    crate::queue::event_json(e)
 }
 
 pub fn attempt_json(a: &Attempt) -> serde_json::Value {

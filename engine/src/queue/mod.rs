@@ -123,21 +123,39 @@ struct WireTask<'a> {
     manual: bool,
 }
 
+impl<'a> WireEvent<'a> {
+    fn of(e: &Event, data: &'a RawValue) -> Self {
+        WireEvent {
+            id: e.id.clone(),
+            tenant_id: e.tenant_id.clone(),
+            destination_id: e.destination_id.clone(),
+            matched_destination_ids: e.matched_destination_ids.clone(),
+            topic: e.topic.clone(),
+            eligible_for_retry: e.eligible_for_retry,
+            time: crate::timefmt::format_ms(e.time),
+            metadata: e.metadata.clone(),
+            data,
+        }
+    }
+}
+
+/// The event's data as raw JSON (it was validated as an object on publish).
+fn raw_data(e: &Event) -> Box<RawValue> {
+    RawValue::from_string(e.data.to_string())
+        .unwrap_or_else(|_| RawValue::from_string("{}".into()).unwrap_or_else(|_| unreachable!("literal JSON")))
+}
+
+/// An event as Outpost shows it in a delivery task, for other documents
+/// that carry one (operator events).
+pub fn event_json(e: &Event) -> serde_json::Value {
+    let data = raw_data(e);
+    serde_json::to_value(WireEvent::of(e, &data)).unwrap_or_default()
+}
+
 pub fn encode(t: &Task) -> Vec<u8> {
-    let data = RawValue::from_string(t.event.data.to_string())
-        .unwrap_or_else(|_| RawValue::from_string("{}".into()).unwrap_or_else(|_| unreachable!("literal JSON")));
+    let data = raw_data(&t.event);
     let wire = WireTask {
-        event: WireEvent {
-            id: t.event.id.clone(),
-            tenant_id: t.event.tenant_id.clone(),
-            destination_id: t.event.destination_id.clone(),
-            matched_destination_ids: t.event.matched_destination_ids.clone(),
-            topic: t.event.topic.clone(),
-            eligible_for_retry: t.event.eligible_for_retry,
-            time: crate::timefmt::format_ms(t.event.time),
-            metadata: t.event.metadata.clone(),
-            data: &data,
-        },
+        event: WireEvent::of(&t.event, &data),
         destination_id: t.destination_id.clone(),
         attempt: t.attempt,
         manual: t.manual,
@@ -309,6 +327,15 @@ pub(crate) mod conformance {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn event_json_is_the_task_event() {
+        let t = sample_task(1, r#"{"zebra":1,"alpha":2}"#);
+        let v = event_json(&t.event);
+        let task: serde_json::Value = serde_json::from_slice(&encode(&t)).unwrap();
+        assert_eq!(v, task["event"]);
+        assert_eq!(v["data"]["zebra"], 1);
+    }
 
     #[test]
     fn round_trip_keeps_key_order() {

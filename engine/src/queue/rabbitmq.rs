@@ -374,20 +374,22 @@ mod tests {
         crate::queue::sample_task(n, "{\"n\":1}")
     }
 
-    #[tokio::test]
-    async fn delivery_bus_conformance() {
-        let name = format!("outrider-test-{}", crate::ids::random_hex(4));
+    /// A new, uniquely named queue (with its dead-letter queue).
+    async fn fresh_queue() -> RabbitQueue {
         let cfg = RabbitConfig {
             url: url(),
             exchange: "outrider-test".into(),
-            delivery_queue: name,
+            delivery_queue: format!("outrider-test-{}", crate::ids::random_hex(4)),
             auto_provision: true,
         };
-        let q = Arc::new(
-            RabbitQueue::connect(cfg, Duration::from_secs(5))
-                .await
-                .unwrap_or_else(|e| panic!("RabbitMQ is required for this test: {e} (scripts/services.sh up)")),
-        );
+        RabbitQueue::connect(cfg, Duration::from_secs(5))
+            .await
+            .unwrap_or_else(|e| panic!("RabbitMQ is required for this test: {e} (scripts/services.sh up)"))
+    }
+
+    #[tokio::test]
+    async fn delivery_bus_conformance() {
+        let q = Arc::new(fresh_queue().await);
         let p = q.clone();
         crate::queue::conformance::run(q.clone(), async move |b| p.publish_bytes(&b).await.unwrap()).await;
         for qn in [q.cfg.delivery_queue.clone(), q.dlq_name()] {
@@ -397,14 +399,7 @@ mod tests {
 
     #[tokio::test]
     async fn rejected_and_poison_messages_are_dead_lettered() {
-        let name = format!("outrider-test-{}", crate::ids::random_hex(4));
-        let cfg = RabbitConfig {
-            url: url(),
-            exchange: "outrider-test".into(),
-            delivery_queue: name,
-            auto_provision: true,
-        };
-        let q = RabbitQueue::connect(cfg, Duration::from_secs(5)).await.unwrap();
+        let q = fresh_queue().await;
         q.publish_bytes(b"not a task").await.unwrap();
         q.publish(&[task(7)]).await.unwrap();
         // e7 always fails: requeued until the delivery limit dead-letters it.

@@ -355,22 +355,25 @@ mod tests {
         crate::queue::sample_task(n, "{\"b\":1,\"a\":2}")
     }
 
+    /// A new, uniquely named queue (with its dead-letter queue) on moto.
+    async fn fresh_queue() -> SqsQueue {
+        SqsQueue::connect(
+            SqsConfig {
+                region: "us-east-1".into(),
+                endpoint: Some(endpoint()),
+                credentials: Some(("test".into(), "test".into())),
+                delivery_queue: format!("outrider-test-{}", crate::ids::random_hex(4)),
+                auto_provision: true,
+            },
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("moto is required for this test: {e}"))
+    }
+
     #[tokio::test]
     async fn delivery_bus_conformance_batches_and_redrive() {
-        let q = std::sync::Arc::new(
-            SqsQueue::connect(
-                SqsConfig {
-                    region: "us-east-1".into(),
-                    endpoint: Some(endpoint()),
-                    credentials: Some(("test".into(), "test".into())),
-                    delivery_queue: format!("outrider-test-{}", crate::ids::random_hex(4)),
-                    auto_provision: true,
-                },
-                Duration::from_secs(10),
-            )
-            .await
-            .unwrap_or_else(|e| panic!("moto is required for this test: {e}")),
-        );
+        let q = std::sync::Arc::new(fresh_queue().await);
         let p = q.clone();
         crate::queue::conformance::run(q.clone(), async move |b| {
             p.send_raw(std::str::from_utf8(&b).unwrap()).await.unwrap()
@@ -383,18 +386,7 @@ mod tests {
         );
         // More than one SendMessageBatch call (10 per call), on a fresh queue:
         // the suite's aborted long poll may still hold messages of this one.
-        let q2 = SqsQueue::connect(
-            SqsConfig {
-                region: "us-east-1".into(),
-                endpoint: Some(endpoint()),
-                credentials: Some(("test".into(), "test".into())),
-                delivery_queue: format!("outrider-test-{}", crate::ids::random_hex(4)),
-                auto_provision: true,
-            },
-            Duration::from_secs(10),
-        )
-        .await
-        .unwrap();
+        let q2 = fresh_queue().await;
         let tasks: Vec<Task> = (20..32).map(task).collect();
         DeliveryBus::publish(&q2, &tasks).await.unwrap();
         let (handler, seen) = crate::queue::recording_handler("{\"b\":1,\"a\":2}", "none");

@@ -61,6 +61,19 @@ impl std::fmt::Debug for RedisConfig {
 }
 
 impl RedisConfig {
+    /// Plain TCP to one server, database 0, no credentials.
+    pub fn plain(host: impl Into<String>, port: u16) -> Self {
+        Self {
+            host: host.into(),
+            port,
+            username: None,
+            password: None,
+            database: 0,
+            tls: None,
+            cluster: false,
+        }
+    }
+
     fn url(&self) -> String {
         let auth = match (&self.username, &self.password) {
             (Some(u), Some(p)) => format!("{}:{}@", enc(u), enc(p)),
@@ -626,15 +639,10 @@ mod tests {
     use futures_util::StreamExt;
 
     fn cfg() -> RedisConfig {
-        RedisConfig {
-            host: std::env::var("OUTRIDER_TEST_REDIS_HOST").unwrap_or_else(|_| "127.0.0.1".into()),
-            port: 6379,
-            username: None,
-            password: None,
-            database: 0,
-            tls: None,
-            cluster: false,
-        }
+        RedisConfig::plain(
+            std::env::var("OUTRIDER_TEST_REDIS_HOST").unwrap_or_else(|_| "127.0.0.1".into()),
+            6379,
+        )
     }
 
     async fn store() -> RedisEntityStore {
