@@ -178,10 +178,14 @@ async fn serve(config: Config) -> Result<(), String> {
     outrider_api::serve_router(listener, router, shutdown_signal())
         .await
         .map_err(|e| format!("server error: {e}"))?;
-    tracing::info!("shutting down");
-    tokio::task::spawn_blocking(move || engine.shutdown())
-        .await
-        .map_err(|e| e.to_string())?;
+    tracing::info!("shutting down: draining the shards");
+    let report = engine.shutdown().await;
+    tracing::info!(
+        finished = report.finished,
+        abandoned = report.abandoned,
+        left_for_next_start = report.left,
+        "stopped"
+    );
     Ok(())
 }
 

@@ -208,7 +208,7 @@ fn shard_delivery(c: &mut Criterion) {
         })
     });
     g.finish();
-    engine.shutdown();
+    rt.block_on(engine.shutdown());
 }
 
 criterion_group!(

@@ -119,6 +119,11 @@ pub struct Config {
     pub delivery_shards: usize,
     /// In-flight deliveries per shard.
     pub delivery_max_concurrency: usize,
+    /// In-flight deliveries per destination on its shard, so one slow
+    /// destination cannot take every slot of the shard.
+    pub destination_max_concurrency: usize,
+    /// How long a stopping node waits for attempts in flight.
+    pub shutdown_drain_timeout: Duration,
     /// Turns off the SSRF guard for webhook URLs.
     pub allow_private_destinations: bool,
     /// Embedded store: fsync every commit (FULL) or rely on the WAL (NORMAL).
@@ -408,6 +413,14 @@ const YAML_KEYS: &[(&str, &str)] = &[
         "OUTRIDER_BACKEND_CONNECT_TIMEOUT_SECONDS",
     ),
     ("outrider.delivery_shards", "DELIVERY_SHARDS"),
+    (
+        "outrider.destination_max_concurrency",
+        "OUTRIDER_DESTINATION_MAX_CONCURRENCY",
+    ),
+    (
+        "outrider.shutdown_drain_seconds",
+        "OUTRIDER_SHUTDOWN_DRAIN_SECONDS",
+    ),
     (
         "outrider.allow_private_destinations",
         "OUTRIDER_ALLOW_PRIVATE_DESTINATIONS",
@@ -760,6 +773,12 @@ impl Config {
         if delivery_max_concurrency == 0 {
             return Err(invalid("DELIVERY_MAX_CONCURRENCY", "must be >= 1"));
         }
+        let destination_max_concurrency: usize =
+            src.num("OUTRIDER_DESTINATION_MAX_CONCURRENCY", delivery_max_concurrency.min(64))?;
+        if destination_max_concurrency == 0 {
+            return Err(invalid("OUTRIDER_DESTINATION_MAX_CONCURRENCY", "must be >= 1"));
+        }
+        let shutdown_drain_seconds: u64 = src.num("OUTRIDER_SHUTDOWN_DRAIN_SECONDS", 10)?;
         let embedded_synchronous_full = match src.non_empty("OUTRIDER_EMBEDDED_SYNCHRONOUS").unwrap_or("full") {
             "full" => true,
             "normal" => false,
@@ -808,6 +827,8 @@ impl Config {
             data_dir: PathBuf::from(src.non_empty("OUTRIDER_DATA_DIR").unwrap_or("./data")),
             delivery_shards,
             delivery_max_concurrency,
+            destination_max_concurrency,
+            shutdown_drain_timeout: Duration::from_secs(shutdown_drain_seconds),
             allow_private_destinations: src.bool("OUTRIDER_ALLOW_PRIVATE_DESTINATIONS", false)?,
             embedded_synchronous_full,
             redis: match src.non_empty("REDIS_HOST") {

@@ -19,11 +19,13 @@ use crate::queue::pubsub::PubSubQueue;
 use crate::queue::rabbitmq::RabbitQueue;
 use crate::queue::sqs::SqsQueue;
 use crate::queue::{DeliveryBus, Disposition, MessageSource, Task, TaskHandler};
-use crate::shard::{self, ShardDeps, ShardHandle, ShardMsg};
+use crate::idempotency::{ClaimResult, Idempotency};
+use crate::journal::AcceptTarget;
+use crate::shard::{self, AcceptMsg, ShardDeps, ShardError, ShardHandle, ShardMsg};
 use crate::store::embedded::EmbeddedStore;
 use crate::store::postgres::PostgresLogStore;
 use crate::store::redis::{Change, RedisEntityStore};
-use crate::store::{Accepted, EntityStore, LogStore, SharedStore, StoreError};
+use crate::store::{EntityStore, LogStore, StoreError};
 use crate::timefmt::now_ms;
 
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +45,8 @@ pub enum EngineError {
     /// A shared back end (the delivery queue) is unavailable right now.
     #[error("{0}")]
     Unavailable(String),
+    #[error(transparent)]
+    Shard(#[from] ShardError),
 }
 
 /// A tenant with the fields derived from its destinations.
@@ -96,8 +100,10 @@ struct State {
 
 pub struct Engine {
     pub config: Arc<Config>,
-    /// Entities, the durable delivery queue, and the local copy of the logs.
-    pub store: SharedStore,
+    /// Entities and the local event/attempt index (SQLite).
+    pub store: Arc<EmbeddedStore>,
+    /// Event ids accepted within the idempotency window (this node).
+    idempotency: Arc<Idempotency>,
     /// Tenants and destinations: the embedded store, or Redis shared by all nodes.
     pub entities: Arc<dyn EntityStore>,
     /// Where the API's event and attempt queries go: the embedded store, or
@@ -125,6 +131,11 @@ pub struct Engine {
     signals: Mutex<Option<flume::Receiver<Signal>>>,
     /// The alert tracker and the operator-event senders.
     background: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// The index follower (journals → SQLite) and its stop flag.
+    index: Mutex<Option<std::thread::JoinHandle<()>>>,
+    index_stop: Arc<std::sync::atomic::AtomicBool>,
+    /// What recovery found, until the shards are told to resume.
+    recovery: Mutex<Option<crate::recovery::Plan>>,
 }
 
 impl Engine {
@@ -141,7 +152,7 @@ impl Engine {
             cipher,
             config.embedded_synchronous_full,
         )?);
-        let store: SharedStore = embedded.clone();
+        let store = embedded.clone();
         let (logs, pipeline) = match &config.postgres_url {
             None => (store.clone() as Arc<dyn LogStore>, None),
             Some(url) => {
@@ -208,7 +219,8 @@ impl Engine {
             bus.clone(),
             redis.clone(),
             opevents,
-        )?;
+        )
+        .await?;
         engine.recover().await?;
         engine.start_alerting();
         if let Some(r) = redis {
@@ -262,21 +274,9 @@ impl Engine {
         Ok(engine)
     }
 
-    pub async fn start_with_store(
+    async fn build(
         config: Arc<Config>,
-        store: SharedStore,
-        entities: Arc<dyn EntityStore>,
-        logs: Arc<dyn LogStore>,
-    ) -> Result<Arc<Engine>, EngineError> {
-        let engine = Self::build(config, store, entities, logs, None, None, None)?;
-        engine.recover().await?;
-        engine.start_alerting();
-        Ok(engine)
-    }
-
-    fn build(
-        config: Arc<Config>,
-        store: SharedStore,
+        store: Arc<EmbeddedStore>,
         entities: Arc<dyn EntityStore>,
         logs: Arc<dyn LogStore>,
         bus: Option<Arc<dyn DeliveryBus>>,
@@ -301,7 +301,6 @@ impl Engine {
         let ids = IdGenerator::new(config.idgen);
         let signer = crate::signing::DefaultSigner::new(&config.webhook).map_err(EngineError::Startup)?;
         let deps = ShardDeps {
-            store: store.clone(),
             types: types.clone(),
             publish: PublishContext {
                 config: config.clone(),
@@ -313,10 +312,17 @@ impl Engine {
             alerts,
             opevents: opevents.clone().filter(|o| o.wants_attempts()),
         };
-        let (shards, threads) = shard::start(config.delivery_shards, deps)
-            .map_err(|e| EngineError::Startup(format!("cannot start shards: {e}")))?;
+        let ttl = config.publish_idempotency_key_ttl.as_millis() as i64;
+        let idempotency = Arc::new(Idempotency::new(ttl));
+        let (plan, inits, followed, wake_rx) = crate::recovery::prepare(&config, &store, &idempotency).await?;
+        let (shards, threads) =
+            shard::start(inits, deps).map_err(|e| EngineError::Startup(format!("cannot start shards: {e}")))?;
+        let index_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let index = crate::journal::index::spawn(store.clone(), followed, wake_rx, index_stop.clone())
+            .map_err(|e| EngineError::Startup(format!("cannot start the index follower: {e}")))?;
         let engine = Arc::new(Engine {
             config,
+            idempotency,
             store,
             entities,
             logs,
@@ -336,6 +342,9 @@ impl Engine {
             opevents,
             signals: Mutex::new(Some(signal_rx)),
             background: Mutex::new(Vec::new()),
+            index: Mutex::new(Some(index)),
+            index_stop,
+            recovery: Mutex::new(Some(plan)),
         });
         Ok(engine)
     }
@@ -406,18 +415,99 @@ impl Engine {
         );
     }
 
-    async fn recover(&self) -> Result<(), EngineError> {
+    async fn recover(self: &Arc<Self>) -> Result<(), EngineError> {
         let (tenants, dests) = self.entities.load_entities().await?;
         self.install(tenants, dests).await?;
-        let pending = self.store.load_pending().await?;
-        if !pending.is_empty() {
-            tracing::info!(deliveries = pending.len(), "resuming pending deliveries");
+        // Every destination is on its shard now: recovered work may run.
+        let plan = self.recovery.lock().take();
+        if let Some(plan) = plan {
+            crate::recovery::finish(self, plan).await?;
         }
-        for d in pending {
-            let id = d.destination_id.clone();
-            self.send(&id, ShardMsg::Deliver(d)).await?;
+        for s in &self.shards {
+            s.tx.send_async(ShardMsg::Resume).await.map_err(|_| EngineError::Closed)?;
         }
+        let legacy = self.store.legacy_pending().await?;
+        if !legacy.is_empty() {
+            tracing::info!(deliveries = legacy.len(), "moving pending deliveries from the old store into the journals");
+            for d in legacy {
+                let target = AcceptTarget {
+                    destination_id: d.destination_id.clone(),
+                    attempt: d.attempt,
+                    manual: d.manual,
+                    due_ms: d.due_ms,
+                };
+                self.accept_on_shards(d.event, vec![target]).await?;
+            }
+            self.store.clear_legacy_pending().await?;
+        }
+        let idem = self.idempotency.clone();
+        self.background.lock().push(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(30));
+            loop {
+                tick.tick().await;
+                idem.prune(now_ms());
+            }
+        }));
         Ok(())
+    }
+
+    /// Makes deliveries durable on the shards that own their destinations and
+    /// returns once every one of those shards has committed them.
+    ///
+    /// Cancel-safe once called: every shard message is sent before the first
+    /// await (a full inbox hands the rest to a task), so a dropped caller
+    /// cannot leave some of an event's deliveries unsent.
+    pub(crate) async fn accept_on_shards(
+        &self,
+        event: Arc<Event>,
+        targets: Vec<AcceptTarget>,
+    ) -> Result<(), EngineError> {
+        let n = self.shards.len();
+        let mut groups: Vec<(usize, Vec<AcceptTarget>)> = Vec::new();
+        for t in targets {
+            let i = shard::shard_for(&t.destination_id, n);
+            match groups.iter_mut().find(|(s, _)| *s == i) {
+                Some((_, v)) => v.push(t),
+                None => groups.push((i, vec![t])),
+            }
+        }
+        let mut replies = Vec::with_capacity(groups.len());
+        let mut blocked = Vec::new();
+        for (i, targets) in groups {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            replies.push(rx);
+            let msg = ShardMsg::Accept(Box::new(AcceptMsg {
+                event: event.clone(),
+                targets,
+                reply: Some(tx),
+                done: None,
+            }));
+            match self.shards[i].tx.try_send(msg) {
+                Ok(()) => {}
+                Err(flume::TrySendError::Full(msg)) => blocked.push((self.shards[i].tx.clone(), msg)),
+                Err(flume::TrySendError::Disconnected(_)) => return Err(EngineError::Closed),
+            }
+        }
+        if !blocked.is_empty() {
+            // Backpressure: a shard's inbox is full. The rest is sent from a
+            // task of its own so it happens even if this caller goes away.
+            tokio::spawn(async move {
+                for (tx, msg) in blocked {
+                    let _ = tx.send_async(msg).await;
+                }
+            });
+        }
+        let mut result = Ok(());
+        for rx in replies {
+            let r = match rx.await {
+                Ok(r) => r.map_err(EngineError::from),
+                Err(_) => Err(EngineError::Closed),
+            };
+            if result.is_ok() {
+                result = r;
+            }
+        }
+        result
     }
 
     /// Replaces the routing table with these entities and tells the shards
@@ -583,8 +673,12 @@ impl Engine {
         self.shards.len()
     }
 
-    /// Stops the shards. Pending deliveries stay durable for the next start.
-    pub fn shutdown(&self) {
+    /// Stops the node: the consumers and background tasks first, then each
+    /// shard drains (attempts in flight finish or are abandoned at
+    /// `OUTRIDER_SHUTDOWN_DRAIN_SECONDS`, outcomes are committed). Deliveries
+    /// not started stay in the journals for the next start. Never waits on a
+    /// shard past the deadline.
+    pub async fn shutdown(&self) -> shard::DrainReport {
         if let Some(p) = self.pipeline.lock().take() {
             p.abort();
         }
@@ -601,12 +695,58 @@ impl Engine {
         for h in self.background.lock().drain(..) {
             h.abort();
         }
+        let deadline = std::time::Instant::now() + self.config.shutdown_drain_timeout;
+        let mut reports = Vec::new();
         for s in &self.shards {
-            let _ = s.tx.try_send(ShardMsg::Shutdown);
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            let msg = ShardMsg::Shutdown { deadline, report: tx };
+            let send = tokio::time::timeout_at(deadline.into(), s.tx.send_async(msg));
+            if matches!(send.await, Ok(Ok(()))) {
+                reports.push(rx);
+            }
         }
-        for t in self.threads.lock().drain(..) {
-            let _ = t.join();
+        let mut total = shard::DrainReport::default();
+        // A little past the deadline: the shards commit after it.
+        let give_up = deadline + std::time::Duration::from_secs(6);
+        for rx in reports {
+            if let Ok(Ok(r)) = tokio::time::timeout_at(give_up.into(), rx).await {
+                total.finished += r.finished;
+                total.abandoned += r.abandoned;
+                total.left += r.left;
+            }
         }
+        let threads: Vec<_> = self.threads.lock().drain(..).collect();
+        for t in threads {
+            if t.is_finished() {
+                let _ = t.join();
+            }
+        }
+        self.index_stop.store(true, std::sync::atomic::Ordering::Release);
+        let index = self.index.lock().take();
+        if let Some(h) = index {
+            let _ = tokio::task::spawn_blocking(move || h.join()).await;
+        }
+        total
+    }
+
+    /// Whether every shard's loop is running (for `/healthz`).
+    pub fn shards_running(&self) -> usize {
+        self.shards
+            .iter()
+            .filter(|s| s.stats.running.load(std::sync::atomic::Ordering::Acquire))
+            .count()
+    }
+
+    /// Deliveries accepted and not yet settled, over all shards.
+    pub fn pending_deliveries(&self) -> u64 {
+        self.shards
+            .iter()
+            .map(|s| s.stats.pending.load(std::sync::atomic::Ordering::Relaxed))
+            .sum()
+    }
+
+    pub(crate) fn shard_handles(&self) -> &[ShardHandle] {
+        &self.shards
     }
 
     // ---- tenants ----
@@ -778,14 +918,18 @@ impl Engine {
         }
     }
 
-    /// Matches, durably accepts, then hands each delivery to its shard.
-    /// Callers should run this in its own task so a dropped client cannot
-    /// interrupt the hand-off after the event is durable.
+    /// Matches, then makes the event durable on the shards that own its
+    /// destinations; they deliver once it is committed. Returns after the
+    /// commit: a success means the event survives a crash.
     pub async fn publish(&self, mut event: Event) -> Result<PublishOutcome, EngineError> {
-        if !self.tenant_exists(&event.tenant_id) {
-            return Err(EngineError::NotFound("tenant not found"));
-        }
-        let matched = self.match_destinations(&event);
+        // One read of the routing table: the tenant and its matches.
+        let matched = {
+            let st = self.state.read();
+            match st.tenants.get(&event.tenant_id) {
+                None => return Err(EngineError::NotFound("tenant not found")),
+                Some(entry) => crate::routing::matching(&entry.dests, &event),
+            }
+        };
         if matched.is_empty() {
             return Ok(PublishOutcome {
                 id: event.id,
@@ -797,50 +941,102 @@ impl Engine {
         let event = Arc::new(event);
         let ttl = self.config.publish_idempotency_key_ttl.as_millis() as i64;
         if let (Some(bus), Some(redis)) = (&self.bus, &self.redis) {
-            // Across API nodes: the idempotency key lives in Redis, and the
-            // event is durable once the broker confirmed every task.
-            if !redis.claim_idempotency(&event.id, ttl).await? {
+            return self.publish_to_queue(bus, redis, event, matched, ttl).await;
+        }
+        let claim = match self.claim(&event.id).await? {
+            Some(c) => c,
+            None => {
                 return Ok(PublishOutcome {
                     id: event.id.clone(),
                     duplicate: true,
                     destination_ids: matched,
-                });
-            }
-            let tasks: Vec<Task> = matched
-                .iter()
-                .map(|d| Task {
-                    event: event.clone(),
-                    destination_id: d.clone(),
-                    attempt: 1,
-                    manual: false,
                 })
-                .collect();
-            if let Err(e) = bus.publish(&tasks).await {
-                let _ = redis.release_idempotency(&event.id).await;
-                return Err(EngineError::Unavailable(format!("delivery queue: {e}")));
             }
+        };
+        let targets = matched
+            .iter()
+            .map(|d| AcceptTarget {
+                destination_id: d.clone(),
+                attempt: 1,
+                manual: false,
+                due_ms: 0,
+            })
+            .collect();
+        self.accept_on_shards(event.clone(), targets).await?;
+        claim.confirm();
+        Ok(PublishOutcome {
+            id: event.id.clone(),
+            duplicate: false,
+            destination_ids: matched,
+        })
+    }
+
+    /// Claims an event id for a publish; `None` when it is a duplicate. A
+    /// concurrent publish of the same id is waited for, not reported as a
+    /// duplicate (it may still fail).
+    async fn claim(&self, id: &str) -> Result<Option<ClaimGuard<'_>>, EngineError> {
+        let give_up = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            match self.idempotency.claim(id, now_ms()) {
+                ClaimResult::Claimed => {
+                    return Ok(Some(ClaimGuard {
+                        map: &self.idempotency,
+                        id: id.to_string(),
+                        confirmed: false,
+                    }))
+                }
+                ClaimResult::Duplicate => return Ok(None),
+                ClaimResult::Busy if std::time::Instant::now() < give_up => {
+                    tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+                }
+                ClaimResult::Busy => {
+                    return Err(EngineError::Unavailable(
+                        "another publish of this event id is still in progress".into(),
+                    ))
+                }
+            }
+        }
+    }
+
+    /// Queue mode: the idempotency key lives in Redis, and the event is
+    /// durable once the broker confirmed every task.
+    async fn publish_to_queue(
+        &self,
+        bus: &Arc<dyn DeliveryBus>,
+        redis: &Arc<RedisEntityStore>,
+        event: Arc<Event>,
+        matched: Vec<String>,
+        ttl: i64,
+    ) -> Result<PublishOutcome, EngineError> {
+        if !redis.claim_idempotency(&event.id, ttl).await? {
             return Ok(PublishOutcome {
                 id: event.id.clone(),
-                duplicate: false,
+                duplicate: true,
                 destination_ids: matched,
             });
         }
-        let accepted = self.store.accept(event.clone(), matched.clone(), ttl).await?;
-        if accepted == Accepted::New {
-            for id in &matched {
-                let d = Delivery {
-                    event: event.clone(),
-                    destination_id: id.clone(),
-                    attempt: 1,
-                    manual: false,
-                    due_ms: 0,
-                };
-                self.send(id, ShardMsg::Deliver(d)).await?;
-            }
+        let tasks: Vec<Task> = matched
+            .iter()
+            .map(|d| Task {
+                event: event.clone(),
+                destination_id: d.clone(),
+                attempt: 1,
+                manual: false,
+            })
+            .collect();
+        if let Err(e) = bus.publish(&tasks).await {
+            let _ = redis.release_idempotency(&event.id).await;
+            return Err(EngineError::Unavailable(format!("delivery queue: {e}")));
+        }
+        if let Err(e) = redis.confirm_idempotency(&event.id, ttl).await {
+            // The tasks are on the queue: the event is accepted. Left
+            // unconfirmed, the claim expires early and a retried publish
+            // is delivered again (at least once), never dropped.
+            tracing::warn!(error = %e, "cannot confirm a publish's idempotency key");
         }
         Ok(PublishOutcome {
             id: event.id.clone(),
-            duplicate: accepted == Accepted::Duplicate,
+            duplicate: false,
             destination_ids: matched,
         })
     }
@@ -877,18 +1073,13 @@ impl Engine {
         if !topic_ok || !filter_ok {
             return Err(EngineError::BadRequest("destination does not match event".into()));
         }
-        let d = Delivery {
-            event: Arc::new(event),
-            destination_id: destination_id.into(),
-            attempt: latest.attempt_number + 1,
-            manual: true,
-            due_ms: 0,
-        };
+        let event = Arc::new(event);
+        let attempt = latest.attempt_number + 1;
         if let Some(bus) = &self.bus {
             let task = Task {
-                event: d.event,
-                destination_id: d.destination_id,
-                attempt: d.attempt,
+                event,
+                destination_id: destination_id.into(),
+                attempt,
                 manual: true,
             };
             return bus
@@ -896,9 +1087,38 @@ impl Engine {
                 .await
                 .map_err(|e| EngineError::Unavailable(format!("delivery queue: {e}")));
         }
-        // `receive` also restores the event row if it was pruned after shipping.
-        self.store.receive(d.clone()).await?;
-        self.send(destination_id, ShardMsg::Deliver(d)).await
+        // A new accept record; the index stores the event again if it was
+        // pruned after shipping.
+        let target = AcceptTarget {
+            destination_id: destination_id.into(),
+            attempt,
+            manual: true,
+            due_ms: 0,
+        };
+        self.accept_on_shards(event, vec![target]).await
+    }
+}
+
+/// Holds a claimed event id; released on drop unless confirmed, so a publish
+/// that failed or was cancelled never leaves its id marked as accepted.
+struct ClaimGuard<'a> {
+    map: &'a Idempotency,
+    id: String,
+    confirmed: bool,
+}
+
+impl ClaimGuard<'_> {
+    fn confirm(mut self) {
+        self.map.confirm(&self.id, now_ms());
+        self.confirmed = true;
+    }
+}
+
+impl Drop for ClaimGuard<'_> {
+    fn drop(&mut self) {
+        if !self.confirmed {
+            self.map.release(&self.id);
+        }
     }
 }
 
@@ -1025,10 +1245,23 @@ impl Engine {
                 self.apply_change(redis, change).await?;
             }
         }
-        self.store.receive(d.clone()).await?;
         let id = d.destination_id.clone();
         let (done, finished) = tokio::sync::oneshot::channel();
-        self.send(&id, ShardMsg::DeliverThen(d, done)).await?;
+        let (reply, accepted) = tokio::sync::oneshot::channel();
+        let msg = AcceptMsg {
+            event: d.event,
+            targets: vec![AcceptTarget {
+                destination_id: d.destination_id,
+                attempt: d.attempt,
+                manual: d.manual,
+                due_ms: 0,
+            }],
+            reply: Some(reply),
+            done: Some(done),
+        };
+        self.send(&id, ShardMsg::Accept(Box::new(msg))).await?;
+        accepted.await.map_err(|_| EngineError::Closed)??;
+        // Fires once the attempt's outcome is committed to the journal.
         finished.await.map_err(|_| EngineError::Closed)
     }
 }

@@ -2,12 +2,13 @@
 //! the webhook HTTP client) and the stores behind traits.
 //!
 //! The path of one event: the API matches it against the in-memory routing
-//! table ([`engine::Engine::match_destinations`]), the store accepts it durably
-//! with one pending delivery per matched destination
-//! ([`store::DeliveryQueue::accept`]), and each delivery goes to the shard that
-//! owns its destination ([`shard::shard_for`]). The shard attempts it, and the
-//! attempt plus the pending record's fate (done, or retry at a time) are
-//! written together ([`store::DeliveryQueue::record`]).
+//! table ([`engine::Engine::publish`]) and hands its deliveries to the shards
+//! that own their destinations ([`shard::shard_for`]). Each shard appends an
+//! accept record to its own journal ([`journal`]) and answers once it is
+//! committed; it then attempts the delivery and appends a settle record (the
+//! attempt, and the retry if one follows). The index follower
+//! ([`journal::index`]) writes the queryable rows into SQLite off the
+//! delivery path.
 
 pub mod alerts;
 pub mod config;
@@ -16,13 +17,16 @@ pub mod destinations;
 pub mod engine;
 pub mod filter;
 pub mod http_client;
+pub mod idempotency;
 pub mod ids;
+pub mod journal;
 pub mod json;
 pub mod log_pipeline;
 pub mod model;
 pub mod opevents;
 pub mod publish;
 pub mod queue;
+pub mod recovery;
 pub mod routing;
 pub mod shard;
 pub mod signing;

@@ -89,8 +89,8 @@ pub fn spawn(
 mod tests {
     use super::*;
     use crate::crypto::Cipher;
-    use crate::model::{Attempt, AttemptStatus, NextStep, StringMap};
-    use crate::store::{DeliveryQueue, ListQuery, LogStore, OutcomeRecord};
+    use crate::model::{Attempt, AttemptStatus, StringMap};
+    use crate::store::{ListQuery, LogStore};
 
     fn event(id: &str) -> Arc<crate::model::Event> {
         Arc::new(crate::model::Event {
@@ -106,12 +106,9 @@ mod tests {
         })
     }
 
-    fn done(ev: &str, n: u32) -> OutcomeRecord {
-        OutcomeRecord {
-            event_id: ev.into(),
-            destination_id: "d".into(),
-            attempt_number: n,
-            attempt: Some(Attempt {
+    fn done(ev: &str, n: u32) -> Attempt {
+        {
+            Attempt {
                 id: format!("a-{ev}-{n}"),
                 tenant_id: "t".into(),
                 event_id: ev.into(),
@@ -124,8 +121,7 @@ mod tests {
                 code: Some("200".into()),
                 response_data: None,
                 topic: "x".into(),
-            }),
-            next: NextStep::Done,
+            }
         }
     }
 
@@ -136,18 +132,18 @@ mod tests {
         let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
         let source = Arc::new(EmbeddedStore::open(a.path(), Cipher::new("k"), false).unwrap());
         let sink = Arc::new(EmbeddedStore::open(b.path(), Cipher::new("k"), false).unwrap());
-        for id in ["e1", "e2", "e3"] {
-            source.accept(event(id), vec!["d".into()], 1).await.unwrap();
-        }
-        // e1 and e2 are delivered; e3 is still pending.
-        source.record(done("e1", 1)).await.unwrap();
-        source.record(done("e2", 1)).await.unwrap();
+        // Three indexed events, two of them attempted (pending deliveries
+        // live in the shards' journals, not here).
+        source
+            .write_logs(vec![event("e1"), event("e2"), event("e3")], vec![done("e1", 1), done("e2", 1)])
+            .await
+            .unwrap();
         let h = spawn(source.clone(), sink.clone(), 2, 0);
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
         loop {
             let shipped = sink.list_events(ListQuery::default()).await.unwrap().len();
             let (ev, at) = source.log_counts().await.unwrap();
-            if (shipped, ev, at) == (3, 1, 0) || std::time::Instant::now() > deadline {
+            if (shipped, ev, at) == (3, 0, 0) || std::time::Instant::now() > deadline {
                 break;
             }
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
@@ -159,15 +155,6 @@ mod tests {
             "all shipped"
         );
         assert_eq!(sink.list_attempts(ListQuery::default()).await.unwrap().len(), 2);
-        assert_eq!(
-            source.log_counts().await.unwrap(),
-            (1, 0),
-            "only the event with a pending delivery stays"
-        );
-        assert_eq!(
-            source.load_pending().await.unwrap().len(),
-            1,
-            "the pending delivery is intact"
-        );
+        assert_eq!(source.log_counts().await.unwrap(), (0, 0), "shipped rows are pruned");
     }
 }

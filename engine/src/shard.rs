@@ -1,38 +1,89 @@
 //! Delivery shards: one thread per core, pinned, each running its own tokio
 //! `current_thread` runtime. A shard owns a slice of the destinations (by hash
-//! of the destination id): their prepared publishers, its HTTP connection pool
-//! and its retry timers. Nothing on the delivery path takes a lock shared with
-//! another thread; the control plane talks to a shard only through its inbox.
+//! of the destination id): their prepared publishers, its HTTP connection
+//! pool, its retry timers and its own durable journal. Nothing on the delivery
+//! path takes a lock or a thread shared with another shard; the control plane
+//! talks to a shard only through its inbox.
+//!
+//! A delivery's life on its shard: an accept record in the shard's journal
+//! (the publisher is answered once it is committed) → a per-destination queue
+//! (at most `OUTRIDER_DESTINATION_MAX_CONCURRENCY` attempts in flight per
+//! destination, `DELIVERY_MAX_CONCURRENCY` per shard) → the attempt → a settle
+//! record (the attempt, and the retry if one follows). Retries and recovered
+//! deliveries keep only the record's location in memory and read the event
+//! back from the journal when they run.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, HashSet, VecDeque};
 use std::hash::{Hash, Hasher};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::{oneshot, Notify};
 
 use crate::alerts::{Sample, Signal, Streak};
 use crate::destinations::{PublishContext, Publisher, Registry};
 use crate::http_client::HttpClient;
 use crate::ids::IdGenerator;
-use crate::model::{Attempt, AttemptStatus, Delivery, Destination, NextStep};
-use crate::store::{OutcomeRecord, SharedStore};
+use crate::journal::replay::Recovered;
+use crate::journal::{self, AcceptTarget, Journal, JournalError, Loc, Reader, Record, Settle};
+use crate::model::{Attempt, AttemptStatus, Destination, Event, NextStep};
 use crate::timefmt::now_ms;
+
+/// Why a shard could not take work on.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ShardError {
+    #[error("cannot make the event durable: {0}")]
+    Journal(Arc<JournalError>),
+    #[error("the delivery shard is shutting down")]
+    Closed,
+}
+
+/// Deliveries for this shard, to be made durable in its journal first.
+pub struct AcceptMsg {
+    pub event: Arc<Event>,
+    /// This shard's destinations for the event.
+    pub targets: Vec<AcceptTarget>,
+    /// Answered once the accept record is committed.
+    pub reply: Option<oneshot::Sender<Result<(), ShardError>>>,
+    /// Queue mode (one target): fires once that delivery's outcome is
+    /// committed, so the broker message can be acked.
+    pub done: Option<oneshot::Sender<()>>,
+}
 
 /// Messages a shard accepts.
 pub enum ShardMsg {
     /// Create or replace a destination this shard owns (disabled ones too).
     Upsert(Arc<Destination>),
     Remove(String),
-    Deliver(Delivery),
-    /// A delivery taken from the delivery queue: `done` fires once its
-    /// outcome (and any retry) is durable, so the message can be acked.
-    DeliverThen(Delivery, tokio::sync::oneshot::Sender<()>),
-    /// Stop after finishing nothing further; pending work stays durable.
-    Shutdown,
+    Accept(Box<AcceptMsg>),
+    /// Every destination has been sent: start the deliveries recovery found.
+    Resume,
+    /// Recovery moved these deliveries to other shards: settle them here.
+    Forget {
+        settled: Vec<(Loc, u16, u32)>,
+        done: oneshot::Sender<()>,
+    },
+    /// Stop taking work, let attempts in flight finish (bounded by the
+    /// deadline), commit, then exit. Work not started stays in the journal.
+    Shutdown {
+        deadline: std::time::Instant,
+        report: oneshot::Sender<DrainReport>,
+    },
+}
+
+/// What a shard did when it was asked to stop.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct DrainReport {
+    /// Attempts still in flight when the stop came, that finished and settled.
+    pub finished: usize,
+    /// Attempts abandoned at the deadline (they run again after a restart).
+    pub abandoned: usize,
+    /// Deliveries queued or scheduled, left in the journal for the next start.
+    pub left: usize,
 }
 
 /// Which shard owns a destination: a stable hash of its id.
@@ -64,6 +115,10 @@ pub struct ShardStats {
     pub successes: AtomicU64,
     pub failures: AtomicU64,
     pub dropped: AtomicU64,
+    /// Deliveries accepted and not yet settled (queued, in flight, scheduled).
+    pub pending: AtomicU64,
+    /// Whether the shard's loop is running (for `/healthz`).
+    pub running: std::sync::atomic::AtomicBool,
 }
 
 /// The control plane's handle to one shard.
@@ -71,12 +126,12 @@ pub struct ShardStats {
 pub struct ShardHandle {
     pub tx: flume::Sender<ShardMsg>,
     pub stats: Arc<ShardStats>,
+    pub progress: Arc<journal::Progress>,
 }
 
 /// Everything a shard needs from the outside, shared read-only.
 #[derive(Clone)]
 pub struct ShardDeps {
-    pub store: SharedStore,
     pub types: Arc<Registry>,
     pub publish: PublishContext,
     pub tls: Arc<rustls::ClientConfig>,
@@ -107,18 +162,35 @@ pub struct AlertHooks {
 
 /// Bound on a shard's inbox; senders wait beyond it (backpressure).
 const INBOX: usize = 8192;
+/// Queued deliveries that keep their event in memory, per shard; beyond
+/// this, queued deliveries keep only the journal location.
+const QUEUED_IN_MEMORY: usize = 8192;
+/// How often a shard deletes journal segments nothing needs any more.
+const GC_INTERVAL: Duration = Duration::from_secs(1);
 
-/// Starts `n` shards, pinned to cores round-robin when the OS allows it.
-pub fn start(n: usize, deps: ShardDeps) -> std::io::Result<(Vec<ShardHandle>, Vec<std::thread::JoinHandle<()>>)> {
+/// One shard's start-up material: its journal, and what recovery found.
+pub struct ShardInit {
+    pub journal: Journal,
+    pub recovered: Recovered,
+}
+
+/// Starts one shard per `inits` entry, pinned to cores round-robin when the
+/// OS allows it.
+pub fn start(
+    inits: Vec<ShardInit>,
+    deps: ShardDeps,
+) -> std::io::Result<(Vec<ShardHandle>, Vec<std::thread::JoinHandle<()>>)> {
     let cores = core_affinity::get_core_ids().unwrap_or_default();
-    let mut handles = Vec::with_capacity(n);
-    let mut joins = Vec::with_capacity(n);
-    for i in 0..n {
+    let mut handles = Vec::with_capacity(inits.len());
+    let mut joins = Vec::with_capacity(inits.len());
+    for (i, init) in inits.into_iter().enumerate() {
         let (tx, rx) = flume::bounded(INBOX);
         let stats = Arc::new(ShardStats::default());
+        let progress = init.journal.progress.clone();
         let core = (!cores.is_empty()).then(|| cores[i % cores.len()]);
         let deps = deps.clone();
         let st = stats.clone();
+        st.running.store(true, Ordering::Release);
         let join = std::thread::Builder::new()
             .name(format!("outrider-shard-{i}"))
             .spawn(move || {
@@ -129,13 +201,15 @@ pub fn start(n: usize, deps: ShardDeps) -> std::io::Result<(Vec<ShardHandle>, Ve
                     Ok(rt) => rt,
                     Err(e) => {
                         tracing::error!(shard = i, error = %e, "cannot build shard runtime");
+                        st.running.store(false, Ordering::Release);
                         return;
                     }
                 };
                 let local = tokio::task::LocalSet::new();
-                local.block_on(&rt, run(i, rx, deps, st));
+                local.block_on(&rt, run(i, rx, deps, st.clone(), init));
+                st.running.store(false, Ordering::Release);
             })?;
-        handles.push(ShardHandle { tx, stats });
+        handles.push(ShardHandle { tx, stats, progress });
         joins.push(join);
     }
     Ok((handles, joins))
@@ -146,11 +220,24 @@ struct Owned {
     publisher: Result<Rc<dyn Publisher>, String>,
 }
 
+/// One delivery waiting on, or running on, this shard.
+struct Work {
+    /// The accept record it came from, and its index there.
+    loc: Loc,
+    target: u16,
+    destination_id: Arc<str>,
+    attempt: u32,
+    manual: bool,
+    /// In memory for fresh deliveries; `None` = read back from the journal.
+    event: Option<Arc<Event>>,
+    done: Option<oneshot::Sender<()>>,
+}
+
 /// A delivery waiting for its time, ordered by due time then arrival.
 struct Timer {
     due_ms: i64,
     seq: u64,
-    delivery: Delivery,
+    work: Work,
 }
 
 impl PartialEq for Timer {
@@ -170,15 +257,59 @@ impl Ord for Timer {
     }
 }
 
+/// A destination's queue on this shard.
+#[derive(Default)]
+struct DestQueue {
+    inflight: usize,
+    waiting: VecDeque<Work>,
+    /// Listed in `runnable` (so it is never listed twice).
+    listed: bool,
+}
+
+/// What to do once the journal has committed the records appended so far.
+enum AfterCommit {
+    Accepted {
+        reply: Option<oneshot::Sender<Result<(), ShardError>>>,
+        works: Vec<Work>,
+        due_ms: Vec<i64>,
+    },
+    Settled {
+        done: Option<oneshot::Sender<()>>,
+        observe: Option<Observed>,
+    },
+}
+
+struct Observed {
+    dest: Arc<Destination>,
+    event: Arc<Event>,
+    status: AttemptStatus,
+    attempt: Option<Attempt>,
+}
+
 struct Shard {
     id: usize,
     deps: ShardDeps,
     dests: RefCell<HashMap<String, Owned>>,
+    queues: RefCell<HashMap<Arc<str>, DestQueue>>,
+    /// Destinations with waiting work and a free per-destination slot, in turn.
+    runnable: RefCell<VecDeque<Arc<str>>>,
+    /// Free attempt slots of the shard (`DELIVERY_MAX_CONCURRENCY`).
+    free: Cell<usize>,
+    per_destination: usize,
+    queued_in_memory: Cell<usize>,
+    /// Signalled when a slot frees up (the inbox waits on it under load).
+    slot_freed: Notify,
+    journal: RefCell<Journal>,
+    reader: RefCell<Reader>,
+    after_commit: RefCell<Vec<AfterCommit>>,
+    flush_scheduled: Cell<bool>,
+    /// Live (unsettled) deliveries per journal segment, and every segment.
+    live: RefCell<BTreeMap<u32, u64>>,
+    segments: RefCell<BTreeSet<u32>>,
     timers: RefCell<BinaryHeap<Reverse<Timer>>>,
-    seq: std::cell::Cell<u64>,
+    seq: Cell<u64>,
     wake: Notify,
     client: HttpClient,
-    inflight: Arc<Semaphore>,
     /// A manual retry supersedes scheduled retries with lower attempt numbers
     /// for the same (event, destination).
     superseded: RefCell<HashMap<(String, String), u32>>,
@@ -188,10 +319,15 @@ struct Shard {
     /// Destinations whose last outcome here was a failure (single node: a
     /// success elsewhere is impossible, so other successes need no reset).
     failing: RefCell<HashSet<String>>,
+    draining: Cell<bool>,
+    inflight: Cell<usize>,
 }
 
-async fn run(id: usize, rx: flume::Receiver<ShardMsg>, deps: ShardDeps, stats: Arc<ShardStats>) {
+async fn run(id: usize, rx: flume::Receiver<ShardMsg>, deps: ShardDeps, stats: Arc<ShardStats>, init: ShardInit) {
     let cfg = deps.publish.config.clone();
+    let ShardInit { journal, recovered } = init;
+    let mut segments: BTreeSet<u32> = recovered.segments.iter().copied().collect();
+    segments.insert(journal.current_segment());
     let shard = Rc::new(Shard {
         id,
         client: HttpClient::new(
@@ -201,58 +337,87 @@ async fn run(id: usize, rx: flume::Receiver<ShardMsg>, deps: ShardDeps, stats: A
         ),
         deps,
         dests: RefCell::new(HashMap::new()),
+        queues: RefCell::new(HashMap::new()),
+        runnable: RefCell::new(VecDeque::new()),
+        free: Cell::new(cfg.delivery_max_concurrency),
+        per_destination: cfg.destination_max_concurrency.max(1),
+        queued_in_memory: Cell::new(0),
+        slot_freed: Notify::new(),
+        journal: RefCell::new(journal),
+        reader: RefCell::new(Reader::default()),
+        after_commit: RefCell::new(Vec::new()),
+        flush_scheduled: Cell::new(false),
+        live: RefCell::new(recovered.live.clone()),
+        segments: RefCell::new(segments),
         timers: RefCell::new(BinaryHeap::new()),
-        seq: std::cell::Cell::new(0),
+        seq: Cell::new(0),
         wake: Notify::new(),
-        inflight: Arc::new(Semaphore::new(cfg.delivery_max_concurrency)),
         superseded: RefCell::new(HashMap::new()),
         stats,
         streaks: RefCell::new(HashMap::new()),
         failing: RefCell::new(HashSet::new()),
+        draining: Cell::new(false),
+        inflight: Cell::new(0),
     });
+    {
+        let mut sup = shard.superseded.borrow_mut();
+        for (event_id, dest, attempt) in recovered.manual {
+            let e = sup.entry((event_id, dest)).or_insert(0);
+            *e = (*e).max(attempt);
+        }
+    }
+    let n = recovered.pending.len();
+    shard.stats.pending.store(n as u64, Ordering::Relaxed);
     let timer_task = tokio::task::spawn_local(timer_loop(shard.clone()));
+    let gc_task = tokio::task::spawn_local(gc_loop(shard.clone()));
     let flush_task = shard
         .deps
         .alerts
         .clone()
         .map(|h| tokio::task::spawn_local(flush_loop(shard.clone(), h.tx)));
-    while let Ok(msg) = rx.recv_async().await {
+    // Recovered deliveries wait for `Resume`: the engine sends every
+    // destination first, so none is taken for deleted.
+    let mut recovered_pending = Some(recovered.pending);
+    let mut shutdown = None;
+    loop {
+        // Backpressure: with every slot busy and the in-memory queue full,
+        // stop reading the inbox so publishers wait.
+        while shard.free.get() == 0 && shard.queued_in_memory.get() >= QUEUED_IN_MEMORY {
+            shard.slot_freed.notified().await;
+        }
+        let msg = match rx.recv_async().await {
+            Ok(m) => m,
+            Err(_) => break,
+        };
         match msg {
             ShardMsg::Upsert(d) => shard.upsert(d),
             ShardMsg::Remove(id) => {
                 shard.dests.borrow_mut().remove(&id);
                 shard.failing.borrow_mut().remove(&id);
             }
-            ShardMsg::Deliver(d) => {
-                if d.manual {
-                    shard
-                        .superseded
-                        .borrow_mut()
-                        .insert((d.event.id.clone(), d.destination_id.clone()), d.attempt);
-                }
-                if d.due_ms > now_ms() {
-                    shard.schedule(d);
-                } else {
-                    shard.clone().dispatch(d, None).await;
+            ShardMsg::Accept(m) => shard.accept(*m),
+            ShardMsg::Forget { settled, done } => shard.forget(settled, done),
+            ShardMsg::Resume => {
+                if let Some(p) = recovered_pending.take() {
+                    shard.resume(p);
                 }
             }
-            ShardMsg::DeliverThen(d, done) => {
-                if d.manual {
-                    shard
-                        .superseded
-                        .borrow_mut()
-                        .insert((d.event.id.clone(), d.destination_id.clone()), d.attempt);
-                }
-                shard.clone().dispatch(d, Some(done)).await;
+            ShardMsg::Shutdown { deadline, report } => {
+                shutdown = Some((deadline, report));
+                break;
             }
-            ShardMsg::Shutdown => break,
         }
     }
+    let report = shard.drain(shutdown.as_ref().map(|(d, _)| *d)).await;
     timer_task.abort();
+    gc_task.abort();
     if let Some(t) = flush_task {
         t.abort();
     }
-    tracing::debug!(shard = id, "shard stopped");
+    tracing::info!(shard = id, finished = report.finished, abandoned = report.abandoned, left = report.left, "shard stopped");
+    if let Some((_, r)) = shutdown {
+        let _ = r.send(report);
+    }
 }
 
 async fn timer_loop(shard: Rc<Shard>) {
@@ -263,7 +428,7 @@ async fn timer_loop(shard: Rc<Shard>) {
             Some(due) => {
                 let now = now_ms();
                 if due > now {
-                    let wait = std::time::Duration::from_millis((due - now) as u64);
+                    let wait = Duration::from_millis((due - now) as u64);
                     tokio::select! {
                         _ = tokio::time::sleep(wait) => {}
                         _ = shard.wake.notified() => {}
@@ -272,18 +437,21 @@ async fn timer_loop(shard: Rc<Shard>) {
                 }
                 let t = shard.timers.borrow_mut().pop();
                 if let Some(Reverse(t)) = t {
-                    let key = (t.delivery.event.id.clone(), t.delivery.destination_id.clone());
-                    let stale = shard
-                        .superseded
-                        .borrow()
-                        .get(&key)
-                        .is_some_and(|&a| a > t.delivery.attempt);
-                    if !stale {
-                        shard.clone().dispatch(t.delivery, None).await;
-                    }
+                    shard.enqueue(t.work);
                 }
             }
         }
+    }
+}
+
+/// Deletes journal segments that the index has read and that hold no
+/// unsettled delivery.
+async fn gc_loop(shard: Rc<Shard>) {
+    let mut tick = tokio::time::interval(GC_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        shard.collect_segments();
     }
 }
 
@@ -304,6 +472,523 @@ async fn flush_loop(shard: Rc<Shard>, tx: flume::Sender<Signal>) {
 }
 
 impl Shard {
+    /// Appends the accept record; the reply and the deliveries follow the commit.
+    fn accept(self: &Rc<Self>, m: AcceptMsg) {
+        if self.draining.get() {
+            if let Some(r) = m.reply {
+                let _ = r.send(Err(ShardError::Closed));
+            }
+            return;
+        }
+        let accepted_at = now_ms();
+        let loc = self.journal.borrow_mut().append(&Record::Accept {
+            accepted_at,
+            index_event: true,
+            event: m.event.clone(),
+            targets: m.targets.clone(),
+        });
+        self.note_segment(loc.segment());
+        *self.live.borrow_mut().entry(loc.segment()).or_default() += m.targets.len() as u64;
+        self.stats.pending.fetch_add(m.targets.len() as u64, Ordering::Relaxed);
+        let mut done = m.done;
+        let mut works = Vec::with_capacity(m.targets.len());
+        let mut due = Vec::with_capacity(m.targets.len());
+        for (i, t) in m.targets.into_iter().enumerate() {
+            if t.manual {
+                self.superseded
+                    .borrow_mut()
+                    .insert((m.event.id.clone(), t.destination_id.clone()), t.attempt);
+            }
+            due.push(t.due_ms);
+            works.push(Work {
+                loc,
+                target: i as u16,
+                destination_id: Arc::from(t.destination_id),
+                attempt: t.attempt,
+                manual: t.manual,
+                event: Some(m.event.clone()),
+                done: done.take(),
+            });
+        }
+        self.after_commit.borrow_mut().push(AfterCommit::Accepted {
+            reply: m.reply,
+            works,
+            due_ms: due,
+        });
+        self.schedule_flush();
+    }
+
+    fn forget(self: &Rc<Self>, settled: Vec<(Loc, u16, u32)>, done: oneshot::Sender<()>) {
+        let mut j = self.journal.borrow_mut();
+        for (loc, target, attempt_number) in settled {
+            j.append(&Record::Settle(Box::new(Settle {
+                accept: loc,
+                target,
+                attempt_number,
+                next: NextStep::Done,
+                attempt: None,
+            })));
+            if let Some(c) = self.live.borrow_mut().get_mut(&loc.segment()) {
+                *c = c.saturating_sub(1);
+            }
+        }
+        let c = j.commit();
+        j.flush();
+        tokio::task::spawn_local(async move {
+            let _ = c.await;
+            let _ = done.send(());
+        });
+    }
+
+    /// Recovered deliveries: due ones are queued, later ones wait on a timer.
+    fn resume(self: &Rc<Self>, pending: Vec<crate::journal::replay::Pending>) {
+        if !pending.is_empty() {
+            tracing::info!(shard = self.id, deliveries = pending.len(), "resuming pending deliveries");
+        }
+        let now = now_ms();
+        for p in pending {
+            let w = Work {
+                loc: p.loc,
+                target: p.target,
+                destination_id: p.destination_id,
+                attempt: p.attempt,
+                manual: p.manual,
+                event: None,
+                done: None,
+            };
+            if p.due_ms > now {
+                self.schedule(w, p.due_ms);
+            } else {
+                self.enqueue(w);
+            }
+        }
+    }
+
+    fn note_segment(&self, seg: u32) {
+        let mut s = self.segments.borrow_mut();
+        if s.last().is_none_or(|l| *l < seg) {
+            s.insert(seg);
+        }
+    }
+
+    /// Batches every record appended in this turn of the scheduler into one
+    /// hand-off to the journal's sync thread.
+    fn schedule_flush(self: &Rc<Self>) {
+        if self.flush_scheduled.replace(true) {
+            return;
+        }
+        let me = self.clone();
+        tokio::task::spawn_local(async move {
+            tokio::task::yield_now().await;
+            me.flush_now();
+        });
+    }
+
+    fn flush_now(self: &Rc<Self>) {
+        self.flush_scheduled.set(false);
+        let after = std::mem::take(&mut *self.after_commit.borrow_mut());
+        let mut j = self.journal.borrow_mut();
+        let commit = (!after.is_empty()).then(|| j.commit());
+        j.flush();
+        drop(j);
+        let Some(commit) = commit else { return };
+        let me = self.clone();
+        tokio::task::spawn_local(async move {
+            let result = match commit.await {
+                Ok(r) => r.map_err(ShardError::Journal),
+                Err(_) => Err(ShardError::Closed),
+            };
+            me.committed(after, result);
+        });
+    }
+
+    fn committed(self: &Rc<Self>, after: Vec<AfterCommit>, result: Result<(), ShardError>) {
+        for a in after {
+            match a {
+                AfterCommit::Accepted { reply, works, due_ms } => {
+                    let ok = result.is_ok();
+                    if let Some(r) = reply {
+                        let _ = r.send(result.clone());
+                    }
+                    if !ok {
+                        // Not durable, not acknowledged: nothing to deliver.
+                        if let Some(w) = works.first() {
+                            self.release(w.loc, works.len() as u64);
+                        }
+                        continue;
+                    }
+                    let now = now_ms();
+                    for (w, due) in works.into_iter().zip(due_ms) {
+                        if due > now {
+                            self.schedule(Work { event: None, ..w }, due);
+                        } else {
+                            self.enqueue(w);
+                        }
+                    }
+                }
+                AfterCommit::Settled { done, observe } => {
+                    if result.is_err() {
+                        // The outcome is not durable: the delivery runs again
+                        // after a restart, and the broker (if any) redelivers.
+                        continue;
+                    }
+                    if let Some(d) = done {
+                        let _ = d.send(());
+                    }
+                    // After the outcome is durable: alerts never run ahead of the log.
+                    if let Some(o) = observe {
+                        self.observe(&o.dest, &o.event, o.status, o.attempt);
+                    }
+                }
+            }
+        }
+    }
+
+    /// One fewer unsettled delivery refers to `loc`'s segment.
+    fn release(&self, loc: Loc, n: u64) {
+        let mut live = self.live.borrow_mut();
+        if let Some(c) = live.get_mut(&loc.segment()) {
+            *c = c.saturating_sub(n);
+        }
+        let _ = self
+            .stats
+            .pending
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |p| Some(p.saturating_sub(n)));
+    }
+
+    fn collect_segments(&self) {
+        let current = self.journal.borrow().current_segment();
+        let indexed = Loc(self.journal.borrow().progress.indexed.load(Ordering::Acquire));
+        let dir = self.journal.borrow().dir().to_path_buf();
+        let candidates: Vec<u32> = self
+            .segments
+            .borrow()
+            .iter()
+            .copied()
+            .filter(|s| *s < current && *s < indexed.segment())
+            .filter(|s| self.live.borrow().get(s).copied().unwrap_or(0) == 0)
+            .collect();
+        for seg in candidates {
+            self.reader.borrow_mut().forget(seg);
+            match std::fs::remove_file(journal::segment_path(&dir, seg)) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    tracing::warn!(shard = self.id, segment = seg, error = %e, "cannot delete a journal segment");
+                    continue;
+                }
+            }
+            self.segments.borrow_mut().remove(&seg);
+            self.live.borrow_mut().remove(&seg);
+        }
+    }
+
+    fn schedule(&self, work: Work, due_ms: i64) {
+        let seq = self.seq.get() + 1;
+        self.seq.set(seq);
+        let earliest = self.timers.borrow().peek().map(|Reverse(t)| t.due_ms);
+        self.timers.borrow_mut().push(Reverse(Timer { due_ms, seq, work }));
+        if earliest.is_none_or(|e| due_ms < e) {
+            self.wake.notify_one();
+        }
+    }
+
+    /// Queues a delivery behind its destination's others and starts what
+    /// the shard's and the destination's in-flight limits allow.
+    fn enqueue(self: &Rc<Self>, mut w: Work) {
+        {
+            let mut queues = self.queues.borrow_mut();
+            let q = queues.entry(w.destination_id.clone()).or_default();
+            if w.event.is_some() {
+                if self.queued_in_memory.get() >= QUEUED_IN_MEMORY {
+                    w.event = None;
+                } else {
+                    self.queued_in_memory.set(self.queued_in_memory.get() + 1);
+                }
+            }
+            let key = w.destination_id.clone();
+            q.waiting.push_back(w);
+            if !q.listed && q.inflight < self.per_destination {
+                q.listed = true;
+                self.runnable.borrow_mut().push_back(key);
+            }
+        }
+        self.pump();
+    }
+
+    /// Starts waiting deliveries, one destination after another, while the
+    /// shard has free slots.
+    fn pump(self: &Rc<Self>) {
+        while self.free.get() > 0 && !self.draining.get() {
+            let Some(key) = self.runnable.borrow_mut().pop_front() else {
+                break;
+            };
+            let work = {
+                let mut queues = self.queues.borrow_mut();
+                let Some(q) = queues.get_mut(&key) else { continue };
+                q.listed = false;
+                if q.inflight >= self.per_destination {
+                    continue;
+                }
+                let Some(w) = q.waiting.pop_front() else { continue };
+                q.inflight += 1;
+                if !q.waiting.is_empty() && q.inflight < self.per_destination {
+                    q.listed = true;
+                    self.runnable.borrow_mut().push_back(key);
+                }
+                w
+            };
+            if work.event.is_some() {
+                self.queued_in_memory.set(self.queued_in_memory.get() - 1);
+            }
+            self.free.set(self.free.get() - 1);
+            self.inflight.set(self.inflight.get() + 1);
+            let me = self.clone();
+            tokio::task::spawn_local(async move {
+                let key = work.destination_id.clone();
+                me.run_work(work).await;
+                me.finished(&key);
+            });
+        }
+    }
+
+    fn finished(self: &Rc<Self>, key: &Arc<str>) {
+        self.free.set(self.free.get() + 1);
+        self.inflight.set(self.inflight.get() - 1);
+        {
+            let mut queues = self.queues.borrow_mut();
+            if let Some(q) = queues.get_mut(key) {
+                q.inflight -= 1;
+                if q.waiting.is_empty() && q.inflight == 0 {
+                    queues.remove(key);
+                } else if !q.waiting.is_empty() && !q.listed {
+                    q.listed = true;
+                    self.runnable.borrow_mut().push_back(key.clone());
+                }
+            }
+        }
+        self.slot_freed.notify_waiters();
+        self.pump();
+    }
+
+    /// Reads a delivery's event back from the journal.
+    fn load_event(&self, loc: Loc) -> Result<Arc<Event>, JournalError> {
+        let dir = self.journal.borrow().dir().to_path_buf();
+        match self.reader.borrow_mut().read(&dir, loc)? {
+            Record::Accept { event, .. } => Ok(event),
+            Record::Settle(_) => Err(JournalError::Corrupt {
+                loc,
+                source: journal::codec::CodecError::Kind(2),
+            }),
+        }
+    }
+
+    /// Settles a delivery without an attempt (nothing to deliver to).
+    fn settle_dropped(self: &Rc<Self>, w: Work) {
+        self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+        self.settle(w.loc, w.target, w.attempt, NextStep::Done, None, w.done, None);
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn settle(
+        self: &Rc<Self>,
+        loc: Loc,
+        target: u16,
+        attempt_number: u32,
+        next: NextStep,
+        attempt: Option<Attempt>,
+        done: Option<oneshot::Sender<()>>,
+        observe: Option<Observed>,
+    ) {
+        let settled = next == NextStep::Done;
+        let at = self.journal.borrow_mut().append(&Record::Settle(Box::new(Settle {
+            accept: loc,
+            target,
+            attempt_number,
+            next,
+            attempt,
+        })));
+        self.note_segment(at.segment());
+        if settled {
+            self.release(loc, 1);
+        }
+        self.after_commit
+            .borrow_mut()
+            .push(AfterCommit::Settled { done, observe });
+        self.schedule_flush();
+    }
+
+    async fn run_work(self: &Rc<Self>, mut w: Work) {
+        let event = match w.event.take() {
+            Some(e) => e,
+            None => match self.load_event(w.loc) {
+                Ok(e) => e,
+                Err(e) => {
+                    tracing::error!(shard = self.id, error = %e, destination_id = %w.destination_id,
+                        "cannot read a delivery's event back from the journal; it is dropped");
+                    self.settle_dropped(w);
+                    return;
+                }
+            },
+        };
+        // A scheduled retry superseded by a manual retry of a later attempt.
+        let stale = !w.manual
+            && self
+                .superseded
+                .borrow()
+                .get(&(event.id.clone(), w.destination_id.to_string()))
+                .is_some_and(|&a| a > w.attempt);
+        if stale {
+            self.settle(w.loc, w.target, w.attempt, NextStep::Done, None, w.done, None);
+            return;
+        }
+        let owned = self
+            .dests
+            .borrow()
+            .get(&*w.destination_id)
+            .map(|o| (o.dest.clone(), o.publisher.clone()));
+        let (dest, publisher) = match owned {
+            Some((dest, p)) if dest.is_enabled() => (dest, p),
+            // Deleted or disabled: nothing is attempted and the delivery is settled.
+            _ => {
+                self.settle_dropped(w);
+                return;
+            }
+        };
+        let cfg = &self.deps.publish.config;
+        let started = now_ms();
+        let result = match &publisher {
+            Ok(p) => match tokio::time::timeout(cfg.delivery_timeout, p.publish(&self.client, &event, started)).await {
+                Ok(r) => r,
+                Err(_) => crate::destinations::PublishResult {
+                    status: AttemptStatus::Failed,
+                    code: "timeout".into(),
+                    response_data: Some(serde_json::json!({ "error": "timeout" })),
+                },
+            },
+            Err(e) => crate::destinations::PublishResult {
+                status: AttemptStatus::Failed,
+                code: "ERR".into(),
+                response_data: Some(serde_json::json!({ "error": e })),
+            },
+        };
+        self.stats.attempts.fetch_add(1, Ordering::Relaxed);
+        let mut next = match result.status {
+            AttemptStatus::Success => {
+                self.stats.successes.fetch_add(1, Ordering::Relaxed);
+                NextStep::Done
+            }
+            AttemptStatus::Failed => {
+                self.stats.failures.fetch_add(1, Ordering::Relaxed);
+                if event.eligible_for_retry && w.attempt <= cfg.retry.max_retries() {
+                    let delay = cfg.retry.delay(w.attempt);
+                    NextStep::Retry {
+                        attempt: w.attempt + 1,
+                        due_ms: now_ms() + delay.as_millis() as i64,
+                    }
+                } else {
+                    NextStep::Done
+                }
+            }
+        };
+        // Hand the retry to the shared schedule first; only once it is there
+        // is the local record settled. If Redis is unavailable the retry
+        // stays local (still durable, on this node).
+        if let (Some(redis), NextStep::Retry { attempt, due_ms }) = (&self.deps.shared_retries, &next) {
+            let task = crate::queue::Task {
+                event: event.clone(),
+                destination_id: w.destination_id.to_string(),
+                attempt: *attempt,
+                manual: false,
+            };
+            match redis.schedule_retry(&task, *due_ms).await {
+                Ok(()) => next = NextStep::Done,
+                Err(e) => tracing::warn!(error = %e, "shared retry schedule unavailable; retrying from this node"),
+            }
+        }
+        let attempt = Attempt {
+            id: self.deps.ids.generate(&cfg.attempt_id_prefix),
+            tenant_id: event.tenant_id.clone(),
+            event_id: event.id.clone(),
+            destination_id: w.destination_id.to_string(),
+            destination_type: dest.kind.clone(),
+            attempt_number: w.attempt,
+            manual: w.manual,
+            status: result.status,
+            time: started,
+            code: Some(result.code),
+            response_data: result.response_data,
+            topic: event.topic.clone(),
+        };
+        let status = attempt.status;
+        let copy = (status == AttemptStatus::Failed && self.deps.alerts.is_some())
+            || self.deps.opevents.as_ref().is_some_and(|o| o.wants_attempts());
+        let observe = (self.deps.alerts.is_some() || self.deps.opevents.is_some()).then(|| Observed {
+            dest: dest.clone(),
+            event: event.clone(),
+            status,
+            attempt: copy.then(|| attempt.clone()),
+        });
+        self.settle(w.loc, w.target, w.attempt, next.clone(), Some(attempt), w.done.take(), observe);
+        match next {
+            NextStep::Retry { attempt, due_ms } => self.schedule(
+                Work {
+                    loc: w.loc,
+                    target: w.target,
+                    destination_id: w.destination_id,
+                    attempt,
+                    manual: false,
+                    event: None,
+                    done: None,
+                },
+                due_ms,
+            ),
+            NextStep::Done => {
+                let key = (event.id.clone(), w.destination_id.to_string());
+                let mut sup = self.superseded.borrow_mut();
+                if sup.get(&key).is_some_and(|&a| a <= w.attempt) {
+                    sup.remove(&key);
+                }
+            }
+        }
+    }
+
+    /// Stops taking work; waits (up to the deadline) for attempts in flight
+    /// to finish and for their outcomes to be committed.
+    async fn drain(self: &Rc<Self>, deadline: Option<std::time::Instant>) -> DrainReport {
+        self.draining.set(true);
+        let at_stop = self.inflight.get();
+        let deadline = deadline.unwrap_or_else(std::time::Instant::now);
+        while self.inflight.get() > 0 && std::time::Instant::now() < deadline {
+            tokio::select! {
+                _ = self.slot_freed.notified() => {}
+                _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+            }
+        }
+        let abandoned = self.inflight.get();
+        // Commit what the finished attempts appended.
+        self.flush_now();
+        let (tx, rx) = oneshot::channel::<()>();
+        {
+            let mut j = self.journal.borrow_mut();
+            let c = j.commit();
+            j.flush();
+            tokio::task::spawn_local(async move {
+                let _ = c.await;
+                let _ = tx.send(());
+            });
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(5), rx).await;
+        // Let the post-commit handlers (acks, alerts) run.
+        tokio::task::yield_now().await;
+        let queued: usize = self.queues.borrow().values().map(|q| q.waiting.len()).sum();
+        DrainReport {
+            finished: at_stop - abandoned,
+            abandoned,
+            left: queued + self.timers.borrow().len(),
+        }
+    }
+
     /// Feeds the alert tracker and `attempt.*` operator events with one
     /// outcome. `attempt` is only there when something needs a copy of it
     /// (a failure while alerting, or `attempt.*` subscribed).
@@ -383,167 +1068,6 @@ impl Shard {
         self.dests
             .borrow_mut()
             .insert(d.id.clone(), Owned { dest: d, publisher });
-    }
-
-    fn schedule(&self, d: Delivery) {
-        let seq = self.seq.get() + 1;
-        self.seq.set(seq);
-        let earliest = self.timers.borrow().peek().map(|Reverse(t)| t.due_ms);
-        let due = d.due_ms;
-        self.timers.borrow_mut().push(Reverse(Timer {
-            due_ms: due,
-            seq,
-            delivery: d,
-        }));
-        if earliest.is_none_or(|e| due < e) {
-            self.wake.notify_one();
-        }
-    }
-
-    /// Waits for an in-flight slot (backpressure on the inbox), then runs the
-    /// attempt as its own task.
-    async fn dispatch(self: Rc<Self>, d: Delivery, done: Option<tokio::sync::oneshot::Sender<()>>) {
-        let permit = match self.inflight.clone().acquire_owned().await {
-            Ok(p) => p,
-            Err(_) => return,
-        };
-        tokio::task::spawn_local(async move {
-            self.attempt(d).await;
-            drop(permit);
-            if let Some(done) = done {
-                let _ = done.send(());
-            }
-        });
-    }
-
-    async fn attempt(self: &Rc<Self>, d: Delivery) {
-        let owned = self
-            .dests
-            .borrow()
-            .get(&d.destination_id)
-            .map(|o| (o.dest.clone(), o.publisher.clone()));
-        let (dest, publisher) = match owned {
-            Some((dest, p)) if dest.is_enabled() => (dest, p),
-            // Deleted or disabled: nothing is attempted and the record goes.
-            _ => {
-                self.stats.dropped.fetch_add(1, Ordering::Relaxed);
-                self.record(OutcomeRecord {
-                    event_id: d.event.id.clone(),
-                    destination_id: d.destination_id.clone(),
-                    attempt_number: d.attempt,
-                    attempt: None,
-                    next: NextStep::Done,
-                })
-                .await;
-                return;
-            }
-        };
-        let cfg = &self.deps.publish.config;
-        let started = now_ms();
-        let result = match &publisher {
-            Ok(p) => match tokio::time::timeout(cfg.delivery_timeout, p.publish(&self.client, &d.event, started)).await
-            {
-                Ok(r) => r,
-                Err(_) => crate::destinations::PublishResult {
-                    status: AttemptStatus::Failed,
-                    code: "timeout".into(),
-                    response_data: Some(serde_json::json!({ "error": "timeout" })),
-                },
-            },
-            Err(e) => crate::destinations::PublishResult {
-                status: AttemptStatus::Failed,
-                code: "ERR".into(),
-                response_data: Some(serde_json::json!({ "error": e })),
-            },
-        };
-        self.stats.attempts.fetch_add(1, Ordering::Relaxed);
-        let next = match result.status {
-            AttemptStatus::Success => {
-                self.stats.successes.fetch_add(1, Ordering::Relaxed);
-                NextStep::Done
-            }
-            AttemptStatus::Failed => {
-                self.stats.failures.fetch_add(1, Ordering::Relaxed);
-                if d.event.eligible_for_retry && d.attempt <= cfg.retry.max_retries() {
-                    let delay = cfg.retry.delay(d.attempt);
-                    NextStep::Retry {
-                        attempt: d.attempt + 1,
-                        due_ms: now_ms() + delay.as_millis() as i64,
-                    }
-                } else {
-                    NextStep::Done
-                }
-            }
-        };
-        // Hand the retry to the shared schedule first; only once it is there
-        // is the local record settled. If Redis is unavailable the retry
-        // stays local (still durable, on this node).
-        let mut next = next;
-        if let (Some(redis), NextStep::Retry { attempt, due_ms }) = (&self.deps.shared_retries, &next) {
-            let task = crate::queue::Task {
-                event: d.event.clone(),
-                destination_id: d.destination_id.clone(),
-                attempt: *attempt,
-                manual: false,
-            };
-            match redis.schedule_retry(&task, *due_ms).await {
-                Ok(()) => next = NextStep::Done,
-                Err(e) => tracing::warn!(error = %e, "shared retry schedule unavailable; retrying from this node"),
-            }
-        }
-        let attempt = Attempt {
-            id: self.deps.ids.generate(&cfg.attempt_id_prefix),
-            tenant_id: d.event.tenant_id.clone(),
-            event_id: d.event.id.clone(),
-            destination_id: d.destination_id.clone(),
-            destination_type: dest.kind.clone(),
-            attempt_number: d.attempt,
-            manual: d.manual,
-            status: result.status,
-            time: started,
-            code: Some(result.code),
-            response_data: result.response_data,
-            topic: d.event.topic.clone(),
-        };
-        let status = attempt.status;
-        let copy = (status == AttemptStatus::Failed && self.deps.alerts.is_some())
-            || self.deps.opevents.as_ref().is_some_and(|o| o.wants_attempts());
-        let observed = copy.then(|| attempt.clone());
-        self.record(OutcomeRecord {
-            event_id: d.event.id.clone(),
-            destination_id: d.destination_id.clone(),
-            attempt_number: d.attempt,
-            attempt: Some(attempt),
-            next: next.clone(),
-        })
-        .await;
-        // After the outcome is durable: alerts never run ahead of the log.
-        if self.deps.alerts.is_some() || self.deps.opevents.is_some() {
-            self.observe(&dest, &d.event, status, observed);
-        }
-        match next {
-            NextStep::Retry { attempt, due_ms } => self.schedule(Delivery {
-                event: d.event,
-                destination_id: d.destination_id,
-                attempt,
-                manual: false,
-                due_ms,
-            }),
-            NextStep::Done => {
-                let key = (d.event.id.clone(), d.destination_id.clone());
-                let mut sup = self.superseded.borrow_mut();
-                if sup.get(&key).is_some_and(|&a| a <= d.attempt) {
-                    sup.remove(&key);
-                }
-            }
-        }
-    }
-
-    async fn record(&self, o: OutcomeRecord) {
-        if let Err(e) = self.deps.store.record(o).await {
-            // The pending record is untouched, so the delivery runs again after a restart.
-            tracing::error!(shard = self.id, error = %e, "cannot queue attempt outcome");
-        }
     }
 }
 

@@ -19,12 +19,9 @@ pub async fn publish(p: Principal, State(s): State<AppState>, RawBody(body): Raw
         PublishInputError::InvalidJson => ApiError::invalid_json(),
         PublishInputError::Invalid(list) => ApiError::Validation(list),
     })?;
-    // Run in its own task: once the event is durable, the hand-off to the
-    // shards must finish even if this client disconnects.
-    let engine = s.engine.clone();
-    let out = tokio::spawn(async move { engine.publish(event).await })
-        .await
-        .map_err(|e| ApiError::Internal(format!("publish task failed: {e}")))??;
+    // No task of its own: `publish` sends every shard message before its
+    // first await, so a client that goes away cannot cut a hand-off short.
+    let out = s.engine.publish(event).await?;
     Ok((
         StatusCode::ACCEPTED,
         Json(json!({"id": out.id, "duplicate": out.duplicate, "destination_ids": out.destination_ids})),

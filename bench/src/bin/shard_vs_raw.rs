@@ -4,7 +4,7 @@
 //! cargo run --release -p outrider-bench --bin shard_vs_raw -- [seconds] [payload_bytes] [full|normal] [concurrent_publishers]
 //!
 //! The engine path measured is the real one minus HTTP parsing of the publish
-//! request: `Engine::publish` (match, durable accept in SQLite, hand-off) →
+//! request: `Engine::publish` (match, durable accept in the shard's journal) →
 //! shard (sign, HTTP/1.1 keep-alive POST) → attempt + pending record settled
 //! in SQLite. Sink pinned to core 1, shard and raw client to core 0.
 
@@ -129,10 +129,7 @@ fn engine_run(addr: std::net::SocketAddr, body: &str, dur: Duration, sync: &str,
         for p in tasks {
             let _ = p.await;
         }
-        let engine2 = engine.clone();
-        tokio::task::spawn_blocking(move || engine2.shutdown())
-            .await
-            .expect("shutdown");
+        engine.shutdown().await;
         rate
     })
 }

@@ -1,8 +1,12 @@
-//! The embedded default store: one SQLite database (WAL) under the data dir.
+//! The embedded store: one SQLite database (WAL) under the data dir, holding
+//! the entities (tenants, destinations) and the queryable index of events and
+//! attempts. It is not on the delivery path: deliveries are made durable in
+//! the shards' journals, and the index follower writes their rows here in
+//! large transactions.
 //!
 //! Every write goes through one writer thread that groups whatever is queued
-//! into a single transaction (group commit), so a burst of publishes costs one
-//! fsync. Reads use a small pool of read connections on the blocking pool.
+//! into a single transaction. Reads use a small pool of read connections on
+//! the blocking pool.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -14,7 +18,7 @@ use tokio::sync::oneshot;
 
 use super::*;
 use crate::crypto::Cipher;
-use crate::model::StringMap;
+use crate::model::{Delivery, StringMap};
 
 /// Most operations one transaction takes before it commits.
 const MAX_BATCH: usize = 2048;
@@ -102,21 +106,13 @@ type Reply<T> = oneshot::Sender<StoreResult<T>>;
 type EntityOp = Box<dyn FnOnce(&Connection) -> rusqlite::Result<()> + Send>;
 
 enum WriteOp {
-    Accept {
-        event: Arc<Event>,
-        destination_ids: Vec<String>,
-        ttl_ms: i64,
-        reply: Reply<Accepted>,
-    },
-    Schedule {
-        delivery: Delivery,
+    /// Index rows from the shards' journals, with the follower's positions.
+    Index {
+        events: Vec<Arc<Event>>,
+        attempts: Vec<Attempt>,
+        cursors: Vec<(usize, crate::journal::Loc)>,
         reply: Reply<()>,
     },
-    Receive {
-        delivery: Delivery,
-        reply: Reply<()>,
-    },
-    Outcome(Box<OutcomeRecord>),
     Logs {
         events: Vec<Arc<Event>>,
         attempts: Vec<Attempt>,
@@ -268,29 +264,16 @@ fn writer_loop(mut conn: Connection, rx: flume::Receiver<WriteOp>) {
         // Replies are sent only after the commit: an `Ok` means durable.
         for (op, res) in batch.into_iter().zip(result) {
             match op {
-                WriteOp::Accept { reply, .. } => {
-                    let _ = reply.send(res.map(|d| if d { Accepted::Duplicate } else { Accepted::New }));
-                }
-                WriteOp::Schedule { reply, .. }
-                | WriteOp::Receive { reply, .. }
-                | WriteOp::Entity { reply, .. }
-                | WriteOp::Logs { reply, .. } => {
-                    let _ = reply.send(res.map(|_| ()));
-                }
-                WriteOp::Outcome(o) => {
-                    if let Err(e) = res {
-                        // The pending record stays, so the delivery is retried after a restart.
-                        tracing::error!(event_id = %o.event_id, destination_id = %o.destination_id, error = %e, "could not store attempt outcome");
-                    }
+                WriteOp::Index { reply, .. } | WriteOp::Entity { reply, .. } | WriteOp::Logs { reply, .. } => {
+                    let _ = reply.send(res);
                 }
             }
         }
     }
 }
 
-/// Applies a batch in one transaction; each op's result says whether it was
-/// a duplicate (for accepts). A failed commit fails every op.
-fn apply_batch(conn: &mut Connection, batch: &mut [WriteOp], now: i64) -> Vec<StoreResult<bool>> {
+/// Applies a batch in one transaction. A failed commit fails every op.
+fn apply_batch(conn: &mut Connection, batch: &mut [WriteOp], now: i64) -> Vec<StoreResult<()>> {
     let tx = match conn.transaction() {
         Ok(t) => t,
         Err(e) => return batch.iter().map(|_| Err(StoreError::from(e.clone_msg()))).collect(),
@@ -298,16 +281,19 @@ fn apply_batch(conn: &mut Connection, batch: &mut [WriteOp], now: i64) -> Vec<St
     let mut results = Vec::with_capacity(batch.len());
     for op in batch.iter_mut() {
         let r = match op {
-            WriteOp::Accept {
-                event,
-                destination_ids,
-                ttl_ms,
+            WriteOp::Index {
+                events,
+                attempts,
+                cursors,
                 ..
-            } => accept(&tx, event, destination_ids, *ttl_ms, now),
-            WriteOp::Schedule { delivery, .. } => upsert_pending(&tx, delivery).map(|_| false),
-            WriteOp::Receive { delivery, .. } => receive(&tx, delivery, now).map(|_| false),
-            WriteOp::Outcome(o) => outcome(&tx, o).map(|_| false),
-            WriteOp::Logs { events, attempts, .. } => write_logs(&tx, events, attempts, now).map(|_| false),
+            } => write_logs(&tx, events, attempts, now).and_then(|_| {
+                let mut st = tx.prepare_cached("INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2)")?;
+                for (shard, at) in cursors.iter() {
+                    st.execute(params![format!("journal_index:{shard}"), at.0 as i64])?;
+                }
+                Ok(())
+            }),
+            WriteOp::Logs { events, attempts, .. } => write_logs(&tx, events, attempts, now),
             WriteOp::Entity { op, .. } => {
                 // Each entity op runs in a savepoint so its failure does not sink the batch.
                 let op = std::mem::replace(op, Box::new(|_| Ok(())));
@@ -321,7 +307,6 @@ fn apply_batch(conn: &mut Connection, batch: &mut [WriteOp], now: i64) -> Vec<St
                         }
                     }
                 })()
-                .map(|_| false)
             }
         };
         results.push(r.map_err(StoreError::from));
@@ -343,89 +328,6 @@ impl CloneMsg for rusqlite::Error {
     fn clone_msg(&self) -> rusqlite::Error {
         rusqlite::Error::InvalidParameterName(self.to_string())
     }
-}
-
-fn accept(
-    tx: &rusqlite::Transaction<'_>,
-    event: &Event,
-    destination_ids: &[String],
-    ttl_ms: i64,
-    now: i64,
-) -> rusqlite::Result<bool> {
-    let accepted_at: Option<i64> = tx
-        .prepare_cached("SELECT accepted_at FROM events WHERE id = ?1")?
-        .query_row([&event.id], |r| r.get(0))
-        .optional()?;
-    if accepted_at.is_some_and(|at| at + ttl_ms > now) {
-        return Ok(true);
-    }
-    tx.prepare_cached(
-        "INSERT OR REPLACE INTO events (id, tenant_id, destination_id, topic, eligible_for_retry, time, metadata, data, matched, accepted_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-    )?
-    .execute(params![
-        event.id,
-        event.tenant_id,
-        event.destination_id,
-        event.topic,
-        event.eligible_for_retry,
-        event.time,
-        json_text(&event.metadata),
-        &*event.data,
-        json_text(&event.matched_destination_ids),
-        now,
-    ])?;
-    let mut stmt = tx.prepare_cached(
-        "INSERT OR REPLACE INTO pending (event_id, destination_id, attempt, manual, due_ms) VALUES (?1, ?2, 1, 0, ?3)",
-    )?;
-    for d in destination_ids {
-        stmt.execute(params![event.id, d, now])?;
-    }
-    Ok(false)
-}
-
-fn receive(tx: &rusqlite::Transaction<'_>, d: &Delivery, now: i64) -> rusqlite::Result<()> {
-    write_logs(tx, std::slice::from_ref(&d.event), &[], now)?;
-    // A redelivered message must not reset a delivery already in progress;
-    // a manual retry, though, replaces the schedule.
-    if d.manual {
-        return upsert_pending(tx, d);
-    }
-    tx.prepare_cached(
-        "INSERT OR IGNORE INTO pending (event_id, destination_id, attempt, manual, due_ms) VALUES (?1, ?2, ?3, 0, ?4)",
-    )?
-    .execute(params![d.event.id, d.destination_id, d.attempt, d.due_ms])?;
-    Ok(())
-}
-
-fn upsert_pending(tx: &rusqlite::Transaction<'_>, d: &Delivery) -> rusqlite::Result<()> {
-    tx.prepare_cached(
-        "INSERT OR REPLACE INTO pending (event_id, destination_id, attempt, manual, due_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
-    )?
-    .execute(params![d.event.id, d.destination_id, d.attempt, d.manual, d.due_ms])?;
-    Ok(())
-}
-
-fn outcome(tx: &rusqlite::Transaction<'_>, o: &OutcomeRecord) -> rusqlite::Result<()> {
-    if let Some(a) = &o.attempt {
-        insert_attempt(tx, a)?;
-    }
-    // Only settle the record this attempt came from: a manual retry scheduled
-    // meanwhile (a higher attempt number) takes precedence.
-    match &o.next {
-        NextStep::Done => {
-            tx.prepare_cached("DELETE FROM pending WHERE event_id = ?1 AND destination_id = ?2 AND attempt = ?3")?
-                .execute(params![o.event_id, o.destination_id, o.attempt_number])?;
-        }
-        NextStep::Retry { attempt, due_ms } => {
-            tx.prepare_cached(
-                "UPDATE pending SET attempt = ?4, due_ms = ?5, manual = 0
-                 WHERE event_id = ?1 AND destination_id = ?2 AND attempt = ?3",
-            )?
-            .execute(params![o.event_id, o.destination_id, o.attempt_number, attempt, due_ms])?;
-        }
-    }
-    Ok(())
 }
 
 fn insert_attempt(tx: &rusqlite::Transaction<'_>, a: &Attempt) -> rusqlite::Result<()> {
@@ -916,48 +818,62 @@ impl LogWriter for EmbeddedStore {
     }
 }
 
-impl DeliveryQueue for EmbeddedStore {
-    fn accept(
+
+/// Journal-era operations: the index follower's writes and positions, the
+/// idempotency ids at start, and the import of pending deliveries written by
+/// builds before the journals.
+impl EmbeddedStore {
+    /// Stores index rows and the follower's positions in one transaction.
+    pub async fn index(
         &self,
-        event: Arc<Event>,
-        destination_ids: Vec<String>,
-        idempotency_ttl_ms: i64,
-    ) -> BoxFuture<'_, StoreResult<Accepted>> {
-        Box::pin(async move {
-            let (reply, rx) = oneshot::channel();
-            self.write(WriteOp::Accept {
-                event,
-                destination_ids,
-                ttl_ms: idempotency_ttl_ms,
-                reply,
-            })
-            .await?;
-            rx.await.map_err(|_| StoreError::Closed)?
+        events: Vec<Arc<Event>>,
+        attempts: Vec<Attempt>,
+        cursors: Vec<(usize, crate::journal::Loc)>,
+    ) -> StoreResult<()> {
+        let (reply, rx) = oneshot::channel();
+        self.write(WriteOp::Index {
+            events,
+            attempts,
+            cursors,
+            reply,
         })
+        .await?;
+        rx.await.map_err(|_| StoreError::Closed)?
     }
 
-    fn schedule(&self, delivery: Delivery) -> BoxFuture<'_, StoreResult<()>> {
-        Box::pin(async move {
-            let (reply, rx) = oneshot::channel();
-            self.write(WriteOp::Schedule { delivery, reply }).await?;
-            rx.await.map_err(|_| StoreError::Closed)?
+    /// The index follower's position per shard.
+    pub async fn journal_cursors(&self) -> StoreResult<std::collections::HashMap<usize, crate::journal::Loc>> {
+        self.read(|c| {
+            let mut st = c.prepare("SELECT key, value FROM meta WHERE key LIKE 'journal_index:%'")?;
+            let rows = st.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
+            let mut out = std::collections::HashMap::new();
+            for row in rows {
+                let (k, v) = row?;
+                if let Some(shard) = k.strip_prefix("journal_index:").and_then(|s| s.parse().ok()) {
+                    out.insert(shard, crate::journal::Loc(v as u64));
+                }
+            }
+            Ok(out)
         })
+        .await
     }
 
-    fn receive(&self, delivery: Delivery) -> BoxFuture<'_, StoreResult<()>> {
-        Box::pin(async move {
-            let (reply, rx) = oneshot::channel();
-            self.write(WriteOp::Receive { delivery, reply }).await?;
-            rx.await.map_err(|_| StoreError::Closed)?
+    /// Ids of indexed events accepted at or after `since_ms`, with the time.
+    pub async fn recent_event_ids(&self, since_ms: i64) -> StoreResult<Vec<(String, i64)>> {
+        self.read(move |c| {
+            let mut st = c.prepare("SELECT id, accepted_at FROM events WHERE accepted_at >= ?1")?;
+            let rows = st
+                .query_map([since_ms], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(rows)
         })
+        .await
     }
 
-    fn record(&self, outcome: OutcomeRecord) -> BoxFuture<'_, StoreResult<()>> {
-        Box::pin(self.write(WriteOp::Outcome(Box::new(outcome))))
-    }
-
-    fn load_pending(&self) -> BoxFuture<'_, StoreResult<Vec<Delivery>>> {
-        Box::pin(self.read(move |c| {
+    /// Pending deliveries left in the `pending` table by a build from before
+    /// the journals (the caller moves them into the journals, then clears them).
+    pub async fn legacy_pending(&self) -> StoreResult<Vec<Delivery>> {
+        self.read(move |c| {
             let cols = EVENT_COLS
                 .split(", ")
                 .map(|col| format!("e.{col}"))
@@ -980,7 +896,6 @@ impl DeliveryQueue for EmbeddedStore {
             let mut last: Option<Arc<Event>> = None;
             for row in rows {
                 let (e, destination_id, attempt, manual, due_ms) = row?;
-                // Deliveries of one event share its Arc.
                 let event = match &last {
                     Some(l) if l.id == e.id => l.clone(),
                     _ => Arc::new(e),
@@ -995,7 +910,12 @@ impl DeliveryQueue for EmbeddedStore {
                 });
             }
             Ok(out)
-        }))
+        })
+        .await
+    }
+
+    pub async fn clear_legacy_pending(&self) -> StoreResult<()> {
+        self.entity(Box::new(|c| c.execute_batch("DELETE FROM pending"))).await
     }
 }
 
@@ -1017,106 +937,14 @@ mod tests {
         })
     }
 
-    fn attempt(id: &str, ev: &str, n: u32, time: i64) -> Attempt {
-        Attempt {
-            id: id.into(),
-            tenant_id: "t1".into(),
-            event_id: ev.into(),
-            destination_id: "d1".into(),
-            destination_type: "webhook".into(),
-            attempt_number: n,
-            manual: false,
-            status: AttemptStatus::Failed,
-            time,
-            code: Some("500".into()),
-            response_data: Some(serde_json::json!({"status": 500, "body": "x"})),
-            topic: "t".into(),
-        }
-    }
-
-    #[tokio::test]
-    async fn accept_is_idempotent_and_pending_survives_reopen() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = EmbeddedStore::open(dir.path(), Cipher::new("k"), true).unwrap();
-        let e = event("e1", "t1", 1000);
-        assert_eq!(
-            s.accept(e.clone(), vec!["d1".into()], 60_000).await.unwrap(),
-            Accepted::New
-        );
-        assert_eq!(
-            s.accept(e.clone(), vec!["d1".into()], 60_000).await.unwrap(),
-            Accepted::Duplicate
-        );
-        drop(s);
-        let s = EmbeddedStore::open(dir.path(), Cipher::new("k"), true).unwrap();
-        let p = s.load_pending().await.unwrap();
-        assert_eq!(p.len(), 1);
-        assert_eq!(&*p[0].event.data, "{\"b\":1,\"a\":2}");
-        assert_eq!(p[0].attempt, 1);
-    }
-
-    #[tokio::test]
-    async fn outcome_settles_only_its_own_attempt() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = EmbeddedStore::open(dir.path(), Cipher::new("k"), false).unwrap();
-        let e = event("e1", "t1", 1000);
-        s.accept(e.clone(), vec!["d1".into()], 60_000).await.unwrap();
-        s.record(OutcomeRecord {
-            event_id: "e1".into(),
-            destination_id: "d1".into(),
-            attempt_number: 1,
-            attempt: Some(attempt("a1", "e1", 1, 2000)),
-            next: NextStep::Retry {
-                attempt: 2,
-                due_ms: 9999,
-            },
-        })
-        .await
-        .unwrap();
-        // A manual retry replaces the schedule before attempt 2 runs.
-        s.schedule(Delivery {
-            event: e.clone(),
-            destination_id: "d1".into(),
-            attempt: 3,
-            manual: true,
-            due_ms: 0,
-        })
-        .await
-        .unwrap();
-        // A late "done" for attempt 2 must not remove the manual one.
-        s.record(OutcomeRecord {
-            event_id: "e1".into(),
-            destination_id: "d1".into(),
-            attempt_number: 2,
-            attempt: None,
-            next: NextStep::Done,
-        })
-        .await
-        .unwrap();
-        let p = s.load_pending().await.unwrap();
-        assert_eq!((p[0].attempt, p[0].manual), (3, true));
-        let latest = s
-            .latest_attempt(Some("t1".into()), "e1".into(), "d1".into())
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(latest.id, "a1");
-        assert!(s
-            .latest_attempt(Some("t2".into()), "e1".into(), "d1".into())
-            .await
-            .unwrap()
-            .is_none());
-    }
-
     #[tokio::test]
     async fn seek_pagination_and_filters() {
         let dir = tempfile::tempdir().unwrap();
         let s = EmbeddedStore::open(dir.path(), Cipher::new("k"), false).unwrap();
         for i in 0..5 {
-            s.accept(
-                event(&format!("e{i}"), if i % 2 == 0 { "t1" } else { "t2" }, 1000 + i),
+            s.write_logs(
+                vec![event(&format!("e{i}"), if i % 2 == 0 { "t1" } else { "t2" }, 1000 + i)],
                 vec![],
-                1000,
             )
             .await
             .unwrap();

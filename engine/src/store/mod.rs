@@ -1,13 +1,12 @@
-//! Storage behind traits, so the Redis/Postgres/queue back ends slot in later
-//! without touching the API or the shards.
+//! Storage behind traits, so the Redis/Postgres back ends slot in without
+//! touching the API or the shards.
 //!
 //! - [`EntityStore`]: tenants and destinations (write-through; the control
 //!   plane keeps the routing table in memory and loads it at start).
 //! - [`LogStore`]: events and attempts, and the queries the list endpoints need.
-//! - [`DeliveryQueue`]: the durable record of every delivery that is not done
-//!   yet (first attempts and scheduled retries). `accept` returning `Ok` is the
-//!   moment an event becomes durable; a pending record goes away only in the
-//!   same write that stores its attempt's outcome.
+//!
+//! Deliveries themselves are not here: each shard keeps them in its own
+//! journal ([`crate::journal`]).
 
 #[cfg(test)]
 mod conformance;
@@ -19,7 +18,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use crate::model::{Attempt, AttemptStatus, Delivery, Destination, Event, NextStep, Tenant};
+use crate::model::{Attempt, AttemptStatus, Destination, Event, Tenant};
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -110,26 +109,6 @@ impl ListQuery {
     }
 }
 
-/// What publishing found when it tried to accept an event.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Accepted {
-    New,
-    Duplicate,
-}
-
-/// The outcome of one attempt, to be made durable with the pending record's fate.
-#[derive(Debug, Clone)]
-pub struct OutcomeRecord {
-    pub event_id: String,
-    pub destination_id: String,
-    /// The attempt number that was tried (the pending record it settles).
-    pub attempt_number: u32,
-    /// `None` when the delivery was dropped without an attempt (destination
-    /// disabled or deleted).
-    pub attempt: Option<Attempt>,
-    pub next: NextStep,
-}
-
 pub trait EntityStore: Send + Sync + 'static {
     fn load_entities(&self) -> BoxFuture<'_, StoreResult<(Vec<Tenant>, Vec<Destination>)>>;
     fn put_tenant(&self, tenant: Tenant) -> BoxFuture<'_, StoreResult<()>>;
@@ -160,30 +139,4 @@ pub trait LogWriter: Send + Sync + 'static {
     fn write_logs(&self, events: Vec<Arc<Event>>, attempts: Vec<Attempt>) -> BoxFuture<'_, StoreResult<()>>;
 }
 
-pub trait DeliveryQueue: Send + Sync + 'static {
-    /// Durably records the event and one pending delivery per destination, or
-    /// reports a duplicate when the id was accepted within `idempotency_ttl_ms`.
-    fn accept(
-        &self,
-        event: Arc<Event>,
-        destination_ids: Vec<String>,
-        idempotency_ttl_ms: i64,
-    ) -> BoxFuture<'_, StoreResult<Accepted>>;
-    /// Takes over a delivery handed over by the delivery queue: stores the
-    /// event if new and a pending record for (event, destination) unless one
-    /// exists (a manual retry replaces it). `Ok` means it is durable here.
-    fn receive(&self, delivery: Delivery) -> BoxFuture<'_, StoreResult<()>>;
-    /// Replaces the pending delivery of (event, destination) with this one.
-    fn schedule(&self, delivery: Delivery) -> BoxFuture<'_, StoreResult<()>>;
-    /// Stores an attempt and settles its pending record in one write. Returns
-    /// once the record is queued for the next group commit.
-    fn record(&self, outcome: OutcomeRecord) -> BoxFuture<'_, StoreResult<()>>;
-    /// Every delivery not yet done, for recovery at start.
-    fn load_pending(&self) -> BoxFuture<'_, StoreResult<Vec<Delivery>>>;
-}
 
-/// One value implementing all three stores.
-pub trait Store: EntityStore + LogStore + DeliveryQueue {}
-impl<T: EntityStore + LogStore + DeliveryQueue> Store for T {}
-
-pub type SharedStore = Arc<dyn Store>;

@@ -330,27 +330,52 @@ impl RedisEntityStore {
         v.map(|j| self.decode_destination(&j)).transpose()
     }
 
-    /// Claims a publish idempotency key for `ttl_ms` (SET NX PX); `false`
-    /// means another publish of this id already holds it.
+    /// Claims a publish's event id across API nodes; `false` = a duplicate.
+    ///
+    /// Two phases, so a crash between the claim and the broker publish
+    /// cannot turn the client's retry into a dropped "duplicate": the claim
+    /// is `pending` until [`Self::confirm_idempotency`] marks it `done`, and
+    /// a pending claim is taken over by the next publish of the same id (at
+    /// worst the event is delivered twice; it is never lost).
     pub async fn claim_idempotency(&self, event_id: &str, ttl_ms: i64) -> StoreResult<bool> {
+        const CLAIM: &str = r"
+            local v = redis.call('GET', KEYS[1])
+            if v and v ~= 'pending' then return 0 end
+            redis.call('SET', KEYS[1], 'pending', 'PX', ARGV[1])
+            return 1";
         let mut c = self.conn.clone();
-        let set: Option<String> = ::redis::cmd("SET")
-            .arg(self.key(&format!("idempotency:publish:{event_id}")))
-            .arg("1")
-            .arg("NX")
+        let claimed: i64 = ::redis::Script::new(CLAIM)
+            .key(self.idempotency_key(event_id))
+            .arg(ttl_ms.max(1))
+            .invoke_async(&mut c)
+            .await
+            .map_err(rerr)?;
+        Ok(claimed == 1)
+    }
+
+    /// The event's tasks are on the queue: later publishes of the id are duplicates.
+    pub async fn confirm_idempotency(&self, event_id: &str, ttl_ms: i64) -> StoreResult<()> {
+        let mut c = self.conn.clone();
+        let _: () = ::redis::cmd("SET")
+            .arg(self.idempotency_key(event_id))
+            .arg("done")
             .arg("PX")
             .arg(ttl_ms.max(1))
             .query_async(&mut c)
             .await
             .map_err(rerr)?;
-        Ok(set.is_some())
+        Ok(())
+    }
+
+    fn idempotency_key(&self, event_id: &str) -> String {
+        self.key(&format!("idempotency:publish:{event_id}"))
     }
 
     /// Releases a claim after a publish failed, so a retried publish goes through.
     pub async fn release_idempotency(&self, event_id: &str) -> StoreResult<()> {
         let mut c = self.conn.clone();
         let _: i64 = c
-            .del(self.key(&format!("idempotency:publish:{event_id}")))
+            .del(self.idempotency_key(event_id))
             .await
             .map_err(rerr)?;
         Ok(())

@@ -1,0 +1,237 @@
+//! Start-up recovery of the shards' journals.
+//!
+//! Every shard directory under `<data dir>/journal/` is replayed in parallel
+//! (pending = accepted − settled). A delivery stays with the shard that wrote
+//! it when that shard still owns its destination; when `DELIVERY_SHARDS`
+//! changed since, it is re-accepted by its new owner and then settled in the
+//! old journal, so nothing is lost and the old directory can go.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::config::Config;
+use crate::engine::{Engine, EngineError};
+use crate::idempotency::Idempotency;
+use crate::journal::index::Followed;
+use crate::journal::replay::{self, Pending, Recovered};
+use crate::journal::{self, AcceptTarget, Journal, Loc, Progress, Reader, Record, Settle};
+use crate::model::NextStep;
+use crate::shard::{shard_for, ShardInit, ShardMsg};
+use crate::store::embedded::EmbeddedStore;
+use crate::timefmt::now_ms;
+
+/// Deliveries found in a journal whose destination another shard owns now.
+pub struct Plan {
+    moves: Vec<Move>,
+}
+
+struct Move {
+    dir: PathBuf,
+    shard: usize,
+    next_segment: u32,
+    pending: Vec<Pending>,
+}
+
+pub fn journal_root(config: &Config) -> PathBuf {
+    config.data_dir.join("journal")
+}
+
+fn shard_dirs(root: &Path) -> std::io::Result<Vec<usize>> {
+    let mut v = Vec::new();
+    for e in std::fs::read_dir(root)? {
+        let e = e?;
+        if e.file_type()?.is_dir() {
+            if let Ok(n) = e.file_name().to_string_lossy().parse::<usize>() {
+                v.push(n);
+            }
+        }
+    }
+    v.sort_unstable();
+    Ok(v)
+}
+
+type Prepared = (Plan, Vec<ShardInit>, Vec<Followed>, flume::Receiver<()>);
+
+/// Replays the journals and opens one for each shard.
+pub async fn prepare(
+    config: &Config,
+    store: &Arc<EmbeddedStore>,
+    idempotency: &Idempotency,
+) -> Result<Prepared, EngineError> {
+    let root = journal_root(config);
+    std::fs::create_dir_all(&root)
+        .map_err(|e| EngineError::Startup(format!("cannot create {}: {e}", root.display())))?;
+    let n = config.delivery_shards;
+    let mut indexes = shard_dirs(&root).map_err(|e| EngineError::Startup(format!("{}: {e}", root.display())))?;
+    indexes.extend(0..n);
+    indexes.sort_unstable();
+    indexes.dedup();
+    let ttl = config.publish_idempotency_key_ttl.as_millis() as i64;
+    let since = now_ms() - ttl;
+    let started = std::time::Instant::now();
+    let dirs: Vec<(usize, PathBuf)> = indexes.iter().map(|i| (*i, journal::shard_dir(&root, *i))).collect();
+    let replayed = tokio::task::spawn_blocking(move || {
+        std::thread::scope(|s| {
+            let handles: Vec<_> = dirs
+                .iter()
+                .map(|(i, d)| (*i, d.clone(), s.spawn(move || replay::replay(d, since))))
+                .collect();
+            handles
+                .into_iter()
+                .map(|(i, d, h)| (i, d, h.join().map_err(|_| "replay thread panicked".to_string())))
+                .collect::<Vec<_>>()
+        })
+    })
+    .await
+    .map_err(|e| EngineError::Startup(format!("journal recovery failed: {e}")))?;
+    for (id, at) in store.recent_event_ids(since).await? {
+        idempotency.remember(&id, at);
+    }
+    let cursors = store.journal_cursors().await?;
+    let (wake_tx, wake_rx) = flume::bounded(1);
+    let mut inits = Vec::with_capacity(n);
+    let mut followed = Vec::new();
+    let mut moves = Vec::new();
+    let mut total = 0usize;
+    for (i, dir, rec) in replayed {
+        let rec: Recovered = rec
+            .map_err(EngineError::Startup)?
+            .map_err(|e| EngineError::Startup(format!("journal recovery: {e}")))?;
+        for (seg, off, why) in &rec.damaged {
+            tracing::warn!(shard = i, segment = seg, offset = off, reason = %why,
+                "journal tail unreadable (a write cut short by a crash, or damage); records after it are ignored");
+        }
+        for (id, at) in &rec.recent_ids {
+            idempotency.remember(id, *at);
+        }
+        total += rec.pending.len();
+        let (own, foreign): (Vec<Pending>, Vec<Pending>) =
+            rec.pending.iter().cloned().partition(|p| i < n && shard_for(&p.destination_id, n) == i);
+        if !foreign.is_empty() {
+            moves.push(Move {
+                dir: dir.clone(),
+                shard: i,
+                next_segment: rec.next_segment,
+                pending: foreign,
+            });
+        }
+        if i < n {
+            let progress = Arc::new(Progress::default());
+            let journal = Journal::open(
+                &dir,
+                rec.next_segment,
+                config.embedded_synchronous_full,
+                progress.clone(),
+                Some(wake_tx.clone()),
+            )
+            .map_err(|e| EngineError::Startup(format!("cannot open the journal: {e}")))?;
+            followed.push(Followed {
+                shard: i,
+                dir: dir.clone(),
+                progress,
+            });
+            inits.push(ShardInit {
+                journal,
+                recovered: Recovered { pending: own, ..rec },
+            });
+        } else {
+            // A shard that no longer exists: its records are indexed, its
+            // deliveries moved; once both are done the directory goes.
+            let last = rec.segments.last().copied();
+            let indexed_all = match (last, cursors.get(&i)) {
+                (None, _) => true,
+                (Some(last), Some(c)) => {
+                    let len = std::fs::metadata(journal::segment_path(&dir, last)).map(|m| m.len()).unwrap_or(0);
+                    c.segment() > last || (c.segment() == last && c.offset() >= len)
+                }
+                (Some(_), None) => false,
+            };
+            if rec.pending.is_empty() && indexed_all {
+                if let Err(e) = std::fs::remove_dir_all(&dir) {
+                    tracing::warn!(dir = %dir.display(), error = %e, "cannot remove an old shard's journal");
+                }
+                continue;
+            }
+            let progress = Arc::new(Progress::default());
+            // Closed for good: the follower reads every segment to its end.
+            progress.durable.store(Loc::new(u32::MAX, 0).0, std::sync::atomic::Ordering::Release);
+            followed.push(Followed {
+                shard: i,
+                dir: dir.clone(),
+                progress,
+            });
+        }
+    }
+    tracing::info!(
+        shards = n,
+        pending = total,
+        moved = moves.iter().map(|m| m.pending.len()).sum::<usize>(),
+        ids = idempotency.len(),
+        ms = started.elapsed().as_millis() as u64,
+        "journals recovered"
+    );
+    Ok((Plan { moves }, inits, followed, wake_rx))
+}
+
+/// Moves deliveries to their new owners (after the routing table is
+/// installed, before any shard resumes), then settles them where they were.
+pub async fn finish(engine: &Arc<Engine>, plan: Plan) -> Result<(), EngineError> {
+    let n = engine.config.delivery_shards;
+    for m in plan.moves {
+        tracing::info!(from_shard = m.shard, deliveries = m.pending.len(), "moving deliveries to the shards that own them now");
+        let mut reader = Reader::default();
+        let mut settled = Vec::with_capacity(m.pending.len());
+        for p in &m.pending {
+            let event = match reader.read(&m.dir, p.loc) {
+                Ok(Record::Accept { event, .. }) => event,
+                Ok(_) | Err(_) => {
+                    tracing::error!(loc = ?p.loc, "cannot read a pending delivery's event back; it is dropped");
+                    settled.push((p.loc, p.target, p.attempt));
+                    continue;
+                }
+            };
+            let target = AcceptTarget {
+                destination_id: p.destination_id.to_string(),
+                attempt: p.attempt,
+                manual: p.manual,
+                due_ms: p.due_ms,
+            };
+            engine.accept_on_shards(event, vec![target]).await?;
+            settled.push((p.loc, p.target, p.attempt));
+        }
+        if m.shard < n {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            let msg = ShardMsg::Forget { settled, done: tx };
+            engine.shard_handles()[m.shard]
+                .tx
+                .send_async(msg)
+                .await
+                .map_err(|_| EngineError::Closed)?;
+            rx.await.map_err(|_| EngineError::Closed)?;
+        } else {
+            let mut j = Journal::open(
+                &m.dir,
+                m.next_segment,
+                engine.config.embedded_synchronous_full,
+                Arc::new(Progress::default()),
+                None,
+            )
+            .map_err(|e| EngineError::Startup(format!("cannot open an old journal: {e}")))?;
+            for (loc, target, attempt_number) in settled {
+                j.append(&Record::Settle(Box::new(Settle {
+                    accept: loc,
+                    target,
+                    attempt_number,
+                    next: NextStep::Done,
+                    attempt: None,
+                })));
+            }
+            let c = j.commit();
+            j.flush();
+            c.await
+                .map_err(|_| EngineError::Closed)?
+                .map_err(|e| EngineError::Startup(format!("cannot settle moved deliveries: {e}")))?;
+        }
+    }
+    Ok(())
+}
