@@ -61,8 +61,11 @@ fn main() -> std::process::ExitCode {
         }
     };
     init_tracing(&config.log_level);
+    // The API accepts publishes on every core: one worker per core, so the
+    // accept path is never one thread for the whole node.
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
     let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(cores.max(2))
         .thread_name("outrider-control")
         .enable_all()
         .build()

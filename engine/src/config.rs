@@ -417,10 +417,7 @@ const YAML_KEYS: &[(&str, &str)] = &[
         "outrider.destination_max_concurrency",
         "OUTRIDER_DESTINATION_MAX_CONCURRENCY",
     ),
-    (
-        "outrider.shutdown_drain_seconds",
-        "OUTRIDER_SHUTDOWN_DRAIN_SECONDS",
-    ),
+    ("outrider.shutdown_drain_seconds", "OUTRIDER_SHUTDOWN_DRAIN_SECONDS"),
     (
         "outrider.allow_private_destinations",
         "OUTRIDER_ALLOW_PRIVATE_DESTINATIONS",

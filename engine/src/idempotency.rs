@@ -24,7 +24,9 @@ pub struct Idempotency {
 enum Claim {
     /// A publish is making the event durable right now.
     InFlight,
-    Accepted { at_ms: i64 },
+    Accepted {
+        at_ms: i64,
+    },
 }
 
 /// What a publish found for its id.

@@ -135,7 +135,10 @@ mod tests {
         // Three indexed events, two of them attempted (pending deliveries
         // live in the shards' journals, not here).
         source
-            .write_logs(vec![event("e1"), event("e2"), event("e3")], vec![done("e1", 1), done("e2", 1)])
+            .write_logs(
+                vec![event("e1"), event("e2"), event("e3")],
+                vec![done("e1", 1), done("e2", 1)],
+            )
             .await
             .unwrap();
         let h = spawn(source.clone(), sink.clone(), 2, 0);

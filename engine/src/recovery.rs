@@ -105,8 +105,11 @@ pub async fn prepare(
             idempotency.remember(id, *at);
         }
         total += rec.pending.len();
-        let (own, foreign): (Vec<Pending>, Vec<Pending>) =
-            rec.pending.iter().cloned().partition(|p| i < n && shard_for(&p.destination_id, n) == i);
+        let (own, foreign): (Vec<Pending>, Vec<Pending>) = rec
+            .pending
+            .iter()
+            .cloned()
+            .partition(|p| i < n && shard_for(&p.destination_id, n) == i);
         if !foreign.is_empty() {
             moves.push(Move {
                 dir: dir.clone(),
@@ -141,7 +144,9 @@ pub async fn prepare(
             let indexed_all = match (last, cursors.get(&i)) {
                 (None, _) => true,
                 (Some(last), Some(c)) => {
-                    let len = std::fs::metadata(journal::segment_path(&dir, last)).map(|m| m.len()).unwrap_or(0);
+                    let len = std::fs::metadata(journal::segment_path(&dir, last))
+                        .map(|m| m.len())
+                        .unwrap_or(0);
                     c.segment() > last || (c.segment() == last && c.offset() >= len)
                 }
                 (Some(_), None) => false,
@@ -154,7 +159,9 @@ pub async fn prepare(
             }
             let progress = Arc::new(Progress::default());
             // Closed for good: the follower reads every segment to its end.
-            progress.durable.store(Loc::new(u32::MAX, 0).0, std::sync::atomic::Ordering::Release);
+            progress
+                .durable
+                .store(Loc::new(u32::MAX, 0).0, std::sync::atomic::Ordering::Release);
             followed.push(Followed {
                 shard: i,
                 dir: dir.clone(),
@@ -178,7 +185,11 @@ pub async fn prepare(
 pub async fn finish(engine: &Arc<Engine>, plan: Plan) -> Result<(), EngineError> {
     let n = engine.config.delivery_shards;
     for m in plan.moves {
-        tracing::info!(from_shard = m.shard, deliveries = m.pending.len(), "moving deliveries to the shards that own them now");
+        tracing::info!(
+            from_shard = m.shard,
+            deliveries = m.pending.len(),
+            "moving deliveries to the shards that own them now"
+        );
         let mut reader = Reader::default();
         let mut settled = Vec::with_capacity(m.pending.len());
         for p in &m.pending {

@@ -414,7 +414,13 @@ async fn run(id: usize, rx: flume::Receiver<ShardMsg>, deps: ShardDeps, stats: A
     if let Some(t) = flush_task {
         t.abort();
     }
-    tracing::info!(shard = id, finished = report.finished, abandoned = report.abandoned, left = report.left, "shard stopped");
+    tracing::info!(
+        shard = id,
+        finished = report.finished,
+        abandoned = report.abandoned,
+        left = report.left,
+        "shard stopped"
+    );
     if let Some((_, r)) = shutdown {
         let _ = r.send(report);
     }
@@ -543,7 +549,11 @@ impl Shard {
     /// Recovered deliveries: due ones are queued, later ones wait on a timer.
     fn resume(self: &Rc<Self>, pending: Vec<crate::journal::replay::Pending>) {
         if !pending.is_empty() {
-            tracing::info!(shard = self.id, deliveries = pending.len(), "resuming pending deliveries");
+            tracing::info!(
+                shard = self.id,
+                deliveries = pending.len(),
+                "resuming pending deliveries"
+            );
         }
         let now = now_ms();
         for p in pending {
@@ -929,7 +939,15 @@ impl Shard {
             status,
             attempt: copy.then(|| attempt.clone()),
         });
-        self.settle(w.loc, w.target, w.attempt, next.clone(), Some(attempt), w.done.take(), observe);
+        self.settle(
+            w.loc,
+            w.target,
+            w.attempt,
+            next.clone(),
+            Some(attempt),
+            w.done.take(),
+            observe,
+        );
         match next {
             NextStep::Retry { attempt, due_ms } => self.schedule(
                 Work {

@@ -29,6 +29,8 @@ pub struct Target {
 pub struct Options {
     pub target: Option<Target>,
     pub server_bin: PathBuf,
+    /// CPU list (`taskset -c` syntax) the started server is pinned to.
+    pub server_cores: Option<String>,
     pub baseline: bool,
     pub baseline_seconds: u64,
     pub quiet: bool,
@@ -67,6 +69,7 @@ impl Drop for Spawned {
 /// that keeps runs against a shared Redis apart).
 fn spawn_server(
     bin: &PathBuf,
+    cores: Option<&str>,
     sc: &Scenario,
     key: &str,
     sink: SocketAddr,
@@ -83,7 +86,15 @@ fn spawn_server(
         .and_then(|l| l.local_addr())
         .map_err(|e| e.to_string())?
         .port();
-    let mut cmd = Command::new(bin);
+    let mut cmd = match cores {
+        // The server and every thread it starts stay on these cores.
+        Some(list) => {
+            let mut c = Command::new("taskset");
+            c.arg("-c").arg(list).arg(bin);
+            c
+        }
+        None => Command::new(bin),
+    };
     cmd.current_dir(dir.path())
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
@@ -166,7 +177,14 @@ pub fn run(sc: &Scenario, opts: &Options) -> Result<Report, String> {
     let (spawned, addr) = match &opts.target {
         Some(t) => (None, t.addr),
         None => {
-            let (s, a) = spawn_server(&opts.server_bin, sc, &api_key, sink.addr, &run_id)?;
+            let (s, a) = spawn_server(
+                &opts.server_bin,
+                opts.server_cores.as_deref(),
+                sc,
+                &api_key,
+                sink.addr,
+                &run_id,
+            )?;
             (Some(s), a)
         }
     };

@@ -109,6 +109,34 @@ impl Server {
         }
     }
 
+    /// The server process's id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    /// SIGTERM, then waits (up to `limit`) for the exit: `(exit code, time taken)`.
+    /// Panics if the process is still running after `limit`.
+    pub async fn terminate(&mut self, limit: Duration) -> (Option<i32>, Duration) {
+        let mut c = self.child.take().expect("server is running");
+        let t0 = Instant::now();
+        let ok = Command::new("kill")
+            .args(["-TERM", &c.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(ok.success(), "kill -TERM failed");
+        loop {
+            if let Some(st) = c.try_wait().expect("wait") {
+                return (st.code(), t0.elapsed());
+            }
+            if t0.elapsed() > limit {
+                let _ = c.kill();
+                let _ = c.wait();
+                panic!("the server did not exit within {limit:?} of SIGTERM");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// SIGKILL: no shutdown path runs.
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {

@@ -29,6 +29,8 @@ fn harness_small_scenario_delivers_everything() {
     let opts = Options {
         target: None,
         server_bin: PathBuf::from(env!("CARGO_BIN_EXE_outrider")),
+        // Exercises the affinity path (`taskset`) the scale command uses.
+        server_cores: Some("0".into()),
         baseline: true,
         baseline_seconds: 1,
         quiet: true,

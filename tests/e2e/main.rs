@@ -4,6 +4,7 @@ mod api;
 mod common;
 mod delivery;
 mod durability;
+mod engine;
 mod harness;
 mod opevents;
 mod outage;

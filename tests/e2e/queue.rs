@@ -238,3 +238,56 @@ async fn retries_survive_the_loss_of_the_delivery_node_that_scheduled_them() {
     );
     assert_eq!(rx.count(), 2);
 }
+
+/// A node that claimed an event id in Redis and died before the broker had
+/// the event leaves a `pending` claim: the client's retry of that publish
+/// must be delivered, not answered "duplicate" and dropped.
+#[tokio::test]
+async fn a_publish_claimed_by_a_node_that_died_before_queueing_is_not_dropped_on_retry() {
+    let id = uniq();
+    let (url, _pg) = fresh_schema(&pg_url()).await;
+    let dep = format!("i{id}");
+    let env: Vec<(&'static str, String)> = vec![
+        ("REDIS_HOST", "127.0.0.1".into()),
+        ("DEPLOYMENT_ID", dep.clone()),
+        ("POSTGRES_URL", url),
+        ("RABBITMQ_SERVER_URL", "amqp://guest:guest@127.0.0.1:5672".into()),
+        ("RABBITMQ_EXCHANGE", "outrider-e2e".into()),
+        ("RABBITMQ_DELIVERY_QUEUE", format!("outrider-e2e-idem-{id}")),
+    ];
+    let node = Server::start(&refs(&env)).await;
+    let api = Api::admin(&node);
+    let rx = Receiver::start().await;
+    api.tenant("t1").await;
+    api.webhook("t1", &rx.url("/idem"), json!({})).await;
+    // What the dead node left: its claim, and no task on the queue.
+    let redis = outrider_engine::store::redis::RedisEntityStore::connect(
+        &outrider_engine::store::redis::RedisConfig::plain("127.0.0.1", 6379),
+        &dep,
+        outrider_engine::crypto::Cipher::new("test-aes-secret"),
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
+    assert!(redis.claim_idempotency("evt_orphan", 3_600_000).await.unwrap());
+    let body = json!({"id": "evt_orphan", "tenant_id": "t1", "topic": "x", "data": {"n": 1}});
+    let r = api.publish(body.clone()).await;
+    assert_eq!(
+        (r.status, r.body["duplicate"].as_bool()),
+        (202, Some(false)),
+        "{}",
+        r.text
+    );
+    let got = rx.wait_for(1, Duration::from_secs(10)).await;
+    assert_eq!(got.len(), 1, "the retried publish was delivered");
+    // Once it is on the queue, the id is a duplicate.
+    let r = api.publish(body).await;
+    assert_eq!(
+        (r.status, r.body["duplicate"].as_bool()),
+        (202, Some(true)),
+        "{}",
+        r.text
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(rx.count(), 1);
+}

@@ -13,9 +13,18 @@ use crate::AppState;
 pub async fn healthz(State(s): State<AppState>) -> impl IntoResponse {
     let mut workers = serde_json::Map::new();
     workers.insert("http-server".into(), json!({"status": "healthy"}));
+    // Shards are threads: one that stopped (a journal it could not write,
+    // say) makes the node unhealthy, and says so.
+    let (total, running) = (s.engine.shard_count(), s.engine.shards_running());
+    let shards_ok = running == total;
     workers.insert(
         "delivery-shards".into(),
-        json!({"status": "healthy", "shards": s.engine.shard_count()}),
+        json!({
+            "status": if shards_ok { "healthy" } else { "failed" },
+            "shards": total,
+            "running": running,
+            "pending_deliveries": s.engine.pending_deliveries(),
+        }),
     );
     if let Some(o) = &s.engine.opevents {
         use std::sync::atomic::Ordering::Relaxed;
@@ -30,11 +39,19 @@ pub async fn healthz(State(s): State<AppState>) -> impl IntoResponse {
             }),
         );
     }
-    Json(json!({
-        "status": "healthy",
-        "timestamp": outrider_engine::timefmt::format_ms(outrider_engine::timefmt::now_ms()),
-        "workers": workers,
-    }))
+    let status = if shards_ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        status,
+        Json(json!({
+            "status": if shards_ok { "healthy" } else { "failed" },
+            "timestamp": outrider_engine::timefmt::format_ms(outrider_engine::timefmt::now_ms()),
+            "workers": workers,
+        })),
+    )
 }
 
 pub async fn topics(_p: Principal, State(s): State<AppState>) -> Json<Vec<String>> {

@@ -523,6 +523,9 @@ pub(crate) mod tests {
         let last = buf.len() - 1;
         buf[last] ^= 1;
         let (len, crc) = frame_header(&buf).unwrap();
-        assert_eq!(verify(&buf[FRAME_HEADER..FRAME_HEADER + len], crc), Err(CodecError::Checksum));
+        assert_eq!(
+            verify(&buf[FRAME_HEADER..FRAME_HEADER + len], crc),
+            Err(CodecError::Checksum)
+        );
     }
 }

@@ -19,6 +19,12 @@ use crate::store::embedded::EmbeddedStore;
 const CHUNK: usize = 4 * 1024 * 1024;
 /// Rows per index transaction, at most.
 const MAX_ROWS: usize = 8192;
+/// Under load, the follower waits this long after a transaction so the
+/// next one is larger (fewer B-tree pages rewritten per row); when traffic
+/// is light it writes at once, so reads see new rows within milliseconds.
+const BATCH_PAUSE: Duration = Duration::from_millis(20);
+/// A transaction at least this large counts as "under load".
+const LOADED_ROWS: usize = 128;
 
 /// One shard's journal, as the index follows it.
 pub struct Followed {
@@ -55,12 +61,7 @@ pub fn spawn(
         })
 }
 
-async fn follow(
-    store: Arc<EmbeddedStore>,
-    shards: Vec<Followed>,
-    wake: flume::Receiver<()>,
-    stop: Arc<AtomicBool>,
-) {
+async fn follow(store: Arc<EmbeddedStore>, shards: Vec<Followed>, wake: flume::Receiver<()>, stop: Arc<AtomicBool>) {
     let saved = loop {
         match store.journal_cursors().await {
             Ok(c) => break c,
@@ -104,11 +105,15 @@ async fn follow(
             let _ = wake.recv_timeout(Duration::from_millis(50));
             continue;
         }
+        let rows = events.len() + attempts.len();
         match store.index(events, attempts, moved.clone()).await {
             Ok(()) => {
                 backoff = Duration::from_millis(100);
                 for c in &cursors {
                     c.f.progress.indexed.store(c.at.0, Ordering::Release);
+                }
+                if rows >= LOADED_ROWS {
+                    tokio::time::sleep(BATCH_PAUSE).await;
                 }
             }
             Err(e) => {
@@ -183,7 +188,9 @@ impl Cursor {
                             attempts.push(a);
                         }
                     }
-                    Err(e) => tracing::error!(shard = self.f.shard, error = %e, "skipping an undecodable journal record"),
+                    Err(e) => {
+                        tracing::error!(shard = self.f.shard, error = %e, "skipping an undecodable journal record")
+                    }
                 }
                 pos += codec::FRAME_HEADER + len;
                 progressed = true;

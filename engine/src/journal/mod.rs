@@ -171,7 +171,9 @@ impl Journal {
         std::thread::Builder::new()
             .name(format!(
                 "outrider-journal-{}",
-                dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+                dir.file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default()
             ))
             .spawn(move || sync.run(rx))
             .map_err(|e| io(dir, e))?;
@@ -442,7 +444,15 @@ mod tests {
             if i < 30 {
                 j.append(&settle(*at, 0, 1, NextStep::Done));
             } else {
-                j.append(&settle(*at, 0, 1, NextStep::Retry { attempt: 2, due_ms: 5_000 }));
+                j.append(&settle(
+                    *at,
+                    0,
+                    1,
+                    NextStep::Retry {
+                        attempt: 2,
+                        due_ms: 5_000,
+                    },
+                ));
             }
             j.append(&settle(*at, 1, 1, NextStep::Done));
         }
@@ -454,7 +464,11 @@ mod tests {
         let r = replay::replay(dir.path(), 0).unwrap();
         assert_eq!(r.records, 40 + 80 + 1);
         assert!(r.damaged.is_empty(), "{:?}", r.damaged);
-        let mut pending: Vec<_> = r.pending.iter().map(|p| (p.loc, p.target, p.attempt, p.due_ms)).collect();
+        let mut pending: Vec<_> = r
+            .pending
+            .iter()
+            .map(|p| (p.loc, p.target, p.attempt, p.due_ms))
+            .collect();
         pending.sort();
         let want: Vec<_> = locs[30..].iter().map(|l| (*l, 0u16, 2u32, 5_000i64)).collect();
         assert_eq!(pending, want);

@@ -114,7 +114,8 @@ pub fn replay(dir: &Path, idempotency_since: i64) -> Result<Recovered, JournalEr
                     }
                     for (i, t) in a.targets.into_iter().enumerate() {
                         if t.manual {
-                            out.manual.push((a.event_id.clone(), t.destination_id.clone(), t.attempt));
+                            out.manual
+                                .push((a.event_id.clone(), t.destination_id.clone(), t.attempt));
                         }
                         let id = match interned.get(&t.destination_id) {
                             Some(id) => id.clone(),

@@ -189,7 +189,7 @@ impl EmbeddedStore {
         let (tx, rx) = flume::bounded(WRITE_QUEUE);
         std::thread::Builder::new()
             .name("outrider-store-writer".into())
-            .spawn(move || writer_loop(conn, rx))
+            .spawn(move || writer_loop(conn, rx, synchronous_full))
             .map_err(|e| StoreError::Database(format!("cannot start writer thread: {e}")))?;
         Ok(Self {
             writer: tx,
@@ -249,7 +249,8 @@ fn checkpoint_loop(conn: Connection, stop: Arc<std::sync::atomic::AtomicBool>) {
     }
 }
 
-fn writer_loop(mut conn: Connection, rx: flume::Receiver<WriteOp>) {
+fn writer_loop(mut conn: Connection, rx: flume::Receiver<WriteOp>, synchronous_full: bool) {
+    let mut full = synchronous_full;
     while let Ok(first) = rx.recv() {
         let mut batch = Vec::with_capacity(64);
         batch.push(first);
@@ -257,6 +258,18 @@ fn writer_loop(mut conn: Connection, rx: flume::Receiver<WriteOp>) {
             match rx.try_recv() {
                 Ok(op) => batch.push(op),
                 Err(_) => break,
+            }
+        }
+        // Index rows are derived from the journals (which are synced), and the
+        // follower's position commits with them: losing the last index
+        // transactions to a power cut only means reading those records again.
+        // Entities have no other copy, so batches with them sync fully.
+        let want_full = synchronous_full && batch.iter().any(|op| matches!(op, WriteOp::Entity { .. }));
+        if want_full != full {
+            let level = if want_full { "FULL" } else { "NORMAL" };
+            match conn.pragma_update(None, "synchronous", level) {
+                Ok(()) => full = want_full,
+                Err(e) => tracing::warn!(error = %e, "cannot change the store's synchronous mode"),
             }
         }
         let now = crate::timefmt::now_ms();
@@ -817,7 +830,6 @@ impl LogWriter for EmbeddedStore {
         })
     }
 }
-
 
 /// Journal-era operations: the index follower's writes and positions, the
 /// idempotency ids at start, and the import of pending deliveries written by

@@ -138,5 +138,3 @@ pub trait LogStore: Send + Sync + 'static {
 pub trait LogWriter: Send + Sync + 'static {
     fn write_logs(&self, events: Vec<Arc<Event>>, attempts: Vec<Attempt>) -> BoxFuture<'_, StoreResult<()>>;
 }
-
-

@@ -374,10 +374,7 @@ impl RedisEntityStore {
     /// Releases a claim after a publish failed, so a retried publish goes through.
     pub async fn release_idempotency(&self, event_id: &str) -> StoreResult<()> {
         let mut c = self.conn.clone();
-        let _: i64 = c
-            .del(self.idempotency_key(event_id))
-            .await
-            .map_err(rerr)?;
+        let _: i64 = c.del(self.idempotency_key(event_id)).await.map_err(rerr)?;
         Ok(())
     }
 
