@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
@@ -270,21 +270,14 @@ async fn a_large_backlog_restarts_fast_in_bounded_memory_then_delivers() {
         "backlog: wrote {n} pending deliveries in {} ms",
         t.elapsed().as_millis()
     );
-    let peak_rss = Arc::new(Mutex::new(0u64));
+    let mut peak_rss = 0u64;
     let t0 = Instant::now();
     s.spawn().await;
     let listening = t0.elapsed();
     let pid = s.pid().unwrap();
-    let mut last = 0;
     let deadline = Instant::now() + Duration::from_secs(60 + n as u64 / 1000);
     while rx.count() < n && Instant::now() < deadline {
-        let now = rss_kib(pid, "VmRSS:");
-        let mut p = peak_rss.lock().unwrap();
-        *p = (*p).max(now);
-        drop(p);
-        if rx.count() != last {
-            last = rx.count();
-        }
+        peak_rss = peak_rss.max(rss_kib(pid, "VmRSS:"));
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let delivered_in = t0.elapsed();
@@ -297,7 +290,7 @@ async fn a_large_backlog_restarts_fast_in_bounded_memory_then_delivers() {
         listening.as_millis(),
         delivered_in.as_millis(),
         hwm / 1024,
-        *peak_rss.lock().unwrap() / 1024
+        peak_rss / 1024
     );
     assert_eq!(lost, 0);
     assert!(listening < Duration::from_secs(10), "listening after {listening:?}");
