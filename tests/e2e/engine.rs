@@ -144,23 +144,29 @@ async fn black_hole() -> (std::net::SocketAddr, Arc<AtomicUsize>, Arc<AtomicUsiz
     (addr, open, peak)
 }
 
-/// Healthy deliveries per second over `secs`, publishing to `topics` in turn.
-async fn healthy_rate(api: &Api, rx: &Receiver, topics: &[(&'static str, usize)], secs: u64) -> f64 {
+/// Publishes to `topics` for `secs`; returns the healthy destination's
+/// deliveries per second and the `ok` events accepted.
+async fn healthy_rate(api: &Api, rx: &Receiver, topics: &[(&'static str, usize)], secs: u64) -> (f64, Vec<String>) {
     let stop = Arc::new(AtomicUsize::new(0));
     let mut tasks = Vec::new();
     for (t, workers) in topics {
-        tasks.extend(publish_until(api, *workers, t, stop.clone()));
+        tasks.push((*t, publish_until(api, *workers, t, stop.clone())));
     }
     let healthy = |rx: &Receiver| rx.got().iter().filter(|g| g.path == "/healthy").count();
-    tokio::time::sleep(Duration::from_millis(500)).await;
     let (c0, t0) = (healthy(rx), Instant::now());
     tokio::time::sleep(Duration::from_secs(secs)).await;
     let rate = (healthy(rx) - c0) as f64 / t0.elapsed().as_secs_f64();
     stop.store(1, Ordering::Relaxed);
-    for t in tasks {
-        let _ = t.await;
+    let mut ok = Vec::new();
+    for (t, ts) in tasks {
+        for h in ts {
+            let ids = h.await.unwrap();
+            if t == "ok" {
+                ok.extend(ids);
+            }
+        }
     }
-    rate
+    (rate, ok)
 }
 
 #[tokio::test]
@@ -170,7 +176,7 @@ async fn a_black_holed_destination_cannot_starve_another_on_its_shard() {
         ("DELIVERY_SHARDS", "1"),
         ("DELIVERY_MAX_CONCURRENCY", "64"),
         ("OUTRIDER_DESTINATION_MAX_CONCURRENCY", "8"),
-        ("DELIVERY_TIMEOUT_SECONDS", "3"),
+        ("DELIVERY_TIMEOUT_SECONDS", "4"),
         ("RETRY_SCHEDULE", "3600"),
     ])
     .await;
@@ -180,21 +186,30 @@ async fn a_black_holed_destination_cannot_starve_another_on_its_shard() {
     api.webhook("t1", &rx.url("/healthy"), json!({"topics": ["ok"]})).await;
     api.webhook("t1", &format!("http://{hole}/never"), json!({"topics": ["slow"]}))
         .await;
-    let alone = healthy_rate(&api, &rx, &[("ok", 4)], 3).await;
-    let beside = healthy_rate(&api, &rx, &[("ok", 4), ("slow", 1)], 3).await;
-    let slow_published = api.get("/events?topic=slow&limit=1").await;
+    let (alone, _) = healthy_rate(&api, &rx, &[("ok", 2)], 2).await;
+    // The black hole gets far more deliveries than the shard has slots (64),
+    // each held for the 4 s timeout.
+    let (beside, ok) = healthy_rate(&api, &rx, &[("ok", 2), ("slow", 2)], 3).await;
+    // Every healthy event published beside the black hole arrives promptly.
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let missing = loop {
+        let ids = event_ids(&rx);
+        let missing = ok.iter().filter(|id| !ids.contains_key(*id)).count();
+        if missing == 0 || Instant::now() > deadline {
+            break missing;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     eprintln!(
-        "noisy neighbour: healthy destination alone {alone:.0}/s, beside a black-holed one {beside:.0}/s ({:.2}x); black hole peak open connections {} (cap 8), open now {}; slow events listed: {}",
-        beside / alone,
+        "noisy neighbour: healthy destination alone {alone:.0}/s, beside a black-holed one {beside:.0}/s ({:.2}x); {} healthy events published beside it, {missing} not delivered within 3 s of the end; black hole peak open connections {} (cap 8), open now {}",
+        beside / alone.max(1.0),
+        ok.len(),
         peak.load(Ordering::SeqCst),
         open.load(Ordering::SeqCst),
-        slow_published.status
     );
     assert!(peak.load(Ordering::SeqCst) <= 8, "the per-destination cap held");
-    assert!(
-        beside >= alone * 0.5,
-        "the healthy destination kept its throughput: alone {alone:.0}/s, beside {beside:.0}/s"
-    );
+    assert!(!ok.is_empty());
+    assert_eq!(missing, 0, "healthy deliveries were held up behind the black hole");
 }
 
 /// Writes `n` pending first attempts for one destination straight into the
