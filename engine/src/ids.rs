@@ -39,7 +39,12 @@ impl IdGenerator {
 
     pub fn generate(&self, prefix: &str) -> String {
         let body = match self.kind {
-            IdGen::UuidV4 => uuid::Uuid::new_v4().to_string(),
+            // The thread's CSPRNG, not a getrandom syscall per id (one per attempt).
+            IdGen::UuidV4 => {
+                let mut b = [0u8; 16];
+                rand::rng().fill(&mut b);
+                uuid::Builder::from_random_bytes(b).into_uuid().to_string()
+            }
             IdGen::UuidV7 => uuid_v7(),
             IdGen::Nanoid => random_alphanumeric(26),
         };
@@ -68,7 +73,10 @@ mod tests {
 
     #[test]
     fn styles() {
-        assert_eq!(IdGenerator::new(IdGen::UuidV4).generate("evt_").len(), 40);
+        let v4 = IdGenerator::new(IdGen::UuidV4).generate("evt_");
+        assert_eq!(v4.len(), 40);
+        assert_eq!(&v4[18..19], "4", "{v4}");
+        assert_ne!(v4, IdGenerator::new(IdGen::UuidV4).generate("evt_"));
         let v7 = IdGenerator::new(IdGen::UuidV7).generate("");
         assert_eq!(&v7[14..15], "7");
         let n = IdGenerator::new(IdGen::Nanoid).generate("");

@@ -487,12 +487,10 @@ impl Shard {
             return;
         }
         let accepted_at = now_ms();
-        let loc = self.journal.borrow_mut().append(&Record::Accept {
-            accepted_at,
-            index_event: true,
-            event: m.event.clone(),
-            targets: m.targets.clone(),
-        });
+        let loc = self
+            .journal
+            .borrow_mut()
+            .append_with(|buf| journal::codec::encode_accept(accepted_at, true, &m.event, &m.targets, buf));
         self.note_segment(loc.segment());
         *self.live.borrow_mut().entry(loc.segment()).or_default() += m.targets.len() as u64;
         self.stats.pending.fetch_add(m.targets.len() as u64, Ordering::Relaxed);
@@ -806,18 +804,15 @@ impl Shard {
         target: u16,
         attempt_number: u32,
         next: NextStep,
-        attempt: Option<Attempt>,
+        attempt: Option<journal::codec::AttemptRef<'_>>,
         done: Option<oneshot::Sender<()>>,
         observe: Option<Observed>,
     ) {
         let settled = next == NextStep::Done;
-        let at = self.journal.borrow_mut().append(&Record::Settle(Box::new(Settle {
-            accept: loc,
-            target,
-            attempt_number,
-            next,
-            attempt,
-        })));
+        let at = self
+            .journal
+            .borrow_mut()
+            .append_with(|buf| journal::codec::encode_settle(loc, target, attempt_number, &next, attempt, buf));
         self.note_segment(at.segment());
         if settled {
             self.release(loc, 1);
@@ -841,13 +836,15 @@ impl Shard {
                 }
             },
         };
-        // A scheduled retry superseded by a manual retry of a later attempt.
-        let stale = !w.manual
-            && self
-                .superseded
-                .borrow()
-                .get(&(event.id.clone(), w.destination_id.to_string()))
-                .is_some_and(|&a| a > w.attempt);
+        // A scheduled retry superseded by a manual retry of a later attempt
+        // (the map is almost always empty: no key is built then).
+        let stale = !w.manual && {
+            let sup = self.superseded.borrow();
+            !sup.is_empty()
+                && sup
+                    .get(&(event.id.clone(), w.destination_id.to_string()))
+                    .is_some_and(|&a| a > w.attempt)
+        };
         if stale {
             self.settle(w.loc, w.target, w.attempt, NextStep::Done, None, w.done, None);
             return;
@@ -916,28 +913,29 @@ impl Shard {
                 Err(e) => tracing::warn!(error = %e, "shared retry schedule unavailable; retrying from this node"),
             }
         }
-        let attempt = Attempt {
-            id: self.deps.ids.generate(&cfg.attempt_id_prefix),
-            tenant_id: event.tenant_id.clone(),
-            event_id: event.id.clone(),
-            destination_id: w.destination_id.to_string(),
-            destination_type: dest.kind.clone(),
+        let attempt_id = self.deps.ids.generate(&cfg.attempt_id_prefix);
+        let attempt = journal::codec::AttemptRef {
+            id: &attempt_id,
+            tenant_id: &event.tenant_id,
+            event_id: &event.id,
+            destination_id: &w.destination_id,
+            destination_type: &dest.kind,
+            topic: &event.topic,
             attempt_number: w.attempt,
             manual: w.manual,
             status: result.status,
             time: started,
-            code: Some(result.code),
-            response_data: result.response_data,
-            topic: event.topic.clone(),
+            code: Some(&result.code),
+            response_data: result.response_data.as_ref(),
         };
-        let status = attempt.status;
+        let status = result.status;
         let copy = (status == AttemptStatus::Failed && self.deps.alerts.is_some())
             || self.deps.opevents.as_ref().is_some_and(|o| o.wants_attempts());
         let observe = (self.deps.alerts.is_some() || self.deps.opevents.is_some()).then(|| Observed {
             dest: dest.clone(),
             event: event.clone(),
             status,
-            attempt: copy.then(|| attempt.clone()),
+            attempt: copy.then(|| attempt.to_owned()),
         });
         self.settle(
             w.loc,
@@ -962,10 +960,12 @@ impl Shard {
                 due_ms,
             ),
             NextStep::Done => {
-                let key = (event.id.clone(), w.destination_id.to_string());
                 let mut sup = self.superseded.borrow_mut();
-                if sup.get(&key).is_some_and(|&a| a <= w.attempt) {
-                    sup.remove(&key);
+                if !sup.is_empty() {
+                    let key = (event.id.clone(), w.destination_id.to_string());
+                    if sup.get(&key).is_some_and(|&a| a <= w.attempt) {
+                        sup.remove(&key);
+                    }
                 }
             }
         }

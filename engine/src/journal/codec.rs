@@ -172,84 +172,181 @@ impl<'a> R<'a> {
     }
 }
 
-/// Appends one framed record to `out`; returns the frame's length.
-pub fn encode(rec: &Record, out: &mut Vec<u8>) -> usize {
+/// An attempt borrowed from wherever its parts live (no copies to encode it).
+#[derive(Debug, Clone, Copy)]
+pub struct AttemptRef<'a> {
+    pub id: &'a str,
+    pub tenant_id: &'a str,
+    pub event_id: &'a str,
+    pub destination_id: &'a str,
+    pub destination_type: &'a str,
+    pub topic: &'a str,
+    pub attempt_number: u32,
+    pub manual: bool,
+    pub status: AttemptStatus,
+    pub time: i64,
+    pub code: Option<&'a str>,
+    pub response_data: Option<&'a serde_json::Value>,
+}
+
+impl<'a> AttemptRef<'a> {
+    pub fn of(a: &'a Attempt) -> Self {
+        AttemptRef {
+            id: &a.id,
+            tenant_id: &a.tenant_id,
+            event_id: &a.event_id,
+            destination_id: &a.destination_id,
+            destination_type: &a.destination_type,
+            topic: &a.topic,
+            attempt_number: a.attempt_number,
+            manual: a.manual,
+            status: a.status,
+            time: a.time,
+            code: a.code.as_deref(),
+            response_data: a.response_data.as_ref(),
+        }
+    }
+
+    pub fn to_owned(self) -> Attempt {
+        Attempt {
+            id: self.id.into(),
+            tenant_id: self.tenant_id.into(),
+            event_id: self.event_id.into(),
+            destination_id: self.destination_id.into(),
+            destination_type: self.destination_type.into(),
+            attempt_number: self.attempt_number,
+            manual: self.manual,
+            status: self.status,
+            time: self.time,
+            code: self.code.map(String::from),
+            response_data: self.response_data.cloned(),
+            topic: self.topic.into(),
+        }
+    }
+}
+
+/// Frames a payload written by `body`; returns the frame's length.
+fn frame(out: &mut Vec<u8>, body: impl FnOnce(&mut W<'_>)) -> usize {
     let start = out.len();
     out.extend_from_slice(&[0u8; FRAME_HEADER]);
-    let mut w = W(out);
+    body(&mut W(out));
+    let len = out.len() - start - FRAME_HEADER;
+    let crc = crc32fast::hash(&out[start + FRAME_HEADER..]);
+    out[start..start + 4].copy_from_slice(&(len as u32).to_le_bytes());
+    out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+    len + FRAME_HEADER
+}
+
+/// Appends a framed accept record to `out`; returns the frame's length.
+pub fn encode_accept(
+    accepted_at: i64,
+    index_event: bool,
+    event: &Event,
+    targets: &[AcceptTarget],
+    out: &mut Vec<u8>,
+) -> usize {
+    frame(out, |w| {
+        w.u8(KIND_ACCEPT);
+        w.i64(accepted_at);
+        w.u8(index_event as u8);
+        w.str(&event.id);
+        w.str(&event.tenant_id);
+        w.opt(event.destination_id.as_deref());
+        w.str(&event.topic);
+        w.u8(event.eligible_for_retry as u8);
+        w.i64(event.time);
+        w.u32(event.metadata.len() as u32);
+        for (k, v) in event.metadata.iter() {
+            w.str(k);
+            w.str(v);
+        }
+        w.u32(event.matched_destination_ids.len() as u32);
+        for d in &event.matched_destination_ids {
+            w.str(d);
+        }
+        w.u16(targets.len() as u16);
+        for t in targets {
+            w.str(&t.destination_id);
+            w.u32(t.attempt);
+            w.u8(t.manual as u8);
+            w.i64(t.due_ms);
+        }
+        w.str(&event.data);
+    })
+}
+
+/// Appends a framed settle record to `out`; returns the frame's length.
+pub fn encode_settle(
+    accept: Loc,
+    target: u16,
+    attempt_number: u32,
+    next: &NextStep,
+    attempt: Option<AttemptRef<'_>>,
+    out: &mut Vec<u8>,
+) -> usize {
+    frame(out, |w| {
+        w.u8(KIND_SETTLE);
+        w.u64(accept.0);
+        w.u16(target);
+        w.u32(attempt_number);
+        match *next {
+            NextStep::Done => w.u8(0),
+            NextStep::Retry { attempt, due_ms } => {
+                w.u8(1);
+                w.u32(attempt);
+                w.i64(due_ms);
+            }
+        }
+        match attempt {
+            None => w.u8(0),
+            Some(a) => {
+                w.u8(1);
+                w.str(a.id);
+                w.str(a.tenant_id);
+                w.str(a.event_id);
+                w.str(a.destination_id);
+                w.str(a.destination_type);
+                w.str(a.topic);
+                w.u32(a.attempt_number);
+                w.u8(a.manual as u8);
+                w.u8((a.status == AttemptStatus::Success) as u8);
+                w.i64(a.time);
+                w.opt(a.code);
+                match a.response_data {
+                    None => w.u8(0),
+                    Some(v) => {
+                        w.u8(1);
+                        // Serialised straight into the frame, length patched after.
+                        let at = w.0.len();
+                        w.u32(0);
+                        let _ = serde_json::to_writer(&mut *w.0, v);
+                        let n = (w.0.len() - at - 4) as u32;
+                        w.0[at..at + 4].copy_from_slice(&n.to_le_bytes());
+                    }
+                }
+            }
+        }
+    })
+}
+
+/// Appends one framed record to `out`; returns the frame's length.
+pub fn encode(rec: &Record, out: &mut Vec<u8>) -> usize {
     match rec {
         Record::Accept {
             accepted_at,
             index_event,
             event,
             targets,
-        } => {
-            w.u8(KIND_ACCEPT);
-            w.i64(*accepted_at);
-            w.u8(*index_event as u8);
-            w.str(&event.id);
-            w.str(&event.tenant_id);
-            w.opt(event.destination_id.as_deref());
-            w.str(&event.topic);
-            w.u8(event.eligible_for_retry as u8);
-            w.i64(event.time);
-            w.u32(event.metadata.len() as u32);
-            for (k, v) in event.metadata.iter() {
-                w.str(k);
-                w.str(v);
-            }
-            w.u32(event.matched_destination_ids.len() as u32);
-            for d in &event.matched_destination_ids {
-                w.str(d);
-            }
-            w.u16(targets.len() as u16);
-            for t in targets {
-                w.str(&t.destination_id);
-                w.u32(t.attempt);
-                w.u8(t.manual as u8);
-                w.i64(t.due_ms);
-            }
-            w.str(&event.data);
-        }
-        Record::Settle(s) => {
-            w.u8(KIND_SETTLE);
-            w.u64(s.accept.0);
-            w.u16(s.target);
-            w.u32(s.attempt_number);
-            match s.next {
-                NextStep::Done => w.u8(0),
-                NextStep::Retry { attempt, due_ms } => {
-                    w.u8(1);
-                    w.u32(attempt);
-                    w.i64(due_ms);
-                }
-            }
-            match &s.attempt {
-                None => w.u8(0),
-                Some(a) => {
-                    w.u8(1);
-                    w.str(&a.id);
-                    w.str(&a.tenant_id);
-                    w.str(&a.event_id);
-                    w.str(&a.destination_id);
-                    w.str(&a.destination_type);
-                    w.str(&a.topic);
-                    w.u32(a.attempt_number);
-                    w.u8(a.manual as u8);
-                    w.u8((a.status == AttemptStatus::Success) as u8);
-                    w.i64(a.time);
-                    w.opt(a.code.as_deref());
-                    let rd = a.response_data.as_ref().map(|v| v.to_string());
-                    w.opt(rd.as_deref());
-                }
-            }
-        }
+        } => encode_accept(*accepted_at, *index_event, event, targets, out),
+        Record::Settle(s) => encode_settle(
+            s.accept,
+            s.target,
+            s.attempt_number,
+            &s.next,
+            s.attempt.as_ref().map(AttemptRef::of),
+            out,
+        ),
     }
-    let len = out.len() - start - FRAME_HEADER;
-    let crc = crc32fast::hash(&out[start + FRAME_HEADER..]);
-    out[start..start + 4].copy_from_slice(&(len as u32).to_le_bytes());
-    out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
-    len + FRAME_HEADER
 }
 
 /// Reads a frame header: the payload length and checksum.

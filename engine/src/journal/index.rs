@@ -25,6 +25,10 @@ const MAX_ROWS: usize = 8192;
 const BATCH_PAUSE: Duration = Duration::from_millis(20);
 /// A transaction at least this large counts as "under load".
 const LOADED_ROWS: usize = 128;
+/// Index transactions are not synced one by one (they can be rebuilt from
+/// the journals); this often, one is synced, and only positions covered by
+/// a synced transaction let the shards delete journal segments.
+const SYNC_EVERY: Duration = Duration::from_secs(2);
 
 /// One shard's journal, as the index follows it.
 pub struct Followed {
@@ -36,6 +40,8 @@ pub struct Followed {
 struct Cursor {
     f: Followed,
     at: Loc,
+    /// Committed in the index (maybe not synced yet).
+    written: Loc,
     file: Option<(u32, std::fs::File)>,
     buf: Vec<u8>,
 }
@@ -80,6 +86,7 @@ async fn follow(store: Arc<EmbeddedStore>, shards: Vec<Followed>, wake: flume::R
             });
             f.progress.indexed.store(at.0, Ordering::Release);
             Cursor {
+                written: at,
                 f,
                 at,
                 file: None,
@@ -88,6 +95,8 @@ async fn follow(store: Arc<EmbeddedStore>, shards: Vec<Followed>, wake: flume::R
         })
         .collect();
     let mut backoff = Duration::from_millis(100);
+    let mut last_sync = std::time::Instant::now();
+    let mut unsynced = false;
     while !stop.load(Ordering::Acquire) {
         let mut events: Vec<Arc<Event>> = Vec::new();
         let mut attempts: Vec<Attempt> = Vec::new();
@@ -101,16 +110,26 @@ async fn follow(store: Arc<EmbeddedStore>, shards: Vec<Followed>, wake: flume::R
                 moved.push((c.f.shard, c.at));
             }
         }
-        if moved.is_empty() {
+        let sync = unsynced && last_sync.elapsed() >= SYNC_EVERY;
+        if moved.is_empty() && !sync {
             let _ = wake.recv_timeout(Duration::from_millis(50));
             continue;
         }
         let rows = events.len() + attempts.len();
-        match store.index(events, attempts, moved.clone()).await {
+        match store.index(events, attempts, moved.clone(), sync).await {
             Ok(()) => {
                 backoff = Duration::from_millis(100);
-                for c in &cursors {
-                    c.f.progress.indexed.store(c.at.0, Ordering::Release);
+                for c in cursors.iter_mut() {
+                    c.written = c.at;
+                }
+                if sync {
+                    for c in &cursors {
+                        c.f.progress.indexed.store(c.written.0, Ordering::Release);
+                    }
+                    last_sync = std::time::Instant::now();
+                    unsynced = false;
+                } else {
+                    unsynced = true;
                 }
                 if rows >= LOADED_ROWS {
                     tokio::time::sleep(BATCH_PAUSE).await;
@@ -120,7 +139,7 @@ async fn follow(store: Arc<EmbeddedStore>, shards: Vec<Followed>, wake: flume::R
                 tracing::error!(error = %e, "cannot write the event/attempt index; retrying");
                 // Read the same records again next time.
                 for c in cursors.iter_mut() {
-                    c.at = Loc(c.f.progress.indexed.load(Ordering::Acquire));
+                    c.at = c.written;
                     c.file = None;
                 }
                 tokio::time::sleep(backoff).await;

@@ -136,6 +136,8 @@ pub struct Journal {
     buf: Vec<u8>,
     waiters: Vec<Waiter>,
     tx: flume::Sender<Batch>,
+    /// Emptied buffers the sync thread hands back, so a batch allocates nothing.
+    spare: flume::Receiver<Vec<u8>>,
     failed: Arc<AtomicBool>,
     pub progress: Arc<Progress>,
 }
@@ -157,8 +159,10 @@ impl Journal {
             .durable
             .store(Loc::new(next_segment, MAGIC.len() as u64).0, Ordering::Release);
         let (tx, rx) = flume::unbounded();
+        let (spare_tx, spare) = flume::bounded(8);
         let failed = Arc::new(AtomicBool::new(false));
         let sync = Syncer {
+            spare: spare_tx,
             dir: dir.to_path_buf(),
             file: first,
             segment: next_segment,
@@ -185,6 +189,7 @@ impl Journal {
             buf: Vec::with_capacity(64 * 1024),
             waiters: Vec::new(),
             tx,
+            spare,
             failed,
             progress,
         })
@@ -207,8 +212,14 @@ impl Journal {
 
     /// Encodes a record into the pending batch; returns where it will be.
     pub fn append(&mut self, rec: &Record) -> Loc {
+        self.append_with(|buf| codec::encode(rec, buf))
+    }
+
+    /// Appends a record that `encode` frames into the batch (see
+    /// [`codec::encode_accept`], [`codec::encode_settle`]).
+    pub fn append_with(&mut self, encode: impl FnOnce(&mut Vec<u8>) -> usize) -> Loc {
         let before = self.buf.len();
-        let len = codec::encode(rec, &mut self.buf) as u64;
+        let len = encode(&mut self.buf) as u64;
         if self.offset + len > self.segment_bytes && self.offset > MAGIC.len() as u64 {
             // Rotate: what came before goes to the old segment, this record
             // opens the next one.
@@ -240,9 +251,10 @@ impl Journal {
         if self.buf.is_empty() && self.waiters.is_empty() {
             return;
         }
+        let next = self.spare.try_recv().unwrap_or_else(|_| Vec::with_capacity(64 * 1024));
         let batch = Batch {
             segment: self.segment,
-            bytes: std::mem::replace(&mut self.buf, Vec::with_capacity(64 * 1024)),
+            bytes: std::mem::replace(&mut self.buf, next),
             waiters: std::mem::take(&mut self.waiters),
         };
         if let Err(flume::SendError(b)) = self.tx.send(batch) {
@@ -275,6 +287,7 @@ fn create_segment(dir: &Path, segment: u32) -> Result<File, JournalError> {
 }
 
 struct Syncer {
+    spare: flume::Sender<Vec<u8>>,
     dir: PathBuf,
     file: File,
     segment: u32,
@@ -305,6 +318,11 @@ impl Syncer {
                 waiters.extend(b.waiters);
                 if result.is_ok() {
                     result = self.write(b.segment, &b.bytes);
+                }
+                let mut bytes = b.bytes;
+                if bytes.capacity() <= 1 << 20 {
+                    bytes.clear();
+                    let _ = self.spare.try_send(bytes);
                 }
             }
             if result.is_ok() && self.fsync {

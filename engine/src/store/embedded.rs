@@ -111,6 +111,8 @@ enum WriteOp {
         events: Vec<Arc<Event>>,
         attempts: Vec<Attempt>,
         cursors: Vec<(usize, crate::journal::Loc)>,
+        /// Sync this transaction (and the unsynced ones before it) to disk.
+        sync: bool,
         reply: Reply<()>,
     },
     Logs {
@@ -264,7 +266,10 @@ fn writer_loop(mut conn: Connection, rx: flume::Receiver<WriteOp>, synchronous_f
         // follower's position commits with them: losing the last index
         // transactions to a power cut only means reading those records again.
         // Entities have no other copy, so batches with them sync fully.
-        let want_full = synchronous_full && batch.iter().any(|op| matches!(op, WriteOp::Entity { .. }));
+        let want_full = synchronous_full
+            && batch
+                .iter()
+                .any(|op| matches!(op, WriteOp::Entity { .. } | WriteOp::Index { sync: true, .. }));
         if want_full != full {
             let level = if want_full { "FULL" } else { "NORMAL" };
             match conn.pragma_update(None, "synchronous", level) {
@@ -835,18 +840,21 @@ impl LogWriter for EmbeddedStore {
 /// idempotency ids at start, and the import of pending deliveries written by
 /// builds before the journals.
 impl EmbeddedStore {
-    /// Stores index rows and the follower's positions in one transaction.
+    /// Stores index rows and the follower's positions in one transaction;
+    /// `sync` makes it (and every index transaction before it) durable.
     pub async fn index(
         &self,
         events: Vec<Arc<Event>>,
         attempts: Vec<Attempt>,
         cursors: Vec<(usize, crate::journal::Loc)>,
+        sync: bool,
     ) -> StoreResult<()> {
         let (reply, rx) = oneshot::channel();
         self.write(WriteOp::Index {
             events,
             attempts,
             cursors,
+            sync,
             reply,
         })
         .await?;
