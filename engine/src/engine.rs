@@ -984,11 +984,21 @@ impl Engine {
         loop {
             match self.idempotency.claim(id, now_ms()) {
                 ClaimResult::Claimed => {
-                    return Ok(Some(ClaimGuard {
+                    let guard = ClaimGuard {
                         map: &self.idempotency,
                         id: id.to_string(),
                         confirmed: false,
-                    }))
+                    };
+                    // Memory was trimmed inside the window: the index decides.
+                    if self.idempotency.needs_lookup(now_ms()) {
+                        let ttl = self.config.publish_idempotency_key_ttl.as_millis() as i64;
+                        if let Some(at) = self.store.event_accepted_at(id).await? {
+                            if at + ttl > now_ms() {
+                                return Ok(None);
+                            }
+                        }
+                    }
+                    return Ok(Some(guard));
                 }
                 ClaimResult::Duplicate => return Ok(None),
                 ClaimResult::Busy if std::time::Instant::now() < give_up => {

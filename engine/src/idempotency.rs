@@ -5,6 +5,11 @@
 //! are kept as a 128-bit keyed hash (two SipHash keys drawn at start), so a
 //! large window costs ~40 bytes per id and a caller cannot craft a collision.
 //! The map is rebuilt at every start from the index and the journals.
+//!
+//! Memory is bounded: past [`MAX_IDS`] ids, the oldest are dropped at the
+//! next prune and `evicted_until` says up to when; an id not found in memory
+//! while that time is still inside the window must be looked up in the index
+//! (the caller does that), so a duplicate is never missed.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
@@ -12,12 +17,17 @@ use std::hash::{BuildHasher, RandomState};
 use parking_lot::Mutex;
 
 const STRIPES: usize = 64;
+/// Ids kept in memory at most (about 40 bytes each).
+pub const MAX_IDS: usize = 2_000_000;
 
 pub struct Idempotency {
     k1: RandomState,
     k2: RandomState,
     stripes: Vec<Mutex<HashMap<u128, Claim>>>,
     ttl_ms: i64,
+    max_ids: usize,
+    /// Ids accepted at or before this time (ms) may have been dropped from memory.
+    evicted_until: std::sync::atomic::AtomicI64,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -41,12 +51,30 @@ pub enum ClaimResult {
 
 impl Idempotency {
     pub fn new(ttl_ms: i64) -> Self {
+        Self::with_limit(ttl_ms, MAX_IDS)
+    }
+
+    pub fn with_limit(ttl_ms: i64, max_ids: usize) -> Self {
         Self {
             k1: RandomState::new(),
             k2: RandomState::new(),
             stripes: (0..STRIPES).map(|_| Mutex::new(HashMap::new())).collect(),
             ttl_ms,
+            max_ids,
+            evicted_until: std::sync::atomic::AtomicI64::new(i64::MIN),
         }
+    }
+
+    /// Ids accepted up to `until_ms` may be missing from memory.
+    pub fn mark_evicted(&self, until_ms: i64) {
+        self.evicted_until
+            .fetch_max(until_ms, std::sync::atomic::Ordering::AcqRel);
+    }
+
+    /// Whether an id missing from memory may still be a duplicate (memory
+    /// was trimmed within the window): then ask the index.
+    pub fn needs_lookup(&self, now_ms: i64) -> bool {
+        self.evicted_until.load(std::sync::atomic::Ordering::Acquire) + self.ttl_ms > now_ms
     }
 
     fn key(&self, id: &str) -> u128 {
@@ -97,14 +125,25 @@ impl Idempotency {
         }
     }
 
-    /// Drops ids older than the window; returns how many are kept.
+    /// Drops ids older than the window, and the oldest ones beyond the
+    /// memory limit; returns how many are kept.
     pub fn prune(&self, now_ms: i64) -> usize {
+        let mut cutoff = now_ms - self.ttl_ms;
+        let len = self.len();
+        if len > self.max_ids {
+            // Arrivals are roughly even over the window: keep the newest
+            // `max_ids` by cutting at the matching fraction of it.
+            let keep = self.ttl_ms as f64 * self.max_ids as f64 / len as f64;
+            cutoff = now_ms - keep as i64;
+            self.evicted_until
+                .fetch_max(cutoff, std::sync::atomic::Ordering::AcqRel);
+        }
         let mut kept = 0;
         for s in &self.stripes {
             let mut s = s.lock();
             s.retain(|_, c| match c {
                 Claim::InFlight => true,
-                Claim::Accepted { at_ms } => *at_ms + self.ttl_ms > now_ms,
+                Claim::Accepted { at_ms } => *at_ms > cutoff,
             });
             let keep = s.len() * 2;
             s.shrink_to(keep);
@@ -141,5 +180,22 @@ mod tests {
         i.remember("e3", 5);
         assert_eq!(i.prune(1004), 2, "e2 expired, e1 in flight and e3 kept");
         assert_eq!(i.claim("e3", 6), ClaimResult::Duplicate);
+    }
+
+    #[test]
+    fn memory_is_bounded_and_says_when_to_ask_the_index() {
+        let i = Idempotency::with_limit(1000, 10);
+        assert!(!i.needs_lookup(0));
+        for n in 0..40 {
+            i.remember(&format!("e{n}"), n * 10);
+        }
+        let kept = i.prune(400);
+        assert!(kept <= 12, "kept {kept}");
+        assert!(i.needs_lookup(400), "dropped ids are still inside the window");
+        assert_eq!(i.claim("e39", 401), ClaimResult::Duplicate, "the newest stay");
+        assert!(
+            !i.needs_lookup(400 + 1000),
+            "once the window has passed them, no lookup"
+        );
     }
 }

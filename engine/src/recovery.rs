@@ -56,7 +56,7 @@ type Prepared = (Plan, Vec<ShardInit>, Vec<Followed>, flume::Receiver<()>);
 pub async fn prepare(
     config: &Config,
     store: &Arc<EmbeddedStore>,
-    idempotency: &Idempotency,
+    idempotency: &Arc<Idempotency>,
 ) -> Result<Prepared, EngineError> {
     let root = journal_root(config);
     std::fs::create_dir_all(&root)
@@ -70,11 +70,16 @@ pub async fn prepare(
     let since = now_ms() - ttl;
     let started = std::time::Instant::now();
     let dirs: Vec<(usize, PathBuf)> = indexes.iter().map(|i| (*i, journal::shard_dir(&root, *i))).collect();
+    let idem = idempotency.clone();
     let replayed = tokio::task::spawn_blocking(move || {
         std::thread::scope(|s| {
             let handles: Vec<_> = dirs
                 .iter()
-                .map(|(i, d)| (*i, d.clone(), s.spawn(move || replay::replay(d, since))))
+                .map(|(i, d)| {
+                    let idem = &idem;
+                    let h = s.spawn(move || replay::replay_with(d, since, &mut |id, at| idem.remember(id, at)));
+                    (*i, d.clone(), h)
+                })
                 .collect();
             handles
                 .into_iter()
@@ -84,7 +89,14 @@ pub async fn prepare(
     })
     .await
     .map_err(|e| EngineError::Startup(format!("journal recovery failed: {e}")))?;
-    for (id, at) in store.recent_event_ids(since).await? {
+    let limit = crate::idempotency::MAX_IDS;
+    let recent = store.recent_event_ids(since, limit).await?;
+    if recent.len() == limit {
+        // More ids in the window than memory holds: older ones are looked up.
+        let oldest = recent.iter().map(|(_, at)| *at).min().unwrap_or(since);
+        idempotency.mark_evicted(oldest);
+    }
+    for (id, at) in recent {
         idempotency.remember(&id, at);
     }
     let cursors = store.journal_cursors().await?;
@@ -100,9 +112,6 @@ pub async fn prepare(
         for (seg, off, why) in &rec.damaged {
             tracing::warn!(shard = i, segment = seg, offset = off, reason = %why,
                 "journal tail unreadable (a write cut short by a crash, or damage); records after it are ignored");
-        }
-        for (id, at) in &rec.recent_ids {
-            idempotency.remember(id, *at);
         }
         total += rec.pending.len();
         let (own, foreign): (Vec<Pending>, Vec<Pending>) = rec

@@ -286,6 +286,7 @@ async fn a_large_backlog_restarts_fast_in_bounded_memory_then_delivers() {
         t.elapsed().as_millis()
     );
     let mut peak_rss = 0u64;
+    let (mut peak_anon, mut peak_file) = (0u64, 0u64);
     let t0 = Instant::now();
     s.spawn().await;
     let listening = t0.elapsed();
@@ -293,6 +294,8 @@ async fn a_large_backlog_restarts_fast_in_bounded_memory_then_delivers() {
     let deadline = Instant::now() + Duration::from_secs(60 + n as u64 / 1000);
     while rx.count() < n && Instant::now() < deadline {
         peak_rss = peak_rss.max(rss_kib(pid, "VmRSS:"));
+        peak_anon = peak_anon.max(rss_kib(pid, "RssAnon:"));
+        peak_file = peak_file.max(rss_kib(pid, "RssFile:"));
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let delivered_in = t0.elapsed();
@@ -301,11 +304,13 @@ async fn a_large_backlog_restarts_fast_in_bounded_memory_then_delivers() {
     let lost = (0..n).filter(|i| !ids.contains_key(&format!("backlog_{i}"))).count();
     let duplicates: usize = ids.values().map(|c| c - 1).sum();
     eprintln!(
-        "backlog restart: {n} pending, healthy after {} ms, all delivered after {} ms, peak RSS {} MiB (sampled {} MiB), lost {lost}, duplicates {duplicates}",
+        "backlog restart: {n} pending, healthy after {} ms, all delivered after {} ms, peak RSS {} MiB (sampled {} MiB: anonymous up to {} MiB, file-backed up to {} MiB), lost {lost}, duplicates {duplicates}",
         listening.as_millis(),
         delivered_in.as_millis(),
         hwm / 1024,
-        peak_rss / 1024
+        peak_rss / 1024,
+        peak_anon / 1024,
+        peak_file / 1024
     );
     assert_eq!(lost, 0);
     assert!(listening < Duration::from_secs(10), "listening after {listening:?}");

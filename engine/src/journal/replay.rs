@@ -45,7 +45,8 @@ pub struct Recovered {
 }
 
 struct Entry {
-    destination_id: Arc<str>,
+    /// Index into the interned destination ids.
+    destination: u32,
     attempt: u32,
     manual: bool,
     due_ms: i64,
@@ -54,6 +55,19 @@ struct Entry {
 /// Replays `dir`. `idempotency_since`: accepts at or after this time (ms)
 /// are reported in `recent_ids`.
 pub fn replay(dir: &Path, idempotency_since: i64) -> Result<Recovered, JournalError> {
+    let mut recent = Vec::new();
+    let mut out = replay_with(dir, idempotency_since, &mut |id, at| recent.push((id.to_string(), at)))?;
+    out.recent_ids = recent;
+    Ok(out)
+}
+
+/// Like [`replay`], handing each recent accept's `(event id, time)` to
+/// `recent` instead of collecting them (a large journal would hold them all).
+pub fn replay_with(
+    dir: &Path,
+    idempotency_since: i64,
+    recent: &mut dyn FnMut(&str, i64),
+) -> Result<Recovered, JournalError> {
     let segments = list_segments(dir).map_err(|e| super::io(dir, e))?;
     let mut out = Recovered {
         next_segment: segments.last().map_or(0, |s| s + 1),
@@ -61,7 +75,8 @@ pub fn replay(dir: &Path, idempotency_since: i64) -> Result<Recovered, JournalEr
         ..Default::default()
     };
     let mut pending: HashMap<(Loc, u16), Entry> = HashMap::new();
-    let mut interned: HashMap<String, Arc<str>> = HashMap::new();
+    let mut interned: HashMap<String, u32> = HashMap::new();
+    let mut ids: Vec<Arc<str>> = Vec::new();
     let mut payload = Vec::new();
     for seg in segments {
         let path = segment_path(dir, seg);
@@ -110,7 +125,7 @@ pub fn replay(dir: &Path, idempotency_since: i64) -> Result<Recovered, JournalEr
             match codec::decode_head(&payload).map_err(|source| JournalError::Corrupt { loc, source })? {
                 Head::Accept(a) => {
                     if a.accepted_at >= idempotency_since {
-                        out.recent_ids.push((a.event_id.clone(), a.accepted_at));
+                        recent(&a.event_id, a.accepted_at);
                     }
                     for (i, t) in a.targets.into_iter().enumerate() {
                         if t.manual {
@@ -118,17 +133,18 @@ pub fn replay(dir: &Path, idempotency_since: i64) -> Result<Recovered, JournalEr
                                 .push((a.event_id.clone(), t.destination_id.clone(), t.attempt));
                         }
                         let id = match interned.get(&t.destination_id) {
-                            Some(id) => id.clone(),
+                            Some(id) => *id,
                             None => {
-                                let id: Arc<str> = Arc::from(t.destination_id.as_str());
-                                interned.insert(t.destination_id, id.clone());
+                                ids.push(Arc::from(t.destination_id.as_str()));
+                                let id = (ids.len() - 1) as u32;
+                                interned.insert(t.destination_id, id);
                                 id
                             }
                         };
                         pending.insert(
                             (loc, i as u16),
                             Entry {
-                                destination_id: id,
+                                destination: id,
                                 attempt: t.attempt,
                                 manual: t.manual,
                                 due_ms: t.due_ms,
@@ -162,20 +178,20 @@ pub fn replay(dir: &Path, idempotency_since: i64) -> Result<Recovered, JournalEr
             }
         }
     }
-    out.pending = pending
-        .into_iter()
-        .map(|((loc, target), e)| {
-            *out.live.entry(loc.segment()).or_default() += 1;
-            Pending {
-                loc,
-                target,
-                destination_id: e.destination_id,
-                attempt: e.attempt,
-                manual: e.manual,
-                due_ms: e.due_ms,
-            }
-        })
-        .collect();
+    drop(interned);
+    let mut list = Vec::with_capacity(pending.len());
+    list.extend(pending.into_iter().map(|((loc, target), e)| {
+        *out.live.entry(loc.segment()).or_default() += 1;
+        Pending {
+            loc,
+            target,
+            destination_id: ids[e.destination as usize].clone(),
+            attempt: e.attempt,
+            manual: e.manual,
+            due_ms: e.due_ms,
+        }
+    }));
+    out.pending = list;
     // Oldest first: recovered work resumes in acceptance order.
     out.pending.sort_unstable_by_key(|p| (p.due_ms, p.loc, p.target));
     Ok(out)
