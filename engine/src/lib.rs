@@ -11,6 +11,7 @@
 //! delivery path.
 
 pub mod alerts;
+pub mod backoff;
 pub mod config;
 pub mod crypto;
 pub mod destinations;

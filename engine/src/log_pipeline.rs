@@ -1,9 +1,9 @@
 //! Ships log records (events and attempts) from the embedded store to an
 //! external log store (PostgreSQL) in batches.
 //!
-//! The embedded store is the outbox: every record is already durable there
-//! when it is accepted or attempted, and a cursor in the same database says
-//! how far shipping got. If the log store is down, records simply wait on
+//! The embedded store's index is the outbox: the index follower writes every
+//! accepted event and attempt there from the shards' journals, and a cursor
+//! in the same database says how far shipping got. If the log store is down, records simply wait on
 //! disk and shipping resumes from the cursor when it returns; rewrites after a
 //! crash are harmless because the log store's writes are idempotent.
 
@@ -35,7 +35,7 @@ pub fn spawn(
                 }
             }
         };
-        let mut backoff = Duration::from_millis(100);
+        let mut backoff = crate::backoff::Backoff::new(Duration::from_millis(100), MAX_BACKOFF);
         loop {
             let b = match source.logs_after(ev, at, batch).await {
                 Ok(b) => b,
@@ -56,10 +56,10 @@ pub fn spawn(
             let n = events.len() + attempts.len();
             match sink.write_logs(events, attempts).await {
                 Ok(()) => {
-                    if backoff > Duration::from_millis(100) {
+                    if backoff.backing_off() {
                         tracing::info!("log store reachable again; shipping resumed");
                     }
-                    backoff = Duration::from_millis(100);
+                    backoff.reset();
                     if let Err(e) = source.set_log_cursor(next_ev, next_at).await {
                         // The batch is shipped again later: writes are idempotent.
                         tracing::warn!(error = %e, "cannot save the log shipping cursor");
@@ -75,10 +75,10 @@ pub fn spawn(
                     tracing::trace!(records = n, "log records shipped");
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, records = n, retry_in_ms = backoff.as_millis() as u64,
+                    let wait = backoff.next_delay();
+                    tracing::warn!(error = %e, records = n, retry_in_ms = wait.as_millis() as u64,
                         "PostgreSQL log store unavailable; records wait in the embedded store");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                    tokio::time::sleep(wait).await;
                 }
             }
         }

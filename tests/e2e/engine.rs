@@ -316,3 +316,76 @@ async fn a_large_backlog_restarts_fast_in_bounded_memory_then_delivers() {
     assert!(listening < Duration::from_secs(10), "listening after {listening:?}");
     assert!(hwm < 300 * 1024, "peak RSS {} MiB", hwm / 1024);
 }
+
+/// Pending deliveries follow their destinations when `DELIVERY_SHARDS`
+/// changes between runs (3 → 2: some move between shards, shard 2's journal
+/// has no shard any more), and the old journal goes once it is empty.
+#[tokio::test]
+async fn pending_deliveries_move_when_the_shard_count_changes() {
+    let mut s = Server::start(&[("DELIVERY_SHARDS", "3"), ("RETRY_SCHEDULE", "2")]).await;
+    let api = Api::admin(&s);
+    let rx = Receiver::start().await;
+    *rx.state.always.lock().unwrap() = Some(503);
+    api.tenant("t1").await;
+    let paths: Vec<String> = (0..6).map(|i| format!("/d{i}")).collect();
+    for p in &paths {
+        api.webhook("t1", &rx.url(p), json!({})).await;
+    }
+    let n = 40;
+    for i in 0..n {
+        let r = api
+            .publish(json!({"id": format!("mv_{i}"), "tenant_id": "t1", "topic": "k", "data": {"i": i}}))
+            .await;
+        assert_eq!(r.status, 202, "{}", r.text);
+    }
+    let want = n * paths.len();
+    // Every first attempt failed; the retries are due 2 s later.
+    rx.wait_for(want, Duration::from_secs(20)).await;
+    let (code, _) = s.terminate(Duration::from_secs(30)).await;
+    assert_eq!(code, Some(0));
+    rx.state.got.lock().unwrap().clear();
+    *rx.state.always.lock().unwrap() = None;
+    s.set_env("DELIVERY_SHARDS", "2");
+    s.spawn().await;
+    let health = api.get("/healthz").await;
+    assert_eq!(health.body["workers"]["delivery-shards"]["shards"], 2);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut seen: HashMap<(String, String), usize> = HashMap::new();
+    while Instant::now() < deadline {
+        seen.clear();
+        for g in rx.got() {
+            if let Some(id) = g.header("x-outpost-event-id") {
+                *seen.entry((g.path.clone(), id)).or_insert(0) += 1;
+            }
+        }
+        if seen.len() >= want {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let duplicates: usize = seen.values().map(|c| c - 1).sum();
+    eprintln!(
+        "shard count 3 → 2: {want} deliveries pending across the restart, {} delivered after it, duplicates {duplicates}",
+        seen.len()
+    );
+    assert_eq!(seen.len(), want, "every pending delivery reached its destination");
+    assert_eq!(duplicates, 0);
+    // Settled everywhere: the journal of shard 2 is removed at the next start.
+    let journal = s.dir.join("data").join("journal");
+    let (code, _) = s.terminate(Duration::from_secs(30)).await;
+    assert_eq!(code, Some(0));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    s.spawn().await;
+    let pending = api.get("/healthz").await.body["workers"]["delivery-shards"]["pending_deliveries"].clone();
+    assert_eq!(pending, 0, "nothing left pending");
+    assert!(
+        !journal.join("0002").exists(),
+        "the journal of the shard that is gone was removed"
+    );
+    assert_eq!(
+        rx.count(),
+        seen.values().sum::<usize>(),
+        "no delivery repeated after the second restart"
+    );
+}

@@ -94,7 +94,7 @@ async fn follow(store: Arc<EmbeddedStore>, shards: Vec<Followed>, wake: flume::R
             }
         })
         .collect();
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff = crate::backoff::Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
     let mut last_sync = std::time::Instant::now();
     let mut unsynced = false;
     while !stop.load(Ordering::Acquire) {
@@ -118,7 +118,7 @@ async fn follow(store: Arc<EmbeddedStore>, shards: Vec<Followed>, wake: flume::R
         let rows = events.len() + attempts.len();
         match store.index(events, attempts, moved.clone(), sync).await {
             Ok(()) => {
-                backoff = Duration::from_millis(100);
+                backoff.reset();
                 for c in cursors.iter_mut() {
                     c.written = c.at;
                 }
@@ -142,8 +142,7 @@ async fn follow(store: Arc<EmbeddedStore>, shards: Vec<Followed>, wake: flume::R
                     c.at = c.written;
                     c.file = None;
                 }
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
+                backoff.wait().await;
             }
         }
     }

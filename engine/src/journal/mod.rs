@@ -116,6 +116,8 @@ pub struct Progress {
     pub indexed: AtomicU64,
     /// Set by tests to hold commits back (fault injection).
     pub hold: AtomicBool,
+    /// A write or sync failed: the journal takes no more records.
+    pub failed: AtomicBool,
 }
 
 type Waiter = oneshot::Sender<Result<(), Arc<JournalError>>>;
@@ -346,6 +348,7 @@ impl Syncer {
                         tracing::error!(error = %e, "journal write failed; this shard accepts no more work");
                     }
                     self.failed.store(true, Ordering::Release);
+                    self.progress.failed.store(true, Ordering::Release);
                     let e = Arc::new(e);
                     for w in waiters {
                         let _ = w.send(Err(e.clone()));

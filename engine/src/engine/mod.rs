@@ -1,0 +1,553 @@
+//! The engine: the in-memory routing table (tenants → destinations), the
+//! store, and the shards. The API calls into it; it sends destination changes
+//! and deliveries to the owning shard over its bounded inbox.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use parking_lot::{Mutex, RwLock};
+
+use crate::alerts::{AlertActions, AlertState, MemoryAlertState, Signal};
+use crate::config::Config;
+use crate::config::Service;
+use crate::crypto::Cipher;
+use crate::destinations::{PublishContext, Registry};
+use crate::idempotency::{ClaimResult, Idempotency};
+use crate::ids::IdGenerator;
+use crate::journal::AcceptTarget;
+use crate::model::{Delivery, Destination, Event, Tenant};
+use crate::opevents::OperatorEvents;
+use crate::queue::pubsub::PubSubQueue;
+use crate::queue::rabbitmq::RabbitQueue;
+use crate::queue::sqs::SqsQueue;
+use crate::queue::{DeliveryBus, Disposition, MessageSource, Task, TaskHandler};
+use crate::shard::{self, AcceptMsg, ShardDeps, ShardError, ShardHandle, ShardMsg};
+use crate::store::embedded::EmbeddedStore;
+use crate::store::postgres::PostgresLogStore;
+use crate::store::redis::{Change, RedisEntityStore};
+use crate::store::{EntityStore, LogStore, StoreError};
+use crate::timefmt::now_ms;
+
+mod accept;
+mod control;
+mod routing_table;
+mod workers;
+
+use workers::{consume, consume_publish_queue, follow, poll_retries};
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("{0}")]
+    NotFound(&'static str),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("Destination is disabled")]
+    DestinationDisabled,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("engine is shutting down")]
+    Closed,
+    #[error("{0}")]
+    Startup(String),
+    /// A shared back end (the delivery queue) is unavailable right now.
+    #[error("{0}")]
+    Unavailable(String),
+    #[error(transparent)]
+    Shard(#[from] ShardError),
+}
+
+/// A tenant with the fields derived from its destinations.
+#[derive(Debug, Clone)]
+pub struct TenantView {
+    pub tenant: Tenant,
+    pub destinations_count: usize,
+    /// Sorted union of destination topics, or `["*"]` if any has `*`.
+    pub topics: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct PublishOutcome {
+    pub id: String,
+    pub duplicate: bool,
+    pub destination_ids: Vec<String>,
+}
+
+struct TenantEntry {
+    tenant: Tenant,
+    /// In creation order.
+    dests: Vec<Arc<Destination>>,
+}
+
+impl TenantEntry {
+    fn view(&self) -> TenantView {
+        let mut topics: Vec<String> = Vec::new();
+        if self.dests.iter().any(|d| d.topics.iter().any(|t| t == "*")) {
+            topics.push("*".into());
+        } else {
+            for d in &self.dests {
+                topics.extend(d.topics.iter().cloned());
+            }
+            topics.sort();
+            topics.dedup();
+        }
+        TenantView {
+            tenant: self.tenant.clone(),
+            destinations_count: self.dests.len(),
+            topics,
+        }
+    }
+}
+
+#[derive(Default)]
+struct State {
+    tenants: HashMap<String, TenantEntry>,
+    /// destination id → tenant id (ids are unique across tenants: shards route by id).
+    owners: HashMap<String, String>,
+}
+
+pub struct Engine {
+    pub config: Arc<Config>,
+    /// Entities and the local event/attempt index (SQLite).
+    pub store: Arc<EmbeddedStore>,
+    /// Event ids accepted within the idempotency window (this node).
+    idempotency: Arc<Idempotency>,
+    /// Tenants and destinations: the embedded store, or Redis shared by all nodes.
+    pub entities: Arc<dyn EntityStore>,
+    /// Where the API's event and attempt queries go: the embedded store, or
+    /// PostgreSQL when `POSTGRES_URL` is set (fed by the log pipeline).
+    pub logs: Arc<dyn LogStore>,
+    pub types: Arc<Registry>,
+    pub ids: IdGenerator,
+    state: RwLock<State>,
+    /// Serialises control-plane writes so store, table and shards agree.
+    writes: tokio::sync::Mutex<()>,
+    shards: Vec<ShardHandle>,
+    threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
+    pipeline: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Follows entity changes made on other nodes (Redis).
+    follower: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// The delivery queue between nodes, when configured.
+    bus: Option<Arc<dyn DeliveryBus>>,
+    redis: Option<Arc<RedisEntityStore>>,
+    consumer: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    publish_consumer: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    retry_poller: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Operator events, when `OPERATION_EVENTS_TOPICS` and a sink are set.
+    pub opevents: Option<Arc<OperatorEvents>>,
+    /// The shards' alert signals, taken by the tracker when it starts.
+    signals: Mutex<Option<flume::Receiver<Signal>>>,
+    /// The alert tracker and the operator-event senders.
+    background: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// The index follower (journals → SQLite) and its stop flag.
+    index: Mutex<Option<std::thread::JoinHandle<()>>>,
+    index_stop: Arc<std::sync::atomic::AtomicBool>,
+    /// What recovery found, until the shards are told to resume.
+    recovery: Mutex<Option<crate::recovery::Plan>>,
+}
+
+impl Engine {
+    /// Opens the embedded store, loads the routing table, starts the shards and
+    /// re-dispatches every delivery that was pending when the process stopped.
+    pub async fn start(config: Config) -> Result<Arc<Engine>, EngineError> {
+        // Several rustls providers are linked in (the cloud SDKs bring their
+        // own); clients that do not pick one explicitly use this default.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let config = Arc::new(config);
+        let cipher = Cipher::new(&config.aes_encryption_secret);
+        let embedded = Arc::new(EmbeddedStore::open(
+            &config.data_dir,
+            cipher,
+            config.embedded_synchronous_full,
+        )?);
+        let store = embedded.clone();
+        let (logs, pipeline) = match &config.postgres_url {
+            None => (store.clone() as Arc<dyn LogStore>, None),
+            Some(url) => {
+                // The URL may carry a password: errors name the key, not the value.
+                let pg = PostgresLogStore::connect(url, config.backend_connect_timeout)
+                    .await
+                    .map_err(|e| EngineError::Startup(format!("POSTGRES_URL: {e}")))?;
+                let applied = pg
+                    .migrate()
+                    .await
+                    .map_err(|e| EngineError::Startup(format!("POSTGRES_URL: migrations failed: {e}")))?;
+                if !applied.is_empty() {
+                    tracing::info!(?applied, "PostgreSQL migrations applied");
+                }
+                let pg = Arc::new(pg);
+                (pg.clone() as Arc<dyn LogStore>, Some(pg))
+            }
+        };
+        let redis = match &config.redis {
+            None => None,
+            Some(rc) => Some(Arc::new(
+                RedisEntityStore::connect(
+                    rc,
+                    &config.deployment_id,
+                    Cipher::new(&config.aes_encryption_secret),
+                    config.backend_connect_timeout,
+                )
+                .await
+                .map_err(|e| EngineError::Startup(format!("REDIS_HOST: {e}")))?,
+            )),
+        };
+        let entities: Arc<dyn EntityStore> = match &redis {
+            Some(r) => r.clone(),
+            None => store.clone(),
+        };
+        // Outpost's selection order: AWS SQS, then GCP Pub/Sub, then RabbitMQ.
+        let bus: Option<Arc<dyn DeliveryBus>> = match (&config.sqs, &config.pubsub, &config.rabbitmq) {
+            (Some(sc), _, _) => Some(Arc::new(
+                SqsQueue::connect(sc.clone(), config.backend_connect_timeout)
+                    .await
+                    .map_err(|e| EngineError::Startup(format!("AWS_SQS_REGION: {e}")))?,
+            )),
+            (None, Some(pc), _) => Some(Arc::new(
+                PubSubQueue::connect(pc.clone(), config.backend_connect_timeout)
+                    .await
+                    .map_err(|e| EngineError::Startup(format!("GCP_PUBSUB_PROJECT: {e}")))?,
+            )),
+            (None, None, Some(rc)) => Some(Arc::new(
+                RabbitQueue::connect(rc.clone(), config.backend_connect_timeout)
+                    .await
+                    .map_err(|e| EngineError::Startup(format!("RABBITMQ_SERVER_URL: {e}")))?,
+            )),
+            (None, None, None) => None,
+        };
+        let opevents = config
+            .operator_events
+            .as_ref()
+            .map(|c| OperatorEvents::new(c, &config.deployment_id, embedded.clone()));
+        let engine = Self::build(
+            config.clone(),
+            store,
+            entities,
+            logs,
+            bus.clone(),
+            redis.clone(),
+            opevents,
+        )
+        .await?;
+        engine.recover().await?;
+        engine.start_alerting();
+        if let Some(r) = redis {
+            *engine.follower.lock() = Some(tokio::spawn(follow(engine.clone(), r)));
+        }
+        if let Some(b) = bus {
+            if matches!(config.service, Service::All | Service::Delivery) {
+                *engine.consumer.lock() = Some(tokio::spawn(consume(engine.clone(), b.clone())));
+                if let Some(r) = &engine.redis {
+                    *engine.retry_poller.lock() = Some(tokio::spawn(poll_retries(r.clone(), b)));
+                }
+            }
+        }
+        if matches!(config.service, Service::All | Service::Api) {
+            let t = config.backend_connect_timeout;
+            // Outpost's order: AWS SQS, then GCP Pub/Sub, then RabbitMQ.
+            let source: Option<Arc<dyn MessageSource>> =
+                match (&config.publish_sqs, &config.publish_pubsub, &config.publish_rabbitmq) {
+                    (Some(c), _, _) => {
+                        Some(Arc::new(SqsQueue::connect(c.clone(), t).await.map_err(|e| {
+                            EngineError::Startup(format!("PUBLISH_AWS_SQS_REGION: {e}"))
+                        })?))
+                    }
+                    (None, Some(c), _) => {
+                        Some(Arc::new(PubSubQueue::connect(c.clone(), t).await.map_err(|e| {
+                            EngineError::Startup(format!("PUBLISH_GCP_PUBSUB_PROJECT: {e}"))
+                        })?))
+                    }
+                    (None, None, Some(c)) => {
+                        Some(Arc::new(RabbitQueue::connect(c.clone(), t).await.map_err(|e| {
+                            EngineError::Startup(format!("PUBLISH_RABBITMQ_SERVER_URL: {e}"))
+                        })?))
+                    }
+                    (None, None, None) => None,
+                };
+            if let Some(q) = source {
+                *engine.publish_consumer.lock() = Some(tokio::spawn(consume_publish_queue(engine.clone(), q)));
+            }
+        }
+        if let Some(pg) = pipeline {
+            // With a delivery queue, publish idempotency lives in Redis: shipped
+            // events need not stay on the node for the idempotency window.
+            let window = if engine.bus.is_some() {
+                0
+            } else {
+                config.publish_idempotency_key_ttl.as_millis() as i64
+            };
+            let handle = crate::log_pipeline::spawn(embedded, pg, config.log_batch_size, window);
+            *engine.pipeline.lock() = Some(handle);
+        }
+        Ok(engine)
+    }
+
+    async fn build(
+        config: Arc<Config>,
+        store: Arc<EmbeddedStore>,
+        entities: Arc<dyn EntityStore>,
+        logs: Arc<dyn LogStore>,
+        bus: Option<Arc<dyn DeliveryBus>>,
+        redis: Option<Arc<RedisEntityStore>>,
+        opevents: Option<Arc<OperatorEvents>>,
+    ) -> Result<Arc<Engine>, EngineError> {
+        let types = Arc::new(Registry::new(&config));
+        let wants = |t: &str| opevents.as_ref().is_some_and(|o| o.wants(t));
+        let count_failures = config.alert.consecutive_failure_count.is_some()
+            && (config.alert.auto_disable_destination
+                || wants(crate::alerts::TOPIC_CONSECUTIVE_FAILURE)
+                || redis.is_some());
+        let exhausted = config.alert.exhausted_retries_window.is_some() && wants(crate::alerts::TOPIC_EXHAUSTED);
+        let (signal_tx, signal_rx) = flume::bounded(4096);
+        let alerts = (count_failures || exhausted).then(|| shard::AlertHooks {
+            tx: signal_tx,
+            count_failures,
+            keep_samples: config.alert.consecutive_failure_count.unwrap_or(0) as usize,
+            shared: redis.is_some(),
+            exhausted,
+        });
+        let ids = IdGenerator::new(config.idgen);
+        let signer = crate::signing::DefaultSigner::new(&config.webhook).map_err(EngineError::Startup)?;
+        let deps = ShardDeps {
+            types: types.clone(),
+            publish: PublishContext {
+                config: config.clone(),
+                webhook_signer: Arc::new(signer),
+            },
+            tls: crate::http_client::tls_config(),
+            ids: ids.clone(),
+            shared_retries: bus.as_ref().and(redis.clone()),
+            alerts,
+            opevents: opevents.clone().filter(|o| o.wants_attempts()),
+        };
+        let ttl = config.publish_idempotency_key_ttl.as_millis() as i64;
+        let idempotency = Arc::new(Idempotency::new(ttl));
+        let (plan, inits, followed, wake_rx) = crate::recovery::prepare(&config, &store, &idempotency).await?;
+        let (shards, threads) =
+            shard::start(inits, deps).map_err(|e| EngineError::Startup(format!("cannot start shards: {e}")))?;
+        let index_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let index = crate::journal::index::spawn(store.clone(), followed, wake_rx, index_stop.clone())
+            .map_err(|e| EngineError::Startup(format!("cannot start the index follower: {e}")))?;
+        let engine = Arc::new(Engine {
+            config,
+            idempotency,
+            store,
+            entities,
+            logs,
+            types,
+            ids,
+            state: RwLock::new(State::default()),
+            writes: tokio::sync::Mutex::new(()),
+            shards,
+            threads: Mutex::new(threads),
+            pipeline: Mutex::new(None),
+            follower: Mutex::new(None),
+            bus,
+            redis,
+            consumer: Mutex::new(None),
+            publish_consumer: Mutex::new(None),
+            retry_poller: Mutex::new(None),
+            opevents,
+            signals: Mutex::new(Some(signal_rx)),
+            background: Mutex::new(Vec::new()),
+            index: Mutex::new(Some(index)),
+            index_stop,
+            recovery: Mutex::new(Some(plan)),
+        });
+        Ok(engine)
+    }
+
+    /// Starts the alert tracker (where shards deliver) and the operator-event senders.
+    fn start_alerting(self: &Arc<Self>) {
+        let mut bg = self.background.lock();
+        if let Some(o) = &self.opevents {
+            bg.extend(o.spawn());
+        }
+        let rx = self.signals.lock().take();
+        if let (Some(rx), true) = (rx, matches!(self.config.service, Service::All | Service::Delivery)) {
+            let state: Arc<dyn AlertState> = match &self.redis {
+                Some(r) => r.clone(),
+                None => Arc::new(MemoryAlertState::default()),
+            };
+            let actions = Arc::new(EngineAlerts {
+                engine: Arc::downgrade(self),
+                opevents: self.opevents.clone(),
+            });
+            bg.push(tokio::spawn(crate::alerts::track(
+                self.config.alert.clone(),
+                state,
+                actions,
+                rx,
+            )));
+        }
+    }
+
+    async fn recover(self: &Arc<Self>) -> Result<(), EngineError> {
+        let (tenants, dests) = self.entities.load_entities().await?;
+        self.install(tenants, dests).await?;
+        // Every destination is on its shard now: recovered work may run.
+        let plan = self.recovery.lock().take();
+        if let Some(plan) = plan {
+            crate::recovery::finish(self, plan).await?;
+        }
+        for s in &self.shards {
+            s.tx.send_async(ShardMsg::Resume)
+                .await
+                .map_err(|_| EngineError::Closed)?;
+        }
+        let legacy = self.store.legacy_pending().await?;
+        if !legacy.is_empty() {
+            tracing::info!(
+                deliveries = legacy.len(),
+                "moving pending deliveries from the old store into the journals"
+            );
+            for d in legacy {
+                let target = AcceptTarget {
+                    destination_id: d.destination_id.clone(),
+                    attempt: d.attempt,
+                    manual: d.manual,
+                    due_ms: d.due_ms,
+                };
+                self.accept_on_shards(d.event, vec![target]).await?;
+            }
+            self.store.clear_legacy_pending().await?;
+        }
+        let idem = self.idempotency.clone();
+        self.background.lock().push(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(30));
+            loop {
+                tick.tick().await;
+                idem.prune(now_ms());
+            }
+        }));
+        Ok(())
+    }
+
+    async fn send(&self, destination_id: &str, msg: ShardMsg) -> Result<(), EngineError> {
+        let i = shard::shard_for(destination_id, self.shards.len());
+        self.shards[i].tx.send_async(msg).await.map_err(|_| EngineError::Closed)
+    }
+
+    /// Total attempts made by all shards since start.
+    pub fn attempts_made(&self) -> u64 {
+        self.shards
+            .iter()
+            .map(|s| s.stats.attempts.load(std::sync::atomic::Ordering::Relaxed))
+            .sum()
+    }
+
+    pub fn shard_count(&self) -> usize {
+        self.shards.len()
+    }
+
+    /// Stops the node: the consumers and background tasks first, then each
+    /// shard drains (attempts in flight finish or are abandoned at
+    /// `OUTRIDER_SHUTDOWN_DRAIN_SECONDS`, outcomes are committed). Deliveries
+    /// not started stay in the journals for the next start. Never waits on a
+    /// shard past the deadline.
+    pub async fn shutdown(&self) -> shard::DrainReport {
+        if let Some(p) = self.pipeline.lock().take() {
+            p.abort();
+        }
+        for t in [
+            &self.follower,
+            &self.consumer,
+            &self.publish_consumer,
+            &self.retry_poller,
+        ] {
+            if let Some(h) = t.lock().take() {
+                h.abort();
+            }
+        }
+        for h in self.background.lock().drain(..) {
+            h.abort();
+        }
+        let deadline = std::time::Instant::now() + self.config.shutdown_drain_timeout;
+        let mut reports = Vec::new();
+        for s in &self.shards {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            let msg = ShardMsg::Shutdown { deadline, report: tx };
+            let send = tokio::time::timeout_at(deadline.into(), s.tx.send_async(msg));
+            if matches!(send.await, Ok(Ok(()))) {
+                reports.push(rx);
+            }
+        }
+        let mut total = shard::DrainReport::default();
+        // A little past the deadline: the shards commit after it.
+        let give_up = deadline + std::time::Duration::from_secs(6);
+        for rx in reports {
+            if let Ok(Ok(r)) = tokio::time::timeout_at(give_up.into(), rx).await {
+                total.finished += r.finished;
+                total.abandoned += r.abandoned;
+                total.left += r.left;
+            }
+        }
+        let threads: Vec<_> = self.threads.lock().drain(..).collect();
+        for t in threads {
+            if t.is_finished() {
+                let _ = t.join();
+            }
+        }
+        self.index_stop.store(true, std::sync::atomic::Ordering::Release);
+        let index = self.index.lock().take();
+        if let Some(h) = index {
+            let _ = tokio::task::spawn_blocking(move || h.join()).await;
+        }
+        total
+    }
+
+    /// How many shards run with a working journal (for `/healthz`).
+    pub fn shards_running(&self) -> usize {
+        use std::sync::atomic::Ordering::Acquire;
+        self.shards
+            .iter()
+            .filter(|s| s.stats.running.load(Acquire) && !s.progress.failed.load(Acquire))
+            .count()
+    }
+
+    /// Deliveries accepted and not yet settled, over all shards.
+    pub fn pending_deliveries(&self) -> u64 {
+        self.shards
+            .iter()
+            .map(|s| s.stats.pending.load(std::sync::atomic::Ordering::Relaxed))
+            .sum()
+    }
+
+    pub(crate) fn shard_handles(&self) -> &[ShardHandle] {
+        &self.shards
+    }
+}
+
+/// What the alert tracker may do to this node.
+struct EngineAlerts {
+    engine: std::sync::Weak<Engine>,
+    opevents: Option<Arc<OperatorEvents>>,
+}
+
+impl AlertActions for EngineAlerts {
+    fn disable(&self, destination: Arc<Destination>) -> futures_util::future::BoxFuture<'_, Option<Arc<Destination>>> {
+        Box::pin(async move {
+            let engine = self.engine.upgrade()?;
+            engine.auto_disable(&destination.tenant_id, &destination.id).await
+        })
+    }
+
+    fn alert(
+        &self,
+        topic: &'static str,
+        tenant_id: String,
+        data: serde_json::Value,
+    ) -> futures_util::future::BoxFuture<'_, ()> {
+        Box::pin(async move {
+            if let Some(o) = &self.opevents {
+                o.alert(topic, tenant_id, data).await;
+            }
+        })
+    }
+
+    fn wants(&self, topic: &str) -> bool {
+        self.opevents.as_ref().is_some_and(|o| o.wants(topic))
+    }
+}
+
+#[cfg(test)]
+mod tests;

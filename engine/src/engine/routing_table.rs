@@ -1,0 +1,194 @@
+//! The routing table: tenants → destinations in memory, loaded at start,
+//! kept in step with Redis on other nodes' changes, read once per publish.
+use super::*;
+
+impl Engine {
+    /// Replaces the routing table with these entities and tells the shards
+    /// what changed (new or different destinations, removed ones).
+    pub(super) async fn install(&self, tenants: Vec<Tenant>, mut loaded: Vec<Destination>) -> Result<(), EngineError> {
+        loaded.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+        let mut next = State::default();
+        for t in tenants {
+            next.tenants.insert(
+                t.id.clone(),
+                TenantEntry {
+                    tenant: t,
+                    dests: Vec::new(),
+                },
+            );
+        }
+        let (upserts, removes) = {
+            let st = self.state.read();
+            let mut upserts = Vec::new();
+            for mut d in loaded {
+                d.shrink();
+                // Keep the existing Arc when nothing changed, so shards are left alone.
+                let d = match st
+                    .owners
+                    .get(&d.id)
+                    .and_then(|t| st.tenants.get(t))
+                    .and_then(|e| e.dests.iter().find(|x| x.id == d.id))
+                {
+                    Some(old) if **old == d => old.clone(),
+                    _ => {
+                        let d = Arc::new(d);
+                        upserts.push(d.clone());
+                        d
+                    }
+                };
+                if let Some(entry) = next.tenants.get_mut(&d.tenant_id) {
+                    next.owners.insert(d.id.clone(), d.tenant_id.clone());
+                    entry.dests.push(d);
+                }
+            }
+            let removes: Vec<String> = st
+                .owners
+                .keys()
+                .filter(|id| !next.owners.contains_key(*id))
+                .cloned()
+                .collect();
+            (upserts, removes)
+        };
+        *self.state.write() = next;
+        for d in upserts {
+            self.send(&d.id.clone(), ShardMsg::Upsert(d)).await?;
+        }
+        for id in removes {
+            self.send(&id, ShardMsg::Remove(id.clone())).await?;
+        }
+        Ok(())
+    }
+
+    /// Applies one change announced on the Redis channel (made by any node,
+    /// this one included): the store is read again, so the latest state wins.
+    pub(super) async fn apply_change(&self, redis: &RedisEntityStore, change: Change) -> Result<(), EngineError> {
+        let _w = self.writes.lock().await;
+        match change {
+            Change::Tenant { id, .. } => match redis.get_tenant(&id).await? {
+                Some(t) => {
+                    let mut st = self.state.write();
+                    let entry = st.tenants.entry(id).or_insert_with(|| TenantEntry {
+                        tenant: t.clone(),
+                        dests: vec![],
+                    });
+                    entry.tenant = t;
+                }
+                None => {
+                    let removed = {
+                        let mut st = self.state.write();
+                        let dests = st.tenants.remove(&id).map(|e| e.dests).unwrap_or_default();
+                        for d in &dests {
+                            st.owners.remove(&d.id);
+                        }
+                        dests
+                    };
+                    for d in removed {
+                        self.send(&d.id, ShardMsg::Remove(d.id.clone())).await?;
+                    }
+                }
+            },
+            Change::Destination { id, tenant_id, .. } => match redis.get_destination(&id).await? {
+                Some(mut d) => {
+                    d.shrink();
+                    // The tenant's own change may not have arrived yet.
+                    let missing = !self.state.read().tenants.contains_key(&d.tenant_id);
+                    let fetched = if missing {
+                        redis.get_tenant(&d.tenant_id).await?
+                    } else {
+                        None
+                    };
+                    let changed = {
+                        let mut st = self.state.write();
+                        if let Some(t) = fetched {
+                            st.tenants.entry(t.id.clone()).or_insert(TenantEntry {
+                                tenant: t,
+                                dests: vec![],
+                            });
+                        }
+                        let d = Arc::new(d);
+                        let mut changed = None;
+                        if let Some(e) = st.tenants.get_mut(&d.tenant_id) {
+                            match e.dests.iter_mut().find(|x| x.id == d.id) {
+                                Some(slot) if **slot == *d => {}
+                                Some(slot) => {
+                                    *slot = d.clone();
+                                    changed = Some(d.clone());
+                                }
+                                None => {
+                                    e.dests.push(d.clone());
+                                    e.dests
+                                        .sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+                                    changed = Some(d.clone());
+                                }
+                            }
+                        }
+                        if changed.is_some() {
+                            st.owners.insert(d.id.clone(), d.tenant_id.clone());
+                        }
+                        changed
+                    };
+                    if let Some(d) = changed {
+                        self.send(&d.id.clone(), ShardMsg::Upsert(d)).await?;
+                    }
+                }
+                None => {
+                    let existed = {
+                        let mut st = self.state.write();
+                        let had = st.owners.remove(&id).is_some();
+                        if let Some(e) = st.tenants.get_mut(&tenant_id) {
+                            e.dests.retain(|d| d.id != id);
+                        }
+                        had
+                    };
+                    if existed {
+                        self.send(&id, ShardMsg::Remove(id.clone())).await?;
+                    }
+                }
+            },
+        }
+        Ok(())
+    }
+
+    // ---- tenants ----
+
+    pub fn tenant(&self, id: &str) -> Option<TenantView> {
+        self.state.read().tenants.get(id).map(TenantEntry::view)
+    }
+
+    pub fn tenant_exists(&self, id: &str) -> bool {
+        self.state.read().tenants.contains_key(id)
+    }
+
+    /// All tenants, newest first (ties by id).
+    pub fn tenants(&self) -> Vec<TenantView> {
+        let st = self.state.read();
+        let mut v: Vec<TenantView> = st.tenants.values().map(TenantEntry::view).collect();
+        v.sort_by(|a, b| (b.tenant.created_at, &b.tenant.id).cmp(&(a.tenant.created_at, &a.tenant.id)));
+        v
+    }
+
+    // ---- destinations ----
+
+    pub fn destinations(&self, tenant_id: &str) -> Option<Vec<Arc<Destination>>> {
+        self.state.read().tenants.get(tenant_id).map(|e| e.dests.clone())
+    }
+
+    pub fn destination(&self, tenant_id: &str, id: &str) -> Option<Arc<Destination>> {
+        self.state
+            .read()
+            .tenants
+            .get(tenant_id)
+            .and_then(|e| e.dests.iter().find(|d| d.id == id).cloned())
+    }
+
+    // ---- publish and retry ----
+
+    /// Ids of the enabled destinations whose topics and filter match the event.
+    pub fn match_destinations(&self, event: &Event) -> Vec<String> {
+        let st = self.state.read();
+        match st.tenants.get(&event.tenant_id) {
+            Some(entry) => crate::routing::matching(&entry.dests, event),
+            None => vec![],
+        }
+    }
+}

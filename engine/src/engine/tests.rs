@@ -1,0 +1,131 @@
+use super::*;
+use crate::config::Sources;
+use crate::model::StringMap;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// An HTTP sink that reports each request, then answers 200 only when
+/// released.
+async fn gated_sink() -> (
+    std::net::SocketAddr,
+    tokio::sync::mpsc::Receiver<()>,
+    tokio::sync::mpsc::Sender<()>,
+) {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let (got_tx, got_rx) = tokio::sync::mpsc::channel(16);
+    let (rel_tx, mut rel_rx) = tokio::sync::mpsc::channel::<()>(16);
+    tokio::spawn(async move {
+        let (mut sock, _) = l.accept().await.unwrap();
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        loop {
+            let n = sock.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "connection closed before a full request");
+            buf.extend_from_slice(&chunk[..n]);
+            let text = String::from_utf8_lossy(&buf).to_string();
+            if let Some(end) = text.find("\r\n\r\n") {
+                let len = text[..end]
+                    .lines()
+                    .find_map(|l| {
+                        l.to_ascii_lowercase()
+                            .strip_prefix("content-length:")
+                            .map(|v| v.trim().parse::<usize>().unwrap())
+                    })
+                    .unwrap_or(0);
+                if buf.len() >= end + 4 + len {
+                    break;
+                }
+            }
+        }
+        got_tx.send(()).await.unwrap();
+        rel_rx.recv().await;
+        sock.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+            .await
+            .unwrap();
+        let _ = sock.read(&mut chunk).await;
+    });
+    (addr, got_rx, rel_tx)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queue_delivery_is_acked_only_after_its_outcome_is_committed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (addr, mut got, release) = gated_sink().await;
+    let mut m = std::collections::HashMap::new();
+    for (k, v) in [
+        ("AES_ENCRYPTION_SECRET", "test"),
+        ("DELIVERY_SHARDS", "1"),
+        ("OUTRIDER_ALLOW_PRIVATE_DESTINATIONS", "true"),
+    ] {
+        m.insert(k.to_string(), v.to_string());
+    }
+    m.insert("OUTRIDER_DATA_DIR".into(), dir.path().display().to_string());
+    let engine = Engine::start(Config::from_sources(&Sources::from_map(m)).unwrap())
+        .await
+        .unwrap();
+    engine.upsert_tenant("t", None).await.unwrap();
+    let mut config = StringMap::new();
+    config.insert("url".into(), format!("http://{addr}/hook"));
+    let mut credentials = StringMap::new();
+    credentials.insert("secret".into(), "whsec_test".into());
+    engine
+        .create_destination(Destination {
+            id: "d1".into(),
+            tenant_id: "t".into(),
+            kind: "webhook".into(),
+            topics: vec!["*".into()],
+            filter: None,
+            config,
+            credentials,
+            delivery_metadata: None,
+            metadata: None,
+            created_at: 1,
+            updated_at: 1,
+            disabled_at: None,
+        })
+        .await
+        .unwrap();
+    let task = Task {
+        event: Arc::new(Event {
+            id: "e1".into(),
+            tenant_id: "t".into(),
+            destination_id: None,
+            topic: "k".into(),
+            eligible_for_retry: true,
+            time: now_ms(),
+            metadata: StringMap::new(),
+            data: Arc::from("{\"a\":1}"),
+            matched_destination_ids: vec!["d1".into()],
+        }),
+        destination_id: "d1".into(),
+        attempt: 1,
+        manual: false,
+    };
+    let e2 = engine.clone();
+    let mut acked = tokio::spawn(async move { e2.receive(task).await });
+    got.recv().await.unwrap();
+    // The attempt is running; hold the journal's commits, then let it end.
+    let progress = engine.shard_handles()[0].progress.clone();
+    progress.hold.store(true, std::sync::atomic::Ordering::Release);
+    release.send(()).await.unwrap();
+    let journal = crate::journal::shard_dir(&dir.path().join("journal"), 0);
+    tokio::select! {
+        r = &mut acked => panic!("acked before its outcome was committed: {r:?}"),
+        _ = tokio::time::sleep(std::time::Duration::from_millis(500)) => {}
+    }
+    let on_disk = crate::journal::replay::replay(&journal, 0).unwrap();
+    assert_eq!(on_disk.pending.len(), 1, "outcome not on disk while commits are held");
+    progress.hold.store(false, std::sync::atomic::Ordering::Release);
+    tokio::time::timeout(std::time::Duration::from_secs(5), acked)
+        .await
+        .expect("acked once committed")
+        .unwrap()
+        .unwrap();
+    let on_disk = crate::journal::replay::replay(&journal, 0).unwrap();
+    assert_eq!(
+        on_disk.pending.len(),
+        0,
+        "the outcome is committed when the ack is given"
+    );
+    engine.shutdown().await;
+}
