@@ -14,8 +14,7 @@ use crate::engine::{Engine, EngineError};
 use crate::idempotency::Idempotency;
 use crate::journal::index::Followed;
 use crate::journal::replay::{self, Pending, Recovered};
-use crate::journal::{self, AcceptTarget, Journal, Loc, Progress, Reader, Record, Settle};
-use crate::model::NextStep;
+use crate::journal::{self, AcceptTarget, Journal, Loc, Progress, Reader, Record};
 use crate::shard::{shard_for, ShardInit, ShardMsg};
 use crate::store::embedded::EmbeddedStore;
 use crate::timefmt::now_ms;
@@ -238,13 +237,7 @@ pub async fn finish(engine: &Arc<Engine>, plan: Plan) -> Result<(), EngineError>
             )
             .map_err(|e| EngineError::Startup(format!("cannot open an old journal: {e}")))?;
             for (loc, target, attempt_number) in settled {
-                j.append(&Record::Settle(Box::new(Settle {
-                    accept: loc,
-                    target,
-                    attempt_number,
-                    next: NextStep::Done,
-                    attempt: None,
-                })));
+                j.append_closed(loc, target, attempt_number);
             }
             let c = j.commit();
             j.flush();

@@ -29,7 +29,7 @@ use crate::destinations::{PublishContext, Publisher, Registry};
 use crate::http_client::HttpClient;
 use crate::ids::IdGenerator;
 use crate::journal::replay::Recovered;
-use crate::journal::{self, AcceptTarget, Journal, JournalError, Loc, Reader, Record, Settle};
+use crate::journal::{self, AcceptTarget, Journal, JournalError, Loc, Reader, Record};
 use crate::model::{Attempt, AttemptStatus, Destination, Event, NextStep};
 use crate::timefmt::now_ms;
 
@@ -525,13 +525,7 @@ impl Shard {
     fn forget(self: &Rc<Self>, settled: Vec<(Loc, u16, u32)>, done: oneshot::Sender<()>) {
         let mut j = self.journal.borrow_mut();
         for (loc, target, attempt_number) in settled {
-            j.append(&Record::Settle(Box::new(Settle {
-                accept: loc,
-                target,
-                attempt_number,
-                next: NextStep::Done,
-                attempt: None,
-            })));
+            j.append_closed(loc, target, attempt_number);
             if let Some(c) = self.live.borrow_mut().get_mut(&loc.segment()) {
                 *c = c.saturating_sub(1);
             }

@@ -80,10 +80,17 @@ async fn follow(store: Arc<EmbeddedStore>, shards: Vec<Followed>, wake: flume::R
     let mut cursors: Vec<Cursor> = shards
         .into_iter()
         .map(|f| {
-            let at = saved.get(&f.shard).copied().unwrap_or_else(|| {
+            let first = || {
                 let first = list_segments(&f.dir).ok().and_then(|v| v.first().copied()).unwrap_or(0);
                 Loc::new(first, MAGIC.len() as u64)
-            });
+            };
+            let durable = Loc(f.progress.durable.load(Ordering::Acquire));
+            // A position past the journal's end means the journal was
+            // replaced (removed by hand, say): follow the new one from its start.
+            let at = match saved.get(&f.shard).copied() {
+                Some(at) if at <= durable => at,
+                _ => first(),
+            };
             f.progress.indexed.store(at.0, Ordering::Release);
             Cursor {
                 written: at,

@@ -30,6 +30,8 @@ use tokio::sync::oneshot;
 
 pub use codec::{AcceptTarget, Record, Settle};
 
+use crate::model::NextStep;
+
 /// Segment files start with this magic.
 pub const MAGIC: &[u8; 8] = b"ORJNL001";
 /// A segment is closed once it holds about this many bytes.
@@ -215,6 +217,12 @@ impl Journal {
     /// Encodes a record into the pending batch; returns where it will be.
     pub fn append(&mut self, rec: &Record) -> Loc {
         self.append_with(|buf| codec::encode(rec, buf))
+    }
+
+    /// Appends a settle record that closes a delivery without an attempt
+    /// (moved elsewhere, or nothing to deliver to).
+    pub fn append_closed(&mut self, accept: Loc, target: u16, attempt_number: u32) -> Loc {
+        self.append_with(|buf| codec::encode_settle(accept, target, attempt_number, &NextStep::Done, None, buf))
     }
 
     /// Appends a record that `encode` frames into the batch (see
@@ -413,7 +421,6 @@ impl Reader {
 mod tests {
     use super::codec::tests::event;
     use super::*;
-    use crate::model::NextStep;
 
     fn accept(id: &str, dests: &[&str]) -> Record {
         Record::Accept {
