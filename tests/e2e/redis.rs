@@ -279,12 +279,14 @@ async fn redis_cluster_shares_entities_idempotency_and_retries() {
     api_a.tenant("t1").await;
     api_a.webhook("t1", &rx.url("/c"), json!({})).await;
     sees_destinations(&api_b, 1).await;
+    // The first attempt will fail: set before publishing (set after, the
+    // attempt could already have succeeded).
+    rx.state.script.lock().unwrap().push_back(500);
     // Idempotency across nodes, through the cluster.
     let ev = json!({"id": format!("cl-{dep}"), "tenant_id": "t1", "topic": "x", "data": {}});
     assert_eq!(api_b.publish(ev.clone()).await.body["duplicate"], false);
     assert_eq!(api_a.publish(ev).await.body["duplicate"], true);
     // A failed attempt's retry goes through the shared schedule (a multi-key script).
-    rx.state.script.lock().unwrap().push_back(500);
     let got = rx.wait_for(2, Duration::from_secs(15)).await;
     assert_eq!(
         got.len(),

@@ -2,6 +2,12 @@
 //! Outpost's `DeliveryTask` JSON, so the format on the wire is the one Outpost
 //! operators already know:
 //! `{"event":{...},"destination_id":"...","attempt":1,"manual":false}`.
+//!
+//! One addition: a fan-out event goes as **one** message with
+//! `"destination_ids":[...]` (`destination_id` is the first of them) instead
+//! of one message per destination. Delivery nodes read both forms; when
+//! upgrading, update delivery nodes before API nodes (an older delivery node
+//! would deliver only to `destination_id`).
 
 pub mod pubsub;
 pub mod rabbitmq;
@@ -58,24 +64,29 @@ pub trait MessageSource: Send + Sync + 'static {
     fn consume_bytes(&self, prefetch: u16, handle: ByteHandler) -> BoxFuture<'_, Result<(), QueueError>>;
 }
 
-/// Adapts a task handler to raw messages: malformed tasks are rejected,
-/// handler failures requeued.
+/// Adapts a task handler to raw messages: malformed tasks are rejected; the
+/// tasks of a message (one per destination) are handled concurrently and the
+/// message is acked only if every one succeeded, requeued otherwise (the
+/// ones that had succeeded then run again: at least once).
 pub fn task_handler(handle: TaskHandler) -> ByteHandler {
     Arc::new(move |bytes: Vec<u8>| {
         let handle = handle.clone();
         Box::pin(async move {
-            match decode(&bytes) {
+            match decode_all(&bytes) {
                 Err(e) => {
                     tracing::warn!(error = %e, "dropping a malformed delivery task");
                     Disposition::Reject
                 }
-                Ok(task) => match handle(task).await {
-                    Ok(()) => Disposition::Ack,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "delivery task not accepted; it will be redelivered");
-                        Disposition::Requeue
+                Ok(tasks) => {
+                    let results = futures_util::future::join_all(tasks.into_iter().map(|t| handle(t))).await;
+                    match results.into_iter().find_map(Result::err) {
+                        None => Disposition::Ack,
+                        Some(e) => {
+                            tracing::warn!(error = %e, "delivery task not accepted; it will be redelivered");
+                            Disposition::Requeue
+                        }
                     }
-                },
+                }
             }
         })
     })
@@ -118,6 +129,9 @@ struct WireTask<'a> {
     #[serde(borrow)]
     event: WireEvent<'a>,
     destination_id: String,
+    /// Ours: every destination of a fan-out message (the first is `destination_id`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    destination_ids: Vec<String>,
     attempt: u32,
     #[serde(default)]
     manual: bool,
@@ -153,23 +167,72 @@ pub fn event_json(e: &Event) -> serde_json::Value {
 }
 
 pub fn encode(t: &Task) -> Vec<u8> {
+    encode_group(std::slice::from_ref(t))
+}
+
+/// One message for tasks of the same event, attempt and manual flag.
+fn encode_group(group: &[Task]) -> Vec<u8> {
+    let Some(t) = group.first() else { return Vec::new() };
     let data = raw_data(&t.event);
     let wire = WireTask {
         event: WireEvent::of(&t.event, &data),
         destination_id: t.destination_id.clone(),
+        destination_ids: if group.len() > 1 {
+            group.iter().map(|t| t.destination_id.clone()).collect()
+        } else {
+            Vec::new()
+        },
         attempt: t.attempt,
         manual: t.manual,
     };
     serde_json::to_vec(&wire).unwrap_or_default()
 }
 
+/// The messages for `tasks`: neighbouring tasks of the same event (the same
+/// `Arc`), attempt and manual flag share one message.
+pub fn encode_all(tasks: &[Task]) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    for i in 1..=tasks.len() {
+        let split = i == tasks.len() || {
+            let (a, b) = (&tasks[start], &tasks[i]);
+            !(Arc::ptr_eq(&a.event, &b.event) && a.attempt == b.attempt && a.manual == b.manual)
+        };
+        if split {
+            out.push(encode_group(&tasks[start..i]));
+            start = i;
+        }
+    }
+    out
+}
+
+/// Every task of a message (one per destination).
+pub fn decode_all(bytes: &[u8]) -> Result<Vec<Task>, String> {
+    let (first, ids) = decode_wire(bytes)?;
+    if ids.is_empty() {
+        return Ok(vec![first]);
+    }
+    Ok(ids
+        .into_iter()
+        .map(|destination_id| Task {
+            destination_id,
+            ..first.clone()
+        })
+        .collect())
+}
+
+/// A single-destination task (the form the shared retry schedule stores).
 pub fn decode(bytes: &[u8]) -> Result<Task, String> {
+    decode_wire(bytes).map(|(t, _)| t)
+}
+
+fn decode_wire(bytes: &[u8]) -> Result<(Task, Vec<String>), String> {
     let w: WireTask = serde_json::from_slice(bytes).map_err(|e| format!("malformed delivery task: {e}"))?;
     let time = crate::timefmt::parse_rfc3339_ms(&w.event.time).ok_or("malformed delivery task: bad event time")?;
     if !w.event.data.get().starts_with('{') {
         return Err("malformed delivery task: event data is not an object".into());
     }
-    Ok(Task {
+    let task = Task {
         event: Arc::new(Event {
             id: w.event.id,
             tenant_id: w.event.tenant_id,
@@ -184,7 +247,8 @@ pub fn decode(bytes: &[u8]) -> Result<Task, String> {
         destination_id: w.destination_id,
         attempt: w.attempt.max(1),
         manual: w.manual,
-    })
+    };
+    Ok((task, w.destination_ids))
 }
 
 /// A task for tests: event `e<n>` of tenant `t` to destination `d`.
@@ -264,7 +328,15 @@ pub(crate) mod conformance {
         let peak = Arc::new(AtomicUsize::new(0));
         let done = Arc::new(AtomicUsize::new(0));
         let (i, p, d) = (inflight.clone(), peak.clone(), done.clone());
+        let fanned: Arc<std::sync::Mutex<Vec<String>>> = Arc::default();
+        let f = fanned.clone();
         let handler: TaskHandler = Arc::new(move |t: Task| {
+            if t.event.id == "fan" {
+                f.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(t.destination_id.clone());
+                return Box::pin(async { Ok(()) });
+            }
             if t.event.id.len() == 2 {
                 return record(t);
             }
@@ -315,12 +387,36 @@ pub(crate) mod conformance {
             done.load(Ordering::SeqCst) >= 8
         })
         .await;
-        consumer.abort();
         assert!(
             peak.load(Ordering::SeqCst) >= 4,
             "tasks are handled concurrently: peak {} in flight",
             peak.load(Ordering::SeqCst)
         );
+
+        // One fan-out event: one message, every destination handled once.
+        let mut fan = sample_task(0, DATA);
+        fan.event = Arc::new(Event {
+            id: "fan".into(),
+            ..(*fan.event).clone()
+        });
+        let group: Vec<Task> = ["d1", "d2", "d3"]
+            .iter()
+            .map(|d| Task {
+                destination_id: d.to_string(),
+                ..fan.clone()
+            })
+            .collect();
+        assert_eq!(encode_all(&group).len(), 1, "one message for the fan-out");
+        bus.publish(&group).await.unwrap();
+        until("3 destinations of one message", Duration::from_secs(20), || {
+            fanned.lock().map(|v| v.len() >= 3).unwrap_or(false)
+        })
+        .await;
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        let mut got = fanned.lock().unwrap().clone();
+        got.sort();
+        assert_eq!(got, ["d1", "d2", "d3"]);
+        consumer.abort();
     }
 }
 
@@ -365,5 +461,41 @@ mod tests {
             (3, true, "d1")
         );
         assert!(decode(b"{}").is_err());
+    }
+
+    #[test]
+    fn a_fan_out_is_one_message_and_reads_back_as_its_tasks() {
+        let t = sample_task(1, "{}");
+        let other = sample_task(2, "{}");
+        let tasks = vec![
+            Task {
+                destination_id: "d1".into(),
+                ..t.clone()
+            },
+            Task {
+                destination_id: "d2".into(),
+                ..t.clone()
+            },
+            other.clone(),
+            Task {
+                attempt: 2,
+                ..other.clone()
+            },
+        ];
+        let msgs = encode_all(&tasks);
+        assert_eq!(msgs.len(), 3, "same event and attempt share a message");
+        let first = decode_all(&msgs[0]).unwrap();
+        assert_eq!(
+            first.iter().map(|t| t.destination_id.as_str()).collect::<Vec<_>>(),
+            ["d1", "d2"]
+        );
+        assert!(Arc::ptr_eq(&first[0].event, &first[1].event));
+        let v: serde_json::Value = serde_json::from_slice(&msgs[0]).unwrap();
+        assert_eq!(v["destination_id"], "d1", "Outpost's field is kept");
+        assert_eq!(decode_all(&msgs[1]).unwrap().len(), 1);
+        assert!(serde_json::from_slice::<serde_json::Value>(&msgs[1])
+            .unwrap()
+            .get("destination_ids")
+            .is_none());
     }
 }

@@ -14,7 +14,9 @@ use gcloud_pubsub::client::{Client, ClientConfig};
 use gcloud_pubsub::subscription::{Subscription, SubscriptionConfig};
 use gcloud_pubsub::topic::Topic;
 
-use super::{encode, BoxFuture, ByteHandler, DeliveryBus, Disposition, MessageSource, QueueError, Task, TaskHandler};
+use super::{
+    encode_all, BoxFuture, ByteHandler, DeliveryBus, Disposition, MessageSource, QueueError, Task, TaskHandler,
+};
 
 #[derive(Debug, Clone)]
 pub struct PubSubConfig {
@@ -251,7 +253,7 @@ impl MessageSource for PubSubQueue {
 
 impl DeliveryBus for PubSubQueue {
     fn publish<'a>(&'a self, tasks: &'a [Task]) -> BoxFuture<'a, Result<(), QueueError>> {
-        Box::pin(self.publish_raw(tasks.iter().map(encode).collect()))
+        Box::pin(self.publish_raw(encode_all(tasks)))
     }
 
     fn consume(&self, prefetch: u16, handle: TaskHandler) -> BoxFuture<'_, Result<(), QueueError>> {

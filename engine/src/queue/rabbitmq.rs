@@ -16,7 +16,7 @@ use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
 
 pub use super::Disposition;
-use super::{encode, BoxFuture, ByteHandler, DeliveryBus, MessageSource, Task, TaskHandler};
+use super::{encode_all, BoxFuture, ByteHandler, DeliveryBus, MessageSource, Task, TaskHandler};
 
 #[derive(Debug, Clone)]
 pub struct RabbitConfig {
@@ -251,7 +251,7 @@ impl RabbitQueue {
 
     /// Publishes persistent messages and returns once the broker confirmed all.
     pub async fn publish(&self, tasks: &[Task]) -> Result<(), QueueError> {
-        let payloads: Vec<Vec<u8>> = tasks.iter().map(encode).collect();
+        let payloads: Vec<Vec<u8>> = encode_all(tasks);
         self.publish_confirmed(&payloads).await
     }
 

@@ -11,7 +11,9 @@ use aws_sdk_sqs::config::{Credentials, Region};
 use aws_sdk_sqs::types::SendMessageBatchRequestEntry;
 use aws_sdk_sqs::Client;
 
-use super::{encode, BoxFuture, ByteHandler, DeliveryBus, Disposition, MessageSource, QueueError, Task, TaskHandler};
+use super::{
+    encode_all, BoxFuture, ByteHandler, DeliveryBus, Disposition, MessageSource, QueueError, Task, TaskHandler,
+};
 
 /// How long a received task stays hidden. A delivery node deletes it once the
 /// attempt's outcome is durable (the attempt is bounded by the delivery
@@ -211,14 +213,15 @@ impl SqsQueue {
     }
 
     async fn publish_tasks(&self, tasks: &[Task]) -> Result<(), QueueError> {
-        for chunk in tasks.chunks(10) {
+        let messages = encode_all(tasks);
+        for chunk in messages.chunks(10) {
             let entries = chunk
                 .iter()
                 .enumerate()
-                .map(|(i, t)| {
+                .map(|(i, m)| {
                     SendMessageBatchRequestEntry::builder()
                         .id(i.to_string())
-                        .message_body(String::from_utf8_lossy(&encode(t)).into_owned())
+                        .message_body(String::from_utf8_lossy(m).into_owned())
                         .build()
                         .map_err(broker)
                 })
