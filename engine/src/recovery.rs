@@ -148,17 +148,22 @@ pub async fn prepare(
         } else {
             // A shard that no longer exists: its records are indexed, its
             // deliveries moved; once both are done the directory goes.
-            let last = rec.segments.last().copied();
-            let indexed_all = match (last, cursors.get(&i)) {
-                (None, _) => true,
-                (Some(last), Some(c)) => {
-                    let len = std::fs::metadata(journal::segment_path(&dir, last))
-                        .map(|m| m.len())
-                        .unwrap_or(0);
-                    c.segment() > last || (c.segment() == last && c.offset() >= len)
+            // Everything after the follower's position is empty (a segment
+            // with only its header has nothing to index).
+            let at = cursors
+                .get(&i)
+                .copied()
+                .unwrap_or_else(|| Loc::new(rec.segments.first().copied().unwrap_or(0), journal::MAGIC.len() as u64));
+            let indexed_all = rec.segments.iter().all(|&seg| {
+                let len = std::fs::metadata(journal::segment_path(&dir, seg))
+                    .map(|m| m.len())
+                    .unwrap_or(0);
+                match seg.cmp(&at.segment()) {
+                    std::cmp::Ordering::Less => true,
+                    std::cmp::Ordering::Equal => len <= at.offset(),
+                    std::cmp::Ordering::Greater => len <= journal::MAGIC.len() as u64,
                 }
-                (Some(_), None) => false,
-            };
+            });
             if rec.pending.is_empty() && indexed_all {
                 if let Err(e) = std::fs::remove_dir_all(&dir) {
                     tracing::warn!(dir = %dir.display(), error = %e, "cannot remove an old shard's journal");

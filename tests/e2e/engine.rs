@@ -327,9 +327,31 @@ async fn pending_deliveries_move_when_the_shard_count_changes() {
     let rx = Receiver::start().await;
     *rx.state.always.lock().unwrap() = Some(503);
     api.tenant("t1").await;
-    let paths: Vec<String> = (0..6).map(|i| format!("/d{i}")).collect();
-    for p in &paths {
-        api.webhook("t1", &rx.url(p), json!({})).await;
+    // Destination ids chosen so that two live on shard 2 (which goes away)
+    // and two move between shards 0 and 1; two stay where they are.
+    use outrider_engine::shard::shard_for;
+    let (mut gone, mut moved, mut stay) = (Vec::new(), Vec::new(), Vec::new());
+    for k in 0.. {
+        let id = format!("mv-dest-{k}");
+        let (a, b) = (shard_for(&id, 3), shard_for(&id, 2));
+        let bucket = if a == 2 {
+            &mut gone
+        } else if a != b {
+            &mut moved
+        } else {
+            &mut stay
+        };
+        if bucket.len() < 2 {
+            bucket.push(id);
+        }
+        if gone.len() + moved.len() + stay.len() == 6 {
+            break;
+        }
+    }
+    let ids: Vec<String> = gone.into_iter().chain(moved).chain(stay).collect();
+    let paths: Vec<String> = (0..ids.len()).map(|i| format!("/d{i}")).collect();
+    for (id, p) in ids.iter().zip(&paths) {
+        api.webhook("t1", &rx.url(p), json!({ "id": id })).await;
     }
     let n = 40;
     for i in 0..n {
@@ -379,9 +401,21 @@ async fn pending_deliveries_move_when_the_shard_count_changes() {
     s.spawn().await;
     let pending = api.get("/healthz").await.body["workers"]["delivery-shards"]["pending_deliveries"].clone();
     assert_eq!(pending, 0, "nothing left pending");
+    let left: Vec<(String, u64)> = std::fs::read_dir(journal.join("0002"))
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .map(|e| {
+                    (
+                        e.file_name().to_string_lossy().into_owned(),
+                        e.metadata().map(|m| m.len()).unwrap_or(0),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
     assert!(
         !journal.join("0002").exists(),
-        "the journal of the shard that is gone was removed"
+        "the journal of the shard that is gone was removed; left: {left:?}"
     );
     assert_eq!(
         rx.count(),
