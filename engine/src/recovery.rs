@@ -155,9 +155,7 @@ pub async fn prepare(
                 .copied()
                 .unwrap_or_else(|| Loc::new(rec.segments.first().copied().unwrap_or(0), journal::MAGIC.len() as u64));
             let indexed_all = rec.segments.iter().all(|&seg| {
-                let len = std::fs::metadata(journal::segment_path(&dir, seg))
-                    .map(|m| m.len())
-                    .unwrap_or(0);
+                let len = rec.ends.get(&seg).copied().unwrap_or(0);
                 match seg.cmp(&at.segment()) {
                     std::cmp::Ordering::Less => true,
                     std::cmp::Ordering::Equal => len <= at.offset(),

@@ -36,6 +36,11 @@ use crate::model::NextStep;
 pub const MAGIC: &[u8; 8] = b"ORJNL001";
 /// A segment is closed once it holds about this many bytes.
 pub const SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
+/// The sync thread writes zeros this far ahead of the records, so most
+/// `fdatasync`s find the file's size unchanged and have no metadata to
+/// commit (an append-only file would make every one of them a file-system
+/// journal commit). A header of zeros reads as the end of the records.
+const ZEROED_AHEAD: u64 = 4 * 1024 * 1024;
 const OFFSET_BITS: u32 = 40;
 
 /// Where a record starts: segment number and byte offset, packed in a u64.
@@ -171,6 +176,7 @@ impl Journal {
             file: first,
             segment: next_segment,
             offset: MAGIC.len() as u64,
+            zeroed_to: MAGIC.len() as u64,
             fsync,
             failed: failed.clone(),
             progress: progress.clone(),
@@ -302,6 +308,8 @@ struct Syncer {
     file: File,
     segment: u32,
     offset: u64,
+    /// Bytes of the file already written (records, then zeros).
+    zeroed_to: u64,
     fsync: bool,
     failed: Arc<AtomicBool>,
     progress: Arc<Progress>,
@@ -377,10 +385,24 @@ impl Syncer {
             self.file = create_segment(&self.dir, segment)?;
             self.segment = segment;
             self.offset = MAGIC.len() as u64;
+            self.zeroed_to = MAGIC.len() as u64;
         }
+        use std::os::unix::fs::FileExt;
         let path = segment_path(&self.dir, self.segment);
-        self.file.write_all(bytes).map_err(|e| io(&path, e))?;
-        self.offset += bytes.len() as u64;
+        let end = self.offset + bytes.len() as u64;
+        if end > self.zeroed_to {
+            let upto = end + ZEROED_AHEAD;
+            let zeros = vec![0u8; 256 * 1024];
+            let mut at = self.zeroed_to.max(end);
+            while at < upto {
+                let n = ((upto - at) as usize).min(zeros.len());
+                self.file.write_all_at(&zeros[..n], at).map_err(|e| io(&path, e))?;
+                at += n as u64;
+            }
+            self.zeroed_to = upto;
+        }
+        self.file.write_all_at(bytes, self.offset).map_err(|e| io(&path, e))?;
+        self.offset = end;
         Ok(())
     }
 }
@@ -514,16 +536,27 @@ mod tests {
     #[tokio::test]
     async fn a_torn_tail_is_ignored_and_earlier_records_survive() {
         let dir = tempfile::tempdir().unwrap();
-        let mut j = Journal::open(dir.path(), 0, true, Arc::new(Progress::default()), None).unwrap();
+        let p = Arc::new(Progress::default());
+        let mut j = Journal::open(dir.path(), 0, true, p.clone(), None).unwrap();
         j.append(&accept("e1", &["d1"]));
         j.append(&accept("e2", &["d1"]));
         commit(&mut j).await;
         drop(j);
         let path = segment_path(dir.path(), 0);
-        let len = std::fs::metadata(&path).unwrap().len();
-        // Cut the second record short, as a crash mid-write would.
-        let f = OpenOptions::new().write(true).open(&path).unwrap();
-        f.set_len(len - 5).unwrap();
+        let end = Loc(p.durable.load(Ordering::Acquire)).offset();
+        assert!(std::fs::metadata(&path).unwrap().len() > end, "zeros are written ahead");
+        assert_eq!(
+            replay::replay(dir.path(), 0).unwrap().damaged,
+            vec![],
+            "zeros read as a clean end"
+        );
+        // Cut the second record short, as a crash mid-write would (the rest
+        // of it stays zeros).
+        {
+            use std::os::unix::fs::FileExt;
+            let f = OpenOptions::new().write(true).open(&path).unwrap();
+            f.write_all_at(&[0u8; 5], end - 5).unwrap();
+        }
         let r = replay::replay(dir.path(), 0).unwrap();
         assert_eq!(r.pending.len(), 1);
         assert_eq!(r.damaged.len(), 1);

@@ -31,6 +31,8 @@ pub struct Recovered {
     pub live: BTreeMap<u32, u64>,
     /// Segments found, ascending.
     pub segments: Vec<u32>,
+    /// Where each segment's readable records end.
+    pub ends: BTreeMap<u32, u64>,
     /// Where new writes start: a fresh segment after every replayed one.
     pub next_segment: u32,
     /// Event ids accepted at or after the idempotency horizon, with the time.
@@ -98,6 +100,10 @@ pub fn replay_with(
                 }
                 Ok(_) => {}
                 Err(e) => return Err(super::io(&path, e)),
+            }
+            // Zeros written ahead of the records: the clean end.
+            if head == [0u8; codec::FRAME_HEADER] {
+                break;
             }
             let (len, crc) = match codec::frame_header(&head) {
                 Ok(x) => x,
@@ -177,6 +183,8 @@ pub fn replay_with(
                 }
             }
         }
+        // Records end where the last good frame ends (zeros or damage follow).
+        out.ends.insert(seg, offset);
     }
     drop(interned);
     let mut list = Vec::with_capacity(pending.len());
