@@ -180,15 +180,4 @@ impl Engine {
             .get(tenant_id)
             .and_then(|e| e.dests.iter().find(|d| d.id == id).cloned())
     }
-
-    // ---- publish and retry ----
-
-    /// Ids of the enabled destinations whose topics and filter match the event.
-    pub fn match_destinations(&self, event: &Event) -> Vec<String> {
-        let st = self.state.read();
-        match st.tenants.get(&event.tenant_id) {
-            Some(entry) => crate::routing::matching(&entry.dests, event),
-            None => vec![],
-        }
-    }
 }

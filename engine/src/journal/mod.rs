@@ -279,11 +279,6 @@ impl Journal {
             }
         }
     }
-
-    /// Whether anything is waiting for [`Journal::flush`].
-    pub fn dirty(&self) -> bool {
-        !self.buf.is_empty() || !self.waiters.is_empty()
-    }
 }
 
 fn create_segment(dir: &Path, segment: u32) -> Result<File, JournalError> {
