@@ -64,7 +64,8 @@ impl Engine {
 
     /// Matches, then makes the event durable on the shards that own its
     /// destinations; they deliver once it is committed. Returns after the
-    /// commit: a success means the event survives a crash.
+    /// commit: a success means the event survives a crash (a power loss too
+    /// unless `OUTRIDER_EMBEDDED_SYNCHRONOUS=normal`).
     pub async fn publish(&self, mut event: Event) -> Result<PublishOutcome, EngineError> {
         // One read of the routing table: the tenant and its matches.
         let matched = {

@@ -11,7 +11,9 @@
 //! own thread and hands batches to its journal's sync thread, which writes
 //! every batch it has and calls `fdatasync` once for all of them. A waiter is
 //! told only after the sync that covers its record, so "committed" means on
-//! disk. Nothing here is shared between shards.
+//! disk — except with `OUTRIDER_EMBEDDED_SYNCHRONOUS=normal`, where the sync
+//! is skipped and "committed" means written (it survives a process crash,
+//! not a power loss). Nothing here is shared between shards.
 //!
 //! Segments rotate at [`SEGMENT_BYTES`]. A segment is deleted once the index
 //! has read past it and no pending delivery refers to it.
@@ -117,7 +119,7 @@ pub fn list_segments(dir: &Path) -> std::io::Result<Vec<u32>> {
 /// Positions shared between a shard's journal, its sync thread and the index.
 #[derive(Debug, Default)]
 pub struct Progress {
-    /// End of what is on disk (fsync'ed).
+    /// End of what is committed (fsync'ed, or only written when syncs are off).
     pub durable: AtomicU64,
     /// How far the index has stored records.
     pub indexed: AtomicU64,
