@@ -1,7 +1,7 @@
 //! Parsing and validation of a publish request, shared by `POST /publish`
 //! and the publish queue (the same JSON document either way).
 
-use std::sync::Arc;
+use std::borrow::Cow;
 
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -22,16 +22,20 @@ pub enum PublishInputError {
     Invalid(Vec<String>),
 }
 
+/// Borrowed from the request body where it can be: `data` is raw JSON text
+/// copied once, into the event's shared `Arc<str>`.
 #[derive(Deserialize)]
-struct PublishBody {
+struct PublishBody<'a> {
     id: Option<String>,
     tenant_id: Option<String>,
     destination_id: Option<String>,
     topic: Option<String>,
     eligible_for_retry: Option<bool>,
-    time: Option<String>,
+    #[serde(borrow)]
+    time: Option<Cow<'a, str>>,
     metadata: Option<StringMap>,
-    data: Option<Box<RawValue>>,
+    #[serde(borrow)]
+    data: Option<&'a RawValue>,
 }
 
 /// Turns a publish document into an event (id generated when absent).
@@ -68,7 +72,10 @@ pub fn parse(body: &[u8], cfg: &Config, ids: &IdGenerator) -> Result<Event, Publ
         Some(t) => parse_rfc3339_ms(t)
             .ok_or_else(|| PublishInputError::Invalid(vec!["time must be an RFC 3339 date-time".into()]))?,
     };
-    let data = b.data.map(|d| crate::json::compact(d.get())).unwrap_or_default();
+    let data = b
+        .data
+        .map(|d| crate::json::compact_shared(d.get()))
+        .unwrap_or_else(|| "".into());
     Ok(Event {
         id: b
             .id
@@ -80,7 +87,7 @@ pub fn parse(body: &[u8], cfg: &Config, ids: &IdGenerator) -> Result<Event, Publ
         eligible_for_retry: b.eligible_for_retry.unwrap_or(true),
         time,
         metadata: b.metadata.unwrap_or_default(),
-        data: Arc::from(data),
+        data,
         matched_destination_ids: vec![],
     })
 }

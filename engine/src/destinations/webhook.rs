@@ -4,13 +4,14 @@
 
 use std::sync::Arc;
 
-use bytes::Bytes;
-use http::{HeaderMap, HeaderName, HeaderValue};
+use std::borrow::Cow;
+
+use http::HeaderValue;
 use serde_json::{json, Value};
 
 use super::*;
 use crate::config::{HeaderName as HeaderSetting, WebhookMode, RESERVED_HEADERS};
-use crate::http_client::{SendError, Target};
+use crate::http_client::{Headers, SendError, Target};
 use crate::signing;
 
 const SECRET: &str = "secret";
@@ -237,16 +238,7 @@ impl DestinationType for Webhook {
         let url = d.config.get("url").ok_or("config.url is required")?;
         let target = Target::parse(url)?;
         let custom_headers = match d.config.get("custom_headers").filter(|s| !s.is_empty()) {
-            Some(h) => parse_custom_headers(h)
-                .map_err(|e| e.join(", "))?
-                .into_iter()
-                .filter_map(|(k, v)| {
-                    Some((
-                        HeaderName::from_bytes(k.as_bytes()).ok()?,
-                        HeaderValue::from_str(&v).ok()?,
-                    ))
-                })
-                .collect(),
+            Some(h) => parse_custom_headers(h).map_err(|e| e.join(", "))?,
             None => vec![],
         };
         let previous = match (
@@ -256,35 +248,82 @@ impl DestinationType for Webhook {
             (Some(s), Some(t)) if !s.is_empty() => crate::timefmt::parse_rfc3339_ms(t).map(|t| (s.clone(), t)),
             _ => None,
         };
-        Ok(Box::new(WebhookPublisher {
+        Ok(Box::new(WebhookPublisher::new(
             target,
             custom_headers,
-            secret: d.credentials.get(SECRET).cloned().filter(|s| !s.is_empty()),
+            d.credentials.get(SECRET).cloned().filter(|s| !s.is_empty()),
             previous,
-            delivery_metadata: d.delivery_metadata.clone(),
-            ctx: ctx.clone(),
-        }))
+            d.delivery_metadata.clone(),
+            ctx.clone(),
+        )))
     }
 }
 
-/// A prepared webhook destination on its shard.
+/// A prepared webhook destination on its shard. Everything that does not
+/// change between attempts (static headers, header names) is computed here,
+/// once, when the destination reaches the shard.
 pub struct WebhookPublisher {
     target: Target,
-    custom_headers: Vec<(HeaderName, HeaderValue)>,
+    /// `content-type`, then the destination's custom headers.
+    leading: Vec<(String, String)>,
     secret: Option<String>,
     /// Previous secret and the time (ms) it stops signing.
     previous: Option<(String, i64)>,
     delivery_metadata: Option<StringMap>,
+    names: HeaderNames,
     ctx: PublishContext,
 }
 
-fn put(h: &mut HeaderMap, name: &str, value: &str) {
-    if let (Ok(n), Ok(v)) = (HeaderName::from_bytes(name.as_bytes()), HeaderValue::from_str(value)) {
-        h.insert(n, v);
+/// Header names resolved from the deployment's settings.
+struct HeaderNames {
+    /// `None` = header off.
+    event_id: Option<String>,
+    timestamp: Option<String>,
+    topic: Option<String>,
+    signature: Option<String>,
+    prefix: String,
+}
+
+impl HeaderNames {
+    fn new(w: &crate::config::WebhookConfig) -> Self {
+        let prefix = w.header_prefix.clone();
+        let named = |s: &HeaderSetting, key: &str| match s {
+            HeaderSetting::Disabled => None,
+            HeaderSetting::Named(n) => Some(n.clone()),
+            _ => Some(format!("{prefix}{key}")),
+        };
+        Self {
+            event_id: named(&w.event_id_header, "event-id"),
+            timestamp: named(&w.timestamp_header, "timestamp"),
+            topic: named(&w.topic_header, "topic"),
+            signature: named(&w.signature_header, "signature"),
+            prefix,
+        }
     }
 }
 
 impl WebhookPublisher {
+    fn new(
+        target: Target,
+        custom_headers: Vec<(String, String)>,
+        secret: Option<String>,
+        previous: Option<(String, i64)>,
+        delivery_metadata: Option<StringMap>,
+        ctx: PublishContext,
+    ) -> Self {
+        let mut leading = vec![("content-type".to_string(), "application/json".to_string())];
+        leading.extend(custom_headers);
+        Self {
+            target,
+            leading,
+            secret,
+            previous,
+            delivery_metadata,
+            names: HeaderNames::new(&ctx.config.webhook),
+            ctx,
+        }
+    }
+
     fn secrets(&self, now_ms: i64) -> Vec<&str> {
         let mut s: Vec<&str> = self.secret.iter().map(String::as_str).collect();
         if let Some((p, until)) = &self.previous {
@@ -295,56 +334,69 @@ impl WebhookPublisher {
         s
     }
 
+    /// The metadata a delivery carries (system < destination
+    /// `delivery_metadata` < event metadata), borrowed, in key order.
+    fn metadata<'a>(&'a self, event: &'a Event, now_ms: i64) -> Vec<(&'a str, Cow<'a, str>)> {
+        let mut m: Vec<(&str, Cow<str>)> = Vec::with_capacity(4 + event.metadata.len());
+        m.push(("timestamp", Cow::Owned(crate::timefmt::format_secs(now_ms))));
+        m.push(("event-id", Cow::Borrowed(event.id.as_str())));
+        m.push(("topic", Cow::Borrowed(event.topic.as_str())));
+        if self.ctx.config.webhook.include_millisecond_timestamp {
+            m.push(("timestamp-ms", Cow::Owned(crate::timefmt::format_nanos(now_ms))));
+        }
+        let later = self
+            .delivery_metadata
+            .iter()
+            .flat_map(|dm| dm.iter())
+            .chain(event.metadata.iter());
+        for (k, v) in later {
+            match m.iter_mut().find(|(have, _)| *have == k.as_str()) {
+                Some(slot) => slot.1 = Cow::Borrowed(v.as_str()),
+                None => m.push((k.as_str(), Cow::Borrowed(v.as_str()))),
+            }
+        }
+        m.sort_by(|a, b| a.0.cmp(b.0));
+        m
+    }
+
     /// The request headers for one attempt, in Outpost's order (later wins).
-    pub fn headers(&self, event: &Event, now_ms: i64) -> Result<HeaderMap, String> {
+    pub fn headers<'a>(&'a self, event: &'a Event, now_ms: i64) -> Result<Headers<'a>, String> {
         let cfg = &self.ctx.config;
         let w = &cfg.webhook;
-        let mut h = HeaderMap::with_capacity(8 + event.metadata.len());
-        h.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        for (k, v) in &self.custom_headers {
-            h.insert(k.clone(), v.clone());
+        let mut h = Headers::with_capacity(self.leading.len() + 6 + event.metadata.len());
+        for (k, v) in &self.leading {
+            h.insert(k.as_str(), v.as_str());
         }
-        let meta = merged_metadata(
-            self.delivery_metadata.as_ref(),
-            event,
-            now_ms,
-            w.include_millisecond_timestamp,
-        );
-        let prefix = w.header_prefix.as_str();
+        let meta = self.metadata(event, now_ms);
+        let prefix = self.names.prefix.as_str();
         let secrets = self.secrets(now_ms);
         match w.mode {
             WebhookMode::Default => {
-                for (k, v) in &meta {
-                    let setting = match k.as_str() {
-                        "event-id" => Some(&w.event_id_header),
-                        "timestamp" => Some(&w.timestamp_header),
-                        "topic" => Some(&w.topic_header),
-                        _ => None,
+                for (k, v) in meta {
+                    let name: Option<Cow<str>> = match k {
+                        "event-id" => self.names.event_id.as_deref().map(Cow::Borrowed),
+                        "timestamp" => self.names.timestamp.as_deref().map(Cow::Borrowed),
+                        "topic" => self.names.topic.as_deref().map(Cow::Borrowed),
+                        _ => Some(Cow::Owned(format!("{prefix}{k}"))),
                     };
-                    match setting {
-                        Some(HeaderSetting::Disabled) => {}
-                        Some(HeaderSetting::Named(n)) => put(&mut h, n, v),
-                        _ => put(&mut h, &format!("{prefix}{k}"), v),
+                    if let Some(n) = name {
+                        h.insert(n, v);
                     }
                 }
-                if w.signature_header != HeaderSetting::Disabled {
+                if let Some(name) = &self.names.signature {
                     if let Some(sig) =
                         self.ctx
                             .webhook_signer
                             .header_value(&secrets, &event.data, &event.id, &event.topic, now_ms)
                     {
-                        let name = match &w.signature_header {
-                            HeaderSetting::Named(n) => n.clone(),
-                            _ => format!("{prefix}signature"),
-                        };
-                        put(&mut h, &name, &sig);
+                        h.insert(name.as_str(), sig);
                     }
                 }
             }
             WebhookMode::Standard => {
                 let secs = now_ms.div_euclid(1000);
-                put(&mut h, &format!("{prefix}id"), &event.id);
-                put(&mut h, &format!("{prefix}timestamp"), &secs.to_string());
+                h.insert(format!("{prefix}id"), event.id.as_str());
+                h.insert(format!("{prefix}timestamp"), secs.to_string());
                 let keys: Vec<Vec<u8>> = secrets
                     .iter()
                     .map(|s| {
@@ -354,36 +406,23 @@ impl WebhookPublisher {
                     .collect::<Result<_, _>>()?;
                 if !keys.is_empty() {
                     let refs: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
-                    put(
-                        &mut h,
-                        &format!("{prefix}signature"),
-                        &signing::standard_header_value(&refs, &event.id, secs, &event.data),
+                    h.insert(
+                        format!("{prefix}signature"),
+                        signing::standard_header_value(&refs, &event.id, secs, &event.data),
                     );
                 }
-                for (k, v) in &meta {
+                for (k, v) in meta {
                     if k != "event-id" && k != "timestamp" {
-                        put(&mut h, &format!("{prefix}{k}"), v);
+                        h.insert(format!("{prefix}{k}"), v);
                     }
                 }
                 for (k, v) in &event.metadata {
-                    put(&mut h, k, v);
+                    h.insert(k.as_str(), v.as_str());
                 }
             }
         }
-        if let Ok(ua) = HeaderValue::from_str(&cfg.http_user_agent) {
-            h.insert(http::header::USER_AGENT, ua);
-        }
+        h.insert("user-agent", cfg.http_user_agent.as_str());
         Ok(h)
-    }
-}
-
-/// An event's data as a `Bytes` owner, so every delivery of the event (and
-/// every retry) sends the same allocation.
-struct EventBody(Arc<str>);
-
-impl AsRef<[u8]> for EventBody {
-    fn as_ref(&self) -> &[u8] {
-        self.0.as_bytes()
     }
 }
 
@@ -414,9 +453,8 @@ impl Publisher for WebhookPublisher {
                     }
                 }
             };
-            // The body is the event's shared text: no copy per delivery.
-            let body = Bytes::from_owner(EventBody(event.data.clone()));
-            match client.post(&self.target, headers, body).await {
+            // The body is the event's shared text, borrowed: no copy per delivery.
+            match client.post(&self.target, &headers, event.data.as_bytes()).await {
                 Ok(r) => {
                     let max = self.ctx.config.webhook.max_response_body_bytes;
                     let body = if r.truncated {
@@ -495,14 +533,18 @@ mod tests {
         let w = Webhook::new(c.clone());
         let url = d.config["url"].clone();
         let _ = w.publisher(d, &ctx).unwrap();
-        WebhookPublisher {
-            target: Target::parse(&url).unwrap(),
-            custom_headers: vec![],
-            secret: d.credentials.get("secret").cloned(),
-            previous: None,
-            delivery_metadata: d.delivery_metadata.clone(),
+        let custom = match d.config.get("custom_headers") {
+            Some(h) => parse_custom_headers(h).unwrap(),
+            None => vec![],
+        };
+        WebhookPublisher::new(
+            Target::parse(&url).unwrap(),
+            custom,
+            d.credentials.get("secret").cloned(),
+            None,
+            d.delivery_metadata.clone(),
             ctx,
-        }
+        )
     }
 
     #[test]
@@ -576,15 +618,16 @@ mod tests {
         dm.insert("topic".into(), "overridden-by-event?".into());
         d.delivery_metadata = Some(dm);
         let p = publisher(&c, &d);
-        let h = p.headers(&event(), 1_717_230_216_000).unwrap();
-        assert_eq!(h["x-outpost-event-id"], "evt_1");
-        assert_eq!(h["x-outpost-topic"], "overridden-by-event?");
-        assert_eq!(h["x-outpost-timestamp"], "2024-06-01T08:23:36Z");
-        assert_eq!(h["x-outpost-source"], "crm");
-        assert_eq!(h["x-outpost-app"], "a1");
-        assert_eq!(h["content-type"], "application/json");
+        let ev = event();
+        let h = p.headers(&ev, 1_717_230_216_000).unwrap();
+        assert_eq!(h.get("x-outpost-event-id").unwrap(), "evt_1");
+        assert_eq!(h.get("x-outpost-topic").unwrap(), "overridden-by-event?");
+        assert_eq!(h.get("x-outpost-timestamp").unwrap(), "2024-06-01T08:23:36Z");
+        assert_eq!(h.get("x-outpost-source").unwrap(), "crm");
+        assert_eq!(h.get("x-outpost-app").unwrap(), "a1");
+        assert_eq!(h.get("content-type").unwrap(), "application/json");
         let want = hex::encode(signing::hmac_sha256(b"whsec_k", &[b"{\"a\":1}"]));
-        assert_eq!(h["x-outpost-signature"], format!("v0={want}").as_str());
+        assert_eq!(h.get("x-outpost-signature").unwrap(), format!("v0={want}").as_str());
     }
 
     #[test]
@@ -596,10 +639,11 @@ mod tests {
         ]);
         let mut d = dest("https://x.example");
         d.credentials.insert("secret".into(), "s".into());
-        let h = publisher(&c, &d).headers(&event(), 0).unwrap();
+        let (p, ev) = (publisher(&c, &d), event());
+        let h = p.headers(&ev, 0).unwrap();
         assert!(h.get("x-acme-topic").is_none());
         assert!(h.get("x-sig").is_some());
-        assert_eq!(h["x-acme-event-id"], "evt_1");
+        assert_eq!(h.get("x-acme-event-id").unwrap(), "evt_1");
     }
 
     #[test]
@@ -612,14 +656,15 @@ mod tests {
             "secret".into(),
             format!("whsec_{}", base64::engine::general_purpose::STANDARD.encode(key)),
         );
-        let h = publisher(&c, &d).headers(&event(), 1_700_000_000_000).unwrap();
-        assert_eq!(h["webhook-id"], "evt_1");
-        assert_eq!(h["webhook-timestamp"], "1700000000");
-        assert_eq!(h["webhook-topic"], "user.created");
-        assert_eq!(h["source"], "crm");
+        let (p, ev) = (publisher(&c, &d), event());
+        let h = p.headers(&ev, 1_700_000_000_000).unwrap();
+        assert_eq!(h.get("webhook-id").unwrap(), "evt_1");
+        assert_eq!(h.get("webhook-timestamp").unwrap(), "1700000000");
+        assert_eq!(h.get("webhook-topic").unwrap(), "user.created");
+        assert_eq!(h.get("source").unwrap(), "crm");
         assert_eq!(
-            h["webhook-signature"],
-            signing::standard_header_value(&[&key], "evt_1", 1_700_000_000, "{\"a\":1}").as_str()
+            h.get("webhook-signature").unwrap(),
+            signing::standard_header_value(&[&key], "evt_1", 1_700_000_000, "{\"a\":1}")
         );
     }
 }
