@@ -11,12 +11,13 @@ pub fn compact_shared(src: &str) -> std::sync::Arc<str> {
     }
 }
 
-/// Whether `src` has no whitespace outside strings.
-fn is_compact(src: &str) -> bool {
+/// Walks a JSON text's bytes, telling `visit` whether each one is
+/// insignificant whitespace (outside strings); stops when `visit` says so.
+fn scan(src: &str, mut visit: impl FnMut(u8, bool) -> bool) {
     let mut in_str = false;
     let mut escaped = false;
     for &b in src.as_bytes() {
-        if in_str {
+        let space = if in_str {
             if escaped {
                 escaped = false;
             } else if b == b'\\' {
@@ -24,39 +25,37 @@ fn is_compact(src: &str) -> bool {
             } else if b == b'"' {
                 in_str = false;
             }
-        } else if b == b'"' {
-            in_str = true;
-        } else if matches!(b, b' ' | b'\n' | b'\r' | b'\t') {
-            return false;
+            false
+        } else {
+            in_str = b == b'"';
+            matches!(b, b' ' | b'\n' | b'\r' | b'\t')
+        };
+        if !visit(b, space) {
+            return;
         }
     }
-    true
+}
+
+/// Whether `src` has no whitespace outside strings.
+fn is_compact(src: &str) -> bool {
+    let mut compact = true;
+    scan(src, |_, space| {
+        compact &= !space;
+        compact
+    });
+    compact
 }
 
 /// Removes insignificant whitespace from a JSON text that is already known to be
 /// valid, keeping key order and string contents byte for byte.
 pub fn compact(src: &str) -> String {
-    let bytes = src.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut in_str = false;
-    let mut escaped = false;
-    for &b in bytes {
-        if in_str {
-            out.push(b);
-            if escaped {
-                escaped = false;
-            } else if b == b'\\' {
-                escaped = true;
-            } else if b == b'"' {
-                in_str = false;
-            }
-        } else if b == b'"' {
-            in_str = true;
-            out.push(b);
-        } else if !matches!(b, b' ' | b'\n' | b'\r' | b'\t') {
+    let mut out = Vec::with_capacity(src.len());
+    scan(src, |b, space| {
+        if !space {
             out.push(b);
         }
-    }
+        true
+    });
     // Only ASCII whitespace outside strings was removed, so UTF-8 stays valid.
     String::from_utf8(out).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
 }
