@@ -25,7 +25,7 @@ use std::time::Duration;
 use tokio::sync::{oneshot, Notify};
 
 use crate::alerts::{Sample, Signal, Streak};
-use crate::destinations::{PublishContext, Publisher, Registry};
+use crate::destinations::{PublishContext, PublishResult, Publisher, Registry, ShardClients};
 use crate::http_client::HttpClient;
 use crate::ids::IdGenerator;
 use crate::journal::replay::Recovered;
@@ -309,7 +309,8 @@ struct Shard {
     timers: RefCell<BinaryHeap<Reverse<Timer>>>,
     seq: Cell<u64>,
     wake: Notify,
-    client: HttpClient,
+    /// Connections of every destination type, shared by this shard's destinations.
+    clients: ShardClients,
     /// A manual retry supersedes scheduled retries with lower attempt numbers
     /// for the same (event, destination).
     superseded: RefCell<HashMap<(String, String), u32>>,
@@ -330,10 +331,13 @@ async fn run(id: usize, rx: flume::Receiver<ShardMsg>, deps: ShardDeps, stats: A
     segments.insert(journal.current_segment());
     let shard = Rc::new(Shard {
         id,
-        client: HttpClient::new(
-            deps.tls.clone(),
+        clients: ShardClients::new(
+            HttpClient::new(
+                deps.tls.clone(),
+                !cfg.allow_private_destinations,
+                cfg.webhook.max_response_body_bytes,
+            ),
             !cfg.allow_private_destinations,
-            cfg.webhook.max_response_body_bytes,
         ),
         deps,
         dests: RefCell::new(HashMap::new()),
@@ -859,19 +863,13 @@ impl Shard {
         let cfg = &self.deps.publish.config;
         let started = now_ms();
         let result = match &publisher {
-            Ok(p) => match tokio::time::timeout(cfg.delivery_timeout, p.publish(&self.client, &event, started)).await {
-                Ok(r) => r,
-                Err(_) => crate::destinations::PublishResult {
-                    status: AttemptStatus::Failed,
-                    code: "timeout".into(),
-                    response_data: Some(serde_json::json!({ "error": "timeout" })),
-                },
-            },
-            Err(e) => crate::destinations::PublishResult {
-                status: AttemptStatus::Failed,
-                code: "ERR".into(),
-                response_data: Some(serde_json::json!({ "error": e })),
-            },
+            Ok(p) => {
+                match tokio::time::timeout(cfg.delivery_timeout, p.publish(&self.clients, &event, started)).await {
+                    Ok(r) => r,
+                    Err(_) => PublishResult::failed("timeout", "timeout"),
+                }
+            }
+            Err(e) => PublishResult::failed("ERR", e.as_str()),
         };
         self.stats.attempts.fetch_add(1, Ordering::Relaxed);
         let mut next = match result.status {
@@ -881,7 +879,9 @@ impl Shard {
             }
             AttemptStatus::Failed => {
                 self.stats.failures.fetch_add(1, Ordering::Relaxed);
-                if event.eligible_for_retry && w.attempt <= cfg.retry.max_retries() {
+                // A permanent failure (refused credentials) is recorded and
+                // counts toward the alert, but is not retried.
+                if event.eligible_for_retry && result.retryable && w.attempt <= cfg.retry.max_retries() {
                     let delay = cfg.retry.delay(w.attempt);
                     NextStep::Retry {
                         attempt: w.attempt + 1,

@@ -3,6 +3,7 @@
 mod api;
 mod common;
 mod delivery;
+mod destinations;
 mod durability;
 mod engine;
 mod harness;

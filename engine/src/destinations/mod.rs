@@ -1,8 +1,18 @@
 //! Destination types. Each type is one adapter behind [`DestinationType`]:
 //! the control plane uses it to describe, validate and prepare destinations;
-//! the shard uses the [`Publisher`] it builds to deliver.
+//! the shard uses the [`Publisher`] it builds to deliver, with the shard's
+//! [`ShardClients`] (one pool per type, shared by every destination on the
+//! shard that has the same endpoint and credentials).
 
+pub mod aws_sqs;
+pub mod clients;
+pub mod fields;
+pub mod gcp_pubsub;
+pub mod rabbitmq;
+pub mod redis_stream;
 pub mod webhook;
+
+pub use clients::ShardClients;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -11,7 +21,6 @@ use std::sync::Arc;
 use serde_json::Value;
 
 use crate::config::Config;
-use crate::http_client::HttpClient;
 use crate::model::{AttemptStatus, Destination, Event, StringMap};
 
 pub type LocalBoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + 'a>>;
@@ -63,19 +72,67 @@ pub struct PublishContext {
     pub webhook_signer: Arc<crate::signing::DefaultSigner>,
 }
 
+/// Failure codes that only the destination's owner can fix: refused or
+/// insufficient credentials, an address the SSRF guard forbids, a Redis key
+/// of the wrong type. Not retried on the schedule.
+pub const PERMANENT_CODES: &[&str] = &["auth_failed", "access_denied", "forbidden", "wrong_type"];
+
 /// Result of one delivery attempt at the adapter level.
 #[derive(Debug, Clone)]
 pub struct PublishResult {
     pub status: AttemptStatus,
     pub code: String,
     pub response_data: Option<Value>,
+    /// `false` for a failure only the destination's owner can fix (refused
+    /// credentials, a forbidden address): it is recorded and counts toward
+    /// the consecutive-failure alert, but the schedule does not retry it
+    /// (a manual retry still can, once the owner fixed it).
+    pub retryable: bool,
+}
+
+impl PublishResult {
+    pub fn success(code: impl Into<String>, response_data: Value) -> Self {
+        Self {
+            status: AttemptStatus::Success,
+            code: code.into(),
+            response_data: Some(response_data),
+            retryable: false,
+        }
+    }
+
+    /// A failed attempt with `{"error": ...}` that the schedule retries.
+    pub fn failed(code: impl Into<String>, error: impl Into<String>) -> Self {
+        Self {
+            status: AttemptStatus::Failed,
+            code: code.into(),
+            response_data: Some(serde_json::json!({ "error": error.into() })),
+            retryable: true,
+        }
+    }
+
+    /// A failed attempt, permanent when `code` is one of [`PERMANENT_CODES`].
+    pub fn error(code: &str, error: impl Into<String>) -> Self {
+        if PERMANENT_CODES.contains(&code) {
+            Self::permanent(code, error)
+        } else {
+            Self::failed(code, error)
+        }
+    }
+
+    /// A failed attempt that retrying cannot fix.
+    pub fn permanent(code: impl Into<String>, error: impl Into<String>) -> Self {
+        Self {
+            retryable: false,
+            ..Self::failed(code, error)
+        }
+    }
 }
 
 /// Delivers events to one destination. Lives on its shard's thread.
 pub trait Publisher {
     fn publish<'a>(
         &'a self,
-        client: &'a HttpClient,
+        clients: &'a ShardClients,
         event: &'a Event,
         now_ms: i64,
     ) -> LocalBoxFuture<'a, PublishResult>;
@@ -88,8 +145,15 @@ pub struct Registry {
 
 impl Registry {
     pub fn new(config: &Arc<Config>) -> Self {
+        // Outpost's listing order, then the types Outpost does not have.
         Self {
-            types: vec![Box::new(webhook::Webhook::new(config.clone()))],
+            types: vec![
+                Box::new(webhook::Webhook::new(config.clone())),
+                Box::new(aws_sqs::AwsSqs),
+                Box::new(gcp_pubsub::GcpPubSub),
+                Box::new(rabbitmq::RabbitMq),
+                Box::new(redis_stream::RedisStream),
+            ],
         }
     }
 
@@ -113,6 +177,7 @@ pub fn obfuscate(v: &str) -> String {
 }
 
 /// The metadata a delivery carries: system < destination.delivery_metadata < event.metadata.
+/// Broker types send it as message attributes or headers.
 pub fn merged_metadata(
     delivery_metadata: Option<&StringMap>,
     event: &Event,
@@ -131,4 +196,24 @@ pub fn merged_metadata(
     }
     m.extend(event.metadata.iter().map(|(k, v)| (k.clone(), v.clone())));
     m
+}
+
+/// A destination of `kind` with the given config and credentials, for unit tests.
+#[cfg(test)]
+pub(crate) fn test_destination(kind: &str, config: &[(&str, &str)], credentials: &[(&str, &str)]) -> Destination {
+    let map = |kv: &[(&str, &str)]| kv.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    Destination {
+        id: "des_test".into(),
+        tenant_id: "t".into(),
+        kind: kind.into(),
+        topics: vec!["*".into()],
+        filter: None,
+        config: map(config),
+        credentials: map(credentials),
+        delivery_metadata: None,
+        metadata: None,
+        created_at: 0,
+        updated_at: 0,
+        disabled_at: None,
+    }
 }

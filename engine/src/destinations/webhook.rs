@@ -432,13 +432,14 @@ fn failed(e: SendError) -> PublishResult {
         status: AttemptStatus::Failed,
         code: e.code.to_string(),
         response_data: Some(json!({ "error": e.message })),
+        retryable: true,
     }
 }
 
 impl Publisher for WebhookPublisher {
     fn publish<'a>(
         &'a self,
-        client: &'a HttpClient,
+        clients: &'a ShardClients,
         event: &'a Event,
         now_ms: i64,
     ) -> LocalBoxFuture<'a, PublishResult> {
@@ -450,11 +451,12 @@ impl Publisher for WebhookPublisher {
                         status: AttemptStatus::Failed,
                         code: "ERR".into(),
                         response_data: Some(json!({ "error": e })),
+                        retryable: true,
                     }
                 }
             };
             // The body is the event's shared text, borrowed: no copy per delivery.
-            match client.post(&self.target, &headers, event.data.as_bytes()).await {
+            match clients.http.post(&self.target, &headers, event.data.as_bytes()).await {
                 Ok(r) => {
                     let max = self.ctx.config.webhook.max_response_body_bytes;
                     let body = if r.truncated {
@@ -470,6 +472,7 @@ impl Publisher for WebhookPublisher {
                         },
                         code: r.status.to_string(),
                         response_data: Some(json!({ "status": r.status, "body": body })),
+                        retryable: true,
                     }
                 }
                 Err(e) => failed(e),

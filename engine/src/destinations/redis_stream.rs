@@ -1,0 +1,244 @@
+//! The `redis_stream` destination type (ours; Outpost has none): each event
+//! is appended to a Redis stream with `XADD`. The entry's `data` field holds
+//! the event data; `event-id`, `topic`, `timestamp` and the rest of the
+//! delivery metadata are fields of their own. `max_len` trims the stream
+//! approximately (`MAXLEN ~`), so a stream nobody reads stays bounded.
+
+use std::rc::Rc;
+
+use redis::aio::MultiplexedConnection;
+use redis::{ConnectionAddr, IntoConnectionInfo, RedisConnectionInfo};
+use serde_json::{json, Value};
+
+use super::fields::{self, Field, Schema};
+use super::*;
+
+const CONFIG: &[Field] = &[
+    Field::text(
+        "address",
+        "Address",
+        "The Redis server's host and port, e.g. redis.example.com:6379.",
+    )
+    .required()
+    .pattern("^[^\\s]+$", fields::no_whitespace),
+    Field::text("stream", "Stream", "The stream key each event is appended to.")
+        .required()
+        .pattern("^[^\\s]+$", fields::no_whitespace),
+    Field::text("database", "Database", "The database number (0 by default).").number(0, 10_000),
+    Field::text(
+        "max_len",
+        "Maximum length",
+        "Trim the stream to about this many entries on every append; empty keeps every entry.",
+    )
+    .number(1, 1_000_000_000),
+    Field::text("tls", "TLS", "Connect over TLS.").checkbox("off"),
+];
+const CREDENTIALS: &[Field] = &[
+    Field::text("username", "Username", "The ACL user, if the server uses ACLs."),
+    Field::text("password", "Password", "The password (AUTH), if the server needs one.").sensitive(),
+];
+
+const SCHEMA: Schema = Schema {
+    kind: "redis_stream",
+    label: "Redis Stream",
+    description: "Append each event to a Redis stream (XADD), optionally capped in length.",
+    icon: "<svg xmlns=\"http://www.w3.org/2000/svg\" viewBox=\"0 0 24 24\" fill=\"none\" stroke=\"currentColor\" stroke-width=\"2\"><path d=\"M3 7h18M3 12h18M3 17h12\"/></svg>",
+    instructions: "Give the server's address and the stream key. Each entry has a `data` field with the event's JSON and one field per metadata key (`event-id`, `topic`, `timestamp` and the event's own metadata). Read it with `XREAD` or a consumer group (`XREADGROUP`). Set `max_len` to cap the stream.",
+    config: CONFIG,
+    credentials: CREDENTIALS,
+};
+
+pub struct RedisStream;
+
+/// Where a destination connects; equal keys share a connection on a shard.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct Key {
+    tls: bool,
+    host: String,
+    port: u16,
+    db: i64,
+    username: Option<String>,
+    password: Option<String>,
+}
+
+impl DestinationType for RedisStream {
+    fn kind(&self) -> &'static str {
+        SCHEMA.kind
+    }
+
+    fn metadata(&self) -> Value {
+        SCHEMA.metadata()
+    }
+
+    fn validate(&self, d: &Destination) -> Result<(), Violations> {
+        let mut errs = SCHEMA.check(&d.config, &d.credentials);
+        if let Some(a) = d
+            .config
+            .get("address")
+            .filter(|a| !a.is_empty() && fields::no_whitespace(a))
+        {
+            if clients::host_port(a, 6379).is_none() || a.contains("://") {
+                errs.push("config.address is invalid".into());
+            }
+        }
+        fields::result(errs)
+    }
+
+    fn preprocess(
+        &self,
+        d: &mut Destination,
+        _previous: Option<&Destination>,
+        _raw: &RawInput,
+        _actor: Actor,
+        _now_ms: i64,
+    ) -> Result<(), Violations> {
+        fields::normalise_flag(&mut d.config, "tls")
+    }
+
+    fn target(&self, d: &Destination) -> (String, Option<String>) {
+        let get = |k: &str| d.config.get(k).map(String::as_str).unwrap_or("");
+        (format!("{} on {}", get("stream"), get("address")), None)
+    }
+
+    fn display_credentials(&self, d: &Destination, _now_ms: i64) -> StringMap {
+        SCHEMA.display_credentials(&d.credentials)
+    }
+
+    fn publisher(&self, d: &Destination, ctx: &PublishContext) -> Result<Box<dyn Publisher>, String> {
+        let address = d.config.get("address").ok_or("config.address is required")?;
+        let (host, port) = clients::host_port(address, 6379).ok_or("config.address is invalid")?;
+        let number = |k: &str| -> Result<Option<i64>, String> {
+            match d.config.get(k).filter(|v| !v.is_empty()) {
+                None => Ok(None),
+                Some(v) => v.parse().map(Some).map_err(|_| format!("config.{k} is invalid")),
+            }
+        };
+        let cred = |k: &str| d.credentials.get(k).filter(|v| !v.is_empty()).cloned();
+        Ok(Box::new(RedisStreamPublisher {
+            key: Key {
+                tls: fields::flag(&d.config, "tls"),
+                host,
+                port,
+                db: number("database")?.unwrap_or(0),
+                username: cred("username"),
+                password: cred("password"),
+            },
+            stream: d.config.get("stream").cloned().ok_or("config.stream is required")?,
+            max_len: number("max_len")?,
+            delivery_metadata: d.delivery_metadata.clone(),
+            include_ms: ctx.config.webhook.include_millisecond_timestamp,
+        }))
+    }
+}
+
+pub struct RedisStreamPublisher {
+    key: Key,
+    stream: String,
+    max_len: Option<i64>,
+    delivery_metadata: Option<StringMap>,
+    include_ms: bool,
+}
+
+fn classify(e: &redis::RedisError) -> PublishResult {
+    use redis::ErrorKind as K;
+    let text = e.to_string();
+    if e.is_timeout() {
+        return PublishResult::failed("timeout", text);
+    }
+    if e.is_connection_refusal() {
+        return PublishResult::failed("connection_refused", text);
+    }
+    if e.is_connection_dropped() || e.is_io_error() {
+        return PublishResult::failed("connection_reset", text);
+    }
+    match e.kind() {
+        K::AuthenticationFailed => PublishResult::permanent("auth_failed", text),
+        // WRONGTYPE: the key exists and is not a stream; NOPERM: ACLs.
+        _ if text.contains("NOPERM") => PublishResult::permanent("access_denied", text),
+        _ if text.contains("WRONGTYPE") => PublishResult::permanent("wrong_type", text),
+        _ => PublishResult::failed("redis_error", text),
+    }
+}
+
+async fn open(key: &Key, guard: bool) -> Result<MultiplexedConnection, PublishResult> {
+    let addr = clients::checked_addr(&key.host, key.port, guard)
+        .await
+        .map_err(|e| match e {
+            crate::ssrf::ResolveError::Dns { .. } => PublishResult::failed("dns_error", e.to_string()),
+            crate::ssrf::ResolveError::Forbidden { .. } => PublishResult::permanent("forbidden", e.to_string()),
+        })?;
+    // Plain TCP goes to the checked address; TLS needs the name for the certificate.
+    let target = if key.tls {
+        ConnectionAddr::TcpTls {
+            host: key.host.clone(),
+            port: key.port,
+            insecure: false,
+            tls_params: None,
+        }
+    } else {
+        ConnectionAddr::Tcp(addr.ip().to_string(), key.port)
+    };
+    let mut settings = RedisConnectionInfo::default().set_db(key.db);
+    if let Some(u) = &key.username {
+        settings = settings.set_username(u);
+    }
+    if let Some(p) = &key.password {
+        settings = settings.set_password(p);
+    }
+    let info = target
+        .into_connection_info()
+        .map_err(|e| classify(&e))?
+        .set_redis_settings(settings);
+    let client = redis::Client::open(info).map_err(|e| classify(&e))?;
+    client
+        .get_multiplexed_async_connection()
+        .await
+        .map_err(|e| classify(&e))
+}
+
+impl Publisher for RedisStreamPublisher {
+    fn publish<'a>(
+        &'a self,
+        clients: &'a ShardClients,
+        event: &'a Event,
+        now_ms: i64,
+    ) -> LocalBoxFuture<'a, PublishResult> {
+        Box::pin(async move {
+            let mut cmd = redis::cmd("XADD");
+            cmd.arg(&self.stream);
+            if let Some(n) = self.max_len {
+                cmd.arg("MAXLEN").arg("~").arg(n);
+            }
+            cmd.arg("*");
+            for (k, v) in merged_metadata(self.delivery_metadata.as_ref(), event, now_ms, self.include_ms).iter() {
+                // `data` is the event's own field; metadata cannot replace it.
+                if k != "data" {
+                    cmd.arg(k.as_str()).arg(v.as_str());
+                }
+            }
+            cmd.arg("data").arg(event.data.as_bytes());
+            for fresh in [false, true] {
+                let conn: Rc<MultiplexedConnection> =
+                    match clients.redis.get(&self.key, || open(&self.key, clients.guard)).await {
+                        Ok(c) => c,
+                        Err(r) => return r,
+                    };
+                // The multiplexed connection is a cheap handle to one socket.
+                let mut c = (*conn).clone();
+                match cmd.query_async::<String>(&mut c).await {
+                    Ok(id) => return PublishResult::success("OK", json!({ "id": id, "stream": self.stream })),
+                    Err(e) => {
+                        let dropped = e.is_connection_dropped() || e.is_io_error();
+                        if dropped {
+                            clients.redis.discard(&self.key, &conn);
+                        }
+                        if fresh || !dropped {
+                            return classify(&e);
+                        }
+                    }
+                }
+            }
+            PublishResult::failed("connection_reset", "the connection to Redis closed")
+        })
+    }
+}

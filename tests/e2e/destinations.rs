@@ -1,0 +1,567 @@
+//! Every non-webhook destination type against its real broker: events
+//! published through the API are read back from the broker (body, metadata,
+//! routing), and a broker that goes away mid-run (a TCP forwarder in front of
+//! it is cut) costs failed attempts, never events: once it is back, the
+//! retries deliver everything.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::common::*;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+fn uniq() -> String {
+    format!("{}{}", std::process::id(), free_port())
+}
+
+fn require(var: &str, what: &str) -> String {
+    std::env::var(var).unwrap_or_else(|_| {
+        panic!("{var} is not set: {what} is required for this test; run it through scripts/test.sh")
+    })
+}
+
+fn socket_of(host_port: &str) -> SocketAddr {
+    use std::net::ToSocketAddrs;
+    host_port
+        .to_socket_addrs()
+        .unwrap_or_else(|e| panic!("{host_port}: {e}"))
+        .next()
+        .unwrap()
+}
+
+/// One message as the broker gave it back.
+#[derive(Debug)]
+struct Msg {
+    body: Value,
+    /// Headers / attributes / stream fields.
+    attrs: HashMap<String, String>,
+    /// The routing key, where the broker has one.
+    route: Option<String>,
+}
+
+enum Backend {
+    Rabbit {
+        _conn: lapin::Connection,
+        ch: lapin::Channel,
+        queue: String,
+    },
+    Redis {
+        conn: redis::aio::MultiplexedConnection,
+        stream: String,
+        last: String,
+    },
+    Sqs {
+        client: aws_sdk_sqs::Client,
+        url: String,
+    },
+    PubSub {
+        sub: gcloud_pubsub::subscription::Subscription,
+    },
+}
+
+impl Backend {
+    /// The messages that arrived since the last call.
+    async fn drain(&mut self) -> Vec<Msg> {
+        let mut out = Vec::new();
+        match self {
+            Backend::Rabbit { ch, queue, .. } => {
+                use lapin::types::AMQPValue;
+                while let Some(m) = ch
+                    .basic_get(queue.as_str().into(), lapin::options::BasicGetOptions { no_ack: true })
+                    .await
+                    .unwrap()
+                {
+                    let d = m.delivery;
+                    let mut attrs = HashMap::new();
+                    if let Some(h) = d.properties.headers() {
+                        for (k, v) in h.inner() {
+                            if let AMQPValue::LongString(s) = v {
+                                attrs.insert(k.to_string(), String::from_utf8_lossy(s.as_bytes()).into_owned());
+                            }
+                        }
+                    }
+                    assert_eq!(
+                        d.properties.content_type().as_ref().map(|c| c.to_string()).as_deref(),
+                        Some("application/json")
+                    );
+                    assert_eq!(*d.properties.delivery_mode(), Some(2), "persistent");
+                    out.push(Msg {
+                        body: serde_json::from_slice(&d.data).unwrap(),
+                        attrs,
+                        route: Some(d.routing_key.to_string()),
+                    });
+                }
+            }
+            Backend::Redis { conn, stream, last } => {
+                let reply: redis::Value = redis::cmd("XRANGE")
+                    .arg(stream.as_str())
+                    .arg(format!("({last}"))
+                    .arg("+")
+                    .query_async(conn)
+                    .await
+                    .unwrap();
+                let entries: Vec<(String, Vec<(String, Vec<u8>)>)> =
+                    redis::FromRedisValue::from_redis_value(reply).unwrap();
+                for (id, fields) in entries {
+                    let mut attrs: HashMap<String, String> = fields
+                        .into_iter()
+                        .map(|(k, v)| (k, String::from_utf8(v).unwrap()))
+                        .collect();
+                    let data = attrs.remove("data").expect("a data field");
+                    out.push(Msg {
+                        body: serde_json::from_str(&data).unwrap(),
+                        attrs,
+                        route: None,
+                    });
+                    *last = id;
+                }
+            }
+            Backend::Sqs { client, url } => {
+                let r = client
+                    .receive_message()
+                    .queue_url(url.as_str())
+                    .max_number_of_messages(10)
+                    .message_attribute_names("All")
+                    .wait_time_seconds(1)
+                    .send()
+                    .await
+                    .unwrap();
+                for m in r.messages() {
+                    let meta = m
+                        .message_attributes()
+                        .and_then(|a| a.get("metadata"))
+                        .and_then(|v| v.string_value())
+                        .expect("a metadata attribute");
+                    out.push(Msg {
+                        body: serde_json::from_str(m.body().unwrap()).unwrap(),
+                        attrs: serde_json::from_str(meta).unwrap(),
+                        route: None,
+                    });
+                    client
+                        .delete_message()
+                        .queue_url(url.as_str())
+                        .receipt_handle(m.receipt_handle().unwrap())
+                        .send()
+                        .await
+                        .unwrap();
+                }
+            }
+            Backend::PubSub { sub } => {
+                let got = tokio::time::timeout(Duration::from_secs(2), sub.pull(50, None)).await;
+                for m in got.map(|r| r.unwrap()).unwrap_or_default() {
+                    out.push(Msg {
+                        body: serde_json::from_slice(&m.message.data).unwrap(),
+                        attrs: m.message.attributes.clone().into_iter().collect(),
+                        route: None,
+                    });
+                    m.ack().await.unwrap();
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Reads until `n` messages in all came back (or fails after `WAIT`).
+async fn collect(b: &mut Backend, got: &mut Vec<Msg>, n: usize) {
+    let deadline = Instant::now() + WAIT;
+    while got.len() < n {
+        assert!(
+            Instant::now() < deadline,
+            "only {} of {n} messages reached the broker",
+            got.len()
+        );
+        let more = b.drain().await;
+        if more.is_empty() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        got.extend(more);
+    }
+}
+
+/// What a type's scenario needs: the destination body for a broker reached
+/// through `proxy_port`, and the display target expected.
+struct Case {
+    kind: &'static str,
+    upstream: SocketAddr,
+    destination: Box<dyn Fn(u16) -> Value>,
+    target: Box<dyn Fn(u16) -> String>,
+    /// `response_data` keys a success carries.
+    response_keys: &'static [&'static str],
+}
+
+async fn scenario(case: Case, mut backend: Backend) {
+    let proxy = Proxy::start(case.upstream).await;
+    let s = Server::start(&[("RETRY_SCHEDULE", "1,1,1,1,1")]).await;
+    let api = Api::admin(&s);
+    let tenant = format!("t-{}", case.kind);
+    api.tenant(&tenant).await;
+    let r = api
+        .post(
+            &format!("/tenants/{tenant}/destinations"),
+            (case.destination)(proxy.port),
+        )
+        .await;
+    assert_eq!(r.status, 201, "create {}: {}", case.kind, r.text);
+    let dest = r.body;
+    assert_eq!(dest["type"], case.kind);
+    assert_eq!(dest["target"], (case.target)(proxy.port), "{dest}");
+    let dest_id = dest["id"].as_str().unwrap().to_string();
+
+    let publish = |n: u32| {
+        let api = &api;
+        let tenant = &tenant;
+        async move {
+            let r = api
+                .publish(json!({
+                    "id": format!("evt-{n}"),
+                    "tenant_id": tenant,
+                    "topic": "orders.created",
+                    "metadata": {"source": "e2e"},
+                    "data": {"n": n, "text": "héllo"},
+                }))
+                .await;
+            assert!(r.status == 202 || r.status == 200, "publish: {} {}", r.status, r.text);
+        }
+    };
+    for n in 0..3 {
+        publish(n).await;
+    }
+    let mut got = Vec::new();
+    collect(&mut backend, &mut got, 3).await;
+    for m in &got {
+        let n = m.body["n"].as_u64().unwrap();
+        assert_eq!(m.body, json!({"n": n, "text": "héllo"}), "{}: body", case.kind);
+        assert_eq!(
+            m.attrs.get("event-id").map(String::as_str),
+            Some(format!("evt-{n}").as_str())
+        );
+        assert_eq!(m.attrs.get("topic").map(String::as_str), Some("orders.created"));
+        assert_eq!(m.attrs.get("source").map(String::as_str), Some("e2e"));
+        assert!(m.attrs.contains_key("timestamp"), "{:?}", m.attrs);
+        if let Some(route) = &m.route {
+            assert_eq!(route, "orders.created");
+        }
+    }
+    let ok = api
+        .wait_attempts(
+            &format!("tenant_id={tenant}&destination_id={dest_id}&include=response_data"),
+            WAIT,
+            |m| m.iter().filter(|a| a["status"] == "success").count() >= 3,
+        )
+        .await;
+    let first = ok
+        .iter()
+        .find(|a| a["status"] == "success")
+        .expect("a successful attempt");
+    assert_eq!(first["code"], "OK", "{first}");
+    assert_eq!(first["destination_type"], case.kind);
+    for k in case.response_keys {
+        assert!(
+            first["response_data"].get(*k).is_some(),
+            "response_data lacks {k}: {first}"
+        );
+    }
+
+    // The broker goes away: the attempt fails, the event waits for a retry.
+    proxy.down();
+    publish(3).await;
+    let failed = api
+        .wait_attempts(&format!("tenant_id={tenant}&event_id=evt-3"), WAIT, |m| {
+            m.iter().any(|a| a["status"] == "failed")
+        })
+        .await;
+    let f = failed
+        .iter()
+        .find(|a| a["status"] == "failed")
+        .unwrap_or_else(|| panic!("{}: no failed attempt while the broker was away: {failed:?}", case.kind));
+    assert_ne!(f["code"], "OK");
+    proxy.up();
+    let done = api
+        .wait_attempts(&format!("tenant_id={tenant}&event_id=evt-3"), WAIT, |m| {
+            m.iter().any(|a| a["status"] == "success")
+        })
+        .await;
+    assert!(
+        done.iter().any(|a| a["status"] == "success"),
+        "{}: the retry after the broker came back did not succeed: {done:?}",
+        case.kind
+    );
+    collect(&mut backend, &mut got, 4).await;
+    let mut ns: Vec<u64> = got.iter().map(|m| m.body["n"].as_u64().unwrap()).collect();
+    ns.sort();
+    ns.dedup();
+    assert_eq!(ns, vec![0, 1, 2, 3], "{}: every event arrived", case.kind);
+}
+
+#[tokio::test]
+async fn rabbitmq_destination() {
+    use lapin::options::*;
+    use lapin::types::FieldTable;
+    let url = require("OUTRIDER_TEST_RABBITMQ_URL", "RabbitMQ");
+    let id = uniq();
+    let exchange = format!("outrider-e2e-dest-{id}");
+    let queue = format!("outrider-e2e-dest-{id}");
+    let props = lapin::ConnectionProperties::default()
+        .with_executor(tokio_executor_trait::Tokio::current())
+        .with_reactor(tokio_reactor_trait::Tokio::current());
+    let conn = lapin::Connection::connect(&url, props)
+        .await
+        .unwrap_or_else(|e| panic!("RabbitMQ at {url} is required for this test: {e}"));
+    let ch = conn.create_channel().await.unwrap();
+    ch.exchange_declare(
+        exchange.as_str().into(),
+        lapin::ExchangeKind::Topic,
+        ExchangeDeclareOptions {
+            auto_delete: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    ch.queue_declare(
+        queue.as_str().into(),
+        QueueDeclareOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    ch.queue_bind(
+        queue.as_str().into(),
+        exchange.as_str().into(),
+        "orders.#".into(),
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    let ex = exchange.clone();
+    scenario(
+        Case {
+            kind: "rabbitmq",
+            upstream: socket_of("127.0.0.1:5672"),
+            destination: Box::new(move |port| {
+                json!({"type": "rabbitmq", "topics": "*",
+                    "config": {"server_url": format!("127.0.0.1:{port}"), "exchange": ex, "tls": "false"},
+                    "credentials": {"username": "guest", "password": "guest"}})
+            }),
+            target: Box::new(move |_| format!("{exchange} -> *")),
+            response_keys: &[],
+        },
+        Backend::Rabbit {
+            ch: ch.clone(),
+            queue: queue.clone(),
+            _conn: conn,
+        },
+    )
+    .await;
+    let _ = ch
+        .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+        .await;
+}
+
+#[tokio::test]
+async fn redis_stream_destination() {
+    let url = require("OUTRIDER_TEST_REDIS_URL", "Redis");
+    let client = redis::Client::open(url.as_str()).unwrap();
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap_or_else(|e| panic!("Redis at {url} is required for this test: {e}"));
+    // A name the services script's clean-up recognises.
+    let stream = format!("e2e{}:outrider:stream", uniq());
+    let s = stream.clone();
+    scenario(
+        Case {
+            kind: "redis_stream",
+            upstream: socket_of("127.0.0.1:6379"),
+            destination: Box::new(move |port| {
+                json!({"type": "redis_stream", "topics": ["orders.created"],
+                    "config": {"address": format!("127.0.0.1:{port}"), "stream": s, "max_len": "1000"}})
+            }),
+            target: Box::new({
+                let stream = stream.clone();
+                move |port| format!("{stream} on 127.0.0.1:{port}")
+            }),
+            response_keys: &["id", "stream"],
+        },
+        Backend::Redis {
+            conn: conn.clone(),
+            stream: stream.clone(),
+            last: "0-0".into(),
+        },
+    )
+    .await;
+    let _: Result<i64, _> = redis::cmd("DEL").arg(&stream).query_async(&mut conn).await;
+}
+
+#[tokio::test]
+async fn aws_sqs_destination() {
+    let endpoint = require("OUTRIDER_TEST_AWS_ENDPOINT", "moto (the AWS emulator)");
+    let conf = aws_sdk_sqs::Config::builder()
+        .behavior_version(aws_sdk_sqs::config::BehaviorVersion::latest())
+        .region(aws_sdk_sqs::config::Region::new("us-east-1"))
+        .credentials_provider(aws_sdk_sqs::config::Credentials::new("test", "test", None, None, "e2e"))
+        .endpoint_url(&endpoint)
+        .build();
+    let client = aws_sdk_sqs::Client::from_conf(conf);
+    let name = format!("outrider-e2e-dest-{}", uniq());
+    let url = client
+        .create_queue()
+        .queue_name(&name)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("moto at {endpoint} is required for this test: {e:?}"))
+        .queue_url()
+        .unwrap()
+        .to_string();
+    let upstream = socket_of(endpoint.trim_start_matches("http://"));
+    let u = url.clone();
+    scenario(
+        Case {
+            kind: "aws_sqs",
+            upstream,
+            destination: Box::new(move |port| {
+                json!({"type": "aws_sqs", "topics": "*",
+                    "config": {"queue_url": u, "endpoint": format!("http://127.0.0.1:{port}")},
+                    "credentials": {"key": "test", "secret": "test"}})
+            }),
+            target: Box::new({
+                let url = url.clone();
+                move |_| url.clone()
+            }),
+            response_keys: &[],
+        },
+        Backend::Sqs {
+            client: client.clone(),
+            url: url.clone(),
+        },
+    )
+    .await;
+    let _ = client.delete_queue().queue_url(&url).send().await;
+}
+
+#[tokio::test]
+async fn gcp_pubsub_destination() {
+    use gcloud_pubsub::client::{Client, ClientConfig};
+    let host = require("PUBSUB_EMULATOR_HOST", "the Pub/Sub emulator");
+    let client = Client::new(ClientConfig {
+        project_id: Some("outrider-test".into()),
+        ..ClientConfig::default()
+    })
+    .await
+    .unwrap();
+    let id = uniq();
+    let topic_id = format!("outrider-e2e-dest-{id}");
+    let topic = client.topic(&topic_id);
+    topic
+        .create(None, None)
+        .await
+        .unwrap_or_else(|e| panic!("the Pub/Sub emulator at {host} is required for this test: {e}"));
+    let sub = client
+        .create_subscription(
+            &format!("{topic_id}-sub"),
+            &topic_id,
+            gcloud_pubsub::subscription::SubscriptionConfig::default(),
+            None,
+        )
+        .await
+        .unwrap();
+    let t = topic_id.clone();
+    scenario(
+        Case {
+            kind: "gcp_pubsub",
+            upstream: socket_of(&host),
+            destination: Box::new(move |port| {
+                json!({"type": "gcp_pubsub", "topics": "*",
+                    "config": {"project_id": "outrider-test", "topic": t, "endpoint": format!("127.0.0.1:{port}")},
+                    "credentials": {"service_account_json": "{}"}})
+            }),
+            target: Box::new({
+                let t = topic_id.clone();
+                move |_| format!("outrider-test/{t}")
+            }),
+            response_keys: &["message_id", "topic", "project"],
+        },
+        Backend::PubSub { sub: sub.clone() },
+    )
+    .await;
+    let _ = sub.delete(None).await;
+    let _ = topic.delete(None).await;
+}
+
+#[tokio::test]
+async fn destination_types_are_listed_and_validated() {
+    let s = Server::start(&[]).await;
+    let api = Api::admin(&s);
+    let r = api.get("/destination-types").await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let kinds: Vec<&str> = r
+        .body
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["webhook", "aws_sqs", "gcp_pubsub", "rabbitmq", "redis_stream"]);
+    for t in r.body.as_array().unwrap() {
+        assert!(t["config_fields"].as_array().is_some_and(|f| !f.is_empty()), "{t}");
+        assert!(t["icon"].as_str().is_some_and(|i| i.starts_with("<svg")), "{t}");
+    }
+    let one = api.get("/destination-types/rabbitmq").await;
+    assert_eq!(one.status, 200, "{}", one.text);
+    assert_eq!(one.body["type"], "rabbitmq");
+
+    api.tenant("t1").await;
+    let cases = [
+        (
+            json!({"type": "rabbitmq", "topics": "*", "config": {}, "credentials": {}}),
+            vec![
+                "config.server_url is required",
+                "credentials.username is required",
+                "credentials.password is required",
+            ],
+        ),
+        (
+            json!({"type": "aws_sqs", "topics": "*", "config": {"queue_url": "not a url"}, "credentials": {"key": "k", "secret": "s"}}),
+            vec!["config.queue_url failed pattern validation"],
+        ),
+        (
+            json!({"type": "gcp_pubsub", "topics": "*", "config": {"project_id": "p", "topic": "t"}, "credentials": {"service_account_json": "{}"}}),
+            vec!["credentials.service_account_json failed missing_type validation"],
+        ),
+        (
+            json!({"type": "redis_stream", "topics": "*", "config": {"address": "h:6379", "stream": "s", "database": "x"}}),
+            vec!["config.database is invalid"],
+        ),
+    ];
+    for (body, want) in cases {
+        let r = api.post("/tenants/t1/destinations", body.clone()).await;
+        assert_eq!(r.status, 422, "{body}: {}", r.text);
+        let got: Vec<&str> = r.body["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap())
+            .collect();
+        assert_eq!(got, want, "{body}");
+    }
+
+    // Secrets are masked on read; the TLS flag is normalised on save.
+    let r = api
+        .post(
+            "/tenants/t1/destinations",
+            json!({"type": "rabbitmq", "topics": ["a"], "config": {"server_url": "mq.example:5672", "tls": "on"},
+                "credentials": {"username": "guest", "password": "a-long-password"}}),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    assert_eq!(r.body["config"]["tls"], "true");
+    assert_eq!(r.body["credentials"]["username"], "guest");
+    assert_eq!(r.body["credentials"]["password"], "a-lo***********");
+}
