@@ -124,8 +124,12 @@ pub struct Config {
     pub destination_max_concurrency: usize,
     /// How long a stopping node waits for attempts in flight.
     pub shutdown_drain_timeout: Duration,
-    /// Turns off the SSRF guard for webhook URLs.
+    /// Turns off the SSRF guard for webhook URLs and broker addresses.
     pub allow_private_destinations: bool,
+    /// Hookdeck's API (token verification) and publish base URLs; settable
+    /// so a test or a proxy can stand in for Hookdeck.
+    pub hookdeck_api_url: String,
+    pub hookdeck_publish_url: String,
     /// Embedded store: fsync every commit (FULL) or rely on the WAL (NORMAL).
     pub embedded_synchronous_full: bool,
     /// AWS SQS as the delivery queue (wins over RabbitMQ, as in Outpost).
@@ -423,6 +427,8 @@ const YAML_KEYS: &[(&str, &str)] = &[
         "OUTRIDER_ALLOW_PRIVATE_DESTINATIONS",
     ),
     ("outrider.embedded_synchronous", "OUTRIDER_EMBEDDED_SYNCHRONOUS"),
+    ("outrider.hookdeck_api_url", "OUTRIDER_HOOKDECK_API_URL"),
+    ("outrider.hookdeck_publish_url", "OUTRIDER_HOOKDECK_PUBLISH_URL"),
 ];
 
 /// Files looked for, in order, when neither `--config` nor `CONFIG` names one.
@@ -827,6 +833,14 @@ impl Config {
             destination_max_concurrency,
             shutdown_drain_timeout: Duration::from_secs(shutdown_drain_seconds),
             allow_private_destinations: src.bool("OUTRIDER_ALLOW_PRIVATE_DESTINATIONS", false)?,
+            hookdeck_api_url: src
+                .string("OUTRIDER_HOOKDECK_API_URL", "https://api.hookdeck.com/2025-01-01")
+                .trim_end_matches('/')
+                .to_string(),
+            hookdeck_publish_url: src
+                .string("OUTRIDER_HOOKDECK_PUBLISH_URL", "https://hkdk.events")
+                .trim_end_matches('/')
+                .to_string(),
             embedded_synchronous_full,
             redis: match src.non_empty("REDIS_HOST") {
                 None => None,

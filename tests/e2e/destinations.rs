@@ -33,6 +33,9 @@ fn socket_of(host_port: &str) -> SocketAddr {
         .unwrap()
 }
 
+/// An `XRANGE` entry: id and field/value pairs.
+type StreamEntry = (String, Vec<(String, Vec<u8>)>);
+
 /// One message as the broker gave it back.
 #[derive(Debug)]
 struct Msg {
@@ -45,7 +48,7 @@ struct Msg {
 
 enum Backend {
     Rabbit {
-        _conn: lapin::Connection,
+        _conn: Box<lapin::Connection>,
         ch: lapin::Channel,
         queue: String,
     },
@@ -71,7 +74,7 @@ impl Backend {
             Backend::Rabbit { ch, queue, .. } => {
                 use lapin::types::AMQPValue;
                 while let Some(m) = ch
-                    .basic_get(queue.as_str().into(), lapin::options::BasicGetOptions { no_ack: true })
+                    .basic_get(queue.as_str(), lapin::options::BasicGetOptions { no_ack: true })
                     .await
                     .unwrap()
                 {
@@ -104,8 +107,7 @@ impl Backend {
                     .query_async(conn)
                     .await
                     .unwrap();
-                let entries: Vec<(String, Vec<(String, Vec<u8>)>)> =
-                    redis::FromRedisValue::from_redis_value(reply).unwrap();
+                let entries: Vec<StreamEntry> = redis::FromRedisValue::from_redis_value(reply).unwrap();
                 for (id, fields) in entries {
                     let mut attrs: HashMap<String, String> = fields
                         .into_iter()
@@ -314,7 +316,7 @@ async fn rabbitmq_destination() {
         .unwrap_or_else(|e| panic!("RabbitMQ at {url} is required for this test: {e}"));
     let ch = conn.create_channel().await.unwrap();
     ch.exchange_declare(
-        exchange.as_str().into(),
+        exchange.as_str(),
         lapin::ExchangeKind::Topic,
         ExchangeDeclareOptions {
             auto_delete: true,
@@ -324,17 +326,13 @@ async fn rabbitmq_destination() {
     )
     .await
     .unwrap();
-    ch.queue_declare(
-        queue.as_str().into(),
-        QueueDeclareOptions::default(),
-        FieldTable::default(),
-    )
-    .await
-    .unwrap();
+    ch.queue_declare(queue.as_str(), QueueDeclareOptions::default(), FieldTable::default())
+        .await
+        .unwrap();
     ch.queue_bind(
-        queue.as_str().into(),
-        exchange.as_str().into(),
-        "orders.#".into(),
+        queue.as_str(),
+        exchange.as_str(),
+        "orders.#",
         QueueBindOptions::default(),
         FieldTable::default(),
     )
@@ -356,13 +354,11 @@ async fn rabbitmq_destination() {
         Backend::Rabbit {
             ch: ch.clone(),
             queue: queue.clone(),
-            _conn: conn,
+            _conn: Box::new(conn),
         },
     )
     .await;
-    let _ = ch
-        .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
-        .await;
+    let _ = ch.queue_delete(queue.as_str(), QueueDeleteOptions::default()).await;
 }
 
 #[tokio::test]
@@ -508,9 +504,24 @@ async fn destination_types_are_listed_and_validated() {
         .iter()
         .map(|t| t["type"].as_str().unwrap())
         .collect();
-    assert_eq!(kinds, ["webhook", "aws_sqs", "gcp_pubsub", "rabbitmq", "redis_stream"]);
+    assert_eq!(
+        kinds,
+        [
+            "webhook",
+            "hookdeck",
+            "aws_sqs",
+            "gcp_pubsub",
+            "rabbitmq",
+            "redis_stream"
+        ]
+    );
     for t in r.body.as_array().unwrap() {
-        assert!(t["config_fields"].as_array().is_some_and(|f| !f.is_empty()), "{t}");
+        let n = |k: &str| {
+            t[k].as_array()
+                .map(Vec::len)
+                .unwrap_or_else(|| panic!("{k} is not a list: {t}"))
+        };
+        assert!(n("config_fields") + n("credential_fields") > 0, "{t}");
         assert!(t["icon"].as_str().is_some_and(|i| i.starts_with("<svg")), "{t}");
     }
     let one = api.get("/destination-types/rabbitmq").await;
@@ -564,4 +575,136 @@ async fn destination_types_are_listed_and_validated() {
     assert_eq!(r.body["config"]["tls"], "true");
     assert_eq!(r.body["credentials"]["username"], "guest");
     assert_eq!(r.body["credentials"]["password"], "a-lo***********");
+}
+
+#[tokio::test]
+async fn refused_credentials_are_recorded_once_and_not_retried() {
+    require("OUTRIDER_TEST_RABBITMQ_URL", "RabbitMQ");
+    let s = Server::start(&[("RETRY_SCHEDULE", "1,1,1")]).await;
+    let api = Api::admin(&s);
+    api.tenant("t1").await;
+    let r = api
+        .post(
+            "/tenants/t1/destinations",
+            json!({"type": "rabbitmq", "topics": "*",
+                "config": {"server_url": "127.0.0.1:5672", "exchange": "", "tls": "false"},
+                "credentials": {"username": "guest", "password": "not-the-password"}}),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let r = api
+        .publish(json!({"id": "evt-bad-creds", "tenant_id": "t1", "topic": "a", "data": {"x": 1}}))
+        .await;
+    assert_eq!(r.status, 202, "{}", r.text);
+    let first = api
+        .wait_attempts("event_id=evt-bad-creds&include=response_data", WAIT, |m| !m.is_empty())
+        .await;
+    assert_eq!(first.len(), 1, "{first:?}");
+    assert_eq!(first[0]["status"], "failed");
+    assert_eq!(first[0]["code"], "auth_failed", "{}", first[0]);
+    // Three retries would have run by now on the 1 s schedule.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let after = api.get("/attempts?event_id=evt-bad-creds").await;
+    assert_eq!(after.body["models"].as_array().unwrap().len(), 1, "{}", after.text);
+}
+
+/// Hookdeck cannot run here: a local HTTP server stands in for both its API
+/// (token verification) and its publish endpoint, and the test checks the
+/// exact requests Outrider sends.
+#[tokio::test]
+async fn hookdeck_destination_against_a_fake_hookdeck() {
+    use base64::Engine as _;
+    let fake = Receiver::start().await;
+    *fake.state.body.lock().unwrap() = r#"{"id":"src_1","name":"My source"}"#.into();
+    let s = Server::start(&[
+        ("OUTRIDER_HOOKDECK_API_URL", fake.url("/api").as_str()),
+        ("OUTRIDER_HOOKDECK_PUBLISH_URL", fake.url("/e").as_str()),
+    ])
+    .await;
+    let api = Api::admin(&s);
+    api.tenant("t1").await;
+    let token = base64::engine::general_purpose::STANDARD.encode("src_1:signing-part");
+    let create = |token: String| {
+        let api = &api;
+        async move {
+            api.post(
+                "/tenants/t1/destinations",
+                json!({"type": "hookdeck", "topics": "*", "credentials": {"token": token}}),
+            )
+            .await
+        }
+    };
+    let r = create("not-a-token".into()).await;
+    assert_eq!(r.status, 422, "{}", r.text);
+    assert_eq!(
+        r.body["data"],
+        json!(["credentials.token failed invalid_token_format validation"])
+    );
+    assert_eq!(fake.count(), 0, "a malformed token is not sent to Hookdeck");
+
+    fake.state.script.lock().unwrap().push_back(401);
+    let r = create(token.clone()).await;
+    assert_eq!(r.status, 422, "{}", r.text);
+    assert_eq!(
+        r.body["data"],
+        json!(["credentials.token failed token_verification_failed validation"])
+    );
+    let verify = &fake.got()[0];
+    assert_eq!(verify.path, "/api/sources/src_1/managed/verify");
+    assert_eq!(
+        verify.header("x-hookdeck-source-token").as_deref(),
+        Some(token.as_str())
+    );
+
+    let r = create(token.clone()).await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    assert_eq!(r.body["config"]["source_id"], "src_1");
+    assert_eq!(r.body["config"]["source_name"], "My source");
+    assert_eq!(r.body["target"], "My source");
+    assert_eq!(r.body["target_url"], "https://dashboard.hookdeck.com/sources/src_1");
+    assert_ne!(r.body["credentials"]["token"], token.as_str(), "the token is masked");
+
+    let publish = |id: &'static str| {
+        let api = &api;
+        async move {
+            let r = api
+                .publish(json!({"id": id, "tenant_id": "t1", "topic": "orders.created",
+                    "metadata": {"source": "e2e"}, "data": {"id": id}}))
+                .await;
+            assert_eq!(r.status, 202, "{}", r.text);
+        }
+    };
+    publish("evt-0").await;
+    let got = fake.wait_for(3, WAIT).await;
+    let post = got.last().unwrap();
+    assert_eq!(post.path, "/e/src_1");
+    assert_eq!(post.json(), json!({"id": "evt-0"}));
+    assert_eq!(post.header("content-type").as_deref(), Some("application/json"));
+    assert_eq!(post.header("x-outpost-event-id").as_deref(), Some("evt-0"));
+    assert_eq!(post.header("x-outpost-topic").as_deref(), Some("orders.created"));
+    assert_eq!(post.header("x-outpost-source").as_deref(), Some("e2e"));
+    assert_eq!(
+        post.header("x-hookdeck-signature"),
+        Some(format!("v0={}", hmac_b64(token.as_bytes(), &post.body)))
+    );
+    let ok = api
+        .wait_attempts("event_id=evt-0&include=response_data", WAIT, |m| !m.is_empty())
+        .await;
+    assert_eq!(ok[0]["status"], "success");
+    assert_eq!(ok[0]["code"], "200");
+    assert_eq!(ok[0]["response_data"]["status_code"], 200);
+
+    // Hookdeck answers 503 once: the attempt fails and the retry delivers.
+    fake.state.script.lock().unwrap().push_back(503);
+    publish("evt-1").await;
+    let done = api
+        .wait_attempts("event_id=evt-1", WAIT, |m| m.iter().any(|a| a["status"] == "success"))
+        .await;
+    assert_eq!(done.len(), 2, "{done:?}");
+    assert!(
+        done.iter().any(|a| a["status"] == "failed" && a["code"] == "503"),
+        "{done:?}"
+    );
+    let posts = fake.got().iter().filter(|r| r.path == "/e/src_1").count();
+    assert_eq!(posts, 3);
 }

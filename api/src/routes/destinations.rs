@@ -217,6 +217,7 @@ pub async fn create(
     adapter
         .preprocess(&mut dest, None, &raw, actor(&p), now)
         .map_err(ApiError::Validation)?;
+    adapter.verify(&mut dest, None).await.map_err(ApiError::Validation)?;
     let d = s.engine.create_destination(dest).await?;
     Ok((StatusCode::CREATED, Json(display(&s, &d))))
 }
@@ -287,6 +288,10 @@ pub async fn update(
         .preprocess(&mut next, Some(&current), &raw, actor(&p), now)
         .map_err(ApiError::Validation)?;
     adapter.validate(&next).map_err(ApiError::Validation)?;
+    adapter
+        .verify(&mut next, Some(&current))
+        .await
+        .map_err(ApiError::Validation)?;
     let d = s.engine.update_destination(next).await?;
     Ok(Json(display(&s, &d)))
 }

@@ -15,6 +15,10 @@ pub enum Kind {
     Number,
 }
 
+/// A field's pattern as listed (an RE2 regex, for the portal's form), and
+/// the check that enforces it here.
+pub type Pattern = (&'static str, fn(&str) -> bool);
+
 /// One config or credential field.
 #[derive(Debug, Clone, Copy)]
 pub struct Field {
@@ -25,9 +29,7 @@ pub struct Field {
     pub required: bool,
     pub sensitive: bool,
     pub default: Option<&'static str>,
-    /// The pattern as listed (an RE2 regex, for the portal's form), and the
-    /// check that enforces it here.
-    pub pattern: Option<(&'static str, fn(&str) -> bool)>,
+    pub pattern: Option<Pattern>,
     pub min: Option<i64>,
     pub max: Option<i64>,
 }

@@ -8,6 +8,7 @@ pub mod aws_sqs;
 pub mod clients;
 pub mod fields;
 pub mod gcp_pubsub;
+pub mod hookdeck;
 pub mod rabbitmq;
 pub mod redis_stream;
 pub mod webhook;
@@ -24,6 +25,7 @@ use crate::config::Config;
 use crate::model::{AttemptStatus, Destination, Event, StringMap};
 
 pub type LocalBoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + 'a>>;
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// Who is making a change: tenants may not set some credentials.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,6 +59,15 @@ pub trait DestinationType: Send + Sync + 'static {
         actor: Actor,
         now_ms: i64,
     ) -> Result<(), Violations>;
+    /// Checks with the service itself before storing, after `preprocess`
+    /// (Hookdeck verifies its source token and names the source).
+    fn verify<'a>(
+        &'a self,
+        _dest: &'a mut Destination,
+        _previous: Option<&'a Destination>,
+    ) -> BoxFuture<'a, Result<(), Violations>> {
+        Box::pin(std::future::ready(Ok(())))
+    }
     /// `(target, target_url)` for display.
     fn target(&self, dest: &Destination) -> (String, Option<String>);
     /// Credentials as shown to API callers.
@@ -149,6 +160,7 @@ impl Registry {
         Self {
             types: vec![
                 Box::new(webhook::Webhook::new(config.clone())),
+                Box::new(hookdeck::Hookdeck::new(config.clone())),
                 Box::new(aws_sqs::AwsSqs),
                 Box::new(gcp_pubsub::GcpPubSub),
                 Box::new(rabbitmq::RabbitMq),
