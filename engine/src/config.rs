@@ -130,6 +130,9 @@ pub struct Config {
     /// so a test or a proxy can stand in for Hookdeck.
     pub hookdeck_api_url: String,
     pub hookdeck_publish_url: String,
+    /// `aws_kinesis` records are `{"data","metadata"}` (true, Outpost's
+    /// default) or the bare event data.
+    pub kinesis_metadata_in_payload: bool,
     /// Embedded store: fsync every commit (FULL) or rely on the WAL (NORMAL).
     pub embedded_synchronous_full: bool,
     /// AWS SQS as the delivery queue (wins over RabbitMQ, as in Outpost).
@@ -251,6 +254,10 @@ const YAML_KEYS: &[(&str, &str)] = &[
     (
         "destinations.include_millisecond_timestamp",
         "DESTINATIONS_INCLUDE_MILLISECOND_TIMESTAMP",
+    ),
+    (
+        "destinations.aws_kinesis.metadata_in_payload",
+        "DESTINATIONS_AWS_KINESIS_METADATA_IN_PAYLOAD",
     ),
     ("destinations.webhook.mode", "DESTINATIONS_WEBHOOK_MODE"),
     (
@@ -837,6 +844,7 @@ impl Config {
                 .string("OUTRIDER_HOOKDECK_API_URL", "https://api.hookdeck.com/2025-01-01")
                 .trim_end_matches('/')
                 .to_string(),
+            kinesis_metadata_in_payload: src.bool("DESTINATIONS_AWS_KINESIS_METADATA_IN_PAYLOAD", true)?,
             hookdeck_publish_url: src
                 .string("OUTRIDER_HOOKDECK_PUBLISH_URL", "https://hkdk.events")
                 .trim_end_matches('/')

@@ -64,6 +64,20 @@ enum Backend {
     PubSub {
         sub: gcloud_pubsub::subscription::Subscription,
     },
+    Kinesis {
+        client: aws_sdk_kinesis::Client,
+        iterator: String,
+    },
+    S3 {
+        client: aws_sdk_s3::Client,
+        bucket: String,
+        seen: std::collections::HashSet<String>,
+    },
+    /// EventBridge entries, routed by a rule to an SQS queue.
+    EventBridge {
+        client: aws_sdk_sqs::Client,
+        url: String,
+    },
 }
 
 impl Backend {
@@ -142,6 +156,79 @@ impl Backend {
                         body: serde_json::from_str(m.body().unwrap()).unwrap(),
                         attrs: serde_json::from_str(meta).unwrap(),
                         route: None,
+                    });
+                    client
+                        .delete_message()
+                        .queue_url(url.as_str())
+                        .receipt_handle(m.receipt_handle().unwrap())
+                        .send()
+                        .await
+                        .unwrap();
+                }
+            }
+            Backend::Kinesis { client, iterator } => {
+                let r = client
+                    .get_records()
+                    .shard_iterator(iterator.as_str())
+                    .send()
+                    .await
+                    .unwrap();
+                for rec in r.records() {
+                    let v: Value = serde_json::from_slice(rec.data().as_ref()).unwrap();
+                    // The partition key template is `data.n`.
+                    assert_eq!(rec.partition_key(), Some(v["data"]["n"].to_string().as_str()), "{v}");
+                    out.push(Msg {
+                        body: v["data"].clone(),
+                        attrs: serde_json::from_value(v["metadata"].clone()).unwrap(),
+                        route: None,
+                    });
+                }
+                if let Some(next) = r.next_shard_iterator() {
+                    *iterator = next.to_string();
+                }
+            }
+            Backend::S3 { client, bucket, seen } => {
+                let list = client.list_objects_v2().bucket(bucket.as_str()).send().await.unwrap();
+                for o in list.contents() {
+                    let key = o.key().unwrap().to_string();
+                    if !seen.insert(key.clone()) {
+                        continue;
+                    }
+                    let obj = client
+                        .get_object()
+                        .bucket(bucket.as_str())
+                        .key(&key)
+                        .send()
+                        .await
+                        .unwrap();
+                    assert_eq!(obj.content_type(), Some("application/json"));
+                    let attrs: HashMap<String, String> = obj.metadata().cloned().unwrap_or_default();
+                    // The key template is `join('/', [metadata.topic, metadata."event-id"])`.
+                    assert_eq!(key, format!("orders.created/{}", attrs["event-id"]));
+                    let body = obj.body.collect().await.unwrap().into_bytes();
+                    out.push(Msg {
+                        body: serde_json::from_slice(&body).unwrap(),
+                        attrs,
+                        route: None,
+                    });
+                }
+            }
+            Backend::EventBridge { client, url } => {
+                let r = client
+                    .receive_message()
+                    .queue_url(url.as_str())
+                    .max_number_of_messages(10)
+                    .wait_time_seconds(1)
+                    .send()
+                    .await
+                    .unwrap();
+                for m in r.messages() {
+                    let v: Value = serde_json::from_str(m.body().unwrap()).unwrap();
+                    assert_eq!(v["source"], "outrider.e2e", "{v}");
+                    out.push(Msg {
+                        body: v["detail"]["data"].clone(),
+                        attrs: serde_json::from_value(v["detail"]["metadata"].clone()).unwrap(),
+                        route: v["detail-type"].as_str().map(String::from),
                     });
                     client
                         .delete_message()
@@ -442,6 +529,206 @@ async fn aws_sqs_destination() {
     let _ = client.delete_queue().queue_url(&url).send().await;
 }
 
+fn moto() -> (String, SocketAddr) {
+    let endpoint = require("OUTRIDER_TEST_AWS_ENDPOINT", "moto (the AWS emulator)");
+    let upstream = socket_of(endpoint.trim_start_matches("http://"));
+    (endpoint, upstream)
+}
+
+macro_rules! aws_client {
+    ($sdk:ident, $endpoint:expr) => {
+        $sdk::Client::from_conf(
+            $sdk::Config::builder()
+                .behavior_version($sdk::config::BehaviorVersion::latest())
+                .region($sdk::config::Region::new("us-east-1"))
+                .credentials_provider($sdk::config::Credentials::new("test", "test", None, None, "e2e"))
+                .endpoint_url($endpoint)
+                .build(),
+        )
+    };
+}
+
+fn aws_destination(kind: &str, port: u16, config: Value) -> Value {
+    let mut c = config;
+    c["region"] = json!("us-east-1");
+    c["endpoint"] = json!(format!("http://127.0.0.1:{port}"));
+    json!({"type": kind, "topics": "*", "config": c, "credentials": {"key": "test", "secret": "test", "session": "a-session-token"}})
+}
+
+#[tokio::test]
+async fn aws_kinesis_destination() {
+    let (endpoint, upstream) = moto();
+    let client = aws_client!(aws_sdk_kinesis, &endpoint);
+    let stream = format!("outrider-e2e-dest-{}", uniq());
+    client
+        .create_stream()
+        .stream_name(&stream)
+        .shard_count(1)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("moto at {endpoint} is required for this test: {e:?}"));
+    let d = client.describe_stream().stream_name(&stream).send().await.unwrap();
+    let shard = d.stream_description().unwrap().shards()[0].shard_id().to_string();
+    let iterator = client
+        .get_shard_iterator()
+        .stream_name(&stream)
+        .shard_id(shard)
+        .shard_iterator_type(aws_sdk_kinesis::types::ShardIteratorType::TrimHorizon)
+        .send()
+        .await
+        .unwrap()
+        .shard_iterator()
+        .unwrap()
+        .to_string();
+    let st = stream.clone();
+    scenario(
+        Case {
+            kind: "aws_kinesis",
+            upstream,
+            destination: Box::new(move |port| {
+                aws_destination(
+                    "aws_kinesis",
+                    port,
+                    json!({"stream_name": st, "partition_key_template": "data.n"}),
+                )
+            }),
+            target: Box::new({
+                let stream = stream.clone();
+                move |_| format!("{stream} in us-east-1")
+            }),
+            response_keys: &["shard_id", "sequence_number", "partition_key"],
+        },
+        Backend::Kinesis {
+            client: client.clone(),
+            iterator,
+        },
+    )
+    .await;
+    let _ = client.delete_stream().stream_name(&stream).send().await;
+}
+
+#[tokio::test]
+async fn aws_s3_destination() {
+    let (endpoint, upstream) = moto();
+    let client = aws_sdk_s3::Client::from_conf(
+        aws_sdk_s3::Config::builder()
+            .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
+            .region(aws_sdk_s3::config::Region::new("us-east-1"))
+            .credentials_provider(aws_sdk_s3::config::Credentials::new("test", "test", None, None, "e2e"))
+            .endpoint_url(&endpoint)
+            .force_path_style(true)
+            .build(),
+    );
+    let bucket = format!("outrider-e2e-dest-{}", uniq());
+    client
+        .create_bucket()
+        .bucket(&bucket)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("moto at {endpoint} is required for this test: {e:?}"));
+    let b = bucket.clone();
+    scenario(
+        Case {
+            kind: "aws_s3",
+            upstream,
+            destination: Box::new(move |port| {
+                aws_destination(
+                    "aws_s3",
+                    port,
+                    json!({"bucket": b, "key_template": "join('/', [metadata.topic, metadata.\"event-id\"])", "storage_class": "standard_ia"}),
+                )
+            }),
+            target: Box::new({
+                let bucket = bucket.clone();
+                move |_| format!("{bucket} in us-east-1")
+            }),
+            response_keys: &["bucket", "key"],
+        },
+        Backend::S3 {
+            client: client.clone(),
+            bucket: bucket.clone(),
+            seen: Default::default(),
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn aws_eventbridge_destination() {
+    let (endpoint, upstream) = moto();
+    let sqs = aws_client!(aws_sdk_sqs, &endpoint);
+    let events = aws_client!(aws_sdk_eventbridge, &endpoint);
+    let id = uniq();
+    let bus = format!("outrider-e2e-bus-{id}");
+    let url = sqs
+        .create_queue()
+        .queue_name(format!("outrider-e2e-eb-{id}"))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("moto at {endpoint} is required for this test: {e:?}"))
+        .queue_url()
+        .unwrap()
+        .to_string();
+    let arn = sqs
+        .get_queue_attributes()
+        .queue_url(&url)
+        .attribute_names(aws_sdk_sqs::types::QueueAttributeName::QueueArn)
+        .send()
+        .await
+        .unwrap()
+        .attributes()
+        .unwrap()[&aws_sdk_sqs::types::QueueAttributeName::QueueArn]
+        .clone();
+    events.create_event_bus().name(&bus).send().await.unwrap();
+    events
+        .put_rule()
+        .name("to-queue")
+        .event_bus_name(&bus)
+        .event_pattern(r#"{"source": ["outrider.e2e"]}"#)
+        .send()
+        .await
+        .unwrap();
+    events
+        .put_targets()
+        .rule("to-queue")
+        .event_bus_name(&bus)
+        .targets(
+            aws_sdk_eventbridge::types::Target::builder()
+                .id("q")
+                .arn(arn)
+                .build()
+                .unwrap(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let b = bus.clone();
+    scenario(
+        Case {
+            kind: "aws_eventbridge",
+            upstream,
+            destination: Box::new(move |port| {
+                aws_destination(
+                    "aws_eventbridge",
+                    port,
+                    json!({"event_bus": b, "source": "outrider.e2e"}),
+                )
+            }),
+            target: Box::new({
+                let bus = bus.clone();
+                move |_| format!("{bus} in us-east-1")
+            }),
+            response_keys: &["event_id", "event_bus"],
+        },
+        Backend::EventBridge {
+            client: sqs.clone(),
+            url: url.clone(),
+        },
+    )
+    .await;
+    let _ = sqs.delete_queue().queue_url(&url).send().await;
+}
+
 #[tokio::test]
 async fn gcp_pubsub_destination() {
     use gcloud_pubsub::client::{Client, ClientConfig};
@@ -510,8 +797,11 @@ async fn destination_types_are_listed_and_validated() {
             "webhook",
             "hookdeck",
             "aws_sqs",
+            "aws_kinesis",
+            "aws_s3",
             "gcp_pubsub",
             "rabbitmq",
+            "aws_eventbridge",
             "redis_stream"
         ]
     );

@@ -11,13 +11,11 @@
 
 use std::rc::Rc;
 
-use aws_sdk_sqs::config::retry::RetryConfig;
-use aws_sdk_sqs::config::{BehaviorVersion, Credentials, Region};
-use aws_sdk_sqs::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_sqs::types::MessageAttributeValue;
 use aws_sdk_sqs::Client;
 use serde_json::{json, Value};
 
+use super::aws::{self, AwsKey};
 use super::fields::{self, Field, Schema};
 use super::*;
 
@@ -44,16 +42,6 @@ const SCHEMA: Schema = Schema {
 };
 
 pub struct AwsSqs;
-
-/// What makes two destinations' clients differ; equal keys share one on a shard.
-#[derive(Clone, PartialEq, Eq, Hash)]
-pub struct Key {
-    region: String,
-    endpoint: Option<String>,
-    key: String,
-    secret: String,
-    session: Option<String>,
-}
 
 /// `<region>` of `https://sqs.<region>.amazonaws.com/...`.
 fn region_of(queue_url: &str) -> Option<String> {
@@ -122,11 +110,7 @@ impl DestinationType for AwsSqs {
             }
         }
         // Read though not listed (Outpost lists only the queue URL).
-        if let Some(e) = d.config.get("endpoint").filter(|e| !e.is_empty()) {
-            if !fields::http_url(e) || clients::url_host_port(e).is_none() {
-                errs.push("config.endpoint is invalid".into());
-            }
-        }
+        aws::check_endpoint(&d.config, &mut errs);
         fields::result(errs)
     }
 
@@ -153,11 +137,7 @@ impl DestinationType for AwsSqs {
     }
 
     fn display_credentials(&self, d: &Destination, _now_ms: i64) -> StringMap {
-        let mut shown = SCHEMA.display_credentials(&d.credentials);
-        if let Some(s) = d.credentials.get("session") {
-            shown.insert("session".into(), obfuscate(s));
-        }
-        shown
+        aws::display_credentials(d)
     }
 
     fn publisher(&self, d: &Destination, ctx: &PublishContext) -> Result<Box<dyn Publisher>, String> {
@@ -166,15 +146,9 @@ impl DestinationType for AwsSqs {
             .get("queue_url")
             .cloned()
             .ok_or("config.queue_url is required")?;
-        let cred = |k: &str| d.credentials.get(k).filter(|v| !v.is_empty()).cloned();
+        let region = region_of(&queue_url).unwrap_or_else(|| "us-east-1".into());
         Ok(Box::new(SqsPublisher {
-            key: Key {
-                region: region_of(&queue_url).unwrap_or_else(|| "us-east-1".into()),
-                endpoint: endpoint_for(&d.config),
-                key: cred("key").ok_or("credentials.key is required")?,
-                secret: cred("secret").ok_or("credentials.secret is required")?,
-                session: cred("session"),
-            },
+            key: AwsKey::new(d, region, endpoint_for(&d.config))?,
             queue_url,
             delivery_metadata: d.delivery_metadata.clone(),
             include_ms: ctx.config.webhook.include_millisecond_timestamp,
@@ -183,93 +157,17 @@ impl DestinationType for AwsSqs {
 }
 
 pub struct SqsPublisher {
-    key: Key,
+    key: AwsKey,
     queue_url: String,
     delivery_metadata: Option<StringMap>,
     include_ms: bool,
 }
 
-/// The host the SDK will connect to must pass the SSRF guard.
-async fn connect(key: &Key, queue_url: &str, guard: bool) -> Result<Client, PublishResult> {
-    let host = match &key.endpoint {
-        Some(e) => clients::url_host_port(e),
-        None => Some((format!("sqs.{}.amazonaws.com", key.region), 443)),
-    };
-    let (host, port) = host.ok_or_else(|| PublishResult::failed("ERR", format!("invalid queue URL {queue_url}")))?;
-    clients::checked_addr(&host, port, guard)
-        .await
-        .map_err(|e| PublishResult::error(resolve_code(&e), e.to_string()))?;
-    let creds = Credentials::new(&key.key, &key.secret, key.session.clone(), None, "outrider-destination");
-    let mut conf = aws_sdk_sqs::Config::builder()
-        .behavior_version(BehaviorVersion::latest())
-        .region(Region::new(key.region.clone()))
-        .credentials_provider(creds)
-        // The delivery schedule retries; an SDK retry inside one attempt would
-        // only hide the failure from the attempt log.
-        .retry_config(RetryConfig::disabled());
-    if let Some(e) = &key.endpoint {
-        conf = conf.endpoint_url(e);
-    }
-    Ok(Client::from_conf(conf.build()))
-}
-
-fn resolve_code(e: &crate::ssrf::ResolveError) -> &'static str {
-    match e {
-        crate::ssrf::ResolveError::Dns { .. } => "dns_error",
-        crate::ssrf::ResolveError::Forbidden { .. } => "forbidden",
-    }
-}
-
-/// A transport failure's code from its description.
-fn network_code(text: &str) -> &'static str {
-    let t = text.to_ascii_lowercase();
-    if t.contains("refused") {
-        "connection_refused"
-    } else if t.contains("reset") || t.contains("broken pipe") || t.contains("connection closed") {
-        "connection_reset"
-    } else if t.contains("dns") || t.contains("lookup") || t.contains("resolve") {
-        "dns_error"
-    } else if t.contains("certificate") || t.contains("tls") {
-        "tls_error"
-    } else if t.contains("timed out") || t.contains("timeout") {
-        "timeout"
-    } else {
-        "network_error"
-    }
-}
-
-fn classify<E, R>(e: &SdkError<E, R>) -> PublishResult
-where
-    E: ProvideErrorMetadata + std::error::Error + 'static,
-    R: std::fmt::Debug,
-{
-    let text = DisplayErrorContext(e).to_string();
-    match e {
-        SdkError::TimeoutError(_) => PublishResult::failed("timeout", text),
-        SdkError::DispatchFailure(d) if d.is_timeout() => PublishResult::failed("timeout", text),
-        SdkError::DispatchFailure(_) => PublishResult::failed(network_code(&text), text),
-        SdkError::ServiceError(s) => {
-            let code = s.err().code().unwrap_or("");
-            let message = s.err().message().unwrap_or("").to_string();
-            let detail = if message.is_empty() {
-                code.to_string()
-            } else {
-                format!("{code}: {message}")
-            };
-            let ours = match code {
-                "InvalidClientTokenId"
-                | "SignatureDoesNotMatch"
-                | "UnrecognizedClientException"
-                | "InvalidSecurity"
-                | "ExpiredToken" => "auth_failed",
-                "AccessDenied" | "AccessDeniedException" | "KMS.AccessDeniedException" => "access_denied",
-                "AWS.SimpleQueueService.NonExistentQueue" | "QueueDoesNotExist" => "queue_not_found",
-                _ => "ERR",
-            };
-            PublishResult::error(ours, detail)
-        }
-        _ => PublishResult::failed("ERR", text),
-    }
+async fn connect(key: &AwsKey, guard: bool) -> Result<Client, PublishResult> {
+    let sdk = key
+        .sdk_config(&format!("sqs.{}.amazonaws.com", key.region), guard)
+        .await?;
+    Ok(Client::new(&sdk))
 }
 
 impl Publisher for SqsPublisher {
@@ -293,11 +191,7 @@ impl Publisher for SqsPublisher {
                 Ok(a) => a,
                 Err(e) => return PublishResult::failed("ERR", format!("could not format event for delivery: {e}")),
             };
-            let client: Rc<Client> = match clients
-                .sqs
-                .get(&self.key, || connect(&self.key, &self.queue_url, clients.guard))
-                .await
-            {
+            let client: Rc<Client> = match clients.sqs.get(&self.key, || connect(&self.key, clients.guard)).await {
                 Ok(c) => c,
                 Err(r) => return r,
             };
@@ -310,7 +204,7 @@ impl Publisher for SqsPublisher {
                 .await;
             match sent {
                 Ok(_) => PublishResult::success("OK", json!({})),
-                Err(e) => classify(&e),
+                Err(e) => aws::classify(&e, "queue_not_found"),
             }
         })
     }

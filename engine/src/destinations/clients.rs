@@ -11,6 +11,7 @@ use std::hash::Hash;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
+use super::aws::AwsKey;
 use crate::http_client::HttpClient;
 
 /// Clients unused this long are closed by the next sweep.
@@ -25,7 +26,10 @@ pub struct ShardClients {
     pub guard: bool,
     pub amqp: Pool<super::rabbitmq::Key, super::rabbitmq::Link>,
     pub redis: Pool<super::redis_stream::Key, redis::aio::MultiplexedConnection>,
-    pub sqs: Pool<super::aws_sqs::Key, aws_sdk_sqs::Client>,
+    pub sqs: Pool<AwsKey, aws_sdk_sqs::Client>,
+    pub kinesis: Pool<AwsKey, aws_sdk_kinesis::Client>,
+    pub s3: Pool<AwsKey, aws_sdk_s3::Client>,
+    pub eventbridge: Pool<AwsKey, aws_sdk_eventbridge::Client>,
     pub pubsub: Pool<super::gcp_pubsub::Key, super::gcp_pubsub::Client>,
 }
 
@@ -37,6 +41,9 @@ impl ShardClients {
             amqp: Pool::default(),
             redis: Pool::default(),
             sqs: Pool::default(),
+            kinesis: Pool::default(),
+            s3: Pool::default(),
+            eventbridge: Pool::default(),
             pubsub: Pool::default(),
         }
     }

@@ -66,6 +66,12 @@ impl Field {
         self
     }
 
+    /// A text field's default, as listed.
+    pub const fn default_value(mut self, default: &'static str) -> Self {
+        self.default = Some(default);
+        self
+    }
+
     pub const fn number(mut self, min: i64, max: i64) -> Self {
         self.kind = Kind::Number;
         self.min = Some(min);

@@ -4,6 +4,10 @@
 //! [`ShardClients`] (one pool per type, shared by every destination on the
 //! shard that has the same endpoint and credentials).
 
+pub mod aws;
+pub mod aws_eventbridge;
+pub mod aws_kinesis;
+pub mod aws_s3;
 pub mod aws_sqs;
 pub mod clients;
 pub mod fields;
@@ -11,6 +15,7 @@ pub mod gcp_pubsub;
 pub mod hookdeck;
 pub mod rabbitmq;
 pub mod redis_stream;
+pub mod template;
 pub mod webhook;
 
 pub use clients::ShardClients;
@@ -162,8 +167,11 @@ impl Registry {
                 Box::new(webhook::Webhook::new(config.clone())),
                 Box::new(hookdeck::Hookdeck::new(config.clone())),
                 Box::new(aws_sqs::AwsSqs),
+                Box::new(aws_kinesis::AwsKinesis),
+                Box::new(aws_s3::AwsS3),
                 Box::new(gcp_pubsub::GcpPubSub),
                 Box::new(rabbitmq::RabbitMq),
+                Box::new(aws_eventbridge::AwsEventBridge),
                 Box::new(redis_stream::RedisStream),
             ],
         }

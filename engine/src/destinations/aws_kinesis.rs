@@ -1,0 +1,304 @@
+//! The `aws_kinesis` destination type: each event is one `PutRecord`. The
+//! record is `{"data":<event data>,"metadata":{...}}` (keys sorted, as
+//! Outpost's encoder writes them), or the bare data with
+//! `DESTINATIONS_AWS_KINESIS_METADATA_IN_PAYLOAD=false`. The partition key is
+//! `partition_key_template` (JMESPath over `{metadata, data}`, or over the
+//! data alone when metadata is not in the payload), falling back to the event
+//! id when it is unset, empty or fails.
+
+use std::collections::BTreeMap;
+use std::rc::Rc;
+
+use aws_sdk_kinesis::primitives::Blob;
+use aws_sdk_kinesis::Client;
+use serde_json::{json, Value};
+
+use super::aws::{self, AwsKey};
+use super::fields::{self, Field, Schema};
+use super::template::{self, Template};
+use super::*;
+
+fn stream_name_ok(v: &str) -> bool {
+    !v.is_empty()
+        && v.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.' || b == b'-')
+}
+
+const CONFIG: &[Field] = &[
+    Field::text("stream_name", "Stream Name", "The name of your Kinesis data stream")
+        .required()
+        .pattern("^[a-zA-Z0-9_.-]+$", stream_name_ok),
+    Field::text("region", "AWS Region", "The AWS region of the stream, e.g. us-east-1")
+        .required()
+        .pattern(aws::REGION_PATTERN, aws::region_ok),
+    Field::text(
+        "endpoint",
+        "Endpoint",
+        "A custom endpoint URL (LocalStack or a VPC endpoint); empty uses the region's.",
+    )
+    .pattern("^https?:\\/\\/[^\\s]+$", fields::http_url),
+    Field::text(
+        "partition_key_template",
+        "Partition Key Template",
+        "A JMESPath expression over {metadata, data} for the partition key; the event id when empty.",
+    ),
+];
+const CREDENTIALS: &[Field] = &[
+    Field::text("key", "Access Key ID", "AWS Access Key ID")
+        .required()
+        .sensitive(),
+    Field::text("secret", "Secret Access Key", "AWS Secret Access Key")
+        .required()
+        .sensitive(),
+    Field::text(
+        "session",
+        "Session Token",
+        "AWS session token, for temporary credentials",
+    )
+    .sensitive(),
+];
+
+const SCHEMA: Schema = Schema {
+    kind: "aws_kinesis",
+    label: "AWS Kinesis",
+    description: "Put each event on an Amazon Kinesis data stream, partitioned by a key you choose.",
+    icon: "<svg xmlns=\"http://www.w3.org/2000/svg\" viewBox=\"0 0 16 16\"><rect width=\"16\" height=\"16\" rx=\"4\" fill=\"#8C4FFF\"/><path d=\"M3 5h10M3 8h10M3 11h10\" stroke=\"#fff\"/></svg>",
+    instructions: "Give the stream's name and region and an access key allowed `kinesis:PutRecord` on it. Each record is `{\"data\": <event data>, \"metadata\": {\"event-id\", \"topic\", \"timestamp\", ...}}` unless the deployment sends bare data. Set `partition_key_template` (JMESPath, e.g. `data.customer_id`) to keep related events on one shard; the event id is used otherwise.",
+    config: CONFIG,
+    credentials: CREDENTIALS,
+};
+
+pub struct AwsKinesis;
+
+impl DestinationType for AwsKinesis {
+    fn kind(&self) -> &'static str {
+        SCHEMA.kind
+    }
+
+    fn metadata(&self) -> Value {
+        SCHEMA.metadata()
+    }
+
+    fn validate(&self, d: &Destination) -> Result<(), Violations> {
+        let mut errs = SCHEMA.check(&d.config, &d.credentials);
+        if let Some(t) = d.config.get("partition_key_template").filter(|t| !t.is_empty()) {
+            if template::invalid(t).is_some() {
+                errs.push("config.partition_key_template is invalid".into());
+            }
+        }
+        fields::result(errs)
+    }
+
+    fn preprocess(
+        &self,
+        _d: &mut Destination,
+        _previous: Option<&Destination>,
+        _raw: &RawInput,
+        _actor: Actor,
+        _now_ms: i64,
+    ) -> Result<(), Violations> {
+        Ok(())
+    }
+
+    fn target(&self, d: &Destination) -> (String, Option<String>) {
+        let get = |k: &str| d.config.get(k).map(String::as_str).unwrap_or("");
+        (format!("{} in {}", get("stream_name"), get("region")), None)
+    }
+
+    fn display_credentials(&self, d: &Destination, _now_ms: i64) -> StringMap {
+        aws::display_credentials(d)
+    }
+
+    fn publisher(&self, d: &Destination, ctx: &PublishContext) -> Result<Box<dyn Publisher>, String> {
+        let get = |k: &str| d.config.get(k).filter(|v| !v.is_empty()).cloned();
+        let region = get("region").ok_or("config.region is required")?;
+        let partition_key = match get("partition_key_template") {
+            Some(t) => Some(Template::compile(&t).map_err(|e| format!("config.partition_key_template: {e}"))?),
+            None => None,
+        };
+        Ok(Box::new(KinesisPublisher {
+            key: AwsKey::new(d, region, get("endpoint"))?,
+            stream: get("stream_name").ok_or("config.stream_name is required")?,
+            partition_key,
+            delivery_metadata: d.delivery_metadata.clone(),
+            include_ms: ctx.config.webhook.include_millisecond_timestamp,
+            metadata_in_payload: ctx.config.kinesis_metadata_in_payload,
+        }))
+    }
+}
+
+pub struct KinesisPublisher {
+    key: AwsKey,
+    stream: String,
+    partition_key: Option<Template>,
+    delivery_metadata: Option<StringMap>,
+    include_ms: bool,
+    metadata_in_payload: bool,
+}
+
+async fn connect(key: &AwsKey, guard: bool) -> Result<Client, PublishResult> {
+    let sdk = key
+        .sdk_config(&format!("kinesis.{}.amazonaws.com", key.region), guard)
+        .await?;
+    Ok(Client::new(&sdk))
+}
+
+impl KinesisPublisher {
+    /// The record bytes and its partition key.
+    fn record(&self, event: &Event, now_ms: i64) -> Result<(Vec<u8>, String), String> {
+        let meta: BTreeMap<String, String> =
+            merged_metadata(self.delivery_metadata.as_ref(), event, now_ms, self.include_ms)
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+        let data: Value = serde_json::from_str(&event.data).map_err(|e| e.to_string())?;
+        let key = self.partition_key.as_ref().and_then(|t| {
+            if self.metadata_in_payload {
+                t.key(&json!({ "metadata": meta, "data": data }))
+            } else {
+                t.key(&data)
+            }
+        });
+        let bytes = if self.metadata_in_payload {
+            // The data is already compact JSON: spliced in, not re-encoded.
+            let meta = serde_json::to_string(&meta).map_err(|e| e.to_string())?;
+            format!("{{\"data\":{},\"metadata\":{meta}}}", event.data).into_bytes()
+        } else {
+            event.data.as_bytes().to_vec()
+        };
+        Ok((bytes, key.unwrap_or_else(|| event.id.clone())))
+    }
+}
+
+impl Publisher for KinesisPublisher {
+    fn publish<'a>(
+        &'a self,
+        clients: &'a ShardClients,
+        event: &'a Event,
+        now_ms: i64,
+    ) -> LocalBoxFuture<'a, PublishResult> {
+        Box::pin(async move {
+            let (bytes, partition_key) = match self.record(event, now_ms) {
+                Ok(r) => r,
+                Err(e) => return PublishResult::failed("ERR", format!("could not format event for delivery: {e}")),
+            };
+            let client: Rc<Client> = match clients
+                .kinesis
+                .get(&self.key, || connect(&self.key, clients.guard))
+                .await
+            {
+                Ok(c) => c,
+                Err(r) => return r,
+            };
+            let sent = client
+                .put_record()
+                .stream_name(&self.stream)
+                .data(Blob::new(bytes))
+                .partition_key(&partition_key)
+                .send()
+                .await;
+            match sent {
+                Ok(out) => PublishResult::success(
+                    "OK",
+                    json!({
+                        "shard_id": out.shard_id(),
+                        "sequence_number": out.sequence_number(),
+                        "partition_key": partition_key,
+                    }),
+                ),
+                Err(e) => aws::classify(&e, "stream_not_found"),
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn publisher(config: &[(&str, &str)], in_payload: bool) -> KinesisPublisher {
+        let d = test_destination("aws_kinesis", config, &[("key", "k"), ("secret", "s")]);
+        KinesisPublisher {
+            key: AwsKey::new(&d, "us-east-1".into(), None).unwrap(),
+            stream: "s".into(),
+            partition_key: d
+                .config
+                .get("partition_key_template")
+                .map(|t| Template::compile(t).unwrap()),
+            delivery_metadata: None,
+            include_ms: false,
+            metadata_in_payload: in_payload,
+        }
+    }
+
+    fn event() -> Event {
+        let mut metadata = StringMap::new();
+        metadata.insert("b".into(), "2".into());
+        Event {
+            id: "evt_1".into(),
+            tenant_id: "t".into(),
+            destination_id: None,
+            topic: "orders".into(),
+            eligible_for_retry: true,
+            time: 0,
+            metadata,
+            data: Arc::from(r#"{"customer":{"id":"c9"},"n":7}"#),
+            matched_destination_ids: vec![],
+        }
+    }
+
+    #[test]
+    fn records_and_keys() {
+        let p = publisher(&[("partition_key_template", "data.customer.id")], true);
+        let (bytes, key) = p.record(&event(), 1_700_000_000_000).unwrap();
+        assert_eq!(key, "c9");
+        let v: Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(v["data"], json!({"customer": {"id": "c9"}, "n": 7}));
+        assert_eq!(v["metadata"]["event-id"], "evt_1");
+        assert_eq!(v["metadata"]["b"], "2");
+        let text = String::from_utf8(bytes).unwrap();
+        assert!(text.starts_with("{\"data\":{\"customer\""), "{text}");
+        assert!(
+            text.find("\"b\"").unwrap() < text.find("\"event-id\"").unwrap(),
+            "sorted keys: {text}"
+        );
+
+        let p = publisher(&[("partition_key_template", "metadata.missing")], true);
+        assert_eq!(p.record(&event(), 0).unwrap().1, "evt_1", "falls back to the event id");
+        let p = publisher(&[("partition_key_template", "n")], false);
+        let (bytes, key) = p.record(&event(), 0).unwrap();
+        assert_eq!(key, "7");
+        assert_eq!(bytes, br#"{"customer":{"id":"c9"},"n":7}"#);
+        let p = publisher(&[], true);
+        assert_eq!(p.record(&event(), 0).unwrap().1, "evt_1");
+    }
+
+    #[test]
+    fn validation() {
+        let d = test_destination(
+            "aws_kinesis",
+            &[
+                ("stream_name", "bad name"),
+                ("region", "moon-1"),
+                ("partition_key_template", "a.["),
+            ],
+            &[("key", "k")],
+        );
+        assert_eq!(
+            AwsKinesis.validate(&d).unwrap_err(),
+            vec![
+                "config.stream_name failed pattern validation",
+                "config.region failed pattern validation",
+                "credentials.secret is required",
+                "config.partition_key_template is invalid",
+            ]
+        );
+        let d = test_destination(
+            "aws_kinesis",
+            &[("stream_name", "s-1"), ("region", "eu-west-1")],
+            &[("key", "k"), ("secret", "s")],
+        );
+        assert!(AwsKinesis.validate(&d).is_ok());
+        assert_eq!(AwsKinesis.target(&d).0, "s-1 in eu-west-1");
+    }
+}
