@@ -33,6 +33,9 @@ up() {
   ensure redis 6379 redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" --appendonly no \
     --dir /var/lib/redis --logfile /var/log/redis/ci.log
   ensure rabbitmq 5672 rabbitmq-server -detached
+  mkdir -p "$DIR/nats-js"
+  ensure nats 4222 start-stop-daemon --start --oknodo --background --exec "$(command -v nats-server)" -- \
+    -a 127.0.0.1 -p 4222 -js -sd "$DIR/nats-js"
 
   local moto_port pubsub_port
   moto_port=$(free_port)
@@ -50,10 +53,11 @@ up() {
 OUTRIDER_TEST_POSTGRES_URL=postgres://postgres@127.0.0.1:5432/test
 OUTRIDER_TEST_REDIS_URL=redis://127.0.0.1:6379
 OUTRIDER_TEST_RABBITMQ_URL=amqp://guest:guest@127.0.0.1:5672
+OUTRIDER_TEST_NATS_ADDR=127.0.0.1:4222
 OUTRIDER_TEST_AWS_ENDPOINT=http://127.0.0.1:$moto_port
 PUBSUB_EMULATOR_HOST=127.0.0.1:$pubsub_port
 ENV
-  log "up: postgresql 5432, redis 6379, rabbitmq 5672, moto $moto_port, pubsub $pubsub_port"
+  log "up: postgresql 5432, redis 6379, rabbitmq 5672, nats 4222, moto $moto_port, pubsub $pubsub_port"
 }
 
 # Test artifacts only: names the test suite generates (unique per run). Every
@@ -89,6 +93,7 @@ down() {
           postgresql) pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -n1)" main stop || true ;;
           redis) redis-cli -p 6379 shutdown nosave >/dev/null 2>&1 || true ;;
           rabbitmq) rabbitmqctl stop >/dev/null 2>&1 || true ;;
+          nats) pkill -f "nats-server -a 127.0.0.1 -p 4222" 2>/dev/null || true ;;
         esac ;;
       *) kill -- "-$pid" 2>/dev/null || kill "$pid" 2>/dev/null || true ;;
     esac

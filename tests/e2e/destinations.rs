@@ -73,6 +73,10 @@ enum Backend {
         bucket: String,
         seen: std::collections::HashSet<String>,
     },
+    Nats {
+        stream: async_nats::jetstream::stream::Stream,
+        next: u64,
+    },
     /// EventBridge entries, routed by a rule to an SQS queue.
     EventBridge {
         client: aws_sdk_sqs::Client,
@@ -208,6 +212,23 @@ impl Backend {
                     let body = obj.body.collect().await.unwrap().into_bytes();
                     out.push(Msg {
                         body: serde_json::from_slice(&body).unwrap(),
+                        attrs,
+                        route: None,
+                    });
+                }
+            }
+            Backend::Nats { stream, next } => {
+                while let Ok(m) = stream.get_raw_message(*next).await {
+                    *next += 1;
+                    let mut attrs = HashMap::new();
+                    for (k, vs) in m.headers.iter() {
+                        if let Some(v) = vs.first() {
+                            attrs.insert(k.to_string(), v.to_string());
+                        }
+                    }
+                    assert_eq!(attrs.get("Nats-Msg-Id"), attrs.get("event-id"), "dedup id = event id");
+                    out.push(Msg {
+                        body: serde_json::from_slice(&m.payload).unwrap(),
                         attrs,
                         route: None,
                     });
@@ -730,6 +751,45 @@ async fn aws_eventbridge_destination() {
 }
 
 #[tokio::test]
+async fn nats_destination() {
+    let addr = require("OUTRIDER_TEST_NATS_ADDR", "NATS with JetStream");
+    let client = async_nats::connect(addr.as_str())
+        .await
+        .unwrap_or_else(|e| panic!("NATS at {addr} is required for this test: {e}"));
+    let js = async_nats::jetstream::new(client);
+    let id = uniq();
+    let name = format!("outrider-e2e-dest-{id}");
+    let subject = format!("outrider.e2e.{id}.events");
+    let stream = js
+        .create_stream(async_nats::jetstream::stream::Config {
+            name: name.clone(),
+            subjects: vec![format!("outrider.e2e.{id}.>")],
+            ..Default::default()
+        })
+        .await
+        .unwrap_or_else(|e| panic!("NATS at {addr} needs JetStream (-js) for this test: {e}"));
+    let sub = subject.clone();
+    scenario(
+        Case {
+            kind: "nats",
+            upstream: socket_of(&addr),
+            destination: Box::new(move |port| {
+                json!({"type": "nats", "topics": "*",
+                    "config": {"server_url": format!("127.0.0.1:{port}"), "subject": sub}})
+            }),
+            target: Box::new({
+                let subject = subject.clone();
+                move |port| format!("{subject} on 127.0.0.1:{port}")
+            }),
+            response_keys: &["stream", "sequence"],
+        },
+        Backend::Nats { stream, next: 1 },
+    )
+    .await;
+    let _ = js.delete_stream(&name).await;
+}
+
+#[tokio::test]
 async fn gcp_pubsub_destination() {
     use gcloud_pubsub::client::{Client, ClientConfig};
     let host = require("PUBSUB_EMULATOR_HOST", "the Pub/Sub emulator");
@@ -802,6 +862,7 @@ async fn destination_types_are_listed_and_validated() {
             "gcp_pubsub",
             "rabbitmq",
             "aws_eventbridge",
+            "nats",
             "redis_stream"
         ]
     );

@@ -13,6 +13,7 @@ pub mod clients;
 pub mod fields;
 pub mod gcp_pubsub;
 pub mod hookdeck;
+pub mod nats;
 pub mod rabbitmq;
 pub mod redis_stream;
 pub mod template;
@@ -172,6 +173,7 @@ impl Registry {
                 Box::new(gcp_pubsub::GcpPubSub),
                 Box::new(rabbitmq::RabbitMq),
                 Box::new(aws_eventbridge::AwsEventBridge),
+                Box::new(nats::Nats),
                 Box::new(redis_stream::RedisStream),
             ],
         }

@@ -1,0 +1,285 @@
+//! The `nats` destination type (ours): each event is published to the
+//! destination's subject, the data as the payload and the merged metadata as
+//! NATS headers. With `jetstream` on (the default) the publish waits for the
+//! stream's acknowledgement and carries `Nats-Msg-Id` = the event id, so the
+//! stream drops a redelivered duplicate within its dedup window; off, it is a
+//! core NATS publish, flushed to the server (no acknowledgement exists).
+
+use std::rc::Rc;
+use std::time::Duration;
+
+use async_nats::connection::State;
+use async_nats::jetstream::context::PublishErrorKind;
+use async_nats::{ConnectErrorKind, ConnectOptions, HeaderMap};
+use bytes::Bytes;
+use serde_json::{json, Value};
+
+use super::fields::{self, Field, Schema};
+use super::*;
+
+const CONFIG: &[Field] = &[
+    Field::text("server_url", "Server", "The NATS server's host and port, e.g. nats.example.com:4222.")
+        .required()
+        .pattern("^[^\\s]+$", fields::no_whitespace),
+    Field::text("subject", "Subject", "The subject each event is published to.")
+        .required()
+        .pattern("^[^\\s]+$", fields::no_whitespace),
+    Field::text(
+        "jetstream",
+        "JetStream",
+        "Publish to a JetStream stream and wait for its acknowledgement.",
+    )
+    .checkbox("on"),
+    Field::text("tls", "TLS", "Connect over TLS.").checkbox("off"),
+];
+const CREDENTIALS: &[Field] = &[
+    Field::text("username", "Username", "The user, if the server requires one."),
+    Field::text("password", "Password", "That user's password.").sensitive(),
+    Field::text("token", "Token", "An authentication token, instead of a user and password.").sensitive(),
+];
+
+const SCHEMA: Schema = Schema {
+    kind: "nats",
+    label: "NATS",
+    description: "Publish each event to a NATS subject, acknowledged by JetStream.",
+    icon: "<svg xmlns=\"http://www.w3.org/2000/svg\" viewBox=\"0 0 24 24\"><rect width=\"24\" height=\"24\" rx=\"4\" fill=\"#27AAE1\"/><path d=\"M6 17V7l12 10V7\" stroke=\"#fff\" stroke-width=\"2\" fill=\"none\"/></svg>",
+    instructions: "Give the server's address and a subject. With JetStream (the default) a stream must capture the subject (`nats stream add EVENTS --subjects 'events.>'`); each publish waits for the stream's acknowledgement and carries `Nats-Msg-Id` = the event id, so a redelivery inside the stream's duplicate window is dropped. Headers carry `event-id`, `topic`, `timestamp` and the event's metadata.",
+    config: CONFIG,
+    credentials: CREDENTIALS,
+};
+
+pub struct Nats;
+
+/// Where and as whom a destination connects; equal keys share a connection on a shard.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct Key {
+    tls: bool,
+    host: String,
+    port: u16,
+    username: Option<String>,
+    password: Option<String>,
+    token: Option<String>,
+}
+
+impl DestinationType for Nats {
+    fn kind(&self) -> &'static str {
+        SCHEMA.kind
+    }
+
+    fn metadata(&self) -> Value {
+        SCHEMA.metadata()
+    }
+
+    fn validate(&self, d: &Destination) -> Result<(), Violations> {
+        let mut errs = SCHEMA.check(&d.config, &d.credentials);
+        if let Some(a) = d.config.get("server_url").filter(|a| !a.is_empty() && fields::no_whitespace(a)) {
+            if a.contains("://") || clients::host_port(a, 4222).is_none() {
+                errs.push("config.server_url is invalid".into());
+            }
+        }
+        fields::result(errs)
+    }
+
+    fn preprocess(
+        &self,
+        d: &mut Destination,
+        _previous: Option<&Destination>,
+        _raw: &RawInput,
+        _actor: Actor,
+        _now_ms: i64,
+    ) -> Result<(), Violations> {
+        if d.config.get("jetstream").is_none_or(|v| v.is_empty()) {
+            d.config.insert("jetstream".into(), "true".into());
+        }
+        let mut errs = Vec::new();
+        for k in ["jetstream", "tls"] {
+            if let Err(e) = fields::normalise_flag(&mut d.config, k) {
+                errs.extend(e);
+            }
+        }
+        fields::result(errs)
+    }
+
+    fn target(&self, d: &Destination) -> (String, Option<String>) {
+        let get = |k: &str| d.config.get(k).map(String::as_str).unwrap_or("");
+        (format!("{} on {}", get("subject"), get("server_url")), None)
+    }
+
+    fn display_credentials(&self, d: &Destination, _now_ms: i64) -> StringMap {
+        SCHEMA.display_credentials(&d.credentials)
+    }
+
+    fn publisher(&self, d: &Destination, ctx: &PublishContext) -> Result<Box<dyn Publisher>, String> {
+        let server = d.config.get("server_url").ok_or("config.server_url is required")?;
+        let (host, port) = clients::host_port(server, 4222).ok_or("config.server_url is invalid")?;
+        let cred = |k: &str| d.credentials.get(k).filter(|v| !v.is_empty()).cloned();
+        Ok(Box::new(NatsPublisher {
+            key: Key {
+                tls: fields::flag(&d.config, "tls"),
+                host,
+                port,
+                username: cred("username"),
+                password: cred("password"),
+                token: cred("token"),
+            },
+            subject: d.config.get("subject").cloned().ok_or("config.subject is required")?,
+            // Stored destinations created before the flag existed default to JetStream.
+            jetstream: d.config.get("jetstream").is_none_or(|v| v != "false"),
+            delivery_metadata: d.delivery_metadata.clone(),
+            include_ms: ctx.config.webhook.include_millisecond_timestamp,
+            ack_timeout: ctx.config.delivery_timeout,
+        }))
+    }
+}
+
+pub struct NatsPublisher {
+    key: Key,
+    subject: String,
+    jetstream: bool,
+    delivery_metadata: Option<StringMap>,
+    include_ms: bool,
+    ack_timeout: Duration,
+}
+
+fn connect_failed(e: &async_nats::ConnectError) -> PublishResult {
+    let text = e.to_string();
+    match e.kind() {
+        ConnectErrorKind::Authentication | ConnectErrorKind::AuthorizationViolation => {
+            PublishResult::permanent("auth_failed", text)
+        }
+        ConnectErrorKind::TimedOut => PublishResult::failed("timeout", text),
+        ConnectErrorKind::Tls => PublishResult::failed("tls_error", text),
+        ConnectErrorKind::Dns => PublishResult::failed("dns_error", text),
+        ConnectErrorKind::Io if text.to_ascii_lowercase().contains("refused") => {
+            PublishResult::failed("connection_refused", text)
+        }
+        _ => PublishResult::failed("nats_error", text),
+    }
+}
+
+async fn open(key: &Key, guard: bool) -> Result<async_nats::Client, PublishResult> {
+    let addr = clients::checked_addr(&key.host, key.port, guard).await.map_err(|e| {
+        let code = match e {
+            crate::ssrf::ResolveError::Dns { .. } => "dns_error",
+            crate::ssrf::ResolveError::Forbidden { .. } => "forbidden",
+        };
+        PublishResult::error(code, e.to_string())
+    })?;
+    // Plain TCP goes to the checked address; TLS needs the name for the certificate.
+    let url = if key.tls {
+        format!("tls://{}:{}", key.host, key.port)
+    } else {
+        format!("nats://{addr}")
+    };
+    let mut opts = ConnectOptions::new()
+        .connection_timeout(Duration::from_secs(5))
+        .require_tls(key.tls)
+        // A lost connection is reconnected by the pool, not behind its back.
+        .max_reconnects(Some(1));
+    if key.tls {
+        let mut tls = (*crate::http_client::tls_config()).clone();
+        tls.alpn_protocols.clear();
+        opts = opts.tls_client_config(tls);
+    }
+    if let (Some(u), Some(p)) = (&key.username, &key.password) {
+        opts = opts.user_and_password(u.clone(), p.clone());
+    } else if let Some(t) = &key.token {
+        opts = opts.token(t.clone());
+    }
+    opts.connect(url).await.map_err(|e| connect_failed(&e))
+}
+
+impl Publisher for NatsPublisher {
+    fn publish<'a>(
+        &'a self,
+        clients: &'a ShardClients,
+        event: &'a Event,
+        now_ms: i64,
+    ) -> LocalBoxFuture<'a, PublishResult> {
+        Box::pin(async move {
+            let mut headers = HeaderMap::new();
+            for (k, v) in merged_metadata(self.delivery_metadata.as_ref(), event, now_ms, self.include_ms).iter() {
+                headers.insert(k.as_str(), v.as_str());
+            }
+            let payload = Bytes::copy_from_slice(event.data.as_bytes());
+            let mut client: Rc<async_nats::Client> =
+                match clients.nats.get(&self.key, || open(&self.key, clients.guard)).await {
+                    Ok(c) => c,
+                    Err(r) => return r,
+                };
+            if client.connection_state() == State::Disconnected {
+                clients.nats.discard(&self.key, &client);
+                client = match clients.nats.get(&self.key, || open(&self.key, clients.guard)).await {
+                    Ok(c) => c,
+                    Err(r) => return r,
+                };
+            }
+            if !self.jetstream {
+                let sent = async {
+                    client
+                        .publish_with_headers(self.subject.clone(), headers, payload)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    client.flush().await.map_err(|e| e.to_string())
+                }
+                .await;
+                return match sent {
+                    Ok(()) => PublishResult::success("OK", json!({ "subject": self.subject })),
+                    Err(e) => {
+                        clients.nats.discard(&self.key, &client);
+                        PublishResult::failed("nats_error", e)
+                    }
+                };
+            }
+            headers.insert(async_nats::header::NATS_MESSAGE_ID, event.id.as_str());
+            let js = async_nats::jetstream::ContextBuilder::new()
+                .timeout(self.ack_timeout)
+                .ack_timeout(self.ack_timeout)
+                .build((*client).clone());
+            let acked = async {
+                js.publish_with_headers(self.subject.clone(), headers, payload)
+                    .await?
+                    .await
+            }
+            .await;
+            match acked {
+                Ok(ack) => PublishResult::success(
+                    "OK",
+                    json!({ "stream": ack.stream, "sequence": ack.sequence, "duplicate": ack.duplicate }),
+                ),
+                Err(e) => {
+                    let text = e.to_string();
+                    match e.kind() {
+                        PublishErrorKind::StreamNotFound => PublishResult::failed("stream_not_found", text),
+                        PublishErrorKind::TimedOut => PublishResult::failed("timeout", text),
+                        PublishErrorKind::BrokenPipe => {
+                            clients.nats.discard(&self.key, &client);
+                            PublishResult::failed("connection_reset", text)
+                        }
+                        _ => PublishResult::failed("nats_error", text),
+                    }
+                }
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn validation_and_flags() {
+        let mut d = test_destination("nats", &[("server_url", "nats.example:4222"), ("subject", "events.a")], &[]);
+        assert!(Nats.validate(&d).is_ok());
+        Nats.preprocess(&mut d, None, &RawInput::default(), Actor::Admin, 0).unwrap();
+        assert_eq!(d.config.get("jetstream").map(String::as_str), Some("true"));
+        assert_eq!(d.config.get("tls").map(String::as_str), Some("false"));
+        assert_eq!(Nats.target(&d).0, "events.a on nats.example:4222");
+        let d = test_destination("nats", &[("server_url", "nats://x"), ("subject", "a b")], &[]);
+        assert_eq!(
+            Nats.validate(&d).unwrap_err(),
+            vec!["config.subject failed pattern validation", "config.server_url is invalid"]
+        );
+    }
+}
