@@ -36,6 +36,7 @@ up() {
   mkdir -p "$DIR/nats-js"
   ensure nats 4222 start-stop-daemon --start --oknodo --background --exec "$(command -v nats-server)" -- \
     -a 127.0.0.1 -p 4222 -js -sd "$DIR/nats-js"
+  ensure mosquitto 1883 mosquitto -d -c /etc/mosquitto/mosquitto.conf
 
   local moto_port pubsub_port
   moto_port=$(free_port)
@@ -54,10 +55,11 @@ OUTRIDER_TEST_POSTGRES_URL=postgres://postgres@127.0.0.1:5432/test
 OUTRIDER_TEST_REDIS_URL=redis://127.0.0.1:6379
 OUTRIDER_TEST_RABBITMQ_URL=amqp://guest:guest@127.0.0.1:5672
 OUTRIDER_TEST_NATS_ADDR=127.0.0.1:4222
+OUTRIDER_TEST_MQTT_ADDR=127.0.0.1:1883
 OUTRIDER_TEST_AWS_ENDPOINT=http://127.0.0.1:$moto_port
 PUBSUB_EMULATOR_HOST=127.0.0.1:$pubsub_port
 ENV
-  log "up: postgresql 5432, redis 6379, rabbitmq 5672, nats 4222, moto $moto_port, pubsub $pubsub_port"
+  log "up: postgresql 5432, redis 6379, rabbitmq 5672, nats 4222, mosquitto 1883, moto $moto_port, pubsub $pubsub_port"
 }
 
 # Test artifacts only: names the test suite generates (unique per run). Every
@@ -94,6 +96,7 @@ down() {
           redis) redis-cli -p 6379 shutdown nosave >/dev/null 2>&1 || true ;;
           rabbitmq) rabbitmqctl stop >/dev/null 2>&1 || true ;;
           nats) pkill -f "nats-server -a 127.0.0.1 -p 4222" 2>/dev/null || true ;;
+          mosquitto) pkill -x mosquitto 2>/dev/null || true ;;
         esac ;;
       *) kill -- "-$pid" 2>/dev/null || kill "$pid" 2>/dev/null || true ;;
     esac

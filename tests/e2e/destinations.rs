@@ -6,6 +6,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
@@ -35,6 +36,9 @@ fn socket_of(host_port: &str) -> SocketAddr {
 
 /// An `XRANGE` entry: id and field/value pairs.
 type StreamEntry = (String, Vec<(String, Vec<u8>)>);
+
+/// Publishes an MQTT subscriber received: payload, user properties, content type.
+type MqttInbox = Arc<Mutex<Vec<(Vec<u8>, Vec<(String, String)>, Option<String>)>>>;
 
 /// One message as the broker gave it back.
 #[derive(Debug)]
@@ -73,8 +77,13 @@ enum Backend {
         bucket: String,
         seen: std::collections::HashSet<String>,
     },
+    Mqtt {
+        got: MqttInbox,
+        taken: usize,
+        _client: rumqttc::v5::AsyncClient,
+    },
     Nats {
-        stream: async_nats::jetstream::stream::Stream,
+        stream: Box<async_nats::jetstream::stream::Stream>,
         next: u64,
     },
     /// EventBridge entries, routed by a rule to an SQS queue.
@@ -216,6 +225,18 @@ impl Backend {
                         route: None,
                     });
                 }
+            }
+            Backend::Mqtt { got, taken, .. } => {
+                let all = got.lock().unwrap();
+                for (payload, props, content_type) in &all[*taken..] {
+                    assert_eq!(content_type.as_deref(), Some("application/json"));
+                    out.push(Msg {
+                        body: serde_json::from_slice(payload).unwrap(),
+                        attrs: props.iter().cloned().collect(),
+                        route: None,
+                    });
+                }
+                *taken = all.len();
             }
             Backend::Nats { stream, next } => {
                 while let Ok(m) = stream.get_raw_message(*next).await {
@@ -751,6 +772,64 @@ async fn aws_eventbridge_destination() {
 }
 
 #[tokio::test]
+async fn mqtt_destination() {
+    use rumqttc::v5::mqttbytes::v5::Packet;
+    use rumqttc::v5::mqttbytes::QoS;
+    use rumqttc::v5::{AsyncClient, Event, MqttOptions};
+    let addr = require("OUTRIDER_TEST_MQTT_ADDR", "an MQTT 5 broker (Mosquitto)");
+    let broker = socket_of(&addr);
+    let id = uniq();
+    let topic = format!("outrider/e2e/{id}/events");
+    let mut opts = MqttOptions::new(format!("outrider-e2e-sub-{id}"), broker.ip().to_string(), broker.port());
+    opts.set_clean_start(true);
+    let (client, mut events) = AsyncClient::new(opts, 100);
+    client.subscribe(topic.clone(), QoS::AtLeastOnce).await.unwrap();
+    // Publishing starts only once the subscription is in place.
+    loop {
+        match events.poll().await {
+            Ok(Event::Incoming(Packet::SubAck(_))) => break,
+            Ok(_) => {}
+            Err(e) => panic!("an MQTT 5 broker at {addr} is required for this test: {e}"),
+        }
+    }
+    let got: MqttInbox = Arc::default();
+    let inbox = got.clone();
+    tokio::spawn(async move {
+        while let Ok(ev) = events.poll().await {
+            if let Event::Incoming(Packet::Publish(p)) = ev {
+                let props = p.properties.clone().unwrap_or_default();
+                inbox
+                    .lock()
+                    .unwrap()
+                    .push((p.payload.to_vec(), props.user_properties, props.content_type));
+            }
+        }
+    });
+    let t = topic.clone();
+    scenario(
+        Case {
+            kind: "mqtt",
+            upstream: broker,
+            destination: Box::new(move |port| {
+                json!({"type": "mqtt", "topics": "*",
+                    "config": {"server_url": format!("127.0.0.1:{port}"), "topic": t}})
+            }),
+            target: Box::new({
+                let topic = topic.clone();
+                move |port| format!("{topic} on 127.0.0.1:{port}")
+            }),
+            response_keys: &["topic"],
+        },
+        Backend::Mqtt {
+            got,
+            taken: 0,
+            _client: client,
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
 async fn nats_destination() {
     let addr = require("OUTRIDER_TEST_NATS_ADDR", "NATS with JetStream");
     let client = async_nats::connect(addr.as_str())
@@ -783,7 +862,10 @@ async fn nats_destination() {
             }),
             response_keys: &["stream", "sequence"],
         },
-        Backend::Nats { stream, next: 1 },
+        Backend::Nats {
+            stream: Box::new(stream),
+            next: 1,
+        },
     )
     .await;
     let _ = js.delete_stream(&name).await;
@@ -863,6 +945,7 @@ async fn destination_types_are_listed_and_validated() {
             "rabbitmq",
             "aws_eventbridge",
             "nats",
+            "mqtt",
             "redis_stream"
         ]
     );

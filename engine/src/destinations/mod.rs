@@ -13,6 +13,7 @@ pub mod clients;
 pub mod fields;
 pub mod gcp_pubsub;
 pub mod hookdeck;
+pub mod mqtt;
 pub mod nats;
 pub mod rabbitmq;
 pub mod redis_stream;
@@ -174,6 +175,7 @@ impl Registry {
                 Box::new(rabbitmq::RabbitMq),
                 Box::new(aws_eventbridge::AwsEventBridge),
                 Box::new(nats::Nats),
+                Box::new(mqtt::Mqtt),
                 Box::new(redis_stream::RedisStream),
             ],
         }

@@ -18,9 +18,13 @@ use super::fields::{self, Field, Schema};
 use super::*;
 
 const CONFIG: &[Field] = &[
-    Field::text("server_url", "Server", "The NATS server's host and port, e.g. nats.example.com:4222.")
-        .required()
-        .pattern("^[^\\s]+$", fields::no_whitespace),
+    Field::text(
+        "server_url",
+        "Server",
+        "The NATS server's host and port, e.g. nats.example.com:4222.",
+    )
+    .required()
+    .pattern("^[^\\s]+$", fields::no_whitespace),
     Field::text("subject", "Subject", "The subject each event is published to.")
         .required()
         .pattern("^[^\\s]+$", fields::no_whitespace),
@@ -35,7 +39,12 @@ const CONFIG: &[Field] = &[
 const CREDENTIALS: &[Field] = &[
     Field::text("username", "Username", "The user, if the server requires one."),
     Field::text("password", "Password", "That user's password.").sensitive(),
-    Field::text("token", "Token", "An authentication token, instead of a user and password.").sensitive(),
+    Field::text(
+        "token",
+        "Token",
+        "An authentication token, instead of a user and password.",
+    )
+    .sensitive(),
 ];
 
 const SCHEMA: Schema = Schema {
@@ -72,7 +81,11 @@ impl DestinationType for Nats {
 
     fn validate(&self, d: &Destination) -> Result<(), Violations> {
         let mut errs = SCHEMA.check(&d.config, &d.credentials);
-        if let Some(a) = d.config.get("server_url").filter(|a| !a.is_empty() && fields::no_whitespace(a)) {
+        if let Some(a) = d
+            .config
+            .get("server_url")
+            .filter(|a| !a.is_empty() && fields::no_whitespace(a))
+        {
             if a.contains("://") || clients::host_port(a, 4222).is_none() {
                 errs.push("config.server_url is invalid".into());
             }
@@ -270,16 +283,24 @@ mod tests {
 
     #[test]
     fn validation_and_flags() {
-        let mut d = test_destination("nats", &[("server_url", "nats.example:4222"), ("subject", "events.a")], &[]);
+        let mut d = test_destination(
+            "nats",
+            &[("server_url", "nats.example:4222"), ("subject", "events.a")],
+            &[],
+        );
         assert!(Nats.validate(&d).is_ok());
-        Nats.preprocess(&mut d, None, &RawInput::default(), Actor::Admin, 0).unwrap();
+        Nats.preprocess(&mut d, None, &RawInput::default(), Actor::Admin, 0)
+            .unwrap();
         assert_eq!(d.config.get("jetstream").map(String::as_str), Some("true"));
         assert_eq!(d.config.get("tls").map(String::as_str), Some("false"));
         assert_eq!(Nats.target(&d).0, "events.a on nats.example:4222");
         let d = test_destination("nats", &[("server_url", "nats://x"), ("subject", "a b")], &[]);
         assert_eq!(
             Nats.validate(&d).unwrap_err(),
-            vec!["config.subject failed pattern validation", "config.server_url is invalid"]
+            vec![
+                "config.subject failed pattern validation",
+                "config.server_url is invalid"
+            ]
         );
     }
 }
