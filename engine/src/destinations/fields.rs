@@ -89,7 +89,9 @@ impl Field {
         let kind = match self.kind {
             Kind::Text => "text",
             Kind::Checkbox => "checkbox",
-            Kind::Number => "number",
+            // Listed as text: the official SDK (1.6.0) rejects a `number`
+            // field type; the bounds still travel as `min`/`max` and are enforced.
+            Kind::Number => "text",
         };
         m.insert("type".into(), kind.into());
         m.insert("label".into(), self.label.into());
@@ -275,7 +277,7 @@ mod tests {
         assert_eq!(shown.get("password").unwrap(), "hunt************");
         assert_eq!(shown.get("user").unwrap(), "u");
         let m = SCHEMA.metadata();
-        assert_eq!(m["config_fields"][1]["type"], "number");
+        assert_eq!(m["config_fields"][1]["type"], "text");
         assert_eq!(m["credential_fields"][0]["sensitive"], true);
     }
 
