@@ -7,8 +7,26 @@ use aws_config::{BehaviorVersion, Region, SdkConfig};
 use aws_sdk_sqs::config::{Credentials, SharedCredentialsProvider};
 use aws_sdk_sqs::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 
+use super::fields::Field;
 use super::{clients, fields, obfuscate, PublishResult};
 use crate::model::{Destination, StringMap};
+
+/// Static keys and an optional session token, as Outpost lists them for
+/// Kinesis and S3 (SQS lists the first two).
+pub const CREDENTIALS: &[Field] = &[
+    Field::text("key", "Access Key ID", "AWS Access Key ID")
+        .required()
+        .sensitive(),
+    Field::text("secret", "Secret Access Key", "AWS Secret Access Key")
+        .required()
+        .sensitive(),
+    Field::text(
+        "session",
+        "Session Token",
+        "AWS session token, for temporary credentials",
+    )
+    .sensitive(),
+];
 
 /// The listed region pattern (`us-east-1`).
 pub const REGION_PATTERN: &str = "^[a-z]{2}-[a-z]+-[0-9]+$";
@@ -76,13 +94,7 @@ impl AwsKey {
                 .ok_or_else(|| PublishResult::failed("ERR", format!("invalid endpoint {e}")))?,
             None => (default_host.to_string(), 443),
         };
-        clients::checked_addr(&host, port, guard).await.map_err(|e| {
-            let code = match e {
-                crate::ssrf::ResolveError::Dns { .. } => "dns_error",
-                crate::ssrf::ResolveError::Forbidden { .. } => "forbidden",
-            };
-            PublishResult::error(code, e.to_string())
-        })?;
+        clients::checked_target(&host, port, guard).await?;
         let creds = Credentials::new(
             &self.key,
             &self.secret,
@@ -104,24 +116,6 @@ impl AwsKey {
     }
 }
 
-/// A transport failure's code from its description.
-fn network_code(text: &str) -> &'static str {
-    let t = text.to_ascii_lowercase();
-    if t.contains("refused") {
-        "connection_refused"
-    } else if t.contains("reset") || t.contains("broken pipe") || t.contains("connection closed") {
-        "connection_reset"
-    } else if t.contains("dns") || t.contains("lookup") || t.contains("resolve") {
-        "dns_error"
-    } else if t.contains("certificate") || t.contains("tls") {
-        "tls_error"
-    } else if t.contains("timed out") || t.contains("timeout") {
-        "timeout"
-    } else {
-        "network_error"
-    }
-}
-
 /// An SDK error as an attempt: network codes, `auth_failed` and
 /// `access_denied` (permanent), `not_found` for the service's missing
 /// resource, else `ERR` with the service's code and message.
@@ -134,7 +128,7 @@ where
     match e {
         SdkError::TimeoutError(_) => PublishResult::failed("timeout", text),
         SdkError::DispatchFailure(d) if d.is_timeout() => PublishResult::failed("timeout", text),
-        SdkError::DispatchFailure(_) => PublishResult::failed(network_code(&text), text),
+        SdkError::DispatchFailure(_) => PublishResult::failed(clients::network_code(&text), text),
         SdkError::ServiceError(s) => {
             let code = s.err().code().unwrap_or("");
             let message = s.err().message().unwrap_or("");

@@ -43,20 +43,6 @@ const CONFIG: &[Field] = &[
     )
     .pattern("^https?:\\/\\/[^\\s]+$", fields::http_url),
 ];
-const CREDENTIALS: &[Field] = &[
-    Field::text("key", "Access Key ID", "AWS Access Key ID")
-        .required()
-        .sensitive(),
-    Field::text("secret", "Secret Access Key", "AWS Secret Access Key")
-        .required()
-        .sensitive(),
-    Field::text(
-        "session",
-        "Session Token",
-        "AWS session token, for temporary credentials",
-    )
-    .sensitive(),
-];
 
 const SCHEMA: Schema = Schema {
     kind: "aws_eventbridge",
@@ -65,7 +51,7 @@ const SCHEMA: Schema = Schema {
     icon: "<svg xmlns=\"http://www.w3.org/2000/svg\" viewBox=\"0 0 16 16\"><rect width=\"16\" height=\"16\" rx=\"4\" fill=\"#E7157B\"/><circle cx=\"8\" cy=\"8\" r=\"3\" stroke=\"#fff\" fill=\"none\"/><path d=\"M2 8h3M11 8h3M8 2v3M8 11v3\" stroke=\"#fff\"/></svg>",
     instructions: "Give the bus (or leave `default`), its region and an access key allowed `events:PutEvents` on it. Each entry's `detail` is `{\"data\": <event data>, \"metadata\": {\"event-id\", \"topic\", \"timestamp\", ...}}`, its `detail-type` the event topic (or the configured detail type) and its `source` the configured source, so a rule such as `{\"source\": [\"outrider\"], \"detail-type\": [\"orders.created\"]}` selects events by topic.",
     config: CONFIG,
-    credentials: CREDENTIALS,
+    credentials: aws::CREDENTIALS,
 };
 
 pub struct AwsEventBridge;
@@ -81,17 +67,6 @@ impl DestinationType for AwsEventBridge {
 
     fn validate(&self, d: &Destination) -> Result<(), Violations> {
         fields::result(SCHEMA.check(&d.config, &d.credentials))
-    }
-
-    fn preprocess(
-        &self,
-        _d: &mut Destination,
-        _previous: Option<&Destination>,
-        _raw: &RawInput,
-        _actor: Actor,
-        _now_ms: i64,
-    ) -> Result<(), Violations> {
-        Ok(())
     }
 
     fn target(&self, d: &Destination) -> (String, Option<String>) {

@@ -43,20 +43,6 @@ const CONFIG: &[Field] = &[
         "A JMESPath expression over {metadata, data} for the partition key; the event id when empty.",
     ),
 ];
-const CREDENTIALS: &[Field] = &[
-    Field::text("key", "Access Key ID", "AWS Access Key ID")
-        .required()
-        .sensitive(),
-    Field::text("secret", "Secret Access Key", "AWS Secret Access Key")
-        .required()
-        .sensitive(),
-    Field::text(
-        "session",
-        "Session Token",
-        "AWS session token, for temporary credentials",
-    )
-    .sensitive(),
-];
 
 const SCHEMA: Schema = Schema {
     kind: "aws_kinesis",
@@ -65,7 +51,7 @@ const SCHEMA: Schema = Schema {
     icon: "<svg xmlns=\"http://www.w3.org/2000/svg\" viewBox=\"0 0 16 16\"><rect width=\"16\" height=\"16\" rx=\"4\" fill=\"#8C4FFF\"/><path d=\"M3 5h10M3 8h10M3 11h10\" stroke=\"#fff\"/></svg>",
     instructions: "Give the stream's name and region and an access key allowed `kinesis:PutRecord` on it. Each record is `{\"data\": <event data>, \"metadata\": {\"event-id\", \"topic\", \"timestamp\", ...}}` unless the deployment sends bare data. Set `partition_key_template` (JMESPath, e.g. `data.customer_id`) to keep related events on one shard; the event id is used otherwise.",
     config: CONFIG,
-    credentials: CREDENTIALS,
+    credentials: aws::CREDENTIALS,
 };
 
 pub struct AwsKinesis;
@@ -87,17 +73,6 @@ impl DestinationType for AwsKinesis {
             }
         }
         fields::result(errs)
-    }
-
-    fn preprocess(
-        &self,
-        _d: &mut Destination,
-        _previous: Option<&Destination>,
-        _raw: &RawInput,
-        _actor: Actor,
-        _now_ms: i64,
-    ) -> Result<(), Violations> {
-        Ok(())
     }
 
     fn target(&self, d: &Destination) -> (String, Option<String>) {
@@ -151,14 +126,18 @@ impl KinesisPublisher {
                 .iter()
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect();
-        let data: Value = serde_json::from_str(&event.data).map_err(|e| e.to_string())?;
-        let key = self.partition_key.as_ref().and_then(|t| {
-            if self.metadata_in_payload {
-                t.key(&json!({ "metadata": meta, "data": data }))
-            } else {
-                t.key(&data)
+        // The data is parsed only when a template has to look into it.
+        let key = match &self.partition_key {
+            None => None,
+            Some(t) => {
+                let data: Value = serde_json::from_str(&event.data).map_err(|e| e.to_string())?;
+                if self.metadata_in_payload {
+                    t.key(&json!({ "metadata": &meta, "data": data }))
+                } else {
+                    t.key(&data)
+                }
             }
-        });
+        };
         let bytes = if self.metadata_in_payload {
             // The data is already compact JSON: spliced in, not re-encoded.
             let meta = serde_json::to_string(&meta).map_err(|e| e.to_string())?;

@@ -53,20 +53,6 @@ const CONFIG: &[Field] = &[
     ),
     Field::text("storage_class", "Storage Class", "The S3 storage class of each object").default_value("STANDARD"),
 ];
-const CREDENTIALS: &[Field] = &[
-    Field::text("key", "Access Key ID", "AWS Access Key ID")
-        .required()
-        .sensitive(),
-    Field::text("secret", "Secret Access Key", "AWS Secret Access Key")
-        .required()
-        .sensitive(),
-    Field::text(
-        "session",
-        "Session Token",
-        "AWS session token, for temporary credentials",
-    )
-    .sensitive(),
-];
 
 const SCHEMA: Schema = Schema {
     kind: "aws_s3",
@@ -75,7 +61,7 @@ const SCHEMA: Schema = Schema {
     icon: "<svg xmlns=\"http://www.w3.org/2000/svg\" viewBox=\"0 0 16 16\"><rect width=\"16\" height=\"16\" rx=\"4\" fill=\"#3F8624\"/><path d=\"M4 5c0-1 8-1 8 0l-1 7c0 1-6 1-6 0z\" stroke=\"#fff\" fill=\"none\"/></svg>",
     instructions: "Give the bucket, its region and an access key allowed `s3:PutObject` on it. Each object's body is the event data; `event-id`, `topic`, `timestamp` and the event's metadata are its user metadata. `key_template` (JMESPath over `data`, `metadata` and `time`) names the object, e.g. `join('/', [time.date, metadata.\"event-id\"])`.",
     config: CONFIG,
-    credentials: CREDENTIALS,
+    credentials: aws::CREDENTIALS,
 };
 
 pub struct AwsS3;

@@ -22,14 +22,6 @@ use super::*;
 const CONFIG: &[Field] = &[Field::text("queue_url", "Queue URL", "The URL of your AWS SQS queue")
     .required()
     .pattern("^https?:\\/\\/[^\\s]+$", fields::http_url)];
-const CREDENTIALS: &[Field] = &[
-    Field::text("key", "Access Key ID", "AWS Access Key ID")
-        .required()
-        .sensitive(),
-    Field::text("secret", "Secret Access Key", "AWS Secret Access Key")
-        .required()
-        .sensitive(),
-];
 
 const SCHEMA: Schema = Schema {
     kind: "aws_sqs",
@@ -38,7 +30,8 @@ const SCHEMA: Schema = Schema {
     icon: "<svg xmlns=\"http://www.w3.org/2000/svg\" viewBox=\"0 0 16 16\"><rect width=\"16\" height=\"16\" rx=\"4\" fill=\"#D82D6D\"/><path d=\"M4 8h8M9.5 5.5 12 8l-2.5 2.5M6.5 5.5 4 8l2.5 2.5\" stroke=\"#fff\" fill=\"none\"/></svg>",
     instructions: "Give the queue's URL and an access key allowed `sqs:SendMessage` on it (with temporary credentials, add `session` to the credentials; for LocalStack, `endpoint` to the config). Each message's body is the event data (JSON); the message attribute `metadata` holds a JSON object with `event-id`, `topic`, `timestamp` and the event's metadata. FIFO queues are not supported yet (no group id is sent).",
     config: CONFIG,
-    credentials: CREDENTIALS,
+    // Outpost lists key and secret only; `session` is read anyway.
+    credentials: aws::CREDENTIALS.split_at(2).0,
 };
 
 pub struct AwsSqs;
@@ -112,17 +105,6 @@ impl DestinationType for AwsSqs {
         // Read though not listed (Outpost lists only the queue URL).
         aws::check_endpoint(&d.config, &mut errs);
         fields::result(errs)
-    }
-
-    fn preprocess(
-        &self,
-        _d: &mut Destination,
-        _previous: Option<&Destination>,
-        _raw: &RawInput,
-        _actor: Actor,
-        _now_ms: i64,
-    ) -> Result<(), Violations> {
-        Ok(())
     }
 
     fn target(&self, d: &Destination) -> (String, Option<String>) {

@@ -151,6 +151,37 @@ pub async fn checked_addr(
     Ok(addrs[0])
 }
 
+/// [`checked_addr`] for a publisher: a refusal or a failed lookup is the
+/// attempt's outcome (`forbidden` is permanent, `dns_error` is retried).
+pub async fn checked_target(host: &str, port: u16, guard: bool) -> Result<std::net::SocketAddr, super::PublishResult> {
+    checked_addr(host, port, guard).await.map_err(|e| {
+        let code = match e {
+            crate::ssrf::ResolveError::Dns { .. } => "dns_error",
+            crate::ssrf::ResolveError::Forbidden { .. } => "forbidden",
+        };
+        super::PublishResult::error(code, e.to_string())
+    })
+}
+
+/// A transport failure's code from a client library's description of it
+/// (the libraries give no structured kind).
+pub fn network_code(text: &str) -> &'static str {
+    let t = text.to_ascii_lowercase();
+    if t.contains("refused") {
+        "connection_refused"
+    } else if t.contains("reset") || t.contains("broken pipe") || t.contains("connection closed") {
+        "connection_reset"
+    } else if t.contains("dns") || t.contains("lookup") || t.contains("resolve") {
+        "dns_error"
+    } else if t.contains("certificate") || t.contains("tls") {
+        "tls_error"
+    } else if t.contains("timed out") || t.contains("timeout") {
+        "timeout"
+    } else {
+        "network_error"
+    }
+}
+
 /// Splits `host[:port]` (IPv6 in brackets) with a default port.
 pub fn host_port(s: &str, default_port: u16) -> Option<(String, u16)> {
     if s.is_empty() || s.chars().any(char::is_whitespace) {

@@ -102,17 +102,6 @@ impl DestinationType for GcpPubSub {
         fields::result(errs)
     }
 
-    fn preprocess(
-        &self,
-        _d: &mut Destination,
-        _previous: Option<&Destination>,
-        _raw: &RawInput,
-        _actor: Actor,
-        _now_ms: i64,
-    ) -> Result<(), Violations> {
-        Ok(())
-    }
-
     fn target(&self, d: &Destination) -> (String, Option<String>) {
         let get = |k: &str| d.config.get(k).map(String::as_str).unwrap_or("");
         let (project, topic) = (get("project_id"), get("topic"));
@@ -175,13 +164,7 @@ async fn connect(key: &Key, guard: bool) -> Result<Client, PublishResult> {
             // The emulator endpoint is user-supplied: it must pass the guard.
             let (h, port) = clients::host_port(host, 8085)
                 .ok_or_else(|| PublishResult::failed("ERR", "config.endpoint is invalid"))?;
-            clients::checked_addr(&h, port, guard).await.map_err(|e| {
-                let code = match e {
-                    crate::ssrf::ResolveError::Dns { .. } => "dns_error",
-                    crate::ssrf::ResolveError::Forbidden { .. } => "forbidden",
-                };
-                PublishResult::error(code, e.to_string())
-            })?;
+            clients::checked_target(&h, port, guard).await?;
             Environment::Emulator(host.clone())
         }
         None => {
@@ -202,21 +185,8 @@ async fn connect(key: &Key, guard: bool) -> Result<Client, PublishResult> {
     };
     let cm = ConnectionManager::new(1, PUBSUB, &format!("https://{PUBSUB}/"), &environment, &options)
         .await
-        .map_err(|e| PublishResult::failed(network_code(&e.to_string()), e.to_string()))?;
+        .map_err(|e| PublishResult::failed(clients::network_code(&e.to_string()), e.to_string()))?;
     Ok(PublisherClient::new(cm.conn()))
-}
-
-fn network_code(text: &str) -> &'static str {
-    let t = text.to_ascii_lowercase();
-    if t.contains("refused") {
-        "connection_refused"
-    } else if t.contains("dns") || t.contains("lookup") || t.contains("resolve") {
-        "dns_error"
-    } else if t.contains("timed out") || t.contains("timeout") {
-        "timeout"
-    } else {
-        "ERR"
-    }
 }
 
 fn classify(s: &Status) -> PublishResult {
@@ -225,7 +195,7 @@ fn classify(s: &Status) -> PublishResult {
         Code::PermissionDenied => "access_denied",
         Code::Unauthenticated => "auth_failed",
         Code::DeadlineExceeded => "timeout",
-        Code::Unavailable => network_code(s.message()),
+        Code::Unavailable => clients::network_code(s.message()),
         _ => "ERR",
     };
     PublishResult::error(code, format!("{:?}: {}", s.code(), s.message()))

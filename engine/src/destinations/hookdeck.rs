@@ -87,17 +87,6 @@ impl DestinationType for Hookdeck {
         fields::result(errs)
     }
 
-    fn preprocess(
-        &self,
-        _d: &mut Destination,
-        _previous: Option<&Destination>,
-        _raw: &RawInput,
-        _actor: Actor,
-        _now_ms: i64,
-    ) -> Result<(), Violations> {
-        Ok(())
-    }
-
     fn verify<'a>(
         &'a self,
         d: &'a mut Destination,

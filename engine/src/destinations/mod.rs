@@ -56,16 +56,18 @@ pub trait DestinationType: Send + Sync + 'static {
     fn metadata(&self) -> Value;
     /// Field checks on a destination about to be stored.
     fn validate(&self, dest: &Destination) -> Result<(), Violations>;
-    /// Fills in or rewrites fields before storing (generated secrets, rotation).
-    /// `previous` is the stored version on update.
+    /// Fills in or rewrites fields before storing (generated secrets, rotation,
+    /// normalised flags). `previous` is the stored version on update.
     fn preprocess(
         &self,
-        dest: &mut Destination,
-        previous: Option<&Destination>,
-        raw: &RawInput,
-        actor: Actor,
-        now_ms: i64,
-    ) -> Result<(), Violations>;
+        _dest: &mut Destination,
+        _previous: Option<&Destination>,
+        _raw: &RawInput,
+        _actor: Actor,
+        _now_ms: i64,
+    ) -> Result<(), Violations> {
+        Ok(())
+    }
     /// Checks with the service itself before storing, after `preprocess`
     /// (Hookdeck verifies its source token and names the source).
     fn verify<'a>(

@@ -195,13 +195,7 @@ fn connection_failed(e: &ConnectionError) -> PublishResult {
 
 /// Connects (waiting for the CONNACK), then leaves the event loop running on the shard.
 async fn open(key: &Key, guard: bool) -> Result<Link, PublishResult> {
-    let addr = clients::checked_addr(&key.host, key.port, guard).await.map_err(|e| {
-        let code = match e {
-            crate::ssrf::ResolveError::Dns { .. } => "dns_error",
-            crate::ssrf::ResolveError::Forbidden { .. } => "forbidden",
-        };
-        PublishResult::error(code, e.to_string())
-    })?;
+    let addr = clients::checked_target(&key.host, key.port, guard).await?;
     // Plain TCP goes to the checked address; TLS needs the name for the certificate.
     let host = if key.tls {
         key.host.clone()

@@ -171,13 +171,7 @@ fn connect_failed(e: &async_nats::ConnectError) -> PublishResult {
 }
 
 async fn open(key: &Key, guard: bool) -> Result<async_nats::Client, PublishResult> {
-    let addr = clients::checked_addr(&key.host, key.port, guard).await.map_err(|e| {
-        let code = match e {
-            crate::ssrf::ResolveError::Dns { .. } => "dns_error",
-            crate::ssrf::ResolveError::Forbidden { .. } => "forbidden",
-        };
-        PublishResult::error(code, e.to_string())
-    })?;
+    let addr = clients::checked_target(&key.host, key.port, guard).await?;
     // Plain TCP goes to the checked address; TLS needs the name for the certificate.
     let url = if key.tls {
         format!("tls://{}:{}", key.host, key.port)

@@ -220,12 +220,7 @@ fn io_code(e: &std::io::Error) -> &'static str {
 }
 
 async fn open(key: &Key, guard: bool) -> Result<Link, PublishResult> {
-    let addr = clients::checked_addr(&key.host, key.port, guard)
-        .await
-        .map_err(|e| match e {
-            crate::ssrf::ResolveError::Dns { .. } => PublishResult::failed("dns_error", e.to_string()),
-            crate::ssrf::ResolveError::Forbidden { .. } => PublishResult::permanent("forbidden", e.to_string()),
-        })?;
+    let addr = clients::checked_target(&key.host, key.port, guard).await?;
     // Plain AMQP connects to the checked address; TLS needs the name for the
     // certificate check.
     let host = if key.tls {

@@ -161,12 +161,7 @@ fn classify(e: &redis::RedisError) -> PublishResult {
 }
 
 async fn open(key: &Key, guard: bool) -> Result<MultiplexedConnection, PublishResult> {
-    let addr = clients::checked_addr(&key.host, key.port, guard)
-        .await
-        .map_err(|e| match e {
-            crate::ssrf::ResolveError::Dns { .. } => PublishResult::failed("dns_error", e.to_string()),
-            crate::ssrf::ResolveError::Forbidden { .. } => PublishResult::permanent("forbidden", e.to_string()),
-        })?;
+    let addr = clients::checked_target(&key.host, key.port, guard).await?;
     // Plain TCP goes to the checked address; TLS needs the name for the certificate.
     let target = if key.tls {
         ConnectionAddr::TcpTls {
