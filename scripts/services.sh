@@ -2,6 +2,8 @@
 # Back-end services for the tests, on loopback only.
 #   scripts/services.sh up     make sure PostgreSQL, Redis and RabbitMQ answer (start them if
 #                              they are down), start moto (AWS) and the GCP Pub/Sub emulator,
+#                              install the tansu Kafka broker (once, cached outside the clone;
+#                              the Kafka tests start their own brokers from it),
 #                              and write their endpoints to $OUTRIDER_SERVICES_DIR/env
 #   scripts/services.sh down   stop what `up` started (by pid), nothing else
 set -euo pipefail
@@ -38,6 +40,16 @@ up() {
     -a 127.0.0.1 -p 4222 -js -sd "$DIR/nats-js"
   ensure mosquitto 1883 mosquitto -d -c /etc/mosquitto/mosquitto.conf
 
+  # A Kafka-protocol broker from crates.io, built once per machine (~15 min cold).
+  # The Kafka tests keep users and topics in a SQLite file (the libsql feature).
+  local tools="${OUTRIDER_TOOLS_DIR:-$HOME/.cache/outrider/tools}" tansu_build="0.6.0 dynostore,libsql"
+  if [ "$(cat "$tools/tansu.build" 2>/dev/null)" != "$tansu_build" ] || ! [ -x "$tools/bin/tansu" ]; then
+    log "installing tansu $tansu_build (Kafka-compatible broker) into $tools"
+    cargo install tansu --version "${tansu_build% *}" --locked --features "${tansu_build#* }" --root "$tools" --force \
+      >"$DIR/tansu-install.log" 2>&1 || { log "tansu install failed (log: $DIR/tansu-install.log)"; return 1; }
+    echo "$tansu_build" >"$tools/tansu.build"
+  fi
+
   local moto_port pubsub_port
   moto_port=$(free_port)
   command -v moto_server >/dev/null || { log "moto_server is not installed (pip install 'moto[server]')"; return 1; }
@@ -58,6 +70,7 @@ OUTRIDER_TEST_NATS_ADDR=127.0.0.1:4222
 OUTRIDER_TEST_MQTT_ADDR=127.0.0.1:1883
 OUTRIDER_TEST_AWS_ENDPOINT=http://127.0.0.1:$moto_port
 PUBSUB_EMULATOR_HOST=127.0.0.1:$pubsub_port
+OUTRIDER_TEST_TANSU_BIN=$tools/bin/tansu
 ENV
   log "up: postgresql 5432, redis 6379, rabbitmq 5672, nats 4222, mosquitto 1883, moto $moto_port, pubsub $pubsub_port"
 }

@@ -133,6 +133,9 @@ pub struct Config {
     /// `aws_kinesis` records are `{"data","metadata"}` (true, Outpost's
     /// default) or the bare event data.
     pub kinesis_metadata_in_payload: bool,
+    /// Extra PEM roots trusted, besides the Mozilla roots, when the `kafka`
+    /// type connects over TLS (a private CA).
+    pub destinations_tls_ca_file: Option<PathBuf>,
     /// Embedded store: fsync every commit (FULL) or rely on the WAL (NORMAL).
     pub embedded_synchronous_full: bool,
     /// AWS SQS as the delivery queue (wins over RabbitMQ, as in Outpost).
@@ -436,6 +439,7 @@ const YAML_KEYS: &[(&str, &str)] = &[
     ("outrider.embedded_synchronous", "OUTRIDER_EMBEDDED_SYNCHRONOUS"),
     ("outrider.hookdeck_api_url", "OUTRIDER_HOOKDECK_API_URL"),
     ("outrider.hookdeck_publish_url", "OUTRIDER_HOOKDECK_PUBLISH_URL"),
+    ("outrider.destinations_tls_ca_file", "OUTRIDER_DESTINATIONS_TLS_CA_FILE"),
 ];
 
 /// Files looked for, in order, when neither `--config` nor `CONFIG` names one.
@@ -845,6 +849,7 @@ impl Config {
                 .trim_end_matches('/')
                 .to_string(),
             kinesis_metadata_in_payload: src.bool("DESTINATIONS_AWS_KINESIS_METADATA_IN_PAYLOAD", true)?,
+            destinations_tls_ca_file: src.non_empty("OUTRIDER_DESTINATIONS_TLS_CA_FILE").map(PathBuf::from),
             hookdeck_publish_url: src
                 .string("OUTRIDER_HOOKDECK_PUBLISH_URL", "https://hkdk.events")
                 .trim_end_matches('/')

@@ -68,6 +68,24 @@ pub struct Event {
     pub matched_destination_ids: Vec<String>,
 }
 
+#[cfg(test)]
+impl Event {
+    /// An event of tenant `t` with no metadata, for unit tests.
+    pub(crate) fn for_tests(id: &str, topic: &str, data: &str) -> Self {
+        Self {
+            id: id.into(),
+            tenant_id: "t".into(),
+            destination_id: None,
+            topic: topic.into(),
+            eligible_for_retry: true,
+            time: 0,
+            metadata: StringMap::new(),
+            data: std::sync::Arc::from(data),
+            matched_destination_ids: vec![],
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum AttemptStatus {

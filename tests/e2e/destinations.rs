@@ -91,6 +91,16 @@ enum Backend {
         client: aws_sdk_sqs::Client,
         url: String,
     },
+    /// What the fake Service Bus accepted.
+    ServiceBus {
+        got: SbInbox,
+        taken: usize,
+    },
+    /// Every partition of a Kafka topic, each read from its next offset.
+    Kafka {
+        parts: Vec<rskafka::client::partition::PartitionClient>,
+        next: Vec<i64>,
+    },
 }
 
 impl Backend {
@@ -281,6 +291,54 @@ impl Backend {
                         .unwrap();
                 }
             }
+            Backend::ServiceBus { got, taken } => {
+                let all = got.lock().unwrap();
+                for (entity, body, attrs, id) in &all[*taken..] {
+                    assert_eq!(entity, "orders");
+                    assert_eq!(
+                        id.as_deref(),
+                        attrs.get("event-id").map(String::as_str),
+                        "message id = event id"
+                    );
+                    out.push(Msg {
+                        body: serde_json::from_slice(body).unwrap(),
+                        attrs: attrs.clone(),
+                        route: None,
+                    });
+                }
+                *taken = all.len();
+            }
+            Backend::Kafka { parts, next } => {
+                for (i, p) in parts.iter().enumerate() {
+                    let (records, _high) = p.fetch_records(next[i], 1..1_000_000, 100).await.unwrap();
+                    for r in records {
+                        next[i] = r.offset + 1;
+                        let rec = r.record;
+                        let mut attrs: HashMap<String, String> = rec
+                            .headers
+                            .into_iter()
+                            .map(|(k, v)| (k, String::from_utf8(v).unwrap()))
+                            .collect();
+                        assert_eq!(attrs.remove("content-type").as_deref(), Some("application/json"));
+                        let body: Value = serde_json::from_slice(rec.value.as_deref().unwrap()).unwrap();
+                        // The key template is `join('-', ['k', to_string(data.n)])`,
+                        // and the partition FNV-1a(key) mod 3 (checked here
+                        // with our own hash, not the engine's).
+                        let key = String::from_utf8(rec.key.unwrap()).unwrap();
+                        assert_eq!(key, format!("k-{}", body["n"]));
+                        assert_eq!(
+                            fnv1a_partition(key.as_bytes(), parts.len()),
+                            p.partition() as usize,
+                            "{key}"
+                        );
+                        out.push(Msg {
+                            body,
+                            attrs,
+                            route: None,
+                        });
+                    }
+                }
+            }
             Backend::PubSub { sub } => {
                 let got = tokio::time::timeout(Duration::from_secs(2), sub.pull(50, None)).await;
                 for m in got.map(|r| r.unwrap()).unwrap_or_default() {
@@ -323,10 +381,16 @@ struct Case {
     target: Box<dyn Fn(u16) -> String>,
     /// `response_data` keys a success carries.
     response_keys: &'static [&'static str],
+    /// A forwarder started beforehand (Kafka advertises it), instead of one
+    /// to `upstream`.
+    proxy: Option<Proxy>,
 }
 
 async fn scenario(case: Case, mut backend: Backend) {
-    let proxy = Proxy::start(case.upstream).await;
+    let proxy = match case.proxy {
+        Some(p) => p,
+        None => Proxy::start(case.upstream).await,
+    };
     let s = Server::start(&[("RETRY_SCHEDULE", "1,1,1,1,1")]).await;
     let api = Api::admin(&s);
     let tenant = format!("t-{}", case.kind);
@@ -479,6 +543,7 @@ async fn rabbitmq_destination() {
             }),
             target: Box::new(move |_| format!("{exchange} -> *")),
             response_keys: &[],
+            proxy: None,
         },
         Backend::Rabbit {
             ch: ch.clone(),
@@ -514,6 +579,7 @@ async fn redis_stream_destination() {
                 move |port| format!("{stream} on 127.0.0.1:{port}")
             }),
             response_keys: &["id", "stream"],
+            proxy: None,
         },
         Backend::Redis {
             conn: conn.clone(),
@@ -561,6 +627,7 @@ async fn aws_sqs_destination() {
                 move |_| url.clone()
             }),
             response_keys: &[],
+            proxy: None,
         },
         Backend::Sqs {
             client: client.clone(),
@@ -639,6 +706,7 @@ async fn aws_kinesis_destination() {
                 move |_| format!("{stream} in us-east-1")
             }),
             response_keys: &["shard_id", "sequence_number", "partition_key"],
+            proxy: None,
         },
         Backend::Kinesis {
             client: client.clone(),
@@ -685,6 +753,7 @@ async fn aws_s3_destination() {
                 move |_| format!("{bucket} in us-east-1")
             }),
             response_keys: &["bucket", "key"],
+            proxy: None,
         },
         Backend::S3 {
             client: client.clone(),
@@ -761,6 +830,7 @@ async fn aws_eventbridge_destination() {
                 move |_| format!("{bus} in us-east-1")
             }),
             response_keys: &["event_id", "event_bus"],
+            proxy: None,
         },
         Backend::EventBridge {
             client: sqs.clone(),
@@ -819,6 +889,7 @@ async fn mqtt_destination() {
                 move |port| format!("{topic} on 127.0.0.1:{port}")
             }),
             response_keys: &["topic"],
+            proxy: None,
         },
         Backend::Mqtt {
             got,
@@ -861,6 +932,7 @@ async fn nats_destination() {
                 move |port| format!("{subject} on 127.0.0.1:{port}")
             }),
             response_keys: &["stream", "sequence"],
+            proxy: None,
         },
         Backend::Nats {
             stream: Box::new(stream),
@@ -912,6 +984,7 @@ async fn gcp_pubsub_destination() {
                 move |_| format!("outrider-test/{t}")
             }),
             response_keys: &["message_id", "topic", "project"],
+            proxy: None,
         },
         Backend::PubSub { sub: sub.clone() },
     )
@@ -1141,4 +1214,585 @@ async fn hookdeck_destination_against_a_fake_hookdeck() {
     );
     let posts = fake.got().iter().filter(|r| r.path == "/e/src_1").count();
     assert_eq!(posts, 3);
+}
+
+/// FNV-1a 32 of `key`, as a signed number, remainder by `n`, sign dropped:
+/// how Outpost's writer (kafka-go's Hash balancer) picks a partition.
+fn fnv1a_partition(key: &[u8], n: usize) -> usize {
+    let h = key
+        .iter()
+        .fold(0x811c_9dc5_u32, |h, b| (h ^ u32::from(*b)).wrapping_mul(16_777_619));
+    ((h as i32) % (n as i32)).unsigned_abs() as usize
+}
+
+/// A tansu broker process (a Kafka-compatible broker from crates.io),
+/// killed on drop. Its storage is a SQLite file in a directory of the test,
+/// so the users and topics a first, unauthenticated run makes are there when
+/// the broker restarts with authentication on.
+struct Tansu {
+    child: std::process::Child,
+}
+
+impl Drop for Tansu {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn tansu_bin() -> String {
+    require(
+        "OUTRIDER_TEST_TANSU_BIN",
+        "the tansu Kafka broker (scripts/services.sh installs it)",
+    )
+}
+
+async fn start_tansu(dir: &std::path::Path, listen: u16, advertised: &str, auth: bool) -> Tansu {
+    let mut cmd = std::process::Command::new(tansu_bin());
+    cmd.current_dir(dir)
+        .arg("broker")
+        .arg("--storage-engine")
+        .arg("sqlite://tansu.db")
+        .arg("--listener-url")
+        .arg(format!("tcp://127.0.0.1:{listen}"))
+        .arg("--advertised-listener-url")
+        .arg(advertised)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(dir.join(format!("tansu-{listen}.log"))).unwrap());
+    if auth {
+        cmd.arg("--authentication");
+    }
+    let child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start tansu: {e}"));
+    let t = Tansu { child };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while tokio::net::TcpStream::connect(("127.0.0.1", listen)).await.is_err() {
+        assert!(Instant::now() < deadline, "tansu did not listen on {listen}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    t
+}
+
+/// A TLS listener (certificate from `dir`, made by `make_certs`) in front of
+/// a broker port: tansu 0.6's command line cannot take a certificate and a
+/// key together, so TLS is terminated here and the broker advertises this
+/// port. Returns `(tls port, broker port to start tansu on)`.
+async fn tls_terminator(dir: &std::path::Path) -> (u16, u16) {
+    use rustls::pki_types::pem::PemObject;
+    let cert = rustls::pki_types::CertificateDer::from_pem_file(dir.join("server.crt")).unwrap();
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_file(dir.join("server.key")).unwrap();
+    let cfg = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![cert], key)
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let broker = free_port();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                if let Ok(mut out) = tokio::net::TcpStream::connect(("127.0.0.1", broker)).await {
+                    let _ = tokio::io::copy_bidirectional(&mut tls, &mut out).await;
+                }
+            });
+        }
+    });
+    (port, broker)
+}
+
+fn tansu_cli(args: &[&str]) {
+    let out = std::process::Command::new(tansu_bin())
+        .args(args)
+        .output()
+        .expect("tansu");
+    assert!(
+        out.status.success(),
+        "tansu {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A broker directory holding a Kafka cluster with topic `orders` (3
+/// partitions) and SCRAM users `alice` (SHA-256) and `bob` (SHA-512), made
+/// by a broker run without authentication.
+async fn kafka_cluster() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let url = format!("tcp://127.0.0.1:{port}");
+    let _setup = start_tansu(dir.path(), port, &url, false).await;
+    tansu_cli(&[
+        "user",
+        "create",
+        "--broker",
+        &url,
+        "--mechanism",
+        "scram256",
+        "alice",
+        "alice-secret",
+    ]);
+    tansu_cli(&[
+        "user",
+        "create",
+        "--broker",
+        &url,
+        "--mechanism",
+        "scram512",
+        "bob",
+        "bob-secret",
+    ]);
+    tansu_cli(&["topic", "create", "--broker", &url, "--partitions", "3", "orders"]);
+    dir
+}
+
+async fn kafka_reader(addr: &str, sasl: rskafka::client::SaslConfig, tls: Option<&std::path::Path>) -> Backend {
+    use rskafka::client::partition::UnknownTopicHandling;
+    let mut b = rskafka::client::ClientBuilder::new(vec![addr.to_string()])
+        .sasl_config(sasl)
+        .backoff_config(rskafka::BackoffConfig {
+            deadline: Some(WAIT),
+            ..Default::default()
+        });
+    if let Some(dir) = tls {
+        use rustls::pki_types::pem::PemObject;
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(rustls::pki_types::CertificateDer::from_pem_file(dir.join("ca.crt")).unwrap())
+            .unwrap();
+        let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        b = b.tls_config(Arc::new(cfg));
+    }
+    let client = b.build().await.unwrap();
+    let mut parts = Vec::new();
+    for p in 0..3 {
+        parts.push(
+            client
+                .partition_client("orders", p, UnknownTopicHandling::Error)
+                .await
+                .unwrap(),
+        );
+    }
+    Backend::Kafka {
+        parts,
+        next: vec![0; 3],
+    }
+}
+
+fn scram(user: &str, password: &str, sha512: bool) -> rskafka::client::SaslConfig {
+    let c = rskafka::client::Credentials::new(user.into(), password.into());
+    if sha512 {
+        rskafka::client::SaslConfig::ScramSha512(c)
+    } else {
+        rskafka::client::SaslConfig::ScramSha256(c)
+    }
+}
+
+/// SCRAM-SHA-256 over plaintext through a forwarder the broker advertises,
+/// so cutting the forwarder takes the whole cluster away.
+#[tokio::test]
+async fn kafka_destination() {
+    let cluster = kafka_cluster().await;
+    let listen = free_port();
+    let proxy = Proxy::start(socket_of(&format!("127.0.0.1:{listen}"))).await;
+    let advertised = format!("127.0.0.1:{}", proxy.port);
+    let _broker = start_tansu(cluster.path(), listen, &format!("tcp://{advertised}"), true).await;
+    let reader = kafka_reader(&advertised, scram("alice", "alice-secret", false), None).await;
+    scenario(
+        Case {
+            kind: "kafka",
+            upstream: socket_of(&format!("127.0.0.1:{listen}")),
+            destination: Box::new(move |port| {
+                json!({"type": "kafka", "topics": "*",
+                    "config": {"brokers": format!(" 127.0.0.1:{port} "), "topic": "orders", "tls": "false",
+                        "sasl_mechanism": "scram-sha-256",
+                        "partition_key_template": "join('-', ['k', to_string(data.n)])"},
+                    "credentials": {"username": "alice", "password": "alice-secret"}})
+            }),
+            target: Box::new(|port| format!("127.0.0.1:{port} / orders")),
+            response_keys: &["partition", "offset"],
+            proxy: Some(proxy),
+        },
+        reader,
+    )
+    .await;
+}
+
+/// TLS to a broker whose certificate comes from a private CA (trusted
+/// through `OUTRIDER_DESTINATIONS_TLS_CA_FILE`), SCRAM-SHA-512, and a wrong
+/// password: refused once, recorded as `auth_failed`, not retried.
+#[tokio::test]
+async fn kafka_tls_scram_sha_512_and_refused_password() {
+    let dir = tempfile::tempdir().unwrap();
+    crate::redis::make_certs(dir.path());
+    let cluster = kafka_cluster().await;
+    let tls_port = tls_terminator(dir.path()).await;
+    let _broker = start_tansu(
+        cluster.path(),
+        tls_port.1,
+        &format!("tcp://127.0.0.1:{}", tls_port.0),
+        true,
+    )
+    .await;
+    let listen = tls_port.0;
+    let ca = dir.path().join("ca.crt");
+    let s = Server::start(&[
+        ("RETRY_SCHEDULE", "1,1,1"),
+        ("OUTRIDER_DESTINATIONS_TLS_CA_FILE", ca.to_str().unwrap()),
+    ])
+    .await;
+    let api = Api::admin(&s);
+    api.tenant("t1").await;
+    let dest = |password: &str| {
+        json!({"type": "kafka", "topics": "*",
+            "config": {"brokers": format!("127.0.0.1:{listen}"), "topic": "orders", "tls": "on",
+                "sasl_mechanism": "scram-sha-512"},
+            "credentials": {"username": "bob", "password": password}})
+    };
+    let r = api.post("/tenants/t1/destinations", dest("bob-secret")).await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    assert_eq!(r.body["config"]["tls"], "true", "{}", r.text);
+    assert_eq!(
+        r.body["credentials"]["password"],
+        "bob-secret".chars().take(4).collect::<String>() + "******"
+    );
+    let good = r.body["id"].as_str().unwrap().to_string();
+    let r = api
+        .publish(json!({"id": "evt-tls", "tenant_id": "t1", "topic": "a", "data": {"n": 7}}))
+        .await;
+    assert_eq!(r.status, 202, "{}", r.text);
+    let mut reader = kafka_reader(
+        &format!("127.0.0.1:{listen}"),
+        scram("bob", "bob-secret", true),
+        Some(dir.path()),
+    )
+    .await;
+    let deadline = Instant::now() + WAIT;
+    let got = loop {
+        let m = reader.drain().await;
+        if let Some(m) = m.into_iter().next() {
+            break m;
+        }
+        assert!(Instant::now() < deadline, "the record did not reach the broker");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(got.body, json!({"n": 7}));
+    assert_eq!(got.attrs.get("event-id").map(String::as_str), Some("evt-tls"));
+    let ok = api
+        .wait_attempts(&format!("destination_id={good}"), WAIT, |m| !m.is_empty())
+        .await;
+    assert_eq!(ok[0]["status"], "success", "{:?}", ok);
+
+    // The same broker with a wrong password.
+    let r = api
+        .call("DELETE", &format!("/tenants/t1/destinations/{good}"), None)
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let r = api.post("/tenants/t1/destinations", dest("not-bobs")).await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let bad = r.body["id"].as_str().unwrap().to_string();
+    let r = api
+        .publish(json!({"id": "evt-bad-pw", "tenant_id": "t1", "topic": "a", "data": {"n": 8}}))
+        .await;
+    assert_eq!(r.status, 202, "{}", r.text);
+    let first = api
+        .wait_attempts(&format!("destination_id={bad}&include=response_data"), WAIT, |m| {
+            !m.is_empty()
+        })
+        .await;
+    assert_eq!(first[0]["code"], "auth_failed", "{}", first[0]);
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let after = api.get(&format!("/attempts?destination_id={bad}")).await;
+    assert_eq!(
+        after.body["models"].as_array().unwrap().len(),
+        1,
+        "not retried: {}",
+        after.text
+    );
+}
+
+/// What the fake Service Bus took: the entity, body, application properties
+/// and message id of each message it accepted.
+type SbInbox = Arc<Mutex<Vec<(String, Vec<u8>, HashMap<String, String>, Option<String>)>>>;
+
+/// A wire-level fake of Azure Service Bus's AMQP 1.0 endpoint (no Service
+/// Bus can run here), made with the fe2o3 AMQP library's acceptor: SASL
+/// ANONYMOUS, a `$cbs` node that checks each put-token request (operation,
+/// token type, audience, expiry) and recomputes the token's signature with
+/// the namespace key, answering 202 or 401, and entity links that accept a
+/// message only after a valid token for that entity was put.
+struct FakeServiceBus {
+    addr: SocketAddr,
+    got: SbInbox,
+    /// Audiences of the tokens put, in order.
+    tokens: Arc<Mutex<Vec<String>>>,
+}
+
+/// The Service Bus key of the fake namespace.
+const SB_KEY: &str = "fake-namespace-key";
+
+fn sb_prop(m: &fe2o3_amqp::types::messaging::ApplicationProperties, k: &str) -> Option<String> {
+    use fe2o3_amqp::types::primitives::SimpleValue;
+    match m.0.get(k)? {
+        SimpleValue::String(s) => Some(s.clone()),
+        SimpleValue::Symbol(s) => Some(s.0.clone()),
+        other => Some(format!("{other:?}")),
+    }
+}
+
+/// `SharedAccessSignature sr=..&sig=..&se=..&skn=..` checked against `SB_KEY`.
+fn sb_token_ok(token: &str, audience: &str) -> bool {
+    use base64::Engine as _;
+    use hmac::Mac;
+    let Some(rest) = token.strip_prefix("SharedAccessSignature ") else {
+        return false;
+    };
+    let fields: HashMap<&str, &str> = rest.split('&').filter_map(|kv| kv.split_once('=')).collect();
+    let unescape = |s: &str| {
+        let s = s.replace('+', " ");
+        let mut out = Vec::new();
+        let b = s.as_bytes();
+        let mut i = 0;
+        while i < b.len() {
+            if b[i] == b'%' && i + 2 < b.len() + 1 {
+                out.push(u8::from_str_radix(&s[i + 1..i + 3], 16).unwrap());
+                i += 3;
+            } else {
+                out.push(b[i]);
+                i += 1;
+            }
+        }
+        String::from_utf8(out).unwrap()
+    };
+    let (Some(sr), Some(sig), Some(se), Some(skn)) =
+        (fields.get("sr"), fields.get("sig"), fields.get("se"), fields.get("skn"))
+    else {
+        return false;
+    };
+    let expiry: i64 = se.parse().unwrap_or(0);
+    if unescape(sr) != audience || *skn != "send" || expiry < chrono::Utc::now().timestamp() {
+        return false;
+    }
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(SB_KEY.as_bytes()).unwrap();
+    mac.update(format!("{sr}\n{se}").as_bytes());
+    let want = base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
+    unescape(sig) == want
+}
+
+impl FakeServiceBus {
+    async fn start() -> FakeServiceBus {
+        use fe2o3_amqp::acceptor::{
+            ConnectionAcceptor, LinkAcceptor, LinkEndpoint, SaslAnonymousMechanism, SessionAcceptor,
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let got: SbInbox = Arc::default();
+        let tokens: Arc<Mutex<Vec<String>>> = Arc::default();
+        let (g, t) = (got.clone(), tokens.clone());
+        tokio::spawn(async move {
+            let acceptor = Arc::new(
+                ConnectionAcceptor::builder()
+                    .container_id("fake-servicebus")
+                    .sasl_acceptor(SaslAnonymousMechanism::new())
+                    .build(),
+            );
+            while let Ok((tcp, _)) = listener.accept().await {
+                let (acceptor, g, t) = (acceptor.clone(), g.clone(), t.clone());
+                tokio::spawn(async move {
+                    let Ok(mut conn) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let sessions = SessionAcceptor::new();
+                    while let Ok(mut session) = sessions.accept(&mut conn).await {
+                        let (g, t) = (g.clone(), t.clone());
+                        tokio::spawn(async move {
+                            let links = LinkAcceptor::new();
+                            let reply: Arc<tokio::sync::Mutex<Option<fe2o3_amqp::Sender>>> = Arc::default();
+                            let authorised: Arc<Mutex<std::collections::HashSet<String>>> = Arc::default();
+                            while let Ok(link) = links.accept(&mut session).await {
+                                match link {
+                                    LinkEndpoint::Sender(s) => *reply.lock().await = Some(s),
+                                    LinkEndpoint::Receiver(r) => {
+                                        let (g, t, reply, authorised) =
+                                            (g.clone(), t.clone(), reply.clone(), authorised.clone());
+                                        tokio::spawn(serve_sb_link(r, g, t, reply, authorised, addr));
+                                    }
+                                }
+                            }
+                        });
+                    }
+                    let _ = conn.close().await;
+                });
+            }
+        });
+        FakeServiceBus { addr, got, tokens }
+    }
+}
+
+async fn serve_sb_link(
+    mut r: fe2o3_amqp::Receiver,
+    got: SbInbox,
+    tokens: Arc<Mutex<Vec<String>>>,
+    reply: Arc<tokio::sync::Mutex<Option<fe2o3_amqp::Sender>>>,
+    authorised: Arc<Mutex<std::collections::HashSet<String>>>,
+    _addr: SocketAddr,
+) {
+    use fe2o3_amqp::types::messaging::{ApplicationProperties, Body, Message, Properties};
+    use fe2o3_amqp::types::primitives::Value as AmqpValue;
+    let target = r.target().as_ref().and_then(|t| t.address.clone()).unwrap_or_default();
+    loop {
+        let Ok(d) = r.recv::<Body<AmqpValue>>().await else {
+            return;
+        };
+        let m = d.message();
+        let props = m.application_properties.clone().unwrap_or_default();
+        if target == "$cbs" {
+            // A put-token request: checked, then answered on the reply link.
+            let audience = sb_prop(&props, "name").unwrap_or_default();
+            let token = match &m.body {
+                Body::Value(v) => match &v.0 {
+                    AmqpValue::String(s) => s.clone(),
+                    other => format!("{other:?}"),
+                },
+                _ => String::new(),
+            };
+            let ok = sb_prop(&props, "operation").as_deref() == Some("put-token")
+                && sb_prop(&props, "type").as_deref() == Some("servicebus.windows.net:sastoken")
+                && props.0.contains_key("expiration")
+                && sb_token_ok(&token, &audience);
+            tokens.lock().unwrap().push(audience.clone());
+            if ok {
+                authorised
+                    .lock()
+                    .unwrap()
+                    .insert(audience.rsplit('/').next().unwrap_or("").to_string());
+            }
+            let request_id = m
+                .properties
+                .as_ref()
+                .and_then(|p| p.message_id.clone())
+                .expect("a put-token request carries a message id");
+            r.accept(&d).await.unwrap();
+            let answer = Message::builder()
+                .properties(Properties::builder().correlation_id(request_id).build())
+                .application_properties(
+                    ApplicationProperties::builder()
+                        .insert("status-code", if ok { 202i32 } else { 401i32 })
+                        .insert("status-description", if ok { "Accepted" } else { "InvalidSignature" })
+                        .build(),
+                )
+                .value(AmqpValue::Null)
+                .build();
+            let deadline = Instant::now() + Duration::from_secs(5);
+            loop {
+                if let Some(s) = reply.lock().await.as_mut() {
+                    s.send(answer).await.unwrap();
+                    break;
+                }
+                assert!(Instant::now() < deadline, "no reply link for $cbs");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            continue;
+        }
+        if !authorised.lock().unwrap().contains(&target) {
+            let e = fe2o3_amqp::types::definitions::Error::new(
+                fe2o3_amqp::types::definitions::AmqpError::UnauthorizedAccess,
+                Some("no valid token for this entity".to_string()),
+                None,
+            );
+            r.reject(&d, e).await.unwrap();
+            continue;
+        }
+        let body = match &m.body {
+            Body::Data(batch) => batch.iter().flat_map(|d| d.0.to_vec()).collect(),
+            other => panic!("the body must be a data section, got {other:?}"),
+        };
+        let attrs = props
+            .0
+            .keys()
+            .map(|k| (k.clone(), sb_prop(&props, k).unwrap()))
+            .collect();
+        let id = m.properties.as_ref().and_then(|p| match &p.message_id {
+            Some(fe2o3_amqp::types::messaging::MessageId::String(s)) => Some(s.clone()),
+            _ => None,
+        });
+        got.lock().unwrap().push((target.clone(), body, attrs, id));
+        r.accept(&d).await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn azure_servicebus_destination_against_a_fake_service_bus() {
+    let fake = FakeServiceBus::start().await;
+    let connection = |port: u16, key: &str| {
+        format!("Endpoint=sb://127.0.0.1:{port}/;SharedAccessKeyName=send;SharedAccessKey={key};UseDevelopmentEmulator=true")
+    };
+    let got = fake.got.clone();
+    scenario(
+        Case {
+            kind: "azure_servicebus",
+            upstream: fake.addr,
+            destination: Box::new(move |port| {
+                json!({"type": "azure_servicebus", "topics": "*",
+                    "config": {"name": "orders"},
+                    "credentials": {"connection_string": connection(port, SB_KEY)}})
+            }),
+            target: Box::new(|_| "127/orders".to_string()),
+            response_keys: &[],
+            proxy: None,
+        },
+        Backend::ServiceBus { got, taken: 0 },
+    )
+    .await;
+    let tokens = fake.tokens.lock().unwrap().clone();
+    assert!(
+        !tokens.is_empty() && tokens.iter().all(|a| a == "amqp://127.0.0.1/orders"),
+        "{tokens:?}"
+    );
+
+    // A wrong key: the token is refused, recorded once as auth_failed, not retried.
+    let s = Server::start(&[("RETRY_SCHEDULE", "1,1,1")]).await;
+    let api = Api::admin(&s);
+    api.tenant("t1").await;
+    let r = api
+        .post(
+            "/tenants/t1/destinations",
+            json!({"type": "azure_servicebus", "topics": "*", "config": {"name": "orders"},
+                "credentials": {"connection_string": connection(fake.addr.port(), "not-the-key")}}),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let r = api
+        .publish(json!({"id": "evt-bad-key", "tenant_id": "t1", "topic": "a", "data": {"x": 1}}))
+        .await;
+    assert_eq!(r.status, 202, "{}", r.text);
+    let first = api
+        .wait_attempts("event_id=evt-bad-key&include=response_data", WAIT, |m| !m.is_empty())
+        .await;
+    assert_eq!(first[0]["code"], "auth_failed", "{}", first[0]);
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let after = api.get("/attempts?event_id=evt-bad-key").await;
+    assert_eq!(
+        after.body["models"].as_array().unwrap().len(),
+        1,
+        "not retried: {}",
+        after.text
+    );
+    assert!(
+        !fake
+            .got
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|m| m.3.as_deref() == Some("evt-bad-key")),
+        "a message without a valid token was taken"
+    );
 }

@@ -96,7 +96,7 @@ fn unreachable_redis_refuses_start_without_leaking_the_password() {
 }
 
 /// A CA and a server certificate for 127.0.0.1, made with the openssl CLI.
-fn make_certs(dir: &std::path::Path) {
+pub(crate) fn make_certs(dir: &std::path::Path) {
     let sh = |cmd: &str| {
         let out = std::process::Command::new("sh")
             .arg("-c")

@@ -33,6 +33,8 @@ pub struct ShardClients {
     pub s3: Pool<AwsKey, aws_sdk_s3::Client>,
     pub eventbridge: Pool<AwsKey, aws_sdk_eventbridge::Client>,
     pub pubsub: Pool<super::gcp_pubsub::Key, super::gcp_pubsub::Client>,
+    pub kafka: Pool<super::kafka::Key, super::kafka::Link>,
+    pub servicebus: Pool<super::azure_servicebus::Key, super::azure_servicebus::Link>,
 }
 
 impl ShardClients {
@@ -49,6 +51,8 @@ impl ShardClients {
             s3: Pool::default(),
             eventbridge: Pool::default(),
             pubsub: Pool::default(),
+            kafka: Pool::default(),
+            servicebus: Pool::default(),
         }
     }
 }

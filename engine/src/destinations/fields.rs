@@ -13,6 +13,8 @@ pub enum Kind {
     Text,
     Checkbox,
     Number,
+    /// One of `options`.
+    Select,
 }
 
 /// A field's pattern as listed (an RE2 regex, for the portal's form), and
@@ -32,6 +34,8 @@ pub struct Field {
     pub pattern: Option<Pattern>,
     pub min: Option<i64>,
     pub max: Option<i64>,
+    /// `(label, value)` pairs of a select field.
+    pub options: &'static [(&'static str, &'static str)],
 }
 
 impl Field {
@@ -47,6 +51,7 @@ impl Field {
             pattern: None,
             min: None,
             max: None,
+            options: &[],
         }
     }
 
@@ -79,6 +84,13 @@ impl Field {
         self
     }
 
+    /// A select field: the value must be one of `options` (`(label, value)`).
+    pub const fn select(mut self, options: &'static [(&'static str, &'static str)]) -> Self {
+        self.kind = Kind::Select;
+        self.options = options;
+        self
+    }
+
     pub const fn pattern(mut self, listed: &'static str, check: fn(&str) -> bool) -> Self {
         self.pattern = Some((listed, check));
         self
@@ -92,6 +104,7 @@ impl Field {
             // Listed as text: the official SDK (1.6.0) rejects a `number`
             // field type; the bounds still travel as `min`/`max` and are enforced.
             Kind::Number => "text",
+            Kind::Select => "select",
         };
         m.insert("type".into(), kind.into());
         m.insert("label".into(), self.label.into());
@@ -113,6 +126,13 @@ impl Field {
         if let Some((p, _)) = self.pattern {
             m.insert("pattern".into(), p.into());
         }
+        if self.kind == Kind::Select {
+            let options = self
+                .options
+                .iter()
+                .map(|(label, value)| json!({"label": label, "value": value}));
+            m.insert("options".into(), Value::Array(options.collect()));
+        }
         Value::Object(m)
     }
 
@@ -133,6 +153,9 @@ impl Field {
                 }
                 Ok(_) => {}
             }
+        }
+        if self.kind == Kind::Select && !self.options.iter().any(|(_, v)| *v == value) {
+            errs.push(format!("{section}.{} is invalid", self.key));
         }
         if let Some((_, ok)) = self.pattern {
             if !ok(value) {
@@ -233,6 +256,7 @@ mod tests {
             .required()
             .pattern("^https?://", http_url),
         Field::text("max", "Max", "m").number(1, 10),
+        Field::text("mode", "Mode", "m").select(&[("Fast", "fast"), ("Safe", "safe")]),
     ];
     const CREDS: &[Field] = &[Field::text("password", "Password", "p").required().sensitive()];
     const SCHEMA: Schema = Schema {
@@ -268,10 +292,10 @@ mod tests {
         );
         assert_eq!(
             SCHEMA.check(
-                &map(&[("url", "https://x.example"), ("max", "x")]),
+                &map(&[("url", "https://x.example"), ("max", "x"), ("mode", "slow")]),
                 &map(&[("password", "p")])
             ),
-            vec!["config.max is invalid"]
+            vec!["config.max is invalid", "config.mode is invalid"]
         );
         let shown = SCHEMA.display_credentials(&map(&[("password", "hunter22hunter22"), ("user", "u")]));
         assert_eq!(shown.get("password").unwrap(), "hunt************");
@@ -279,6 +303,11 @@ mod tests {
         let m = SCHEMA.metadata();
         assert_eq!(m["config_fields"][1]["type"], "text");
         assert_eq!(m["credential_fields"][0]["sensitive"], true);
+        assert_eq!(m["config_fields"][2]["type"], "select");
+        assert_eq!(
+            m["config_fields"][2]["options"][1],
+            json!({"label": "Safe", "value": "safe"})
+        );
     }
 
     #[test]

@@ -9,10 +9,12 @@ pub mod aws_eventbridge;
 pub mod aws_kinesis;
 pub mod aws_s3;
 pub mod aws_sqs;
+pub mod azure_servicebus;
 pub mod clients;
 pub mod fields;
 pub mod gcp_pubsub;
 pub mod hookdeck;
+pub mod kafka;
 pub mod mqtt;
 pub mod nats;
 pub mod rabbitmq;
@@ -90,6 +92,31 @@ pub trait DestinationType: Send + Sync + 'static {
 pub struct PublishContext {
     pub config: Arc<Config>,
     pub webhook_signer: Arc<crate::signing::DefaultSigner>,
+    /// TLS for broker types that take a rustls config: the Mozilla roots
+    /// plus `OUTRIDER_DESTINATIONS_TLS_CA_FILE`.
+    pub broker_tls: Arc<rustls::ClientConfig>,
+}
+
+impl PublishContext {
+    pub fn new(config: Arc<Config>) -> Result<Self, String> {
+        let signer = crate::signing::DefaultSigner::new(&config.webhook)?;
+        let broker_tls = crate::http_client::tls_config_with(config.destinations_tls_ca_file.as_deref())
+            .map_err(|e| format!("OUTRIDER_DESTINATIONS_TLS_CA_FILE: {e}"))?;
+        Ok(Self {
+            config,
+            webhook_signer: Arc::new(signer),
+            broker_tls,
+        })
+    }
+
+    #[cfg(test)]
+    pub(crate) fn for_tests() -> Self {
+        let mut m = std::collections::HashMap::new();
+        m.insert("AES_ENCRYPTION_SECRET".to_string(), "x".to_string());
+        let src = crate::config::Sources::from_map(m);
+        let config = Arc::new(Config::from_sources(&src).expect("the test config is valid"));
+        Self::new(config).expect("the test config is valid")
+    }
 }
 
 /// Failure codes that only the destination's owner can fix: refused or
@@ -174,7 +201,9 @@ impl Registry {
                 Box::new(aws_kinesis::AwsKinesis),
                 Box::new(aws_s3::AwsS3),
                 Box::new(gcp_pubsub::GcpPubSub),
+                Box::new(azure_servicebus::AzureServiceBus),
                 Box::new(rabbitmq::RabbitMq),
+                Box::new(kafka::Kafka),
                 Box::new(aws_eventbridge::AwsEventBridge),
                 Box::new(nats::Nats),
                 Box::new(mqtt::Mqtt),

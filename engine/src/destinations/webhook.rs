@@ -529,10 +529,7 @@ mod tests {
     }
 
     fn publisher(c: &Arc<Config>, d: &Destination) -> WebhookPublisher {
-        let ctx = PublishContext {
-            config: c.clone(),
-            webhook_signer: Arc::new(signing::DefaultSigner::new(&c.webhook).unwrap()),
-        };
+        let ctx = PublishContext::new(c.clone()).unwrap();
         let w = Webhook::new(c.clone());
         let url = d.config["url"].clone();
         let _ = w.publisher(d, &ctx).unwrap();

@@ -306,13 +306,10 @@ impl Engine {
             exhausted,
         });
         let ids = IdGenerator::new(config.idgen);
-        let signer = crate::signing::DefaultSigner::new(&config.webhook).map_err(EngineError::Startup)?;
+        let publish = PublishContext::new(config.clone()).map_err(EngineError::Startup)?;
         let deps = ShardDeps {
             types: types.clone(),
-            publish: PublishContext {
-                config: config.clone(),
-                webhook_signer: Arc::new(signer),
-            },
+            publish,
             tls: crate::http_client::tls_config(),
             ids: ids.clone(),
             shared_retries: bus.as_ref().and(redis.clone()),
