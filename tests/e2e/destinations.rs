@@ -100,6 +100,8 @@ enum Backend {
     Kafka {
         parts: Vec<rskafka::client::partition::PartitionClient>,
         next: Vec<i64>,
+        /// Keys come from the scenario's template (else the event id).
+        templated: bool,
     },
 }
 
@@ -308,7 +310,7 @@ impl Backend {
                 }
                 *taken = all.len();
             }
-            Backend::Kafka { parts, next } => {
+            Backend::Kafka { parts, next, templated } => {
                 for (i, p) in parts.iter().enumerate() {
                     let (records, _high) = p.fetch_records(next[i], 1..1_000_000, 100).await.unwrap();
                     for r in records {
@@ -321,11 +323,16 @@ impl Backend {
                             .collect();
                         assert_eq!(attrs.remove("content-type").as_deref(), Some("application/json"));
                         let body: Value = serde_json::from_slice(rec.value.as_deref().unwrap()).unwrap();
-                        // The key template is `join('-', ['k', to_string(data.n)])`,
-                        // and the partition FNV-1a(key) mod 3 (checked here
-                        // with our own hash, not the engine's).
+                        // The scenario's key template is
+                        // `join('-', ['k', to_string(data.n)])`, otherwise the key
+                        // is the event id; the partition is FNV-1a(key) mod 3
+                        // (checked with the test's own hash, not the engine's).
                         let key = String::from_utf8(rec.key.unwrap()).unwrap();
-                        assert_eq!(key, format!("k-{}", body["n"]));
+                        if *templated {
+                            assert_eq!(key, format!("k-{}", body["n"]));
+                        } else {
+                            assert_eq!(Some(&key), attrs.get("event-id"));
+                        }
                         assert_eq!(
                             fnv1a_partition(key.as_bytes(), parts.len()),
                             p.partition() as usize,
@@ -1015,7 +1022,9 @@ async fn destination_types_are_listed_and_validated() {
             "aws_kinesis",
             "aws_s3",
             "gcp_pubsub",
+            "azure_servicebus",
             "rabbitmq",
+            "kafka",
             "aws_eventbridge",
             "nats",
             "mqtt",
@@ -1034,6 +1043,18 @@ async fn destination_types_are_listed_and_validated() {
     let one = api.get("/destination-types/rabbitmq").await;
     assert_eq!(one.status, 200, "{}", one.text);
     assert_eq!(one.body["type"], "rabbitmq");
+    let kafka = api.get("/destination-types/kafka").await;
+    let sasl = kafka.body["config_fields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["key"] == "sasl_mechanism")
+        .unwrap_or_else(|| panic!("{}", kafka.text));
+    assert_eq!(sasl["type"], "select");
+    assert_eq!(
+        sasl["options"],
+        json!([{"label": "PLAIN", "value": "plain"}, {"label": "SCRAM-SHA-256", "value": "scram-sha-256"}, {"label": "SCRAM-SHA-512", "value": "scram-sha-512"}])
+    );
 
     api.tenant("t1").await;
     let cases = [
@@ -1044,6 +1065,14 @@ async fn destination_types_are_listed_and_validated() {
                 "credentials.username is required",
                 "credentials.password is required",
             ],
+        ),
+        (
+            json!({"type": "kafka", "topics": "*", "config": {"brokers": "b1:9092", "topic": "t", "sasl_mechanism": "gssapi"}, "credentials": {"username": "u"}}),
+            vec!["config.sasl_mechanism is invalid", "credentials.password is required"],
+        ),
+        (
+            json!({"type": "azure_servicebus", "topics": "*", "config": {"name": "q"}, "credentials": {"connection_string": "Endpoint=https://x/"}}),
+            vec!["credentials.connection_string is invalid"],
         ),
         (
             json!({"type": "aws_sqs", "topics": "*", "config": {"queue_url": "not a url"}, "credentials": {"key": "k", "secret": "s"}}),
@@ -1350,7 +1379,12 @@ async fn kafka_cluster() -> tempfile::TempDir {
     dir
 }
 
-async fn kafka_reader(addr: &str, sasl: rskafka::client::SaslConfig, tls: Option<&std::path::Path>) -> Backend {
+async fn kafka_reader(
+    addr: &str,
+    sasl: rskafka::client::SaslConfig,
+    tls: Option<&std::path::Path>,
+    templated: bool,
+) -> Backend {
     use rskafka::client::partition::UnknownTopicHandling;
     let mut b = rskafka::client::ClientBuilder::new(vec![addr.to_string()])
         .sasl_config(sasl)
@@ -1384,6 +1418,7 @@ async fn kafka_reader(addr: &str, sasl: rskafka::client::SaslConfig, tls: Option
     Backend::Kafka {
         parts,
         next: vec![0; 3],
+        templated,
     }
 }
 
@@ -1405,7 +1440,7 @@ async fn kafka_destination() {
     let proxy = Proxy::start(socket_of(&format!("127.0.0.1:{listen}"))).await;
     let advertised = format!("127.0.0.1:{}", proxy.port);
     let _broker = start_tansu(cluster.path(), listen, &format!("tcp://{advertised}"), true).await;
-    let reader = kafka_reader(&advertised, scram("alice", "alice-secret", false), None).await;
+    let reader = kafka_reader(&advertised, scram("alice", "alice-secret", false), None, true).await;
     scenario(
         Case {
             kind: "kafka",
@@ -1473,6 +1508,7 @@ async fn kafka_tls_scram_sha_512_and_refused_password() {
         &format!("127.0.0.1:{listen}"),
         scram("bob", "bob-secret", true),
         Some(dir.path()),
+        false,
     )
     .await;
     let deadline = Instant::now() + WAIT;
