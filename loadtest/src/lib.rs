@@ -3,6 +3,7 @@
 //! measures the same sink with a plain keep-alive client as the ceiling, so
 //! every report can state `engine deliveries/s ÷ raw client requests/s`.
 
+pub mod broker;
 pub mod client;
 pub mod procstat;
 pub mod report;

@@ -82,6 +82,8 @@ pub struct Baseline {
     pub seconds: u64,
     pub connections: usize,
     pub threads: usize,
+    /// What the raw client was.
+    pub client: String,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -178,8 +180,8 @@ impl Report {
         }
         if let (Some(b), Some(r)) = (&self.baseline, self.ratio) {
             s.push_str(&format!(
-                "baseline      raw keep-alive client → same sink: {:.0} req/s ({} conns, {} threads)\n",
-                b.requests_per_s, b.connections, b.threads
+                "baseline      {}: {:.0} req/s ({} in flight, {} threads)\n",
+                b.client, b.requests_per_s, b.connections, b.threads
             ));
             s.push_str(&format!(
                 "RATIO         engine deliveries/s ÷ raw client req/s = {r:.3}\n"

@@ -168,6 +168,30 @@ pub fn run(sc: &Scenario, opts: &Options) -> Result<Report, String> {
         prefix.clone(),
         m,
     );
+    let broker = crate::broker::Kind::parse(&sc.destination_type)?.map(|k| crate::broker::Broker::new(k, &run_id));
+    if let Some(b) = &broker {
+        if m != 1 {
+            return Err(format!(
+                "destination_type {:?} needs destinations_per_tenant: 1 (every destination writes to the same broker target)",
+                sc.destination_type
+            ));
+        }
+        rt.block_on(b.start_consumer(sink.stats.clone(), prefix.clone()))?;
+    }
+    let destination_body: DestinationBody = match &broker {
+        Some(b) => {
+            let bodies: Vec<String> = (0..sc.tenants).map(|t| b.destination_json(t, 0)).collect();
+            Arc::new(move |t, _d| bodies[t as usize].clone())
+        }
+        None => {
+            let (sink, secret) = (sink.addr, secret.clone());
+            Arc::new(move |t, d| {
+                format!(
+                    r#"{{"id":"lt-t{t}-d{d}","type":"webhook","topics":"*","config":{{"url":"http://{sink}/d/{d}"}},"credentials":{{"secret":"{secret}"}}}}"#
+                )
+            })
+        }
+    };
 
     let api_key = opts
         .target
@@ -197,7 +221,7 @@ pub fn run(sc: &Scenario, opts: &Options) -> Result<Report, String> {
     let prov_start = Instant::now();
     let total = sc.tenants * (1 + m);
     let pb = bar(total, "provision", opts.quiet);
-    rt.block_on(provision(addr, &api_key, sc, &sink.addr, &secret, &pb))?;
+    rt.block_on(provision(addr, &api_key, sc, destination_body, &pb))?;
     pb.finish();
     let provision_secs = prov_start.elapsed().as_secs_f64();
     // Let the allocator settle before reading RSS.
@@ -281,19 +305,36 @@ pub fn run(sc: &Scenario, opts: &Options) -> Result<Report, String> {
     delivered_series.resize(published_series.len(), 0);
 
     // ---- the ceiling, same sink, same cores ----
-    let baseline = if opts.baseline {
-        let body = Bytes::from(crate::payload(sc.payload_bytes));
-        let secs = opts.baseline_seconds;
-        let rps = crate::client::raw_baseline(sink.addr, cores, 64, body, Duration::from_secs(secs));
-        Some(report::Baseline {
-            requests_per_s: rps,
-            seconds: secs,
-            connections: 64,
-            threads: cores,
-        })
-    } else {
-        None
+    let baseline = match (&broker, opts.baseline) {
+        (_, false) => None,
+        (None, true) => {
+            let body = Bytes::from(crate::payload(sc.payload_bytes));
+            let secs = opts.baseline_seconds;
+            let rps = crate::client::raw_baseline(sink.addr, cores, 64, body, Duration::from_secs(secs));
+            Some(report::Baseline {
+                requests_per_s: rps,
+                seconds: secs,
+                connections: 64,
+                threads: cores,
+                client: "raw keep-alive client → same sink".into(),
+            })
+        }
+        (Some(b), true) => {
+            let body = Bytes::from(crate::payload(sc.payload_bytes));
+            let secs = opts.baseline_seconds;
+            let rps = rt.block_on(b.raw_baseline(body, secs))?;
+            Some(report::Baseline {
+                requests_per_s: rps,
+                seconds: secs,
+                connections: crate::broker::RAW_IN_FLIGHT,
+                threads: cores,
+                client: format!("raw {} client, each publish acknowledged → same broker", sc.destination_type),
+            })
+        }
     };
+    if let Some(b) = &broker {
+        rt.block_on(b.finish());
+    }
     let ratio = baseline.as_ref().map(|b| deliveries_per_s / b.requests_per_s);
 
     Ok(Report {
@@ -362,12 +403,14 @@ pub fn run(sc: &Scenario, opts: &Options) -> Result<Report, String> {
     })
 }
 
+/// The `POST /destinations` body of destination `d` of tenant `t`.
+type DestinationBody = Arc<dyn Fn(u64, u64) -> String + Send + Sync>;
+
 async fn provision(
     addr: SocketAddr,
     key: &str,
     sc: &Scenario,
-    sink: &SocketAddr,
-    secret: &str,
+    destination_body: DestinationBody,
     pb: &ProgressBar,
 ) -> Result<(), String> {
     let next = Arc::new(AtomicU64::new(0));
@@ -375,7 +418,7 @@ async fn provision(
     let mut tasks = Vec::new();
     for _ in 0..sc.provision_concurrency.min(sc.tenants as usize).max(1) {
         let (next, failed, pb) = (next.clone(), failed.clone(), pb.clone());
-        let (key, secret, sink) = (key.to_string(), secret.to_string(), *sink);
+        let (key, destination_body) = (key.to_string(), destination_body.clone());
         let (tenants, m) = (sc.tenants, sc.destinations_per_tenant);
         tasks.push(tokio::spawn(async move {
             let mut c = Conn::open(addr, Some(&key)).await.map_err(|e| e.to_string())?;
@@ -394,9 +437,7 @@ async fn provision(
                 }
                 pb.inc(1);
                 for d in 0..m {
-                    let body = format!(
-                        r#"{{"id":"lt-t{t}-d{d}","type":"webhook","topics":"*","config":{{"url":"http://{sink}/d/{d}"}},"credentials":{{"secret":"{secret}"}}}}"#
-                    );
+                    let body = destination_body(t, d);
                     let (s, b) = c
                         .request("POST", &format!("/api/v1/tenants/lt-t{t}/destinations"), Bytes::from(body))
                         .await

@@ -37,6 +37,11 @@ pub struct Scenario {
     /// Extra environment for a server the harness starts.
     #[serde(default)]
     pub server_env: BTreeMap<String, String>,
+    /// `webhook` (default: the harness's HTTP sink) or a broker type
+    /// (`rabbitmq`, `redis_stream`, `nats`) on loopback, drained by the
+    /// broker's own consumer; the baseline is then a raw client of that broker.
+    #[serde(default)]
+    pub destination_type: String,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]

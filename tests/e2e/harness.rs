@@ -25,6 +25,7 @@ fn harness_small_scenario_delivers_everything() {
             fail_half_first_attempts: true,
         },
         server_env: [("RETRY_SCHEDULE".to_string(), "1".to_string())].into_iter().collect(),
+        destination_type: String::new(),
     };
     let opts = Options {
         target: None,
@@ -48,4 +49,43 @@ fn harness_small_scenario_delivers_everything() {
     assert!(r.baseline.as_ref().is_some_and(|b| b.requests_per_s > 0.0));
     assert!(r.ratio.is_some());
     assert!(r.html().contains("<svg"));
+}
+
+/// Broker mode: the server delivers to a real broker, the broker's consumer
+/// counts, the baseline is a raw client of the same broker.
+#[test]
+fn harness_broker_destinations_deliver_everything() {
+    for kind in ["rabbitmq", "redis_stream", "nats"] {
+        let sc = Scenario {
+            name: format!("smoke-{kind}"),
+            description: "CI smoke run, broker destination".into(),
+            tenants: 2,
+            destinations_per_tenant: 1,
+            payload_bytes: 256,
+            rate: 0,
+            duration_seconds: 2,
+            max_events: 200,
+            publish_concurrency: 8,
+            provision_concurrency: 2,
+            drain_seconds: 20,
+            sink: SinkSpec::default(),
+            server_env: Default::default(),
+            destination_type: kind.into(),
+        };
+        let opts = Options {
+            target: None,
+            server_bin: PathBuf::from(env!("CARGO_BIN_EXE_outrider")),
+            server_cores: None,
+            baseline: true,
+            baseline_seconds: 1,
+            quiet: true,
+        };
+        let r = run(&sc, &opts).unwrap_or_else(|e| panic!("{kind}: {e} (the broker must be running: scripts/services.sh)"));
+        assert_eq!(r.publish.accepted, 200, "{kind}: {}", r.summary());
+        assert_eq!(r.delivery.delivered, 200, "{kind}: {}", r.summary());
+        assert_eq!(r.delivery.lost, 0, "{kind}");
+        let b = r.baseline.as_ref().expect("a baseline");
+        assert!(b.requests_per_s > 0.0 && b.client.contains(kind), "{kind}: {b:?}");
+        assert!(r.ratio.is_some());
+    }
 }
