@@ -32,7 +32,11 @@ impl Kind {
             "rabbitmq" => Some(Kind::RabbitMq),
             "redis_stream" => Some(Kind::RedisStream),
             "nats" => Some(Kind::Nats),
-            other => return Err(format!("destination_type {other:?}: the harness drives webhook, rabbitmq, redis_stream and nats")),
+            other => {
+                return Err(format!(
+                    "destination_type {other:?}: the harness drives webhook, rabbitmq, redis_stream and nats"
+                ))
+            }
         })
     }
 }
@@ -115,7 +119,10 @@ impl Broker {
         {
             Some(n) => {
                 if let Ok(mut a) = stats.arrivals.lock() {
-                    a.push(Arrival { key: n, at: Instant::now() });
+                    a.push(Arrival {
+                        key: n,
+                        at: Instant::now(),
+                    });
                 }
             }
             None => {
@@ -132,27 +139,51 @@ impl Broker {
                 let ch = conn.create_channel().await.map_err(|e| e.to_string())?;
                 let q = self.queue();
                 let args = FieldTable::default();
-                ch.queue_declare(q.as_str(), QueueDeclareOptions { auto_delete: true, ..Default::default() }, args.clone())
-                    .await
-                    .map_err(|e| e.to_string())?;
+                ch.queue_declare(
+                    q.as_str(),
+                    QueueDeclareOptions {
+                        auto_delete: true,
+                        ..Default::default()
+                    },
+                    args.clone(),
+                )
+                .await
+                .map_err(|e| e.to_string())?;
                 ch.queue_bind(q.as_str(), "amq.topic", "#", QueueBindOptions::default(), args.clone())
                     .await
                     .map_err(|e| e.to_string())?;
-                ch.basic_qos(1000, BasicQosOptions::default()).await.map_err(|e| e.to_string())?;
+                ch.basic_qos(1000, BasicQosOptions::default())
+                    .await
+                    .map_err(|e| e.to_string())?;
                 let mut consumer = ch
-                    .basic_consume(q.as_str(), "loadtest", BasicConsumeOptions { no_ack: true, ..Default::default() }, args)
+                    .basic_consume(
+                        q.as_str(),
+                        "loadtest",
+                        BasicConsumeOptions {
+                            no_ack: true,
+                            ..Default::default()
+                        },
+                        args,
+                    )
                     .await
                     .map_err(|e| e.to_string())?;
                 tokio::spawn(async move {
                     let _conn = conn;
                     while !stop.load(Ordering::Relaxed) {
-                        let Ok(Some(Ok(d))) = tokio::time::timeout(Duration::from_millis(200), consumer.next()).await else {
+                        let Ok(Some(Ok(d))) = tokio::time::timeout(Duration::from_millis(200), consumer.next()).await
+                        else {
                             continue;
                         };
-                        let id = d.properties.headers().as_ref().and_then(|h| match h.inner().get("event-id") {
-                            Some(AMQPValue::LongString(s)) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
-                            _ => None,
-                        });
+                        let id = d
+                            .properties
+                            .headers()
+                            .as_ref()
+                            .and_then(|h| match h.inner().get("event-id") {
+                                Some(AMQPValue::LongString(s)) => {
+                                    Some(String::from_utf8_lossy(s.as_bytes()).into_owned())
+                                }
+                                _ => None,
+                            });
                         record(&stats, id.as_deref());
                     }
                 });
@@ -177,9 +208,13 @@ impl Broker {
                             .arg(&last)
                             .query_async(&mut conn)
                             .await;
-                        let Ok(redis::Value::Array(streams)) = reply else { continue };
+                        let Ok(redis::Value::Array(streams)) = reply else {
+                            continue;
+                        };
                         for s in streams {
-                            let Ok((_name, entries)) = redis::from_redis_value::<(String, Vec<(String, Vec<(String, Vec<u8>)>)>)>(s) else {
+                            let Ok((_name, entries)) =
+                                redis::from_redis_value::<(String, Vec<(String, Vec<(String, Vec<u8>)>)>)>(s)
+                            else {
                                 continue;
                             };
                             for (id, fields) in entries {
@@ -218,7 +253,11 @@ impl Broker {
                         let Ok(Some(m)) = tokio::time::timeout(Duration::from_millis(200), sub.next()).await else {
                             continue;
                         };
-                        let id = m.headers.as_ref().and_then(|h| h.get("event-id")).map(|v| v.to_string());
+                        let id = m
+                            .headers
+                            .as_ref()
+                            .and_then(|h| h.get("event-id"))
+                            .map(|v| v.to_string());
                         record(&stats, id.as_deref());
                     }
                 });
@@ -249,7 +288,9 @@ impl Broker {
                     .await
                     .map_err(|e| e.to_string())?;
                 let ch = conn.create_channel().await.map_err(|e| e.to_string())?;
-                ch.confirm_select(ConfirmSelectOptions::default()).await.map_err(|e| e.to_string())?;
+                ch.confirm_select(ConfirmSelectOptions::default())
+                    .await
+                    .map_err(|e| e.to_string())?;
                 for w in 0..RAW_IN_FLIGHT as u64 {
                     let (ch, done, body) = (ch.clone(), done.clone(), body.clone());
                     tasks.push(tokio::spawn(async move {
@@ -281,7 +322,10 @@ impl Broker {
             }
             Kind::RedisStream => {
                 let client = redis::Client::open(REDIS_URL).map_err(|e| e.to_string())?;
-                let conn = client.get_multiplexed_async_connection().await.map_err(|e| e.to_string())?;
+                let conn = client
+                    .get_multiplexed_async_connection()
+                    .await
+                    .map_err(|e| e.to_string())?;
                 for w in 0..RAW_IN_FLIGHT as u64 {
                     let (mut conn, done, body, stream) = (conn.clone(), done.clone(), body.clone(), self.stream());
                     tasks.push(tokio::spawn(async move {

@@ -328,7 +328,10 @@ pub fn run(sc: &Scenario, opts: &Options) -> Result<Report, String> {
                 seconds: secs,
                 connections: crate::broker::RAW_IN_FLIGHT,
                 threads: cores,
-                client: format!("raw {} client, each publish acknowledged → same broker", sc.destination_type),
+                client: format!(
+                    "raw {} client, each publish acknowledged → same broker",
+                    sc.destination_type
+                ),
             })
         }
     };
@@ -439,7 +442,11 @@ async fn provision(
                 for d in 0..m {
                     let body = destination_body(t, d);
                     let (s, b) = c
-                        .request("POST", &format!("/api/v1/tenants/lt-t{t}/destinations"), Bytes::from(body))
+                        .request(
+                            "POST",
+                            &format!("/api/v1/tenants/lt-t{t}/destinations"),
+                            Bytes::from(body),
+                        )
                         .await
                         .map_err(|e| e.to_string())?;
                     if s != 201 {

@@ -1832,3 +1832,169 @@ async fn azure_servicebus_destination_against_a_fake_service_bus() {
         "a message without a valid token was taken"
     );
 }
+
+/// Outpost's destination-type contract, per type: create with a valid
+/// config, array topics and a caller-chosen id; retrieve (sensitive
+/// credentials masked); list by type; update; an update that breaks the
+/// config is refused with the field named; delete. Creating contacts no
+/// broker (Hookdeck, which verifies its token on create, has its own test).
+#[tokio::test]
+async fn every_type_passes_the_destination_crud_contract() {
+    let s = Server::start(&[]).await;
+    let api = Api::admin(&s);
+    api.tenant("t1").await;
+    let aws = json!({"key": "AKIAEXAMPLEKEY", "secret": "a-long-secret-key"});
+    // (type, config, credentials, a required config key, a sensitive credential key)
+    let cases = [
+        (
+            "aws_sqs",
+            json!({"queue_url": "https://sqs.us-east-1.amazonaws.com/123/q"}),
+            aws.clone(),
+            "queue_url",
+            Some("secret"),
+        ),
+        (
+            "aws_kinesis",
+            json!({"stream_name": "s", "region": "us-east-1"}),
+            aws.clone(),
+            "stream_name",
+            Some("secret"),
+        ),
+        (
+            "aws_s3",
+            json!({"bucket": "b", "region": "us-east-1"}),
+            aws.clone(),
+            "bucket",
+            Some("secret"),
+        ),
+        (
+            "aws_eventbridge",
+            json!({"event_bus": "default", "region": "us-east-1"}),
+            aws.clone(),
+            "region",
+            Some("secret"),
+        ),
+        (
+            "gcp_pubsub",
+            json!({"project_id": "p", "topic": "t"}),
+            json!({"service_account_json": "{\"type\":\"service_account\"}"}),
+            "topic",
+            Some("service_account_json"),
+        ),
+        (
+            "azure_servicebus",
+            json!({"name": "q1"}),
+            json!({"connection_string": "Endpoint=sb://ns.servicebus.windows.net/;SharedAccessKeyName=a;SharedAccessKey=bbbbbbbbbb"}),
+            "name",
+            Some("connection_string"),
+        ),
+        (
+            "rabbitmq",
+            json!({"server_url": "mq.example.com:5672", "exchange": "x"}),
+            json!({"username": "u", "password": "p-long-password"}),
+            "server_url",
+            Some("password"),
+        ),
+        (
+            "kafka",
+            json!({"brokers": "b1.example.com:9092", "topic": "t", "sasl_mechanism": "plain"}),
+            json!({"username": "u", "password": "p-long-password"}),
+            "brokers",
+            Some("password"),
+        ),
+        (
+            "nats",
+            json!({"server_url": "nats.example.com:4222", "subject": "s"}),
+            json!({}),
+            "subject",
+            None,
+        ),
+        (
+            "mqtt",
+            json!({"server_url": "mqtt.example.com:1883", "topic": "t"}),
+            json!({}),
+            "topic",
+            None,
+        ),
+        (
+            "redis_stream",
+            json!({"address": "redis.example.com:6379", "stream": "s"}),
+            json!({}),
+            "stream",
+            None,
+        ),
+    ];
+    for (kind, config, credentials, required, sensitive) in cases {
+        let id = format!("des_{kind}");
+        let path = format!("/tenants/t1/destinations/{id}");
+        let r = api
+            .post(
+                "/tenants/t1/destinations",
+                json!({"id": id, "type": kind, "topics": ["a", "b"], "config": config, "credentials": credentials}),
+            )
+            .await;
+        assert_eq!(r.status, 201, "{kind} create: {}", r.text);
+        assert_eq!(r.body["id"], id.as_str(), "{kind}");
+        assert_eq!(r.body["topics"], json!(["a", "b"]), "{kind}");
+        assert!(
+            r.body["target"].as_str().is_some_and(|t| !t.is_empty()),
+            "{kind}: {}",
+            r.text
+        );
+        let again = api
+            .post(
+                "/tenants/t1/destinations",
+                json!({"id": id, "type": kind, "topics": "*", "config": config, "credentials": credentials}),
+            )
+            .await;
+        assert_eq!(again.status, 400, "{kind} duplicate id: {}", again.text);
+
+        let got = api.get(&path).await;
+        assert_eq!(got.status, 200, "{kind} get: {}", got.text);
+        assert_eq!(got.body["type"], kind);
+        assert_eq!(got.body["config"][required], config[required], "{kind}");
+        if let Some(k) = sensitive {
+            let shown = got.body["credentials"][k].as_str().unwrap();
+            assert_ne!(shown, credentials[k].as_str().unwrap(), "{kind}: {k} is masked");
+            assert!(shown.contains('*'), "{kind}: {shown}");
+        }
+
+        let list = api.get(&format!("/tenants/t1/destinations?type={kind}")).await;
+        assert_eq!(list.status, 200, "{kind} list: {}", list.text);
+        let ids: Vec<&str> = list
+            .body
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d["id"].as_str().unwrap())
+            .collect();
+        assert_eq!(ids, [id.as_str()], "{kind}");
+
+        let up = api.patch(&path, json!({"topics": ["c"]})).await;
+        assert_eq!(up.status, 200, "{kind} update: {}", up.text);
+        assert_eq!(up.body["topics"], json!(["c"]));
+        let mut broken = config.clone();
+        broken[required] = json!("");
+        let bad = api.patch(&path, json!({"config": broken})).await;
+        assert_eq!(bad.status, 422, "{kind} broken update: {}", bad.text);
+        assert_eq!(bad.body["message"], "validation error", "{kind}");
+        assert!(
+            bad.body["data"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|e| e.as_str().unwrap().starts_with(&format!("config.{required} "))),
+            "{kind}: {}",
+            bad.text
+        );
+        assert_eq!(
+            api.get(&path).await.body["config"][required],
+            config[required],
+            "{kind}: the refused update changed nothing"
+        );
+
+        let del = api.call("DELETE", &path, None).await;
+        assert_eq!(del.status, 200, "{kind} delete: {}", del.text);
+        assert_eq!(api.get(&path).await.status, 404, "{kind}");
+    }
+}

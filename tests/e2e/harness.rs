@@ -80,7 +80,8 @@ fn harness_broker_destinations_deliver_everything() {
             baseline_seconds: 1,
             quiet: true,
         };
-        let r = run(&sc, &opts).unwrap_or_else(|e| panic!("{kind}: {e} (the broker must be running: scripts/services.sh)"));
+        let r =
+            run(&sc, &opts).unwrap_or_else(|e| panic!("{kind}: {e} (the broker must be running: scripts/services.sh)"));
         assert_eq!(r.publish.accepted, 200, "{kind}: {}", r.summary());
         assert_eq!(r.delivery.delivered, 200, "{kind}: {}", r.summary());
         assert_eq!(r.delivery.lost, 0, "{kind}");
