@@ -134,7 +134,7 @@ pub struct Config {
     /// default) or the bare event data.
     pub kinesis_metadata_in_payload: bool,
     /// Extra PEM roots trusted, besides the Mozilla roots, when the `kafka`
-    /// type connects over TLS (a private CA).
+    /// and `azure_servicebus` types connect over TLS (a private CA).
     pub destinations_tls_ca_file: Option<PathBuf>,
     /// Embedded store: fsync every commit (FULL) or rely on the WAL (NORMAL).
     pub embedded_synchronous_full: bool,

@@ -4,8 +4,8 @@
 //! the event data, headers = `content-type: application/json` plus the
 //! delivery metadata. The partition is chosen as Outpost's writer (and
 //! Sarama) choose it: FNV-1a of the key, so the same key lands on the same
-//! partition whichever of the three produced it. A success means the
-//! partition leader acknowledged the record.
+//! partition whichever of the three produced it. A success means every
+//! in-sync replica has the record (the client produces with `acks=all`).
 //!
 //! The SSRF guard checks every bootstrap broker before connecting (and a
 //! plaintext connection goes to the checked address); the brokers the cluster
