@@ -23,6 +23,10 @@ pub enum Kind {
     RabbitMq,
     RedisStream,
     Nats,
+    /// A tansu broker (Kafka-compatible, from crates.io) the harness starts:
+    /// `OUTRIDER_TANSU_BIN`, else `tansu` on the PATH, else the copy
+    /// `scripts/services.sh` installs under `~/.cache/outrider/tools`.
+    Kafka,
 }
 
 impl Kind {
@@ -32,9 +36,10 @@ impl Kind {
             "rabbitmq" => Some(Kind::RabbitMq),
             "redis_stream" => Some(Kind::RedisStream),
             "nats" => Some(Kind::Nats),
+            "kafka" => Some(Kind::Kafka),
             other => {
                 return Err(format!(
-                    "destination_type {other:?}: the harness drives webhook, rabbitmq, redis_stream and nats"
+                    "destination_type {other:?}: the harness drives webhook, rabbitmq, redis_stream, nats and kafka"
                 ))
             }
         })
@@ -47,6 +52,67 @@ pub struct Broker {
     run: String,
     /// Set when the run is over: the consumer stops.
     stop: Arc<AtomicBool>,
+    /// The Kafka broker process, its port and its storage directory.
+    tansu: std::sync::Mutex<Option<std::process::Child>>,
+    kafka_port: u16,
+    kafka_dir: Option<tempfile::TempDir>,
+}
+
+/// Kafka partitions of the run's topic.
+const KAFKA_PARTITIONS: i32 = 3;
+/// The SCRAM-SHA-256 user the server and the raw client authenticate as.
+const KAFKA_USER: (&str, &str) = ("lt", "lt-secret");
+
+fn tansu_bin() -> std::path::PathBuf {
+    if let Some(p) = std::env::var_os("OUTRIDER_TANSU_BIN") {
+        return p.into();
+    }
+    let home = std::env::var_os("HOME")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_default();
+    let cached = home.join(".cache/outrider/tools/bin/tansu");
+    if cached.is_file() {
+        cached
+    } else {
+        "tansu".into()
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or(0)
+}
+
+async fn kafka_client(port: u16) -> Result<rskafka::client::Client, String> {
+    rskafka::client::ClientBuilder::new(vec![format!("127.0.0.1:{port}")])
+        .sasl_config(rskafka::client::SaslConfig::ScramSha256(
+            rskafka::client::Credentials::new(KAFKA_USER.0.into(), KAFKA_USER.1.into()),
+        ))
+        .backoff_config(rskafka::BackoffConfig {
+            deadline: Some(Duration::from_secs(10)),
+            ..Default::default()
+        })
+        .build()
+        .await
+        .map_err(|e| format!("Kafka (tansu) on {port}: {e}"))
+}
+
+async fn kafka_partitions(
+    port: u16,
+    topic: &str,
+) -> Result<Vec<Arc<rskafka::client::partition::PartitionClient>>, String> {
+    let client = kafka_client(port).await?;
+    let mut parts = Vec::new();
+    for p in 0..KAFKA_PARTITIONS {
+        let pc = client
+            .partition_client(topic, p, rskafka::client::partition::UnknownTopicHandling::Retry)
+            .await
+            .map_err(|e| e.to_string())?;
+        parts.push(Arc::new(pc));
+    }
+    Ok(parts)
 }
 
 const RABBIT_URL: &str = "amqp://guest:guest@127.0.0.1:5672";
@@ -65,7 +131,110 @@ impl Broker {
             kind,
             run: run.to_string(),
             stop: Arc::new(AtomicBool::new(false)),
+            tansu: std::sync::Mutex::new(None),
+            kafka_port: if kind == Kind::Kafka { free_port() } else { 0 },
+            kafka_dir: if kind == Kind::Kafka {
+                tempfile::tempdir().ok()
+            } else {
+                None
+            },
         }
+    }
+
+    fn kafka_topic(&self) -> String {
+        format!("lt{}", self.run)
+    }
+
+    /// Starts tansu on a SQLite file: a first run without authentication
+    /// creates the SCRAM user and the run's topic (tansu keeps no users in
+    /// memory storage and takes no unauthenticated requests with
+    /// authentication on), then the broker restarts with authentication.
+    async fn start_tansu(&self) -> Result<(), String> {
+        let dir = self
+            .kafka_dir
+            .as_ref()
+            .ok_or("no directory for the Kafka broker")?
+            .path()
+            .to_path_buf();
+        let port = self.kafka_port;
+        let url = format!("tcp://127.0.0.1:{port}");
+        let spawn = |auth: bool| {
+            let mut cmd = std::process::Command::new(tansu_bin());
+            cmd.current_dir(&dir)
+                .args([
+                    "broker",
+                    "--storage-engine",
+                    "sqlite://tansu.db",
+                    "--listener-url",
+                    &url,
+                ])
+                .args(["--advertised-listener-url", &url])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null());
+            if auth {
+                cmd.arg("--authentication");
+            }
+            cmd.spawn().map_err(|e| {
+                format!(
+                    "cannot start tansu ({}): {e}; scripts/services.sh installs it",
+                    tansu_bin().display()
+                )
+            })
+        };
+        let listening = || async {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+                if Instant::now() > deadline {
+                    return Err(format!("tansu did not listen on {port}"));
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Ok(())
+        };
+        let cli = |args: &[&str]| -> Result<(), String> {
+            let out = std::process::Command::new(tansu_bin())
+                .args(args)
+                .output()
+                .map_err(|e| e.to_string())?;
+            if out.status.success() {
+                Ok(())
+            } else {
+                Err(format!("tansu {args:?}: {}", String::from_utf8_lossy(&out.stderr)))
+            }
+        };
+        let mut setup = spawn(false)?;
+        let made = async {
+            listening().await?;
+            cli(&[
+                "user",
+                "create",
+                "--broker",
+                &url,
+                "--mechanism",
+                "scram256",
+                KAFKA_USER.0,
+                KAFKA_USER.1,
+            ])?;
+            let partitions = KAFKA_PARTITIONS.to_string();
+            cli(&[
+                "topic",
+                "create",
+                "--broker",
+                &url,
+                "--partitions",
+                &partitions,
+                &self.kafka_topic(),
+            ])
+        }
+        .await;
+        let _ = setup.kill();
+        let _ = setup.wait();
+        made?;
+        let child = spawn(true)?;
+        if let Ok(mut t) = self.tansu.lock() {
+            *t = Some(child);
+        }
+        listening().await
     }
 
     fn queue(&self) -> String {
@@ -103,6 +272,12 @@ impl Broker {
                 "nats",
                 serde_json::json!({"server_url": NATS_ADDR, "subject": self.subject(), "jetstream": "on"}),
                 serde_json::json!({}),
+            ),
+            Kind::Kafka => (
+                "kafka",
+                serde_json::json!({"brokers": format!("127.0.0.1:{}", self.kafka_port), "topic": self.kafka_topic(),
+                    "tls": "false", "sasl_mechanism": "scram-sha-256"}),
+                serde_json::json!({"username": KAFKA_USER.0, "password": KAFKA_USER.1}),
             ),
         };
         serde_json::json!({"id": format!("lt-t{t}-d{d}"), "type": kind, "topics": "*", "config": config, "credentials": creds})
@@ -262,6 +437,31 @@ impl Broker {
                     }
                 });
             }
+            Kind::Kafka => {
+                self.start_tansu().await?;
+                let record = Arc::new(record);
+                for p in kafka_partitions(self.kafka_port, &self.kafka_topic()).await? {
+                    let (stop, stats, record) = (stop.clone(), stats.clone(), record.clone());
+                    tokio::spawn(async move {
+                        let mut offset = 0;
+                        while !stop.load(Ordering::Relaxed) {
+                            let Ok((records, _)) = p.fetch_records(offset, 1..4_000_000, 200).await else {
+                                tokio::time::sleep(Duration::from_millis(50)).await;
+                                continue;
+                            };
+                            for r in records {
+                                offset = r.offset + 1;
+                                let id = r
+                                    .record
+                                    .headers
+                                    .get("event-id")
+                                    .map(|v| String::from_utf8_lossy(v).into_owned());
+                                record(&stats, id.as_deref());
+                            }
+                        }
+                    });
+                }
+            }
         }
         Ok(())
     }
@@ -375,6 +575,38 @@ impl Broker {
                     t.await.map_err(|e| e.to_string())??;
                 }
             }
+            Kind::Kafka => {
+                let parts = kafka_partitions(self.kafka_port, &self.kafka_topic()).await?;
+                for w in 0..RAW_IN_FLIGHT as u64 {
+                    let (parts, done, body) = (parts.clone(), done.clone(), body.clone());
+                    tasks.push(tokio::spawn(async move {
+                        let mut n = w;
+                        while Instant::now() < deadline {
+                            let mut h: std::collections::BTreeMap<String, Vec<u8>> = headers(n)
+                                .into_iter()
+                                .map(|(k, v)| (k.to_string(), v.into_bytes()))
+                                .collect();
+                            h.insert("content-type".into(), b"application/json".to_vec());
+                            let record = rskafka::record::Record {
+                                key: Some(format!("raw-{n}").into_bytes()),
+                                value: Some(body.to_vec()),
+                                headers: h,
+                                timestamp: chrono::Utc::now(),
+                            };
+                            let p = &parts[(n % KAFKA_PARTITIONS as u64) as usize];
+                            p.produce(vec![record], rskafka::client::partition::Compression::NoCompression)
+                                .await
+                                .map_err(|e| e.to_string())?;
+                            done.fetch_add(1, Ordering::Relaxed);
+                            n += RAW_IN_FLIGHT as u64;
+                        }
+                        Ok::<(), String>(())
+                    }));
+                }
+                for t in tasks {
+                    t.await.map_err(|e| e.to_string())??;
+                }
+            }
         }
         Ok(done.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64())
     }
@@ -387,6 +619,10 @@ impl Broker {
             if let Ok(c) = async_nats::connect(NATS_ADDR).await {
                 let _ = async_nats::jetstream::new(c).delete_stream(self.js_stream()).await;
             }
+        }
+        if let Some(mut child) = self.tansu.lock().ok().and_then(|mut t| t.take()) {
+            let _ = child.kill();
+            let _ = child.wait();
         }
     }
 }
