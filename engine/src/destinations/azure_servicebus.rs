@@ -279,6 +279,20 @@ async fn connect(key: &Key, guard: bool, tls: &Arc<rustls::ClientConfig>) -> Res
     })
 }
 
+/// A failure's code from the AMQP error condition it names (Service Bus
+/// names the condition; the library gives it only inside its error).
+fn condition_code(text: &str) -> &'static str {
+    if text.contains("UnauthorizedAccess") || text.contains("unauthorized-access") {
+        "auth_failed"
+    } else if text.contains("NotFound") || text.contains("not-found") {
+        "entity_not_found"
+    } else if text.contains("MessageSizeExceeded") || text.contains("message-size-exceeded") {
+        "message_too_large"
+    } else {
+        "servicebus_error"
+    }
+}
+
 /// A CBS refusal as an attempt result: 401/403 are the owner's to fix.
 fn cbs_failed(e: fe2o3_amqp_management::error::Error) -> PublishResult {
     use fe2o3_amqp_management::error::Error as E;
@@ -347,7 +361,10 @@ impl ServiceBusPublisher {
                 self.entity.as_str(),
             )
             .await
-            .map_err(|e| failed_text("entity_not_found", "attaching a sender", e))?
+            .map_err(|e| {
+                let text = format!("attaching a sender: {e:?}");
+                PublishResult::error(condition_code(&text), text)
+            })?
         };
         let e = Rc::new(EntityLink {
             sender: tokio::sync::Mutex::new(sender),
@@ -405,7 +422,7 @@ impl Publisher for ServiceBusPublisher {
                 Ok(Outcome::Accepted(_)) => PublishResult::success("OK", json!({})),
                 Ok(Outcome::Rejected(r)) => {
                     let text = format!("the broker rejected the message: {:?}", r.error);
-                    PublishResult::failed("rejected", text)
+                    PublishResult::error(condition_code(&text), text)
                 }
                 Ok(other) => PublishResult::failed("servicebus_error", format!("outcome {other:?}")),
                 Err(e) => {
@@ -449,6 +466,19 @@ mod tests {
         assert!(parse_connection_string("Endpoint=https://h/;SharedAccessKeyName=a;SharedAccessKey=b").is_err());
         assert!(parse_connection_string("Endpoint=sb://h/").is_err());
         assert!(parse_connection_string("nonsense").is_err());
+    }
+
+    #[test]
+    fn conditions() {
+        assert_eq!(
+            condition_code("Rejected { error: Some(Error { condition: AmqpError(UnauthorizedAccess) }) }"),
+            "auth_failed"
+        );
+        assert_eq!(
+            condition_code("RemoteClosedWithError(Error { condition: AmqpError(NotFound) })"),
+            "entity_not_found"
+        );
+        assert_eq!(condition_code("anything else"), "servicebus_error");
     }
 
     #[test]
