@@ -8,7 +8,7 @@ use aws_sdk_sqs::config::{Credentials, SharedCredentialsProvider};
 use aws_sdk_sqs::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 
 use super::fields::Field;
-use super::{clients, fields, obfuscate, PublishResult};
+use super::{clients, fields, PublishResult};
 use crate::model::{Destination, StringMap};
 
 /// Static keys and an optional session token, as Outpost lists them for
@@ -51,17 +51,6 @@ pub fn check_endpoint(config: &StringMap, errs: &mut Vec<String>) {
             errs.push("config.endpoint failed pattern validation".into());
         }
     }
-}
-
-/// Credentials as shown: key, secret and session masked.
-pub fn display_credentials(d: &Destination) -> StringMap {
-    let mut out = d.credentials.clone();
-    for k in ["key", "secret", "session"] {
-        if let Some(v) = d.credentials.get(k) {
-            out.insert(k.to_string(), obfuscate(v));
-        }
-    }
-    out
 }
 
 /// Where and as whom a destination calls AWS; equal keys share a client on a shard.

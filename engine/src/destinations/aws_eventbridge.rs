@@ -9,7 +9,7 @@ use std::rc::Rc;
 
 use aws_sdk_eventbridge::types::PutEventsRequestEntry;
 use aws_sdk_eventbridge::Client;
-use serde_json::{json, Value};
+use serde_json::json;
 
 use super::aws::{self, AwsKey};
 use super::fields::{self, Field, Schema};
@@ -57,12 +57,8 @@ const SCHEMA: Schema = Schema {
 pub struct AwsEventBridge;
 
 impl DestinationType for AwsEventBridge {
-    fn kind(&self) -> &'static str {
-        SCHEMA.kind
-    }
-
-    fn metadata(&self) -> Value {
-        SCHEMA.metadata()
+    fn schema(&self) -> Option<&'static Schema> {
+        Some(&SCHEMA)
     }
 
     fn validate(&self, d: &Destination) -> Result<(), Violations> {
@@ -82,10 +78,6 @@ impl DestinationType for AwsEventBridge {
                 "https://{region}.console.aws.amazon.com/events/home?region={region}#/eventbus/{bus}"
             )),
         )
-    }
-
-    fn display_credentials(&self, d: &Destination, _now_ms: i64) -> StringMap {
-        aws::display_credentials(d)
     }
 
     fn publisher(&self, d: &Destination, ctx: &PublishContext) -> Result<Box<dyn Publisher>, String> {

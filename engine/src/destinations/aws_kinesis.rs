@@ -57,12 +57,8 @@ const SCHEMA: Schema = Schema {
 pub struct AwsKinesis;
 
 impl DestinationType for AwsKinesis {
-    fn kind(&self) -> &'static str {
-        SCHEMA.kind
-    }
-
-    fn metadata(&self) -> Value {
-        SCHEMA.metadata()
+    fn schema(&self) -> Option<&'static Schema> {
+        Some(&SCHEMA)
     }
 
     fn validate(&self, d: &Destination) -> Result<(), Violations> {
@@ -78,10 +74,6 @@ impl DestinationType for AwsKinesis {
     fn target(&self, d: &Destination) -> (String, Option<String>) {
         let get = |k: &str| d.config.get(k).map(String::as_str).unwrap_or("");
         (format!("{} in {}", get("stream_name"), get("region")), None)
-    }
-
-    fn display_credentials(&self, d: &Destination, _now_ms: i64) -> StringMap {
-        aws::display_credentials(d)
     }
 
     fn publisher(&self, d: &Destination, ctx: &PublishContext) -> Result<Box<dyn Publisher>, String> {

@@ -74,12 +74,8 @@ fn storage_class(config: &StringMap) -> Option<&'static str> {
 }
 
 impl DestinationType for AwsS3 {
-    fn kind(&self) -> &'static str {
-        SCHEMA.kind
-    }
-
-    fn metadata(&self) -> Value {
-        SCHEMA.metadata()
+    fn schema(&self) -> Option<&'static Schema> {
+        Some(&SCHEMA)
     }
 
     fn validate(&self, d: &Destination) -> Result<(), Violations> {
@@ -121,10 +117,6 @@ impl DestinationType for AwsS3 {
                 "https://s3.console.aws.amazon.com/s3/buckets/{bucket}?region={region}"
             )),
         )
-    }
-
-    fn display_credentials(&self, d: &Destination, _now_ms: i64) -> StringMap {
-        aws::display_credentials(d)
     }
 
     fn publisher(&self, d: &Destination, ctx: &PublishContext) -> Result<Box<dyn Publisher>, String> {

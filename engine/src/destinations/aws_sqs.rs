@@ -13,7 +13,7 @@ use std::rc::Rc;
 
 use aws_sdk_sqs::types::MessageAttributeValue;
 use aws_sdk_sqs::Client;
-use serde_json::{json, Value};
+use serde_json::json;
 
 use super::aws::{self, AwsKey};
 use super::fields::{self, Field, Schema};
@@ -87,12 +87,8 @@ fn query_escape(s: &str) -> String {
 }
 
 impl DestinationType for AwsSqs {
-    fn kind(&self) -> &'static str {
-        SCHEMA.kind
-    }
-
-    fn metadata(&self) -> Value {
-        SCHEMA.metadata()
+    fn schema(&self) -> Option<&'static Schema> {
+        Some(&SCHEMA)
     }
 
     fn validate(&self, d: &Destination) -> Result<(), Violations> {
@@ -116,10 +112,6 @@ impl DestinationType for AwsSqs {
             )
         });
         (url, link)
-    }
-
-    fn display_credentials(&self, d: &Destination, _now_ms: i64) -> StringMap {
-        aws::display_credentials(d)
     }
 
     fn publisher(&self, d: &Destination, ctx: &PublishContext) -> Result<Box<dyn Publisher>, String> {

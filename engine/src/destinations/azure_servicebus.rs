@@ -27,7 +27,7 @@ use fe2o3_amqp::{Connection, Sender, Session};
 use fe2o3_amqp_cbs::client::CbsClient;
 use fe2o3_amqp_cbs::token::CbsToken;
 use hmac::{Hmac, Mac};
-use serde_json::{json, Value};
+use serde_json::json;
 use sha2::Sha256;
 
 use super::fields::{self, Field, Schema};
@@ -174,12 +174,8 @@ pub struct Link {
 }
 
 impl DestinationType for AzureServiceBus {
-    fn kind(&self) -> &'static str {
-        SCHEMA.kind
-    }
-
-    fn metadata(&self) -> Value {
-        SCHEMA.metadata()
+    fn schema(&self) -> Option<&'static Schema> {
+        Some(&SCHEMA)
     }
 
     fn validate(&self, d: &Destination) -> Result<(), Violations> {
@@ -201,10 +197,6 @@ impl DestinationType for AzureServiceBus {
             .map(|k| k.host.split('.').next().unwrap_or("").to_string())
             .unwrap_or_default();
         (format!("{namespace}/{name}"), None)
-    }
-
-    fn display_credentials(&self, d: &Destination, _now_ms: i64) -> StringMap {
-        SCHEMA.display_credentials(&d.credentials)
     }
 
     fn publisher(&self, d: &Destination, ctx: &PublishContext) -> Result<Box<dyn Publisher>, String> {

@@ -71,12 +71,8 @@ fn emulator_host(config: &StringMap) -> Option<String> {
 }
 
 impl DestinationType for GcpPubSub {
-    fn kind(&self) -> &'static str {
-        SCHEMA.kind
-    }
-
-    fn metadata(&self) -> Value {
-        SCHEMA.metadata()
+    fn schema(&self) -> Option<&'static Schema> {
+        Some(&SCHEMA)
     }
 
     fn validate(&self, d: &Destination) -> Result<(), Violations> {
@@ -107,10 +103,6 @@ impl DestinationType for GcpPubSub {
         let (project, topic) = (get("project_id"), get("topic"));
         let link = format!("https://console.cloud.google.com/cloudpubsub/topic/detail/{topic}?project={project}");
         (format!("{project}/{topic}"), Some(link))
-    }
-
-    fn display_credentials(&self, d: &Destination, _now_ms: i64) -> StringMap {
-        SCHEMA.display_credentials(&d.credentials)
     }
 
     fn publisher(&self, d: &Destination, ctx: &PublishContext) -> Result<Box<dyn Publisher>, String> {

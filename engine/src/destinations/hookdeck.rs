@@ -69,12 +69,8 @@ fn source_name(body: &Value) -> Option<String> {
 }
 
 impl DestinationType for Hookdeck {
-    fn kind(&self) -> &'static str {
-        SCHEMA.kind
-    }
-
-    fn metadata(&self) -> Value {
-        SCHEMA.metadata()
+    fn schema(&self) -> Option<&'static Schema> {
+        Some(&SCHEMA)
     }
 
     fn validate(&self, d: &Destination) -> Result<(), Violations> {
@@ -126,10 +122,6 @@ impl DestinationType for Hookdeck {
         let id = d.config.get("source_id").cloned().unwrap_or_default();
         let name = d.config.get("source_name").cloned().unwrap_or_else(|| id.clone());
         (name, Some(format!("https://dashboard.hookdeck.com/sources/{id}")))
-    }
-
-    fn display_credentials(&self, d: &Destination, _now_ms: i64) -> StringMap {
-        SCHEMA.display_credentials(&d.credentials)
     }
 
     fn publisher(&self, d: &Destination, ctx: &PublishContext) -> Result<Box<dyn Publisher>, String> {

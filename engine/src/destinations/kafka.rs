@@ -114,12 +114,8 @@ pub fn partition_for(key: &[u8], n: usize) -> usize {
 }
 
 impl DestinationType for Kafka {
-    fn kind(&self) -> &'static str {
-        SCHEMA.kind
-    }
-
-    fn metadata(&self) -> Value {
-        SCHEMA.metadata()
+    fn schema(&self) -> Option<&'static Schema> {
+        Some(&SCHEMA)
     }
 
     fn validate(&self, d: &Destination) -> Result<(), Violations> {
@@ -162,10 +158,6 @@ impl DestinationType for Kafka {
         let get = |k: &str| d.config.get(k).map(String::as_str).unwrap_or("");
         let first = get("brokers").split(',').next().unwrap_or("").trim();
         (format!("{first} / {}", get("topic")), None)
-    }
-
-    fn display_credentials(&self, d: &Destination, _now_ms: i64) -> StringMap {
-        SCHEMA.display_credentials(&d.credentials)
     }
 
     fn publisher(&self, d: &Destination, ctx: &PublishContext) -> Result<Box<dyn Publisher>, String> {
@@ -324,11 +316,8 @@ impl Link {
 
 impl KafkaPublisher {
     fn record(&self, event: &Event, now_ms: i64) -> Result<Record, String> {
-        let meta: BTreeMap<String, String> =
-            merged_metadata(self.delivery_metadata.as_ref(), event, now_ms, self.include_ms)
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect();
+        let meta = merged_metadata(self.delivery_metadata.as_ref(), event, now_ms, self.include_ms);
+        // The data is parsed only when a template has to look into it.
         let key = match &self.partition_key {
             None => None,
             Some(t) => {
@@ -336,7 +325,8 @@ impl KafkaPublisher {
                 t.key(&json!({ "metadata": &meta, "data": data }))
             }
         };
-        let mut headers: BTreeMap<String, Vec<u8>> = meta.into_iter().map(|(k, v)| (k, v.into_bytes())).collect();
+        let mut headers: BTreeMap<String, Vec<u8>> =
+            meta.iter().map(|(k, v)| (k.clone(), v.as_bytes().to_vec())).collect();
         headers.insert("content-type".into(), b"application/json".to_vec());
         Ok(Record {
             key: Some(key.unwrap_or_else(|| event.id.clone()).into_bytes()),

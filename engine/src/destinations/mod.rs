@@ -53,9 +53,19 @@ pub struct RawInput {
 pub type Violations = Vec<String>;
 
 pub trait DestinationType: Send + Sync + 'static {
-    fn kind(&self) -> &'static str;
+    /// The field list a type is described by; `kind`, `metadata` and
+    /// `display_credentials` follow from it. Only `webhook`, whose listing
+    /// and credentials depend on the deployment, has none and overrides them.
+    fn schema(&self) -> Option<&'static fields::Schema> {
+        None
+    }
+    fn kind(&self) -> &'static str {
+        self.schema().map_or("", |s| s.kind)
+    }
     /// The `/destination-types` description.
-    fn metadata(&self) -> Value;
+    fn metadata(&self) -> Value {
+        self.schema().map_or(Value::Null, |s| s.metadata())
+    }
     /// Field checks on a destination about to be stored.
     fn validate(&self, dest: &Destination) -> Result<(), Violations>;
     /// Fills in or rewrites fields before storing (generated secrets, rotation,
@@ -81,8 +91,13 @@ pub trait DestinationType: Send + Sync + 'static {
     }
     /// `(target, target_url)` for display.
     fn target(&self, dest: &Destination) -> (String, Option<String>);
-    /// Credentials as shown to API callers.
-    fn display_credentials(&self, dest: &Destination, now_ms: i64) -> StringMap;
+    /// Credentials as shown to API callers: sensitive fields masked.
+    fn display_credentials(&self, dest: &Destination, _now_ms: i64) -> StringMap {
+        match self.schema() {
+            Some(s) => s.display_credentials(&dest.credentials),
+            None => dest.credentials.clone(),
+        }
+    }
     /// Builds the shard-side publisher for a destination.
     fn publisher(&self, dest: &Destination, ctx: &PublishContext) -> Result<Box<dyn Publisher>, String>;
 }

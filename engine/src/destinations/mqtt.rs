@@ -21,7 +21,7 @@ use rumqttc::v5::mqttbytes::v5::{ConnectReturnCode, Packet, PubAckReason, Publis
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::{AsyncClient, ConnectionError, Event as MqttEvent, EventLoop, MqttOptions};
 use rumqttc::{Outgoing, TlsConfiguration, Transport};
-use serde_json::{json, Value};
+use serde_json::json;
 use tokio::sync::oneshot;
 
 use super::fields::{self, Field, Schema};
@@ -106,12 +106,8 @@ impl Drop for Link {
 }
 
 impl DestinationType for Mqtt {
-    fn kind(&self) -> &'static str {
-        SCHEMA.kind
-    }
-
-    fn metadata(&self) -> Value {
-        SCHEMA.metadata()
+    fn schema(&self) -> Option<&'static Schema> {
+        Some(&SCHEMA)
     }
 
     fn validate(&self, d: &Destination) -> Result<(), Violations> {
@@ -142,10 +138,6 @@ impl DestinationType for Mqtt {
     fn target(&self, d: &Destination) -> (String, Option<String>) {
         let get = |k: &str| d.config.get(k).map(String::as_str).unwrap_or("");
         (format!("{} on {}", get("topic"), get("server_url")), None)
-    }
-
-    fn display_credentials(&self, d: &Destination, _now_ms: i64) -> StringMap {
-        SCHEMA.display_credentials(&d.credentials)
     }
 
     fn publisher(&self, d: &Destination, ctx: &PublishContext) -> Result<Box<dyn Publisher>, String> {

@@ -12,7 +12,7 @@ use async_nats::connection::State;
 use async_nats::jetstream::context::PublishErrorKind;
 use async_nats::{ConnectErrorKind, ConnectOptions, HeaderMap};
 use bytes::Bytes;
-use serde_json::{json, Value};
+use serde_json::json;
 
 use super::fields::{self, Field, Schema};
 use super::*;
@@ -71,12 +71,8 @@ pub struct Key {
 }
 
 impl DestinationType for Nats {
-    fn kind(&self) -> &'static str {
-        SCHEMA.kind
-    }
-
-    fn metadata(&self) -> Value {
-        SCHEMA.metadata()
+    fn schema(&self) -> Option<&'static Schema> {
+        Some(&SCHEMA)
     }
 
     fn validate(&self, d: &Destination) -> Result<(), Violations> {
@@ -116,10 +112,6 @@ impl DestinationType for Nats {
     fn target(&self, d: &Destination) -> (String, Option<String>) {
         let get = |k: &str| d.config.get(k).map(String::as_str).unwrap_or("");
         (format!("{} on {}", get("subject"), get("server_url")), None)
-    }
-
-    fn display_credentials(&self, d: &Destination, _now_ms: i64) -> StringMap {
-        SCHEMA.display_credentials(&d.credentials)
     }
 
     fn publisher(&self, d: &Destination, ctx: &PublishContext) -> Result<Box<dyn Publisher>, String> {

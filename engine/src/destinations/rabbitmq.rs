@@ -13,7 +13,7 @@ use lapin::publisher_confirm::Confirmation;
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::uri::{AMQPAuthority, AMQPQueryString, AMQPScheme, AMQPUri, AMQPUserInfo};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ErrorKind};
-use serde_json::{json, Value};
+use serde_json::json;
 
 use super::fields::{self, Field, Schema};
 use super::*;
@@ -101,12 +101,8 @@ fn percent_decode(s: &str) -> Option<String> {
 }
 
 impl DestinationType for RabbitMq {
-    fn kind(&self) -> &'static str {
-        SCHEMA.kind
-    }
-
-    fn metadata(&self) -> Value {
-        SCHEMA.metadata()
+    fn schema(&self) -> Option<&'static Schema> {
+        Some(&SCHEMA)
     }
 
     fn validate(&self, d: &Destination) -> Result<(), Violations> {
@@ -137,10 +133,6 @@ impl DestinationType for RabbitMq {
     fn target(&self, d: &Destination) -> (String, Option<String>) {
         let exchange = d.config.get("exchange").map(String::as_str).unwrap_or("");
         (format!("{exchange} -> {}", d.topics.join(", ")), None)
-    }
-
-    fn display_credentials(&self, d: &Destination, _now_ms: i64) -> StringMap {
-        SCHEMA.display_credentials(&d.credentials)
     }
 
     fn publisher(&self, d: &Destination, ctx: &PublishContext) -> Result<Box<dyn Publisher>, String> {

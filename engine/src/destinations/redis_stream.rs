@@ -8,7 +8,7 @@ use std::rc::Rc;
 
 use redis::aio::MultiplexedConnection;
 use redis::{ConnectionAddr, IntoConnectionInfo, RedisConnectionInfo};
-use serde_json::{json, Value};
+use serde_json::json;
 
 use super::fields::{self, Field, Schema};
 use super::*;
@@ -62,12 +62,8 @@ pub struct Key {
 }
 
 impl DestinationType for RedisStream {
-    fn kind(&self) -> &'static str {
-        SCHEMA.kind
-    }
-
-    fn metadata(&self) -> Value {
-        SCHEMA.metadata()
+    fn schema(&self) -> Option<&'static Schema> {
+        Some(&SCHEMA)
     }
 
     fn validate(&self, d: &Destination) -> Result<(), Violations> {
@@ -98,10 +94,6 @@ impl DestinationType for RedisStream {
     fn target(&self, d: &Destination) -> (String, Option<String>) {
         let get = |k: &str| d.config.get(k).map(String::as_str).unwrap_or("");
         (format!("{} on {}", get("stream"), get("address")), None)
-    }
-
-    fn display_credentials(&self, d: &Destination, _now_ms: i64) -> StringMap {
-        SCHEMA.display_credentials(&d.credentials)
     }
 
     fn publisher(&self, d: &Destination, ctx: &PublishContext) -> Result<Box<dyn Publisher>, String> {
