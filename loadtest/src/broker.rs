@@ -3,7 +3,8 @@
 //! consumer drains it and records each harness event it sees (as the HTTP
 //! sink does for webhooks), and the baseline is a raw client of the same
 //! broker doing the same publishes (same body, same metadata, the same
-//! acknowledgement: publisher confirms, XADD replies, JetStream acks) with
+//! acknowledgement: publisher confirms, XADD replies, JetStream acks, Kafka
+//! `acks=all` produce responses) with
 //! 64 in flight, while the same consumer drains.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

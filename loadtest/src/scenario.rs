@@ -38,7 +38,7 @@ pub struct Scenario {
     #[serde(default)]
     pub server_env: BTreeMap<String, String>,
     /// `webhook` (default: the harness's HTTP sink) or a broker type
-    /// (`rabbitmq`, `redis_stream`, `nats`) on loopback, drained by the
+    /// (`rabbitmq`, `redis_stream`, `nats`, `kafka`) on loopback, drained by the
     /// broker's own consumer; the baseline is then a raw client of that broker.
     #[serde(default)]
     pub destination_type: String,
