@@ -106,6 +106,8 @@ pub struct Config {
     pub http_user_agent: String,
     pub max_destinations_per_tenant: usize,
     pub delivery_timeout: Duration,
+    /// Types whose timeout differs from `delivery_timeout` (`TYPE_TIMEOUT_KEYS`).
+    pub type_delivery_timeouts: HashMap<&'static str, Duration>,
     pub publish_idempotency_key_ttl: Duration,
     pub retry: RetryConfig,
     pub idgen: IdGen,
@@ -230,6 +232,25 @@ impl RetryConfig {
             .unwrap_or(Duration::from_secs(u32::MAX as u64))
     }
 }
+
+/// Per-type delivery timeouts: a destination type and the key that sets
+/// its timeout (YAML: `destinations.<type>.timeout_seconds`); unset, a type
+/// gets `DELIVERY_TIMEOUT_SECONDS`.
+pub const TYPE_TIMEOUT_KEYS: &[(&str, &str)] = &[
+    ("webhook", "DESTINATIONS_WEBHOOK_TIMEOUT_SECONDS"),
+    ("hookdeck", "DESTINATIONS_HOOKDECK_TIMEOUT_SECONDS"),
+    ("aws_sqs", "DESTINATIONS_AWS_SQS_TIMEOUT_SECONDS"),
+    ("aws_kinesis", "DESTINATIONS_AWS_KINESIS_TIMEOUT_SECONDS"),
+    ("aws_s3", "DESTINATIONS_AWS_S3_TIMEOUT_SECONDS"),
+    ("gcp_pubsub", "DESTINATIONS_GCP_PUBSUB_TIMEOUT_SECONDS"),
+    ("azure_servicebus", "DESTINATIONS_AZURE_SERVICEBUS_TIMEOUT_SECONDS"),
+    ("rabbitmq", "DESTINATIONS_RABBITMQ_TIMEOUT_SECONDS"),
+    ("kafka", "DESTINATIONS_KAFKA_TIMEOUT_SECONDS"),
+    ("aws_eventbridge", "DESTINATIONS_AWS_EVENTBRIDGE_TIMEOUT_SECONDS"),
+    ("nats", "DESTINATIONS_NATS_TIMEOUT_SECONDS"),
+    ("mqtt", "DESTINATIONS_MQTT_TIMEOUT_SECONDS"),
+    ("redis_stream", "DESTINATIONS_REDIS_STREAM_TIMEOUT_SECONDS"),
+];
 
 /// YAML path → environment name, for the keys a YAML file may set.
 const YAML_KEYS: &[(&str, &str)] = &[
@@ -587,7 +608,15 @@ fn parse_dotenv(text: &str) -> HashMap<String, String> {
 fn parse_yaml(text: &str) -> Result<HashMap<String, String>, String> {
     let doc: serde_yaml::Value = serde_yaml::from_str(text).map_err(|e| e.to_string())?;
     let mut out = HashMap::new();
-    for (path, env) in YAML_KEYS {
+    let per_type: Vec<(String, &str)> = TYPE_TIMEOUT_KEYS
+        .iter()
+        .map(|(kind, env)| (format!("destinations.{kind}.timeout_seconds"), *env))
+        .collect();
+    let keys = YAML_KEYS
+        .iter()
+        .map(|(path, env)| (*path, *env))
+        .chain(per_type.iter().map(|(path, env)| (path.as_str(), *env)));
+    for (path, env) in keys {
         let mut node = &doc;
         let mut found = true;
         for part in path.split('.') {
@@ -618,7 +647,7 @@ fn parse_yaml(text: &str) -> Result<HashMap<String, String>, String> {
                 .join(","),
             _ => return Err(format!("{path}: expected a scalar or a list")),
         };
-        out.insert((*env).to_string(), value);
+        out.insert(env.to_string(), value);
     }
     Ok(out)
 }
@@ -632,6 +661,14 @@ fn comma_list(v: &str) -> Vec<String> {
 }
 
 impl Config {
+    /// The deadline of one attempt to a destination of `kind`.
+    pub fn delivery_timeout_for(&self, kind: &str) -> Duration {
+        self.type_delivery_timeouts
+            .get(kind)
+            .copied()
+            .unwrap_or(self.delivery_timeout)
+    }
+
     /// Types every value; the first bad key is reported by name.
     pub fn from_sources(src: &Sources) -> Result<Self, ConfigError> {
         let service = match src.non_empty("SERVICE").unwrap_or("all") {
@@ -696,6 +733,16 @@ impl Config {
         let delivery_timeout: u64 = src.num("DELIVERY_TIMEOUT_SECONDS", 5)?;
         if delivery_timeout < 1 {
             return Err(invalid("DELIVERY_TIMEOUT_SECONDS", "must be >= 1"));
+        }
+        let mut type_delivery_timeouts = HashMap::new();
+        for (kind, key) in TYPE_TIMEOUT_KEYS {
+            if src.non_empty(key).is_some() {
+                let secs: u64 = src.num(key, delivery_timeout)?;
+                if secs < 1 {
+                    return Err(invalid(key, "must be >= 1"));
+                }
+                type_delivery_timeouts.insert(*kind, Duration::from_secs(secs));
+            }
         }
         let idgen = match src.non_empty("IDGEN_TYPE").unwrap_or("uuidv4") {
             "uuidv4" => IdGen::UuidV4,
@@ -827,6 +874,7 @@ impl Config {
                 .unwrap_or_else(|| format!("Outrider/{}", env!("CARGO_PKG_VERSION"))),
             max_destinations_per_tenant: src.num("MAX_DESTINATIONS_PER_TENANT", 20)?,
             delivery_timeout: Duration::from_secs(delivery_timeout),
+            type_delivery_timeouts,
             publish_idempotency_key_ttl: Duration::from_secs(src.num("PUBLISH_IDEMPOTENCY_KEY_TTL", 3600)?),
             retry: RetryConfig {
                 schedule: retry_schedule,
@@ -1412,5 +1460,31 @@ mod tests {
         assert_eq!(c.topics, vec!["a.b", "c"]);
         assert_eq!(c.webhook.mode, WebhookMode::Standard);
         assert_eq!(c.webhook.header_prefix, "webhook-");
+    }
+
+    #[test]
+    fn per_type_delivery_timeouts() {
+        let c = cfg(&[
+            ("DELIVERY_TIMEOUT_SECONDS", "7"),
+            ("DESTINATIONS_AWS_S3_TIMEOUT_SECONDS", "30"),
+        ])
+        .unwrap();
+        assert_eq!(c.delivery_timeout_for("aws_s3"), Duration::from_secs(30));
+        assert_eq!(c.delivery_timeout_for("webhook"), Duration::from_secs(7));
+        let e = cfg(&[("DESTINATIONS_KAFKA_TIMEOUT_SECONDS", "0")]).unwrap_err();
+        assert!(e.to_string().contains("DESTINATIONS_KAFKA_TIMEOUT_SECONDS"), "{e}");
+        let e = cfg(&[("DESTINATIONS_KAFKA_TIMEOUT_SECONDS", "soon")]).unwrap_err();
+        assert!(e.to_string().contains("DESTINATIONS_KAFKA_TIMEOUT_SECONDS"), "{e}");
+
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("o.yaml");
+        std::fs::write(
+            &p,
+            "aes_encryption_secret: x\ndestinations:\n  kafka:\n    timeout_seconds: 12\n",
+        )
+        .unwrap();
+        let c = Config::from_sources(&Sources::load(Some(&p), []).unwrap()).unwrap();
+        assert_eq!(c.delivery_timeout_for("kafka"), Duration::from_secs(12));
+        assert_eq!(c.delivery_timeout_for("mqtt"), Duration::from_secs(5));
     }
 }

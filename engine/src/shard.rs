@@ -864,7 +864,12 @@ impl Shard {
         let started = now_ms();
         let result = match &publisher {
             Ok(p) => {
-                match tokio::time::timeout(cfg.delivery_timeout, p.publish(&self.clients, &event, started)).await {
+                match tokio::time::timeout(
+                    cfg.delivery_timeout_for(&dest.kind),
+                    p.publish(&self.clients, &event, started),
+                )
+                .await
+                {
                     Ok(r) => r,
                     Err(_) => PublishResult::failed("timeout", "timeout"),
                 }

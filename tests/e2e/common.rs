@@ -421,11 +421,46 @@ pub fn hmac_b64(key: &[u8], msg: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(m.finalize().into_bytes())
 }
 
-/// A TCP forwarder the test can cut, to simulate a back end going away.
+/// A TCP forwarder the test can cut, to simulate a back end going away, or
+/// hold, to keep a request in flight. It counts the HTTP/1 requests it
+/// forwards (`POST /` starts each AWS SDK call).
 pub struct Proxy {
     pub port: u16,
     up: Arc<std::sync::atomic::AtomicBool>,
+    held: Arc<std::sync::atomic::AtomicBool>,
+    posts: Arc<std::sync::atomic::AtomicUsize>,
     conns: Arc<Mutex<Vec<tokio::task::AbortHandle>>>,
+}
+
+/// Client-to-server bytes: counted, and kept back while `held`.
+async fn forward_up(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    held: Arc<std::sync::atomic::AtomicBool>,
+    posts: Arc<std::sync::atomic::AtomicUsize>,
+) {
+    use std::sync::atomic::Ordering::SeqCst;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 64 * 1024];
+    // The tail of the previous read, so a marker split across reads counts.
+    let mut tail: Vec<u8> = Vec::new();
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        let mut seen = std::mem::take(&mut tail);
+        seen.extend_from_slice(&buf[..n]);
+        posts.fetch_add(seen.windows(6).filter(|w| *w == b"POST /").count(), SeqCst);
+        tail = seen[seen.len().saturating_sub(5)..].to_vec();
+        while held.load(SeqCst) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            break;
+        }
+    }
+    let _ = to.shutdown().await;
 }
 
 impl Proxy {
@@ -433,23 +468,51 @@ impl Proxy {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let up = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let held = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let posts = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let conns: Arc<Mutex<Vec<tokio::task::AbortHandle>>> = Arc::default();
-        let (u, c) = (up.clone(), conns.clone());
+        let (u, c, h, p) = (up.clone(), conns.clone(), held.clone(), posts.clone());
         tokio::spawn(async move {
-            while let Ok((mut inbound, _)) = listener.accept().await {
+            while let Ok((inbound, _)) = listener.accept().await {
                 if !u.load(std::sync::atomic::Ordering::SeqCst) {
                     drop(inbound);
                     continue;
                 }
-                let h = tokio::spawn(async move {
-                    if let Ok(mut out) = tokio::net::TcpStream::connect(target).await {
-                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut out).await;
+                let (held, posts) = (h.clone(), p.clone());
+                let task = tokio::spawn(async move {
+                    if let Ok(out) = tokio::net::TcpStream::connect(target).await {
+                        let (in_r, mut in_w) = inbound.into_split();
+                        let (mut out_r, out_w) = out.into_split();
+                        let down = async move {
+                            let _ = tokio::io::copy(&mut out_r, &mut in_w).await;
+                        };
+                        tokio::join!(forward_up(in_r, out_w, held, posts), down);
                     }
                 });
-                c.lock().unwrap().push(h.abort_handle());
+                c.lock().unwrap().push(task.abort_handle());
             }
         });
-        Proxy { port, up, conns }
+        Proxy {
+            port,
+            up,
+            held,
+            posts,
+            conns,
+        }
+    }
+
+    /// Keeps what clients send from reaching the server until `release`.
+    pub fn hold(&self) {
+        self.held.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    pub fn release(&self) {
+        self.held.store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// HTTP/1 `POST` requests forwarded (or held) so far.
+    pub fn posts(&self) -> usize {
+        self.posts.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Refuses new connections and cuts the open ones.

@@ -126,26 +126,43 @@ where
             } else {
                 format!("{code}: {message}")
             };
-            let ours = match code {
-                "InvalidClientTokenId"
-                | "SignatureDoesNotMatch"
-                | "UnrecognizedClientException"
-                | "InvalidSecurity"
-                | "ExpiredToken"
-                | "ExpiredTokenException"
-                | "InvalidAccessKeyId"
-                | "InvalidSignatureException" => "auth_failed",
-                "AccessDenied" | "AccessDeniedException" | "KMS.AccessDeniedException" => "access_denied",
-                "AWS.SimpleQueueService.NonExistentQueue"
-                | "QueueDoesNotExist"
-                | "ResourceNotFoundException"
-                | "NoSuchBucket" => not_found,
-                _ => "ERR",
-            };
+            let ours = service_code(code, not_found);
             PublishResult::error(ours, detail)
         }
         _ => PublishResult::failed("ERR", text),
     }
+}
+
+/// Our code for an AWS error code, from a whole call or from one entry of a
+/// batch call (`auth_failed` and `access_denied` are permanent).
+pub fn service_code(code: &str, not_found: &'static str) -> &'static str {
+    match code {
+        "InvalidClientTokenId"
+        | "SignatureDoesNotMatch"
+        | "UnrecognizedClientException"
+        | "InvalidSecurity"
+        | "ExpiredToken"
+        | "ExpiredTokenException"
+        | "InvalidAccessKeyId"
+        | "InvalidSignatureException" => "auth_failed",
+        "AccessDenied" | "AccessDeniedException" | "KMS.AccessDeniedException" | "KMSAccessDeniedException" => {
+            "access_denied"
+        }
+        "AWS.SimpleQueueService.NonExistentQueue"
+        | "QueueDoesNotExist"
+        | "ResourceNotFoundException"
+        | "NoSuchBucket" => not_found,
+        _ => "ERR",
+    }
+}
+
+/// A failed entry of a batch call: our code, and the service's code and message.
+pub fn entry_failure(code: &str, message: Option<&str>, not_found: &'static str) -> PublishResult {
+    let detail = match message.filter(|m| !m.is_empty()) {
+        Some(m) => format!("{code}: {m}"),
+        None => code.to_string(),
+    };
+    PublishResult::error(service_code(code, not_found), detail)
 }
 
 #[cfg(test)]

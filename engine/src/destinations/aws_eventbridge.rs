@@ -1,6 +1,7 @@
 //! The `aws_eventbridge` destination type (ours; Outpost lists it as its
 //! most-asked missing type): each event is one `PutEvents` entry on the
-//! destination's event bus. `Source` is the configured source, `DetailType`
+//! destination's event bus (concurrent deliveries with the same credentials
+//! share a call, up to 10 entries; see [`super::batch`]). `Source` is the configured source, `DetailType`
 //! the configured detail type or else the event topic, and `Detail` is
 //! `{"data":<event data>,"metadata":{...}}`, so rules can match on either.
 
@@ -110,6 +111,43 @@ async fn connect(key: &AwsKey, guard: bool) -> Result<Client, PublishResult> {
     Ok(Client::new(&sdk))
 }
 
+/// One entry of a `PutEvents`, and the bus it goes to (for the attempt).
+pub struct Item {
+    entry: PutEventsRequestEntry,
+    bus: String,
+}
+
+/// `PutEvents` takes 10 entries and 256 KiB, counted over source, detail
+/// type and detail.
+const LIMITS: batch::Limits = batch::Limits {
+    max_items: 10,
+    max_bytes: 256 * 1024,
+};
+
+async fn send(client: &Client, items: Vec<Item>) -> Vec<PublishResult> {
+    let n = items.len();
+    let (entries, buses): (Vec<_>, Vec<_>) = items.into_iter().map(|i| (i.entry, i.bus)).unzip();
+    let out = match client.put_events().set_entries(Some(entries)).send().await {
+        Ok(out) => out,
+        Err(e) => return vec![aws::classify(&e, "event_bus_not_found"); n],
+    };
+    // One entry per event, in the request's order; a failed entry comes back
+    // inside a 200.
+    let mut results: Vec<PublishResult> = out
+        .entries()
+        .iter()
+        .zip(buses)
+        .map(|(e, bus)| match e.error_code() {
+            Some(code) => aws::entry_failure(code, e.error_message(), "event_bus_not_found"),
+            None => PublishResult::success("OK", json!({ "event_id": e.event_id(), "event_bus": bus })),
+        })
+        .collect();
+    results.resize_with(n, || {
+        PublishResult::failed("ERR", "PutEvents did not answer for this event")
+    });
+    results
+}
+
 impl Publisher for EventBridgePublisher {
     fn publish<'a>(
         &'a self,
@@ -127,11 +165,14 @@ impl Publisher for EventBridgePublisher {
                 Ok(m) => m,
                 Err(e) => return PublishResult::failed("ERR", format!("could not format event for delivery: {e}")),
             };
+            let detail_type = self.detail_type.as_deref().unwrap_or(&event.topic);
+            let detail = format!("{{\"data\":{},\"metadata\":{meta}}}", event.data);
+            let size = self.source.len() + detail_type.len() + detail.len();
             let entry = PutEventsRequestEntry::builder()
                 .event_bus_name(&self.bus)
                 .source(&self.source)
-                .detail_type(self.detail_type.as_deref().unwrap_or(&event.topic))
-                .detail(format!("{{\"data\":{},\"metadata\":{meta}}}", event.data))
+                .detail_type(detail_type)
+                .detail(detail)
                 .build();
             let client: Rc<Client> = match clients
                 .eventbridge
@@ -141,23 +182,14 @@ impl Publisher for EventBridgePublisher {
                 Ok(c) => c,
                 Err(r) => return r,
             };
-            match client.put_events().entries(entry).send().await {
-                Ok(out) => {
-                    let first = out.entries().first();
-                    match first.and_then(|e| e.error_code()) {
-                        // A per-entry failure comes back inside a 200.
-                        Some(code) => PublishResult::failed(
-                            code,
-                            first.and_then(|e| e.error_message()).unwrap_or(code).to_string(),
-                        ),
-                        None => PublishResult::success(
-                            "OK",
-                            json!({ "event_id": first.and_then(|e| e.event_id()), "event_bus": self.bus }),
-                        ),
-                    }
-                }
-                Err(e) => aws::classify(&e, "event_bus_not_found"),
-            }
+            let item = Item {
+                entry,
+                bus: self.bus.clone(),
+            };
+            clients
+                .eventbridge_batches
+                .submit(&self.key, item, size, LIMITS, |items| send(&client, items))
+                .await
         })
     }
 }

@@ -1,4 +1,6 @@
-//! The `aws_kinesis` destination type: each event is one `PutRecord`. The
+//! The `aws_kinesis` destination type: each event is one record, sent with
+//! `PutRecords` (concurrent deliveries to one stream share a call, up to 500
+//! records; see [`super::batch`]). The
 //! record is `{"data":<event data>,"metadata":{...}}` (keys sorted, as
 //! Outpost's encoder writes them), or the bare data with
 //! `DESTINATIONS_AWS_KINESIS_METADATA_IN_PAYLOAD=false`. The partition key is
@@ -10,6 +12,7 @@ use std::collections::BTreeMap;
 use std::rc::Rc;
 
 use aws_sdk_kinesis::primitives::Blob;
+use aws_sdk_kinesis::types::PutRecordsRequestEntry;
 use aws_sdk_kinesis::Client;
 use serde_json::{json, Value};
 
@@ -141,6 +144,71 @@ impl KinesisPublisher {
     }
 }
 
+/// One record of a `PutRecords`: its bytes and partition key.
+pub struct Item {
+    data: Vec<u8>,
+    partition_key: String,
+}
+
+/// `PutRecords` takes 500 records and 5 MiB of data and partition keys.
+const LIMITS: batch::Limits = batch::Limits {
+    max_items: 500,
+    max_bytes: 5 * 1024 * 1024,
+};
+
+impl KinesisPublisher {
+    async fn send(&self, client: &Client, items: Vec<Item>) -> Vec<PublishResult> {
+        let n = items.len();
+        let keys: Vec<String> = items.iter().map(|i| i.partition_key.clone()).collect();
+        let entries: Result<Vec<_>, _> = items
+            .into_iter()
+            .map(|i| {
+                PutRecordsRequestEntry::builder()
+                    .data(Blob::new(i.data))
+                    .partition_key(i.partition_key)
+                    .build()
+            })
+            .collect();
+        let entries = match entries {
+            Ok(e) => e,
+            Err(e) => {
+                return vec![PublishResult::failed("ERR", format!("could not format event for delivery: {e}")); n]
+            }
+        };
+        let out = match client
+            .put_records()
+            .stream_name(&self.stream)
+            .set_records(Some(entries))
+            .send()
+            .await
+        {
+            Ok(out) => out,
+            Err(e) => return vec![aws::classify(&e, "stream_not_found"); n],
+        };
+        // One result per record, in the request's order.
+        let mut results: Vec<PublishResult> = out
+            .records()
+            .iter()
+            .zip(keys)
+            .map(|(r, key)| match r.error_code() {
+                Some(code) => aws::entry_failure(code, r.error_message(), "stream_not_found"),
+                None => PublishResult::success(
+                    "OK",
+                    json!({
+                        "shard_id": r.shard_id(),
+                        "sequence_number": r.sequence_number(),
+                        "partition_key": key,
+                    }),
+                ),
+            })
+            .collect();
+        results.resize_with(n, || {
+            PublishResult::failed("ERR", "PutRecords did not answer for this record")
+        });
+        results
+    }
+}
+
 impl Publisher for KinesisPublisher {
     fn publish<'a>(
         &'a self,
@@ -149,7 +217,7 @@ impl Publisher for KinesisPublisher {
         now_ms: i64,
     ) -> LocalBoxFuture<'a, PublishResult> {
         Box::pin(async move {
-            let (bytes, partition_key) = match self.record(event, now_ms) {
+            let (data, partition_key) = match self.record(event, now_ms) {
                 Ok(r) => r,
                 Err(e) => return PublishResult::failed("ERR", format!("could not format event for delivery: {e}")),
             };
@@ -161,24 +229,13 @@ impl Publisher for KinesisPublisher {
                 Ok(c) => c,
                 Err(r) => return r,
             };
-            let sent = client
-                .put_record()
-                .stream_name(&self.stream)
-                .data(Blob::new(bytes))
-                .partition_key(&partition_key)
-                .send()
-                .await;
-            match sent {
-                Ok(out) => PublishResult::success(
-                    "OK",
-                    json!({
-                        "shard_id": out.shard_id(),
-                        "sequence_number": out.sequence_number(),
-                        "partition_key": partition_key,
-                    }),
-                ),
-                Err(e) => aws::classify(&e, "stream_not_found"),
-            }
+            let size = data.len() + partition_key.len();
+            let lane = (self.key.clone(), self.stream.clone());
+            let item = Item { data, partition_key };
+            clients
+                .kinesis_batches
+                .submit(&lane, item, size, LIMITS, |items| self.send(&client, items))
+                .await
         })
     }
 }

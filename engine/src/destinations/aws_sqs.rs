@@ -1,5 +1,6 @@
-//! The `aws_sqs` destination type: each event becomes one `SendMessage` to
-//! the destination's queue. The body is the event data; the merged delivery
+//! The `aws_sqs` destination type: each event becomes one message on the
+//! destination's queue, sent with `SendMessageBatch` (concurrent deliveries
+//! to one queue share a call, up to 10 messages; see [`super::batch`]). The body is the event data; the merged delivery
 //! metadata travels as one String message attribute, `metadata`, holding its
 //! JSON (as in Outpost, so consumers of either read the same message).
 //!
@@ -10,8 +11,9 @@
 //! A queue URL that is not on `amazonaws.com` is its own endpoint.
 
 use std::rc::Rc;
+use std::sync::Arc;
 
-use aws_sdk_sqs::types::MessageAttributeValue;
+use aws_sdk_sqs::types::{MessageAttributeValue, SendMessageBatchRequestEntry};
 use aws_sdk_sqs::Client;
 use serde_json::json;
 
@@ -144,6 +146,75 @@ async fn connect(key: &AwsKey, guard: bool) -> Result<Client, PublishResult> {
     Ok(Client::new(&sdk))
 }
 
+/// One message of a `SendMessageBatch`: its body and its `metadata` attribute.
+pub struct Item {
+    body: Arc<str>,
+    metadata: MessageAttributeValue,
+}
+
+/// `SendMessageBatch` takes 10 messages and 256 KiB of bodies and attributes.
+const LIMITS: batch::Limits = batch::Limits {
+    max_items: 10,
+    max_bytes: 256 * 1024,
+};
+
+impl SqsPublisher {
+    async fn send(&self, client: &Client, items: Vec<Item>) -> Vec<PublishResult> {
+        let n = items.len();
+        let entries: Result<Vec<_>, _> = items
+            .into_iter()
+            .enumerate()
+            .map(|(i, item)| {
+                SendMessageBatchRequestEntry::builder()
+                    .id(i.to_string())
+                    .message_body(&*item.body)
+                    .message_attributes("metadata", item.metadata)
+                    .build()
+            })
+            .collect();
+        let entries = match entries {
+            Ok(e) => e,
+            Err(e) => {
+                return vec![PublishResult::failed("ERR", format!("could not format event for delivery: {e}")); n]
+            }
+        };
+        let out = match client
+            .send_message_batch()
+            .queue_url(&self.queue_url)
+            .set_entries(Some(entries))
+            .send()
+            .await
+        {
+            Ok(out) => out,
+            Err(e) => return vec![aws::classify(&e, "queue_not_found"); n],
+        };
+        // Entries answer by id, in no promised order.
+        let mut results: Vec<Option<PublishResult>> = vec![None; n];
+        for ok in out.successful() {
+            if let Some(slot) = ok.id().parse::<usize>().ok().and_then(|i| results.get_mut(i)) {
+                *slot = Some(PublishResult::success("OK", json!({ "message_id": ok.message_id() })));
+            }
+        }
+        for failed in out.failed() {
+            if let Some(slot) = failed.id().parse::<usize>().ok().and_then(|i| results.get_mut(i)) {
+                let mut r = aws::entry_failure(failed.code(), failed.message(), "queue_not_found");
+                // SQS says whether the sender is at fault: a server-side
+                // failure is always worth retrying.
+                if !failed.sender_fault() {
+                    r.retryable = true;
+                }
+                *slot = Some(r);
+            }
+        }
+        results
+            .into_iter()
+            .map(|r| {
+                r.unwrap_or_else(|| PublishResult::failed("ERR", "SendMessageBatch did not answer for this message"))
+            })
+            .collect()
+    }
+}
+
 impl Publisher for SqsPublisher {
     fn publish<'a>(
         &'a self,
@@ -153,15 +224,17 @@ impl Publisher for SqsPublisher {
     ) -> LocalBoxFuture<'a, PublishResult> {
         Box::pin(async move {
             let metadata = merged_metadata(self.delivery_metadata.as_ref(), event, now_ms, self.include_ms);
-            let attribute = match serde_json::to_string(&metadata)
-                .map_err(|e| e.to_string())
-                .and_then(|m| {
-                    MessageAttributeValue::builder()
-                        .data_type("String")
-                        .string_value(m)
-                        .build()
-                        .map_err(|e| e.to_string())
-                }) {
+            let json = match serde_json::to_string(&metadata) {
+                Ok(m) => m,
+                Err(e) => return PublishResult::failed("ERR", format!("could not format event for delivery: {e}")),
+            };
+            // SQS counts the body, the attribute's name, type and value.
+            let size = event.data.len() + json.len() + "metadata".len() + "String".len();
+            let attribute = match MessageAttributeValue::builder()
+                .data_type("String")
+                .string_value(json)
+                .build()
+            {
                 Ok(a) => a,
                 Err(e) => return PublishResult::failed("ERR", format!("could not format event for delivery: {e}")),
             };
@@ -169,17 +242,15 @@ impl Publisher for SqsPublisher {
                 Ok(c) => c,
                 Err(r) => return r,
             };
-            let sent = client
-                .send_message()
-                .queue_url(&self.queue_url)
-                .message_body(&*event.data)
-                .message_attributes("metadata", attribute)
-                .send()
-                .await;
-            match sent {
-                Ok(_) => PublishResult::success("OK", json!({})),
-                Err(e) => aws::classify(&e, "queue_not_found"),
-            }
+            let item = Item {
+                body: event.data.clone(),
+                metadata: attribute,
+            };
+            let lane = (self.key.clone(), self.queue_url.clone());
+            clients
+                .sqs_batches
+                .submit(&lane, item, size, LIMITS, |items| self.send(&client, items))
+                .await
         })
     }
 }

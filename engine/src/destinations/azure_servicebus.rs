@@ -216,6 +216,7 @@ impl DestinationType for AzureServiceBus {
             entity,
             delivery_metadata: d.delivery_metadata.clone(),
             include_ms: ctx.config.webhook.include_millisecond_timestamp,
+            timeout: ctx.config.delivery_timeout_for("azure_servicebus"),
             tls: ctx.broker_tls.clone(),
         }))
     }
@@ -226,6 +227,8 @@ pub struct ServiceBusPublisher {
     entity: String,
     delivery_metadata: Option<StringMap>,
     include_ms: bool,
+    /// Bounds connecting as well as each attempt.
+    timeout: Duration,
     tls: Arc<rustls::ClientConfig>,
 }
 
@@ -233,10 +236,15 @@ fn failed_text(code: &str, what: &str, e: impl std::fmt::Display) -> PublishResu
     PublishResult::error(code, format!("{what}: {e}"))
 }
 
-async fn connect(key: &Key, guard: bool, tls: &Arc<rustls::ClientConfig>) -> Result<Link, PublishResult> {
+async fn connect(
+    key: &Key,
+    guard: bool,
+    tls: &Arc<rustls::ClientConfig>,
+    timeout: Duration,
+) -> Result<Link, PublishResult> {
     let addr = clients::checked_target(&key.host, key.port, guard).await?;
     // Connect to the checked address; TLS still checks the host's name.
-    let tcp = tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(addr))
+    let tcp = tokio::time::timeout(timeout, tokio::net::TcpStream::connect(addr))
         .await
         .map_err(|_| PublishResult::failed("timeout", format!("connecting to {addr} timed out")))?
         .map_err(|e| failed_text(clients::network_code(&e.to_string()), "connect", e))?;
@@ -394,7 +402,7 @@ impl Publisher for ServiceBusPublisher {
         Box::pin(async move {
             let link: Rc<Link> = match clients
                 .servicebus
-                .get(&self.key, || connect(&self.key, clients.guard, &self.tls))
+                .get(&self.key, || connect(&self.key, clients.guard, &self.tls, self.timeout))
                 .await
             {
                 Ok(l) => l,

@@ -12,6 +12,7 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use super::aws::AwsKey;
+use super::batch::Batcher;
 use crate::http_client::HttpClient;
 
 /// Clients unused this long are closed by the next sweep.
@@ -35,6 +36,12 @@ pub struct ShardClients {
     pub pubsub: Pool<super::gcp_pubsub::Key, super::gcp_pubsub::Client>,
     pub kafka: Pool<super::kafka::Key, super::kafka::Link>,
     pub servicebus: Pool<super::azure_servicebus::Key, super::azure_servicebus::Link>,
+    /// Batch lanes, per (client, target).
+    pub sqs_batches: Batcher<(AwsKey, String), super::aws_sqs::Item>,
+    pub kinesis_batches: Batcher<(AwsKey, String), super::aws_kinesis::Item>,
+    pub eventbridge_batches: Batcher<AwsKey, super::aws_eventbridge::Item>,
+    pub pubsub_batches: Batcher<(super::gcp_pubsub::Key, String), super::gcp_pubsub::Item>,
+    pub kafka_batches: Batcher<(super::kafka::Key, String, i32), super::kafka::Item>,
 }
 
 impl ShardClients {
@@ -53,6 +60,11 @@ impl ShardClients {
             pubsub: Pool::default(),
             kafka: Pool::default(),
             servicebus: Pool::default(),
+            sqs_batches: Batcher::default(),
+            kinesis_batches: Batcher::default(),
+            eventbridge_batches: Batcher::default(),
+            pubsub_batches: Batcher::default(),
+            kafka_batches: Batcher::default(),
         }
     }
 }

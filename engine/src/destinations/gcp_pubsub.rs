@@ -3,9 +3,10 @@
 //! merged delivery metadata as its attributes. `endpoint` (the emulator's
 //! `host:port`) switches to plain gRPC with no credentials, as in Outpost.
 //!
-//! Publishing calls the Publish RPC once per event, without the client
-//! library's batching publisher (and its background tasks): a success means
-//! Pub/Sub returned the message id for this very message.
+//! Publishing calls the Publish RPC directly, without the client library's
+//! publisher (and its background tasks and timers): concurrent deliveries to
+//! one topic share a call (up to 1,000 messages, see [`super::batch`]), and a
+//! success means Pub/Sub returned the message id for this very message.
 
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -129,6 +130,7 @@ impl DestinationType for GcpPubSub {
             topic,
             delivery_metadata: d.delivery_metadata.clone(),
             include_ms: ctx.config.webhook.include_millisecond_timestamp,
+            timeout: ctx.config.delivery_timeout_for("gcp_pubsub"),
         }))
     }
 }
@@ -140,15 +142,17 @@ pub struct PubSubPublisher {
     fq_topic: String,
     delivery_metadata: Option<StringMap>,
     include_ms: bool,
+    /// Bounds connecting as well as each attempt.
+    timeout: Duration,
 }
 
 /// The Publish RPC's client over one gRPC channel (authenticated per call
 /// on Google Cloud).
 pub type Client = PublisherClient<Channel>;
 
-async fn connect(key: &Key, guard: bool) -> Result<Client, PublishResult> {
+async fn connect(key: &Key, guard: bool, timeout: Duration) -> Result<Client, PublishResult> {
     let options = ConnectionOptions {
-        connect_timeout: Some(Duration::from_secs(5)),
+        connect_timeout: Some(timeout),
         ..Default::default()
     };
     let environment = match &key.emulator {
@@ -193,6 +197,48 @@ fn classify(s: &Status) -> PublishResult {
     PublishResult::error(code, format!("{:?}: {}", s.code(), s.message()))
 }
 
+/// One message of a Publish call.
+pub type Item = PubsubMessage;
+
+/// Publish takes 1,000 messages and 10 MB; data and attributes are counted,
+/// with room left for the request's own framing.
+const LIMITS: batch::Limits = batch::Limits {
+    max_items: 1000,
+    max_bytes: 9 * 1024 * 1024,
+};
+
+impl PubSubPublisher {
+    async fn send(&self, clients: &ShardClients, client: &Rc<Client>, messages: Vec<Item>) -> Vec<PublishResult> {
+        let n = messages.len();
+        let request = PublishRequest {
+            topic: self.fq_topic.clone(),
+            messages,
+        };
+        // One call, no retries inside the attempt: the delivery schedule retries.
+        match (**client).clone().publish(request).await {
+            Ok(r) => {
+                // Pub/Sub publishes all or none and answers the ids in order.
+                let mut ids = r.into_inner().message_ids.into_iter();
+                (0..n)
+                    .map(|_| match ids.next() {
+                        Some(id) => PublishResult::success(
+                            "OK",
+                            json!({ "message_id": id, "topic": self.topic, "project": self.project }),
+                        ),
+                        None => PublishResult::failed("ERR", "Publish did not answer a message id for this message"),
+                    })
+                    .collect()
+            }
+            Err(s) => {
+                if s.code() == Code::Unavailable {
+                    clients.pubsub.discard(&self.key, client);
+                }
+                vec![classify(&s); n]
+            }
+        }
+    }
+}
+
 impl Publisher for PubSubPublisher {
     fn publish<'a>(
         &'a self,
@@ -208,36 +254,25 @@ impl Publisher for PubSubPublisher {
                     .collect();
             let client: Rc<Client> = match clients
                 .pubsub
-                .get(&self.key, || connect(&self.key, clients.guard))
+                .get(&self.key, || connect(&self.key, clients.guard, self.timeout))
                 .await
             {
                 Ok(c) => c,
                 Err(r) => return r,
             };
-            let request = PublishRequest {
-                topic: self.fq_topic.clone(),
-                messages: vec![PubsubMessage {
-                    data: event.data.as_bytes().to_vec(),
-                    attributes,
-                    ..Default::default()
-                }],
+            let size = event.data.len() + attributes.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>();
+            let message = PubsubMessage {
+                data: event.data.as_bytes().to_vec(),
+                attributes,
+                ..Default::default()
             };
-            // One call, no retries inside the attempt: the delivery schedule retries.
-            match (*client).clone().publish(request).await {
-                Ok(r) => {
-                    let id = r.into_inner().message_ids.into_iter().next().unwrap_or_default();
-                    PublishResult::success(
-                        "OK",
-                        json!({ "message_id": id, "topic": self.topic, "project": self.project }),
-                    )
-                }
-                Err(s) => {
-                    if s.code() == Code::Unavailable {
-                        clients.pubsub.discard(&self.key, &client);
-                    }
-                    classify(&s)
-                }
-            }
+            let lane = (self.key.clone(), self.fq_topic.clone());
+            clients
+                .pubsub_batches
+                .submit(&lane, message, size, LIMITS, |messages| {
+                    self.send(clients, &client, messages)
+                })
+                .await
         })
     }
 }

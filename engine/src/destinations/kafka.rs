@@ -6,6 +6,8 @@
 //! Sarama) choose it: FNV-1a of the key, so the same key lands on the same
 //! partition whichever of the three produced it. A success means every
 //! in-sync replica has the record (the client produces with `acks=all`).
+//! Concurrent deliveries to one partition share a produce request (up to
+//! 1,000 records or 900 KiB, see [`super::batch`]).
 //!
 //! The SSRF guard checks every bootstrap broker before connecting (and a
 //! plaintext connection goes to the checked address); the brokers the cluster
@@ -188,7 +190,7 @@ impl DestinationType for Kafka {
             delivery_metadata: d.delivery_metadata.clone(),
             include_ms: ctx.config.webhook.include_millisecond_timestamp,
             tls: ctx.broker_tls.clone(),
-            timeout: ctx.config.delivery_timeout,
+            timeout: ctx.config.delivery_timeout_for("kafka"),
         }))
     }
 }
@@ -357,33 +359,53 @@ impl Publisher for KafkaPublisher {
                 Ok(l) => l,
                 Err(r) => return r,
             };
-            let sent = async {
-                let partitions = link.partitions(&self.topic).await?;
-                if partitions.is_empty() {
-                    return Ok(None);
-                }
-                let key = record.key.as_deref().unwrap_or_default();
-                let p = &partitions[partition_for(key, partitions.len())];
-                let offsets = p.produce(vec![record], Compression::NoCompression).await?;
-                Ok(Some((p.partition(), offsets.first().copied())))
-            }
-            .await;
-            match sent {
-                Ok(Some((partition, offset))) => {
-                    PublishResult::success("OK", json!({ "partition": partition, "offset": offset }))
-                }
-                Ok(None) => {
-                    PublishResult::failed("topic_not_found", format!("topic {:?} has no partitions", self.topic))
-                }
+            let partitions = match link.partitions(&self.topic).await {
+                Ok(p) => p,
                 Err(e) => {
-                    // The next attempt starts from fresh metadata and connections.
                     clients.kafka.discard(&self.key, &link);
-                    classify(&e)
+                    return classify(&e);
                 }
+            };
+            if partitions.is_empty() {
+                return PublishResult::failed("topic_not_found", format!("topic {:?} has no partitions", self.topic));
             }
+            let p = &partitions[partition_for(record.key.as_deref().unwrap_or_default(), partitions.len())];
+            let size = record.approximate_size();
+            let lane = (self.key.clone(), self.topic.clone(), p.partition());
+            let send = |records: Vec<Item>| async move {
+                let n = records.len();
+                match p.produce(records, Compression::NoCompression).await {
+                    // One offset per record, in order.
+                    Ok(offsets) => (0..n)
+                        .map(|i| match offsets.get(i) {
+                            Some(o) => PublishResult::success("OK", json!({ "partition": p.partition(), "offset": o })),
+                            None => {
+                                PublishResult::failed("kafka_error", "the broker answered no offset for this record")
+                            }
+                        })
+                        .collect(),
+                    Err(e) => {
+                        // The next attempt starts from fresh metadata and connections.
+                        clients.kafka.discard(&self.key, &link);
+                        vec![classify(&e); n]
+                    }
+                }
+            };
+            clients.kafka_batches.submit(&lane, record, size, LIMITS, send).await
         })
     }
 }
+
+/// One record of a produce request.
+pub type Item = Record;
+
+/// A produce request's record batch must fit the broker's
+/// `message.max.bytes` (1 MB by default); the encoding adds a little per
+/// record beyond the key, value and headers counted here.
+const LIMITS: batch::Limits = batch::Limits {
+    max_items: 1000,
+    max_bytes: 900 * 1024,
+};
 
 #[cfg(test)]
 mod tests {

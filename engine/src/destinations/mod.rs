@@ -2,7 +2,9 @@
 //! the control plane uses it to describe, validate and prepare destinations;
 //! the shard uses the [`Publisher`] it builds to deliver, with the shard's
 //! [`ShardClients`] (one pool per type, shared by every destination on the
-//! shard that has the same endpoint and credentials).
+//! shard that has the same endpoint and credentials). Types whose service
+//! has a batch API send through [`batch::Batcher`]: concurrent publishes to
+//! one target share a call.
 
 pub mod aws;
 pub mod aws_eventbridge;
@@ -10,6 +12,7 @@ pub mod aws_kinesis;
 pub mod aws_s3;
 pub mod aws_sqs;
 pub mod azure_servicebus;
+pub mod batch;
 pub mod clients;
 pub mod fields;
 pub mod gcp_pubsub;
@@ -285,5 +288,18 @@ pub(crate) fn test_destination(kind: &str, config: &[(&str, &str)], credentials:
         created_at: 0,
         updated_at: 0,
         disabled_at: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_type_has_a_timeout_key() {
+        let ctx = PublishContext::for_tests();
+        let listed: Vec<&str> = Registry::new(&ctx.config).all().map(|t| t.kind()).collect();
+        let keyed: Vec<&str> = crate::config::TYPE_TIMEOUT_KEYS.iter().map(|(k, _)| *k).collect();
+        assert_eq!(listed, keyed);
     }
 }

@@ -132,7 +132,8 @@ impl DestinationType for Nats {
             jetstream: d.config.get("jetstream").is_none_or(|v| v != "false"),
             delivery_metadata: d.delivery_metadata.clone(),
             include_ms: ctx.config.webhook.include_millisecond_timestamp,
-            ack_timeout: ctx.config.delivery_timeout,
+            timeout: ctx.config.delivery_timeout_for("nats"),
+            ack_timeout: ctx.config.delivery_timeout_for("nats"),
         }))
     }
 }
@@ -143,6 +144,8 @@ pub struct NatsPublisher {
     jetstream: bool,
     delivery_metadata: Option<StringMap>,
     include_ms: bool,
+    /// Bounds connecting as well as each attempt.
+    timeout: Duration,
     ack_timeout: Duration,
 }
 
@@ -162,7 +165,7 @@ fn connect_failed(e: &async_nats::ConnectError) -> PublishResult {
     }
 }
 
-async fn open(key: &Key, guard: bool) -> Result<async_nats::Client, PublishResult> {
+async fn open(key: &Key, guard: bool, timeout: Duration) -> Result<async_nats::Client, PublishResult> {
     let addr = clients::checked_target(&key.host, key.port, guard).await?;
     // Plain TCP goes to the checked address; TLS needs the name for the certificate.
     let url = if key.tls {
@@ -171,7 +174,7 @@ async fn open(key: &Key, guard: bool) -> Result<async_nats::Client, PublishResul
         format!("nats://{addr}")
     };
     let mut opts = ConnectOptions::new()
-        .connection_timeout(Duration::from_secs(5))
+        .connection_timeout(timeout)
         .require_tls(key.tls)
         // A lost connection is reconnected by the pool, not behind its back.
         .max_reconnects(Some(1));
@@ -201,14 +204,21 @@ impl Publisher for NatsPublisher {
                 headers.insert(k.as_str(), v.as_str());
             }
             let payload = Bytes::copy_from_slice(event.data.as_bytes());
-            let mut client: Rc<async_nats::Client> =
-                match clients.nats.get(&self.key, || open(&self.key, clients.guard)).await {
-                    Ok(c) => c,
-                    Err(r) => return r,
-                };
+            let mut client: Rc<async_nats::Client> = match clients
+                .nats
+                .get(&self.key, || open(&self.key, clients.guard, self.timeout))
+                .await
+            {
+                Ok(c) => c,
+                Err(r) => return r,
+            };
             if client.connection_state() == State::Disconnected {
                 clients.nats.discard(&self.key, &client);
-                client = match clients.nats.get(&self.key, || open(&self.key, clients.guard)).await {
+                client = match clients
+                    .nats
+                    .get(&self.key, || open(&self.key, clients.guard, self.timeout))
+                    .await
+                {
                     Ok(c) => c,
                     Err(r) => return r,
                 };

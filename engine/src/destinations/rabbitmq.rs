@@ -152,6 +152,7 @@ impl DestinationType for RabbitMq {
             exchange: d.config.get("exchange").cloned().unwrap_or_default(),
             delivery_metadata: d.delivery_metadata.clone(),
             include_ms: ctx.config.webhook.include_millisecond_timestamp,
+            timeout: ctx.config.delivery_timeout_for("rabbitmq"),
         }))
     }
 }
@@ -161,6 +162,8 @@ pub struct RabbitPublisher {
     exchange: String,
     delivery_metadata: Option<StringMap>,
     include_ms: bool,
+    /// Bounds connecting as well as each attempt.
+    timeout: Duration,
 }
 
 /// Why a connection could not be opened, as an attempt result.
@@ -211,7 +214,7 @@ fn io_code(e: &std::io::Error) -> &'static str {
     }
 }
 
-async fn open(key: &Key, guard: bool) -> Result<Link, PublishResult> {
+async fn open(key: &Key, guard: bool, timeout: Duration) -> Result<Link, PublishResult> {
     let addr = clients::checked_target(&key.host, key.port, guard).await?;
     // Plain AMQP connects to the checked address; TLS needs the name for the
     // certificate check.
@@ -232,7 +235,7 @@ async fn open(key: &Key, guard: bool) -> Result<Link, PublishResult> {
         },
         vhost: key.vhost.clone(),
         query: AMQPQueryString {
-            connection_timeout: Some(Duration::from_secs(5).as_millis() as u64),
+            connection_timeout: Some(timeout.as_millis() as u64),
             ..Default::default()
         },
     };
@@ -290,7 +293,11 @@ impl Publisher for RabbitPublisher {
             // A pooled connection may have died since its last use: one more
             // try on a fresh one before the attempt counts as failed.
             for fresh in [false, true] {
-                let link: Rc<Link> = match clients.amqp.get(&self.key, || open(&self.key, clients.guard)).await {
+                let link: Rc<Link> = match clients
+                    .amqp
+                    .get(&self.key, || open(&self.key, clients.guard, self.timeout))
+                    .await
+                {
                     Ok(l) => l,
                     Err(r) => return r,
                 };

@@ -119,6 +119,7 @@ impl DestinationType for RedisStream {
             max_len: number("max_len")?,
             delivery_metadata: d.delivery_metadata.clone(),
             include_ms: ctx.config.webhook.include_millisecond_timestamp,
+            timeout: ctx.config.delivery_timeout_for("redis_stream"),
         }))
     }
 }
@@ -129,6 +130,7 @@ pub struct RedisStreamPublisher {
     max_len: Option<i64>,
     delivery_metadata: Option<StringMap>,
     include_ms: bool,
+    timeout: std::time::Duration,
 }
 
 fn classify(e: &redis::RedisError) -> PublishResult {
@@ -152,7 +154,7 @@ fn classify(e: &redis::RedisError) -> PublishResult {
     }
 }
 
-async fn open(key: &Key, guard: bool) -> Result<MultiplexedConnection, PublishResult> {
+async fn open(key: &Key, guard: bool, timeout: std::time::Duration) -> Result<MultiplexedConnection, PublishResult> {
     let addr = clients::checked_target(&key.host, key.port, guard).await?;
     // Plain TCP goes to the checked address; TLS needs the name for the certificate.
     let target = if key.tls {
@@ -177,8 +179,14 @@ async fn open(key: &Key, guard: bool) -> Result<MultiplexedConnection, PublishRe
         .map_err(|e| classify(&e))?
         .set_redis_settings(settings);
     let client = redis::Client::open(info).map_err(|e| classify(&e))?;
+    // The attempt's own deadline bounds a reply; the library's default
+    // (500 ms) would fail, and so duplicate, writes that a busy Redis
+    // answers late.
+    let config = redis::AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(timeout))
+        .set_response_timeout(None);
     client
-        .get_multiplexed_async_connection()
+        .get_multiplexed_async_connection_with_config(&config)
         .await
         .map_err(|e| classify(&e))
 }
@@ -205,11 +213,14 @@ impl Publisher for RedisStreamPublisher {
             }
             cmd.arg("data").arg(event.data.as_bytes());
             for fresh in [false, true] {
-                let conn: Rc<MultiplexedConnection> =
-                    match clients.redis.get(&self.key, || open(&self.key, clients.guard)).await {
-                        Ok(c) => c,
-                        Err(r) => return r,
-                    };
+                let conn: Rc<MultiplexedConnection> = match clients
+                    .redis
+                    .get(&self.key, || open(&self.key, clients.guard, self.timeout))
+                    .await
+                {
+                    Ok(c) => c,
+                    Err(r) => return r,
+                };
                 // The multiplexed connection is a cheap handle to one socket.
                 let mut c = (*conn).clone();
                 match cmd.query_async::<String>(&mut c).await {
