@@ -28,6 +28,17 @@ pub enum Kind {
     /// `OUTRIDER_TANSU_BIN`, else `tansu` on the PATH, else the copy
     /// `scripts/services.sh` installs under `~/.cache/outrider/tools`.
     Kafka,
+    /// Mosquitto on 1883: the consumer subscribes with QoS 1; the raw client
+    /// publishes with QoS 1 and counts PUBACKs.
+    Mqtt,
+    /// moto (`OUTRIDER_TEST_AWS_ENDPOINT`, which `scripts/services.sh`
+    /// writes): the consumer long-polls the run's queue; the raw client sends
+    /// one `SendMessage` per message (the server batches concurrent ones).
+    AwsSqs,
+    /// The Pub/Sub emulator (`PUBSUB_EMULATOR_HOST`): the consumer pulls
+    /// the run's subscription; the raw client is the client library's
+    /// publisher (its own batching), each publish awaited.
+    GcpPubSub,
 }
 
 impl Kind {
@@ -38,9 +49,12 @@ impl Kind {
             "redis_stream" => Some(Kind::RedisStream),
             "nats" => Some(Kind::Nats),
             "kafka" => Some(Kind::Kafka),
+            "mqtt" => Some(Kind::Mqtt),
+            "aws_sqs" => Some(Kind::AwsSqs),
+            "gcp_pubsub" => Some(Kind::GcpPubSub),
             other => {
                 return Err(format!(
-                    "destination_type {other:?}: the harness drives webhook, rabbitmq, redis_stream, nats and kafka"
+                    "destination_type {other:?}: the harness drives webhook, rabbitmq, redis_stream, nats, kafka, mqtt, aws_sqs and gcp_pubsub"
                 ))
             }
         })
@@ -57,6 +71,8 @@ pub struct Broker {
     tansu: std::sync::Mutex<Option<std::process::Child>>,
     kafka_port: u16,
     kafka_dir: Option<tempfile::TempDir>,
+    /// The run's SQS queue URL, once made.
+    sqs_url: std::sync::Mutex<Option<String>>,
 }
 
 /// Kafka partitions of the run's topic.
@@ -119,6 +135,49 @@ async fn kafka_partitions(
 const RABBIT_URL: &str = "amqp://guest:guest@127.0.0.1:5672";
 const REDIS_URL: &str = "redis://127.0.0.1:6379";
 const NATS_ADDR: &str = "127.0.0.1:4222";
+const MQTT_ADDR: (&str, u16) = ("127.0.0.1", 1883);
+const PUBSUB_PROJECT: &str = "outrider-loadtest";
+
+fn aws_endpoint() -> Result<String, String> {
+    std::env::var("OUTRIDER_TEST_AWS_ENDPOINT")
+        .map_err(|_| "OUTRIDER_TEST_AWS_ENDPOINT (moto) is not set: run scripts/services.sh up".to_string())
+}
+
+fn pubsub_host() -> Result<String, String> {
+    std::env::var("PUBSUB_EMULATOR_HOST")
+        .map_err(|_| "PUBSUB_EMULATOR_HOST (the Pub/Sub emulator) is not set: run scripts/services.sh up".to_string())
+}
+
+fn sqs_client(endpoint: &str) -> aws_sdk_sqs::Client {
+    aws_sdk_sqs::Client::from_conf(
+        aws_sdk_sqs::Config::builder()
+            .behavior_version(aws_sdk_sqs::config::BehaviorVersion::latest())
+            .region(aws_sdk_sqs::config::Region::new("us-east-1"))
+            .credentials_provider(aws_sdk_sqs::config::Credentials::new(
+                "lt", "lt", None, None, "loadtest",
+            ))
+            .endpoint_url(endpoint)
+            .build(),
+    )
+}
+
+async fn pubsub_client() -> Result<gcloud_pubsub::client::Client, String> {
+    // The client library reads PUBSUB_EMULATOR_HOST itself.
+    pubsub_host()?;
+    gcloud_pubsub::client::Client::new(gcloud_pubsub::client::ClientConfig {
+        project_id: Some(PUBSUB_PROJECT.into()),
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| format!("Pub/Sub emulator: {e}"))
+}
+
+fn mqtt_options(name: &str) -> rumqttc::v5::MqttOptions {
+    let mut o = rumqttc::v5::MqttOptions::new(name, MQTT_ADDR.0, MQTT_ADDR.1);
+    o.set_clean_start(true);
+    o.set_keep_alive(Duration::from_secs(30));
+    o
+}
 
 fn lapin_props() -> lapin::ConnectionProperties {
     lapin::ConnectionProperties::default()
@@ -139,6 +198,7 @@ impl Broker {
             } else {
                 None
             },
+            sqs_url: std::sync::Mutex::new(None),
         }
     }
 
@@ -255,6 +315,19 @@ impl Broker {
         format!("LT{}", self.run)
     }
 
+    fn mqtt_topic(&self) -> String {
+        format!("outrider/loadtest/{}", self.run)
+    }
+
+    /// Queue and Pub/Sub topic name.
+    fn cloud_name(&self) -> String {
+        format!("outrider-loadtest-{}", self.run)
+    }
+
+    fn sqs_queue_url(&self) -> String {
+        self.sqs_url.lock().ok().and_then(|u| u.clone()).unwrap_or_default()
+    }
+
     /// The `POST /destinations` body of destination `d` of tenant `t`.
     pub fn destination_json(&self, t: u64, d: u64) -> String {
         let (kind, config, creds) = match self.kind {
@@ -279,6 +352,22 @@ impl Broker {
                 serde_json::json!({"brokers": format!("127.0.0.1:{}", self.kafka_port), "topic": self.kafka_topic(),
                     "tls": "false", "sasl_mechanism": "scram-sha-256"}),
                 serde_json::json!({"username": KAFKA_USER.0, "password": KAFKA_USER.1}),
+            ),
+            Kind::Mqtt => (
+                "mqtt",
+                serde_json::json!({"server_url": format!("{}:{}", MQTT_ADDR.0, MQTT_ADDR.1), "topic": self.mqtt_topic()}),
+                serde_json::json!({}),
+            ),
+            Kind::AwsSqs => (
+                "aws_sqs",
+                serde_json::json!({"queue_url": self.sqs_queue_url(), "endpoint": aws_endpoint().unwrap_or_default()}),
+                serde_json::json!({"key": "lt", "secret": "lt"}),
+            ),
+            Kind::GcpPubSub => (
+                "gcp_pubsub",
+                serde_json::json!({"project_id": PUBSUB_PROJECT, "topic": self.cloud_name(),
+                    "endpoint": pubsub_host().unwrap_or_default()}),
+                serde_json::json!({"service_account_json": "{}"}),
             ),
         };
         serde_json::json!({"id": format!("lt-t{t}-d{d}"), "type": kind, "topics": "*", "config": config, "credentials": creds})
@@ -463,6 +552,124 @@ impl Broker {
                     });
                 }
             }
+            Kind::Mqtt => {
+                use rumqttc::v5::mqttbytes::v5::Packet;
+                use rumqttc::v5::mqttbytes::QoS;
+                use rumqttc::v5::{AsyncClient, Event};
+                let (client, mut events) = AsyncClient::new(mqtt_options(&format!("lt-sub-{}", self.run)), 1000);
+                client
+                    .subscribe(self.mqtt_topic(), QoS::AtLeastOnce)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                // Publishing starts only once the subscription is in place.
+                loop {
+                    match tokio::time::timeout(Duration::from_secs(10), events.poll()).await {
+                        Ok(Ok(Event::Incoming(Packet::SubAck(_)))) => break,
+                        Ok(Ok(_)) => {}
+                        Ok(Err(e)) => return Err(format!("MQTT broker at {}:{}: {e}", MQTT_ADDR.0, MQTT_ADDR.1)),
+                        Err(_) => return Err("MQTT: no SUBACK within 10 s".into()),
+                    }
+                }
+                tokio::spawn(async move {
+                    let _client = client;
+                    while !stop.load(Ordering::Relaxed) {
+                        let Ok(Ok(ev)) = tokio::time::timeout(Duration::from_millis(200), events.poll()).await else {
+                            continue;
+                        };
+                        if let Event::Incoming(Packet::Publish(p)) = ev {
+                            let id = p.properties.as_ref().and_then(|props| {
+                                props
+                                    .user_properties
+                                    .iter()
+                                    .find(|(k, _)| k == "event-id")
+                                    .map(|(_, v)| v.clone())
+                            });
+                            record(&stats, id.as_deref());
+                        }
+                    }
+                });
+            }
+            Kind::AwsSqs => {
+                let client = sqs_client(&aws_endpoint()?);
+                // Received messages stay invisible for the whole run, so
+                // nothing is counted twice and nothing needs deleting.
+                let url = client
+                    .create_queue()
+                    .queue_name(self.cloud_name())
+                    .attributes(aws_sdk_sqs::types::QueueAttributeName::VisibilityTimeout, "43200")
+                    .send()
+                    .await
+                    .map_err(|e| format!("moto: CreateQueue: {e}"))?
+                    .queue_url()
+                    .unwrap_or_default()
+                    .to_string();
+                if let Ok(mut u) = self.sqs_url.lock() {
+                    *u = Some(url.clone());
+                }
+                let record = Arc::new(record);
+                for _ in 0..4 {
+                    let (client, url, stop, stats, record) =
+                        (client.clone(), url.clone(), stop.clone(), stats.clone(), record.clone());
+                    tokio::spawn(async move {
+                        while !stop.load(Ordering::Relaxed) {
+                            let Ok(out) = client
+                                .receive_message()
+                                .queue_url(&url)
+                                .max_number_of_messages(10)
+                                .wait_time_seconds(1)
+                                .message_attribute_names("All")
+                                .send()
+                                .await
+                            else {
+                                tokio::time::sleep(Duration::from_millis(50)).await;
+                                continue;
+                            };
+                            for m in out.messages() {
+                                let id = m
+                                    .message_attributes()
+                                    .and_then(|a| a.get("metadata"))
+                                    .and_then(|v| v.string_value())
+                                    .and_then(|j| serde_json::from_str::<serde_json::Value>(j).ok())
+                                    .and_then(|v| v.get("event-id").and_then(|i| i.as_str()).map(String::from));
+                                record(&stats, id.as_deref());
+                            }
+                        }
+                    });
+                }
+            }
+            Kind::GcpPubSub => {
+                let client = pubsub_client().await?;
+                let name = self.cloud_name();
+                client
+                    .topic(&name)
+                    .create(None, None)
+                    .await
+                    .map_err(|e| format!("Pub/Sub emulator: create topic: {e}"))?;
+                // Pulled messages are not acked: the deadline outlasts the run.
+                let config = gcloud_pubsub::subscription::SubscriptionConfig {
+                    ack_deadline_seconds: 600,
+                    ..Default::default()
+                };
+                let sub = client
+                    .create_subscription(&format!("{name}-sub"), &name, config, None)
+                    .await
+                    .map_err(|e| format!("Pub/Sub emulator: create subscription: {e}"))?;
+                let record = Arc::new(record);
+                for _ in 0..4 {
+                    let (sub, stop, stats, record) = (sub.clone(), stop.clone(), stats.clone(), record.clone());
+                    tokio::spawn(async move {
+                        while !stop.load(Ordering::Relaxed) {
+                            let Ok(Ok(msgs)) = tokio::time::timeout(Duration::from_secs(2), sub.pull(1000, None)).await
+                            else {
+                                continue;
+                            };
+                            for m in msgs {
+                                record(&stats, m.message.attributes.get("event-id").map(String::as_str));
+                            }
+                        }
+                    });
+                }
+            }
         }
         Ok(())
     }
@@ -608,6 +815,113 @@ impl Broker {
                     t.await.map_err(|e| e.to_string())??;
                 }
             }
+            Kind::Mqtt => {
+                use rumqttc::v5::mqttbytes::v5::{Packet, PublishProperties};
+                use rumqttc::v5::mqttbytes::QoS;
+                use rumqttc::v5::{AsyncClient, Event};
+                let mut opts = mqtt_options(&format!("lt-raw-{}", self.run));
+                opts.set_outgoing_inflight_upper_limit(RAW_IN_FLIGHT as u16);
+                let (client, mut events) = AsyncClient::new(opts, RAW_IN_FLIGHT);
+                // A PUBACK frees a slot: RAW_IN_FLIGHT unacknowledged at most.
+                let slots = Arc::new(tokio::sync::Semaphore::new(RAW_IN_FLIGHT));
+                let acks = {
+                    let (done, slots) = (done.clone(), slots.clone());
+                    tokio::spawn(async move {
+                        while Instant::now() < deadline + Duration::from_secs(5) {
+                            match tokio::time::timeout(Duration::from_millis(200), events.poll()).await {
+                                Ok(Ok(Event::Incoming(Packet::PubAck(_)))) => {
+                                    done.fetch_add(1, Ordering::Relaxed);
+                                    slots.add_permits(1);
+                                }
+                                Ok(Err(e)) => return Err(e.to_string()),
+                                _ => {}
+                            }
+                        }
+                        Ok::<(), String>(())
+                    })
+                };
+                let mut n = 0u64;
+                while Instant::now() < deadline {
+                    let Ok(Ok(permit)) = tokio::time::timeout(Duration::from_secs(1), slots.acquire()).await else {
+                        continue;
+                    };
+                    permit.forget();
+                    let props = PublishProperties {
+                        user_properties: headers(n).iter().map(|(k, v)| (k.to_string(), v.clone())).collect(),
+                        content_type: Some("application/json".into()),
+                        ..Default::default()
+                    };
+                    client
+                        .publish_with_properties(self.mqtt_topic(), QoS::AtLeastOnce, false, body.clone(), props)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    n += 1;
+                }
+                let counted = done.load(Ordering::Relaxed);
+                let elapsed = start.elapsed().as_secs_f64();
+                acks.abort();
+                let _ = client.disconnect().await;
+                return Ok(counted as f64 / elapsed);
+            }
+            Kind::AwsSqs => {
+                use aws_sdk_sqs::types::MessageAttributeValue;
+                let client = sqs_client(&aws_endpoint()?);
+                let url = self.sqs_queue_url();
+                for w in 0..RAW_IN_FLIGHT as u64 {
+                    let (client, url, done, body) = (client.clone(), url.clone(), done.clone(), body.clone());
+                    tasks.push(tokio::spawn(async move {
+                        let mut n = w;
+                        let text = String::from_utf8_lossy(&body).into_owned();
+                        while Instant::now() < deadline {
+                            let meta: serde_json::Map<String, serde_json::Value> =
+                                headers(n).into_iter().map(|(k, v)| (k.to_string(), v.into())).collect();
+                            let attr = MessageAttributeValue::builder()
+                                .data_type("String")
+                                .string_value(serde_json::Value::Object(meta).to_string())
+                                .build()
+                                .map_err(|e| e.to_string())?;
+                            client
+                                .send_message()
+                                .queue_url(&url)
+                                .message_body(&text)
+                                .message_attributes("metadata", attr)
+                                .send()
+                                .await
+                                .map_err(|e| e.to_string())?;
+                            done.fetch_add(1, Ordering::Relaxed);
+                            n += RAW_IN_FLIGHT as u64;
+                        }
+                        Ok::<(), String>(())
+                    }));
+                }
+                for t in tasks {
+                    t.await.map_err(|e| e.to_string())??;
+                }
+            }
+            Kind::GcpPubSub => {
+                let client = pubsub_client().await?;
+                let publisher = Arc::new(client.topic(&self.cloud_name()).new_publisher(None));
+                for w in 0..RAW_IN_FLIGHT as u64 {
+                    let (publisher, done, body) = (publisher.clone(), done.clone(), body.clone());
+                    tasks.push(tokio::spawn(async move {
+                        let mut n = w;
+                        while Instant::now() < deadline {
+                            let msg = gcloud_googleapis::pubsub::v1::PubsubMessage {
+                                data: body.to_vec(),
+                                attributes: headers(n).into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
+                                ..Default::default()
+                            };
+                            publisher.publish(msg).await.get().await.map_err(|e| e.to_string())?;
+                            done.fetch_add(1, Ordering::Relaxed);
+                            n += RAW_IN_FLIGHT as u64;
+                        }
+                        Ok::<(), String>(())
+                    }));
+                }
+                for t in tasks {
+                    t.await.map_err(|e| e.to_string())??;
+                }
+            }
         }
         Ok(done.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64())
     }
@@ -619,6 +933,19 @@ impl Broker {
         if self.kind == Kind::Nats {
             if let Ok(c) = async_nats::connect(NATS_ADDR).await {
                 let _ = async_nats::jetstream::new(c).delete_stream(self.js_stream()).await;
+            }
+        }
+        if self.kind == Kind::AwsSqs {
+            let url = self.sqs_queue_url();
+            if let (Ok(endpoint), false) = (aws_endpoint(), url.is_empty()) {
+                let _ = sqs_client(&endpoint).delete_queue().queue_url(url).send().await;
+            }
+        }
+        if self.kind == Kind::GcpPubSub {
+            if let Ok(client) = pubsub_client().await {
+                let name = self.cloud_name();
+                let _ = client.subscription(&format!("{name}-sub")).delete(None).await;
+                let _ = client.topic(&name).delete(None).await;
             }
         }
         if let Some(mut child) = self.tansu.lock().ok().and_then(|mut t| t.take()) {

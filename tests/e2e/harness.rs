@@ -55,7 +55,15 @@ fn harness_small_scenario_delivers_everything() {
 /// counts, the baseline is a raw client of the same broker.
 #[test]
 fn harness_broker_destinations_deliver_everything() {
-    for kind in ["rabbitmq", "redis_stream", "nats", "kafka"] {
+    for kind in [
+        "rabbitmq",
+        "redis_stream",
+        "nats",
+        "kafka",
+        "mqtt",
+        "aws_sqs",
+        "gcp_pubsub",
+    ] {
         let sc = Scenario {
             name: format!("smoke-{kind}"),
             description: "CI smoke run, broker destination".into(),
