@@ -138,6 +138,9 @@ pub struct Config {
     /// Extra PEM roots trusted, besides the Mozilla roots, when the `kafka`
     /// and `azure_servicebus` types connect over TLS (a private CA).
     pub destinations_tls_ca_file: Option<PathBuf>,
+    /// AWS destinations without keys call AWS as the server (its default
+    /// credential chain); admins only (`destinations::aws::CredentialPolicy`).
+    pub destinations_aws_default_credentials: bool,
     /// Embedded store: fsync every commit (FULL) or rely on the WAL (NORMAL).
     pub embedded_synchronous_full: bool,
     /// AWS SQS as the delivery queue (wins over RabbitMQ, as in Outpost).
@@ -461,6 +464,10 @@ const YAML_KEYS: &[(&str, &str)] = &[
     ("outrider.hookdeck_api_url", "OUTRIDER_HOOKDECK_API_URL"),
     ("outrider.hookdeck_publish_url", "OUTRIDER_HOOKDECK_PUBLISH_URL"),
     ("outrider.destinations_tls_ca_file", "OUTRIDER_DESTINATIONS_TLS_CA_FILE"),
+    (
+        "outrider.destinations_aws_default_credentials",
+        "OUTRIDER_DESTINATIONS_AWS_DEFAULT_CREDENTIALS",
+    ),
 ];
 
 /// Files looked for, in order, when neither `--config` nor `CONFIG` names one.
@@ -898,6 +905,7 @@ impl Config {
                 .to_string(),
             kinesis_metadata_in_payload: src.bool("DESTINATIONS_AWS_KINESIS_METADATA_IN_PAYLOAD", true)?,
             destinations_tls_ca_file: src.non_empty("OUTRIDER_DESTINATIONS_TLS_CA_FILE").map(PathBuf::from),
+            destinations_aws_default_credentials: src.bool("OUTRIDER_DESTINATIONS_AWS_DEFAULT_CREDENTIALS", false)?,
             hookdeck_publish_url: src
                 .string("OUTRIDER_HOOKDECK_PUBLISH_URL", "https://hkdk.events")
                 .trim_end_matches('/')

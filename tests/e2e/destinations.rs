@@ -2056,3 +2056,86 @@ async fn every_type_passes_the_destination_crud_contract() {
         assert_eq!(api.get(&path).await.status, 404, "{kind}");
     }
 }
+
+/// With `OUTRIDER_DESTINATIONS_AWS_DEFAULT_CREDENTIALS`, an admin may save an
+/// AWS destination without keys: the server calls AWS as itself (here the
+/// default chain's environment provider, the server's AWS_* variables). A
+/// tenant may not; without the setting nobody may.
+#[tokio::test]
+async fn aws_server_identity_is_opt_in_and_admin_only() {
+    let (endpoint, _) = moto();
+    let client = aws_client!(aws_sdk_sqs, &endpoint);
+    let url = client
+        .create_queue()
+        .queue_name(format!("outrider-e2e-ambient-{}", uniq()))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("moto at {endpoint} is required for this test: {e:?}"))
+        .queue_url()
+        .unwrap()
+        .to_string();
+    let keyless = json!({"type": "aws_sqs", "topics": "*",
+        "config": {"queue_url": url, "endpoint": endpoint}});
+
+    // Off by default: the keys are required, as Outpost requires them.
+    let off = Server::start(&[]).await;
+    let api = Api::admin(&off);
+    api.tenant("t-ambient").await;
+    let r = api.post("/tenants/t-ambient/destinations", keyless.clone()).await;
+    assert_eq!(r.status, 422, "{}", r.text);
+    assert!(r.text.contains("credentials.key is required"), "{}", r.text);
+    drop(off);
+
+    let s = Server::start(&[
+        ("OUTRIDER_DESTINATIONS_AWS_DEFAULT_CREDENTIALS", "true"),
+        ("AWS_ACCESS_KEY_ID", "server-key"),
+        ("AWS_SECRET_ACCESS_KEY", "server-secret"),
+    ])
+    .await;
+    let api = Api::admin(&s);
+    api.tenant("t-ambient").await;
+    let token = api.get("/tenants/t-ambient/token").await.body["token"]
+        .as_str()
+        .expect("a tenant token")
+        .to_string();
+    let tenant = Api::with_token(&s, &token);
+    let r = tenant.post("/tenants/t-ambient/destinations", keyless.clone()).await;
+    assert_eq!(
+        r.status, 422,
+        "a tenant cannot borrow the server's identity: {}",
+        r.text
+    );
+    assert!(r.text.contains("credentials.key is required"), "{}", r.text);
+
+    let r = api.post("/tenants/t-ambient/destinations", keyless.clone()).await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let dest_id = r.body["id"].as_str().unwrap().to_string();
+    // The tenant may still change what is not the target.
+    let r = tenant
+        .patch(
+            &format!("/tenants/t-ambient/destinations/{dest_id}"),
+            json!({"topics": ["orders.created"]}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let r = api
+        .publish(json!({"id": "evt-ambient", "tenant_id": "t-ambient", "topic": "orders.created", "data": {"n": 1}}))
+        .await;
+    assert!(r.status == 202 || r.status == 200, "{}", r.text);
+    let ok = api
+        .wait_attempts(&format!("tenant_id=t-ambient&destination_id={dest_id}"), WAIT, |m| {
+            m.iter().any(|a| a["status"] == "success")
+        })
+        .await;
+    assert!(ok.iter().any(|a| a["status"] == "success"), "{ok:?}");
+    let got = client
+        .receive_message()
+        .queue_url(&url)
+        .wait_time_seconds(2)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(got.messages().len(), 1);
+    assert_eq!(got.messages()[0].body(), Some(r#"{"n":1}"#));
+    let _ = client.delete_queue().queue_url(&url).send().await;
+}

@@ -1,5 +1,5 @@
-//! What the AWS types share: static keys (and an optional session token),
-//! the region, an endpoint override that passes the SSRF guard, one SDK
+//! What the AWS types share: static keys (and an optional session token) or,
+//! where the operator allows it, the server's own AWS identity; the region, an endpoint override that passes the SSRF guard, one SDK
 //! configuration per (region, endpoint, keys) on a shard, and error codes.
 
 use aws_config::retry::RetryConfig;
@@ -8,7 +8,7 @@ use aws_sdk_sqs::config::{Credentials, SharedCredentialsProvider};
 use aws_sdk_sqs::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 
 use super::fields::Field;
-use super::{clients, fields, PublishResult};
+use super::{clients, fields, Actor, PublishResult, Violations};
 use crate::model::{Destination, StringMap};
 
 /// Static keys and an optional session token, as Outpost lists them for
@@ -53,25 +53,95 @@ pub fn check_endpoint(config: &StringMap, errs: &mut Vec<String>) {
     }
 }
 
+/// Whether a destination may leave out `key` and `secret` and call AWS as
+/// the server itself: the SDK's default chain (environment, web identity
+/// token, ECS task role, EC2 instance profile, profile files; SSO is not
+/// built in). Off unless the operator sets
+/// `OUTRIDER_DESTINATIONS_AWS_DEFAULT_CREDENTIALS`, and even then only an
+/// admin may save such a destination: a tenant's destination acting with the
+/// operator's IAM role could write wherever that role may.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CredentialPolicy {
+    pub server_identity: bool,
+}
+
+const KEYS_REQUIRED: [&str; 2] = ["credentials.key is required", "credentials.secret is required"];
+
+fn keyless(d: &Destination) -> bool {
+    ["key", "secret"]
+        .iter()
+        .all(|k| d.credentials.get(k).is_none_or(|v| v.is_empty()))
+}
+
+impl CredentialPolicy {
+    pub fn new(config: &crate::config::Config) -> Self {
+        Self {
+            server_identity: config.destinations_aws_default_credentials,
+        }
+    }
+
+    /// Drops "key/secret is required" when both are absent and allowed.
+    pub fn relax(&self, d: &Destination, errs: &mut Violations) {
+        if self.server_identity && keyless(d) {
+            errs.retain(|e| !KEYS_REQUIRED.contains(&e.as_str()));
+        }
+    }
+
+    /// A tenant may not make a destination use the server's identity; an
+    /// admin-made one stays usable by its tenant while its target is unchanged.
+    pub fn check_actor(&self, d: &Destination, previous: Option<&Destination>, actor: Actor) -> Result<(), Violations> {
+        if actor == Actor::Admin || !keyless(d) {
+            return Ok(());
+        }
+        let unchanged = previous.is_some_and(|p| keyless(p) && p.config == d.config);
+        if unchanged {
+            return Ok(());
+        }
+        Err(KEYS_REQUIRED.iter().map(|e| e.to_string()).collect())
+    }
+}
+
+/// As whom a destination calls AWS.
+#[derive(Clone, PartialEq, Eq, Hash)]
+enum Identity {
+    Keys {
+        key: String,
+        secret: String,
+        session: Option<String>,
+    },
+    /// The server's default credential chain.
+    Server,
+}
+
 /// Where and as whom a destination calls AWS; equal keys share a client on a shard.
 #[derive(Clone, PartialEq, Eq, Hash)]
 pub struct AwsKey {
     pub region: String,
     pub endpoint: Option<String>,
-    key: String,
-    secret: String,
-    session: Option<String>,
+    identity: Identity,
 }
 
 impl AwsKey {
-    pub fn new(d: &Destination, region: String, endpoint: Option<String>) -> Result<Self, String> {
+    pub fn new(
+        d: &Destination,
+        region: String,
+        endpoint: Option<String>,
+        policy: CredentialPolicy,
+    ) -> Result<Self, String> {
         let cred = |k: &str| d.credentials.get(k).filter(|v| !v.is_empty()).cloned();
+        let identity = if policy.server_identity && keyless(d) {
+            Identity::Server
+        } else {
+            Identity::Keys {
+                key: cred("key").ok_or("credentials.key is required")?,
+                secret: cred("secret").ok_or("credentials.secret is required")?,
+                session: cred("session"),
+            }
+        };
         Ok(Self {
             region,
             endpoint: endpoint.map(|e| e.trim_end_matches('/').to_string()),
-            key: cred("key").ok_or("credentials.key is required")?,
-            secret: cred("secret").ok_or("credentials.secret is required")?,
-            session: cred("session"),
+            identity,
         })
     }
 
@@ -84,17 +154,26 @@ impl AwsKey {
             None => (default_host.to_string(), 443),
         };
         clients::checked_target(&host, port, guard).await?;
-        let creds = Credentials::new(
-            &self.key,
-            &self.secret,
-            self.session.clone(),
-            None,
-            "outrider-destination",
-        );
+        let region = Region::new(self.region.clone());
+        let provider = match &self.identity {
+            Identity::Keys { key, secret, session } => SharedCredentialsProvider::new(Credentials::new(
+                key,
+                secret,
+                session.clone(),
+                None,
+                "outrider-destination",
+            )),
+            Identity::Server => SharedCredentialsProvider::new(
+                aws_config::default_provider::credentials::DefaultCredentialsChain::builder()
+                    .region(region.clone())
+                    .build()
+                    .await,
+            ),
+        };
         let mut b = SdkConfig::builder()
             .behavior_version(BehaviorVersion::latest())
-            .region(Region::new(self.region.clone()))
-            .credentials_provider(SharedCredentialsProvider::new(creds))
+            .region(region)
+            .credentials_provider(provider)
             // The delivery schedule retries; an SDK retry inside one attempt
             // would only hide the failure from the attempt log.
             .retry_config(RetryConfig::disabled());
@@ -177,5 +256,54 @@ mod tests {
         assert!(!region_ok("US-east-1"));
         assert!(!region_ok("us-east-1a"));
         assert!(!region_ok("use-east-1"));
+    }
+}
+
+#[cfg(test)]
+mod policy_tests {
+    use super::*;
+    use crate::destinations::test_destination;
+
+    #[test]
+    fn the_server_identity_is_opt_in_and_admin_only() {
+        let keyless = test_destination("aws_sqs", &[("queue_url", "https://q")], &[]);
+        let keyed = test_destination(
+            "aws_sqs",
+            &[("queue_url", "https://q")],
+            &[("key", "k"), ("secret", "s")],
+        );
+        let off = CredentialPolicy::default();
+        let on = CredentialPolicy { server_identity: true };
+        let required = || vec![KEYS_REQUIRED[0].to_string(), KEYS_REQUIRED[1].to_string()];
+
+        let mut errs = required();
+        off.relax(&keyless, &mut errs);
+        assert_eq!(errs, required(), "off: the keys stay required");
+        on.relax(&keyless, &mut errs);
+        assert!(errs.is_empty());
+        let half = test_destination("aws_sqs", &[], &[("key", "k")]);
+        let mut errs = vec![KEYS_REQUIRED[1].to_string()];
+        on.relax(&half, &mut errs);
+        assert_eq!(errs.len(), 1, "a key without its secret is still an error");
+
+        assert!(on.check_actor(&keyless, None, Actor::Admin).is_ok());
+        assert!(on.check_actor(&keyless, None, Actor::Tenant).is_err());
+        assert!(on.check_actor(&keyed, None, Actor::Tenant).is_ok());
+        assert!(
+            on.check_actor(&keyless, Some(&keyless), Actor::Tenant).is_ok(),
+            "unchanged target"
+        );
+        let mut moved = keyless.clone();
+        moved.config.insert("queue_url".into(), "https://elsewhere".into());
+        assert!(
+            on.check_actor(&moved, Some(&keyless), Actor::Tenant).is_err(),
+            "new target"
+        );
+
+        assert!(AwsKey::new(&keyless, "us-east-1".into(), None, off).is_err());
+        let k = AwsKey::new(&keyless, "us-east-1".into(), None, on).unwrap();
+        assert!(k.identity == Identity::Server);
+        let k = AwsKey::new(&keyed, "us-east-1".into(), None, on).unwrap();
+        assert!(matches!(k.identity, Identity::Keys { .. }));
     }
 }

@@ -55,7 +55,10 @@ const SCHEMA: Schema = Schema {
     credentials: aws::CREDENTIALS,
 };
 
-pub struct AwsEventBridge;
+#[derive(Default)]
+pub struct AwsEventBridge {
+    pub credentials: aws::CredentialPolicy,
+}
 
 impl DestinationType for AwsEventBridge {
     fn schema(&self) -> Option<&'static Schema> {
@@ -63,7 +66,20 @@ impl DestinationType for AwsEventBridge {
     }
 
     fn validate(&self, d: &Destination) -> Result<(), Violations> {
-        fields::result(SCHEMA.check(&d.config, &d.credentials))
+        let mut errs = SCHEMA.check(&d.config, &d.credentials);
+        self.credentials.relax(d, &mut errs);
+        fields::result(errs)
+    }
+
+    fn preprocess(
+        &self,
+        d: &mut Destination,
+        previous: Option<&Destination>,
+        _raw: &RawInput,
+        actor: Actor,
+        _now_ms: i64,
+    ) -> Result<(), Violations> {
+        self.credentials.check_actor(d, previous, actor)
     }
 
     fn target(&self, d: &Destination) -> (String, Option<String>) {
@@ -85,7 +101,7 @@ impl DestinationType for AwsEventBridge {
         let get = |k: &str| d.config.get(k).filter(|v| !v.is_empty()).cloned();
         let region = get("region").ok_or("config.region is required")?;
         Ok(Box::new(EventBridgePublisher {
-            key: AwsKey::new(d, region, get("endpoint"))?,
+            key: AwsKey::new(d, region, get("endpoint"), self.credentials)?,
             bus: get("event_bus").unwrap_or_else(|| "default".into()),
             source: get("source").unwrap_or_else(|| "outrider".into()),
             detail_type: get("detail_type"),
@@ -205,11 +221,11 @@ mod tests {
             &[("region", "eu-west-1")],
             &[("key", "k"), ("secret", "s")],
         );
-        assert!(AwsEventBridge.validate(&d).is_ok());
-        assert_eq!(AwsEventBridge.target(&d).0, "default in eu-west-1");
+        assert!(AwsEventBridge::default().validate(&d).is_ok());
+        assert_eq!(AwsEventBridge::default().target(&d).0, "default in eu-west-1");
         let d = test_destination("aws_eventbridge", &[], &[]);
         assert_eq!(
-            AwsEventBridge.validate(&d).unwrap_err(),
+            AwsEventBridge::default().validate(&d).unwrap_err(),
             vec![
                 "config.region is required",
                 "credentials.key is required",

@@ -57,7 +57,10 @@ const SCHEMA: Schema = Schema {
     credentials: aws::CREDENTIALS,
 };
 
-pub struct AwsKinesis;
+#[derive(Default)]
+pub struct AwsKinesis {
+    pub credentials: aws::CredentialPolicy,
+}
 
 impl DestinationType for AwsKinesis {
     fn schema(&self) -> Option<&'static Schema> {
@@ -71,7 +74,19 @@ impl DestinationType for AwsKinesis {
                 errs.push("config.partition_key_template is invalid".into());
             }
         }
+        self.credentials.relax(d, &mut errs);
         fields::result(errs)
+    }
+
+    fn preprocess(
+        &self,
+        d: &mut Destination,
+        previous: Option<&Destination>,
+        _raw: &RawInput,
+        actor: Actor,
+        _now_ms: i64,
+    ) -> Result<(), Violations> {
+        self.credentials.check_actor(d, previous, actor)
     }
 
     fn target(&self, d: &Destination) -> (String, Option<String>) {
@@ -87,7 +102,7 @@ impl DestinationType for AwsKinesis {
             None => None,
         };
         Ok(Box::new(KinesisPublisher {
-            key: AwsKey::new(d, region, get("endpoint"))?,
+            key: AwsKey::new(d, region, get("endpoint"), self.credentials)?,
             stream: get("stream_name").ok_or("config.stream_name is required")?,
             partition_key,
             delivery_metadata: d.delivery_metadata.clone(),
@@ -247,7 +262,7 @@ mod tests {
     fn publisher(config: &[(&str, &str)], in_payload: bool) -> KinesisPublisher {
         let d = test_destination("aws_kinesis", config, &[("key", "k"), ("secret", "s")]);
         KinesisPublisher {
-            key: AwsKey::new(&d, "us-east-1".into(), None).unwrap(),
+            key: AwsKey::new(&d, "us-east-1".into(), None, Default::default()).unwrap(),
             stream: "s".into(),
             partition_key: d
                 .config
@@ -313,7 +328,7 @@ mod tests {
             &[("key", "k")],
         );
         assert_eq!(
-            AwsKinesis.validate(&d).unwrap_err(),
+            AwsKinesis::default().validate(&d).unwrap_err(),
             vec![
                 "config.stream_name failed pattern validation",
                 "config.region failed pattern validation",
@@ -326,7 +341,7 @@ mod tests {
             &[("stream_name", "s-1"), ("region", "eu-west-1")],
             &[("key", "k"), ("secret", "s")],
         );
-        assert!(AwsKinesis.validate(&d).is_ok());
-        assert_eq!(AwsKinesis.target(&d).0, "s-1 in eu-west-1");
+        assert!(AwsKinesis::default().validate(&d).is_ok());
+        assert_eq!(AwsKinesis::default().target(&d).0, "s-1 in eu-west-1");
     }
 }

@@ -64,7 +64,10 @@ const SCHEMA: Schema = Schema {
     credentials: aws::CREDENTIALS,
 };
 
-pub struct AwsS3;
+#[derive(Default)]
+pub struct AwsS3 {
+    pub credentials: aws::CredentialPolicy,
+}
 
 fn storage_class(config: &StringMap) -> Option<&'static str> {
     match config.get("storage_class").map(|s| s.trim()).filter(|s| !s.is_empty()) {
@@ -89,17 +92,19 @@ impl DestinationType for AwsS3 {
             errs.push("config.storage_class failed enum validation".into());
         }
         aws::check_endpoint(&d.config, &mut errs);
+        self.credentials.relax(d, &mut errs);
         fields::result(errs)
     }
 
     fn preprocess(
         &self,
         d: &mut Destination,
-        _previous: Option<&Destination>,
+        previous: Option<&Destination>,
         _raw: &RawInput,
-        _actor: Actor,
+        actor: Actor,
         _now_ms: i64,
     ) -> Result<(), Violations> {
+        self.credentials.check_actor(d, previous, actor)?;
         if let Some(c) = storage_class(&d.config) {
             if d.config.contains_key("storage_class") {
                 d.config.insert("storage_class".into(), c.to_string());
@@ -124,7 +129,7 @@ impl DestinationType for AwsS3 {
         let region = get("region").ok_or("config.region is required")?;
         let template = get("key_template").unwrap_or_else(|| DEFAULT_KEY_TEMPLATE.to_string());
         Ok(Box::new(S3Publisher {
-            key: AwsKey::new(d, region, get("endpoint"))?,
+            key: AwsKey::new(d, region, get("endpoint"), self.credentials)?,
             bucket: get("bucket").ok_or("config.bucket is required")?,
             key_template: Template::compile(&template).map_err(|e| format!("config.key_template: {e}"))?,
             storage_class: StorageClass::from(storage_class(&d.config).ok_or("config.storage_class is invalid")?),
@@ -236,10 +241,10 @@ mod tests {
             ],
             &[("key", "k"), ("secret", "s")],
         );
-        assert!(AwsS3.validate(&d).is_ok());
+        assert!(AwsS3::default().validate(&d).is_ok());
         assert_eq!(storage_class(&d.config), Some("GLACIER_IR"));
         assert_eq!(
-            AwsS3.target(&d),
+            AwsS3::default().target(&d),
             (
                 "b in us-east-1".to_string(),
                 Some("https://s3.console.aws.amazon.com/s3/buckets/b?region=us-east-1".to_string())
@@ -256,7 +261,7 @@ mod tests {
             &[("key", "k"), ("secret", "s")],
         );
         assert_eq!(
-            AwsS3.validate(&bad).unwrap_err(),
+            AwsS3::default().validate(&bad).unwrap_err(),
             vec![
                 "config.key_template is invalid",
                 "config.storage_class failed enum validation"
@@ -273,7 +278,7 @@ mod tests {
         let mut meta = StringMap::new();
         meta.insert("event-id".into(), "evt_1".into());
         let p = |tpl: &str| S3Publisher {
-            key: AwsKey::new(&d, "us-east-1".into(), None).unwrap(),
+            key: AwsKey::new(&d, "us-east-1".into(), None, Default::default()).unwrap(),
             bucket: "b".into(),
             key_template: Template::compile(tpl).unwrap(),
             storage_class: StorageClass::Standard,

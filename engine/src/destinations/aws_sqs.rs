@@ -36,7 +36,10 @@ const SCHEMA: Schema = Schema {
     credentials: aws::CREDENTIALS.split_at(2).0,
 };
 
-pub struct AwsSqs;
+#[derive(Default)]
+pub struct AwsSqs {
+    pub credentials: aws::CredentialPolicy,
+}
 
 /// `<region>` of `https://sqs.<region>.amazonaws.com/...`.
 fn region_of(queue_url: &str) -> Option<String> {
@@ -102,7 +105,19 @@ impl DestinationType for AwsSqs {
         }
         // Read though not listed (Outpost lists only the queue URL).
         aws::check_endpoint(&d.config, &mut errs);
+        self.credentials.relax(d, &mut errs);
         fields::result(errs)
+    }
+
+    fn preprocess(
+        &self,
+        d: &mut Destination,
+        previous: Option<&Destination>,
+        _raw: &RawInput,
+        actor: Actor,
+        _now_ms: i64,
+    ) -> Result<(), Violations> {
+        self.credentials.check_actor(d, previous, actor)
     }
 
     fn target(&self, d: &Destination) -> (String, Option<String>) {
@@ -124,7 +139,7 @@ impl DestinationType for AwsSqs {
             .ok_or("config.queue_url is required")?;
         let region = region_of(&queue_url).unwrap_or_else(|| "us-east-1".into());
         Ok(Box::new(SqsPublisher {
-            key: AwsKey::new(d, region, endpoint_for(&d.config))?,
+            key: AwsKey::new(d, region, endpoint_for(&d.config), self.credentials)?,
             queue_url,
             delivery_metadata: d.delivery_metadata.clone(),
             include_ms: ctx.config.webhook.include_millisecond_timestamp,
@@ -279,7 +294,7 @@ mod tests {
             &[("queue_url", "https://sqs.us-east-2.amazonaws.com/1/q")],
             &[],
         );
-        let (t, link) = AwsSqs.target(&d);
+        let (t, link) = AwsSqs::default().target(&d);
         assert_eq!(t, "https://sqs.us-east-2.amazonaws.com/1/q");
         assert_eq!(
             link.as_deref(),
@@ -290,16 +305,16 @@ mod tests {
     #[test]
     fn validation() {
         let mut d = test_destination("aws_sqs", &[], &[]);
-        let e = AwsSqs.validate(&d).unwrap_err();
+        let e = AwsSqs::default().validate(&d).unwrap_err();
         assert!(e.contains(&"config.queue_url is required".to_string()), "{e:?}");
         assert!(e.contains(&"credentials.key is required".to_string()), "{e:?}");
         d.config.insert("queue_url".into(), "sqs.example/q".into());
         d.credentials.insert("key".into(), "AKIA".into());
         d.credentials.insert("secret".into(), "s".into());
-        let e = AwsSqs.validate(&d).unwrap_err();
+        let e = AwsSqs::default().validate(&d).unwrap_err();
         assert_eq!(e, vec!["config.queue_url failed pattern validation".to_string()]);
         d.config
             .insert("queue_url".into(), "https://sqs.us-east-1.amazonaws.com/1/q".into());
-        assert!(AwsSqs.validate(&d).is_ok());
+        assert!(AwsSqs::default().validate(&d).is_ok());
     }
 }

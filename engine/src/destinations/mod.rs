@@ -210,19 +210,20 @@ pub struct Registry {
 
 impl Registry {
     pub fn new(config: &Arc<Config>) -> Self {
+        let aws_creds = aws::CredentialPolicy::new(config);
         // Outpost's listing order, then the types Outpost does not have.
         Self {
             types: vec![
                 Box::new(webhook::Webhook::new(config.clone())),
                 Box::new(hookdeck::Hookdeck::new(config.clone())),
-                Box::new(aws_sqs::AwsSqs),
-                Box::new(aws_kinesis::AwsKinesis),
-                Box::new(aws_s3::AwsS3),
+                Box::new(aws_sqs::AwsSqs { credentials: aws_creds }),
+                Box::new(aws_kinesis::AwsKinesis { credentials: aws_creds }),
+                Box::new(aws_s3::AwsS3 { credentials: aws_creds }),
                 Box::new(gcp_pubsub::GcpPubSub),
                 Box::new(azure_servicebus::AzureServiceBus),
                 Box::new(rabbitmq::RabbitMq),
                 Box::new(kafka::Kafka),
-                Box::new(aws_eventbridge::AwsEventBridge),
+                Box::new(aws_eventbridge::AwsEventBridge { credentials: aws_creds }),
                 Box::new(nats::Nats),
                 Box::new(mqtt::Mqtt),
                 Box::new(redis_stream::RedisStream),
