@@ -556,7 +556,13 @@ impl Broker {
                 use rumqttc::v5::mqttbytes::v5::Packet;
                 use rumqttc::v5::mqttbytes::QoS;
                 use rumqttc::v5::{AsyncClient, Event};
-                let (client, mut events) = AsyncClient::new(mqtt_options(&format!("lt-sub-{}", self.run)), 1000);
+                // Mosquitto queues at most 1,000 messages per subscriber
+                // beyond its receive window and drops the rest (its log says
+                // "Outgoing messages are being dropped"): the widest window
+                // keeps the broker sending instead of queueing.
+                let mut opts = mqtt_options(&format!("lt-sub-{}", self.run));
+                opts.set_receive_maximum(Some(u16::MAX));
+                let (client, mut events) = AsyncClient::new(opts, 1000);
                 client
                     .subscribe(self.mqtt_topic(), QoS::AtLeastOnce)
                     .await
@@ -592,7 +598,7 @@ impl Broker {
             Kind::AwsSqs => {
                 let client = sqs_client(&aws_endpoint()?);
                 // Received messages stay invisible for the whole run, so
-                // nothing is counted twice and nothing needs deleting.
+                // nothing is counted twice before it is deleted.
                 let url = client
                     .create_queue()
                     .queue_name(self.cloud_name())
@@ -624,6 +630,28 @@ impl Broker {
                                 tokio::time::sleep(Duration::from_millis(50)).await;
                                 continue;
                             };
+                            // moto scans every message a queue holds on each
+                            // receive: deleting keeps the queue, and the scan, short.
+                            let handles: Vec<_> = out
+                                .messages()
+                                .iter()
+                                .enumerate()
+                                .filter_map(|(i, m)| {
+                                    aws_sdk_sqs::types::DeleteMessageBatchRequestEntry::builder()
+                                        .id(i.to_string())
+                                        .set_receipt_handle(m.receipt_handle().map(String::from))
+                                        .build()
+                                        .ok()
+                                })
+                                .collect();
+                            if !handles.is_empty() {
+                                let _ = client
+                                    .delete_message_batch()
+                                    .queue_url(&url)
+                                    .set_entries(Some(handles))
+                                    .send()
+                                    .await;
+                            }
                             for m in out.messages() {
                                 let id = m
                                     .message_attributes()
