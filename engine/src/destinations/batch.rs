@@ -7,8 +7,8 @@
 //! idle target is sent alone at once; publishes that arrive while a call to
 //! that target is in flight queue up, and the next call takes as many as the
 //! service's limits allow. Nobody waits for a timer, so a quiet destination
-//! keeps its single-call latency and a busy one makes a tenth to a
-//! five-hundredth of the calls.
+//! keeps its single-call latency, and a busy one makes fewer calls the more
+//! deliveries are in flight to it (down to one per item limit of the call).
 //!
 //! Each caller keeps its own delivery deadline. The caller whose call is in
 //! flight leads its lane: when the call returns it hands each member its
