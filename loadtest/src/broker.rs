@@ -39,6 +39,15 @@ pub enum Kind {
     /// the run's subscription; the raw client is the client library's
     /// publisher (its own batching), each publish awaited.
     GcpPubSub,
+    /// moto: the consumer reads the run's one-shard stream from its start;
+    /// the raw client sends one `PutRecord` per record.
+    AwsKinesis,
+    /// moto: the consumer lists the run's bucket (object key = event id);
+    /// the raw client sends one `PutObject` per object.
+    AwsS3,
+    /// moto: a rule on the run's bus forwards to an SQS queue the consumer
+    /// drains; the raw client sends one `PutEvents` entry per call.
+    AwsEventBridge,
 }
 
 impl Kind {
@@ -52,9 +61,12 @@ impl Kind {
             "mqtt" => Some(Kind::Mqtt),
             "aws_sqs" => Some(Kind::AwsSqs),
             "gcp_pubsub" => Some(Kind::GcpPubSub),
+            "aws_kinesis" => Some(Kind::AwsKinesis),
+            "aws_s3" => Some(Kind::AwsS3),
+            "aws_eventbridge" => Some(Kind::AwsEventBridge),
             other => {
                 return Err(format!(
-                    "destination_type {other:?}: the harness drives webhook, rabbitmq, redis_stream, nats, kafka, mqtt, aws_sqs and gcp_pubsub"
+                    "destination_type {other:?}: the harness drives webhook, rabbitmq, redis_stream, nats, kafka, mqtt, aws_sqs, aws_kinesis, aws_s3, aws_eventbridge and gcp_pubsub"
                 ))
             }
         })
@@ -171,6 +183,168 @@ async fn pubsub_client() -> Result<gcloud_pubsub::client::Client, String> {
     .await
     .map_err(|e| format!("Pub/Sub emulator: {e}"))
 }
+
+/// The event id an `aws_sqs` delivery carries: its `metadata` attribute's JSON.
+fn sqs_attribute_event_id(m: &aws_sdk_sqs::types::Message) -> Option<String> {
+    let json = m.message_attributes()?.get("metadata")?.string_value()?;
+    let v: serde_json::Value = serde_json::from_str(json).ok()?;
+    v.get("event-id")?.as_str().map(String::from)
+}
+
+/// The event id of an EventBridge event a rule forwarded to SQS: `detail.metadata`.
+fn eventbridge_event_id(m: &aws_sdk_sqs::types::Message) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_str(m.body()?).ok()?;
+    v.get("detail")?
+        .get("metadata")?
+        .get("event-id")?
+        .as_str()
+        .map(String::from)
+}
+
+/// Four long-polling consumers of `url` that record and delete what they receive.
+fn spawn_sqs_consumers<R>(
+    client: aws_sdk_sqs::Client,
+    url: String,
+    stop: Arc<AtomicBool>,
+    stats: Arc<SinkStats>,
+    record: Arc<R>,
+    event_id: fn(&aws_sdk_sqs::types::Message) -> Option<String>,
+) where
+    R: Fn(&SinkStats, Option<&str>) + Send + Sync + 'static,
+{
+    for _ in 0..4 {
+        let (client, url, stop, stats, record) =
+            (client.clone(), url.clone(), stop.clone(), stats.clone(), record.clone());
+        tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let Ok(out) = client
+                    .receive_message()
+                    .queue_url(&url)
+                    .max_number_of_messages(10)
+                    .wait_time_seconds(1)
+                    .message_attribute_names("All")
+                    .send()
+                    .await
+                else {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                };
+                // moto scans every message a queue holds on each receive:
+                // deleting keeps the queue, and the scan, short.
+                let handles: Vec<_> = out
+                    .messages()
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, m)| {
+                        aws_sdk_sqs::types::DeleteMessageBatchRequestEntry::builder()
+                            .id(i.to_string())
+                            .set_receipt_handle(m.receipt_handle().map(String::from))
+                            .build()
+                            .ok()
+                    })
+                    .collect();
+                if !handles.is_empty() {
+                    let _ = client
+                        .delete_message_batch()
+                        .queue_url(&url)
+                        .set_entries(Some(handles))
+                        .send()
+                        .await;
+                }
+                for m in out.messages() {
+                    record(&stats, event_id(m).as_deref());
+                }
+            }
+        });
+    }
+}
+
+/// A queue that keeps received messages invisible for the whole run (so
+/// nothing is counted twice before it is deleted): its URL and ARN.
+async fn sqs_queue(client: &aws_sdk_sqs::Client, name: &str) -> Result<(String, String), String> {
+    use aws_sdk_sqs::types::QueueAttributeName;
+    let url = client
+        .create_queue()
+        .queue_name(name)
+        .attributes(QueueAttributeName::VisibilityTimeout, "43200")
+        .send()
+        .await
+        .map_err(|e| format!("moto: CreateQueue: {e}"))?
+        .queue_url()
+        .unwrap_or_default()
+        .to_string();
+    let arn = client
+        .get_queue_attributes()
+        .queue_url(&url)
+        .attribute_names(QueueAttributeName::QueueArn)
+        .send()
+        .await
+        .map_err(|e| format!("moto: GetQueueAttributes: {e}"))?
+        .attributes()
+        .and_then(|a| a.get(&QueueAttributeName::QueueArn).cloned())
+        .unwrap_or_default();
+    Ok((url, arn))
+}
+
+fn aws_conf<C>(endpoint: &str, f: impl FnOnce(&str, aws_sdk_sqs::config::Credentials) -> C) -> C {
+    f(
+        endpoint,
+        aws_sdk_sqs::config::Credentials::new("lt", "lt", None, None, "loadtest"),
+    )
+}
+
+fn kinesis_client(endpoint: &str) -> aws_sdk_kinesis::Client {
+    aws_conf(endpoint, |e, c| {
+        aws_sdk_kinesis::Client::from_conf(
+            aws_sdk_kinesis::Config::builder()
+                .behavior_version(aws_sdk_kinesis::config::BehaviorVersion::latest())
+                .region(aws_sdk_kinesis::config::Region::new("us-east-1"))
+                .credentials_provider(c)
+                .endpoint_url(e)
+                .build(),
+        )
+    })
+}
+
+fn s3_client(endpoint: &str) -> aws_sdk_s3::Client {
+    aws_conf(endpoint, |e, c| {
+        aws_sdk_s3::Client::from_conf(
+            aws_sdk_s3::Config::builder()
+                .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
+                .region(aws_sdk_s3::config::Region::new("us-east-1"))
+                .credentials_provider(c)
+                .endpoint_url(e)
+                .force_path_style(true)
+                .build(),
+        )
+    })
+}
+
+fn eventbridge_client(endpoint: &str) -> aws_sdk_eventbridge::Client {
+    aws_conf(endpoint, |e, c| {
+        aws_sdk_eventbridge::Client::from_conf(
+            aws_sdk_eventbridge::Config::builder()
+                .behavior_version(aws_sdk_eventbridge::config::BehaviorVersion::latest())
+                .region(aws_sdk_eventbridge::config::Region::new("us-east-1"))
+                .credentials_provider(c)
+                .endpoint_url(e)
+                .build(),
+        )
+    })
+}
+
+/// `{"data":...,"metadata":{...}}` with sorted metadata keys, as the server
+/// writes Kinesis records and EventBridge details.
+fn data_and_metadata(body: &[u8], meta: &[(&str, String)]) -> String {
+    let sorted: std::collections::BTreeMap<&str, &str> = meta.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    format!(
+        "{{\"data\":{},\"metadata\":{}}}",
+        String::from_utf8_lossy(body),
+        serde_json::to_string(&sorted).unwrap_or_default()
+    )
+}
+
+const EB_SOURCE: &str = "outrider.loadtest";
 
 fn mqtt_options(name: &str) -> rumqttc::v5::MqttOptions {
     let mut o = rumqttc::v5::MqttOptions::new(name, MQTT_ADDR.0, MQTT_ADDR.1);
@@ -368,6 +542,24 @@ impl Broker {
                 serde_json::json!({"project_id": PUBSUB_PROJECT, "topic": self.cloud_name(),
                     "endpoint": pubsub_host().unwrap_or_default()}),
                 serde_json::json!({"service_account_json": "{}"}),
+            ),
+            Kind::AwsKinesis => (
+                "aws_kinesis",
+                serde_json::json!({"stream_name": self.cloud_name(), "region": "us-east-1",
+                    "endpoint": aws_endpoint().unwrap_or_default()}),
+                serde_json::json!({"key": "lt", "secret": "lt"}),
+            ),
+            Kind::AwsS3 => (
+                "aws_s3",
+                serde_json::json!({"bucket": self.cloud_name(), "region": "us-east-1",
+                    "endpoint": aws_endpoint().unwrap_or_default(), "key_template": "metadata.\"event-id\""}),
+                serde_json::json!({"key": "lt", "secret": "lt"}),
+            ),
+            Kind::AwsEventBridge => (
+                "aws_eventbridge",
+                serde_json::json!({"event_bus": self.cloud_name(), "region": "us-east-1", "source": EB_SOURCE,
+                    "endpoint": aws_endpoint().unwrap_or_default()}),
+                serde_json::json!({"key": "lt", "secret": "lt"}),
             ),
         };
         serde_json::json!({"id": format!("lt-t{t}-d{d}"), "type": kind, "topics": "*", "config": config, "credentials": creds})
@@ -597,73 +789,137 @@ impl Broker {
             }
             Kind::AwsSqs => {
                 let client = sqs_client(&aws_endpoint()?);
-                // Received messages stay invisible for the whole run, so
-                // nothing is counted twice before it is deleted.
-                let url = client
-                    .create_queue()
-                    .queue_name(self.cloud_name())
-                    .attributes(aws_sdk_sqs::types::QueueAttributeName::VisibilityTimeout, "43200")
-                    .send()
-                    .await
-                    .map_err(|e| format!("moto: CreateQueue: {e}"))?
-                    .queue_url()
-                    .unwrap_or_default()
-                    .to_string();
+                let (url, _) = sqs_queue(&client, &self.cloud_name()).await?;
                 if let Ok(mut u) = self.sqs_url.lock() {
                     *u = Some(url.clone());
                 }
-                let record = Arc::new(record);
-                for _ in 0..4 {
-                    let (client, url, stop, stats, record) =
-                        (client.clone(), url.clone(), stop.clone(), stats.clone(), record.clone());
-                    tokio::spawn(async move {
-                        while !stop.load(Ordering::Relaxed) {
-                            let Ok(out) = client
-                                .receive_message()
-                                .queue_url(&url)
-                                .max_number_of_messages(10)
-                                .wait_time_seconds(1)
-                                .message_attribute_names("All")
-                                .send()
-                                .await
-                            else {
-                                tokio::time::sleep(Duration::from_millis(50)).await;
-                                continue;
-                            };
-                            // moto scans every message a queue holds on each
-                            // receive: deleting keeps the queue, and the scan, short.
-                            let handles: Vec<_> = out
-                                .messages()
-                                .iter()
-                                .enumerate()
-                                .filter_map(|(i, m)| {
-                                    aws_sdk_sqs::types::DeleteMessageBatchRequestEntry::builder()
-                                        .id(i.to_string())
-                                        .set_receipt_handle(m.receipt_handle().map(String::from))
-                                        .build()
-                                        .ok()
-                                })
-                                .collect();
-                            if !handles.is_empty() {
-                                let _ = client
-                                    .delete_message_batch()
-                                    .queue_url(&url)
-                                    .set_entries(Some(handles))
-                                    .send()
-                                    .await;
-                            }
-                            for m in out.messages() {
-                                let id = m
-                                    .message_attributes()
-                                    .and_then(|a| a.get("metadata"))
-                                    .and_then(|v| v.string_value())
-                                    .and_then(|j| serde_json::from_str::<serde_json::Value>(j).ok())
-                                    .and_then(|v| v.get("event-id").and_then(|i| i.as_str()).map(String::from));
-                                record(&stats, id.as_deref());
+                spawn_sqs_consumers(client, url, stop, stats, Arc::new(record), sqs_attribute_event_id);
+            }
+            Kind::AwsKinesis => {
+                use aws_sdk_kinesis::types::{ShardIteratorType, StreamStatus};
+                let client = kinesis_client(&aws_endpoint()?);
+                let name = self.cloud_name();
+                client
+                    .create_stream()
+                    .stream_name(&name)
+                    .shard_count(1)
+                    .send()
+                    .await
+                    .map_err(|e| format!("moto: CreateStream: {e}"))?;
+                let deadline = Instant::now() + Duration::from_secs(20);
+                let shard = loop {
+                    let d = client
+                        .describe_stream()
+                        .stream_name(&name)
+                        .send()
+                        .await
+                        .map_err(|e| format!("moto: DescribeStream: {e}"))?;
+                    let desc = d.stream_description();
+                    if let Some(desc) = desc.filter(|d| d.stream_status() == &StreamStatus::Active) {
+                        break desc
+                            .shards()
+                            .first()
+                            .map(|s| s.shard_id().to_string())
+                            .unwrap_or_default();
+                    }
+                    if Instant::now() > deadline {
+                        return Err("moto: the Kinesis stream did not become active".into());
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                };
+                let mut iterator = client
+                    .get_shard_iterator()
+                    .stream_name(&name)
+                    .shard_id(shard)
+                    .shard_iterator_type(ShardIteratorType::TrimHorizon)
+                    .send()
+                    .await
+                    .map_err(|e| format!("moto: GetShardIterator: {e}"))?
+                    .shard_iterator()
+                    .map(String::from);
+                tokio::spawn(async move {
+                    while !stop.load(Ordering::Relaxed) {
+                        let Some(it) = iterator.clone() else { break };
+                        let Ok(out) = client.get_records().shard_iterator(it).limit(10_000).send().await else {
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                            continue;
+                        };
+                        for r in out.records() {
+                            let id = serde_json::from_slice::<serde_json::Value>(r.data().as_ref())
+                                .ok()
+                                .and_then(|v| v.get("metadata")?.get("event-id")?.as_str().map(String::from));
+                            record(&stats, id.as_deref());
+                        }
+                        if out.records().is_empty() {
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                        }
+                        iterator = out.next_shard_iterator().map(String::from);
+                    }
+                });
+            }
+            Kind::AwsS3 => {
+                let client = s3_client(&aws_endpoint()?);
+                let bucket = self.cloud_name();
+                client
+                    .create_bucket()
+                    .bucket(&bucket)
+                    .send()
+                    .await
+                    .map_err(|e| format!("moto: CreateBucket: {e}"))?;
+                tokio::spawn(async move {
+                    let mut seen = std::collections::HashSet::new();
+                    while !stop.load(Ordering::Relaxed) {
+                        // The delivered objects are named by event id.
+                        let mut pages = client.list_objects_v2().bucket(&bucket).into_paginator().send();
+                        while let Some(Ok(page)) = pages.next().await {
+                            for o in page.contents() {
+                                if let Some(key) = o.key() {
+                                    if seen.insert(key.to_string()) {
+                                        record(&stats, Some(key));
+                                    }
+                                }
                             }
                         }
-                    });
+                        tokio::time::sleep(Duration::from_millis(300)).await;
+                    }
+                });
+            }
+            Kind::AwsEventBridge => {
+                let endpoint = aws_endpoint()?;
+                let (sqs, events) = (sqs_client(&endpoint), eventbridge_client(&endpoint));
+                let name = self.cloud_name();
+                let (url, arn) = sqs_queue(&sqs, &name).await?;
+                if let Ok(mut u) = self.sqs_url.lock() {
+                    *u = Some(url.clone());
                 }
+                events
+                    .create_event_bus()
+                    .name(&name)
+                    .send()
+                    .await
+                    .map_err(|e| format!("moto: CreateEventBus: {e}"))?;
+                events
+                    .put_rule()
+                    .name("lt-to-queue")
+                    .event_bus_name(&name)
+                    .event_pattern(format!("{{\"source\": [\"{EB_SOURCE}\"]}}"))
+                    .send()
+                    .await
+                    .map_err(|e| format!("moto: PutRule: {e}"))?;
+                let target = aws_sdk_eventbridge::types::Target::builder()
+                    .id("q")
+                    .arn(arn)
+                    .build()
+                    .map_err(|e| e.to_string())?;
+                events
+                    .put_targets()
+                    .rule("lt-to-queue")
+                    .event_bus_name(&name)
+                    .targets(target)
+                    .send()
+                    .await
+                    .map_err(|e| format!("moto: PutTargets: {e}"))?;
+                spawn_sqs_consumers(sqs, url, stop, stats, Arc::new(record), eventbridge_event_id);
             }
             Kind::GcpPubSub => {
                 let client = pubsub_client().await?;
@@ -926,6 +1182,91 @@ impl Broker {
                     t.await.map_err(|e| e.to_string())??;
                 }
             }
+            Kind::AwsKinesis => {
+                let client = kinesis_client(&aws_endpoint()?);
+                for w in 0..RAW_IN_FLIGHT as u64 {
+                    let (client, done, body, name) = (client.clone(), done.clone(), body.clone(), self.cloud_name());
+                    tasks.push(tokio::spawn(async move {
+                        let mut n = w;
+                        while Instant::now() < deadline {
+                            let data = data_and_metadata(&body, &headers(n));
+                            client
+                                .put_record()
+                                .stream_name(&name)
+                                .partition_key(format!("raw-{n}"))
+                                .data(aws_sdk_kinesis::primitives::Blob::new(data.into_bytes()))
+                                .send()
+                                .await
+                                .map_err(|e| e.to_string())?;
+                            done.fetch_add(1, Ordering::Relaxed);
+                            n += RAW_IN_FLIGHT as u64;
+                        }
+                        Ok::<(), String>(())
+                    }));
+                }
+                for t in tasks {
+                    t.await.map_err(|e| e.to_string())??;
+                }
+            }
+            Kind::AwsS3 => {
+                let client = s3_client(&aws_endpoint()?);
+                for w in 0..RAW_IN_FLIGHT as u64 {
+                    let (client, done, body, bucket) = (client.clone(), done.clone(), body.clone(), self.cloud_name());
+                    tasks.push(tokio::spawn(async move {
+                        let mut n = w;
+                        while Instant::now() < deadline {
+                            let mut put = client
+                                .put_object()
+                                .bucket(&bucket)
+                                .key(format!("raw-{n}"))
+                                .content_type("application/json")
+                                .body(aws_sdk_s3::primitives::ByteStream::from(body.to_vec()));
+                            for (k, v) in headers(n) {
+                                put = put.metadata(k, v);
+                            }
+                            put.send().await.map_err(|e| e.to_string())?;
+                            done.fetch_add(1, Ordering::Relaxed);
+                            n += RAW_IN_FLIGHT as u64;
+                        }
+                        Ok::<(), String>(())
+                    }));
+                }
+                for t in tasks {
+                    t.await.map_err(|e| e.to_string())??;
+                }
+            }
+            Kind::AwsEventBridge => {
+                let client = eventbridge_client(&aws_endpoint()?);
+                for w in 0..RAW_IN_FLIGHT as u64 {
+                    let (client, done, body, bus) = (client.clone(), done.clone(), body.clone(), self.cloud_name());
+                    tasks.push(tokio::spawn(async move {
+                        let mut n = w;
+                        while Instant::now() < deadline {
+                            let entry = aws_sdk_eventbridge::types::PutEventsRequestEntry::builder()
+                                .event_bus_name(&bus)
+                                .source(EB_SOURCE)
+                                .detail_type("load.test")
+                                .detail(data_and_metadata(&body, &headers(n)))
+                                .build();
+                            let out = client
+                                .put_events()
+                                .entries(entry)
+                                .send()
+                                .await
+                                .map_err(|e| e.to_string())?;
+                            if out.failed_entry_count() > 0 {
+                                return Err("PutEvents: a failed entry".to_string());
+                            }
+                            done.fetch_add(1, Ordering::Relaxed);
+                            n += RAW_IN_FLIGHT as u64;
+                        }
+                        Ok::<(), String>(())
+                    }));
+                }
+                for t in tasks {
+                    t.await.map_err(|e| e.to_string())??;
+                }
+            }
             Kind::GcpPubSub => {
                 let client = pubsub_client().await?;
                 let publisher = Arc::new(client.topic(&self.cloud_name()).new_publisher(None));
@@ -963,7 +1304,7 @@ impl Broker {
                 let _ = async_nats::jetstream::new(c).delete_stream(self.js_stream()).await;
             }
         }
-        if self.kind == Kind::AwsSqs {
+        if matches!(self.kind, Kind::AwsSqs | Kind::AwsEventBridge) {
             let url = self.sqs_queue_url();
             if let (Ok(endpoint), false) = (aws_endpoint(), url.is_empty()) {
                 let _ = sqs_client(&endpoint).delete_queue().queue_url(url).send().await;
