@@ -102,8 +102,10 @@ impl DestinationType for AwsKinesis {
             None => None,
         };
         Ok(Box::new(KinesisPublisher {
-            key: AwsKey::new(d, region, get("endpoint"), self.credentials)?,
-            stream: get("stream_name").ok_or("config.stream_name is required")?,
+            lane: Arc::new((
+                AwsKey::new(d, region, get("endpoint"), self.credentials)?,
+                get("stream_name").ok_or("config.stream_name is required")?,
+            )),
             partition_key,
             delivery_metadata: d.delivery_metadata.clone(),
             include_ms: ctx.config.webhook.include_millisecond_timestamp,
@@ -113,8 +115,8 @@ impl DestinationType for AwsKinesis {
 }
 
 pub struct KinesisPublisher {
-    key: AwsKey,
-    stream: String,
+    /// The client key and stream name: also the batch lane's key, made once.
+    lane: Arc<(AwsKey, String)>,
     partition_key: Option<Template>,
     delivery_metadata: Option<StringMap>,
     include_ms: bool,
@@ -192,7 +194,7 @@ impl KinesisPublisher {
         };
         let out = match client
             .put_records()
-            .stream_name(&self.stream)
+            .stream_name(&self.lane.1)
             .set_records(Some(entries))
             .send()
             .await
@@ -238,18 +240,17 @@ impl Publisher for KinesisPublisher {
             };
             let client: Rc<Client> = match clients
                 .kinesis
-                .get(&self.key, || connect(&self.key, clients.guard))
+                .get(&self.lane.0, || connect(&self.lane.0, clients.guard))
                 .await
             {
                 Ok(c) => c,
                 Err(r) => return r,
             };
             let size = data.len() + partition_key.len();
-            let lane = (self.key.clone(), self.stream.clone());
             let item = Item { data, partition_key };
             clients
                 .kinesis_batches
-                .submit(&lane, item, size, LIMITS, |items| self.send(&client, items))
+                .submit(&self.lane, item, size, LIMITS, |items| self.send(&client, items))
                 .await
         })
     }
@@ -262,8 +263,10 @@ mod tests {
     fn publisher(config: &[(&str, &str)], in_payload: bool) -> KinesisPublisher {
         let d = test_destination("aws_kinesis", config, &[("key", "k"), ("secret", "s")]);
         KinesisPublisher {
-            key: AwsKey::new(&d, "us-east-1".into(), None, Default::default()).unwrap(),
-            stream: "s".into(),
+            lane: Arc::new((
+                AwsKey::new(&d, "us-east-1".into(), None, Default::default()).unwrap(),
+                "s".into(),
+            )),
             partition_key: d
                 .config
                 .get("partition_key_template")

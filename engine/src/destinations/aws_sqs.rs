@@ -139,8 +139,10 @@ impl DestinationType for AwsSqs {
             .ok_or("config.queue_url is required")?;
         let region = region_of(&queue_url).unwrap_or_else(|| "us-east-1".into());
         Ok(Box::new(SqsPublisher {
-            key: AwsKey::new(d, region, endpoint_for(&d.config), self.credentials)?,
-            queue_url,
+            lane: Arc::new((
+                AwsKey::new(d, region, endpoint_for(&d.config), self.credentials)?,
+                queue_url,
+            )),
             delivery_metadata: d.delivery_metadata.clone(),
             include_ms: ctx.config.webhook.include_millisecond_timestamp,
         }))
@@ -148,8 +150,8 @@ impl DestinationType for AwsSqs {
 }
 
 pub struct SqsPublisher {
-    key: AwsKey,
-    queue_url: String,
+    /// The client key and queue URL: also the batch lane's key, made once.
+    lane: Arc<(AwsKey, String)>,
     delivery_metadata: Option<StringMap>,
     include_ms: bool,
 }
@@ -195,7 +197,7 @@ impl SqsPublisher {
         };
         let out = match client
             .send_message_batch()
-            .queue_url(&self.queue_url)
+            .queue_url(&self.lane.1)
             .set_entries(Some(entries))
             .send()
             .await
@@ -253,7 +255,11 @@ impl Publisher for SqsPublisher {
                 Ok(a) => a,
                 Err(e) => return PublishResult::failed("ERR", format!("could not format event for delivery: {e}")),
             };
-            let client: Rc<Client> = match clients.sqs.get(&self.key, || connect(&self.key, clients.guard)).await {
+            let client: Rc<Client> = match clients
+                .sqs
+                .get(&self.lane.0, || connect(&self.lane.0, clients.guard))
+                .await
+            {
                 Ok(c) => c,
                 Err(r) => return r,
             };
@@ -261,10 +267,9 @@ impl Publisher for SqsPublisher {
                 body: event.data.clone(),
                 metadata: attribute,
             };
-            let lane = (self.key.clone(), self.queue_url.clone());
             clients
                 .sqs_batches
-                .submit(&lane, item, size, LIMITS, |items| self.send(&client, items))
+                .submit(&self.lane, item, size, LIMITS, |items| self.send(&client, items))
                 .await
         })
     }

@@ -9,6 +9,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::hash::Hash;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::aws::AwsKey;
@@ -36,12 +37,13 @@ pub struct ShardClients {
     pub pubsub: Pool<super::gcp_pubsub::Key, super::gcp_pubsub::Client>,
     pub kafka: Pool<super::kafka::Key, super::kafka::Link>,
     pub servicebus: Pool<super::azure_servicebus::Key, super::azure_servicebus::Link>,
-    /// Batch lanes, per (client, target).
-    pub sqs_batches: Batcher<(AwsKey, String), super::aws_sqs::Item>,
-    pub kinesis_batches: Batcher<(AwsKey, String), super::aws_kinesis::Item>,
+    /// Batch lanes, keyed by (client, target) as each publisher holds it, so
+    /// finding a lane copies nothing.
+    pub sqs_batches: Batcher<Arc<(AwsKey, String)>, super::aws_sqs::Item>,
+    pub kinesis_batches: Batcher<Arc<(AwsKey, String)>, super::aws_kinesis::Item>,
     pub eventbridge_batches: Batcher<AwsKey, super::aws_eventbridge::Item>,
-    pub pubsub_batches: Batcher<(super::gcp_pubsub::Key, String), super::gcp_pubsub::Item>,
-    pub kafka_batches: Batcher<(super::kafka::Key, String, i32), super::kafka::Item>,
+    pub pubsub_batches: Batcher<Arc<(super::gcp_pubsub::Key, String)>, super::gcp_pubsub::Item>,
+    pub kafka_batches: Batcher<(Arc<(super::kafka::Key, String)>, i32), super::kafka::Item>,
 }
 
 impl ShardClients {

@@ -121,11 +121,13 @@ impl DestinationType for GcpPubSub {
                 .ok_or("credentials.service_account_json is required")?
         };
         Ok(Box::new(PubSubPublisher {
-            key: Key {
-                emulator,
-                service_account_json,
-            },
-            fq_topic: format!("projects/{project}/topics/{topic}"),
+            lane: Arc::new((
+                Key {
+                    emulator,
+                    service_account_json,
+                },
+                format!("projects/{project}/topics/{topic}"),
+            )),
             project,
             topic,
             delivery_metadata: d.delivery_metadata.clone(),
@@ -136,10 +138,10 @@ impl DestinationType for GcpPubSub {
 }
 
 pub struct PubSubPublisher {
-    key: Key,
+    /// The client key and full topic name: also the batch lane's key, made once.
+    lane: Arc<(Key, String)>,
     project: String,
     topic: String,
-    fq_topic: String,
     delivery_metadata: Option<StringMap>,
     include_ms: bool,
     /// Bounds connecting as well as each attempt.
@@ -211,7 +213,7 @@ impl PubSubPublisher {
     async fn send(&self, clients: &ShardClients, client: &Rc<Client>, messages: Vec<Item>) -> Vec<PublishResult> {
         let n = messages.len();
         let request = PublishRequest {
-            topic: self.fq_topic.clone(),
+            topic: self.lane.1.clone(),
             messages,
         };
         // One call, no retries inside the attempt: the delivery schedule retries.
@@ -231,7 +233,7 @@ impl PubSubPublisher {
             }
             Err(s) => {
                 if s.code() == Code::Unavailable {
-                    clients.pubsub.discard(&self.key, client);
+                    clients.pubsub.discard(&self.lane.0, client);
                 }
                 vec![classify(&s); n]
             }
@@ -254,7 +256,7 @@ impl Publisher for PubSubPublisher {
                     .collect();
             let client: Rc<Client> = match clients
                 .pubsub
-                .get(&self.key, || connect(&self.key, clients.guard, self.timeout))
+                .get(&self.lane.0, || connect(&self.lane.0, clients.guard, self.timeout))
                 .await
             {
                 Ok(c) => c,
@@ -266,10 +268,9 @@ impl Publisher for PubSubPublisher {
                 attributes,
                 ..Default::default()
             };
-            let lane = (self.key.clone(), self.fq_topic.clone());
             clients
                 .pubsub_batches
-                .submit(&lane, message, size, LIMITS, |messages| {
+                .submit(&self.lane, message, size, LIMITS, |messages| {
                     self.send(clients, &client, messages)
                 })
                 .await

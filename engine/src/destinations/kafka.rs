@@ -178,14 +178,16 @@ impl DestinationType for Kafka {
         };
         let cred = |k: &str| d.credentials.get(k).cloned().unwrap_or_default();
         Ok(Box::new(KafkaPublisher {
-            key: Key {
-                brokers,
-                tls: fields::flag(&d.config, "tls"),
-                mechanism,
-                username: cred("username"),
-                password: cred("password"),
-            },
-            topic: get("topic").ok_or("config.topic is required")?,
+            lane: Arc::new((
+                Key {
+                    brokers,
+                    tls: fields::flag(&d.config, "tls"),
+                    mechanism,
+                    username: cred("username"),
+                    password: cred("password"),
+                },
+                get("topic").ok_or("config.topic is required")?,
+            )),
             partition_key,
             delivery_metadata: d.delivery_metadata.clone(),
             include_ms: ctx.config.webhook.include_millisecond_timestamp,
@@ -196,8 +198,8 @@ impl DestinationType for Kafka {
 }
 
 pub struct KafkaPublisher {
-    key: Key,
-    topic: String,
+    /// The client key and topic: with a partition, the batch lane's key.
+    lane: Arc<(Key, String)>,
     partition_key: Option<Template>,
     delivery_metadata: Option<StringMap>,
     include_ms: bool,
@@ -353,25 +355,27 @@ impl Publisher for KafkaPublisher {
             };
             let link: Rc<Link> = match clients
                 .kafka
-                .get(&self.key, || connect(&self.key, clients.guard, &self.tls, self.timeout))
+                .get(&self.lane.0, || {
+                    connect(&self.lane.0, clients.guard, &self.tls, self.timeout)
+                })
                 .await
             {
                 Ok(l) => l,
                 Err(r) => return r,
             };
-            let partitions = match link.partitions(&self.topic).await {
+            let partitions = match link.partitions(&self.lane.1).await {
                 Ok(p) => p,
                 Err(e) => {
-                    clients.kafka.discard(&self.key, &link);
+                    clients.kafka.discard(&self.lane.0, &link);
                     return classify(&e);
                 }
             };
             if partitions.is_empty() {
-                return PublishResult::failed("topic_not_found", format!("topic {:?} has no partitions", self.topic));
+                return PublishResult::failed("topic_not_found", format!("topic {:?} has no partitions", self.lane.1));
             }
             let p = &partitions[partition_for(record.key.as_deref().unwrap_or_default(), partitions.len())];
             let size = record.approximate_size();
-            let lane = (self.key.clone(), self.topic.clone(), p.partition());
+            let lane = (self.lane.clone(), p.partition());
             let send = |records: Vec<Item>| async move {
                 let n = records.len();
                 match p.produce(records, Compression::NoCompression).await {
@@ -386,7 +390,7 @@ impl Publisher for KafkaPublisher {
                         .collect(),
                     Err(e) => {
                         // The next attempt starts from fresh metadata and connections.
-                        clients.kafka.discard(&self.key, &link);
+                        clients.kafka.discard(&self.lane.0, &link);
                         vec![classify(&e); n]
                     }
                 }
@@ -495,14 +499,16 @@ mod tests {
         );
         let ctx = PublishContext::for_tests();
         let p = KafkaPublisher {
-            key: Key {
-                brokers: vec![],
-                tls: false,
-                mechanism: "plain".into(),
-                username: String::new(),
-                password: String::new(),
-            },
-            topic: "t".into(),
+            lane: Arc::new((
+                Key {
+                    brokers: vec![],
+                    tls: false,
+                    mechanism: "plain".into(),
+                    username: String::new(),
+                    password: String::new(),
+                },
+                "t".into(),
+            )),
             partition_key: Some(Template::compile(&d.config["partition_key_template"]).unwrap()),
             delivery_metadata: None,
             include_ms: false,
