@@ -105,9 +105,10 @@ fn migrate(config: Option<&std::path::Path>, plan: bool) -> std::process::ExitCo
         }
     };
     let result = rt.block_on(async {
-        let pg = outrider_engine::store::postgres::PostgresLogStore::connect(&url, config.backend_connect_timeout)
-            .await
-            .map_err(|e| format!("POSTGRES_URL: {e}"))?;
+        let pg =
+            outrider_engine::store::postgres::PostgresLogStore::connect(url.expose(), config.backend_connect_timeout)
+                .await
+                .map_err(|e| format!("POSTGRES_URL: {e}"))?;
         if plan {
             pg.pending_migrations().await.map_err(|e| e.to_string())
         } else {
@@ -149,12 +150,13 @@ async fn serve(config: Config) -> Result<(), String> {
         // Loud on purpose: these are generated secrets, fine for a laptop only.
         eprintln!("==================================================================");
         eprintln!(" outrider: no configuration found, running in embedded dev mode");
-        eprintln!("   API key:     {}", config.api_key);
+        eprintln!("   API key:     {}", config.api_key.expose());
         if let Some(p) = &config.dev_credentials_path {
             eprintln!("   stored in:   {} (reused on the next start)", p.display());
         }
         eprintln!("   data dir:    {}", config.data_dir.display());
         eprintln!("   SSRF guard:  OFF (private and loopback webhook URLs allowed)");
+        eprintln!("   listening:   127.0.0.1:{port} only");
         eprintln!("==================================================================");
     } else if config.api_key.is_empty() {
         tracing::warn!("API_KEY is empty: the API accepts every request without authentication");
@@ -165,12 +167,16 @@ async fn serve(config: Config) -> Result<(), String> {
     let shards = config.delivery_shards;
     let service = config.service;
     let data_dir = config.data_dir.clone();
+    let dev_mode = config.dev_mode;
     let engine = Engine::start(config)
         .await
         .map_err(|e| format!("cannot start engine: {e}"))?;
-    let listener = tokio::net::TcpListener::bind(("0.0.0.0", port))
+    // Dev mode's generated key is printed on the console: only this machine
+    // may use it.
+    let host = if dev_mode { "127.0.0.1" } else { "0.0.0.0" };
+    let listener = tokio::net::TcpListener::bind((host, port))
         .await
-        .map_err(|e| format!("cannot listen on port {port} (API_PORT): {e}"))?;
+        .map_err(|e| format!("cannot listen on {host}:{port} (API_PORT): {e}"))?;
     tracing::info!(port, shards, ?service, data_dir = %data_dir.display(), "outrider listening");
     let state = outrider_api::AppState::new(engine.clone());
     let router = match service {

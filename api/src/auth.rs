@@ -98,7 +98,7 @@ impl FromRequestParts<AppState> for Principal {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
-        let key = state.engine.config.api_key.as_bytes();
+        let key = state.engine.config.api_key.expose().as_bytes();
         if key.is_empty() {
             return Ok(Principal::Admin);
         }

@@ -25,7 +25,7 @@ pub struct AppState {
 
 impl AppState {
     pub fn new(engine: Arc<Engine>) -> Self {
-        let jwt = auth::Jwt::new(&engine.config.api_jwt_secret, &engine.config.deployment_id).map(Arc::new);
+        let jwt = auth::Jwt::new(engine.config.api_jwt_secret.expose(), &engine.config.deployment_id).map(Arc::new);
         Self { engine, jwt }
     }
 }

@@ -9,6 +9,8 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::secret::Secret;
+
 /// A configuration error always names the key that is wrong.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -97,9 +99,9 @@ pub struct Config {
     pub log_level: String,
     pub api_port: u16,
     /// Empty means no authentication at all (Outpost's "VPC mode").
-    pub api_key: String,
-    pub api_jwt_secret: String,
-    pub aes_encryption_secret: String,
+    pub api_key: Secret,
+    pub api_jwt_secret: Secret,
+    pub aes_encryption_secret: Secret,
     pub deployment_id: String,
     pub topics: Vec<String>,
     pub topics_allow_wildcards: bool,
@@ -128,6 +130,9 @@ pub struct Config {
     pub shutdown_drain_timeout: Duration,
     /// Turns off the SSRF guard for webhook URLs and broker addresses.
     pub allow_private_destinations: bool,
+    /// Internal networks destinations may reach with the guard on
+    /// (`OUTRIDER_ALLOWED_PRIVATE_NETWORKS`, comma-separated CIDRs).
+    pub allowed_private_networks: Vec<ipnet::IpNet>,
     /// Hookdeck's API (token verification) and publish base URLs; settable
     /// so a test or a proxy can stand in for Hookdeck.
     pub hookdeck_api_url: String,
@@ -158,7 +163,7 @@ pub struct Config {
     /// Redis entity store shared by all nodes; `None` keeps entities embedded.
     pub redis: Option<crate::store::redis::RedisConfig>,
     /// PostgreSQL log store; `None` keeps logs in the embedded store.
-    pub postgres_url: Option<String>,
+    pub postgres_url: Option<Secret>,
     /// Most log records shipped to the log store in one batch.
     pub log_batch_size: usize,
     /// How long a start waits for a configured back end before refusing.
@@ -460,6 +465,7 @@ const YAML_KEYS: &[(&str, &str)] = &[
         "outrider.allow_private_destinations",
         "OUTRIDER_ALLOW_PRIVATE_DESTINATIONS",
     ),
+    ("outrider.allowed_private_networks", "OUTRIDER_ALLOWED_PRIVATE_NETWORKS"),
     ("outrider.embedded_synchronous", "OUTRIDER_EMBEDDED_SYNCHRONOUS"),
     ("outrider.hookdeck_api_url", "OUTRIDER_HOOKDECK_API_URL"),
     ("outrider.hookdeck_publish_url", "OUTRIDER_HOOKDECK_PUBLISH_URL"),
@@ -574,6 +580,25 @@ impl Sources {
         }
     }
 
+    /// The first key set that configures a back end (Redis, PostgreSQL, a
+    /// delivery or publish queue, operator events).
+    fn backend_key(&self) -> Option<&'static str> {
+        const PREFIXES: &[&str] = &[
+            "REDIS_",
+            "POSTGRES_",
+            "RABBITMQ_",
+            "AWS_SQS_",
+            "GCP_PUBSUB_",
+            "PUBLISH_",
+            "OPERATION_EVENTS_",
+        ];
+        YAML_KEYS
+            .iter()
+            .map(|(_, env)| *env)
+            .filter(|env| PREFIXES.iter().any(|p| env.starts_with(p)))
+            .find(|env| self.non_empty(env).is_some())
+    }
+
     /// Whether any source set anything at all: no file and no known key means
     /// "no configuration", which starts the embedded dev mode.
     pub fn is_empty_config(&self) -> bool {
@@ -668,6 +693,15 @@ fn comma_list(v: &str) -> Vec<String> {
 }
 
 impl Config {
+    /// The SSRF guard every destination endpoint passes.
+    pub fn ssrf_guard(&self) -> crate::ssrf::Guard {
+        if self.allow_private_destinations {
+            crate::ssrf::Guard::off()
+        } else {
+            crate::ssrf::Guard::on(self.allowed_private_networks.clone())
+        }
+    }
+
     /// The deadline of one attempt to a destination of `kind`.
     pub fn delivery_timeout_for(&self, kind: &str) -> Duration {
         self.type_delivery_timeouts
@@ -869,9 +903,9 @@ impl Config {
             service,
             log_level: src.non_empty("LOG_LEVEL").unwrap_or("info").to_string(),
             api_port,
-            api_key: src.string("API_KEY", ""),
-            api_jwt_secret: src.string("API_JWT_SECRET", ""),
-            aes_encryption_secret,
+            api_key: src.string("API_KEY", "").into(),
+            api_jwt_secret: src.string("API_JWT_SECRET", "").into(),
+            aes_encryption_secret: aes_encryption_secret.into(),
             deployment_id,
             topics: src.get("TOPICS").map(comma_list).unwrap_or_default(),
             topics_allow_wildcards: src.bool("TOPICS_ALLOW_WILDCARDS", false)?,
@@ -899,6 +933,8 @@ impl Config {
             destination_max_concurrency,
             shutdown_drain_timeout: Duration::from_secs(shutdown_drain_seconds),
             allow_private_destinations: src.bool("OUTRIDER_ALLOW_PRIVATE_DESTINATIONS", false)?,
+            allowed_private_networks: crate::ssrf::parse_networks(&src.string("OUTRIDER_ALLOWED_PRIVATE_NETWORKS", ""))
+                .map_err(|m| invalid("OUTRIDER_ALLOWED_PRIVATE_NETWORKS", m))?,
             hookdeck_api_url: src
                 .string("OUTRIDER_HOOKDECK_API_URL", "https://api.hookdeck.com/2025-01-01")
                 .trim_end_matches('/')
@@ -952,7 +988,7 @@ impl Config {
                         ));
                     }
                     Some(crate::queue::rabbitmq::RabbitConfig {
-                        url: url.to_string(),
+                        url: url.into(),
                         exchange: src.non_empty("RABBITMQ_EXCHANGE").unwrap_or("outpost").to_string(),
                         delivery_queue: src
                             .non_empty("RABBITMQ_DELIVERY_QUEUE")
@@ -972,7 +1008,7 @@ impl Config {
                         ));
                     }
                     let credentials = match (src.non_empty("AWS_SQS_ACCESS_KEY_ID"), src.non_empty("AWS_SQS_SECRET_ACCESS_KEY")) {
-                        (Some(k), Some(s)) => Some((k.to_string(), s.to_string())),
+                        (Some(k), Some(s)) => Some((k.to_string(), Secret::from(s))),
                         (None, None) => None,
                         _ => {
                             return Err(invalid(
@@ -1010,7 +1046,8 @@ impl Config {
                         credentials: gcp_credentials(
                             "GCP_PUBSUB_SERVICE_ACCOUNT_CREDENTIALS",
                             src.non_empty("GCP_PUBSUB_SERVICE_ACCOUNT_CREDENTIALS"),
-                        )?,
+                        )?
+                        .map(Secret::from),
                         project: project.to_string(),
                         subscription: src
                             .non_empty("GCP_PUBSUB_DELIVERY_SUBSCRIPTION")
@@ -1030,7 +1067,7 @@ impl Config {
                         src.non_empty("PUBLISH_AWS_SQS_ACCESS_KEY_ID"),
                         src.non_empty("PUBLISH_AWS_SQS_SECRET_ACCESS_KEY"),
                     ) {
-                        (Some(k), Some(s)) => Some((k.to_string(), s.to_string())),
+                        (Some(k), Some(s)) => Some((k.to_string(), Secret::from(s))),
                         (None, None) => None,
                         _ => return Err(invalid(
                             "PUBLISH_AWS_SQS_ACCESS_KEY_ID",
@@ -1059,7 +1096,8 @@ impl Config {
                         credentials: gcp_credentials(
                             "PUBLISH_GCP_PUBSUB_SERVICE_ACCOUNT_CREDENTIALS",
                             src.non_empty("PUBLISH_GCP_PUBSUB_SERVICE_ACCOUNT_CREDENTIALS"),
-                        )?,
+                        )?
+                        .map(Secret::from),
                         project: project.to_string(),
                         subscription: src
                             .non_empty("PUBLISH_GCP_PUBSUB_SUBSCRIPTION")
@@ -1073,7 +1111,7 @@ impl Config {
             publish_rabbitmq: match src.non_empty("PUBLISH_RABBITMQ_SERVER_URL") {
                 None => None,
                 Some(url) => Some(crate::queue::rabbitmq::RabbitConfig {
-                    url: url.to_string(),
+                    url: url.into(),
                     exchange: src.non_empty("PUBLISH_RABBITMQ_EXCHANGE").unwrap_or("").to_string(),
                     delivery_queue: src
                         .non_empty("PUBLISH_RABBITMQ_QUEUE")
@@ -1084,7 +1122,7 @@ impl Config {
                     auto_provision: src.bool("MQS_AUTO_PROVISION", true)?,
                 }),
             },
-            postgres_url: src.non_empty("POSTGRES_URL").map(String::from),
+            postgres_url: src.non_empty("POSTGRES_URL").map(Secret::from),
             log_batch_size: match src.num("LOG_BATCH_SIZE", 1000usize)? {
                 0 => return Err(invalid("LOG_BATCH_SIZE", "must be >= 1")),
                 n => n,
@@ -1104,6 +1142,19 @@ impl Config {
         let mut src = Sources::load(explicit, std::env::vars())?;
         if !src.is_empty_config() {
             return Self::from_sources(&src);
+        }
+        // Generated secrets, an open guard and a printed key are for one
+        // embedded node on a laptop. A back end means a deployment: starting
+        // it that way would serve shared data with secrets nobody chose.
+        if let Some(key) = src.backend_key() {
+            return Err(invalid(
+                "API_KEY",
+                format!(
+                    "{key} configures a back end, so this is not a local embedded node: set API_KEY, \
+                     API_JWT_SECRET and AES_ENCRYPTION_SECRET (dev mode, with generated secrets, runs only \
+                     without any back end)"
+                ),
+            ));
         }
         let data_dir = PathBuf::from(src.non_empty("OUTRIDER_DATA_DIR").unwrap_or("./data"));
         let path = data_dir.join("dev-credentials.env");
@@ -1356,6 +1407,59 @@ mod tests {
         Config::from_sources(&Sources::from_map(m))
     }
 
+    /// Every secret a configuration can hold, each a distinct marker: `{:?}`
+    /// of the whole config (what a panic or a debug log would print) shows
+    /// none of them.
+    #[test]
+    fn debug_output_holds_no_secret() {
+        let gcp = r#"{"type":"service_account","private_key":"S-gcp-key"}"#;
+        let pairs = [
+            ("API_KEY", "S-api-key"),
+            ("API_JWT_SECRET", "S-jwt"),
+            ("AES_ENCRYPTION_SECRET", "S-aes"),
+            ("POSTGRES_URL", "postgres://u:S-pg-pass@db/x"),
+            ("REDIS_HOST", "redis"),
+            ("REDIS_PASSWORD", "S-redis-pass"),
+            ("RABBITMQ_SERVER_URL", "amqp://u:S-amqp-pass@mq/"),
+            ("PUBLISH_RABBITMQ_SERVER_URL", "amqp://u:S-pub-amqp@mq/"),
+            ("PUBLISH_RABBITMQ_QUEUE", "in"),
+            ("PUBLISH_AWS_SQS_REGION", "eu-west-1"),
+            ("PUBLISH_AWS_SQS_QUEUE", "in"),
+            ("PUBLISH_AWS_SQS_ACCESS_KEY_ID", "AKIA"),
+            ("PUBLISH_AWS_SQS_SECRET_ACCESS_KEY", "S-pub-sqs"),
+            ("PUBLISH_GCP_PUBSUB_PROJECT", "p"),
+            ("PUBLISH_GCP_PUBSUB_TOPIC", "t"),
+            ("PUBLISH_GCP_PUBSUB_SERVICE_ACCOUNT_CREDENTIALS", gcp),
+            ("OPERATION_EVENTS_TOPICS", "*"),
+            ("OPERATION_EVENTS_HTTP_URL", "https://ops.example.com/S-ops-url-token"),
+            ("OPERATION_EVENTS_HTTP_SIGNING_SECRET", "S-ops-signing"),
+        ];
+        let c = cfg(&pairs).unwrap();
+        let shown = format!("{c:?} {c:#?}");
+        assert!(!shown.contains("S-"), "{shown}");
+        for (sqs, pubsub) in [
+            (
+                &[
+                    ("AWS_SQS_REGION", "eu-west-1"),
+                    ("AWS_SQS_ACCESS_KEY_ID", "AKIA"),
+                    ("AWS_SQS_SECRET_ACCESS_KEY", "S-sqs"),
+                ][..],
+                None,
+            ),
+            (&[][..], Some(("GCP_PUBSUB_SERVICE_ACCOUNT_CREDENTIALS", gcp))),
+        ] {
+            let mut p: Vec<(&str, &str)> = vec![("REDIS_HOST", "redis")];
+            p.extend_from_slice(sqs);
+            if let Some(kv) = pubsub {
+                p.push(("GCP_PUBSUB_PROJECT", "p"));
+                p.push(kv);
+            }
+            let c = cfg(&p).unwrap();
+            let shown = format!("{c:?}");
+            assert!(!shown.contains("S-"), "{shown}");
+        }
+    }
+
     #[test]
     fn defaults_match_outpost() {
         let c = cfg(&[]).unwrap();
@@ -1386,7 +1490,7 @@ mod tests {
         let key = r#"{"type":"service_account","project_id":"p","private_key":"k","client_email":"a@p"}"#;
         good.push(("GCP_PUBSUB_SERVICE_ACCOUNT_CREDENTIALS", key));
         let c = cfg(&good).unwrap();
-        assert_eq!(c.pubsub.unwrap().credentials.as_deref(), Some(key));
+        assert_eq!(c.pubsub.unwrap().credentials.as_ref().map(Secret::expose), Some(key));
         let e = cfg(&[
             ("OPERATION_EVENTS_TOPICS", "*"),
             ("OPERATION_EVENTS_GCP_PUBSUB_PROJECT_ID", "p"),

@@ -29,6 +29,7 @@ pub mod publish;
 pub mod queue;
 pub mod recovery;
 pub mod routing;
+pub mod secret;
 pub mod shard;
 pub mod signing;
 pub mod ssrf;

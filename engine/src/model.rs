@@ -15,8 +15,9 @@ pub struct Tenant {
     pub updated_at: i64,
 }
 
-/// A destination as stored (credentials decrypted in memory only).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// A destination as stored (credentials decrypted in memory only). `Debug`
+/// leaves out credential values and custom headers.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 pub struct Destination {
     pub id: String,
     pub tenant_id: String,
@@ -32,6 +33,44 @@ pub struct Destination {
     pub created_at: i64,
     pub updated_at: i64,
     pub disabled_at: Option<i64>,
+}
+
+/// Config keys whose values may hold secrets (a webhook's custom headers
+/// carry API keys as often as not).
+const SECRET_CONFIG_KEYS: &[&str] = &["custom_headers"];
+
+impl std::fmt::Debug for Destination {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        struct Redacted<'a>(&'a StringMap, &'a [&'a str]);
+        impl std::fmt::Debug for Redacted<'_> {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.debug_map()
+                    .entries(self.0.iter().map(|(k, v)| {
+                        let shown: &dyn std::fmt::Debug = if self.1.is_empty() || self.1.contains(&k.as_str()) {
+                            &"<redacted>"
+                        } else {
+                            v
+                        };
+                        (k, shown)
+                    }))
+                    .finish()
+            }
+        }
+        f.debug_struct("Destination")
+            .field("id", &self.id)
+            .field("tenant_id", &self.tenant_id)
+            .field("kind", &self.kind)
+            .field("topics", &self.topics)
+            .field("filter", &self.filter)
+            .field("config", &Redacted(&self.config, SECRET_CONFIG_KEYS))
+            .field("credentials", &Redacted(&self.credentials, &[]))
+            .field("delivery_metadata", &self.delivery_metadata)
+            .field("metadata", &self.metadata)
+            .field("created_at", &self.created_at)
+            .field("updated_at", &self.updated_at)
+            .field("disabled_at", &self.disabled_at)
+            .finish()
+    }
 }
 
 impl Destination {
@@ -138,4 +177,38 @@ pub enum NextStep {
     Done,
     /// Try again as attempt `attempt` at `due_ms`.
     Retry { attempt: u32, due_ms: i64 },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn destination_debug_holds_no_credential_or_custom_header() {
+        let map = |pairs: &[(&str, &str)]| pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let d = Destination {
+            id: "des_1".into(),
+            tenant_id: "t1".into(),
+            kind: "webhook".into(),
+            topics: vec!["*".into()],
+            filter: None,
+            config: map(&[
+                ("url", "https://example.com/hook"),
+                ("custom_headers", r#"{"authorization":"Bearer S-header"}"#),
+            ]),
+            credentials: map(&[("secret", "S-signing"), ("password", "S-password")]),
+            delivery_metadata: None,
+            metadata: None,
+            created_at: 0,
+            updated_at: 0,
+            disabled_at: None,
+        };
+        for shown in [format!("{d:?}"), format!("{d:#?}"), format!("{:?}", vec![&d])] {
+            assert!(!shown.contains("S-"), "{shown}");
+            assert!(
+                shown.contains("https://example.com/hook") && shown.contains("\"secret\""),
+                "{shown}"
+            );
+        }
+    }
 }

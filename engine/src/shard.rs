@@ -332,12 +332,8 @@ async fn run(id: usize, rx: flume::Receiver<ShardMsg>, deps: ShardDeps, stats: A
     let shard = Rc::new(Shard {
         id,
         clients: ShardClients::new(
-            HttpClient::new(
-                deps.tls.clone(),
-                !cfg.allow_private_destinations,
-                cfg.webhook.max_response_body_bytes,
-            ),
-            !cfg.allow_private_destinations,
+            HttpClient::new(deps.tls.clone(), cfg.ssrf_guard(), cfg.webhook.max_response_body_bytes),
+            cfg.ssrf_guard(),
         ),
         deps,
         dests: RefCell::new(HashMap::new()),

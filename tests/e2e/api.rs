@@ -1,6 +1,8 @@
 //! API contract: auth, error shapes, validation, tenant isolation, CRUD and
 //! merge-patch semantics, pagination, configuration errors.
 
+use std::time::{Duration, Instant};
+
 use serde_json::{json, Value};
 
 use crate::common::*;
@@ -490,4 +492,47 @@ fn invalid_configuration_is_refused_naming_the_key() {
     let (code, err) = Server::run_once(&[("API_KEY", "k")]);
     assert_ne!(code, 0);
     assert!(err.contains("AES_ENCRYPTION_SECRET"), "{err}");
+}
+
+/// Dev mode (no configuration at all: generated secrets, the SSRF guard off,
+/// the key printed) is for one embedded node on a laptop: it refuses to start
+/// when a back end is configured, and it listens on 127.0.0.1 only.
+#[tokio::test]
+async fn dev_mode_refuses_back_ends_and_listens_on_loopback_only() {
+    for key in [
+        "REDIS_HOST",
+        "POSTGRES_URL",
+        "RABBITMQ_SERVER_URL",
+        "AWS_SQS_DELIVERY_QUEUE",
+    ] {
+        let (code, err) = Server::run_once(&[(key, "somewhere")]);
+        assert_ne!(code, 0, "{key}: {err}");
+        assert!(err.contains(key) && err.contains("API_JWT_SECRET"), "{key}: {err}");
+        assert!(!err.contains("dev_"), "no key was generated and printed: {err}");
+    }
+
+    let tmp = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_outrider"))
+        .current_dir(tmp.path())
+        .env_clear()
+        .env("API_PORT", port.to_string())
+        .env("LOG_LEVEL", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+        assert!(Instant::now() < deadline, "dev mode did not listen on 127.0.0.1:{port}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Bound to 0.0.0.0 it would answer on every loopback address too.
+    let other = tokio::net::TcpStream::connect(("127.0.0.2", port)).await;
+    let _ = child.kill();
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(other.is_err(), "dev mode answered on 127.0.0.2:{port}");
+    assert!(err.contains("embedded dev mode") && err.contains("127.0.0.1"), "{err}");
+    assert!(tmp.path().join("data/dev-credentials.env").exists());
 }

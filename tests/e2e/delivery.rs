@@ -401,6 +401,27 @@ async fn ssrf_guard_blocks_loopback_unless_allowed() {
     let err = a[0]["response_data"]["error"].as_str().unwrap();
     assert!(err.contains("127.0.0.1") && err.contains("loopback"), "{err}");
     assert_eq!(rx.count(), 0, "nothing reached the loopback receiver");
+
+    // The operator's allow list opens one internal network, and only it.
+    let s = Server::start(&[
+        ("OUTRIDER_ALLOW_PRIVATE_DESTINATIONS", "false"),
+        ("OUTRIDER_ALLOWED_PRIVATE_NETWORKS", "127.0.0.0/8, 10.1.0.0/16"),
+        ("RETRY_SCHEDULE", ""),
+    ])
+    .await;
+    let api = Api::admin(&s);
+    api.tenant("t1").await;
+    api.webhook("t1", &rx.url("/s"), json!({})).await;
+    api.publish(json!({"tenant_id": "t1", "topic": "x", "data": {}})).await;
+    rx.wait_for(1, WAIT).await;
+    let (code, err) = Server::run_once(&[
+        ("API_KEY", "k"),
+        ("API_JWT_SECRET", "j"),
+        ("AES_ENCRYPTION_SECRET", "a"),
+        ("OUTRIDER_ALLOWED_PRIVATE_NETWORKS", "10.0.0.0/33"),
+    ]);
+    assert_ne!(code, 0);
+    assert!(err.contains("OUTRIDER_ALLOWED_PRIVATE_NETWORKS"), "{err}");
 }
 
 #[tokio::test]

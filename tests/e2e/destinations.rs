@@ -1612,6 +1612,95 @@ async fn kafka_tls_scram_sha_512_and_refused_password() {
     );
 }
 
+/// With the SSRF guard on, the brokers a cluster advertises pass the guard
+/// too, not only the bootstrap list: the destination's owner controls the
+/// metadata. The allow list opens 127.0.0.1 only; a cluster advertising
+/// itself there is written to through the guard's hop, one advertising
+/// 127.0.0.2 is refused (`forbidden`, not retried) although its bootstrap
+/// address is allowed.
+#[tokio::test]
+async fn kafka_advertised_brokers_pass_the_ssrf_guard() {
+    let cluster = kafka_cluster().await;
+    let s = Server::start(&[
+        ("OUTRIDER_ALLOW_PRIVATE_DESTINATIONS", "false"),
+        ("OUTRIDER_ALLOWED_PRIVATE_NETWORKS", "127.0.0.1/32"),
+    ])
+    .await;
+    let api = Api::admin(&s);
+    api.tenant("t1").await;
+    let dest = |port: u16, topic: &str| {
+        json!({"type": "kafka", "topics": [topic],
+            "config": {"brokers": format!("127.0.0.1:{port}"), "topic": "orders", "tls": "false",
+                "sasl_mechanism": "scram-sha-256"},
+            "credentials": {"username": "alice", "password": "alice-secret"}})
+    };
+
+    let listen = free_port();
+    let broker = start_tansu(cluster.path(), listen, &format!("tcp://127.0.0.1:{listen}"), true).await;
+    let r = api.post("/tenants/t1/destinations", dest(listen, "a")).await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let allowed = r.body["id"].as_str().unwrap().to_string();
+    let r = api
+        .publish(json!({"id": "evt-allowed", "tenant_id": "t1", "topic": "a", "data": {"n": 1}}))
+        .await;
+    assert_eq!(r.status, 202, "{}", r.text);
+    let ok = api
+        .wait_attempts(&format!("destination_id={allowed}&include=response_data"), WAIT, |m| {
+            !m.is_empty()
+        })
+        .await;
+    assert_eq!(ok[0]["status"], "success", "{}", ok[0]);
+    let mut reader = kafka_reader(
+        &format!("127.0.0.1:{listen}"),
+        scram("alice", "alice-secret", false),
+        None,
+        false,
+    )
+    .await;
+    let deadline = Instant::now() + WAIT;
+    let got = loop {
+        if let Some(m) = reader.drain().await.into_iter().next() {
+            break m;
+        }
+        assert!(Instant::now() < deadline, "the record did not reach the broker");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(got.attrs.get("event-id").map(String::as_str), Some("evt-allowed"));
+    drop(broker);
+
+    // The same cluster, now advertising an address the guard refuses.
+    let listen = free_port();
+    let _broker = start_tansu(cluster.path(), listen, &format!("tcp://127.0.0.2:{listen}"), true).await;
+    let r = api.post("/tenants/t1/destinations", dest(listen, "b")).await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let refused = r.body["id"].as_str().unwrap().to_string();
+    let r = api
+        .publish(json!({"id": "evt-refused", "tenant_id": "t1", "topic": "b", "data": {"n": 2}}))
+        .await;
+    assert_eq!(r.status, 202, "{}", r.text);
+    let a = api
+        .wait_attempts(&format!("destination_id={refused}&include=response_data"), WAIT, |m| {
+            !m.is_empty()
+        })
+        .await;
+    assert_eq!(a[0]["status"], "failed", "{}", a[0]);
+    assert_eq!(a[0]["code"], "forbidden", "{}", a[0]);
+    let err = a[0]["response_data"]["error"].as_str().unwrap_or_default().to_string();
+    assert!(
+        err.contains(&format!("127.0.0.2:{listen}")) && err.contains("loopback"),
+        "{}",
+        a[0]
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let after = api.get(&format!("/attempts?destination_id={refused}")).await;
+    assert_eq!(
+        after.body["models"].as_array().unwrap().len(),
+        1,
+        "not retried: {}",
+        after.text
+    );
+}
+
 /// What the fake Service Bus took: the entity, body, application properties
 /// and message id of each message it accepted.
 type SbInbox = Arc<Mutex<Vec<(String, Vec<u8>, HashMap<String, String>, Option<String>)>>>;

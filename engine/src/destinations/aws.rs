@@ -147,7 +147,7 @@ impl AwsKey {
 
     /// The SDK configuration, once the host it will call (the endpoint, else
     /// `default_host`) passed the SSRF guard.
-    pub async fn sdk_config(&self, default_host: &str, guard: bool) -> Result<SdkConfig, PublishResult> {
+    pub async fn sdk_config(&self, default_host: &str, guard: &crate::ssrf::Guard) -> Result<SdkConfig, PublishResult> {
         let (host, port) = match &self.endpoint {
             Some(e) => clients::url_host_port(e)
                 .ok_or_else(|| PublishResult::failed("ERR", format!("invalid endpoint {e}")))?,

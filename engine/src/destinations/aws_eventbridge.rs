@@ -120,7 +120,7 @@ pub struct EventBridgePublisher {
     include_ms: bool,
 }
 
-async fn connect(key: &AwsKey, guard: bool) -> Result<Client, PublishResult> {
+async fn connect(key: &AwsKey, guard: &crate::ssrf::Guard) -> Result<Client, PublishResult> {
     let sdk = key
         .sdk_config(&format!("events.{}.amazonaws.com", key.region), guard)
         .await?;
@@ -192,7 +192,7 @@ impl Publisher for EventBridgePublisher {
                 .build();
             let client: Rc<Client> = match clients
                 .eventbridge
-                .get(&self.key, || connect(&self.key, clients.guard))
+                .get(&self.key, || connect(&self.key, &clients.guard))
                 .await
             {
                 Ok(c) => c,

@@ -123,7 +123,7 @@ pub struct KinesisPublisher {
     metadata_in_payload: bool,
 }
 
-async fn connect(key: &AwsKey, guard: bool) -> Result<Client, PublishResult> {
+async fn connect(key: &AwsKey, guard: &crate::ssrf::Guard) -> Result<Client, PublishResult> {
     let sdk = key
         .sdk_config(&format!("kinesis.{}.amazonaws.com", key.region), guard)
         .await?;
@@ -240,7 +240,7 @@ impl Publisher for KinesisPublisher {
             };
             let client: Rc<Client> = match clients
                 .kinesis
-                .get(&self.lane.0, || connect(&self.lane.0, clients.guard))
+                .get(&self.lane.0, || connect(&self.lane.0, &clients.guard))
                 .await
             {
                 Ok(c) => c,

@@ -166,7 +166,7 @@ fn time_fields(ms: i64) -> Value {
     })
 }
 
-async fn connect(key: &AwsKey, guard: bool) -> Result<Client, PublishResult> {
+async fn connect(key: &AwsKey, guard: &crate::ssrf::Guard) -> Result<Client, PublishResult> {
     let sdk = key
         .sdk_config(&format!("s3.{}.amazonaws.com", key.region), guard)
         .await?;
@@ -200,7 +200,7 @@ impl Publisher for S3Publisher {
                 Ok(k) => k,
                 Err(e) => return PublishResult::failed("ERR", format!("could not format event for delivery: {e}")),
             };
-            let client: Rc<Client> = match clients.s3.get(&self.key, || connect(&self.key, clients.guard)).await {
+            let client: Rc<Client> = match clients.s3.get(&self.key, || connect(&self.key, &clients.guard)).await {
                 Ok(c) => c,
                 Err(r) => return r,
             };

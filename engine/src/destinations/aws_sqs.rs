@@ -156,7 +156,7 @@ pub struct SqsPublisher {
     include_ms: bool,
 }
 
-async fn connect(key: &AwsKey, guard: bool) -> Result<Client, PublishResult> {
+async fn connect(key: &AwsKey, guard: &crate::ssrf::Guard) -> Result<Client, PublishResult> {
     let sdk = key
         .sdk_config(&format!("sqs.{}.amazonaws.com", key.region), guard)
         .await?;
@@ -257,7 +257,7 @@ impl Publisher for SqsPublisher {
             };
             let client: Rc<Client> = match clients
                 .sqs
-                .get(&self.lane.0, || connect(&self.lane.0, clients.guard))
+                .get(&self.lane.0, || connect(&self.lane.0, &clients.guard))
                 .await
             {
                 Ok(c) => c,

@@ -238,7 +238,7 @@ fn failed_text(code: &str, what: &str, e: impl std::fmt::Display) -> PublishResu
 
 async fn connect(
     key: &Key,
-    guard: bool,
+    guard: &crate::ssrf::Guard,
     tls: &Arc<rustls::ClientConfig>,
     timeout: Duration,
 ) -> Result<Link, PublishResult> {
@@ -402,7 +402,9 @@ impl Publisher for ServiceBusPublisher {
         Box::pin(async move {
             let link: Rc<Link> = match clients
                 .servicebus
-                .get(&self.key, || connect(&self.key, clients.guard, &self.tls, self.timeout))
+                .get(&self.key, || {
+                    connect(&self.key, &clients.guard, &self.tls, self.timeout)
+                })
                 .await
             {
                 Ok(l) => l,

@@ -25,7 +25,7 @@ const SWEEP_EVERY: Duration = Duration::from_secs(60);
 pub struct ShardClients {
     pub http: HttpClient,
     /// The SSRF guard: user-supplied endpoints must resolve to public addresses.
-    pub guard: bool,
+    pub guard: crate::ssrf::Guard,
     pub amqp: Pool<super::rabbitmq::Key, super::rabbitmq::Link>,
     pub redis: Pool<super::redis_stream::Key, redis::aio::MultiplexedConnection>,
     pub nats: Pool<super::nats::Key, async_nats::Client>,
@@ -47,7 +47,7 @@ pub struct ShardClients {
 }
 
 impl ShardClients {
-    pub fn new(http: HttpClient, guard: bool) -> Self {
+    pub fn new(http: HttpClient, guard: crate::ssrf::Guard) -> Self {
         Self {
             http,
             guard,
@@ -162,7 +162,7 @@ impl<K: Hash + Eq + Clone, V> Pool<K, V> {
 pub async fn checked_addr(
     host: &str,
     port: u16,
-    guard: bool,
+    guard: &crate::ssrf::Guard,
 ) -> Result<std::net::SocketAddr, crate::ssrf::ResolveError> {
     let addrs = crate::ssrf::resolve(host, port, guard).await?;
     // `resolve` never returns an empty list.
@@ -171,7 +171,11 @@ pub async fn checked_addr(
 
 /// [`checked_addr`] for a publisher: a refusal or a failed lookup is the
 /// attempt's outcome (`forbidden` is permanent, `dns_error` is retried).
-pub async fn checked_target(host: &str, port: u16, guard: bool) -> Result<std::net::SocketAddr, super::PublishResult> {
+pub async fn checked_target(
+    host: &str,
+    port: u16,
+    guard: &crate::ssrf::Guard,
+) -> Result<std::net::SocketAddr, super::PublishResult> {
     checked_addr(host, port, guard).await.map_err(|e| {
         let code = match e {
             crate::ssrf::ResolveError::Dns { .. } => "dns_error",

@@ -152,7 +152,7 @@ pub struct PubSubPublisher {
 /// on Google Cloud).
 pub type Client = PublisherClient<Channel>;
 
-async fn connect(key: &Key, guard: bool, timeout: Duration) -> Result<Client, PublishResult> {
+async fn connect(key: &Key, guard: &crate::ssrf::Guard, timeout: Duration) -> Result<Client, PublishResult> {
     let options = ConnectionOptions {
         connect_timeout: Some(timeout),
         ..Default::default()
@@ -256,7 +256,7 @@ impl Publisher for PubSubPublisher {
                     .collect();
             let client: Rc<Client> = match clients
                 .pubsub
-                .get(&self.lane.0, || connect(&self.lane.0, clients.guard, self.timeout))
+                .get(&self.lane.0, || connect(&self.lane.0, &clients.guard, self.timeout))
                 .await
             {
                 Ok(c) => c,

@@ -9,10 +9,11 @@
 //! Concurrent deliveries to one partition share a produce request (up to
 //! 1,000 records or 900 KiB, see [`super::batch`]).
 //!
-//! The SSRF guard checks every bootstrap broker before connecting (and a
-//! plaintext connection goes to the checked address); the brokers the cluster
-//! then advertises in its metadata are connected to as advertised, because
-//! the client library has no hook to check them.
+//! With the SSRF guard on, every broker connection (the bootstrap brokers and
+//! the ones the cluster advertises in its metadata, which the destination's
+//! owner controls) goes through a loopback SOCKS5 hop that resolves, checks
+//! and connects to the checked address ([`crate::ssrf::socks`]): the client
+//! library opens those connections itself and has no other hook.
 
 use std::collections::{BTreeMap, HashMap};
 use std::rc::Rc;
@@ -28,6 +29,8 @@ use serde_json::{json, Value};
 use super::fields::{self, Field, Schema};
 use super::template::{self, Template};
 use super::*;
+use crate::ssrf::socks::{self, GuardProxy};
+use crate::ssrf::Guard;
 
 const MECHANISMS: &[(&str, &str)] = &[
     ("PLAIN", "plain"),
@@ -87,6 +90,8 @@ pub struct Key {
 pub struct Link {
     client: Client,
     topics: tokio::sync::Mutex<HashMap<String, Rc<Vec<PartitionClient>>>>,
+    /// The guard's hop for this client's connections (guard on only).
+    proxy: Option<GuardProxy>,
 }
 
 /// `brokers` as `(host, port)` pairs; `None` when one is not `host:port`.
@@ -209,9 +214,18 @@ pub struct KafkaPublisher {
 
 /// Outpost's Kafka error codes, from the client's description of a failure
 /// (its errors nest transport, SASL and broker errors inside retry errors).
-fn classify(e: &rskafka::client::error::Error) -> PublishResult {
+fn classify(e: &rskafka::client::error::Error, proxy: Option<&GuardProxy>) -> PublishResult {
     use rskafka::client::error::{Error, ProtocolError};
     let text = e.to_string();
+    if text.contains(socks::REFUSAL_TEXT) {
+        let why = proxy
+            .and_then(GuardProxy::last_refusal)
+            .unwrap_or_else(|| "a broker address is not allowed".into());
+        return PublishResult::error(
+            "forbidden",
+            format!("the SSRF guard refused a broker connection: {why}"),
+        );
+    }
     if let Error::ServerError { protocol_error, .. } = e {
         return match protocol_error {
             ProtocolError::UnknownTopicOrPartition => PublishResult::failed("topic_not_found", text),
@@ -244,21 +258,31 @@ fn text_code(text: &str) -> PublishResult {
 
 async fn connect(
     key: &Key,
-    guard: bool,
+    guard: &Guard,
     tls: &Arc<rustls::ClientConfig>,
     timeout: Duration,
 ) -> Result<Link, PublishResult> {
     let mut bootstrap = Vec::with_capacity(key.brokers.len());
     for (host, port) in &key.brokers {
+        // Checked here too so a refused bootstrap broker fails at once with
+        // the guard's own message.
         let addr = clients::checked_target(host, *port, guard).await?;
-        // Plaintext goes to the checked address; TLS needs the name for the
-        // certificate check.
-        bootstrap.push(if key.tls {
+        // Without the hop, plaintext goes to the checked address; TLS needs
+        // the name for the certificate check, and the hop resolves names.
+        bootstrap.push(if key.tls || guard.is_on() {
             format!("{host}:{port}")
         } else {
             addr.to_string()
         });
     }
+    let proxy = if guard.is_on() {
+        let p = GuardProxy::start(guard.clone(), timeout)
+            .await
+            .map_err(|e| PublishResult::failed("kafka_error", format!("cannot start the SSRF guard's proxy: {e}")))?;
+        Some(p)
+    } else {
+        None
+    };
     let credentials = Credentials::new(key.username.clone(), key.password.clone());
     let sasl = match key.mechanism.as_str() {
         "scram-sha-256" => SaslConfig::ScramSha256(credentials),
@@ -280,10 +304,14 @@ async fn connect(
     if key.tls {
         builder = builder.tls_config(tls.clone());
     }
-    let client = builder.build().await.map_err(|e| classify(&e))?;
+    if let Some(p) = &proxy {
+        builder = builder.socks5_proxy(p.addr().to_string());
+    }
+    let client = builder.build().await.map_err(|e| classify(&e, proxy.as_ref()))?;
     Ok(Link {
         client,
         topics: tokio::sync::Mutex::new(HashMap::new()),
+        proxy,
     })
 }
 
@@ -356,7 +384,7 @@ impl Publisher for KafkaPublisher {
             let link: Rc<Link> = match clients
                 .kafka
                 .get(&self.lane.0, || {
-                    connect(&self.lane.0, clients.guard, &self.tls, self.timeout)
+                    connect(&self.lane.0, &clients.guard, &self.tls, self.timeout)
                 })
                 .await
             {
@@ -367,7 +395,7 @@ impl Publisher for KafkaPublisher {
                 Ok(p) => p,
                 Err(e) => {
                     clients.kafka.discard(&self.lane.0, &link);
-                    return classify(&e);
+                    return classify(&e, link.proxy.as_ref());
                 }
             };
             if partitions.is_empty() {
@@ -391,7 +419,7 @@ impl Publisher for KafkaPublisher {
                     Err(e) => {
                         // The next attempt starts from fresh metadata and connections.
                         clients.kafka.discard(&self.lane.0, &link);
-                        vec![classify(&e); n]
+                        vec![classify(&e, link.proxy.as_ref()); n]
                     }
                 }
             };

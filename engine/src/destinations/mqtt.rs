@@ -186,7 +186,7 @@ fn connection_failed(e: &ConnectionError) -> PublishResult {
 }
 
 /// Connects (waiting for the CONNACK), then leaves the event loop running on the shard.
-async fn open(key: &Key, guard: bool) -> Result<Link, PublishResult> {
+async fn open(key: &Key, guard: &crate::ssrf::Guard) -> Result<Link, PublishResult> {
     let addr = clients::checked_target(&key.host, key.port, guard).await?;
     // Plain TCP goes to the checked address; TLS needs the name for the certificate.
     let host = if key.tls {
@@ -278,7 +278,7 @@ impl Publisher for MqttPublisher {
             };
             let payload = Bytes::copy_from_slice(event.data.as_bytes());
             for fresh in [false, true] {
-                let link: Rc<Link> = match clients.mqtt.get(&self.key, || open(&self.key, clients.guard)).await {
+                let link: Rc<Link> = match clients.mqtt.get(&self.key, || open(&self.key, &clients.guard)).await {
                     Ok(l) => l,
                     Err(r) => return r,
                 };

@@ -165,7 +165,7 @@ fn connect_failed(e: &async_nats::ConnectError) -> PublishResult {
     }
 }
 
-async fn open(key: &Key, guard: bool, timeout: Duration) -> Result<async_nats::Client, PublishResult> {
+async fn open(key: &Key, guard: &crate::ssrf::Guard, timeout: Duration) -> Result<async_nats::Client, PublishResult> {
     let addr = clients::checked_target(&key.host, key.port, guard).await?;
     // Plain TCP goes to the checked address; TLS needs the name for the certificate.
     let url = if key.tls {
@@ -206,7 +206,7 @@ impl Publisher for NatsPublisher {
             let payload = Bytes::copy_from_slice(event.data.as_bytes());
             let mut client: Rc<async_nats::Client> = match clients
                 .nats
-                .get(&self.key, || open(&self.key, clients.guard, self.timeout))
+                .get(&self.key, || open(&self.key, &clients.guard, self.timeout))
                 .await
             {
                 Ok(c) => c,
@@ -216,7 +216,7 @@ impl Publisher for NatsPublisher {
                 clients.nats.discard(&self.key, &client);
                 client = match clients
                     .nats
-                    .get(&self.key, || open(&self.key, clients.guard, self.timeout))
+                    .get(&self.key, || open(&self.key, &clients.guard, self.timeout))
                     .await
                 {
                     Ok(c) => c,

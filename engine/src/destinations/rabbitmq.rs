@@ -214,7 +214,7 @@ fn io_code(e: &std::io::Error) -> &'static str {
     }
 }
 
-async fn open(key: &Key, guard: bool, timeout: Duration) -> Result<Link, PublishResult> {
+async fn open(key: &Key, guard: &crate::ssrf::Guard, timeout: Duration) -> Result<Link, PublishResult> {
     let addr = clients::checked_target(&key.host, key.port, guard).await?;
     // Plain AMQP connects to the checked address; TLS needs the name for the
     // certificate check.
@@ -295,7 +295,7 @@ impl Publisher for RabbitPublisher {
             for fresh in [false, true] {
                 let link: Rc<Link> = match clients
                     .amqp
-                    .get(&self.key, || open(&self.key, clients.guard, self.timeout))
+                    .get(&self.key, || open(&self.key, &clients.guard, self.timeout))
                     .await
                 {
                     Ok(l) => l,

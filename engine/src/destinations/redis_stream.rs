@@ -154,7 +154,11 @@ fn classify(e: &redis::RedisError) -> PublishResult {
     }
 }
 
-async fn open(key: &Key, guard: bool, timeout: std::time::Duration) -> Result<MultiplexedConnection, PublishResult> {
+async fn open(
+    key: &Key,
+    guard: &crate::ssrf::Guard,
+    timeout: std::time::Duration,
+) -> Result<MultiplexedConnection, PublishResult> {
     let addr = clients::checked_target(&key.host, key.port, guard).await?;
     // Plain TCP goes to the checked address; TLS needs the name for the certificate.
     let target = if key.tls {
@@ -215,7 +219,7 @@ impl Publisher for RedisStreamPublisher {
             for fresh in [false, true] {
                 let conn: Rc<MultiplexedConnection> = match clients
                     .redis
-                    .get(&self.key, || open(&self.key, clients.guard, self.timeout))
+                    .get(&self.key, || open(&self.key, &clients.guard, self.timeout))
                     .await
                 {
                     Ok(c) => c,

@@ -153,7 +153,7 @@ impl Engine {
         // own); clients that do not pick one explicitly use this default.
         let _ = rustls::crypto::ring::default_provider().install_default();
         let config = Arc::new(config);
-        let cipher = Cipher::new(&config.aes_encryption_secret);
+        let cipher = Cipher::new(config.aes_encryption_secret.expose());
         let embedded = Arc::new(EmbeddedStore::open(
             &config.data_dir,
             cipher,
@@ -164,7 +164,7 @@ impl Engine {
             None => (store.clone() as Arc<dyn LogStore>, None),
             Some(url) => {
                 // The URL may carry a password: errors name the key, not the value.
-                let pg = PostgresLogStore::connect(url, config.backend_connect_timeout)
+                let pg = PostgresLogStore::connect(url.expose(), config.backend_connect_timeout)
                     .await
                     .map_err(|e| EngineError::Startup(format!("POSTGRES_URL: {e}")))?;
                 let applied = pg
@@ -184,7 +184,7 @@ impl Engine {
                 RedisEntityStore::connect(
                     rc,
                     &config.deployment_id,
-                    Cipher::new(&config.aes_encryption_secret),
+                    Cipher::new(config.aes_encryption_secret.expose()),
                     config.backend_connect_timeout,
                 )
                 .await

@@ -139,7 +139,7 @@ struct Inner {
     idle: RefCell<HashMap<PoolKey, Vec<Conn>>>,
     connecting: RefCell<HashMap<PoolKey, Rc<tokio::sync::Semaphore>>>,
     tls: tokio_rustls::TlsConnector,
-    guard: bool,
+    guard: ssrf::Guard,
     max_body: usize,
 }
 
@@ -190,7 +190,7 @@ fn client_config(roots: rustls::RootCertStore) -> Arc<rustls::ClientConfig> {
 
 impl HttpClient {
     /// `guard`: apply the SSRF guard. `max_body`: 0 = unlimited.
-    pub fn new(tls: Arc<rustls::ClientConfig>, guard: bool, max_body: usize) -> Self {
+    pub fn new(tls: Arc<rustls::ClientConfig>, guard: ssrf::Guard, max_body: usize) -> Self {
         Self {
             inner: Rc::new(Inner {
                 idle: RefCell::new(HashMap::new()),
@@ -268,7 +268,7 @@ impl HttpClient {
     }
 
     async fn connect(&self, target: &Target) -> Result<Conn, SendError> {
-        let addrs = ssrf::resolve(&target.host, target.port, self.inner.guard)
+        let addrs = ssrf::resolve(&target.host, target.port, &self.inner.guard)
             .await
             .map_err(|e| match e {
                 ResolveError::Dns { .. } => SendError::new("dns_error", e.to_string()),
@@ -485,7 +485,7 @@ mod tests {
                         tokio::task::spawn_local(serve_conn(tcp, s2.clone(), replies));
                     }
                 });
-                let client = HttpClient::new(tls_config(), false, 1024);
+                let client = HttpClient::new(tls_config(), ssrf::Guard::off(), 1024);
                 let target = Target::parse(&format!("http://127.0.0.1:{port}/hook?a=1")).unwrap();
                 for _ in 0..2 {
                     let r = client.post(&target, &headers(), b"{\"a\":1}").await.unwrap();
@@ -517,7 +517,7 @@ mod tests {
         let local = tokio::task::LocalSet::new();
         local
             .run_until(async {
-                let client = HttpClient::new(tls_config(), false, 4);
+                let client = HttpClient::new(tls_config(), ssrf::Guard::off(), 4);
                 let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
                 let port = closed.local_addr().unwrap().port();
                 drop(closed);
@@ -630,7 +630,7 @@ mod tests {
                     )
                     .await;
                 });
-                let client = HttpClient::new(Arc::new(client_cfg), false, 1024);
+                let client = HttpClient::new(Arc::new(client_cfg), ssrf::Guard::off(), 1024);
                 let t = Target::parse(&format!("https://localhost:{port}/tls")).unwrap();
                 let r = client.post(&t, &headers(), b"{\"secure\":true}").await.unwrap();
                 assert_eq!((r.status, &r.body[..]), (200, &b"ok"[..]));

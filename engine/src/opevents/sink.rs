@@ -164,7 +164,7 @@ impl Sink for SqsSink {
                         let made = crate::queue::sqs::client(
                             &self.region,
                             self.endpoint.as_deref(),
-                            self.credentials.as_ref(),
+                            self.credentials.as_ref().map(|(k, s)| (k.as_str(), s.as_str())),
                         )
                         .await;
                         *c = Some(made.clone());

@@ -11,6 +11,8 @@ use std::time::Duration;
 
 use gcloud_googleapis::pubsub::v1::PubsubMessage;
 use gcloud_pubsub::client::{Client, ClientConfig};
+
+use crate::secret::Secret;
 use gcloud_pubsub::subscription::{Subscription, SubscriptionConfig};
 use gcloud_pubsub::topic::Topic;
 
@@ -22,7 +24,7 @@ use super::{
 pub struct PubSubConfig {
     pub project: String,
     /// A service-account key (JSON); `None` = Application Default Credentials.
-    pub credentials: Option<String>,
+    pub credentials: Option<crate::secret::Secret>,
     pub topic: String,
     pub subscription: String,
     pub auto_provision: bool,
@@ -85,9 +87,10 @@ impl PubSubQueue {
         let mut wait = Duration::from_millis(200);
         loop {
             let attempt = async {
-                let client = Client::new(Self::client_config(&cfg.project, cfg.credentials.as_deref()).await?)
-                    .await
-                    .map_err(|e| e.to_string())?;
+                let client =
+                    Client::new(Self::client_config(&cfg.project, cfg.credentials.as_ref().map(Secret::expose)).await?)
+                        .await
+                        .map_err(|e| e.to_string())?;
                 let topic = client.topic(&cfg.topic);
                 let subscription = client.subscription(&cfg.subscription);
                 if !topic.exists(None).await.map_err(|e| e.to_string())? {

@@ -20,7 +20,8 @@ use super::{encode_all, BoxFuture, ByteHandler, DeliveryBus, MessageSource, Task
 
 #[derive(Debug, Clone)]
 pub struct RabbitConfig {
-    pub url: String,
+    /// May carry a password.
+    pub url: Secret,
     pub exchange: String,
     pub delivery_queue: String,
     /// Declare the exchange and queue (else only check that they exist).
@@ -28,6 +29,7 @@ pub struct RabbitConfig {
 }
 
 pub use super::QueueError;
+use crate::secret::Secret;
 
 fn broker(e: lapin::Error) -> QueueError {
     QueueError::Broker {
@@ -66,33 +68,26 @@ impl std::fmt::Debug for RabbitQueue {
     }
 }
 
-/// The URL without its password, for messages.
-fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => format!("{}://***@{}", &url[..s], &url[at + 1..]),
-        _ => url.to_string(),
-    }
-}
-
 impl RabbitQueue {
     /// One connection attempt: a connection and a confirm-mode channel.
     async fn open(cfg: &RabbitConfig) -> Result<Link, QueueError> {
         let props = ConnectionProperties::default()
             .with_executor(tokio_executor_trait::Tokio::current())
             .with_reactor(tokio_reactor_trait::Tokio::current());
-        let conn = match tokio::time::timeout(Duration::from_secs(3), Connection::connect(&cfg.url, props)).await {
-            Ok(Ok(c)) => c,
-            other => {
-                let why = match other {
-                    Ok(Err(e)) => e.to_string(),
-                    _ => "timed out".into(),
-                };
-                return Err(QueueError::Unreachable {
-                    what: "RabbitMQ",
-                    message: format!("{}: {why}", redact(&cfg.url)),
-                });
-            }
-        };
+        let conn =
+            match tokio::time::timeout(Duration::from_secs(3), Connection::connect(cfg.url.expose(), props)).await {
+                Ok(Ok(c)) => c,
+                other => {
+                    let why = match other {
+                        Ok(Err(e)) => e.to_string(),
+                        _ => "timed out".into(),
+                    };
+                    return Err(QueueError::Unreachable {
+                        what: "RabbitMQ",
+                        message: format!("{}: {why}", cfg.url.redacted_url()),
+                    });
+                }
+            };
         let publisher = conn.create_channel().await.map_err(broker)?;
         publisher
             .confirm_select(ConfirmSelectOptions::default())
@@ -377,7 +372,7 @@ mod tests {
     /// A new, uniquely named queue (with its dead-letter queue).
     async fn fresh_queue() -> RabbitQueue {
         let cfg = RabbitConfig {
-            url: url(),
+            url: url().into(),
             exchange: "outrider-test".into(),
             delivery_queue: format!("outrider-test-{}", crate::ids::random_hex(4)),
             auto_provision: true,

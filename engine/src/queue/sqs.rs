@@ -25,7 +25,7 @@ pub struct SqsConfig {
     pub region: String,
     pub endpoint: Option<String>,
     /// Static keys; `None` uses the default AWS credential chain.
-    pub credentials: Option<(String, String)>,
+    pub credentials: Option<(String, crate::secret::Secret)>,
     pub delivery_queue: String,
     pub auto_provision: bool,
 }
@@ -66,7 +66,7 @@ fn describe(e: &(dyn std::error::Error + 'static)) -> String {
 }
 
 /// An SQS client for a region, an optional endpoint (moto) and optional static keys.
-pub(crate) async fn client(region: &str, endpoint: Option<&str>, credentials: Option<&(String, String)>) -> Client {
+pub(crate) async fn client(region: &str, endpoint: Option<&str>, credentials: Option<(&str, &str)>) -> Client {
     let mut loader =
         aws_config::defaults(aws_config::BehaviorVersion::latest()).region(Region::new(region.to_string()));
     if let Some(ep) = endpoint {
@@ -85,7 +85,12 @@ pub(crate) fn describe_error(e: &(dyn std::error::Error + 'static)) -> String {
 
 impl SqsQueue {
     pub async fn connect(cfg: SqsConfig, patience: Duration) -> Result<Self, QueueError> {
-        let client = client(&cfg.region, cfg.endpoint.as_deref(), cfg.credentials.as_ref()).await;
+        let client = client(
+            &cfg.region,
+            cfg.endpoint.as_deref(),
+            cfg.credentials.as_ref().map(|(k, s)| (k.as_str(), s.expose())),
+        )
+        .await;
         let deadline = tokio::time::Instant::now() + patience;
         let mut wait = Duration::from_millis(100);
         let dlq_name = format!("{}-dlq", cfg.delivery_queue);

@@ -1,0 +1,306 @@
+//! A loopback SOCKS5 hop that puts the guard in front of connections a client
+//! library opens on its own. A Kafka client connects to whatever brokers the
+//! cluster advertises in its metadata, addresses the destination's owner
+//! controls and we never see; pointing the library at this hop (`CONNECT`
+//! only, no authentication) makes each of those connections resolve, check
+//! and connect to the checked address here, as every other endpoint does.
+//!
+//! It listens on 127.0.0.1 and reaches only what the guard allows, so a
+//! local process that finds it gains nothing it could not do directly.
+
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use super::{resolve, Guard, ResolveError};
+
+/// SOCKS5 reply codes (RFC 1928 §6).
+const SUCCEEDED: u8 = 0;
+const GENERAL_FAILURE: u8 = 1;
+const NOT_ALLOWED: u8 = 2;
+const HOST_UNREACHABLE: u8 = 4;
+const CONNECTION_REFUSED: u8 = 5;
+const COMMAND_NOT_SUPPORTED: u8 = 7;
+const ADDRESS_TYPE_NOT_SUPPORTED: u8 = 8;
+
+/// The text a client library shows for a [`NOT_ALLOWED`] reply
+/// (`async-socks5`'s name for it), so a caller can tell a refusal by the
+/// guard from a broker that is down.
+pub const REFUSAL_TEXT: &str = "ConnectionNotAllowedByRules";
+
+/// A running hop; it stops when dropped.
+pub struct GuardProxy {
+    addr: SocketAddr,
+    refused: Arc<Mutex<Option<String>>>,
+    task: tokio::task::AbortHandle,
+}
+
+impl Drop for GuardProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl GuardProxy {
+    /// Binds an ephemeral port on 127.0.0.1 and serves on the current
+    /// runtime. `timeout` bounds each handshake, lookup and connect.
+    pub async fn start(guard: Guard, timeout: Duration) -> io::Result<Self> {
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
+        let addr = listener.local_addr()?;
+        let refused = Arc::new(Mutex::new(None));
+        let task = tokio::spawn(serve(listener, guard, timeout, refused.clone())).abort_handle();
+        Ok(Self { addr, refused, task })
+    }
+
+    /// Where the client library should send its SOCKS5 requests.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The guard's message for the last connection it refused.
+    pub fn last_refusal(&self) -> Option<String> {
+        self.refused.lock().ok().and_then(|r| r.clone())
+    }
+}
+
+async fn serve(listener: TcpListener, guard: Guard, timeout: Duration, refused: Arc<Mutex<Option<String>>>) {
+    loop {
+        let client = match listener.accept().await {
+            Ok((client, _)) => client,
+            Err(e) => {
+                // Out of descriptors, typically: wait rather than spin.
+                tracing::warn!(error = %e, "ssrf proxy: accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let (guard, refused) = (guard.clone(), refused.clone());
+        tokio::spawn(async move {
+            if let Err(e) = relay(client, &guard, timeout, &refused).await {
+                tracing::debug!(error = %e, "ssrf proxy: connection ended");
+            }
+        });
+    }
+}
+
+async fn relay(
+    mut client: TcpStream,
+    guard: &Guard,
+    timeout: Duration,
+    refused: &Mutex<Option<String>>,
+) -> io::Result<()> {
+    let upstream = tokio::time::timeout(timeout, handshake(&mut client, guard, refused))
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "SOCKS5 handshake timed out"))??;
+    let Some(mut upstream) = upstream else {
+        return Ok(());
+    };
+    let _ = client.set_nodelay(true);
+    let _ = upstream.set_nodelay(true);
+    tokio::io::copy_bidirectional(&mut client, &mut upstream).await?;
+    Ok(())
+}
+
+/// Reads one `CONNECT` request, applies the guard and answers. `None` when
+/// the request was refused (the reply says why) or was not SOCKS5.
+async fn handshake(
+    client: &mut TcpStream,
+    guard: &Guard,
+    refused: &Mutex<Option<String>>,
+) -> io::Result<Option<TcpStream>> {
+    let mut head = [0u8; 2];
+    client.read_exact(&mut head).await?;
+    if head[0] != 5 {
+        return Ok(None);
+    }
+    let mut methods = vec![0u8; head[1] as usize];
+    client.read_exact(&mut methods).await?;
+    if !methods.contains(&0) {
+        client.write_all(&[5, 0xff]).await?;
+        return Ok(None);
+    }
+    client.write_all(&[5, 0]).await?;
+
+    let mut req = [0u8; 4];
+    client.read_exact(&mut req).await?;
+    if req[0] != 5 {
+        return Ok(None);
+    }
+    if req[1] != 1 {
+        reply(client, COMMAND_NOT_SUPPORTED).await?;
+        return Ok(None);
+    }
+    let host = match req[3] {
+        1 => {
+            let mut a = [0u8; 4];
+            client.read_exact(&mut a).await?;
+            IpAddr::V4(Ipv4Addr::from(a)).to_string()
+        }
+        4 => {
+            let mut a = [0u8; 16];
+            client.read_exact(&mut a).await?;
+            IpAddr::V6(Ipv6Addr::from(a)).to_string()
+        }
+        3 => {
+            let len = client.read_u8().await? as usize;
+            let mut name = vec![0u8; len];
+            client.read_exact(&mut name).await?;
+            match String::from_utf8(name) {
+                Ok(n) => n,
+                Err(_) => {
+                    reply(client, ADDRESS_TYPE_NOT_SUPPORTED).await?;
+                    return Ok(None);
+                }
+            }
+        }
+        _ => {
+            reply(client, ADDRESS_TYPE_NOT_SUPPORTED).await?;
+            return Ok(None);
+        }
+    };
+    let port = client.read_u16().await?;
+
+    let addrs = match resolve(&host, port, guard).await {
+        Ok(a) => a,
+        Err(e) => {
+            let code = match e {
+                ResolveError::Forbidden { .. } => {
+                    tracing::warn!(%host, port, error = %e, "ssrf proxy: refused a connection the client library asked for");
+                    if let Ok(mut r) = refused.lock() {
+                        *r = Some(format!("{host}:{port}: {e}"));
+                    }
+                    NOT_ALLOWED
+                }
+                ResolveError::Dns { .. } => HOST_UNREACHABLE,
+            };
+            reply(client, code).await?;
+            return Ok(None);
+        }
+    };
+    // `resolve` never returns an empty list.
+    match TcpStream::connect(addrs[0]).await {
+        Ok(upstream) => {
+            reply(client, SUCCEEDED).await?;
+            Ok(Some(upstream))
+        }
+        Err(e) => {
+            let code = if e.kind() == io::ErrorKind::ConnectionRefused {
+                CONNECTION_REFUSED
+            } else {
+                GENERAL_FAILURE
+            };
+            reply(client, code).await?;
+            Ok(None)
+        }
+    }
+}
+
+/// A reply with an unspecified bound address (clients do not use it).
+async fn reply(client: &mut TcpStream, code: u8) -> io::Result<()> {
+    client.write_all(&[5, code, 0, 1, 0, 0, 0, 0, 0, 0]).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use async_socks5::{connect, Error, UnsuccessfulReply};
+
+    async fn echo() -> SocketAddr {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = l.accept().await {
+                tokio::spawn(async move {
+                    let (mut r, mut w) = s.split();
+                    let _ = tokio::io::copy(&mut r, &mut w).await;
+                });
+            }
+        });
+        addr
+    }
+
+    async fn through(proxy: &GuardProxy, host: &str, port: u16) -> Result<TcpStream, Error> {
+        let mut s = TcpStream::connect(proxy.addr()).await.unwrap();
+        connect(&mut s, (host, port), None).await.map(|_| s)
+    }
+
+    #[tokio::test]
+    async fn an_allowed_target_is_relayed() {
+        let target = echo().await;
+        let proxy = GuardProxy::start(Guard::on(vec!["127.0.0.1/32".parse().unwrap()]), Duration::from_secs(5))
+            .await
+            .unwrap();
+        for host in ["127.0.0.1", "localhost"] {
+            let Ok(mut s) = through(&proxy, host, target.port()).await else {
+                // `localhost` may also resolve to ::1, which the list does not
+                // open: refused as a whole, as `resolve` promises.
+                assert_eq!(host, "localhost");
+                continue;
+            };
+            s.write_all(b"ping").await.unwrap();
+            let mut buf = [0u8; 4];
+            s.read_exact(&mut buf).await.unwrap();
+            assert_eq!(&buf, b"ping");
+        }
+        assert_eq!(proxy.last_refusal(), None);
+    }
+
+    #[tokio::test]
+    async fn an_internal_target_is_refused_with_the_reason() {
+        let target = echo().await;
+        let proxy = GuardProxy::start(Guard::on(vec![]), Duration::from_secs(5))
+            .await
+            .unwrap();
+        for host in ["127.0.0.1", "localhost", "::ffff:169.254.169.254"] {
+            let e = through(&proxy, host, target.port()).await.err().expect("refused");
+            assert!(
+                matches!(e, Error::Response(UnsuccessfulReply::ConnectionNotAllowedByRules)),
+                "{host}: {e:?}"
+            );
+            assert!(e.to_string().contains(REFUSAL_TEXT), "{e}");
+            let why = proxy.last_refusal().unwrap();
+            assert!(
+                why.starts_with(&format!("{host}:{}: destination address", target.port())),
+                "{why}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_closed_port_and_an_unknown_name_are_not_refusals() {
+        let closed = TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let proxy = GuardProxy::start(Guard::off(), Duration::from_secs(5)).await.unwrap();
+        let e = through(&proxy, "127.0.0.1", closed).await.err().expect("refused");
+        assert!(
+            matches!(e, Error::Response(UnsuccessfulReply::ConnectionRefused)),
+            "{e:?}"
+        );
+        let e = through(&proxy, "no-such-host.invalid", 9092)
+            .await
+            .err()
+            .expect("unknown");
+        assert!(
+            matches!(e, Error::Response(UnsuccessfulReply::HostUnreachable)),
+            "{e:?}"
+        );
+        assert_eq!(proxy.last_refusal(), None);
+    }
+
+    #[tokio::test]
+    async fn dropping_the_proxy_stops_it() {
+        let proxy = GuardProxy::start(Guard::off(), Duration::from_secs(5)).await.unwrap();
+        let addr = proxy.addr();
+        drop(proxy);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(TcpStream::connect(addr).await.is_err());
+    }
+}
