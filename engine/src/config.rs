@@ -612,6 +612,46 @@ impl Sources {
 /// Header names that neither configuration nor custom headers may set.
 pub const RESERVED_HEADERS: &[&str] = &["content-type", "content-length", "host", "connection", "user-agent"];
 
+/// Names that frame or route a request, or that a signature check trusts:
+/// no custom header or event metadata may become one of these, in either
+/// webhook mode (Outpost's list above, plus these).
+pub const PROTECTED_HEADERS: &[&str] = &[
+    "transfer-encoding",
+    "te",
+    "trailer",
+    "upgrade",
+    "keep-alive",
+    "expect",
+    "proxy-authorization",
+    "proxy-connection",
+    "x-outpost-signature",
+    "webhook-id",
+    "webhook-timestamp",
+    "webhook-signature",
+];
+
+impl WebhookConfig {
+    /// Whether a header called `name` would replace one the request needs
+    /// (framing, content type) or one this deployment's signature scheme
+    /// sets (its signature, and in standard mode the signed id and
+    /// timestamp), whatever the header names are configured to.
+    pub fn is_protected_header(&self, name: &str) -> bool {
+        let n = name.to_ascii_lowercase();
+        if RESERVED_HEADERS.contains(&n.as_str()) || PROTECTED_HEADERS.contains(&n.as_str()) {
+            return true;
+        }
+        let prefixed = |key: &str| n.strip_prefix(self.header_prefix.as_str()) == Some(key);
+        match self.mode {
+            WebhookMode::Standard => prefixed("id") || prefixed("timestamp") || prefixed("signature"),
+            WebhookMode::Default => match &self.signature_header {
+                HeaderName::Named(custom) => custom.eq_ignore_ascii_case(&n),
+                HeaderName::Default => prefixed("signature"),
+                HeaderName::Disabled => false,
+            },
+        }
+    }
+}
+
 /// `^[a-zA-Z0-9][a-zA-Z0-9_-]*$`
 pub fn valid_header_token(s: &str) -> bool {
     let mut chars = s.chars();

@@ -1,4 +1,5 @@
-//! Identifier generation (events, destinations, attempts) and random secrets.
+//! Identifier generation (events, destinations, attempts), the rules a
+//! caller-chosen id must follow, and random secrets.
 
 use rand::Rng;
 
@@ -67,6 +68,24 @@ fn uuid_v7() -> String {
     uuid::Uuid::from_bytes(b).to_string()
 }
 
+/// The longest id a caller may choose (tenant, event, destination), in bytes.
+pub const MAX_ID_LEN: usize = 255;
+
+/// Why a caller-chosen id cannot be stored, as a validation message naming
+/// `field`; `None` when it can. Ids travel into headers, queue attributes,
+/// object keys and PostgreSQL TEXT columns (which refuse NUL): control
+/// characters and unbounded lengths would break one of them far from the
+/// request that sent them.
+pub fn id_problem(field: &str, id: &str) -> Option<String> {
+    if id.len() > MAX_ID_LEN {
+        Some(format!("{field} must be at most {MAX_ID_LEN} bytes"))
+    } else if id.chars().any(char::is_control) {
+        Some(format!("{field} must not contain control characters"))
+    } else {
+        None
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -82,5 +101,22 @@ mod tests {
         let n = IdGenerator::new(IdGen::Nanoid).generate("");
         assert_eq!(n.len(), 26);
         assert!(n.chars().all(|c| c.is_ascii_alphanumeric()));
+    }
+
+    #[test]
+    fn chosen_ids_are_bounded_and_printable() {
+        assert_eq!(id_problem("id", "evt_1.a-b:c/d é"), None);
+        assert_eq!(id_problem("id", &"x".repeat(MAX_ID_LEN)), None);
+        assert_eq!(
+            id_problem("id", &"x".repeat(MAX_ID_LEN + 1)).as_deref(),
+            Some("id must be at most 255 bytes")
+        );
+        for bad in ["a\u{0}b", "a\nb", "\u{7f}", "a\u{85}"] {
+            assert_eq!(
+                id_problem("tenant_id", bad).as_deref(),
+                Some("tenant_id must not contain control characters"),
+                "{bad:?}"
+            );
+        }
     }
 }

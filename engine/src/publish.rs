@@ -38,6 +38,23 @@ struct PublishBody<'a> {
     data: Option<&'a RawValue>,
 }
 
+/// Metadata becomes headers and attributes: a key may not take over a header
+/// the request or its signature needs, and nothing may hold NUL (PostgreSQL
+/// refuses it in JSONB, which would stall log shipping).
+fn metadata_problems(meta: &StringMap, w: &crate::config::WebhookConfig) -> Vec<String> {
+    let mut out = Vec::new();
+    for (k, v) in meta.iter() {
+        if k.chars().any(char::is_control) || v.contains('\0') {
+            out.push(format!(
+                "metadata.{k} must not contain control characters (keys) or NUL (values)"
+            ));
+        } else if w.is_protected_header(k) || w.is_protected_header(&format!("{}{k}", w.header_prefix)) {
+            out.push(format!("metadata.{k} is forbidden"));
+        }
+    }
+    out
+}
+
 /// Turns a publish document into an event (id generated when absent).
 pub fn parse(body: &[u8], cfg: &Config, ids: &IdGenerator) -> Result<Event, PublishInputError> {
     if body.iter().all(u8::is_ascii_whitespace) {
@@ -54,6 +71,16 @@ pub fn parse(body: &[u8], cfg: &Config, ids: &IdGenerator) -> Result<Event, Publ
         Some(d) if d.get() == "null" => missing.push("data is required".into()),
         Some(d) if !d.get().starts_with('{') => missing.push("data must be a valid JSON object".into()),
         _ => {}
+    }
+    for (field, id) in [
+        ("id", b.id.as_deref()),
+        ("tenant_id", tenant_id.as_deref()),
+        ("destination_id", b.destination_id.as_deref()),
+    ] {
+        missing.extend(id.and_then(|id| crate::ids::id_problem(field, id)));
+    }
+    if let Some(meta) = &b.metadata {
+        missing.extend(metadata_problems(meta, &cfg.webhook));
     }
     if !missing.is_empty() {
         return Err(PublishInputError::Invalid(missing));

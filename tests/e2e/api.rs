@@ -536,3 +536,77 @@ async fn dev_mode_refuses_back_ends_and_listens_on_loopback_only() {
     assert!(err.contains("embedded dev mode") && err.contains("127.0.0.1"), "{err}");
     assert!(tmp.path().join("data/dev-credentials.env").exists());
 }
+
+/// Caller-chosen ids are bounded and printable, and event metadata cannot
+/// become a header the request or its signature needs: each is a 422 naming
+/// the field, before anything is stored.
+#[tokio::test]
+async fn ids_and_metadata_that_would_break_delivery_are_refused() {
+    let s = Server::start(&[("DESTINATIONS_WEBHOOK_MODE", "standard")]).await;
+    let api = Api::admin(&s);
+    api.tenant("t1").await;
+    let long = "x".repeat(256);
+    for (body, want) in [
+        (
+            json!({"id": "a\u{0}b", "tenant_id": "t1", "topic": "a", "data": {}}),
+            "id must not contain control characters",
+        ),
+        (
+            json!({"id": long, "tenant_id": "t1", "topic": "a", "data": {}}),
+            "id must be at most 255 bytes",
+        ),
+        (
+            json!({"tenant_id": "t\n1", "topic": "a", "data": {}}),
+            "tenant_id must not contain control characters",
+        ),
+        (
+            json!({"tenant_id": "t1", "topic": "a", "data": {}, "metadata": {"Content-Type": "text/html"}}),
+            "metadata.Content-Type is forbidden",
+        ),
+        (
+            json!({"tenant_id": "t1", "topic": "a", "data": {}, "metadata": {"webhook-signature": "v1,forged"}}),
+            "metadata.webhook-signature is forbidden",
+        ),
+        // Standard mode prefixes metadata too: `signature` would become `webhook-signature`.
+        (
+            json!({"tenant_id": "t1", "topic": "a", "data": {}, "metadata": {"signature": "v1,forged"}}),
+            "metadata.signature is forbidden",
+        ),
+        (
+            json!({"tenant_id": "t1", "topic": "a", "data": {}, "metadata": {"k": "a\u{0}"}}),
+            "metadata.k must not contain control characters (keys) or NUL (values)",
+        ),
+    ] {
+        let r = api.publish(body.clone()).await;
+        assert_eq!(r.status, 422, "{body}: {}", r.text);
+        assert_eq!(r.body["data"], json!([want]), "{body}: {}", r.text);
+    }
+    let r = api
+        .publish(json!({"tenant_id": "t1", "topic": "a", "data": {}, "metadata": {"source": "crm"}}))
+        .await;
+    assert_eq!(r.status, 202, "{}", r.text);
+
+    let r = api.call("PUT", "/tenants/t%01x", None).await;
+    assert_eq!(r.status, 422, "{}", r.text);
+    assert_eq!(r.body["data"], json!(["tenant_id must not contain control characters"]));
+    let r = api
+        .post(
+            "/tenants/t1/destinations",
+            json!({"id": "d".repeat(300), "type": "webhook", "topics": "*", "config": {"url": "https://example.com"}}),
+        )
+        .await;
+    assert_eq!(r.status, 422, "{}", r.text);
+    assert_eq!(r.body["data"], json!(["id must be at most 255 bytes"]));
+    let r = api
+        .post(
+            "/tenants/t1/destinations",
+            json!({"type": "webhook", "topics": "*", "config": {"url": "https://example.com",
+                "custom_headers": "{\"webhook-signature\":\"v1,x\"}"}}),
+        )
+        .await;
+    assert_eq!(r.status, 422, "{}", r.text);
+    assert_eq!(
+        r.body["data"],
+        json!(["config.custom_headers.webhook-signature is forbidden"])
+    );
+}

@@ -194,6 +194,9 @@ pub async fn create(
         Some(_) => return Err(ApiError::invalid_json()),
     }
     .unwrap_or_else(|| s.engine.ids.generate(&s.engine.config.destination_id_prefix));
+    if let Some(problem) = outrider_engine::ids::id_problem("id", &id) {
+        return Err(ApiError::Validation(vec![problem]));
+    }
     let created_at = past_time(body.get("created_at"), "created_at", now)?.unwrap_or(now);
     let updated_at = past_time(body.get("updated_at"), "updated_at", now)?.unwrap_or(created_at);
     let mut dest = Destination {

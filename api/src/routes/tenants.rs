@@ -34,6 +34,9 @@ pub async fn upsert(
     if tenant_id.trim().is_empty() {
         return Err(ApiError::Validation(vec!["tenant_id is required".into()]));
     }
+    if let Some(problem) = outrider_engine::ids::id_problem("tenant_id", &tenant_id) {
+        return Err(ApiError::Validation(vec![problem]));
+    }
     let metadata = if body.iter().all(u8::is_ascii_whitespace) {
         None
     } else {

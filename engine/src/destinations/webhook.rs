@@ -10,7 +10,7 @@ use http::HeaderValue;
 use serde_json::{json, Value};
 
 use super::*;
-use crate::config::{HeaderName as HeaderSetting, WebhookMode, RESERVED_HEADERS};
+use crate::config::{HeaderName as HeaderSetting, WebhookMode, PROTECTED_HEADERS, RESERVED_HEADERS};
 use crate::http_client::{Headers, SendError, Target};
 use crate::signing;
 
@@ -49,7 +49,9 @@ pub fn parse_custom_headers(raw: &str) -> Result<Vec<(String, String)>, Violatio
         };
         if !crate::config::valid_header_token(&k) {
             errs.push(format!("config.custom_headers.{k} failed pattern validation"));
-        } else if RESERVED_HEADERS.contains(&k.to_ascii_lowercase().as_str()) {
+        } else if RESERVED_HEADERS.contains(&k.to_ascii_lowercase().as_str())
+            || PROTECTED_HEADERS.contains(&k.to_ascii_lowercase().as_str())
+        {
             errs.push(format!("config.custom_headers.{k} is forbidden"));
         } else if v.is_empty() {
             errs.push(format!("config.custom_headers.{k} is required"));
@@ -394,6 +396,16 @@ impl WebhookPublisher {
                 }
             }
             WebhookMode::Standard => {
+                // Metadata first, so the signed headers below win even over a
+                // name publish validation did not know about.
+                for (k, v) in meta {
+                    if k != "event-id" && k != "timestamp" {
+                        h.insert(format!("{prefix}{k}"), v);
+                    }
+                }
+                for (k, v) in &event.metadata {
+                    h.insert(k.as_str(), v.as_str());
+                }
                 let secs = now_ms.div_euclid(1000);
                 h.insert(format!("{prefix}id"), event.id.as_str());
                 h.insert(format!("{prefix}timestamp"), secs.to_string());
@@ -410,14 +422,6 @@ impl WebhookPublisher {
                         format!("{prefix}signature"),
                         signing::standard_header_value(&refs, &event.id, secs, &event.data),
                     );
-                }
-                for (k, v) in meta {
-                    if k != "event-id" && k != "timestamp" {
-                        h.insert(format!("{prefix}{k}"), v);
-                    }
-                }
-                for (k, v) in &event.metadata {
-                    h.insert(k.as_str(), v.as_str());
                 }
             }
         }
@@ -665,6 +669,55 @@ mod tests {
         assert_eq!(
             h.get("webhook-signature").unwrap(),
             signing::standard_header_value(&[&key], "evt_1", 1_700_000_000, "{\"a\":1}")
+        );
+        // Metadata that slipped past publish validation (an event stored
+        // before it existed) still cannot replace the signed headers.
+        let mut ev = event();
+        for k in [
+            "webhook-signature",
+            "webhook-id",
+            "webhook-timestamp",
+            "signature",
+            "id",
+        ] {
+            ev.metadata.insert(k.into(), "forged".into());
+        }
+        let h = p.headers(&ev, 1_700_000_000_000).unwrap();
+        let sent: Vec<(&str, &str)> = h.effective().collect();
+        for name in ["webhook-signature", "webhook-id", "webhook-timestamp"] {
+            let values: Vec<&str> = sent.iter().filter(|(n, _)| *n == name).map(|(_, v)| *v).collect();
+            assert_eq!(values.len(), 1, "{name}: {sent:?}");
+            assert_ne!(values[0], "forged", "{name}");
+        }
+    }
+
+    #[test]
+    fn protected_header_names() {
+        let std = cfg(&[("DESTINATIONS_WEBHOOK_MODE", "standard")]);
+        let def = cfg(&[("DESTINATIONS_WEBHOOK_SIGNATURE_HEADER_NAME", "X-Sig")]);
+        for n in [
+            "Content-Type",
+            "host",
+            "transfer-encoding",
+            "webhook-signature",
+            "webhook-id",
+            "x-outpost-signature",
+        ] {
+            assert!(std.webhook.is_protected_header(n), "{n}");
+            assert!(def.webhook.is_protected_header(n), "{n}");
+        }
+        assert!(def.webhook.is_protected_header("x-sig"));
+        assert!(!std.webhook.is_protected_header("x-sig"));
+        assert!(!std.webhook.is_protected_header("webhook-topic"));
+        assert!(!def.webhook.is_protected_header("x-outpost-topic"));
+        let e = parse_custom_headers(r#"{"Webhook-Signature":"v1,x","Transfer-Encoding":"chunked"}"#).unwrap_err();
+        assert!(
+            e.contains(&"config.custom_headers.Webhook-Signature is forbidden".to_string()),
+            "{e:?}"
+        );
+        assert!(
+            e.contains(&"config.custom_headers.Transfer-Encoding is forbidden".to_string()),
+            "{e:?}"
         );
     }
 }
