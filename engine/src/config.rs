@@ -228,6 +228,16 @@ impl RetryConfig {
         }
     }
 
+    /// The longest delay the schedule ever waits: what a destination's
+    /// `Retry-After` is capped at.
+    pub fn max_delay(&self) -> Duration {
+        if self.schedule.is_empty() {
+            self.delay(self.max_limit.max(1))
+        } else {
+            self.schedule.iter().copied().max().unwrap_or_default()
+        }
+    }
+
     /// Delay before retry number `n` (1-based): `schedule[n-1]` or `interval * 2^(n-1)`.
     pub fn delay(&self, n: u32) -> Duration {
         let i = n.saturating_sub(1);
@@ -1509,6 +1519,7 @@ mod tests {
         assert_eq!(c.retry.max_retries(), 10);
         assert_eq!(c.retry.delay(1), Duration::from_secs(30));
         assert_eq!(c.retry.delay(3), Duration::from_secs(120));
+        assert_eq!(c.retry.max_delay(), c.retry.delay(c.retry.max_limit));
         assert_eq!(c.webhook.header_prefix, "x-outpost-");
         assert_eq!(c.webhook.max_response_body_bytes, 131_072);
     }
@@ -1567,6 +1578,7 @@ mod tests {
         let c = cfg(&[("RETRY_SCHEDULE", "1, 2,5"), ("MAX_RETRY_LIMIT", "9")]).unwrap();
         assert_eq!(c.retry.max_retries(), 3);
         assert_eq!(c.retry.delay(3), Duration::from_secs(5));
+        assert_eq!(c.retry.max_delay(), *c.retry.schedule.iter().max().unwrap());
     }
 
     #[test]

@@ -883,7 +883,10 @@ impl Shard {
                 // A permanent failure (refused credentials) is recorded and
                 // counts toward the alert, but is not retried.
                 if event.eligible_for_retry && result.retryable && w.attempt <= cfg.retry.max_retries() {
-                    let delay = cfg.retry.delay(w.attempt);
+                    let mut delay = cfg.retry.delay(w.attempt);
+                    if let Some(asked) = result.retry_after {
+                        delay = delay.max(asked.min(cfg.retry.max_delay()));
+                    }
                     NextStep::Retry {
                         attempt: w.attempt + 1,
                         due_ms: now_ms() + delay.as_millis() as i64,

@@ -304,6 +304,7 @@ pub struct Received {
     pub path: String,
     pub headers: HeaderMap,
     pub body: Bytes,
+    pub at: Instant,
 }
 
 impl Received {
@@ -326,6 +327,8 @@ pub struct ReceiverState {
     pub body: Mutex<String>,
     /// Paths starting with this always get a 500.
     pub fail_prefix: Mutex<Option<String>>,
+    /// A `Retry-After` value sent with every non-2xx answer.
+    pub retry_after: Mutex<Option<String>>,
 }
 
 /// A real HTTP server on loopback that records deliveries.
@@ -349,6 +352,7 @@ async fn record(
         path: uri.path().to_string(),
         headers,
         body,
+        at: Instant::now(),
     });
     let failing = s
         .fail_prefix
@@ -366,8 +370,13 @@ async fn record(
             .unwrap_or(200)
     };
     let text = s.body.lock().unwrap().clone();
+    let mut extra = HeaderMap::new();
+    if let Some(v) = s.retry_after.lock().unwrap().as_deref().filter(|_| status >= 300) {
+        extra.insert("retry-after", v.parse().unwrap());
+    }
     (
         StatusCode::from_u16(status).unwrap(),
+        extra,
         if text.is_empty() { "ok".to_string() } else { text },
     )
 }

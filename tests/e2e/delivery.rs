@@ -455,3 +455,48 @@ async fn response_body_cap_and_connection_errors() {
         .await;
     assert_eq!(a[0]["code"], "connection_refused");
 }
+
+/// `Retry-After` on a 429 or 503 is the least wait before the next retry,
+/// capped by the schedule's longest delay; on a 500 it is not a request to
+/// wait. A name that does not resolve is retried like a 5xx.
+#[tokio::test]
+async fn retry_after_is_honoured_up_to_the_schedule_and_dns_errors_are_retried() {
+    let s = Server::start(&[("RETRY_SCHEDULE", "1,4")]).await;
+    let api = Api::admin(&s);
+    let mut cases = Vec::new();
+    for (i, (status, retry_after)) in [(429, "3"), (503, "3600"), (500, "3")].into_iter().enumerate() {
+        let tenant = format!("t{i}");
+        api.tenant(&tenant).await;
+        let rx = Receiver::start().await;
+        rx.state.script.lock().unwrap().push_back(status);
+        *rx.state.retry_after.lock().unwrap() = Some(retry_after.into());
+        api.webhook(&tenant, &rx.url("/r"), json!({})).await;
+        let r = api
+            .publish(json!({"tenant_id": tenant, "topic": "a", "data": {}}))
+            .await;
+        assert_eq!(r.status, 202, "{}", r.text);
+        cases.push((status, retry_after, rx));
+    }
+    for (status, retry_after, rx) in cases {
+        let got = rx.wait_for(2, Duration::from_secs(15)).await;
+        let gap = (got[1].at - got[0].at).as_secs_f64();
+        let (least, most) = match (status, retry_after) {
+            (429, _) => (2.8, 3.9), // honoured
+            (503, _) => (3.8, 5.5), // 3600 s capped at the schedule's 4 s
+            _ => (0.8, 2.5),        // the schedule's 1 s
+        };
+        assert!(
+            (least..most).contains(&gap),
+            "{status} with Retry-After {retry_after}: retried after {gap:.2} s"
+        );
+    }
+
+    api.tenant("dns").await;
+    api.webhook("dns", "http://no-such-host.invalid/hook", json!({})).await;
+    let r = api.publish(json!({"tenant_id": "dns", "topic": "a", "data": {}})).await;
+    let ev = r.body["id"].as_str().unwrap().to_string();
+    let a = api
+        .wait_attempts(&format!("event_id={ev}"), Duration::from_secs(15), |m| m.len() >= 2)
+        .await;
+    assert!(a.iter().all(|x| x["status"] == "failed"), "{a:?}");
+}

@@ -194,6 +194,7 @@ impl Publisher for HookdeckPublisher {
                         code: r.status.to_string(),
                         response_data: Some(data),
                         retryable: true,
+                        retry_after: super::webhook::retry_after(&r),
                     }
                 }
                 Err(e) => PublishResult::failed(e.code, e.message),

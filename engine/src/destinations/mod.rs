@@ -153,6 +153,10 @@ pub struct PublishResult {
     /// the consecutive-failure alert, but the schedule does not retry it
     /// (a manual retry still can, once the owner fixed it).
     pub retryable: bool,
+    /// How long the destination asked us to wait (`Retry-After` on a 429
+    /// or 503): the next retry waits at least this, up to the schedule's
+    /// longest delay.
+    pub retry_after: Option<std::time::Duration>,
 }
 
 impl PublishResult {
@@ -162,6 +166,7 @@ impl PublishResult {
             code: code.into(),
             response_data: Some(response_data),
             retryable: false,
+            retry_after: None,
         }
     }
 
@@ -172,6 +177,7 @@ impl PublishResult {
             code: code.into(),
             response_data: Some(serde_json::json!({ "error": error.into() })),
             retryable: true,
+            retry_after: None,
         }
     }
 

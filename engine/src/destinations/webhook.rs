@@ -430,6 +430,12 @@ impl WebhookPublisher {
     }
 }
 
+/// The wait a 429 (Too Many Requests) or 503 (Service Unavailable) asks for;
+/// other statuses' `Retry-After` is not a request to slow down.
+pub(super) fn retry_after(r: &crate::http_client::Response) -> Option<std::time::Duration> {
+    matches!(r.status, 429 | 503).then_some(r.retry_after).flatten()
+}
+
 /// Maps a transport error to an attempt result.
 fn failed(e: SendError) -> PublishResult {
     PublishResult {
@@ -437,6 +443,7 @@ fn failed(e: SendError) -> PublishResult {
         code: e.code.to_string(),
         response_data: Some(json!({ "error": e.message })),
         retryable: true,
+        retry_after: None,
     }
 }
 
@@ -456,6 +463,7 @@ impl Publisher for WebhookPublisher {
                         code: "ERR".into(),
                         response_data: Some(json!({ "error": e })),
                         retryable: true,
+                        retry_after: None,
                     }
                 }
             };
@@ -477,6 +485,7 @@ impl Publisher for WebhookPublisher {
                         code: r.status.to_string(),
                         response_data: Some(json!({ "status": r.status, "body": body })),
                         retryable: true,
+                        retry_after: retry_after(&r),
                     }
                 }
                 Err(e) => failed(e),

@@ -145,6 +145,18 @@ pub enum Step {
     Done,
 }
 
+/// `Retry-After`'s value as a wait: delta-seconds, or an HTTP date (a date
+/// in the past is no wait). Anything else is ignored.
+pub fn parse_retry_after(v: &str) -> Option<std::time::Duration> {
+    let v = v.trim();
+    if !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) {
+        // Absurd values saturate; the retry schedule caps the wait anyway.
+        return Some(std::time::Duration::from_secs(v.parse().unwrap_or(u64::MAX)));
+    }
+    let at = httpdate::parse_http_date(v).ok()?;
+    Some(at.duration_since(std::time::SystemTime::now()).unwrap_or_default())
+}
+
 /// A complete response.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Parsed {
@@ -155,6 +167,8 @@ pub struct Parsed {
     pub truncated: bool,
     /// The connection may carry another request.
     pub reusable: bool,
+    /// `Retry-After`, as a wait from now (delta-seconds or an HTTP date).
+    pub retry_after: Option<std::time::Duration>,
 }
 
 /// Reads one response from the bytes of a connection, as they arrive.
@@ -166,6 +180,7 @@ pub struct ResponseReader {
     keep_alive: bool,
     body: BytesMut,
     truncated: bool,
+    retry_after: Option<std::time::Duration>,
 }
 
 impl ResponseReader {
@@ -178,6 +193,7 @@ impl ResponseReader {
             keep_alive: true,
             body: BytesMut::new(),
             truncated: false,
+            retry_after: None,
         }
     }
 
@@ -297,6 +313,7 @@ impl ResponseReader {
             },
             truncated: self.truncated,
             reusable: self.keep_alive && !self.truncated && leftover == 0 && self.state == State::Done,
+            retry_after: self.retry_after,
         }
     }
 
@@ -361,6 +378,8 @@ impl ResponseReader {
                 let last = h.value.rsplit(|b| *b == b',').next().unwrap_or_default();
                 chunked = last.trim_ascii().eq_ignore_ascii_case(b"chunked");
                 other_coding = !chunked;
+            } else if h.name.eq_ignore_ascii_case("retry-after") {
+                self.retry_after = std::str::from_utf8(h.value).ok().and_then(parse_retry_after);
             } else if h.name.eq_ignore_ascii_case("connection") {
                 for token in h.value.split(|b| *b == b',') {
                     let t = token.trim_ascii();
@@ -586,5 +605,27 @@ mod tests {
             "POST /hook?x=1 HTTP/1.1\r\nhost: example.com:8080\r\ncontent-type: application/json\r\nx-a: 2\r\ncontent-length: 12\r\n\r\n"
         );
         assert_eq!(h.get("x-A"), Some("2"));
+    }
+
+    #[test]
+    fn retry_after_seconds_and_dates() {
+        use std::time::{Duration, SystemTime};
+        assert_eq!(parse_retry_after(" 120 "), Some(Duration::from_secs(120)));
+        assert_eq!(
+            parse_retry_after("99999999999999999999999"),
+            Some(Duration::from_secs(u64::MAX))
+        );
+        let soon = httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(30));
+        let d = parse_retry_after(&soon).unwrap();
+        assert!(d > Duration::from_secs(27) && d <= Duration::from_secs(30), "{d:?}");
+        assert_eq!(parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"), Some(Duration::ZERO));
+        for bad in ["", "-1", "1.5", "soon"] {
+            assert_eq!(parse_retry_after(bad), None, "{bad:?}");
+        }
+        let mut r = ResponseReader::new(0);
+        let mut buf =
+            BytesMut::from(&b"HTTP/1.1 429 Too Many Requests\r\nretry-after: 7\r\ncontent-length: 0\r\n\r\n"[..]);
+        assert_eq!(r.feed(&mut buf).unwrap(), Step::Done);
+        assert_eq!(r.finish(0).retry_after, Some(Duration::from_secs(7)));
     }
 }

@@ -115,6 +115,8 @@ pub struct Response {
     pub body: Bytes,
     /// The body was larger than the cap and was not kept.
     pub truncated: bool,
+    /// The response's `Retry-After`, as a wait from now.
+    pub retry_after: Option<std::time::Duration>,
 }
 
 /// A byte stream a request can go over: TCP, or TLS over TCP.
@@ -362,6 +364,7 @@ impl HttpClient {
             status: parsed.status,
             body: parsed.body,
             truncated: parsed.truncated,
+            retry_after: parsed.retry_after,
         })
     }
 }
