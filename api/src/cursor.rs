@@ -30,21 +30,53 @@ fn to_base62(bytes: &[u8]) -> String {
     String::from_utf8(out).unwrap_or_default()
 }
 
+/// The longest cursor we write: a 3-letter resource, the version, a
+/// millisecond time and an id of at most `MAX_ID_LEN` bytes come to about
+/// 290 bytes, 390 base-62 digits. Longer input is refused before any
+/// arithmetic: base conversion costs (digits x bytes), so an unbounded
+/// cursor would let one request burn CPU quadratically in its length.
+pub const MAX_CURSOR_LEN: usize = 512;
+
+/// Each character's digit value, or 0xff.
+const VALUE: [u8; 256] = {
+    let mut t = [0xffu8; 256];
+    let mut i = 0;
+    while i < 62 {
+        t[DIGITS[i] as usize] = i as u8;
+        i += 1;
+    }
+    t
+};
+
 fn from_base62(s: &str) -> Option<Vec<u8>> {
-    let mut num: Vec<u8> = Vec::new();
-    for c in s.bytes() {
-        let d = DIGITS.iter().position(|&x| x == c)? as u32;
-        let mut carry = d;
-        for b in num.iter_mut().rev() {
-            let acc = (*b as u32) * 62 + carry;
+    if s.len() > MAX_CURSOR_LEN {
+        return None;
+    }
+    // Little-endian bytes; ten digits (62^10 < 2^60) folded in per pass.
+    let mut num: Vec<u8> = Vec::with_capacity(s.len());
+    for chunk in s.as_bytes().chunks(10) {
+        let mut mul: u64 = 1;
+        let mut add: u64 = 0;
+        for &c in chunk {
+            let d = VALUE[c as usize];
+            if d == 0xff {
+                return None;
+            }
+            mul *= 62;
+            add = add * 62 + d as u64;
+        }
+        let mut carry = add as u128;
+        for b in num.iter_mut() {
+            let acc = (*b as u128) * mul as u128 + carry;
             *b = (acc & 0xff) as u8;
             carry = acc >> 8;
         }
         while carry > 0 {
-            num.insert(0, (carry & 0xff) as u8);
+            num.push((carry & 0xff) as u8);
             carry >>= 8;
         }
     }
+    num.reverse();
     Some(num)
 }
 
@@ -103,5 +135,22 @@ mod tests {
         // 0x0100 = 256 = 4*62 + 8
         assert_eq!(to_base62(&[1, 0]), "48");
         assert_eq!(from_base62("48").unwrap(), vec![1, 0]);
+    }
+
+    #[test]
+    fn long_or_foreign_cursors_are_refused_cheaply() {
+        let longest = encode("evt", &format!("{}::{}", i64::MAX, "x".repeat(255)));
+        assert!(longest.len() <= MAX_CURSOR_LEN, "{}", longest.len());
+        assert_eq!(decode_seek("evt", &longest).unwrap().1, "x".repeat(255));
+        let started = std::time::Instant::now();
+        assert!(decode("evt", &"z".repeat(1_000_000)).is_err());
+        assert!(decode("evt", &"z".repeat(MAX_CURSOR_LEN)).is_err());
+        assert!(
+            started.elapsed() < std::time::Duration::from_millis(50),
+            "{:?}",
+            started.elapsed()
+        );
+        assert!(decode("evt", "abc-").is_err());
+        assert!(decode("evt", "é").is_err());
     }
 }
