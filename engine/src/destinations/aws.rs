@@ -1,11 +1,16 @@
 //! What the AWS types share: static keys (and an optional session token) or,
-//! where the operator allows it, the server's own AWS identity; the region, an endpoint override that passes the SSRF guard, one SDK
+//! where the operator allows it, the server's own AWS identity; the region, an
+//! endpoint override that passes the SSRF guard (checked before the client is
+//! made, and again by the SDK's resolver on every lookup), one SDK
 //! configuration per (region, endpoint, keys) on a shard, and error codes.
 
 use aws_config::retry::RetryConfig;
 use aws_config::{BehaviorVersion, Region, SdkConfig};
 use aws_sdk_sqs::config::{Credentials, SharedCredentialsProvider};
 use aws_sdk_sqs::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_smithy_http_client::tls;
+use aws_smithy_runtime_api::client::dns::{DnsFuture, ResolveDns, ResolveDnsError};
+use aws_smithy_runtime_api::client::http::SharedHttpClient;
 
 use super::fields::Field;
 use super::{clients, fields, Actor, PublishResult, Violations};
@@ -172,6 +177,7 @@ impl AwsKey {
         };
         let mut b = SdkConfig::builder()
             .behavior_version(BehaviorVersion::latest())
+            .http_client(guarded_https_client(guard))
             .region(region)
             .credentials_provider(provider)
             // The delivery schedule retries; an SDK retry inside one attempt
@@ -182,6 +188,33 @@ impl AwsKey {
         }
         Ok(b.build())
     }
+}
+
+/// Resolves names for the SDK's HTTP client through the SSRF guard, so the
+/// connection goes to an address that was checked: a check before the SDK
+/// made its own lookup would leave a second lookup (DNS rebinding) free to
+/// answer differently. IP-literal endpoints never reach a resolver; the
+/// check in [`AwsKey::sdk_config`] covers them.
+#[derive(Debug, Clone)]
+struct GuardedDns(crate::ssrf::Guard);
+
+impl ResolveDns for GuardedDns {
+    fn resolve_dns<'a>(&'a self, name: &'a str) -> DnsFuture<'a> {
+        DnsFuture::new(async move {
+            // The port is not part of the answer; any will do.
+            crate::ssrf::resolve(name, 443, &self.0)
+                .await
+                .map(|addrs| addrs.into_iter().map(|a| a.ip()).collect())
+                .map_err(ResolveDnsError::new)
+        })
+    }
+}
+
+/// The SDK's default HTTPS client (rustls, aws-lc), with [`GuardedDns`].
+fn guarded_https_client(guard: &crate::ssrf::Guard) -> SharedHttpClient {
+    aws_smithy_http_client::Builder::new()
+        .tls_provider(tls::Provider::Rustls(tls::rustls_provider::CryptoMode::AwsLc))
+        .build_with_resolver(GuardedDns(guard.clone()))
 }
 
 /// An SDK error as an attempt: network codes, `auth_failed` and
@@ -247,6 +280,54 @@ pub fn entry_failure(code: &str, message: Option<&str>, not_found: &'static str)
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The SDK looks names up through the guard: with it on, a name that
+    /// resolves to loopback never gets a connection, whatever a check before
+    /// it said; with it off the same call connects.
+    #[tokio::test]
+    async fn the_sdk_resolves_names_through_the_guard() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((_s, _)) = listener.accept().await {
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+        });
+        let call = |guard: crate::ssrf::Guard| async move {
+            let cfg = SdkConfig::builder()
+                .behavior_version(BehaviorVersion::latest())
+                .region(Region::new("us-east-1"))
+                .credentials_provider(SharedCredentialsProvider::new(Credentials::new(
+                    "k", "s", None, None, "t",
+                )))
+                .retry_config(RetryConfig::disabled())
+                .timeout_config(
+                    aws_config::timeout::TimeoutConfig::builder()
+                        .operation_timeout(std::time::Duration::from_secs(2))
+                        .build(),
+                )
+                .http_client(guarded_https_client(&guard))
+                .endpoint_url(format!("http://localhost:{port}"))
+                .build();
+            let client = aws_sdk_sqs::Client::new(&cfg);
+            client
+                .list_queues()
+                .send()
+                .await
+                .map(|_| ())
+                .map_err(|e| DisplayErrorContext(e).to_string())
+        };
+        let refused = call(crate::ssrf::Guard::on(vec![])).await.unwrap_err();
+        assert!(refused.contains("not allowed"), "{refused}");
+        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 0);
+        let _ = call(crate::ssrf::Guard::off()).await;
+        assert!(
+            accepted.load(std::sync::atomic::Ordering::SeqCst) > 0,
+            "the unguarded call connected"
+        );
+    }
 
     #[test]
     fn regions() {

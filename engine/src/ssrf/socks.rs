@@ -256,7 +256,7 @@ mod tests {
             .await
             .unwrap();
         for host in ["127.0.0.1", "localhost", "::ffff:169.254.169.254"] {
-            let e = through(&proxy, host, target.port()).await.err().expect("refused");
+            let e = through(&proxy, host, target.port()).await.expect_err("refused");
             assert!(
                 matches!(e, Error::Response(UnsuccessfulReply::ConnectionNotAllowedByRules)),
                 "{host}: {e:?}"
@@ -279,15 +279,14 @@ mod tests {
             .unwrap()
             .port();
         let proxy = GuardProxy::start(Guard::off(), Duration::from_secs(5)).await.unwrap();
-        let e = through(&proxy, "127.0.0.1", closed).await.err().expect("refused");
+        let e = through(&proxy, "127.0.0.1", closed).await.expect_err("refused");
         assert!(
             matches!(e, Error::Response(UnsuccessfulReply::ConnectionRefused)),
             "{e:?}"
         );
         let e = through(&proxy, "no-such-host.invalid", 9092)
             .await
-            .err()
-            .expect("unknown");
+            .expect_err("unknown");
         assert!(
             matches!(e, Error::Response(UnsuccessfulReply::HostUnreachable)),
             "{e:?}"
