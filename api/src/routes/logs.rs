@@ -197,19 +197,26 @@ fn include(q: &Query) -> Include {
 
 async fn render_attempts(s: &AppState, rows: &[Attempt], inc: &Include) -> ApiResult<Vec<AttemptJson>> {
     let mut out = Vec::with_capacity(rows.len());
+    // A page's attempts are mostly retries and fan-out of a few events:
+    // each event is read once per page, not once per attempt.
+    let mut events: std::collections::HashMap<(&str, &str), Option<_>> = std::collections::HashMap::new();
     for a in rows {
         let mut j = views::attempt(a);
         if inc.response_data {
             j.response_data = a.response_data.clone();
         }
         if inc.event {
-            if let Some(e) = s
-                .engine
-                .logs
-                .get_event(Some(a.tenant_id.clone()), a.event_id.clone())
-                .await?
-            {
-                j.event = Some(views::event_in_attempt(&e, &a.destination_id, inc.event_data));
+            let key = (a.tenant_id.as_str(), a.event_id.as_str());
+            if let std::collections::hash_map::Entry::Vacant(slot) = events.entry(key) {
+                let e = s
+                    .engine
+                    .logs
+                    .get_event(Some(a.tenant_id.clone()), a.event_id.clone())
+                    .await?;
+                slot.insert(e);
+            }
+            if let Some(Some(e)) = events.get(&key) {
+                j.event = Some(views::event_in_attempt(e, &a.destination_id, inc.event_data));
             }
         }
         if inc.destination {
