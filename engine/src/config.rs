@@ -646,20 +646,46 @@ impl WebhookConfig {
     /// sets (its signature, and in standard mode the signed id and
     /// timestamp), whatever the header names are configured to.
     pub fn is_protected_header(&self, name: &str) -> bool {
-        let n = name.to_ascii_lowercase();
-        if RESERVED_HEADERS.contains(&n.as_str()) || PROTECTED_HEADERS.contains(&n.as_str()) {
+        self.protects(("", name))
+    }
+
+    /// Whether event metadata `key` would become a protected header: as
+    /// itself (standard mode sends it raw) or behind the header prefix.
+    /// Checked per key at publish, so it builds no string.
+    pub fn is_protected_metadata_key(&self, key: &str) -> bool {
+        self.protects(("", key)) || self.protects((&self.header_prefix, key))
+    }
+
+    /// `name` is the concatenation of its two parts.
+    fn protects(&self, name: (&str, &str)) -> bool {
+        if RESERVED_HEADERS
+            .iter()
+            .chain(PROTECTED_HEADERS)
+            .any(|h| same_name((h, ""), name))
+        {
             return true;
         }
-        let prefixed = |key: &str| n.strip_prefix(self.header_prefix.as_str()) == Some(key);
+        let prefixed = |key: &str| same_name((&self.header_prefix, key), name);
         match self.mode {
             WebhookMode::Standard => prefixed("id") || prefixed("timestamp") || prefixed("signature"),
             WebhookMode::Default => match &self.signature_header {
-                HeaderName::Named(custom) => custom.eq_ignore_ascii_case(&n),
+                HeaderName::Named(custom) => same_name((custom, ""), name),
                 HeaderName::Default => prefixed("signature"),
                 HeaderName::Disabled => false,
             },
         }
     }
+}
+
+/// Whether two header names, each given as two parts, are the same name
+/// (ASCII case-insensitive).
+fn same_name(a: (&str, &str), b: (&str, &str)) -> bool {
+    a.0.len() + a.1.len() == b.0.len() + b.1.len()
+        && a.0
+            .bytes()
+            .chain(a.1.bytes())
+            .zip(b.0.bytes().chain(b.1.bytes()))
+            .all(|(x, y)| x.eq_ignore_ascii_case(&y))
 }
 
 /// `^[a-zA-Z0-9][a-zA-Z0-9_-]*$`

@@ -48,7 +48,7 @@ fn metadata_problems(meta: &StringMap, w: &crate::config::WebhookConfig) -> Vec<
             out.push(format!(
                 "metadata.{k} must not contain control characters (keys) or NUL (values)"
             ));
-        } else if w.is_protected_header(k) || w.is_protected_header(&format!("{}{k}", w.header_prefix)) {
+        } else if w.is_protected_metadata_key(k) {
             out.push(format!("metadata.{k} is forbidden"));
         }
     }

@@ -49,8 +49,10 @@ pub fn parse_custom_headers(raw: &str) -> Result<Vec<(String, String)>, Violatio
         };
         if !crate::config::valid_header_token(&k) {
             errs.push(format!("config.custom_headers.{k} failed pattern validation"));
-        } else if RESERVED_HEADERS.contains(&k.to_ascii_lowercase().as_str())
-            || PROTECTED_HEADERS.contains(&k.to_ascii_lowercase().as_str())
+        } else if RESERVED_HEADERS
+            .iter()
+            .chain(PROTECTED_HEADERS)
+            .any(|h| h.eq_ignore_ascii_case(&k))
         {
             errs.push(format!("config.custom_headers.{k} is forbidden"));
         } else if v.is_empty() {
@@ -719,6 +721,11 @@ mod tests {
         assert!(!std.webhook.is_protected_header("x-sig"));
         assert!(!std.webhook.is_protected_header("webhook-topic"));
         assert!(!def.webhook.is_protected_header("x-outpost-topic"));
+        assert!(std.webhook.is_protected_metadata_key("signature"));
+        assert!(std.webhook.is_protected_metadata_key("Content-Type"));
+        assert!(!std.webhook.is_protected_metadata_key("topic"));
+        assert!(def.webhook.is_protected_metadata_key("signature"));
+        assert!(!def.webhook.is_protected_metadata_key("id"));
         let e = parse_custom_headers(r#"{"Webhook-Signature":"v1,x","Transfer-Encoding":"chunked"}"#).unwrap_err();
         assert!(
             e.contains(&"config.custom_headers.Webhook-Signature is forbidden".to_string()),
