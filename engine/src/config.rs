@@ -148,6 +148,9 @@ pub struct Config {
     pub destinations_aws_default_credentials: bool,
     /// Embedded store: fsync every commit (FULL) or rely on the WAL (NORMAL).
     pub embedded_synchronous_full: bool,
+    /// Size at which a shard's journal segment is closed and the next begins
+    /// (`OUTRIDER_JOURNAL_SEGMENT_BYTES`; small values are for tests).
+    pub journal_segment_bytes: u64,
     /// AWS SQS as the delivery queue (wins over RabbitMQ, as in Outpost).
     pub sqs: Option<crate::queue::sqs::SqsConfig>,
     /// GCP Pub/Sub as the delivery queue (after SQS, before RabbitMQ).
@@ -477,6 +480,7 @@ const YAML_KEYS: &[(&str, &str)] = &[
     ),
     ("outrider.allowed_private_networks", "OUTRIDER_ALLOWED_PRIVATE_NETWORKS"),
     ("outrider.embedded_synchronous", "OUTRIDER_EMBEDDED_SYNCHRONOUS"),
+    ("outrider.journal_segment_bytes", "OUTRIDER_JOURNAL_SEGMENT_BYTES"),
     ("outrider.hookdeck_api_url", "OUTRIDER_HOOKDECK_API_URL"),
     ("outrider.hookdeck_publish_url", "OUTRIDER_HOOKDECK_PUBLISH_URL"),
     ("outrider.destinations_tls_ca_file", "OUTRIDER_DESTINATIONS_TLS_CA_FILE"),
@@ -968,6 +972,14 @@ impl Config {
             }
         };
 
+        let journal_segment_bytes: u64 = src.num("OUTRIDER_JOURNAL_SEGMENT_BYTES", crate::journal::SEGMENT_BYTES)?;
+        if !(4096..=(1u64 << 39)).contains(&journal_segment_bytes) {
+            return Err(invalid(
+                "OUTRIDER_JOURNAL_SEGMENT_BYTES",
+                "must be between 4096 and 549755813888 (512 GiB)",
+            ));
+        }
+
         let aes_encryption_secret = src.string("AES_ENCRYPTION_SECRET", "");
         if aes_encryption_secret.is_empty() {
             return Err(ConfigError::Missing {
@@ -1023,6 +1035,7 @@ impl Config {
                 .trim_end_matches('/')
                 .to_string(),
             embedded_synchronous_full,
+            journal_segment_bytes,
             redis: match src.non_empty("REDIS_HOST") {
                 None => None,
                 Some(host) => {

@@ -135,7 +135,8 @@ pub async fn prepare(
                 progress.clone(),
                 Some(wake_tx.clone()),
             )
-            .map_err(|e| EngineError::Startup(format!("cannot open the journal: {e}")))?;
+            .map_err(|e| EngineError::Startup(format!("cannot open the journal: {e}")))?
+            .with_segment_bytes(config.journal_segment_bytes);
             followed.push(Followed {
                 shard: i,
                 dir: dir.clone(),

@@ -115,6 +115,11 @@ pub struct ShardStats {
     pub successes: AtomicU64,
     pub failures: AtomicU64,
     pub dropped: AtomicU64,
+    /// Events that could not be read back from the journal (each is tried
+    /// again after [`READ_RETRY`]).
+    pub read_errors: AtomicU64,
+    /// Attempt tasks that panicked (each settled as a failed attempt).
+    pub panics: AtomicU64,
     /// Deliveries accepted and not yet settled (queued, in flight, scheduled).
     pub pending: AtomicU64,
     /// Whether the shard's loop is running (for `/healthz`).
@@ -165,6 +170,8 @@ const INBOX: usize = 8192;
 /// Queued deliveries that keep their event in memory, per shard; beyond
 /// this, queued deliveries keep only the journal location.
 const QUEUED_IN_MEMORY: usize = 8192;
+/// How long a delivery whose event could not be read back waits to try again.
+const READ_RETRY: Duration = Duration::from_secs(5);
 /// How often a shard deletes journal segments nothing needs any more.
 const GC_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -197,6 +204,14 @@ pub fn start(
                 if let Some(c) = core {
                     core_affinity::set_for_current(c);
                 }
+                // `/healthz` must see a shard whose thread died, even by a panic.
+                struct Stopped(Arc<ShardStats>);
+                impl Drop for Stopped {
+                    fn drop(&mut self) {
+                        self.0.running.store(false, Ordering::Release);
+                    }
+                }
+                let _stopped = Stopped(st.clone());
                 let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
                     Ok(rt) => rt,
                     Err(e) => {
@@ -231,6 +246,16 @@ struct Work {
     /// In memory for fresh deliveries; `None` = read back from the journal.
     event: Option<Arc<Event>>,
     done: Option<oneshot::Sender<()>>,
+}
+
+/// A waiting delivery as a carried accept's target.
+fn target_of(w: &Work, due_ms: i64) -> journal::AcceptTarget {
+    journal::AcceptTarget {
+        destination_id: w.destination_id.to_string(),
+        attempt: w.attempt,
+        manual: w.manual,
+        due_ms,
+    }
 }
 
 /// A delivery waiting for its time, ordered by due time then arrival.
@@ -303,8 +328,11 @@ struct Shard {
     reader: RefCell<Reader>,
     after_commit: RefCell<Vec<AfterCommit>>,
     flush_scheduled: Cell<bool>,
-    /// Live (unsettled) deliveries per journal segment, and every segment.
+    /// Live (unsettled) deliveries per journal segment of their accept
+    /// record, deliveries accepted or carried into each segment, and every
+    /// segment on disk.
     live: RefCell<BTreeMap<u32, u64>>,
+    born: RefCell<BTreeMap<u32, u64>>,
     segments: RefCell<BTreeSet<u32>>,
     timers: RefCell<BinaryHeap<Reverse<Timer>>>,
     seq: Cell<u64>,
@@ -321,6 +349,9 @@ struct Shard {
     /// success elsewhere is impossible, so other successes need no reset).
     failing: RefCell<HashSet<String>>,
     draining: Cell<bool>,
+    /// Recovered deliveries have been handed over (compaction waits for it:
+    /// before, they are in no queue or timer to carry forward).
+    resumed: Cell<bool>,
     inflight: Cell<usize>,
 }
 
@@ -348,6 +379,7 @@ async fn run(id: usize, rx: flume::Receiver<ShardMsg>, deps: ShardDeps, stats: A
         after_commit: RefCell::new(Vec::new()),
         flush_scheduled: Cell::new(false),
         live: RefCell::new(recovered.live.clone()),
+        born: RefCell::new(recovered.born.clone()),
         segments: RefCell::new(segments),
         timers: RefCell::new(BinaryHeap::new()),
         seq: Cell::new(0),
@@ -357,6 +389,7 @@ async fn run(id: usize, rx: flume::Receiver<ShardMsg>, deps: ShardDeps, stats: A
         streaks: RefCell::new(HashMap::new()),
         failing: RefCell::new(HashSet::new()),
         draining: Cell::new(false),
+        resumed: Cell::new(false),
         inflight: Cell::new(0),
     });
     {
@@ -401,6 +434,7 @@ async fn run(id: usize, rx: flume::Receiver<ShardMsg>, deps: ShardDeps, stats: A
                 if let Some(p) = recovered_pending.take() {
                     shard.resume(p);
                 }
+                shard.resumed.set(true);
             }
             ShardMsg::Shutdown { deadline, report } => {
                 shutdown = Some((deadline, report));
@@ -457,6 +491,7 @@ async fn gc_loop(shard: Rc<Shard>) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
+        shard.compact();
         shard.collect_segments();
     }
 }
@@ -493,6 +528,7 @@ impl Shard {
             .append_with(|buf| journal::codec::encode_accept(accepted_at, true, &m.event, &m.targets, buf));
         self.note_segment(loc.segment());
         *self.live.borrow_mut().entry(loc.segment()).or_default() += m.targets.len() as u64;
+        *self.born.borrow_mut().entry(loc.segment()).or_default() += m.targets.len() as u64;
         self.stats.pending.fetch_add(m.targets.len() as u64, Ordering::Relaxed);
         let mut done = m.done;
         let mut works = Vec::with_capacity(m.targets.len());
@@ -658,31 +694,142 @@ impl Shard {
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |p| Some(p.saturating_sub(n)));
     }
 
+    /// Deletes the prefix of segments that replay no longer needs: older
+    /// than the current segment, read by the index, and before the oldest
+    /// segment holding a pending delivery's accept (see the journal's module
+    /// docs for why only a prefix may go).
     fn collect_segments(&self) {
         let current = self.journal.borrow().current_segment();
         let indexed = Loc(self.journal.borrow().progress.indexed.load(Ordering::Acquire));
         let dir = self.journal.borrow().dir().to_path_buf();
-        let candidates: Vec<u32> = self
-            .segments
+        let oldest_needed = self
+            .live
             .borrow()
             .iter()
-            .copied()
-            .filter(|s| *s < current && *s < indexed.segment())
-            .filter(|s| self.live.borrow().get(s).copied().unwrap_or(0) == 0)
-            .collect();
+            .find(|(_, n)| **n > 0)
+            .map_or(current, |(s, _)| *s);
+        let limit = current.min(indexed.segment()).min(oldest_needed);
+        let candidates: Vec<u32> = self.segments.borrow().range(..limit).copied().collect();
         for seg in candidates {
             self.reader.borrow_mut().forget(seg);
             match std::fs::remove_file(journal::segment_path(&dir, seg)) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(e) => {
+                    // Later segments wait too: the prefix rule holds on disk.
                     tracing::warn!(shard = self.id, segment = seg, error = %e, "cannot delete a journal segment");
-                    continue;
+                    break;
                 }
             }
             self.segments.borrow_mut().remove(&seg);
             self.live.borrow_mut().remove(&seg);
+            self.born.borrow_mut().remove(&seg);
         }
+    }
+
+    /// Carries the pending deliveries of the oldest needed segment forward
+    /// into the current one when the segments kept hold more than twice what
+    /// the pending deliveries need (estimated per segment as live / born).
+    /// Deliveries in flight are left: they settle within their timeout and
+    /// a later pass carries them if they retry.
+    fn compact(self: &Rc<Self>) {
+        if !self.resumed.get() || self.draining.get() {
+            return;
+        }
+        let current = self.journal.borrow().current_segment();
+        let (oldest, need) = {
+            let live = self.live.borrow();
+            let born = self.born.borrow();
+            let oldest = live.iter().find(|(_, n)| **n > 0).map(|(s, _)| *s);
+            let need: f64 = live
+                .iter()
+                .map(|(s, n)| *n as f64 / born.get(s).copied().unwrap_or(0).max(*n).max(1) as f64)
+                .sum();
+            (oldest, need)
+        };
+        let Some(oldest) = oldest else { return };
+        if oldest >= current || f64::from(current - oldest + 1) <= 2.0 * need + 2.0 {
+            return;
+        }
+        // What is waiting (timers, queues) with its accept in `oldest`.
+        let mut groups: BTreeMap<Loc, Vec<(u16, journal::AcceptTarget)>> = BTreeMap::new();
+        let mut heap = std::mem::take(&mut *self.timers.borrow_mut()).into_vec();
+        for Reverse(t) in &heap {
+            if t.work.loc.segment() == oldest {
+                groups
+                    .entry(t.work.loc)
+                    .or_default()
+                    .push((t.work.target, target_of(&t.work, t.due_ms)));
+            }
+        }
+        {
+            let queues = self.queues.borrow();
+            for q in queues.values() {
+                for w in q.waiting.iter().filter(|w| w.loc.segment() == oldest) {
+                    groups.entry(w.loc).or_default().push((w.target, target_of(w, 0)));
+                }
+            }
+        }
+        let mut moved: HashMap<(Loc, u16), (Loc, u16)> = HashMap::new();
+        for (loc, targets) in groups {
+            let (accepted_at, event) = match self.load_accept(loc) {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::error!(shard = self.id, error = %e, "cannot read a pending delivery to carry it forward; it stays where it is");
+                    continue;
+                }
+            };
+            let from: Vec<(Loc, u16)> = targets.iter().map(|(t, _)| (loc, *t)).collect();
+            let carried: Vec<journal::AcceptTarget> = targets.into_iter().map(|(_, a)| a).collect();
+            let at = self
+                .journal
+                .borrow_mut()
+                .append_with(|buf| journal::codec::encode_carry(accepted_at, &event, &carried, &from, buf));
+            self.note_segment(at.segment());
+            *self.live.borrow_mut().entry(at.segment()).or_default() += from.len() as u64;
+            *self.born.borrow_mut().entry(at.segment()).or_default() += from.len() as u64;
+            for (i, f) in from.into_iter().enumerate() {
+                moved.insert(f, (at, i as u16));
+            }
+        }
+        let relocate = |w: &mut Work| {
+            if let Some((loc, target)) = moved.get(&(w.loc, w.target)) {
+                w.loc = *loc;
+                w.target = *target;
+            }
+        };
+        for Reverse(t) in heap.iter_mut() {
+            relocate(&mut t.work);
+        }
+        *self.timers.borrow_mut() = BinaryHeap::from(heap);
+        for q in self.queues.borrow_mut().values_mut() {
+            q.waiting.iter_mut().for_each(relocate);
+        }
+        if moved.is_empty() {
+            return;
+        }
+        tracing::debug!(
+            shard = self.id,
+            segment = oldest,
+            deliveries = moved.len(),
+            "carried pending deliveries forward"
+        );
+        // The old segment stops counting them only once the carry is on disk.
+        let n = moved.len() as u64;
+        let commit = {
+            let mut j = self.journal.borrow_mut();
+            let c = j.commit();
+            j.flush();
+            c
+        };
+        let me = self.clone();
+        tokio::task::spawn_local(async move {
+            if let Ok(Ok(())) = commit.await {
+                if let Some(c) = me.live.borrow_mut().get_mut(&oldest) {
+                    *c = c.saturating_sub(n);
+                }
+            }
+        });
     }
 
     fn schedule(&self, work: Work, due_ms: i64) {
@@ -748,7 +895,11 @@ impl Shard {
             let me = self.clone();
             tokio::task::spawn_local(async move {
                 let key = work.destination_id.clone();
-                me.run_work(work).await;
+                let id = (work.loc, work.target, work.attempt);
+                let ran = futures_util::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(me.run_work(work))).await;
+                if ran.is_err() {
+                    me.panicked(id, &key);
+                }
                 me.finished(&key);
             });
         }
@@ -775,13 +926,52 @@ impl Shard {
 
     /// Reads a delivery's event back from the journal.
     fn load_event(&self, loc: Loc) -> Result<Arc<Event>, JournalError> {
+        self.load_accept(loc).map(|(_, e)| e)
+    }
+
+    /// Reads an accept record back: when it was accepted, and the event.
+    fn load_accept(&self, loc: Loc) -> Result<(i64, Arc<Event>), JournalError> {
         let dir = self.journal.borrow().dir().to_path_buf();
         match self.reader.borrow_mut().read(&dir, loc)? {
-            Record::Accept { event, .. } => Ok(event),
+            Record::Accept { accepted_at, event, .. } => Ok((accepted_at, event)),
             Record::Settle(_) => Err(JournalError::Corrupt {
                 loc,
                 source: journal::codec::CodecError::Kind(2),
             }),
+        }
+    }
+
+    /// An attempt task panicked (a bug, not the destination's doing): the
+    /// delivery is settled as a failed attempt so its slot, its destination's
+    /// in-flight count and its segment are released, and it is retried on
+    /// the schedule like any failure (so a panic that repeats ends when the
+    /// retries do, instead of looping).
+    fn panicked(self: &Rc<Self>, (loc, target, attempt): (Loc, u16, u32), destination_id: &Arc<str>) {
+        self.stats.panics.fetch_add(1, Ordering::Relaxed);
+        let retry = &self.deps.publish.config.retry;
+        let next = if attempt <= retry.max_retries() {
+            NextStep::Retry {
+                attempt: attempt + 1,
+                due_ms: now_ms() + retry.delay(attempt).as_millis() as i64,
+            }
+        } else {
+            NextStep::Done
+        };
+        tracing::error!(shard = self.id, %destination_id, attempt, ?next, "a delivery attempt panicked");
+        self.settle(loc, target, attempt, next.clone(), None, None, None);
+        if let NextStep::Retry { attempt, due_ms } = next {
+            self.schedule(
+                Work {
+                    loc,
+                    target,
+                    destination_id: destination_id.clone(),
+                    attempt,
+                    manual: false,
+                    event: None,
+                    done: None,
+                },
+                due_ms,
+            );
         }
     }
 
@@ -818,14 +1008,29 @@ impl Shard {
     }
 
     async fn run_work(self: &Rc<Self>, mut w: Work) {
+        if w.event.is_none() && Loc(self.journal.borrow().progress.durable.load(Ordering::Acquire)) <= w.loc {
+            // Just carried forward: its record is not on disk yet.
+            let c = {
+                let mut j = self.journal.borrow_mut();
+                let c = j.commit();
+                j.flush();
+                c
+            };
+            let _ = c.await;
+        }
         let event = match w.event.take() {
             Some(e) => e,
             None => match self.load_event(w.loc) {
                 Ok(e) => e,
                 Err(e) => {
+                    // Never dropped: the accept is still on disk (its segment
+                    // is kept while the delivery is pending), so a transient
+                    // error (EMFILE, EIO) clears; an error that does not is
+                    // logged on every try.
+                    self.stats.read_errors.fetch_add(1, Ordering::Relaxed);
                     tracing::error!(shard = self.id, error = %e, destination_id = %w.destination_id,
-                        "cannot read a delivery's event back from the journal; it is dropped");
-                    self.settle_dropped(w);
+                        "cannot read a delivery's event back from the journal; trying again in {READ_RETRY:?}");
+                    self.schedule(w, now_ms() + READ_RETRY.as_millis() as i64);
                     return;
                 }
             },

@@ -329,6 +329,9 @@ pub struct ReceiverState {
     pub fail_prefix: Mutex<Option<String>>,
     /// A `Retry-After` value sent with every non-2xx answer.
     pub retry_after: Mutex<Option<String>>,
+    /// Every request as it arrives, before the delay: a request whose
+    /// sender gives up during the delay is here and not in `got`.
+    pub arrived: Mutex<Vec<Received>>,
 }
 
 /// A real HTTP server on loopback that records deliveries.
@@ -344,6 +347,12 @@ async fn record(
     headers: HeaderMap,
     body: Bytes,
 ) -> impl IntoResponse {
+    s.arrived.lock().unwrap().push(Received {
+        path: uri.path().to_string(),
+        headers: headers.clone(),
+        body: body.clone(),
+        at: Instant::now(),
+    });
     let delay = *s.delay.lock().unwrap();
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
@@ -403,6 +412,11 @@ impl Receiver {
 
     pub fn count(&self) -> usize {
         self.state.got.lock().unwrap().len()
+    }
+
+    /// Requests that arrived (answered or not).
+    pub fn arrivals(&self) -> usize {
+        self.state.arrived.lock().unwrap().len()
     }
 
     /// Waits until at least `n` requests arrived.

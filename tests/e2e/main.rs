@@ -7,6 +7,7 @@ mod destinations;
 mod durability;
 mod engine;
 mod harness;
+mod journal;
 mod opevents;
 mod outage;
 mod postgres;

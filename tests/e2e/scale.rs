@@ -85,7 +85,7 @@ fn event(i: usize) -> serde_json::Value {
 }
 
 fn failing(i: usize) -> bool {
-    (i / TENANTS) % PER_TENANT == 0
+    (i / TENANTS).is_multiple_of(PER_TENANT)
 }
 
 /// Publishes `n` events with 16 concurrent clients; `during` runs once

@@ -143,6 +143,34 @@ pub struct Engine {
     index_stop: Arc<std::sync::atomic::AtomicBool>,
     /// What recovery found, until the shards are told to resume.
     recovery: Mutex<Option<crate::recovery::Plan>>,
+    /// The exclusive lock on the data directory, held while the engine lives.
+    data_dir_lock: Mutex<Option<std::fs::File>>,
+}
+
+/// Takes an exclusive lock on `<data dir>/LOCK` so that a second process on
+/// the same directory refuses to start instead of replaying (and delivering)
+/// the first one's pending work and writing into its journals. The OS drops
+/// the lock when the process dies, `kill -9` included.
+fn lock_data_dir(dir: &std::path::Path) -> Result<std::fs::File, EngineError> {
+    std::fs::create_dir_all(dir)
+        .map_err(|e| EngineError::Startup(format!("cannot create data dir {}: {e}", dir.display())))?;
+    let path = dir.join("LOCK");
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| EngineError::Startup(format!("cannot open {}: {e}", path.display())))?;
+    match f.try_lock() {
+        Ok(()) => Ok(f),
+        Err(std::fs::TryLockError::WouldBlock) => Err(EngineError::Startup(format!(
+            "the data directory {} is in use by another Outrider process (OUTRIDER_DATA_DIR must be one per process)",
+            dir.display()
+        ))),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(EngineError::Startup(format!("cannot lock {}: {e}", path.display())))
+        }
+    }
 }
 
 impl Engine {
@@ -153,6 +181,7 @@ impl Engine {
         // own); clients that do not pick one explicitly use this default.
         let _ = rustls::crypto::ring::default_provider().install_default();
         let config = Arc::new(config);
+        let data_dir_lock = lock_data_dir(&config.data_dir)?;
         let cipher = Cipher::new(config.aes_encryption_secret.expose());
         let embedded = Arc::new(EmbeddedStore::open(
             &config.data_dir,
@@ -228,6 +257,7 @@ impl Engine {
             opevents,
         )
         .await?;
+        *engine.data_dir_lock.lock() = Some(data_dir_lock);
         engine.recover().await?;
         engine.start_alerting();
         if let Some(r) = redis {
@@ -349,6 +379,7 @@ impl Engine {
             index: Mutex::new(Some(index)),
             index_stop,
             recovery: Mutex::new(Some(plan)),
+            data_dir_lock: Mutex::new(None),
         });
         Ok(engine)
     }

@@ -15,6 +15,11 @@ use super::Loc;
 pub const FRAME_HEADER: usize = 8;
 const KIND_ACCEPT: u8 = 1;
 const KIND_SETTLE: u8 = 2;
+/// An accept record carried forward from an older segment (compaction): an
+/// accept whose targets replace, in the same record, the `(accept, target)`
+/// pairs they were copied from. One record, so a crash cannot leave both the
+/// copy and the original pending, nor neither.
+const KIND_CARRY: u8 = 3;
 /// A frame longer than this is corruption, not a record.
 pub const MAX_FRAME: usize = 256 * 1024 * 1024;
 
@@ -74,6 +79,8 @@ pub struct AcceptHead {
     pub event_id: String,
     pub manual_any: bool,
     pub targets: Vec<AcceptTarget>,
+    /// For a carried accept: the `(accept, target)` each target replaces.
+    pub carried: Vec<(Loc, u16)>,
 }
 
 /// A record as recovery sees it.
@@ -247,6 +254,33 @@ pub fn encode_accept(
 ) -> usize {
     frame(out, |w| {
         w.u8(KIND_ACCEPT);
+        accept_body(w, accepted_at, index_event, event, targets);
+    })
+}
+
+/// Appends a framed carried accept: `targets[i]` replaces `from[i]`. The
+/// event is not indexed again.
+pub fn encode_carry(
+    accepted_at: i64,
+    event: &Event,
+    targets: &[AcceptTarget],
+    from: &[(Loc, u16)],
+    out: &mut Vec<u8>,
+) -> usize {
+    debug_assert_eq!(targets.len(), from.len());
+    frame(out, |w| {
+        w.u8(KIND_CARRY);
+        w.u16(from.len() as u16);
+        for (loc, target) in from {
+            w.u64(loc.0);
+            w.u16(*target);
+        }
+        accept_body(w, accepted_at, false, event, targets);
+    })
+}
+
+fn accept_body(w: &mut W<'_>, accepted_at: i64, index_event: bool, event: &Event, targets: &[AcceptTarget]) {
+    {
         w.i64(accepted_at);
         w.u8(index_event as u8);
         w.str(&event.id);
@@ -272,7 +306,7 @@ pub fn encode_accept(
             w.i64(t.due_ms);
         }
         w.str(&event.data);
-    })
+    }
 }
 
 /// Appends a framed settle record to `out`; returns the frame's length.
@@ -421,6 +455,15 @@ fn targets(r: &mut R<'_>) -> Result<Vec<AcceptTarget>, CodecError> {
     Ok(v)
 }
 
+fn carried(r: &mut R<'_>) -> Result<Vec<(Loc, u16)>, CodecError> {
+    let n = r.u16()? as usize;
+    let mut v = Vec::with_capacity(n);
+    for _ in 0..n {
+        v.push((Loc(r.u64()?), r.u16()?));
+    }
+    Ok(v)
+}
+
 fn next_step(r: &mut R<'_>) -> Result<NextStep, CodecError> {
     Ok(match r.u8()? {
         0 => NextStep::Done,
@@ -434,8 +477,12 @@ fn next_step(r: &mut R<'_>) -> Result<NextStep, CodecError> {
 /// Decodes a verified payload completely.
 pub fn decode(payload: &[u8]) -> Result<Record, CodecError> {
     let mut r = R { b: payload };
-    match r.u8()? {
-        KIND_ACCEPT => {
+    let kind = r.u8()?;
+    if kind == KIND_CARRY {
+        carried(&mut r)?;
+    }
+    match kind {
+        KIND_ACCEPT | KIND_CARRY => {
             let (accepted_at, index_event, mut event, targets) = accept_head(&mut r)?;
             event.data = Arc::from(r.str()?);
             Ok(Record::Accept {
@@ -489,8 +536,14 @@ pub fn decode(payload: &[u8]) -> Result<Record, CodecError> {
 /// Decodes only what recovery needs (no event payload, no attempt body).
 pub fn decode_head(payload: &[u8]) -> Result<Head, CodecError> {
     let mut r = R { b: payload };
-    match r.u8()? {
-        KIND_ACCEPT => {
+    let kind = r.u8()?;
+    let carried = if kind == KIND_CARRY {
+        carried(&mut r)?
+    } else {
+        Vec::new()
+    };
+    match kind {
+        KIND_ACCEPT | KIND_CARRY => {
             let accepted_at = r.i64()?;
             let _index = r.u8()?;
             let event_id = r.string()?;
@@ -514,6 +567,7 @@ pub fn decode_head(payload: &[u8]) -> Result<Head, CodecError> {
                 event_id,
                 manual_any: targets.iter().any(|t| t.manual),
                 targets,
+                carried,
             }))
         }
         KIND_SETTLE => Ok(Head::Settle {

@@ -3,9 +3,10 @@
 //! Each shard appends to its own append-only, checksummed log under
 //! `<data dir>/journal/<shard>/`: an *accept* record when a delivery is taken
 //! on (the event and the shard's destinations for it), a *settle* record when
-//! an attempt ends (the attempt, and whether a retry follows). Pending
-//! deliveries are the accepted ones not yet settled; recovery replays the
-//! segments of every shard in parallel to find them.
+//! an attempt ends (the attempt, and whether a retry follows: its number and
+//! due time), and a *carry* record when compaction copies a still-pending
+//! delivery forward. Pending deliveries are the accepted ones not yet settled;
+//! recovery replays the segments of every shard in parallel to find them.
 //!
 //! Writes are group-committed: the shard encodes records into a buffer on its
 //! own thread and hands batches to its journal's sync thread, which writes
@@ -15,8 +16,31 @@
 //! is skipped and "committed" means written (it survives a process crash,
 //! not a power loss). Nothing here is shared between shards.
 //!
-//! Segments rotate at [`SEGMENT_BYTES`]. A segment is deleted once the index
-//! has read past it and no pending delivery refers to it.
+//! ## What replay needs, and when a segment may go
+//!
+//! A settle or carry record only ever refers to an accept (or carry) record
+//! written *before* it. Replay reads segments in order, so it needs, for every
+//! pending delivery, its accept record and every later record about it. Hence:
+//!
+//! 1. Segments are deleted as a **prefix** only: segment `s` goes once no
+//!    delivery whose accept record is in `s` *or any earlier kept segment*
+//!    is pending, and the index has read past it. Deleting a segment that
+//!    holds settles of an accept kept in an older segment would bring that
+//!    delivery back to life on replay (re-sent, retry count reset) — the bug
+//!    the prefix rule closes. A deleted settle can only refer to an accept
+//!    in the same deleted prefix.
+//! 2. So that one old pending delivery (a long retry) does not pin every
+//!    segment after it, the shard **carries** the pending deliveries of its
+//!    oldest needed segment forward into the current one, in one carry record
+//!    per accept (event, attempt number, due time, and the pair each replaces),
+//!    whenever the segments kept hold more than twice what the pending
+//!    deliveries need. A carry record both adds the copy and removes the
+//!    original, so no crash can leave both or neither. The old segment's
+//!    deliveries count as gone only once the carry is committed.
+//!
+//! Disk use is then about twice the live backlog plus two segments, whatever
+//! the age of the oldest retry. Segments rotate at `OUTRIDER_JOURNAL_SEGMENT_BYTES`
+//! (default [`SEGMENT_BYTES`]).
 
 pub mod codec;
 pub mod index;
@@ -133,6 +157,8 @@ type Waiter = oneshot::Sender<Result<(), Arc<JournalError>>>;
 
 struct Batch {
     segment: u32,
+    /// The segment size limit, so the sync thread zeroes no further ahead.
+    segment_bytes: u64,
     bytes: Vec<u8>,
     waiters: Vec<Waiter>,
 }
@@ -164,6 +190,17 @@ impl Journal {
         progress: Arc<Progress>,
         wake: Option<flume::Sender<()>>,
     ) -> Result<Journal, JournalError> {
+        Self::open_with_sync(dir, next_segment, fsync, File::sync_data, progress, wake)
+    }
+
+    fn open_with_sync(
+        dir: &Path,
+        next_segment: u32,
+        fsync: bool,
+        sync_data: SyncFn,
+        progress: Arc<Progress>,
+        wake: Option<flume::Sender<()>>,
+    ) -> Result<Journal, JournalError> {
         std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
         let first = create_segment(dir, next_segment)?;
         progress
@@ -180,6 +217,7 @@ impl Journal {
             offset: MAGIC.len() as u64,
             zeroed_to: MAGIC.len() as u64,
             fsync,
+            sync_data,
             failed: failed.clone(),
             progress: progress.clone(),
             wake,
@@ -272,6 +310,7 @@ impl Journal {
         let next = self.spare.try_recv().unwrap_or_else(|_| Vec::with_capacity(64 * 1024));
         let batch = Batch {
             segment: self.segment,
+            segment_bytes: self.segment_bytes,
             bytes: std::mem::replace(&mut self.buf, next),
             waiters: std::mem::take(&mut self.waiters),
         };
@@ -308,10 +347,15 @@ struct Syncer {
     /// Bytes of the file already written (records, then zeros).
     zeroed_to: u64,
     fsync: bool,
+    /// `File::sync_data` (`fdatasync`); a test wraps it to see that commits
+    /// wait for it.
+    sync_data: SyncFn,
     failed: Arc<AtomicBool>,
     progress: Arc<Progress>,
     wake: Option<flume::Sender<()>>,
 }
+
+type SyncFn = fn(&File) -> std::io::Result<()>;
 
 impl Syncer {
     fn run(mut self, rx: flume::Receiver<Batch>) {
@@ -332,7 +376,7 @@ impl Syncer {
             for b in batches {
                 waiters.extend(b.waiters);
                 if result.is_ok() {
-                    result = self.write(b.segment, &b.bytes);
+                    result = self.write(b.segment, b.segment_bytes, &b.bytes);
                 }
                 let mut bytes = b.bytes;
                 if bytes.capacity() <= 1 << 20 {
@@ -342,7 +386,7 @@ impl Syncer {
             }
             if result.is_ok() && self.fsync {
                 let path = segment_path(&self.dir, self.segment);
-                result = self.file.sync_data().map_err(|e| io(&path, e));
+                result = (self.sync_data)(&self.file).map_err(|e| io(&path, e));
             }
             match result {
                 Ok(()) => {
@@ -371,13 +415,13 @@ impl Syncer {
         }
     }
 
-    fn write(&mut self, segment: u32, bytes: &[u8]) -> Result<(), JournalError> {
+    fn write(&mut self, segment: u32, segment_bytes: u64, bytes: &[u8]) -> Result<(), JournalError> {
         if segment != self.segment {
             // The closed segment is synced before the next one gets records,
             // so "durable" never skips a hole.
             let path = segment_path(&self.dir, self.segment);
             if self.fsync {
-                self.file.sync_data().map_err(|e| io(&path, e))?;
+                (self.sync_data)(&self.file).map_err(|e| io(&path, e))?;
             }
             self.file = create_segment(&self.dir, segment)?;
             self.segment = segment;
@@ -388,7 +432,8 @@ impl Syncer {
         let path = segment_path(&self.dir, self.segment);
         let end = self.offset + bytes.len() as u64;
         if end > self.zeroed_to {
-            let upto = end + ZEROED_AHEAD;
+            // Not past the segment's size: small test segments stay small.
+            let upto = end + ZEROED_AHEAD.min(segment_bytes.saturating_sub(end));
             let zeros = vec![0u8; 256 * 1024];
             let mut at = self.zeroed_to.max(end);
             while at < upto {
@@ -564,6 +609,98 @@ mod tests {
         let r = replay::replay(dir.path(), 0).unwrap();
         assert_eq!(r.pending.len(), 0);
         assert!(r.damaged[0].2.contains("checksum"), "{:?}", r.damaged);
+    }
+
+    #[tokio::test]
+    async fn a_carried_accept_replaces_its_original_atomically() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = Arc::new(Progress::default());
+        let mut j = Journal::open(dir.path(), 0, true, p.clone(), None)
+            .unwrap()
+            .with_segment_bytes(1024);
+        let a = j.append(&accept("e1", &["d1", "d2"]));
+        j.append(&settle(
+            a,
+            1,
+            1,
+            NextStep::Retry {
+                attempt: 2,
+                due_ms: 9_000,
+            },
+        ));
+        for i in 0..20 {
+            j.append(&accept(&format!("x{i}"), &["d3"]));
+        }
+        // Carry d2's retry (attempt 2, due 9 s) forward; d1 stays.
+        let target = AcceptTarget {
+            destination_id: "d2".into(),
+            attempt: 2,
+            manual: false,
+            due_ms: 9_000,
+        };
+        let c = j.append_with(|buf| codec::encode_carry(1_000, &event("e1"), &[target], &[(a, 1)], buf));
+        assert!(c.segment() > a.segment());
+        commit(&mut j).await;
+        let pending = |dir: &Path| {
+            let r = replay::replay(dir, 0).unwrap();
+            let mut v: Vec<_> = r
+                .pending
+                .iter()
+                .filter(|p| p.destination_id.as_ref() != "d3")
+                .map(|p| (p.loc, p.target, p.destination_id.to_string(), p.attempt, p.due_ms))
+                .collect();
+            v.sort();
+            v
+        };
+        let want = vec![(a, 0, "d1".to_string(), 1, 0), (c, 0, "d2".to_string(), 2, 9_000)];
+        assert_eq!(pending(dir.path()), want);
+        // The copy's event reads back whole, and is not indexed twice.
+        match Reader::default().read(dir.path(), c).unwrap() {
+            Record::Accept {
+                event: e, index_event, ..
+            } => {
+                assert_eq!(*e, *event("e1"));
+                assert!(!index_event);
+            }
+            other => panic!("{other:?}"),
+        }
+        // Once the original's segment is gone, the copy alone stands.
+        std::fs::remove_file(segment_path(dir.path(), 0)).unwrap();
+        let r = pending(dir.path());
+        assert_eq!(r, vec![(c, 0, "d2".to_string(), 2, 9_000)]);
+    }
+
+    /// `fdatasync` calls seen by [`counting_sync`] (this test's journal only).
+    static SYNCS: AtomicU64 = AtomicU64::new(0);
+
+    fn counting_sync(f: &File) -> std::io::Result<()> {
+        // Slow, so a commit that did not wait for it would be seen.
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        f.sync_data()?;
+        SYNCS.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn every_commit_waits_for_an_fdatasync_that_covers_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = Arc::new(Progress::default());
+        let mut j = Journal::open_with_sync(dir.path(), 0, true, counting_sync, p.clone(), None)
+            .unwrap()
+            .with_segment_bytes(1024);
+        for i in 0..30 {
+            let before = SYNCS.load(Ordering::SeqCst);
+            // Large enough that some commits cross a segment boundary.
+            j.append(&accept(&format!("e{i}"), &["d1", "d2", "d3"]));
+            let c = j.commit();
+            j.flush();
+            c.await.unwrap().unwrap();
+            assert!(
+                SYNCS.load(Ordering::SeqCst) > before,
+                "commit {i} resolved without an fdatasync after its write"
+            );
+        }
+        assert!(j.current_segment() > 0, "the test crosses segments");
     }
 
     #[tokio::test]

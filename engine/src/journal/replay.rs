@@ -27,8 +27,11 @@ pub struct Pending {
 #[derive(Debug, Default)]
 pub struct Recovered {
     pub pending: Vec<Pending>,
-    /// Pending deliveries per segment (a segment with none can go once indexed).
+    /// Pending deliveries per segment of their accept record.
     pub live: BTreeMap<u32, u64>,
+    /// Deliveries accepted (or carried) into each segment, settled or not:
+    /// with `live`, how much of a segment is still needed.
+    pub born: BTreeMap<u32, u64>,
     /// Segments found, ascending.
     pub segments: Vec<u32>,
     /// Where each segment's readable records end.
@@ -133,7 +136,13 @@ pub fn replay_with(
                     if a.accepted_at >= idempotency_since {
                         recent(&a.event_id, a.accepted_at);
                     }
+                    *out.born.entry(seg).or_default() += a.targets.len() as u64;
                     for (i, t) in a.targets.into_iter().enumerate() {
+                        // A carried target replaces the pair it was copied
+                        // from (gone already if its segment was collected).
+                        if let Some(from) = a.carried.get(i) {
+                            pending.remove(from);
+                        }
                         if t.manual {
                             out.manual
                                 .push((a.event_id.clone(), t.destination_id.clone(), t.attempt));
