@@ -17,6 +17,7 @@ pub mod crypto;
 pub mod destinations;
 pub mod engine;
 pub mod filter;
+pub mod flow;
 pub mod http_client;
 pub mod idempotency;
 pub mod ids;

@@ -26,6 +26,7 @@ use tokio::sync::{oneshot, Notify};
 
 use crate::alerts::{Sample, Signal, Streak};
 use crate::destinations::{PublishContext, PublishResult, Publisher, Registry, ShardClients};
+use crate::flow::{Flow, Outcome};
 use crate::http_client::HttpClient;
 use crate::ids::IdGenerator;
 use crate::journal::replay::Recovered;
@@ -321,6 +322,13 @@ struct Shard {
     /// Free attempt slots of the shard (`DELIVERY_MAX_CONCURRENCY`).
     free: Cell<usize>,
     per_destination: usize,
+    /// Each destination's adaptive limit (see [`crate::flow`]).
+    flows: RefCell<HashMap<Arc<str>, Flow>>,
+    /// Attempts in flight to slow destinations, their cap, and the slow
+    /// destinations waiting for that share (listed, so not listed twice).
+    slow_inflight: Cell<usize>,
+    slow_cap: usize,
+    parked: RefCell<VecDeque<Arc<str>>>,
     queued_in_memory: Cell<usize>,
     /// Signalled when a slot frees up (the inbox waits on it under load).
     slot_freed: Notify,
@@ -372,6 +380,10 @@ async fn run(id: usize, rx: flume::Receiver<ShardMsg>, deps: ShardDeps, stats: A
         runnable: RefCell::new(VecDeque::new()),
         free: Cell::new(cfg.delivery_max_concurrency),
         per_destination: cfg.destination_max_concurrency.max(1),
+        flows: RefCell::new(HashMap::new()),
+        slow_inflight: Cell::new(0),
+        slow_cap: crate::flow::slow_share(cfg.delivery_max_concurrency),
+        parked: RefCell::new(VecDeque::new()),
         queued_in_memory: Cell::new(0),
         slot_freed: Notify::new(),
         journal: RefCell::new(journal),
@@ -425,6 +437,7 @@ async fn run(id: usize, rx: flume::Receiver<ShardMsg>, deps: ShardDeps, stats: A
         match msg {
             ShardMsg::Upsert(d) => shard.upsert(d),
             ShardMsg::Remove(id) => {
+                shard.flows.borrow_mut().remove(id.as_str());
                 shard.dests.borrow_mut().remove(&id);
                 shard.failing.borrow_mut().remove(&id);
             }
@@ -857,7 +870,7 @@ impl Shard {
             }
             let key = w.destination_id.clone();
             q.waiting.push_back(w);
-            if !q.listed && q.inflight < self.per_destination {
+            if !q.listed && q.inflight < self.flow(&key).limit {
                 q.listed = true;
                 self.runnable.borrow_mut().push_back(key);
             }
@@ -865,23 +878,42 @@ impl Shard {
         self.pump();
     }
 
+    /// A destination's adaptive limit (a new one starts small).
+    fn flow(&self, key: &Arc<str>) -> Flow {
+        if let Some(f) = self.flows.borrow().get(key) {
+            return *f;
+        }
+        let f = Flow::new(self.per_destination);
+        self.flows.borrow_mut().insert(key.clone(), f);
+        f
+    }
+
     /// Starts waiting deliveries, one destination after another, while the
-    /// shard has free slots.
+    /// shard has free slots. A destination runs at most its adaptive limit
+    /// at once; slow ones (timing out) share at most half the slots and wait
+    /// in `parked` beyond it, so other destinations always find slots.
     fn pump(self: &Rc<Self>) {
         while self.free.get() > 0 && !self.draining.get() {
             let Some(key) = self.runnable.borrow_mut().pop_front() else {
                 break;
             };
+            let flow = self.flow(&key);
             let work = {
                 let mut queues = self.queues.borrow_mut();
                 let Some(q) = queues.get_mut(&key) else { continue };
-                q.listed = false;
-                if q.inflight >= self.per_destination {
+                if q.inflight >= flow.limit {
+                    q.listed = false;
                     continue;
                 }
+                if flow.slow && self.slow_inflight.get() >= self.slow_cap {
+                    // Stays listed: it comes back when a slow attempt ends.
+                    self.parked.borrow_mut().push_back(key);
+                    continue;
+                }
+                q.listed = false;
                 let Some(w) = q.waiting.pop_front() else { continue };
                 q.inflight += 1;
-                if !q.waiting.is_empty() && q.inflight < self.per_destination {
+                if !q.waiting.is_empty() && q.inflight < flow.limit {
                     q.listed = true;
                     self.runnable.borrow_mut().push_back(key);
                 }
@@ -892,6 +924,9 @@ impl Shard {
             }
             self.free.set(self.free.get() - 1);
             self.inflight.set(self.inflight.get() + 1);
+            if flow.slow {
+                self.slow_inflight.set(self.slow_inflight.get() + 1);
+            }
             let me = self.clone();
             tokio::task::spawn_local(async move {
                 let key = work.destination_id.clone();
@@ -900,14 +935,32 @@ impl Shard {
                 if ran.is_err() {
                     me.panicked(id, &key);
                 }
-                me.finished(&key);
+                me.finished(&key, flow.slow);
             });
         }
     }
 
-    fn finished(self: &Rc<Self>, key: &Arc<str>) {
+    /// Feeds an attempt's outcome to its destination's limit.
+    fn observe_flow(&self, key: &Arc<str>, result: &PublishResult) {
+        let outcome = match result.status {
+            AttemptStatus::Success => Outcome::Success,
+            AttemptStatus::Failed if result.code == "timeout" => Outcome::Timeout,
+            AttemptStatus::Failed => Outcome::Other,
+        };
+        if let Some(f) = self.flows.borrow_mut().get_mut(key) {
+            f.observe(outcome, self.per_destination);
+        }
+    }
+
+    fn finished(self: &Rc<Self>, key: &Arc<str>, counted_slow: bool) {
         self.free.set(self.free.get() + 1);
         self.inflight.set(self.inflight.get() - 1);
+        if counted_slow {
+            self.slow_inflight.set(self.slow_inflight.get() - 1);
+            // A share slot is free: the parked slow destinations try again.
+            let parked = std::mem::take(&mut *self.parked.borrow_mut());
+            self.runnable.borrow_mut().extend(parked);
+        }
         {
             let mut queues = self.queues.borrow_mut();
             if let Some(q) = queues.get_mut(key) {
@@ -1078,6 +1131,7 @@ impl Shard {
             Err(e) => PublishResult::failed("ERR", e.as_str()),
         };
         self.stats.attempts.fetch_add(1, Ordering::Relaxed);
+        self.observe_flow(&w.destination_id, &result);
         let mut next = match result.status {
             AttemptStatus::Success => {
                 self.stats.successes.fetch_add(1, Ordering::Relaxed);

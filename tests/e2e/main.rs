@@ -6,6 +6,7 @@ mod delivery;
 mod destinations;
 mod durability;
 mod engine;
+mod fairness;
 mod harness;
 mod journal;
 mod opevents;

@@ -1,0 +1,86 @@
+//! One tenant's destinations that never answer must not take a shard's
+//! capacity from another tenant: deliveries and publishes go on.
+
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use crate::common::*;
+
+/// Accepts connections and never answers (holds them open).
+async fn black_hole() -> std::net::SocketAddr {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = l.accept().await {
+            held.push(s);
+        }
+    });
+    addr
+}
+
+/// Publishes `n` events to `tenant` from 8 tasks; returns the time taken.
+async fn publish_many(api: &Api, tenant: &str, prefix: &str, n: usize) -> Duration {
+    let t0 = Instant::now();
+    let mut tasks = Vec::new();
+    for w in 0..8 {
+        let api = api.clone();
+        let (tenant, prefix) = (tenant.to_string(), prefix.to_string());
+        tasks.push(tokio::spawn(async move {
+            for i in (w..n).step_by(8) {
+                let r = api
+                    .publish(json!({"id": format!("{prefix}{i}"), "tenant_id": tenant, "topic": "k", "data": {"i": i}}))
+                    .await;
+                assert_eq!(r.status, 202, "{}", r.text);
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    t0.elapsed()
+}
+
+#[tokio::test]
+async fn sixteen_black_holed_destinations_do_not_starve_another_tenant() {
+    let s = Server::start(&[("DELIVERY_SHARDS", "1"), ("DELIVERY_TIMEOUT_SECONDS", "5")]).await;
+    let api = Api::admin(&s);
+    let good = Receiver::start().await;
+    api.tenant("good").await;
+    api.webhook("good", &good.url("/g"), json!({})).await;
+
+    // Alone.
+    let t0 = Instant::now();
+    let publish_alone = publish_many(&api, "good", "a", 300).await;
+    let got = good.wait_for(300, Duration::from_secs(30)).await.len();
+    let alone = t0.elapsed();
+    assert_eq!(got, 300);
+
+    // Beside 16 black holes of another tenant, each with a deep backlog.
+    let hole = black_hole().await;
+    api.tenant("bad").await;
+    for i in 0..16 {
+        api.webhook("bad", &format!("http://{hole}/b{i}"), json!({})).await;
+    }
+    let publish_bad = publish_many(&api, "bad", "b", 1500).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let t0 = Instant::now();
+    let publish_beside = publish_many(&api, "good", "c", 300).await;
+    let got = good.wait_for(600, Duration::from_secs(30)).await.len();
+    let beside = t0.elapsed();
+    eprintln!(
+        "fairness (1 shard): healthy 300 events alone {alone:?} (publishes {publish_alone:?}); \
+         beside 16 black holes with 1,500 events (24,000 deliveries; published in {publish_bad:?}): \
+         {beside:?} (publishes {publish_beside:?})"
+    );
+    assert_eq!(got, 600, "the healthy tenant's events did not all arrive");
+    assert!(
+        beside <= Duration::from_secs(3),
+        "300 events took {beside:?} beside the black holes"
+    );
+    assert!(
+        publish_beside <= publish_alone * 2 + Duration::from_millis(300),
+        "publishes slowed from {publish_alone:?} to {publish_beside:?}"
+    );
+}
