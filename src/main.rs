@@ -184,9 +184,24 @@ async fn serve(config: Config) -> Result<(), String> {
         Service::Delivery => outrider_api::health_router(state),
         _ => outrider_api::router(state),
     };
-    outrider_api::serve_router(listener, router, shutdown_signal())
-        .await
-        .map_err(|e| format!("server error: {e}"))?;
+    // Graceful shutdown waits for open requests; a client that never ends
+    // its request must not hold the process: past the drain time it stops.
+    let drain = engine.config.shutdown_drain_timeout;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        let _ = stop_tx.send(true);
+    });
+    let stopping = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+    let serve = outrider_api::serve_router(listener, router, stopping(stop_rx.clone()));
+    tokio::select! {
+        r = serve => r.map_err(|e| format!("server error: {e}"))?,
+        _ = async { stopping(stop_rx).await; tokio::time::sleep(drain).await } => {
+            tracing::warn!(?drain, "open API requests did not end within OUTRIDER_SHUTDOWN_DRAIN_SECONDS; closing them");
+        }
+    }
     tracing::info!("shutting down: draining the shards");
     let report = engine.shutdown().await;
     tracing::info!(

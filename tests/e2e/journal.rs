@@ -204,3 +204,26 @@ async fn a_second_process_on_the_same_data_dir_refuses_to_start() {
     // The first one still serves.
     assert_eq!(Api::admin(&s).get("/tenants/none").await.status, 404);
 }
+
+/// SIGTERM with a client that never finishes its request (a publish whose
+/// body never comes): the process still exits, within the drain time.
+#[tokio::test]
+async fn sigterm_exits_within_the_drain_time_despite_a_request_that_never_ends() {
+    use tokio::io::AsyncWriteExt;
+    let mut s = Server::start(&[("OUTRIDER_SHUTDOWN_DRAIN_SECONDS", "2")]).await;
+    let mut sock = tokio::net::TcpStream::connect(("127.0.0.1", s.port)).await.unwrap();
+    sock.write_all(
+        format!(
+            "POST /api/v1/publish HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {API_KEY}\r\ncontent-type: application/json\r\ncontent-length: 1000\r\n\r\n{{\"tenant_id\":"
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (code, took) = s.terminate(Duration::from_secs(20)).await;
+    eprintln!("SIGTERM with a request that never ends: exit {code:?} after {took:?}");
+    assert_eq!(code, Some(0));
+    assert!(took < Duration::from_secs(10), "exit took {took:?}");
+    drop(sock);
+}

@@ -1,6 +1,7 @@
 //! End-to-end tests: the real server binary, a real HTTP receiver, real HTTP.
 
 mod api;
+mod chaos;
 mod common;
 mod delivery;
 mod destinations;

@@ -518,7 +518,15 @@ impl Engine {
         self.index_stop.store(true, std::sync::atomic::Ordering::Release);
         let index = self.index.lock().take();
         if let Some(h) = index {
-            let _ = tokio::task::spawn_blocking(move || h.join()).await;
+            // Its position is stored with its rows: if it is stuck (a slow
+            // disk), the next start resumes where its last commit ended.
+            let join = tokio::task::spawn_blocking(move || h.join());
+            if tokio::time::timeout(std::time::Duration::from_secs(5), join)
+                .await
+                .is_err()
+            {
+                tracing::warn!("the index follower did not stop within 5 s; exiting without it");
+            }
         }
         total
     }

@@ -1,0 +1,349 @@
+//! Crash-consistency soak: small journal segments, healthy, failing, slow
+//! and black-holed destinations with fan-out and retries due during the run,
+//! repeated `kill -9` while publishing, then a SIGTERM and a restart with a
+//! different `DELIVERY_SHARDS`. Checked from the sinks' own records and the
+//! attempt log once everything has drained:
+//!
+//! - every accepted event is delivered (healthy, slow) or exhausted per the
+//!   schedule (failing, black-holed: exactly 3 logged attempts);
+//! - per (event, destination) the logged attempt numbers are 1, 2, 3... in
+//!   time order, none repeated, and attempt n+1 starts no earlier than
+//!   attempt n plus the schedule's delay (no early retry, no reset count);
+//! - sink arrivals beyond the logged attempts (re-sent attempts) are at most
+//!   what was in flight at the kills: requests open at a sink at the kill
+//!   plus those answered in the second before it;
+//! - journal disk use after the drain is back under two segments per shard.
+//!
+//! Short form by default (10 kills, 30 events per round); the long form:
+//! `OUTRIDER_CHAOS_KILLS=40 OUTRIDER_CHAOS_EVENTS=200 cargo nextest run --test e2e chaos --no-capture`.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use crate::common::*;
+
+const SEGMENT: u64 = 64 * 1024;
+const SCHEDULE_MS: [i64; 2] = [1000, 2000];
+
+fn env_num(key: &str, default: usize) -> usize {
+    std::env::var(key).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+/// Bytes of every journal segment under `data`.
+fn journal_bytes(data: &Path) -> u64 {
+    let mut total = 0;
+    if let Ok(rd) = std::fs::read_dir(data.join("journal")) {
+        for d in rd.flatten() {
+            if let Ok(files) = std::fs::read_dir(d.path()) {
+                total += files
+                    .flatten()
+                    .filter_map(|f| f.metadata().ok())
+                    .map(|m| m.len())
+                    .sum::<u64>();
+            }
+        }
+    }
+    total
+}
+
+/// A small deterministic generator (the seed is printed).
+struct Lcg(u64);
+impl Lcg {
+    fn next(&mut self, below: u64) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (self.0 >> 33) % below
+    }
+}
+
+struct Sink {
+    name: &'static str,
+    rx: Receiver,
+}
+
+/// Requests a sink may see twice because of a kill at `at`: open at the
+/// sink then, or answered within the second before (the outcome may not
+/// have been committed).
+fn at_risk(rx: &Receiver, at: Instant) -> usize {
+    let arrived = rx.state.arrived.lock().unwrap().len();
+    let got = rx.got();
+    let recent = got
+        .iter()
+        .filter(|g| at.duration_since(g.at) <= Duration::from_secs(1))
+        .count();
+    arrived.saturating_sub(got.len()) + recent
+}
+
+async fn publish_round(api: &Api, round: usize, events: usize, every_rare: usize) -> Vec<(String, String, String)> {
+    let accepted = Arc::new(Mutex::new(Vec::new()));
+    let pad = "p".repeat(1500);
+    let mut tasks = Vec::new();
+    for w in 0..3 {
+        let api = api.clone();
+        let accepted = accepted.clone();
+        let pad = pad.clone();
+        tasks.push(tokio::spawn(async move {
+            let http = reqwest::Client::new();
+            for i in (w..events).step_by(3) {
+                let id = format!("x{round}_{i}");
+                let tenant = if i % 4 == 0 { "t2" } else { "t1" };
+                let topic = if i % every_rare == 0 { "rare" } else { "k" };
+                let r = http
+                    .post(format!("{}/publish", api.base))
+                    .bearer_auth(&api.token)
+                    .json(&json!({"id": id, "tenant_id": tenant, "topic": topic, "data": {"i": i, "pad": pad}}))
+                    .send()
+                    .await;
+                match r {
+                    Ok(r) if r.status().as_u16() == 202 => {
+                        accepted
+                            .lock()
+                            .unwrap()
+                            .push((id, tenant.to_string(), topic.to_string()))
+                    }
+                    _ => break, // killed
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    let v = accepted.lock().unwrap().clone();
+    v
+}
+
+#[tokio::test]
+async fn kill9_sigterm_and_a_shard_change_keep_every_journal_invariant() {
+    let kills = env_num("OUTRIDER_CHAOS_KILLS", 10);
+    let per_round = env_num("OUTRIDER_CHAOS_EVENTS", 30);
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    let mut rng = Lcg(seed);
+    let t_start = Instant::now();
+    let mut s = Server::start(&[
+        ("DELIVERY_SHARDS", "2"),
+        ("OUTRIDER_JOURNAL_SEGMENT_BYTES", &SEGMENT.to_string()),
+        ("RETRY_SCHEDULE", "1,2"),
+        ("DELIVERY_TIMEOUT_SECONDS", "1"),
+        ("OUTRIDER_SHUTDOWN_DRAIN_SECONDS", "3"),
+    ])
+    .await;
+    let api = Api::admin(&s);
+    let data = s.dir.join("data");
+    let healthy = Receiver::start().await;
+    let failing = Receiver::start().await;
+    *failing.state.always.lock().unwrap() = Some(500);
+    let slow = Receiver::start().await;
+    *slow.state.delay.lock().unwrap() = Duration::from_millis(300);
+    let hole = Receiver::start().await;
+    *hole.state.delay.lock().unwrap() = Duration::from_secs(30);
+    let other = Receiver::start().await;
+    api.tenant("t1").await;
+    api.tenant("t2").await;
+    let mut dest_of: HashMap<String, &'static str> = HashMap::new();
+    for (name, rx, topics) in [
+        ("healthy", &healthy, json!("*")),
+        ("failing", &failing, json!("*")),
+        ("slow", &slow, json!("*")),
+        ("hole", &hole, json!(["rare"])),
+    ] {
+        let d = api
+            .webhook("t1", &rx.url(&format!("/{name}")), json!({ "topics": topics }))
+            .await;
+        dest_of.insert(d["id"].as_str().unwrap().to_string(), name);
+    }
+    let d = api.webhook("t2", &other.url("/other"), json!({})).await;
+    dest_of.insert(d["id"].as_str().unwrap().to_string(), "other");
+    let sinks = [
+        Sink {
+            name: "healthy",
+            rx: healthy.clone(),
+        },
+        Sink {
+            name: "failing",
+            rx: failing.clone(),
+        },
+        Sink {
+            name: "slow",
+            rx: slow.clone(),
+        },
+        Sink {
+            name: "hole",
+            rx: hole.clone(),
+        },
+        Sink {
+            name: "other",
+            rx: other.clone(),
+        },
+    ];
+
+    let every_rare = 10;
+    let mut accepted = Vec::new();
+    let mut risk: HashMap<&str, usize> = HashMap::new();
+    let mut max_disk = 0u64;
+    for round in 0..kills {
+        let api2 = api.clone();
+        let publishing = tokio::spawn(async move { publish_round(&api2, round, per_round, every_rare).await });
+        tokio::time::sleep(Duration::from_millis(150 + rng.next(600))).await;
+        let at = Instant::now();
+        s.kill9();
+        for k in &sinks {
+            *risk.entry(k.name).or_default() += at_risk(&k.rx, at);
+        }
+        accepted.extend(publishing.await.unwrap());
+        max_disk = max_disk.max(journal_bytes(&data));
+        s.spawn().await;
+    }
+    // A last round ends with SIGTERM, and the next start has 3 shards.
+    accepted.extend(publish_round(&api, kills, per_round, every_rare).await);
+    let (code, took) = s.terminate(Duration::from_secs(30)).await;
+    assert_eq!(code, Some(0), "SIGTERM exit");
+    let at = Instant::now();
+    for k in &sinks {
+        *risk.entry(k.name).or_default() += at_risk(&k.rx, at);
+    }
+    s.set_env("DELIVERY_SHARDS", "3");
+    s.spawn().await;
+
+    // Drain: nothing pending, every healthy delivery in.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        max_disk = max_disk.max(journal_bytes(&data));
+        let pending = api.get("/healthz").await.body["workers"]["delivery-shards"]["pending_deliveries"].as_u64();
+        if pending == Some(0) || Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    // The index catches up, then segments are collected (index synced every 2 s).
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let disk_after = journal_bytes(&data);
+
+    // Sink arrivals per (sink, event).
+    let mut arrivals: HashMap<(&str, String), usize> = HashMap::new();
+    for k in &sinks {
+        for g in k.rx.state.arrived.lock().unwrap().iter() {
+            if let Some(id) = g.header("x-outpost-event-id") {
+                *arrivals.entry((k.name, id)).or_default() += 1;
+            }
+        }
+    }
+    let (mut lost, mut early, mut misnumbered, mut duplicates, mut logged) = (0, 0, 0, 0, 0);
+    let mut examples: Vec<String> = Vec::new();
+    let mut resent: HashMap<&str, usize> = HashMap::new();
+    for (id, tenant, topic) in &accepted {
+        let r = api.get(&format!("/attempts?event_id={id}&limit=100")).await;
+        let models = r.body["models"].as_array().cloned().unwrap_or_default();
+        let mut per_dest: HashMap<&str, Vec<(i64, u64, String)>> = HashMap::new();
+        for a in &models {
+            let name = dest_of
+                .get(a["destination_id"].as_str().unwrap_or_default())
+                .copied()
+                .unwrap_or("?");
+            let t = chrono::DateTime::parse_from_rfc3339(a["time"].as_str().unwrap_or_default())
+                .map(|t| t.timestamp_millis())
+                .unwrap_or(0);
+            per_dest.entry(name).or_default().push((
+                t,
+                a["attempt_number"].as_u64().unwrap_or(0),
+                a["status"].as_str().unwrap_or_default().to_string(),
+            ));
+        }
+        let expected: Vec<(&str, usize)> = if tenant == "t2" {
+            vec![("other", 1)]
+        } else {
+            let mut v = vec![("healthy", 1), ("failing", 3), ("slow", 1)];
+            if topic == "rare" {
+                v.push(("hole", 3));
+            }
+            v
+        };
+        for (name, attempts) in expected {
+            let mut list = per_dest.remove(name).unwrap_or_default();
+            list.sort();
+            logged += list.len();
+            let numbers: Vec<u64> = list.iter().map(|a| a.1).collect();
+            let want: Vec<u64> = (1..=attempts as u64).collect();
+            let outcome_ok = match name {
+                "failing" | "hole" => numbers == want && list.iter().all(|a| a.2 == "failed"),
+                _ => list.last().is_some_and(|a| a.2 == "success"),
+            };
+            if !outcome_ok {
+                if list.is_empty() || (name != "failing" && name != "hole") {
+                    lost += 1;
+                }
+                if numbers.len() > 1 || !list.is_empty() {
+                    misnumbered += (numbers != want && (name == "failing" || name == "hole")) as usize;
+                }
+                if examples.len() < 5 {
+                    examples.push(format!("{id} {name}: {list:?}"));
+                }
+            }
+            // Strictly increasing, contiguous, none early.
+            for w in list.windows(2) {
+                if w[1].1 != w[0].1 + 1 {
+                    misnumbered += 1;
+                }
+                let delay = SCHEDULE_MS[(w[0].1 as usize - 1).min(SCHEDULE_MS.len() - 1)];
+                if w[1].0 - w[0].0 < delay - 5 {
+                    early += 1;
+                    if examples.len() < 5 {
+                        examples.push(format!("{id} {name} early: {list:?}"));
+                    }
+                }
+            }
+            let seen = arrivals.get(&(name, id.clone())).copied().unwrap_or(0);
+            duplicates += seen.saturating_sub(list.len());
+            *resent.entry(name).or_default() += seen.saturating_sub(list.len());
+        }
+    }
+    let deliveries: usize = accepted
+        .iter()
+        .map(|(_, t, topic)| {
+            if t == "t2" {
+                1
+            } else if topic == "rare" {
+                4
+            } else {
+                3
+            }
+        })
+        .sum();
+    eprintln!(
+        "chaos (seed {seed}): kills {kills} + 1 SIGTERM ({took:?}) + DELIVERY_SHARDS 2→3; events accepted {}, deliveries {deliveries}, attempts logged {logged}; \
+         lost {lost}, misnumbered {misnumbered}, early retries {early}, re-sent {duplicates} {resent:?} (bound from in-flight at kills {risk:?}); \
+         journal max {} KiB, after drain {} KiB; {:.0} s",
+        accepted.len(),
+        max_disk / 1024,
+        disk_after / 1024,
+        t_start.elapsed().as_secs_f64()
+    );
+    assert!(
+        accepted.len() >= kills * per_round / 4,
+        "too few events accepted: {}",
+        accepted.len()
+    );
+    assert_eq!(lost, 0, "lost deliveries: {examples:?}");
+    assert_eq!(misnumbered, 0, "attempt numbers: {examples:?}");
+    assert_eq!(early, 0, "early retries: {examples:?}");
+    for (name, n) in &resent {
+        let bound = risk.get(name).copied().unwrap_or(0);
+        assert!(
+            *n <= bound,
+            "{name}: {n} re-sent, more than the {bound} in flight at the kills"
+        );
+    }
+    assert!(
+        disk_after <= 3 * 2 * SEGMENT,
+        "journal holds {disk_after} bytes once drained"
+    );
+}
