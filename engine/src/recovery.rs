@@ -110,7 +110,7 @@ pub async fn prepare(
     let mut moves = Vec::new();
     let mut total = 0usize;
     for (i, dir, rec) in replayed {
-        let rec: Recovered = rec
+        let mut rec: Recovered = rec
             .map_err(EngineError::Startup)?
             .map_err(|e| EngineError::Startup(format!("journal recovery: {e}")))?;
         for (seg, off, why) in &rec.damaged {
@@ -118,11 +118,17 @@ pub async fn prepare(
                 "journal tail unreadable (a write cut short by a crash, or damage); records after it are ignored");
         }
         total += rec.pending.len();
-        let (own, foreign): (Vec<Pending>, Vec<Pending>) = rec
-            .pending
-            .iter()
-            .cloned()
-            .partition(|p| i < n && shard_for(&p.destination_id, n) == i);
+        // Split in place: a 1M backlog must not be held twice at once.
+        let mut own = std::mem::take(&mut rec.pending);
+        let had_pending = !own.is_empty();
+        let mut foreign = Vec::new();
+        own.retain(|p| {
+            let mine = i < n && shard_for(&p.destination_id, n) == i;
+            if !mine {
+                foreign.push(p.clone());
+            }
+            mine
+        });
         if !foreign.is_empty() {
             moves.push(Move {
                 dir: dir.clone(),
@@ -168,7 +174,7 @@ pub async fn prepare(
                     std::cmp::Ordering::Greater => len <= journal::MAGIC.len() as u64,
                 }
             });
-            if rec.pending.is_empty() && indexed_all {
+            if !had_pending && indexed_all {
                 if let Err(e) = std::fs::remove_dir_all(&dir) {
                     tracing::warn!(dir = %dir.display(), error = %e, "cannot remove an old shard's journal");
                 }

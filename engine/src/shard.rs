@@ -597,7 +597,16 @@ impl Shard {
             );
         }
         let now = now_ms();
-        for p in pending {
+        // Taken from the back (replay sorts newest first) and the list
+        // shrunk as it empties, so the list and the queues it fills are not
+        // both whole in memory at once.
+        let mut pending = pending;
+        let mut shrink_at = pending.len() / 2;
+        while let Some(p) = pending.pop() {
+            if pending.len() < shrink_at {
+                pending.shrink_to_fit();
+                shrink_at = pending.len() / 2;
+            }
             let w = Work {
                 loc: p.loc,
                 target: p.target,

@@ -209,8 +209,10 @@ pub fn replay_with(
         }
     }));
     out.pending = list;
-    // Oldest first: recovered work resumes in acceptance order.
-    out.pending.sort_unstable_by_key(|p| (p.due_ms, p.loc, p.target));
+    // Newest first: the shard takes them from the back, so recovered work
+    // resumes oldest first, in acceptance order.
+    out.pending
+        .sort_unstable_by_key(|p| std::cmp::Reverse((p.due_ms, p.loc, p.target)));
     Ok(out)
 }
 
