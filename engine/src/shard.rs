@@ -168,9 +168,17 @@ pub struct AlertHooks {
 
 /// Bound on a shard's inbox; senders wait beyond it (backpressure).
 const INBOX: usize = 8192;
-/// Queued deliveries that keep their event in memory, per shard; beyond
-/// this, queued deliveries keep only the journal location.
+/// Queued deliveries that keep their event in memory, per shard, by count
+/// and by bytes (8,192 events of 1 MiB would be 8 GiB); beyond either,
+/// queued deliveries keep only the journal location.
 const QUEUED_IN_MEMORY: usize = 8192;
+const QUEUED_BYTES: usize = 64 * 1024 * 1024;
+
+/// About what an event holds in memory.
+fn event_bytes(e: &Event) -> usize {
+    let metadata: usize = e.metadata.iter().map(|(k, v)| k.len() + v.len() + 16).sum();
+    e.data.len() + e.id.len() + e.tenant_id.len() + e.topic.len() + metadata + 128
+}
 /// How long a delivery whose event could not be read back waits to try again.
 const READ_RETRY: Duration = Duration::from_secs(5);
 /// How often a shard deletes journal segments nothing needs any more.
@@ -330,6 +338,8 @@ struct Shard {
     slow_cap: usize,
     parked: RefCell<VecDeque<Arc<str>>>,
     queued_in_memory: Cell<usize>,
+    /// Bytes of the events those queued deliveries hold.
+    queued_bytes: Cell<usize>,
     /// Signalled when a slot frees up (the inbox waits on it under load).
     slot_freed: Notify,
     journal: RefCell<Journal>,
@@ -385,6 +395,7 @@ async fn run(id: usize, rx: flume::Receiver<ShardMsg>, deps: ShardDeps, stats: A
         slow_cap: crate::flow::slow_share(cfg.delivery_max_concurrency),
         parked: RefCell::new(VecDeque::new()),
         queued_in_memory: Cell::new(0),
+        queued_bytes: Cell::new(0),
         slot_freed: Notify::new(),
         journal: RefCell::new(journal),
         reader: RefCell::new(Reader::default()),
@@ -427,7 +438,7 @@ async fn run(id: usize, rx: flume::Receiver<ShardMsg>, deps: ShardDeps, stats: A
     loop {
         // Backpressure: with every slot busy and the in-memory queue full,
         // stop reading the inbox so publishers wait.
-        while shard.free.get() == 0 && shard.queued_in_memory.get() >= QUEUED_IN_MEMORY {
+        while shard.free.get() == 0 && shard.memory_full() {
             shard.slot_freed.notified().await;
         }
         let msg = match rx.recv_async().await {
@@ -870,11 +881,14 @@ impl Shard {
         {
             let mut queues = self.queues.borrow_mut();
             let q = queues.entry(w.destination_id.clone()).or_default();
-            if w.event.is_some() {
-                if self.queued_in_memory.get() >= QUEUED_IN_MEMORY {
+            if let Some(e) = &w.event {
+                let size = event_bytes(e);
+                if self.memory_full() || self.queued_bytes.get() + size > QUEUED_BYTES {
+                    // Read back from the journal when its turn comes.
                     w.event = None;
                 } else {
                     self.queued_in_memory.set(self.queued_in_memory.get() + 1);
+                    self.queued_bytes.set(self.queued_bytes.get() + size);
                 }
             }
             let key = w.destination_id.clone();
@@ -885,6 +899,11 @@ impl Shard {
             }
         }
         self.pump();
+    }
+
+    /// The in-memory queue is at its count or byte bound.
+    fn memory_full(&self) -> bool {
+        self.queued_in_memory.get() >= QUEUED_IN_MEMORY || self.queued_bytes.get() >= QUEUED_BYTES
     }
 
     /// A destination's adaptive limit (a new one starts small).
@@ -928,8 +947,10 @@ impl Shard {
                 }
                 w
             };
-            if work.event.is_some() {
+            if let Some(e) = &work.event {
                 self.queued_in_memory.set(self.queued_in_memory.get() - 1);
+                self.queued_bytes
+                    .set(self.queued_bytes.get().saturating_sub(event_bytes(e)));
             }
             self.free.set(self.free.get() - 1);
             self.inflight.set(self.inflight.get() + 1);

@@ -84,3 +84,38 @@ async fn sixteen_black_holed_destinations_do_not_starve_another_tenant() {
         "publishes slowed from {publish_alone:?} to {publish_beside:?}"
     );
 }
+
+fn vm_hwm_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Events queued behind a destination that does not answer stay in memory
+/// up to a byte bound (64 MiB a shard), not a count: 300 events of ~1 MB
+/// queued must not cost 300 MB.
+#[tokio::test]
+async fn queued_large_events_are_bounded_in_bytes_not_count() {
+    let s = Server::start(&[("DELIVERY_SHARDS", "1"), ("DELIVERY_TIMEOUT_SECONDS", "60")]).await;
+    let api = Api::admin(&s);
+    let hole = black_hole().await;
+    api.tenant("t1").await;
+    api.webhook("t1", &format!("http://{hole}/big"), json!({})).await;
+    let pid = s.pid().unwrap();
+    let idle = vm_hwm_kib(pid);
+    let big = "y".repeat(1_000_000);
+    for i in 0..300 {
+        let r = api
+            .publish(json!({"id": format!("big{i}"), "tenant_id": "t1", "topic": "k", "data": {"b": big}}))
+            .await;
+        assert_eq!(r.status, 202, "{}", r.text);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let grown = vm_hwm_kib(pid).saturating_sub(idle) / 1024;
+    eprintln!("300 queued events of 1 MB: peak RSS grew {grown} MiB above idle");
+    assert!(grown <= 160, "peak RSS grew {grown} MiB with 300 MB of queued events");
+}
