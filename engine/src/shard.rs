@@ -1137,6 +1137,14 @@ impl Shard {
             .get(&*w.destination_id)
             .map(|o| (o.dest.clone(), o.publisher.clone()));
         let (dest, publisher) = match owned {
+            // Routing is by destination id alone: a task (from the delivery
+            // queue, say) naming another tenant's destination is refused.
+            Some((dest, _)) if dest.tenant_id != event.tenant_id => {
+                tracing::error!(shard = self.id, destination_id = %w.destination_id, event_id = %event.id,
+                    "a delivery names a destination of another tenant; it is dropped");
+                self.settle_dropped(w);
+                return;
+            }
             Some((dest, p)) if dest.is_enabled() => (dest, p),
             // Deleted or disabled: nothing is attempted and the delivery is settled.
             _ => {

@@ -129,3 +129,74 @@ async fn a_queue_delivery_is_acked_only_after_its_outcome_is_committed() {
     );
     engine.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_naming_another_tenants_destination_is_not_delivered() {
+    let dir = tempfile::tempdir().unwrap();
+    let (addr, mut got, _release) = gated_sink().await;
+    let mut m = std::collections::HashMap::new();
+    for (k, v) in [
+        ("AES_ENCRYPTION_SECRET", "test"),
+        ("DELIVERY_SHARDS", "1"),
+        ("OUTRIDER_ALLOW_PRIVATE_DESTINATIONS", "true"),
+    ] {
+        m.insert(k.to_string(), v.to_string());
+    }
+    m.insert("OUTRIDER_DATA_DIR".into(), dir.path().display().to_string());
+    let engine = Engine::start(Config::from_sources(&Sources::from_map(m)).unwrap())
+        .await
+        .unwrap();
+    engine.upsert_tenant("t", None).await.unwrap();
+    engine.upsert_tenant("other", None).await.unwrap();
+    let mut config = StringMap::new();
+    config.insert("url".into(), format!("http://{addr}/hook"));
+    engine
+        .create_destination(Destination {
+            id: "d1".into(),
+            tenant_id: "t".into(),
+            kind: "webhook".into(),
+            topics: vec!["*".into()],
+            filter: None,
+            config,
+            credentials: StringMap::new(),
+            delivery_metadata: None,
+            metadata: None,
+            created_at: 1,
+            updated_at: 1,
+            disabled_at: None,
+        })
+        .await
+        .unwrap();
+    let task = Task {
+        event: Arc::new(Event {
+            id: "e1".into(),
+            tenant_id: "other".into(),
+            destination_id: None,
+            topic: "k".into(),
+            eligible_for_retry: true,
+            time: now_ms(),
+            metadata: StringMap::new(),
+            data: Arc::from("{}"),
+            matched_destination_ids: vec!["d1".into()],
+        }),
+        destination_id: "d1".into(),
+        attempt: 1,
+        manual: false,
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(5), engine.receive(task))
+        .await
+        .expect("settled")
+        .expect("acked");
+    assert!(
+        tokio::time::timeout(std::time::Duration::from_millis(300), got.recv())
+            .await
+            .is_err(),
+        "delivered to another tenant's destination"
+    );
+    let dropped = engine.shard_handles()[0]
+        .stats
+        .dropped
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(dropped, 1);
+    assert_eq!(engine.attempts_made(), 0);
+}
