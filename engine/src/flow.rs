@@ -4,14 +4,19 @@
 //!
 //! - A destination starts with [`INITIAL`] attempts in flight at most and
 //!   gains one per success, up to `OUTRIDER_DESTINATION_MAX_CONCURRENCY`
-//!   (a healthy destination reaches 64 after about 60 deliveries).
+//!   (a healthy destination reaches 64 after about 50 deliveries). The start
+//!   is not lower so that a burst to a new destination still fills the
+//!   batch APIs' calls (SQS, Kinesis, EventBridge, Pub/Sub, Kafka).
+//! - Until their first timeout, new destinations that never answer hold
+//!   [`INITIAL`] slots each: more than `slots / INITIAL` of them created at
+//!   once can fill a shard for one delivery timeout.
 //! - A timeout halves its limit (down to 1) and marks it *slow*.
 //! - Slow destinations together hold at most half of the shard's slots
 //!   ([`slow_share`]); a success clears the mark. Other failures (a fast 500)
 //!   change nothing: they do not hold slots.
 
 /// Attempts in flight a destination starts with.
-pub const INITIAL: usize = 4;
+pub const INITIAL: usize = 16;
 
 /// A destination's limit and whether its last telling outcome was a timeout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,7 +69,7 @@ mod tests {
     #[test]
     fn grows_on_success_and_halves_on_timeout() {
         let mut f = Flow::new(64);
-        assert_eq!(f, Flow { limit: 4, slow: false });
+        assert_eq!(f, Flow { limit: 16, slow: false });
         for _ in 0..100 {
             f.observe(Outcome::Success, 64);
         }
@@ -79,6 +84,7 @@ mod tests {
         assert_eq!(f, Flow { limit: 1, slow: true });
         f.observe(Outcome::Success, 64);
         assert_eq!(f, Flow { limit: 2, slow: false });
+        assert_eq!(Flow::new(8).limit, 8);
         assert_eq!(Flow::new(1).limit, 1);
         assert_eq!(slow_share(512), 256);
         assert_eq!(slow_share(1), 1);

@@ -62,7 +62,10 @@ impl Server {
     }
 
     fn command(&self) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_outrider"));
+        // `OUTRIDER_TEST_SERVER_BIN` runs another build (a release binary for
+        // the full-size backlog run) under the same tests.
+        let bin = std::env::var("OUTRIDER_TEST_SERVER_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_outrider").into());
+        let mut c = Command::new(bin);
         c.current_dir(&self.dir)
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())

@@ -284,9 +284,19 @@ struct BacklogRun {
 
 /// Stops the server, writes `n` pending deliveries with ids `{prefix}{i}`,
 /// restarts it and waits until they are delivered.
-async fn backlog_restart(s: &mut Server, rx: &Receiver, dest: &str, prefix: &str, n: usize) -> BacklogRun {
+async fn backlog_restart(
+    s: &mut Server,
+    rx: &Receiver,
+    dest: &str,
+    prefix: &str,
+    n: usize,
+    shards_after: Option<&str>,
+) -> BacklogRun {
     let (code, _) = s.terminate(Duration::from_secs(30)).await;
     assert_eq!(code, Some(0));
+    if let Some(k) = shards_after {
+        s.set_env("DELIVERY_SHARDS", k);
+    }
     rx.state.got.lock().unwrap().clear();
     let t = Instant::now();
     write_backlog(&s.dir.join("data"), 2, dest, prefix, n).await;
@@ -325,13 +335,24 @@ async fn a_large_backlog_restarts_fast_in_bounded_memory_then_delivers() {
     let api = Api::admin(&s);
     let rx = Receiver::start().await;
     api.tenant("t1").await;
-    let d = api.webhook("t1", &rx.url("/backlog"), json!({})).await;
+    // An id whose shard differs between 2 and 3 shards, so that a shard
+    // count change moves the whole backlog.
+    use outrider_engine::shard::shard_for;
+    let id = (0..)
+        .map(|k| format!("backlog-dest-{k}"))
+        .find(|id| shard_for(id, 2) != shard_for(id, 3))
+        .unwrap();
+    let d = api.webhook("t1", &rx.url("/backlog"), json!({ "id": id })).await;
     let dest = d["id"].as_str().unwrap().to_string();
     let idle = rss_kib(s.pid().unwrap(), "VmHWM:");
-    let r = backlog_restart(&mut s, &rx, &dest, "backlog_", n).await;
+    // `OUTRIDER_TEST_BACKLOG_SHARDS_AFTER=3`: the restart also changes the
+    // shard count, so about a third of the backlog moves between shards.
+    let after = std::env::var("OUTRIDER_TEST_BACKLOG_SHARDS_AFTER").ok();
+    let r = backlog_restart(&mut s, &rx, &dest, "backlog_", n, after.as_deref()).await;
     let bound = idle + FIXED_KIB + n as u64 * PER_PENDING_BYTES / 1024;
     eprintln!(
-        "backlog restart: {n} pending, healthy after {} ms, all delivered after {} ms, peak RSS {} MiB (idle server {} MiB, bound {} MiB = idle + {} MiB + {PER_PENDING_BYTES} B per pending), lost {}, duplicates {}",
+        "backlog restart (DELIVERY_SHARDS 2 -> {}): {n} pending, healthy after {} ms, all delivered after {} ms, peak RSS {} MiB (idle server {} MiB, bound {} MiB = idle + {} MiB + {PER_PENDING_BYTES} B per pending), lost {}, duplicates {}",
+        after.as_deref().unwrap_or("2"),
         r.listening.as_millis(),
         r.delivered_in.as_millis(),
         r.hwm_kib / 1024,

@@ -26,6 +26,14 @@ pub async fn healthz(State(s): State<AppState>) -> impl IntoResponse {
             "pending_deliveries": s.engine.pending_deliveries(),
         }),
     );
+    // The index follower: if it stopped, queries go stale and journal
+    // segments are never collected (disk grows), so it counts as failed.
+    let index_ok = s.engine.index_running();
+    workers.insert(
+        "journal-index".into(),
+        json!({"status": if index_ok { "healthy" } else { "failed" }}),
+    );
+    let shards_ok = shards_ok && index_ok;
     if let Some(o) = &s.engine.opevents {
         use std::sync::atomic::Ordering::Relaxed;
         // Best-effort events dropped (queue full or 3 failed tries) are visible here, not only in logs.

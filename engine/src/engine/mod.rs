@@ -540,6 +540,12 @@ impl Engine {
             .count()
     }
 
+    /// Whether the index follower (journals → event/attempt index) runs: if
+    /// it died, queries go stale and no journal segment is collected.
+    pub fn index_running(&self) -> bool {
+        self.index.lock().as_ref().is_some_and(|h| !h.is_finished())
+    }
+
     /// Deliveries accepted and not yet settled, over all shards.
     pub fn pending_deliveries(&self) -> u64 {
         self.shards
