@@ -5,6 +5,7 @@ use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -454,7 +455,7 @@ pub struct Proxy {
     pub port: u16,
     up: Arc<std::sync::atomic::AtomicBool>,
     held: Arc<std::sync::atomic::AtomicBool>,
-    posts: Arc<std::sync::atomic::AtomicUsize>,
+    posts: Arc<AtomicUsize>,
     conns: Arc<Mutex<Vec<tokio::task::AbortHandle>>>,
 }
 
@@ -463,10 +464,10 @@ async fn forward_up(
     mut from: tokio::net::tcp::OwnedReadHalf,
     mut to: tokio::net::tcp::OwnedWriteHalf,
     held: Arc<std::sync::atomic::AtomicBool>,
-    posts: Arc<std::sync::atomic::AtomicUsize>,
+    posts: Arc<AtomicUsize>,
 ) {
-    use std::sync::atomic::Ordering::SeqCst;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use Ordering::SeqCst;
     let mut buf = vec![0u8; 64 * 1024];
     // The tail of the previous read, so a marker split across reads counts.
     let mut tail: Vec<u8> = Vec::new();
@@ -495,12 +496,12 @@ impl Proxy {
         let port = listener.local_addr().unwrap().port();
         let up = Arc::new(std::sync::atomic::AtomicBool::new(true));
         let held = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let posts = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let posts = Arc::new(AtomicUsize::new(0));
         let conns: Arc<Mutex<Vec<tokio::task::AbortHandle>>> = Arc::default();
         let (u, c, h, p) = (up.clone(), conns.clone(), held.clone(), posts.clone());
         tokio::spawn(async move {
             while let Ok((inbound, _)) = listener.accept().await {
-                if !u.load(std::sync::atomic::Ordering::SeqCst) {
+                if !u.load(Ordering::SeqCst) {
                     drop(inbound);
                     continue;
                 }
@@ -529,27 +530,51 @@ impl Proxy {
 
     /// Keeps what clients send from reaching the server until `release`.
     pub fn hold(&self) {
-        self.held.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.held.store(true, Ordering::SeqCst);
     }
 
     pub fn release(&self) {
-        self.held.store(false, std::sync::atomic::Ordering::SeqCst);
+        self.held.store(false, Ordering::SeqCst);
     }
 
     /// HTTP/1 `POST` requests forwarded (or held) so far.
     pub fn posts(&self) -> usize {
-        self.posts.load(std::sync::atomic::Ordering::SeqCst)
+        self.posts.load(Ordering::SeqCst)
     }
 
     /// Refuses new connections and cuts the open ones.
     pub fn down(&self) {
-        self.up.store(false, std::sync::atomic::Ordering::SeqCst);
+        self.up.store(false, Ordering::SeqCst);
         for h in self.conns.lock().unwrap().drain(..) {
             h.abort();
         }
     }
 
     pub fn up(&self) {
-        self.up.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.up.store(true, Ordering::SeqCst);
     }
+}
+
+/// A TCP server that accepts connections and never answers.
+pub async fn black_hole() -> (std::net::SocketAddr, Arc<AtomicUsize>, Arc<AtomicUsize>) {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let open = Arc::new(AtomicUsize::new(0));
+    let peak = Arc::new(AtomicUsize::new(0));
+    let (o, p) = (open.clone(), peak.clone());
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut sock, _)) = l.accept().await else { return };
+            let n = o.fetch_add(1, Ordering::SeqCst) + 1;
+            p.fetch_max(n, Ordering::SeqCst);
+            let o = o.clone();
+            tokio::spawn(async move {
+                use tokio::io::AsyncReadExt;
+                let mut buf = [0u8; 4096];
+                while matches!(sock.read(&mut buf).await, Ok(n) if n > 0) {}
+                o.fetch_sub(1, Ordering::SeqCst);
+            });
+        }
+    });
+    (addr, open, peak)
 }

@@ -120,30 +120,6 @@ async fn sigterm_drains_in_flight_attempts_and_a_restart_delivers_the_rest() {
     assert_eq!(duplicates, 0, "deliveries repeated across SIGTERM + restart");
 }
 
-/// A TCP server that accepts connections and never answers.
-async fn black_hole() -> (std::net::SocketAddr, Arc<AtomicUsize>, Arc<AtomicUsize>) {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    let open = Arc::new(AtomicUsize::new(0));
-    let peak = Arc::new(AtomicUsize::new(0));
-    let (o, p) = (open.clone(), peak.clone());
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut sock, _)) = l.accept().await else { return };
-            let n = o.fetch_add(1, Ordering::SeqCst) + 1;
-            p.fetch_max(n, Ordering::SeqCst);
-            let o = o.clone();
-            tokio::spawn(async move {
-                use tokio::io::AsyncReadExt;
-                let mut buf = [0u8; 4096];
-                while matches!(sock.read(&mut buf).await, Ok(n) if n > 0) {}
-                o.fetch_sub(1, Ordering::SeqCst);
-            });
-        }
-    });
-    (addr, open, peak)
-}
-
 /// Publishes to `topics` for `secs`; returns the healthy destination's
 /// deliveries per second and the `ok` events accepted.
 async fn healthy_rate(api: &Api, rx: &Receiver, topics: &[(&'static str, usize)], secs: u64) -> (f64, Vec<String>) {

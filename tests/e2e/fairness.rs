@@ -7,19 +7,6 @@ use serde_json::json;
 
 use crate::common::*;
 
-/// Accepts connections and never answers (holds them open).
-async fn black_hole() -> std::net::SocketAddr {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    tokio::spawn(async move {
-        let mut held = Vec::new();
-        while let Ok((s, _)) = l.accept().await {
-            held.push(s);
-        }
-    });
-    addr
-}
-
 /// Publishes `n` events to `tenant` from 8 tasks; returns the time taken.
 async fn publish_many(api: &Api, tenant: &str, prefix: &str, n: usize) -> Duration {
     let t0 = Instant::now();
@@ -58,7 +45,7 @@ async fn sixteen_black_holed_destinations_do_not_starve_another_tenant() {
     assert_eq!(got, 300);
 
     // Beside 16 black holes of another tenant, each with a deep backlog.
-    let hole = black_hole().await;
+    let (hole, _, _) = black_hole().await;
     api.tenant("bad").await;
     for i in 0..16 {
         api.webhook("bad", &format!("http://{hole}/b{i}"), json!({})).await;
@@ -102,7 +89,7 @@ fn vm_hwm_kib(pid: u32) -> u64 {
 async fn queued_large_events_are_bounded_in_bytes_not_count() {
     let s = Server::start(&[("DELIVERY_SHARDS", "1"), ("DELIVERY_TIMEOUT_SECONDS", "60")]).await;
     let api = Api::admin(&s);
-    let hole = black_hole().await;
+    let (hole, _, _) = black_hole().await;
     api.tenant("t1").await;
     api.webhook("t1", &format!("http://{hole}/big"), json!({})).await;
     let pid = s.pid().unwrap();
