@@ -93,7 +93,7 @@ async fn publish_round(api: &Api, round: usize, events: usize, every_rare: usize
             for i in (w..events).step_by(3) {
                 let id = format!("x{round}_{i}");
                 let g = round * events + i;
-                let tenant = if g % 4 == 0 { "t2" } else { "t1" };
+                let tenant = if g.is_multiple_of(4) { "t2" } else { "t1" };
                 let topic = if g % every_rare == 1 { "rare" } else { "k" };
                 let r = http
                     .post(format!("{}/publish", api.base))
