@@ -254,6 +254,9 @@ struct Work {
     manual: bool,
     /// In memory for fresh deliveries; `None` = read back from the journal.
     event: Option<Arc<Event>>,
+    /// Bytes of `event` charged to the shard's in-memory bound while queued:
+    /// the deliveries of one accept share one event, so each carries a share.
+    charged: usize,
     done: Option<oneshot::Sender<()>>,
 }
 
@@ -557,6 +560,8 @@ impl Shard {
         let mut done = m.done;
         let mut works = Vec::with_capacity(m.targets.len());
         let mut due = Vec::with_capacity(m.targets.len());
+        // The targets share one event in memory: each carries its share.
+        let share = event_bytes(&m.event) / m.targets.len().max(1);
         for (i, t) in m.targets.into_iter().enumerate() {
             if t.manual {
                 self.superseded
@@ -571,6 +576,7 @@ impl Shard {
                 attempt: t.attempt,
                 manual: t.manual,
                 event: Some(m.event.clone()),
+                charged: share,
                 done: done.take(),
             });
         }
@@ -625,6 +631,7 @@ impl Shard {
                 attempt: p.attempt,
                 manual: p.manual,
                 event: None,
+                charged: 0,
                 done: None,
             };
             if p.due_ms > now {
@@ -691,7 +698,14 @@ impl Shard {
                     let now = now_ms();
                     for (w, due) in works.into_iter().zip(due_ms) {
                         if due > now {
-                            self.schedule(Work { event: None, ..w }, due);
+                            self.schedule(
+                                Work {
+                                    event: None,
+                                    charged: 0,
+                                    ..w
+                                },
+                                due,
+                            );
                         } else {
                             self.enqueue(w);
                         }
@@ -881,14 +895,14 @@ impl Shard {
         {
             let mut queues = self.queues.borrow_mut();
             let q = queues.entry(w.destination_id.clone()).or_default();
-            if let Some(e) = &w.event {
-                let size = event_bytes(e);
-                if self.memory_full() || self.queued_bytes.get() + size > QUEUED_BYTES {
+            if w.event.is_some() {
+                if self.memory_full() || self.queued_bytes.get() + w.charged > QUEUED_BYTES {
                     // Read back from the journal when its turn comes.
                     w.event = None;
+                    w.charged = 0;
                 } else {
                     self.queued_in_memory.set(self.queued_in_memory.get() + 1);
-                    self.queued_bytes.set(self.queued_bytes.get() + size);
+                    self.queued_bytes.set(self.queued_bytes.get() + w.charged);
                 }
             }
             let key = w.destination_id.clone();
@@ -947,10 +961,9 @@ impl Shard {
                 }
                 w
             };
-            if let Some(e) = &work.event {
+            if work.event.is_some() {
                 self.queued_in_memory.set(self.queued_in_memory.get() - 1);
-                self.queued_bytes
-                    .set(self.queued_bytes.get().saturating_sub(event_bytes(e)));
+                self.queued_bytes.set(self.queued_bytes.get() - work.charged);
             }
             self.free.set(self.free.get() - 1);
             self.inflight.set(self.inflight.get() + 1);
@@ -1051,6 +1064,7 @@ impl Shard {
                     attempt,
                     manual: false,
                     event: None,
+                    charged: 0,
                     done: None,
                 },
                 due_ms,
@@ -1250,6 +1264,7 @@ impl Shard {
                     attempt,
                     manual: false,
                     event: None,
+                    charged: 0,
                     done: None,
                 },
                 due_ms,
