@@ -181,6 +181,8 @@ fn event_bytes(e: &Event) -> usize {
 }
 /// How long a delivery whose event could not be read back waits to try again.
 const READ_RETRY: Duration = Duration::from_secs(5);
+/// Deliveries carried forward per compaction pass, at most.
+const CARRY_PER_PASS: usize = 4096;
 /// How often a shard deletes journal segments nothing needs any more.
 const GC_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -798,6 +800,17 @@ impl Shard {
         if oldest >= current || f64::from(current - oldest + 1) <= 2.0 * need + 2.0 {
             return;
         }
+        // Only a mostly settled segment is worth copying from (a backlog
+        // draining in order empties its oldest segment by itself), unless
+        // the kept segments are far beyond the need.
+        let (live_here, born_here) = (
+            self.live.borrow().get(&oldest).copied().unwrap_or(0),
+            self.born.borrow().get(&oldest).copied().unwrap_or(0),
+        );
+        let far_behind = f64::from(current - oldest + 1) > 4.0 * need + 4.0;
+        if live_here * 2 > born_here && !far_behind {
+            return;
+        }
         // What is waiting (timers, queues) with its accept in `oldest`.
         let mut groups: BTreeMap<Loc, Vec<(u16, journal::AcceptTarget)>> = BTreeMap::new();
         let mut heap = std::mem::take(&mut *self.timers.borrow_mut()).into_vec();
@@ -819,6 +832,10 @@ impl Shard {
         }
         let mut moved: HashMap<(Loc, u16), (Loc, u16)> = HashMap::new();
         for (loc, targets) in groups {
+            if moved.len() >= CARRY_PER_PASS {
+                // The rest goes at the next pass: bounded work and memory per tick.
+                break;
+            }
             let (accepted_at, event) = match self.load_accept(loc) {
                 Ok(x) => x,
                 Err(e) => {

@@ -34,7 +34,9 @@
 //!    oldest needed segment forward into the current one, in one carry record
 //!    per accept (event, attempt number, due time, and the pair each replaces),
 //!    whenever the segments kept hold more than twice what the pending
-//!    deliveries need. A carry record both adds the copy and removes the
+//!    deliveries need and the oldest is at least half settled (or the kept
+//!    segments are more than four times the need), at most 4,096 deliveries
+//!    a second. A carry record both adds the copy and removes the
 //!    original, so no crash can leave both or neither. The old segment's
 //!    deliveries count as gone only once the carry is committed.
 //!
