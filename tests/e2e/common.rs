@@ -98,7 +98,13 @@ impl Server {
     pub async fn spawn(&mut self) {
         self.child = Some(self.command().spawn().expect("start outrider"));
         let url = format!("http://127.0.0.1:{}/healthz", self.port);
-        let deadline = Instant::now() + Duration::from_secs(20);
+        // Longer for the full-size backlog runs (a shard-count change moves
+        // every delivery before the listener binds).
+        let secs = std::env::var("OUTRIDER_TEST_START_SECONDS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(20);
+        let deadline = Instant::now() + Duration::from_secs(secs);
         loop {
             if let Ok(r) = reqwest::get(&url).await {
                 if r.status() == 200 {
