@@ -233,6 +233,8 @@ impl Registry {
                 Box::new(nats::Nats),
                 Box::new(mqtt::Mqtt),
                 Box::new(redis_stream::RedisStream),
+                #[cfg(test)]
+                Box::new(test_panic::Panicking),
             ],
         }
     }
@@ -305,8 +307,44 @@ mod tests {
     #[test]
     fn every_type_has_a_timeout_key() {
         let ctx = PublishContext::for_tests();
-        let listed: Vec<&str> = Registry::new(&ctx.config).all().map(|t| t.kind()).collect();
+        let listed: Vec<&str> = Registry::new(&ctx.config)
+            .all()
+            .map(|t| t.kind())
+            .filter(|k| *k != "test_panic")
+            .collect();
         let keyed: Vec<&str> = crate::config::TYPE_TIMEOUT_KEYS.iter().map(|(k, _)| *k).collect();
         assert_eq!(listed, keyed);
+    }
+}
+
+/// Unit tests only: a type whose publisher panics, standing for a bug in a
+/// publisher, which a shard must survive.
+#[cfg(test)]
+pub(crate) mod test_panic {
+    use super::*;
+
+    pub struct Panicking;
+
+    impl DestinationType for Panicking {
+        fn kind(&self) -> &'static str {
+            "test_panic"
+        }
+        fn validate(&self, _dest: &Destination) -> Result<(), Violations> {
+            Ok(())
+        }
+        fn target(&self, _dest: &Destination) -> (String, Option<String>) {
+            ("panic".into(), None)
+        }
+        fn publisher(&self, _dest: &Destination, _ctx: &PublishContext) -> Result<Box<dyn Publisher>, String> {
+            Ok(Box::new(PanickingPublisher))
+        }
+    }
+
+    struct PanickingPublisher;
+
+    impl Publisher for PanickingPublisher {
+        fn publish<'a>(&'a self, _: &'a ShardClients, _: &'a Event, _: i64) -> LocalBoxFuture<'a, PublishResult> {
+            Box::pin(async { panic!("a publisher bug (test)") })
+        }
     }
 }

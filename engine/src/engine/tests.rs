@@ -200,3 +200,87 @@ async fn a_task_naming_another_tenants_destination_is_not_delivered() {
     assert_eq!(dropped, 1);
     assert_eq!(engine.attempts_made(), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_attempt_releases_its_slot_and_is_retried_on_the_schedule() {
+    let dir = tempfile::tempdir().unwrap();
+    let (addr, mut got, release) = gated_sink().await;
+    let mut m = std::collections::HashMap::new();
+    for (k, v) in [
+        ("AES_ENCRYPTION_SECRET", "test"),
+        ("DELIVERY_SHARDS", "1"),
+        // One slot: a slot leaked by the panic would block the next delivery.
+        ("DELIVERY_MAX_CONCURRENCY", "1"),
+        ("RETRY_SCHEDULE", "1"),
+        ("OUTRIDER_ALLOW_PRIVATE_DESTINATIONS", "true"),
+    ] {
+        m.insert(k.to_string(), v.to_string());
+    }
+    m.insert("OUTRIDER_DATA_DIR".into(), dir.path().display().to_string());
+    let engine = Engine::start(Config::from_sources(&Sources::from_map(m)).unwrap())
+        .await
+        .unwrap();
+    engine.upsert_tenant("t", None).await.unwrap();
+    let dest = |id: &str, kind: &str, config: StringMap| Destination {
+        id: id.into(),
+        tenant_id: "t".into(),
+        kind: kind.into(),
+        topics: vec!["*".into()],
+        filter: None,
+        config,
+        credentials: StringMap::new(),
+        delivery_metadata: None,
+        metadata: None,
+        created_at: 1,
+        updated_at: 1,
+        disabled_at: None,
+    };
+    engine
+        .create_destination(dest("dp", "test_panic", StringMap::new()))
+        .await
+        .unwrap();
+    let mut config = StringMap::new();
+    config.insert("url".into(), format!("http://{addr}/hook"));
+    engine.create_destination(dest("dw", "webhook", config)).await.unwrap();
+    let task = |id: &str, destination: &str| Task {
+        event: Arc::new(Event {
+            id: id.into(),
+            tenant_id: "t".into(),
+            destination_id: None,
+            topic: "k".into(),
+            eligible_for_retry: true,
+            time: now_ms(),
+            metadata: StringMap::new(),
+            data: Arc::from("{}"),
+            matched_destination_ids: vec![destination.into()],
+        }),
+        destination_id: destination.into(),
+        attempt: 1,
+        manual: false,
+    };
+    let stats = engine.shard_handles()[0].stats.clone();
+    let panics = || stats.panics.load(std::sync::atomic::Ordering::Relaxed);
+    // The attempt panics: its outcome is a failed attempt (no ack for the task).
+    let r = tokio::time::timeout(std::time::Duration::from_secs(5), engine.receive(task("e1", "dp")))
+        .await
+        .expect("the panicked delivery settles");
+    assert!(r.is_err(), "{r:?}");
+    assert_eq!(panics(), 1);
+    // The only slot is free again: another destination is delivered to.
+    let e2 = engine.clone();
+    let ok = tokio::spawn(async move { e2.receive(task("e2", "dw")).await });
+    tokio::time::timeout(std::time::Duration::from_secs(5), got.recv())
+        .await
+        .expect("the slot was released")
+        .unwrap();
+    release.send(()).await.unwrap();
+    ok.await.unwrap().unwrap();
+    // Retried once on the schedule (1 s), then done: nothing left pending.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while (panics() < 2 || engine.pending_deliveries() > 0) && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(panics(), 2, "one retry after the panic, then exhausted");
+    assert_eq!(engine.pending_deliveries(), 0);
+    assert_eq!(engine.shards_running(), 1);
+}
