@@ -40,8 +40,10 @@
 //!    original, so no crash can leave both or neither. The old segment's
 //!    deliveries count as gone only once the carry is committed.
 //!
-//! Disk use is then about twice the live backlog plus two segments, whatever
-//! the age of the oldest retry. Segments rotate at `OUTRIDER_JOURNAL_SEGMENT_BYTES`
+//! Disk use then follows the live backlog, whatever the age of the oldest
+//! retry: at most about four times what it needs plus four segments (twice
+//! plus two once the oldest kept segment is half settled), where "need" is
+//! counted in deliveries per segment, not bytes. Segments rotate at `OUTRIDER_JOURNAL_SEGMENT_BYTES`
 //! (default [`SEGMENT_BYTES`]).
 
 pub mod codec;
