@@ -1,6 +1,15 @@
 //! The accept path: publish (idempotency, then the owning shards' journals),
 //! manual retry, and tasks taken from the delivery queue.
 use super::*;
+use crate::store::redis::IdemClaim;
+
+/// How long a publish's pending idempotency claim in Redis lives unless it
+/// is confirmed: the longest a publish to the delivery queue should take.
+/// A node that dies mid-publish blocks a retry of the same id this long.
+const CLAIM_LEASE_MS: i64 = 5_000;
+/// How long a publish waits for a concurrent publish of the same id (longer
+/// than the lease, so a dead node's claim is taken over).
+const CLAIM_WAIT: std::time::Duration = std::time::Duration::from_secs(8);
 
 impl Engine {
     /// Makes deliveries durable on the shards that own their destinations and
@@ -163,12 +172,29 @@ impl Engine {
         matched: Vec<String>,
         ttl: i64,
     ) -> Result<PublishOutcome, EngineError> {
-        if !redis.claim_idempotency(&event.id, ttl).await? {
-            return Ok(PublishOutcome {
-                id: event.id.clone(),
-                duplicate: true,
-                destination_ids: matched,
-            });
+        // A concurrent publish of the same id is waited for (it may still
+        // fail), never both accepted.
+        let owner = crate::ids::random_hex(8);
+        let give_up = std::time::Instant::now() + CLAIM_WAIT;
+        loop {
+            match redis.claim_idempotency(&event.id, &owner, CLAIM_LEASE_MS).await? {
+                IdemClaim::Claimed => break,
+                IdemClaim::Duplicate => {
+                    return Ok(PublishOutcome {
+                        id: event.id.clone(),
+                        duplicate: true,
+                        destination_ids: matched,
+                    })
+                }
+                IdemClaim::Busy if std::time::Instant::now() < give_up => {
+                    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                }
+                IdemClaim::Busy => {
+                    return Err(EngineError::Unavailable(
+                        "another publish of this event id is still in progress".into(),
+                    ))
+                }
+            }
         }
         let tasks: Vec<Task> = matched
             .iter()
@@ -180,7 +206,7 @@ impl Engine {
             })
             .collect();
         if let Err(e) = bus.publish(&tasks).await {
-            let _ = redis.release_idempotency(&event.id).await;
+            let _ = redis.release_idempotency(&event.id, &owner).await;
             return Err(EngineError::Unavailable(format!("delivery queue: {e}")));
         }
         if let Err(e) = redis.confirm_idempotency(&event.id, ttl).await {

@@ -330,27 +330,37 @@ impl RedisEntityStore {
         v.map(|j| self.decode_destination(&j)).transpose()
     }
 
-    /// Claims a publish's event id across API nodes; `false` = a duplicate.
+    /// Claims a publish's event id across API nodes for the caller `owner`.
     ///
     /// Two phases, so a crash between the claim and the broker publish
     /// cannot turn the client's retry into a dropped "duplicate": the claim
-    /// is `pending` until [`Self::confirm_idempotency`] marks it `done`, and
-    /// a pending claim is taken over by the next publish of the same id (at
-    /// worst the event is delivered twice; it is never lost).
-    pub async fn claim_idempotency(&self, event_id: &str, ttl_ms: i64) -> StoreResult<bool> {
+    /// is `pending:<owner>` for at most `lease_ms` (the publish's own time)
+    /// until [`Self::confirm_idempotency`] marks it `done` for the whole
+    /// window. A publish of the same id meanwhile is told [`IdemClaim::Busy`]
+    /// (it waits, so two concurrent publishes cannot both be accepted); a
+    /// lease left by a node that died expires and the next publish takes over.
+    pub async fn claim_idempotency(&self, event_id: &str, owner: &str, lease_ms: i64) -> StoreResult<IdemClaim> {
         const CLAIM: &str = r"
             local v = redis.call('GET', KEYS[1])
-            if v and v ~= 'pending' then return 0 end
-            redis.call('SET', KEYS[1], 'pending', 'PX', ARGV[1])
+            if v then
+                if string.sub(v, 1, 8) == 'pending:' then return 2 end
+                if v ~= 'pending' then return 0 end
+            end
+            redis.call('SET', KEYS[1], 'pending:' .. ARGV[2], 'PX', ARGV[1])
             return 1";
         let mut c = self.conn.clone();
         let claimed: i64 = ::redis::Script::new(CLAIM)
             .key(self.idempotency_key(event_id))
-            .arg(ttl_ms.max(1))
+            .arg(lease_ms.max(1))
+            .arg(owner)
             .invoke_async(&mut c)
             .await
             .map_err(rerr)?;
-        Ok(claimed == 1)
+        Ok(match claimed {
+            1 => IdemClaim::Claimed,
+            2 => IdemClaim::Busy,
+            _ => IdemClaim::Duplicate,
+        })
     }
 
     /// The event's tasks are on the queue: later publishes of the id are duplicates.
@@ -371,13 +381,36 @@ impl RedisEntityStore {
         self.key(&format!("idempotency:publish:{event_id}"))
     }
 
-    /// Releases a claim after a publish failed, so a retried publish goes through.
-    pub async fn release_idempotency(&self, event_id: &str) -> StoreResult<()> {
+    /// Releases `owner`'s claim after its publish failed, so a retried
+    /// publish goes through; a claim another publish holds now is left alone.
+    pub async fn release_idempotency(&self, event_id: &str, owner: &str) -> StoreResult<()> {
+        const RELEASE: &str = r"
+            if redis.call('GET', KEYS[1]) == 'pending:' .. ARGV[1] then
+                return redis.call('DEL', KEYS[1])
+            end
+            return 0";
         let mut c = self.conn.clone();
-        let _: i64 = c.del(self.idempotency_key(event_id)).await.map_err(rerr)?;
+        let _: i64 = ::redis::Script::new(RELEASE)
+            .key(self.idempotency_key(event_id))
+            .arg(owner)
+            .invoke_async(&mut c)
+            .await
+            .map_err(rerr)?;
         Ok(())
     }
+}
 
+/// What a publish's idempotency claim in Redis found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IdemClaim {
+    Claimed,
+    /// The id was published within the window.
+    Duplicate,
+    /// Another publish of the id holds its lease right now.
+    Busy,
+}
+
+impl RedisEntityStore {
     /// Schedules a retry shared by every delivery node: the due time in a
     /// sorted set, the task in a hash, written together. Scheduling the same
     /// (event, destination) again replaces both.
