@@ -262,6 +262,23 @@ struct Work {
     done: Option<oneshot::Sender<()>>,
 }
 
+impl Work {
+    /// A delivery whose event stays on disk (a retry, a recovered delivery):
+    /// read back from its accept record when it runs.
+    fn on_disk(loc: Loc, target: u16, destination_id: Arc<str>, attempt: u32, manual: bool) -> Work {
+        Work {
+            loc,
+            target,
+            destination_id,
+            attempt,
+            manual,
+            event: None,
+            charged: 0,
+            done: None,
+        }
+    }
+}
+
 /// A waiting delivery as a carried accept's target.
 fn target_of(w: &Work, due_ms: i64) -> journal::AcceptTarget {
     journal::AcceptTarget {
@@ -626,16 +643,7 @@ impl Shard {
                 pending.shrink_to_fit();
                 shrink_at = pending.len() / 2;
             }
-            let w = Work {
-                loc: p.loc,
-                target: p.target,
-                destination_id: p.destination_id,
-                attempt: p.attempt,
-                manual: p.manual,
-                event: None,
-                charged: 0,
-                done: None,
-            };
+            let w = Work::on_disk(p.loc, p.target, p.destination_id, p.attempt, p.manual);
             if p.due_ms > now {
                 self.schedule(w, p.due_ms);
             } else {
@@ -1074,16 +1082,7 @@ impl Shard {
         self.settle(loc, target, attempt, next.clone(), None, None, None);
         if let NextStep::Retry { attempt, due_ms } = next {
             self.schedule(
-                Work {
-                    loc,
-                    target,
-                    destination_id: destination_id.clone(),
-                    attempt,
-                    manual: false,
-                    event: None,
-                    charged: 0,
-                    done: None,
-                },
+                Work::on_disk(loc, target, destination_id.clone(), attempt, false),
                 due_ms,
             );
         }
@@ -1273,19 +1272,9 @@ impl Shard {
             observe,
         );
         match next {
-            NextStep::Retry { attempt, due_ms } => self.schedule(
-                Work {
-                    loc: w.loc,
-                    target: w.target,
-                    destination_id: w.destination_id,
-                    attempt,
-                    manual: false,
-                    event: None,
-                    charged: 0,
-                    done: None,
-                },
-                due_ms,
-            ),
+            NextStep::Retry { attempt, due_ms } => {
+                self.schedule(Work::on_disk(w.loc, w.target, w.destination_id, attempt, false), due_ms)
+            }
             NextStep::Done => {
                 let mut sup = self.superseded.borrow_mut();
                 if !sup.is_empty() {

@@ -12,6 +12,19 @@ fn refs<'a>(v: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
     v.iter().map(|(k, v)| (*k, v.as_str())).collect()
 }
 
+/// A node sharing Redis (entities, idempotency), PostgreSQL (logs) and a
+/// RabbitMQ delivery queue of its own.
+fn queue_node_env(deployment: String, postgres_url: String, queue: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("REDIS_HOST", "127.0.0.1".into()),
+        ("DEPLOYMENT_ID", deployment),
+        ("POSTGRES_URL", postgres_url),
+        ("RABBITMQ_SERVER_URL", "amqp://guest:guest@127.0.0.1:5672".into()),
+        ("RABBITMQ_EXCHANGE", "outrider-e2e".into()),
+        ("RABBITMQ_DELIVERY_QUEUE", queue.to_string()),
+    ]
+}
+
 fn uniq() -> String {
     format!("{}{}", std::process::id(), free_port())
 }
@@ -190,15 +203,8 @@ fn split_services_need_their_back_ends() {
 async fn retries_survive_the_loss_of_the_delivery_node_that_scheduled_them() {
     let id = uniq();
     let (url, _pg) = fresh_schema(&pg_url()).await;
-    let env: Vec<(&'static str, String)> = vec![
-        ("REDIS_HOST", "127.0.0.1".into()),
-        ("DEPLOYMENT_ID", format!("r{id}")),
-        ("POSTGRES_URL", url),
-        ("RABBITMQ_SERVER_URL", "amqp://guest:guest@127.0.0.1:5672".into()),
-        ("RABBITMQ_EXCHANGE", "outrider-e2e".into()),
-        ("RABBITMQ_DELIVERY_QUEUE", format!("outrider-e2e-retry-{id}")),
-        ("RETRY_SCHEDULE", "2".into()),
-    ];
+    let mut env = queue_node_env(format!("r{id}"), url, &format!("outrider-e2e-retry-{id}"));
+    env.push(("RETRY_SCHEDULE", "2".into()));
     let with = |service: &'static str| {
         let mut v = env.clone();
         v.push(("SERVICE", service.into()));
@@ -247,14 +253,7 @@ async fn a_publish_claimed_by_a_node_that_died_before_queueing_is_not_dropped_on
     let id = uniq();
     let (url, _pg) = fresh_schema(&pg_url()).await;
     let dep = format!("i{id}");
-    let env: Vec<(&'static str, String)> = vec![
-        ("REDIS_HOST", "127.0.0.1".into()),
-        ("DEPLOYMENT_ID", dep.clone()),
-        ("POSTGRES_URL", url),
-        ("RABBITMQ_SERVER_URL", "amqp://guest:guest@127.0.0.1:5672".into()),
-        ("RABBITMQ_EXCHANGE", "outrider-e2e".into()),
-        ("RABBITMQ_DELIVERY_QUEUE", format!("outrider-e2e-idem-{id}")),
-    ];
+    let env = queue_node_env(dep.clone(), url, &format!("outrider-e2e-idem-{id}"));
     let node = Server::start(&refs(&env)).await;
     let api = Api::admin(&node);
     let rx = Receiver::start().await;
@@ -302,14 +301,7 @@ async fn a_publish_claimed_by_a_node_that_died_before_queueing_is_not_dropped_on
 async fn concurrent_publishes_of_one_id_are_accepted_once() {
     let id = uniq();
     let (url, _pg) = fresh_schema(&pg_url()).await;
-    let env: Vec<(&'static str, String)> = vec![
-        ("REDIS_HOST", "127.0.0.1".into()),
-        ("DEPLOYMENT_ID", format!("c{id}")),
-        ("POSTGRES_URL", url),
-        ("RABBITMQ_SERVER_URL", "amqp://guest:guest@127.0.0.1:5672".into()),
-        ("RABBITMQ_EXCHANGE", "outrider-e2e".into()),
-        ("RABBITMQ_DELIVERY_QUEUE", format!("outrider-e2e-conc-{id}")),
-    ];
+    let env = queue_node_env(format!("c{id}"), url, &format!("outrider-e2e-conc-{id}"));
     let node = Server::start(&refs(&env)).await;
     let api = Api::admin(&node);
     let rx = Receiver::start().await;

@@ -47,60 +47,82 @@ async fn gated_sink() -> (
     (addr, got_rx, rel_tx)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_queue_delivery_is_acked_only_after_its_outcome_is_committed() {
-    let dir = tempfile::tempdir().unwrap();
-    let (addr, mut got, release) = gated_sink().await;
+/// An engine on `dir` with one shard, the SSRF guard off and `extra` settings.
+async fn start_engine(dir: &std::path::Path, extra: &[(&str, &str)]) -> Arc<Engine> {
     let mut m = std::collections::HashMap::new();
     for (k, v) in [
         ("AES_ENCRYPTION_SECRET", "test"),
         ("DELIVERY_SHARDS", "1"),
         ("OUTRIDER_ALLOW_PRIVATE_DESTINATIONS", "true"),
-    ] {
+    ]
+    .iter()
+    .chain(extra)
+    {
         m.insert(k.to_string(), v.to_string());
     }
-    m.insert("OUTRIDER_DATA_DIR".into(), dir.path().display().to_string());
-    let engine = Engine::start(Config::from_sources(&Sources::from_map(m)).unwrap())
+    m.insert("OUTRIDER_DATA_DIR".into(), dir.display().to_string());
+    Engine::start(Config::from_sources(&Sources::from_map(m)).unwrap())
         .await
-        .unwrap();
-    engine.upsert_tenant("t", None).await.unwrap();
+        .unwrap()
+}
+
+/// A destination of tenant `t` on every topic.
+fn destination(id: &str, kind: &str, config: StringMap, credentials: StringMap) -> Destination {
+    Destination {
+        id: id.into(),
+        tenant_id: "t".into(),
+        kind: kind.into(),
+        topics: vec!["*".into()],
+        filter: None,
+        config,
+        credentials,
+        delivery_metadata: None,
+        metadata: None,
+        created_at: 1,
+        updated_at: 1,
+        disabled_at: None,
+    }
+}
+
+fn webhook_config(addr: std::net::SocketAddr) -> StringMap {
     let mut config = StringMap::new();
     config.insert("url".into(), format!("http://{addr}/hook"));
-    let mut credentials = StringMap::new();
-    credentials.insert("secret".into(), "whsec_test".into());
-    engine
-        .create_destination(Destination {
-            id: "d1".into(),
-            tenant_id: "t".into(),
-            kind: "webhook".into(),
-            topics: vec!["*".into()],
-            filter: None,
-            config,
-            credentials,
-            delivery_metadata: None,
-            metadata: None,
-            created_at: 1,
-            updated_at: 1,
-            disabled_at: None,
-        })
-        .await
-        .unwrap();
-    let task = Task {
+    config
+}
+
+/// A first-attempt queue task of `tenant`'s event `id` for `destination`.
+fn task(id: &str, tenant: &str, destination: &str, data: &str) -> Task {
+    Task {
         event: Arc::new(Event {
-            id: "e1".into(),
-            tenant_id: "t".into(),
+            id: id.into(),
+            tenant_id: tenant.into(),
             destination_id: None,
             topic: "k".into(),
             eligible_for_retry: true,
             time: now_ms(),
             metadata: StringMap::new(),
-            data: Arc::from("{\"a\":1}"),
-            matched_destination_ids: vec!["d1".into()],
+            data: Arc::from(data),
+            matched_destination_ids: vec![destination.into()],
         }),
-        destination_id: "d1".into(),
+        destination_id: destination.into(),
         attempt: 1,
         manual: false,
-    };
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queue_delivery_is_acked_only_after_its_outcome_is_committed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (addr, mut got, release) = gated_sink().await;
+    let engine = start_engine(dir.path(), &[]).await;
+    engine.upsert_tenant("t", None).await.unwrap();
+    let mut credentials = StringMap::new();
+    credentials.insert("secret".into(), "whsec_test".into());
+    engine
+        .create_destination(destination("d1", "webhook", webhook_config(addr), credentials))
+        .await
+        .unwrap();
+    let task = task("e1", "t", "d1", "{\"a\":1}");
     let e2 = engine.clone();
     let mut acked = tokio::spawn(async move { e2.receive(task).await });
     got.recv().await.unwrap();
@@ -134,59 +156,20 @@ async fn a_queue_delivery_is_acked_only_after_its_outcome_is_committed() {
 async fn a_task_naming_another_tenants_destination_is_not_delivered() {
     let dir = tempfile::tempdir().unwrap();
     let (addr, mut got, _release) = gated_sink().await;
-    let mut m = std::collections::HashMap::new();
-    for (k, v) in [
-        ("AES_ENCRYPTION_SECRET", "test"),
-        ("DELIVERY_SHARDS", "1"),
-        ("OUTRIDER_ALLOW_PRIVATE_DESTINATIONS", "true"),
-    ] {
-        m.insert(k.to_string(), v.to_string());
-    }
-    m.insert("OUTRIDER_DATA_DIR".into(), dir.path().display().to_string());
-    let engine = Engine::start(Config::from_sources(&Sources::from_map(m)).unwrap())
-        .await
-        .unwrap();
+    let engine = start_engine(dir.path(), &[]).await;
     engine.upsert_tenant("t", None).await.unwrap();
     engine.upsert_tenant("other", None).await.unwrap();
-    let mut config = StringMap::new();
-    config.insert("url".into(), format!("http://{addr}/hook"));
     engine
-        .create_destination(Destination {
-            id: "d1".into(),
-            tenant_id: "t".into(),
-            kind: "webhook".into(),
-            topics: vec!["*".into()],
-            filter: None,
-            config,
-            credentials: StringMap::new(),
-            delivery_metadata: None,
-            metadata: None,
-            created_at: 1,
-            updated_at: 1,
-            disabled_at: None,
-        })
+        .create_destination(destination("d1", "webhook", webhook_config(addr), StringMap::new()))
         .await
         .unwrap();
-    let task = Task {
-        event: Arc::new(Event {
-            id: "e1".into(),
-            tenant_id: "other".into(),
-            destination_id: None,
-            topic: "k".into(),
-            eligible_for_retry: true,
-            time: now_ms(),
-            metadata: StringMap::new(),
-            data: Arc::from("{}"),
-            matched_destination_ids: vec!["d1".into()],
-        }),
-        destination_id: "d1".into(),
-        attempt: 1,
-        manual: false,
-    };
-    tokio::time::timeout(std::time::Duration::from_secs(5), engine.receive(task))
-        .await
-        .expect("settled")
-        .expect("acked");
+    tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        engine.receive(task("e1", "other", "d1", "{}")),
+    )
+    .await
+    .expect("settled")
+    .expect("acked");
     assert!(
         tokio::time::timeout(std::time::Duration::from_millis(300), got.recv())
             .await
@@ -205,65 +188,30 @@ async fn a_task_naming_another_tenants_destination_is_not_delivered() {
 async fn a_panicking_attempt_releases_its_slot_and_is_retried_on_the_schedule() {
     let dir = tempfile::tempdir().unwrap();
     let (addr, mut got, release) = gated_sink().await;
-    let mut m = std::collections::HashMap::new();
-    for (k, v) in [
-        ("AES_ENCRYPTION_SECRET", "test"),
-        ("DELIVERY_SHARDS", "1"),
-        // One slot: a slot leaked by the panic would block the next delivery.
-        ("DELIVERY_MAX_CONCURRENCY", "1"),
-        ("RETRY_SCHEDULE", "1"),
-        ("OUTRIDER_ALLOW_PRIVATE_DESTINATIONS", "true"),
-    ] {
-        m.insert(k.to_string(), v.to_string());
-    }
-    m.insert("OUTRIDER_DATA_DIR".into(), dir.path().display().to_string());
-    let engine = Engine::start(Config::from_sources(&Sources::from_map(m)).unwrap())
-        .await
-        .unwrap();
+    // One slot: a slot leaked by the panic would block the next delivery.
+    let engine = start_engine(
+        dir.path(),
+        &[("DELIVERY_MAX_CONCURRENCY", "1"), ("RETRY_SCHEDULE", "1")],
+    )
+    .await;
     engine.upsert_tenant("t", None).await.unwrap();
-    let dest = |id: &str, kind: &str, config: StringMap| Destination {
-        id: id.into(),
-        tenant_id: "t".into(),
-        kind: kind.into(),
-        topics: vec!["*".into()],
-        filter: None,
-        config,
-        credentials: StringMap::new(),
-        delivery_metadata: None,
-        metadata: None,
-        created_at: 1,
-        updated_at: 1,
-        disabled_at: None,
-    };
     engine
-        .create_destination(dest("dp", "test_panic", StringMap::new()))
+        .create_destination(destination("dp", "test_panic", StringMap::new(), StringMap::new()))
         .await
         .unwrap();
-    let mut config = StringMap::new();
-    config.insert("url".into(), format!("http://{addr}/hook"));
-    engine.create_destination(dest("dw", "webhook", config)).await.unwrap();
-    let task = |id: &str, destination: &str| Task {
-        event: Arc::new(Event {
-            id: id.into(),
-            tenant_id: "t".into(),
-            destination_id: None,
-            topic: "k".into(),
-            eligible_for_retry: true,
-            time: now_ms(),
-            metadata: StringMap::new(),
-            data: Arc::from("{}"),
-            matched_destination_ids: vec![destination.into()],
-        }),
-        destination_id: destination.into(),
-        attempt: 1,
-        manual: false,
-    };
+    engine
+        .create_destination(destination("dw", "webhook", webhook_config(addr), StringMap::new()))
+        .await
+        .unwrap();
     let stats = engine.shard_handles()[0].stats.clone();
     let panics = || stats.panics.load(std::sync::atomic::Ordering::Relaxed);
     // The attempt panics: its outcome is a failed attempt (no ack for the task).
-    let r = tokio::time::timeout(std::time::Duration::from_secs(5), engine.receive(task("e1", "dp")))
-        .await
-        .expect("the panicked delivery settles");
+    let r = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        engine.receive(task("e1", "t", "dp", "{}")),
+    )
+    .await
+    .expect("the panicked delivery settles");
     assert!(r.is_err(), "{r:?}");
     // The task's sender is dropped while the panic unwinds, a moment before
     // the shard counts it.
@@ -274,7 +222,7 @@ async fn a_panicking_attempt_releases_its_slot_and_is_retried_on_the_schedule() 
     assert_eq!(panics(), 1);
     // The only slot is free again: another destination is delivered to.
     let e2 = engine.clone();
-    let ok = tokio::spawn(async move { e2.receive(task("e2", "dw")).await });
+    let ok = tokio::spawn(async move { e2.receive(task("e2", "t", "dw", "{}")).await });
     tokio::time::timeout(std::time::Duration::from_secs(5), got.recv())
         .await
         .expect("the slot was released")

@@ -696,9 +696,7 @@ mod tests {
             let before = SYNCS.load(Ordering::SeqCst);
             // Large enough that some commits cross a segment boundary.
             j.append(&accept(&format!("e{i}"), &["d1", "d2", "d3"]));
-            let c = j.commit();
-            j.flush();
-            c.await.unwrap().unwrap();
+            commit(&mut j).await;
             assert!(
                 SYNCS.load(Ordering::SeqCst) > before,
                 "commit {i} resolved without an fdatasync after its write"
