@@ -653,13 +653,6 @@ impl WebhookConfig {
         self.protects(("", name))
     }
 
-    /// Whether event metadata `key` would become a protected header: as
-    /// itself (standard mode sends it raw) or behind the header prefix.
-    /// Checked per key at publish, so it builds no string.
-    pub fn is_protected_metadata_key(&self, key: &str) -> bool {
-        self.protects(("", key)) || self.protects((&self.header_prefix, key))
-    }
-
     /// `name` is the concatenation of its two parts.
     fn protects(&self, name: (&str, &str)) -> bool {
         if RESERVED_HEADERS

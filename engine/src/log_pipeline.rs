@@ -6,12 +6,95 @@
 //! in the same database says how far shipping got. If the log store is down, records simply wait on
 //! disk and shipping resumes from the cursor when it returns; rewrites after a
 //! crash are harmless because the log store's writes are idempotent.
+//!
+//! A record the log store refuses (PostgreSQL will not store a NUL in a
+//! topic, say) would otherwise stop shipping for good, since the batch is
+//! retried forever. So a refused batch is split in halves until the refused
+//! records are alone; each is moved to the store's dead letters with the
+//! error, counted, and logged, and the rest ship.
 
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::model::{Attempt, Event};
 use crate::store::embedded::EmbeddedStore;
-use crate::store::LogWriter;
+use crate::store::{DeadLetter, LogWriter, StoreError, StoreResult};
+
+/// What the pipeline did, for `/healthz`.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Records written to the log store.
+    pub shipped: AtomicU64,
+    /// Records the log store refused, kept in its dead letters.
+    pub quarantined: AtomicU64,
+    /// The last write failed for a reason other than the records (the
+    /// store is unreachable, say): records wait on disk.
+    pub failing: std::sync::atomic::AtomicBool,
+}
+
+enum Record {
+    Event(Arc<Event>),
+    Attempt(Attempt),
+}
+
+fn split(records: &[Record]) -> (Vec<Arc<Event>>, Vec<Attempt>) {
+    let (mut events, mut attempts) = (Vec::new(), Vec::new());
+    for r in records {
+        match r {
+            Record::Event(e) => events.push(e.clone()),
+            Record::Attempt(a) => attempts.push(a.clone()),
+        }
+    }
+    (events, attempts)
+}
+
+/// Writes one batch; on [`StoreError::Refused`] bisects it and
+/// dead-letters each refused record. Any other error returns, so the whole
+/// batch is written again later (writes are idempotent).
+async fn ship(sink: &dyn LogWriter, events: Vec<Arc<Event>>, attempts: Vec<Attempt>, stats: &Stats) -> StoreResult<()> {
+    let n = (events.len() + attempts.len()) as u64;
+    let first = match sink.write_logs(events.clone(), attempts.clone()).await {
+        Ok(()) => {
+            stats.shipped.fetch_add(n, Relaxed);
+            return Ok(());
+        }
+        Err(StoreError::Refused(e)) => e,
+        Err(e) => return Err(e),
+    };
+    let records: Vec<Record> = events
+        .into_iter()
+        .map(Record::Event)
+        .chain(attempts.into_iter().map(Record::Attempt))
+        .collect();
+    // A stack of ranges still to write, with the refusal that made them.
+    let mut todo = vec![(0..records.len(), first)];
+    while let Some((range, error)) = todo.pop() {
+        if range.len() == 1 {
+            let letter = match &records[range.start] {
+                Record::Event(e) => DeadLetter::event(e, &error),
+                Record::Attempt(a) => DeadLetter::attempt(a, &error),
+            };
+            tracing::error!(kind = letter.kind, id = %letter.record_id, tenant_id = %letter.tenant_id,
+                error = %error, "the log store refused a record; it is kept in log_dead_letters");
+            sink.dead_letter(vec![letter]).await?;
+            stats.quarantined.fetch_add(1, Relaxed);
+            continue;
+        }
+        let mid = range.start + range.len() / 2;
+        for half in [range.start..mid, mid..range.end] {
+            let (e, a) = split(&records[half.clone()]);
+            match sink.write_logs(e, a).await {
+                Ok(()) => {
+                    stats.shipped.fetch_add(half.len() as u64, Relaxed);
+                }
+                Err(StoreError::Refused(why)) => todo.push((half, why)),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    Ok(())
+}
 
 /// Pause when there is nothing to ship.
 const IDLE: Duration = Duration::from_millis(100);
@@ -24,6 +107,7 @@ pub fn spawn(
     sink: Arc<dyn LogWriter>,
     batch: usize,
     idempotency_ttl_ms: i64,
+    stats: Arc<Stats>,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let (mut ev, mut at) = loop {
@@ -54,8 +138,9 @@ pub fn spawn(
             let events: Vec<_> = b.events.into_iter().map(|(_, e)| Arc::new(e)).collect();
             let attempts: Vec<_> = b.attempts.into_iter().map(|(_, a)| a).collect();
             let n = events.len() + attempts.len();
-            match sink.write_logs(events, attempts).await {
+            match ship(&*sink, events, attempts, &stats).await {
                 Ok(()) => {
+                    stats.failing.store(false, Relaxed);
                     if backoff.backing_off() {
                         tracing::info!("log store reachable again; shipping resumed");
                     }
@@ -75,9 +160,10 @@ pub fn spawn(
                     tracing::trace!(records = n, "log records shipped");
                 }
                 Err(e) => {
+                    stats.failing.store(true, Relaxed);
                     let wait = backoff.next_delay();
                     tracing::warn!(error = %e, records = n, retry_in_ms = wait.as_millis() as u64,
-                        "PostgreSQL log store unavailable; records wait in the embedded store");
+                        "cannot write to the PostgreSQL log store; records wait in the embedded store");
                     tokio::time::sleep(wait).await;
                 }
             }
@@ -141,7 +227,7 @@ mod tests {
             )
             .await
             .unwrap();
-        let h = spawn(source.clone(), sink.clone(), 2, 0);
+        let h = spawn(source.clone(), sink.clone(), 2, 0, Arc::default());
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
         loop {
             let shipped = sink.list_events(ListQuery::default()).await.unwrap().len();

@@ -38,18 +38,18 @@ struct PublishBody<'a> {
     data: Option<&'a RawValue>,
 }
 
-/// Metadata becomes headers and attributes: a key may not take over a header
-/// the request or its signature needs, and nothing may hold NUL (PostgreSQL
-/// refuses it in JSONB, which would stall log shipping).
-fn metadata_problems(meta: &StringMap, w: &crate::config::WebhookConfig) -> Vec<String> {
+/// Metadata becomes headers and attributes. Any name Outpost accepts is
+/// accepted (`host`, `content-type`, `signature`...): each destination type
+/// keeps its own headers at delivery. Only two things are refused: control
+/// characters in a key (no header or attribute name can hold one) and NUL
+/// in a value (PostgreSQL's JSONB cannot store it).
+fn metadata_problems(meta: &StringMap) -> Vec<String> {
     let mut out = Vec::new();
     for (k, v) in meta.iter() {
         if k.chars().any(char::is_control) || v.contains('\0') {
             out.push(format!(
                 "metadata.{k} must not contain control characters (keys) or NUL (values)"
             ));
-        } else if w.is_protected_metadata_key(k) {
-            out.push(format!("metadata.{k} is forbidden"));
         }
     }
     out
@@ -80,7 +80,7 @@ pub fn parse(body: &[u8], cfg: &Config, ids: &IdGenerator) -> Result<Event, Publ
         missing.extend(id.and_then(|id| crate::ids::id_problem(field, id)));
     }
     if let Some(meta) = &b.metadata {
-        missing.extend(metadata_problems(meta, &cfg.webhook));
+        missing.extend(metadata_problems(meta));
     }
     if !missing.is_empty() {
         return Err(PublishInputError::Invalid(missing));

@@ -393,6 +393,9 @@ async fn record(
     if let Some(v) = s.retry_after.lock().unwrap().as_deref().filter(|_| status >= 300) {
         extra.insert("retry-after", v.parse().unwrap());
     }
+    if (300..400).contains(&status) {
+        extra.insert("location", "/moved".parse().unwrap());
+    }
     (
         StatusCode::from_u16(status).unwrap(),
         extra,

@@ -108,6 +108,65 @@ async fn standard_webhooks_mode_signature() {
     assert_eq!(g.header("webhook-signature").unwrap(), want);
 }
 
+/// The report: publish refused `host`, `user-agent` and `content-type`
+/// metadata that Outpost accepts. It accepts them now, in both modes, and
+/// the request still carries its own framing, content type and signature:
+/// metadata that would replace one of them is not sent as a header.
+#[tokio::test]
+async fn metadata_outpost_accepts_is_accepted_and_never_replaces_our_headers() {
+    let hostile = json!({"host": "evil.example", "user-agent": "evil", "content-type": "text/html",
+        "content-length": "1", "transfer-encoding": "chunked", "signature": "v0=forged",
+        "webhook-signature": "v1,forged", "webhook-id": "forged", "source": "crm"});
+    for mode in ["default", "standard"] {
+        let s = Server::start(&[("DESTINATIONS_WEBHOOK_MODE", mode)]).await;
+        let api = Api::admin(&s);
+        let rx = Receiver::start().await;
+        api.tenant("t1").await;
+        let d = api.webhook("t1", &rx.url("/m"), json!({})).await;
+        let secret = d["credentials"]["secret"].as_str().unwrap().to_string();
+        let r = api
+            .publish(json!({"tenant_id": "t1", "topic": "x", "metadata": hostile, "data": {"a": 1}}))
+            .await;
+        assert_eq!(r.status, 202, "{mode}: {}", r.text);
+        let id = r.body["id"].as_str().unwrap().to_string();
+        let g = &rx.wait_for(1, WAIT).await[0];
+        assert_eq!(g.header("host").unwrap(), rx.addr.to_string(), "{mode}");
+        assert_eq!(g.header("content-type").unwrap(), "application/json", "{mode}");
+        assert!(g.header("user-agent").unwrap().starts_with("Outrider/"), "{mode}");
+        assert_eq!(g.header("content-length").unwrap(), g.body.len().to_string(), "{mode}");
+        assert!(g.header("transfer-encoding").is_none(), "{mode}");
+        for once in ["host", "content-type", "content-length", "user-agent"] {
+            assert_eq!(g.headers.get_all(once).iter().count(), 1, "{mode}: {once}");
+        }
+        assert_eq!(&g.body[..], br#"{"a":1}"#, "{mode}");
+        if mode == "default" {
+            // Under the prefix: kept as metadata headers, ours untouched.
+            assert_eq!(g.header("x-outpost-host").unwrap(), "evil.example");
+            assert_eq!(g.header("x-outpost-content-type").unwrap(), "text/html");
+            assert_eq!(g.header("x-outpost-user-agent").unwrap(), "evil");
+            assert_eq!(g.header("x-outpost-source").unwrap(), "crm");
+            let want = format!("v0={}", hmac_hex(secret.as_bytes(), &g.body));
+            assert_eq!(g.header("x-outpost-signature").unwrap(), want);
+        } else {
+            assert_eq!(g.header("webhook-id").unwrap(), id);
+            assert_eq!(g.header("source").unwrap(), "crm");
+            let ts = g.header("webhook-timestamp").unwrap();
+            let key = base64::engine::general_purpose::STANDARD
+                .decode(secret.strip_prefix("whsec_").unwrap())
+                .unwrap();
+            let mut content = format!("{id}.{ts}.").into_bytes();
+            content.extend_from_slice(&g.body);
+            assert_eq!(
+                g.header("webhook-signature").unwrap(),
+                format!("v1,{}", hmac_b64(&key, &content))
+            );
+        }
+        // The metadata is stored as published.
+        let e = api.get(&format!("/events/{id}")).await;
+        assert_eq!(e.body["metadata"]["host"], "evil.example", "{}", e.text);
+    }
+}
+
 #[tokio::test]
 async fn secret_rotation_signs_with_both_secrets() {
     let s = Server::start(&[]).await;
@@ -300,6 +359,44 @@ async fn automatic_retries_follow_the_schedule_then_succeed() {
     assert_eq!(a[0]["code"], "500");
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(rx.count(), 3, "no retry after success");
+}
+
+/// The report: an endpoint answering 302 got `success`, so an endpoint
+/// that moved lost every event. Every 3xx is a failed attempt, retried on
+/// the schedule, with where it points kept in the response data.
+#[tokio::test]
+async fn a_redirect_is_a_failed_attempt_that_is_retried() {
+    let s = Server::start(&[("RETRY_SCHEDULE", "1,1,1,1")]).await;
+    let api = Api::admin(&s);
+    let rx = Receiver::start().await;
+    rx.state.script.lock().unwrap().extend([302, 301, 307, 308]);
+    api.tenant("t1").await;
+    api.webhook("t1", &rx.url("/r"), json!({})).await;
+    let r = api.publish(json!({"tenant_id": "t1", "topic": "x", "data": {}})).await;
+    let ev = r.body["id"].as_str().unwrap().to_string();
+    let a = api
+        .wait_attempts(&format!("event_id={ev}&dir=asc&include=response_data"), WAIT, |m| {
+            m.len() >= 5
+        })
+        .await;
+    let got: Vec<(&str, &str)> = a
+        .iter()
+        .map(|x| (x["status"].as_str().unwrap(), x["code"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            ("failed", "302"),
+            ("failed", "301"),
+            ("failed", "307"),
+            ("failed", "308"),
+            ("success", "200")
+        ]
+    );
+    assert_eq!(a[0]["response_data"]["location"], "/moved", "{}", a[0]);
+    assert!(a[4]["response_data"].get("location").is_none(), "{}", a[4]);
+    // Nothing was followed: every request went to the configured path.
+    assert!(rx.got().iter().all(|r| r.path == "/r"));
 }
 
 #[tokio::test]

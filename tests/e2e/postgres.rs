@@ -79,6 +79,71 @@ async fn logs_are_shipped_to_postgres_and_queried_there() {
     assert!(e.body["pagination"]["next"].is_string());
 }
 
+/// The report: with `TOPICS` unset, one event with a NUL in its topic was
+/// accepted and PostgreSQL refused it, so no log record shipped after it,
+/// ever. Now the refused records (the event and its attempt) are kept in
+/// `log_dead_letters` with PostgreSQL's error, and the rest ship.
+#[tokio::test]
+async fn a_record_postgres_refuses_is_quarantined_and_shipping_goes_on() {
+    let (url, pg) = fresh_schema(&pg_url()).await;
+    let s = Server::start(&[("POSTGRES_URL", &url), ("LOG_BATCH_SIZE", "64")]).await;
+    let api = Api::admin(&s);
+    let rx = Receiver::start().await;
+    api.tenant("t1").await;
+    api.webhook("t1", &rx.url("/pg"), json!({})).await;
+    let publish = |topic: &str, i: usize| json!({"tenant_id": "t1", "topic": topic, "data": {"i": i}});
+    for i in 0..10 {
+        assert_eq!(api.publish(publish("x", i)).await.status, 202);
+    }
+    let r = api.publish(publish("a\u{0}b", 10)).await;
+    assert_eq!(r.status, 202, "{}", r.text);
+    let bad = r.body["id"].as_str().unwrap().to_string();
+    for i in 11..40 {
+        assert_eq!(api.publish(publish("x", i)).await.status, 202);
+    }
+    rx.wait_for(40, Duration::from_secs(10)).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while count(&pg, "attempts").await < 39 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(count(&pg, "events").await, 39, "every other event shipped");
+    assert_eq!(count(&pg, "attempts").await, 39, "every other attempt shipped");
+    let rows = pg
+        .query(
+            "SELECT kind, record_id, tenant_id, error, record FROM log_dead_letters ORDER BY kind",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 2, "the event and its attempt");
+    let (kind, id, tenant, error, record): (String, String, String, String, String) = (
+        rows[1].get(0),
+        rows[1].get(1),
+        rows[1].get(2),
+        rows[1].get(3),
+        rows[1].get(4),
+    );
+    assert_eq!(
+        (kind.as_str(), id.as_str(), tenant.as_str()),
+        ("event", bad.as_str(), "t1")
+    );
+    assert!(error.contains("SQLSTATE 22"), "PostgreSQL's own error: {error}");
+    let record: serde_json::Value = serde_json::from_str(&record).unwrap();
+    assert_eq!(record["topic"], "a\u{0}b", "the record is kept whole");
+    assert_eq!(rows[0].get::<_, String>(0), "attempt");
+    let h = api.get("/healthz").await;
+    assert_eq!(h.status, 200, "{}", h.text);
+    assert_eq!(h.body["workers"]["log-pipeline"]["quarantined"], 2, "{}", h.text);
+    assert_eq!(h.body["workers"]["log-pipeline"]["status"], "healthy", "{}", h.text);
+    // Later records still ship.
+    assert_eq!(api.publish(publish("x", 40)).await.status, 202);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while count(&pg, "attempts").await < 40 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(count(&pg, "attempts").await, 40);
+}
+
 #[tokio::test]
 async fn postgres_outage_records_wait_and_arrive() {
     let (url, pg) = fresh_schema(&pg_url()).await;
@@ -139,9 +204,11 @@ async fn migrate_command_applies_once() {
     let (code, out, err) = Server::run_args(&["migrate", "--plan"], &env);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("pending: 0001_logs"), "{out}");
+    assert!(out.contains("pending: 0002_log_dead_letters"), "{out}");
     let (code, out, err) = Server::run_args(&["migrate"], &env);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("applied: 0001_logs"), "{out}");
+    assert!(out.contains("applied: 0002_log_dead_letters"), "{out}");
     let (_, out, _) = Server::run_args(&["migrate"], &env);
     assert!(out.contains("up to date"), "{out}");
     assert_eq!(count(&pg, "events").await, 0, "tables exist");

@@ -33,7 +33,29 @@ pub async fn healthz(State(s): State<AppState>) -> impl IntoResponse {
         "journal-index".into(),
         json!({"status": if index_ok { "healthy" } else { "failed" }}),
     );
-    let shards_ok = shards_ok && index_ok;
+    // The log pipeline (with POSTGRES_URL): a store that is down only
+    // delays shipping (records wait on disk), so it is reported, not fatal;
+    // a stopped task ships nothing again and is.
+    let mut pipeline_ok = true;
+    if let Some(running) = s.engine.log_pipeline_running() {
+        use std::sync::atomic::Ordering::Relaxed;
+        let st = &s.engine.log_stats;
+        pipeline_ok = running;
+        let status = match (running, st.failing.load(Relaxed)) {
+            (false, _) => "failed",
+            (true, true) => "degraded",
+            (true, false) => "healthy",
+        };
+        workers.insert(
+            "log-pipeline".into(),
+            json!({
+                "status": status,
+                "shipped": st.shipped.load(Relaxed),
+                "quarantined": st.quarantined.load(Relaxed),
+            }),
+        );
+    }
+    let shards_ok = shards_ok && index_ok && pipeline_ok;
     if let Some(o) = &s.engine.opevents {
         use std::sync::atomic::Ordering::Relaxed;
         // Best-effort events dropped (queue full or 3 failed tries) are visible here, not only in logs.

@@ -84,8 +84,8 @@ impl DestinationType for AwsS3 {
     fn validate(&self, d: &Destination) -> Result<(), Violations> {
         let mut errs = SCHEMA.check(&d.config, &d.credentials);
         if let Some(t) = d.config.get("key_template").filter(|t| !t.is_empty()) {
-            if template::invalid(t).is_some() {
-                errs.push("config.key_template is invalid".into());
+            if let Some(e) = template::invalid(t) {
+                errs.push(template::violation("key_template", &e));
             }
         }
         if storage_class(&d.config).is_none() {

@@ -184,13 +184,12 @@ impl Publisher for HookdeckPublisher {
                 Ok(r) => {
                     let body = String::from_utf8_lossy(&r.body).into_owned();
                     // The shard's client does not keep response headers.
-                    let data = json!({ "status_code": r.status, "body": body, "headers": {} });
+                    let mut data = json!({ "status_code": r.status, "body": body, "headers": {} });
+                    if let Some(l) = super::webhook::redirect_location(&r) {
+                        data["location"] = json!(l);
+                    }
                     PublishResult {
-                        status: if r.status < 400 {
-                            AttemptStatus::Success
-                        } else {
-                            AttemptStatus::Failed
-                        },
+                        status: super::webhook::outcome(r.status),
                         code: r.status.to_string(),
                         response_data: Some(data),
                         retryable: true,

@@ -133,8 +133,8 @@ impl DestinationType for Kafka {
             }
         }
         if let Some(t) = d.config.get("partition_key_template").filter(|t| !t.is_empty()) {
-            if template::invalid(t).is_some() {
-                errs.push("config.partition_key_template is invalid".into());
+            if let Some(e) = template::invalid(t) {
+                errs.push(template::violation("partition_key_template", &e));
             }
         }
         fields::result(errs)

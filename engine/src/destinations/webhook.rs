@@ -381,7 +381,10 @@ impl WebhookPublisher {
                         "event-id" => self.names.event_id.as_deref().map(Cow::Borrowed),
                         "timestamp" => self.names.timestamp.as_deref().map(Cow::Borrowed),
                         "topic" => self.names.topic.as_deref().map(Cow::Borrowed),
-                        _ => Some(Cow::Owned(format!("{prefix}{k}"))),
+                        // Metadata never becomes a header the request or
+                        // its signature needs (an empty prefix with `host`,
+                        // or `signature` under the prefix): those are ours.
+                        _ => Some(Cow::Owned(format!("{prefix}{k}"))).filter(|n| !w.is_protected_header(n)),
                     };
                     if let Some(n) = name {
                         h.insert(n, v);
@@ -400,13 +403,19 @@ impl WebhookPublisher {
             WebhookMode::Standard => {
                 // Metadata first, so the signed headers below win even over a
                 // name publish validation did not know about.
+                // Metadata that would name a header the request or its
+                // signature needs (`host`, `content-type`, `webhook-id`) is
+                // not sent as a header: ours always win.
                 for (k, v) in meta {
-                    if k != "event-id" && k != "timestamp" {
-                        h.insert(format!("{prefix}{k}"), v);
+                    let name = format!("{prefix}{k}");
+                    if k != "event-id" && k != "timestamp" && !w.is_protected_header(&name) {
+                        h.insert(name, v);
                     }
                 }
                 for (k, v) in &event.metadata {
-                    h.insert(k.as_str(), v.as_str());
+                    if !w.is_protected_header(k) {
+                        h.insert(k.as_str(), v.as_str());
+                    }
                 }
                 let secs = now_ms.div_euclid(1000);
                 h.insert(format!("{prefix}id"), event.id.as_str());
@@ -436,6 +445,27 @@ impl WebhookPublisher {
 /// other statuses' `Retry-After` is not a request to slow down.
 pub(super) fn retry_after(r: &crate::http_client::Response) -> Option<std::time::Duration> {
     matches!(r.status, 429 | 503).then_some(r.retry_after).flatten()
+}
+
+/// Only a 2xx delivers. A redirect is a failed attempt, retried on the
+/// schedule: the request was not handled where it was sent, and following
+/// it would need a new SSRF check per hop and, for 301/302/303, would turn
+/// the POST into a GET that drops the event (what Go's client, and so
+/// Outpost, does while calling it a success).
+pub(super) fn outcome(status: u16) -> AttemptStatus {
+    if (200..300).contains(&status) {
+        AttemptStatus::Success
+    } else {
+        AttemptStatus::Failed
+    }
+}
+
+/// Where a 3xx says the endpoint moved, for the attempt's response data.
+pub(super) fn redirect_location(r: &crate::http_client::Response) -> Option<&str> {
+    (300..400)
+        .contains(&r.status)
+        .then_some(r.location.as_deref())
+        .flatten()
 }
 
 /// Maps a transport error to an attempt result.
@@ -478,14 +508,14 @@ impl Publisher for WebhookPublisher {
                     } else {
                         String::from_utf8_lossy(&r.body).into_owned()
                     };
+                    let mut data = json!({ "status": r.status, "body": body });
+                    if let Some(l) = redirect_location(&r) {
+                        data["location"] = json!(l);
+                    }
                     PublishResult {
-                        status: if r.status < 400 {
-                            AttemptStatus::Success
-                        } else {
-                            AttemptStatus::Failed
-                        },
+                        status: outcome(r.status),
                         code: r.status.to_string(),
-                        response_data: Some(json!({ "status": r.status, "body": body })),
+                        response_data: Some(data),
                         retryable: true,
                         retry_after: retry_after(&r),
                     }
@@ -721,11 +751,6 @@ mod tests {
         assert!(!std.webhook.is_protected_header("x-sig"));
         assert!(!std.webhook.is_protected_header("webhook-topic"));
         assert!(!def.webhook.is_protected_header("x-outpost-topic"));
-        assert!(std.webhook.is_protected_metadata_key("signature"));
-        assert!(std.webhook.is_protected_metadata_key("Content-Type"));
-        assert!(!std.webhook.is_protected_metadata_key("topic"));
-        assert!(def.webhook.is_protected_metadata_key("signature"));
-        assert!(!def.webhook.is_protected_metadata_key("id"));
         let e = parse_custom_headers(r#"{"Webhook-Signature":"v1,x","Transfer-Encoding":"chunked"}"#).unwrap_err();
         assert!(
             e.contains(&"config.custom_headers.Webhook-Signature is forbidden".to_string()),

@@ -124,6 +124,8 @@ pub struct Engine {
     shards: Vec<ShardHandle>,
     threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
     pipeline: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// What the log pipeline shipped and quarantined (zero without one).
+    pub log_stats: Arc<crate::log_pipeline::Stats>,
     /// Follows entity changes made on other nodes (Redis).
     follower: Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// The delivery queue between nodes, when configured.
@@ -131,6 +133,9 @@ pub struct Engine {
     redis: Option<Arc<RedisEntityStore>>,
     consumer: Mutex<Option<tokio::task::JoinHandle<()>>>,
     publish_consumer: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// The consumers' messages still being handled or settled: shutdown
+    /// waits for them (see [`crate::queue::Settling`]).
+    settling: Mutex<Vec<Arc<crate::queue::Settling>>>,
     retry_poller: Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// Operator events, when `OPERATION_EVENTS_TOPICS` and a sink are set.
     pub opevents: Option<Arc<OperatorEvents>>,
@@ -265,6 +270,7 @@ impl Engine {
         }
         if let Some(b) = bus {
             if matches!(config.service, Service::All | Service::Delivery) {
+                engine.settling.lock().push(b.settling());
                 *engine.consumer.lock() = Some(tokio::spawn(consume(engine.clone(), b.clone())));
                 if let Some(r) = &engine.redis {
                     *engine.retry_poller.lock() = Some(tokio::spawn(poll_retries(r.clone(), b)));
@@ -294,6 +300,7 @@ impl Engine {
                     (None, None, None) => None,
                 };
             if let Some(q) = source {
+                engine.settling.lock().push(q.settling());
                 *engine.publish_consumer.lock() = Some(tokio::spawn(consume_publish_queue(engine.clone(), q)));
             }
         }
@@ -305,7 +312,8 @@ impl Engine {
             } else {
                 config.publish_idempotency_key_ttl.as_millis() as i64
             };
-            let handle = crate::log_pipeline::spawn(embedded, pg, config.log_batch_size, window);
+            let handle =
+                crate::log_pipeline::spawn(embedded, pg, config.log_batch_size, window, engine.log_stats.clone());
             *engine.pipeline.lock() = Some(handle);
         }
         Ok(engine)
@@ -367,11 +375,13 @@ impl Engine {
             shards,
             threads: Mutex::new(threads),
             pipeline: Mutex::new(None),
+            log_stats: Arc::default(),
             follower: Mutex::new(None),
             bus,
             redis,
             consumer: Mutex::new(None),
             publish_consumer: Mutex::new(None),
+            settling: Mutex::new(Vec::new()),
             retry_poller: Mutex::new(None),
             opevents,
             signals: Mutex::new(Some(signal_rx)),
@@ -490,6 +500,21 @@ impl Engine {
             h.abort();
         }
         let deadline = std::time::Instant::now() + self.config.shutdown_drain_timeout;
+        // No message is taken any more; those taken finish on the running
+        // shards and are acked, so the broker does not hand a task that is
+        // durable here to another node.
+        let settling: Vec<_> = self.settling.lock().clone();
+        for s in settling {
+            let left = s.count();
+            if tokio::time::timeout_at(deadline.into(), s.idle()).await.is_err() {
+                tracing::warn!(
+                    left = s.count(),
+                    "consumed messages still unsettled at the drain deadline; the broker redelivers them"
+                );
+            } else if left > 0 {
+                tracing::info!(settled = left, "consumed messages settled before stopping");
+            }
+        }
         let mut reports = Vec::new();
         for s in &self.shards {
             let (tx, rx) = tokio::sync::oneshot::channel();
@@ -544,6 +569,12 @@ impl Engine {
     /// it died, queries go stale and no journal segment is collected.
     pub fn index_running(&self) -> bool {
         self.index.lock().as_ref().is_some_and(|h| !h.is_finished())
+    }
+
+    /// `None` without a log pipeline (no `POSTGRES_URL`), else whether its
+    /// task is still running.
+    pub fn log_pipeline_running(&self) -> Option<bool> {
+        self.pipeline.lock().as_ref().map(|h| !h.is_finished())
     }
 
     /// Deliveries accepted and not yet settled, over all shards.

@@ -169,7 +169,13 @@ pub struct Parsed {
     pub reusable: bool,
     /// `Retry-After`, as a wait from now (delta-seconds or an HTTP date).
     pub retry_after: Option<std::time::Duration>,
+    /// `Location` (at most [`MAX_LOCATION`] bytes), so a redirect that
+    /// fails an attempt says where the endpoint moved.
+    pub location: Option<String>,
 }
+
+/// The longest `Location` kept; a longer one is cut at a character boundary.
+pub const MAX_LOCATION: usize = 2048;
 
 /// Reads one response from the bytes of a connection, as they arrive.
 #[derive(Debug)]
@@ -181,6 +187,7 @@ pub struct ResponseReader {
     body: BytesMut,
     truncated: bool,
     retry_after: Option<std::time::Duration>,
+    location: Option<String>,
 }
 
 impl ResponseReader {
@@ -194,6 +201,7 @@ impl ResponseReader {
             body: BytesMut::new(),
             truncated: false,
             retry_after: None,
+            location: None,
         }
     }
 
@@ -314,6 +322,7 @@ impl ResponseReader {
             truncated: self.truncated,
             reusable: self.keep_alive && !self.truncated && leftover == 0 && self.state == State::Done,
             retry_after: self.retry_after,
+            location: self.location,
         }
     }
 
@@ -380,6 +389,13 @@ impl ResponseReader {
                 other_coding = !chunked;
             } else if h.name.eq_ignore_ascii_case("retry-after") {
                 self.retry_after = std::str::from_utf8(h.value).ok().and_then(parse_retry_after);
+            } else if h.name.eq_ignore_ascii_case("location") {
+                let v = String::from_utf8_lossy(h.value);
+                let mut end = v.len().min(MAX_LOCATION);
+                while !v.is_char_boundary(end) {
+                    end -= 1;
+                }
+                self.location = Some(v[..end].to_string());
             } else if h.name.eq_ignore_ascii_case("connection") {
                 for token in h.value.split(|b| *b == b',') {
                     let t = token.trim_ascii();

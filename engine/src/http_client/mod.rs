@@ -117,6 +117,8 @@ pub struct Response {
     pub truncated: bool,
     /// The response's `Retry-After`, as a wait from now.
     pub retry_after: Option<std::time::Duration>,
+    /// The response's `Location`, cut to [`codec::MAX_LOCATION`] bytes.
+    pub location: Option<String>,
 }
 
 /// A byte stream a request can go over: TCP, or TLS over TCP.
@@ -365,6 +367,7 @@ impl HttpClient {
             body: parsed.body,
             truncated: parsed.truncated,
             retry_after: parsed.retry_after,
+            location: parsed.location,
         })
     }
 }

@@ -37,6 +37,57 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// What a delivery node does with one task: `Ok` = durable here (ack it).
 pub type TaskHandler = Arc<dyn Fn(Task) -> BoxFuture<'static, Result<(), String>> + Send + Sync>;
 
+/// The consumed messages a queue client is still handling or settling
+/// (acking, deleting, nacking). At shutdown the engine stops consuming, then
+/// waits for these before it stops the shards: a message whose task is
+/// already durable on this node gets its ack instead of being redelivered
+/// to the next node (which would deliver it a second time).
+#[derive(Debug, Default)]
+pub struct Settling {
+    n: std::sync::atomic::AtomicUsize,
+    idle: tokio::sync::Notify,
+}
+
+impl Settling {
+    /// Spawns the handling and settling of one message, counted.
+    pub fn spawn(self: &Arc<Self>, work: impl Future<Output = ()> + Send + 'static) {
+        use std::sync::atomic::Ordering::AcqRel;
+        self.n.fetch_add(1, AcqRel);
+        let me = self.clone();
+        tokio::spawn(async move {
+            // Counted down even if `work` panics.
+            struct Done(Arc<Settling>);
+            impl Drop for Done {
+                fn drop(&mut self) {
+                    if self.0.n.fetch_sub(1, AcqRel) == 1 {
+                        self.0.idle.notify_waiters();
+                    }
+                }
+            }
+            let _done = Done(me);
+            work.await;
+        });
+    }
+
+    /// Messages being handled or settled now.
+    pub fn count(&self) -> usize {
+        self.n.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Returns once none is.
+    pub async fn idle(&self) {
+        loop {
+            let woken = self.idle.notified();
+            tokio::pin!(woken);
+            woken.as_mut().enable();
+            if self.count() == 0 {
+                return;
+            }
+            woken.await;
+        }
+    }
+}
+
 /// The delivery queue between API and delivery nodes, whatever the broker.
 pub trait DeliveryBus: Send + Sync + 'static {
     /// Returns once the broker holds every task durably.
@@ -44,6 +95,8 @@ pub trait DeliveryBus: Send + Sync + 'static {
     /// Consumes until the connection fails; acks after `handle` succeeds,
     /// makes the task visible again after it fails, drops malformed messages.
     fn consume(&self, prefetch: u16, handle: TaskHandler) -> BoxFuture<'_, Result<(), QueueError>>;
+    /// The consumed messages still being handled or settled.
+    fn settling(&self) -> Arc<Settling>;
 }
 
 /// What to do with a consumed message.
@@ -62,6 +115,8 @@ pub type ByteHandler = Arc<dyn Fn(Vec<u8>) -> BoxFuture<'static, Disposition> + 
 /// A queue consumed as raw messages (the publish queue).
 pub trait MessageSource: Send + Sync + 'static {
     fn consume_bytes(&self, prefetch: u16, handle: ByteHandler) -> BoxFuture<'_, Result<(), QueueError>>;
+    /// The consumed messages still being handled or settled.
+    fn settling(&self) -> Arc<Settling>;
 }
 
 /// Adapts a task handler to raw messages: malformed tasks are rejected; the
@@ -90,6 +145,28 @@ pub fn task_handler(handle: TaskHandler) -> ByteHandler {
             }
         })
     })
+}
+
+/// Runs `work` (a consumed message's handler) and, every `every` until it
+/// finishes, `extend` (pushes the message's visibility timeout or ack
+/// deadline further away). A busy node may hold a message longer than its
+/// first lease (its shard's inbox is full, say); without this the broker
+/// would hand it to another node meanwhile, and SQS would dead-letter a
+/// delivered message after a few such receives.
+pub(crate) async fn while_extending<T>(
+    work: impl Future<Output = T>,
+    every: std::time::Duration,
+    mut extend: impl FnMut() -> BoxFuture<'static, ()>,
+) -> T {
+    tokio::pin!(work);
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            out = &mut work => return out,
+            _ = tick.tick() => extend().await,
+        }
+    }
 }
 
 /// One delivery to make.

@@ -37,6 +37,7 @@ pub struct PubSubQueue {
     /// rejected messages are moved there. `None` if it does not exist and
     /// auto-provisioning is off.
     dlq: Option<(Topic, Subscription)>,
+    settling: std::sync::Arc<super::Settling>,
 }
 
 impl std::fmt::Debug for PubSubQueue {
@@ -53,6 +54,14 @@ fn broker(e: impl std::fmt::Display) -> QueueError {
         message: e.to_string(),
     }
 }
+
+/// The ack deadline of a subscription we create, and what a message that
+/// takes longer to handle is extended to.
+const ACK_DEADLINE: Duration = Duration::from_secs(30);
+/// How often a message still being handled gets its deadline extended:
+/// under Pub/Sub's shortest deadline (10 s), so a subscription an operator
+/// made with any deadline is extended in time.
+const EXTEND_EVERY: Duration = Duration::from_secs(3);
 
 /// Messages per Publish call (well under the 10 MB / 1,000 message limits).
 const PUBLISH_BATCH: usize = 100;
@@ -106,11 +115,11 @@ impl PubSubQueue {
                             cfg.subscription
                         ));
                     }
-                    // A delivery node acks once the attempt's outcome is durable (bounded by
-                    // the delivery timeout); the tasks a dead node had pulled come back
-                    // after this long.
+                    // A delivery node acks once the task is durable on the node (and
+                    // extends the deadline while that takes longer); the tasks a dead
+                    // node had pulled come back after this long.
                     let sc = SubscriptionConfig {
-                        ack_deadline_seconds: 30,
+                        ack_deadline_seconds: ACK_DEADLINE.as_secs() as i32,
                         ..Default::default()
                     };
                     subscription
@@ -137,6 +146,7 @@ impl PubSubQueue {
                     topic,
                     subscription,
                     dlq,
+                    settling: Default::default(),
                 })
             };
             match tokio::time::timeout(Duration::from_secs(10), attempt).await {
@@ -204,11 +214,21 @@ impl PubSubQueue {
                 let Some(permit) = permits.split(1) else { break };
                 let handle = handle.clone();
                 let dlq = self.dlq.as_ref().map(|(t, _)| t.clone());
-                tokio::spawn(async move {
+                self.settling.spawn(async move {
                     let _permit = permit;
                     // Requeue = nack (redelivered at once); reject = moved to the
                     // dead-letter topic, then acked; ack acks.
-                    let r = match handle(m.message.data.clone()).await {
+                    let work = handle(m.message.data.clone());
+                    let disposition = super::while_extending(work, EXTEND_EVERY, || {
+                        let m = m.clone();
+                        Box::pin(async move {
+                            if let Err(e) = m.modify_ack_deadline(ACK_DEADLINE.as_secs() as i32).await {
+                                tracing::warn!(error = %e, "cannot extend a Pub/Sub message's ack deadline");
+                            }
+                        })
+                    })
+                    .await;
+                    let r = match disposition {
                         Disposition::Requeue => m.nack().await,
                         Disposition::Ack => m.ack().await,
                         Disposition::Reject => match dlq {
@@ -249,12 +269,20 @@ impl PubSubQueue {
 }
 
 impl MessageSource for PubSubQueue {
+    fn settling(&self) -> std::sync::Arc<super::Settling> {
+        self.settling.clone()
+    }
+
     fn consume_bytes(&self, prefetch: u16, handle: ByteHandler) -> BoxFuture<'_, Result<(), QueueError>> {
         Box::pin(self.consume_messages(prefetch, handle))
     }
 }
 
 impl DeliveryBus for PubSubQueue {
+    fn settling(&self) -> std::sync::Arc<super::Settling> {
+        self.settling.clone()
+    }
+
     fn publish<'a>(&'a self, tasks: &'a [Task]) -> BoxFuture<'a, Result<(), QueueError>> {
         Box::pin(self.publish_raw(encode_all(tasks)))
     }
@@ -300,5 +328,70 @@ mod tests {
             Some(&b"not a task"[..]),
             "the malformed message was dead-lettered"
         );
+    }
+
+    /// Like the SQS case: two nodes pull from one subscription whose ack
+    /// deadline is Pub/Sub's shortest (10 s); the handler takes 14 s.
+    /// Without the extension the emulator redelivered the message.
+    #[tokio::test]
+    async fn a_message_held_past_its_ack_deadline_is_not_redelivered() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        assert!(
+            std::env::var("PUBSUB_EMULATOR_HOST").is_ok(),
+            "PUBSUB_EMULATOR_HOST is not set: run the tests through scripts/test.sh (it starts the emulator)"
+        );
+        let name = format!("outrider-test-{}", crate::ids::random_hex(4));
+        let cfg = PubSubConfig {
+            project: "outrider-test".into(),
+            credentials: None,
+            topic: name.clone(),
+            subscription: format!("{name}-sub"),
+            auto_provision: true,
+        };
+        // The subscription made first, with the 10 s deadline.
+        let client = Client::new(PubSubQueue::client_config("outrider-test", None).await.unwrap())
+            .await
+            .unwrap();
+        let topic = client.topic(&name);
+        topic.create(None, None).await.unwrap();
+        let sc = SubscriptionConfig {
+            ack_deadline_seconds: 10,
+            ..Default::default()
+        };
+        client
+            .subscription(&cfg.subscription)
+            .create(topic.fully_qualified_name(), sc, None)
+            .await
+            .unwrap();
+        let a = std::sync::Arc::new(
+            PubSubQueue::connect(cfg.clone(), Duration::from_secs(20))
+                .await
+                .unwrap(),
+        );
+        let b = std::sync::Arc::new(PubSubQueue::connect(cfg, Duration::from_secs(20)).await.unwrap());
+        let calls = std::sync::Arc::new(AtomicUsize::new(0));
+        let handler: ByteHandler = {
+            let calls = calls.clone();
+            std::sync::Arc::new(move |_body| {
+                calls.fetch_add(1, Ordering::SeqCst);
+                Box::pin(async {
+                    tokio::time::sleep(Duration::from_secs(14)).await;
+                    Disposition::Ack
+                })
+            })
+        };
+        let consumers: Vec<_> = [a.clone(), b.clone()]
+            .into_iter()
+            .map(|q| {
+                let h = handler.clone();
+                tokio::spawn(async move { q.consume_bytes(1, h).await })
+            })
+            .collect();
+        a.publish_raw(vec![b"held".to_vec()]).await.unwrap();
+        tokio::time::sleep(Duration::from_secs(18)).await;
+        for c in consumers {
+            c.abort();
+        }
+        assert_eq!(calls.load(Ordering::SeqCst), 1, "handled by one node only");
     }
 }

@@ -53,6 +53,7 @@ pub struct RabbitQueue {
     /// reopened on first use after the broker went away.
     link: tokio::sync::Mutex<Option<Link>>,
     cfg: RabbitConfig,
+    settling: std::sync::Arc<super::Settling>,
 }
 
 struct Link {
@@ -114,6 +115,7 @@ impl RabbitQueue {
         let q = Self {
             link: tokio::sync::Mutex::new(None),
             cfg,
+            settling: Default::default(),
         };
         q.provision(&link.publisher).await?;
         *q.link.lock().await = Some(link);
@@ -317,7 +319,7 @@ impl RabbitQueue {
         while let Some(d) = consumer.next().await {
             let d = d.map_err(broker)?;
             let handle = handle.clone();
-            tokio::spawn(async move {
+            self.settling.spawn(async move {
                 let disposition = handle(d.data).await;
                 let settled = match disposition {
                     Disposition::Ack => d.acker.ack(BasicAckOptions::default()).await,
@@ -341,12 +343,20 @@ impl RabbitQueue {
 }
 
 impl MessageSource for RabbitQueue {
+    fn settling(&self) -> std::sync::Arc<super::Settling> {
+        self.settling.clone()
+    }
+
     fn consume_bytes(&self, prefetch: u16, handle: ByteHandler) -> BoxFuture<'_, Result<(), QueueError>> {
         Box::pin(async move { RabbitQueue::consume_bytes(self, prefetch, "outrider-publish", handle).await })
     }
 }
 
 impl DeliveryBus for RabbitQueue {
+    fn settling(&self) -> std::sync::Arc<super::Settling> {
+        self.settling.clone()
+    }
+
     fn publish<'a>(&'a self, tasks: &'a [Task]) -> BoxFuture<'a, Result<(), QueueError>> {
         Box::pin(RabbitQueue::publish(self, tasks))
     }

@@ -15,10 +15,10 @@ use super::{
     encode_all, BoxFuture, ByteHandler, DeliveryBus, Disposition, MessageSource, QueueError, Task, TaskHandler,
 };
 
-/// How long a received task stays hidden. A delivery node deletes it once the
-/// attempt's outcome is durable (the attempt is bounded by the delivery
-/// timeout); the tasks of a node that died reappear after this long.
-const VISIBILITY_TIMEOUT_SECONDS: i32 = 30;
+/// How long a received task stays hidden. A delivery node deletes it once it
+/// is durable on the node, and extends the timeout every third of it while
+/// that takes longer; the tasks of a node that died reappear after this long.
+const VISIBILITY_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Clone)]
 pub struct SqsConfig {
@@ -36,6 +36,8 @@ pub struct SqsQueue {
     /// `<queue>-dlq`: rejected messages are moved here; the main queue's
     /// redrive policy sends a message here after MAX_RECEIVES receives.
     dlq_url: Option<String>,
+    visibility: Duration,
+    settling: std::sync::Arc<super::Settling>,
 }
 
 const MAX_RECEIVES: u32 = 6;
@@ -127,7 +129,20 @@ impl SqsQueue {
             .await
             .ok()
             .and_then(|o| o.queue_url().map(String::from));
-        Ok(Self { client, url, dlq_url })
+        Ok(Self {
+            client,
+            url,
+            dlq_url,
+            visibility: VISIBILITY_TIMEOUT,
+            settling: Default::default(),
+        })
+    }
+
+    /// A shorter visibility timeout (whole seconds, at least 1), for tests
+    /// that watch a message outlive it.
+    pub fn with_visibility_timeout(mut self, t: Duration) -> Self {
+        self.visibility = t.max(Duration::from_secs(1));
+        self
     }
 
     /// The queue's URL.
@@ -261,7 +276,7 @@ impl SqsQueue {
                 .queue_url(&self.url)
                 .max_number_of_messages(want as i32)
                 .wait_time_seconds(5)
-                .visibility_timeout(VISIBILITY_TIMEOUT_SECONDS)
+                .visibility_timeout(self.visibility.as_secs() as i32)
                 .send()
                 .await
                 .map_err(|e| broker(describe(&e)))?;
@@ -273,9 +288,10 @@ impl SqsQueue {
                 let dlq_url = self.dlq_url.clone();
                 let receipt = m.receipt_handle().unwrap_or_default().to_string();
                 let body = m.body().unwrap_or_default().as_bytes().to_vec();
-                tokio::spawn(async move {
+                let visibility = self.visibility;
+                self.settling.spawn(async move {
                     let _permit = permit;
-                    settle(&client, &url, dlq_url.as_deref(), &receipt, body, &handle).await;
+                    settle(&client, &url, dlq_url.as_deref(), &receipt, body, &handle, visibility).await;
                 });
             }
             // Unused permits go back when `permits` drops here.
@@ -285,10 +301,33 @@ impl SqsQueue {
 
 /// Runs the handler on one message, then deletes it, moves it to the
 /// dead-letter queue, or makes it visible again.
-async fn settle(client: &Client, url: &str, dlq_url: Option<&str>, receipt: &str, body: Vec<u8>, handle: &ByteHandler) {
+async fn settle(
+    client: &Client,
+    url: &str,
+    dlq_url: Option<&str>,
+    receipt: &str,
+    body: Vec<u8>,
+    handle: &ByteHandler,
+    visibility: Duration,
+) {
     // Requeue = visible again at once; reject = moved to the dead-letter
     // queue; both ack and reject then delete it.
-    let disposition = handle(body.clone()).await;
+    let extend = || -> super::BoxFuture<'static, ()> {
+        let (client, url, receipt) = (client.clone(), url.to_string(), receipt.to_string());
+        Box::pin(async move {
+            let r = client
+                .change_message_visibility()
+                .queue_url(url)
+                .receipt_handle(receipt)
+                .visibility_timeout(visibility.as_secs() as i32)
+                .send()
+                .await;
+            if let Err(e) = r {
+                tracing::warn!(error = %describe(&e), "cannot extend an SQS message's visibility timeout");
+            }
+        })
+    };
+    let disposition = super::while_extending(handle(body.clone()), visibility / 3, extend).await;
     if disposition == Disposition::Reject {
         if let Some(dlq) = dlq_url {
             let moved = client
@@ -331,12 +370,20 @@ async fn settle(client: &Client, url: &str, dlq_url: Option<&str>, receipt: &str
 }
 
 impl MessageSource for SqsQueue {
+    fn settling(&self) -> std::sync::Arc<super::Settling> {
+        self.settling.clone()
+    }
+
     fn consume_bytes(&self, prefetch: u16, handle: ByteHandler) -> BoxFuture<'_, Result<(), QueueError>> {
         Box::pin(self.consume_messages(prefetch, handle))
     }
 }
 
 impl DeliveryBus for SqsQueue {
+    fn settling(&self) -> std::sync::Arc<super::Settling> {
+        self.settling.clone()
+    }
+
     fn publish<'a>(&'a self, tasks: &'a [Task]) -> BoxFuture<'a, Result<(), QueueError>> {
         Box::pin(self.publish_tasks(tasks))
     }
@@ -365,12 +412,17 @@ mod tests {
 
     /// A new, uniquely named queue (with its dead-letter queue) on moto.
     async fn fresh_queue() -> SqsQueue {
+        queue_named(&format!("outrider-test-{}", crate::ids::random_hex(4))).await
+    }
+
+    /// A connection to queue `name` (made if missing), as one node has.
+    async fn queue_named(name: &str) -> SqsQueue {
         SqsQueue::connect(
             SqsConfig {
                 region: "us-east-1".into(),
                 endpoint: Some(endpoint()),
                 credentials: Some(("test".into(), "test".into())),
-                delivery_queue: format!("outrider-test-{}", crate::ids::random_hex(4)),
+                delivery_queue: name.to_string(),
                 auto_provision: true,
             },
             Duration::from_secs(10),
@@ -400,5 +452,51 @@ mod tests {
         let (handler, seen) = crate::queue::recording_handler("{\"b\":1,\"a\":2}", "none");
         let _ = tokio::time::timeout(Duration::from_secs(6), DeliveryBus::consume(&q2, 10, handler)).await;
         assert_eq!(seen.lock().unwrap().len(), 12, "all 12 tasks of two batches");
+    }
+
+    /// A node whose shard is busy may hold a task longer than its
+    /// visibility timeout. Two nodes consume one queue; the handler takes
+    /// 7 s against a 2 s timeout. Without the extension the message became
+    /// visible again and the other node handled it too.
+    #[tokio::test]
+    async fn a_message_held_past_its_visibility_timeout_is_not_handed_to_another_node() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let name = format!("outrider-test-{}", crate::ids::random_hex(4));
+        let short = Duration::from_secs(2);
+        let a = std::sync::Arc::new(queue_named(&name).await.with_visibility_timeout(short));
+        let b = std::sync::Arc::new(queue_named(&name).await.with_visibility_timeout(short));
+        let calls = std::sync::Arc::new(AtomicUsize::new(0));
+        let handler: ByteHandler = {
+            let calls = calls.clone();
+            std::sync::Arc::new(move |_body| {
+                calls.fetch_add(1, Ordering::SeqCst);
+                Box::pin(async {
+                    tokio::time::sleep(Duration::from_secs(7)).await;
+                    Disposition::Ack
+                })
+            })
+        };
+        let consumers: Vec<_> = [a.clone(), b.clone()]
+            .into_iter()
+            .map(|q| {
+                let h = handler.clone();
+                tokio::spawn(async move { q.consume_bytes(1, h).await })
+            })
+            .collect();
+        a.send_raw("held").await.unwrap();
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        for c in consumers {
+            c.abort();
+        }
+        assert_eq!(calls.load(Ordering::SeqCst), 1, "handled by one node only");
+        let left = a
+            .client
+            .receive_message()
+            .queue_url(a.url())
+            .wait_time_seconds(1)
+            .send()
+            .await
+            .unwrap();
+        assert!(left.messages().is_empty(), "deleted once handled");
     }
 }

@@ -32,6 +32,11 @@ pub enum StoreError {
     Corrupt(String),
     #[error("cannot reach {what}: {message}")]
     Unreachable { what: &'static str, message: String },
+    /// The store is up but refuses the records themselves (PostgreSQL's
+    /// data exceptions, integrity and limit errors): writing them again
+    /// cannot succeed, so the log pipeline quarantines them.
+    #[error("records refused: {0}")]
+    Refused(String),
 }
 
 impl From<rusqlite::Error> for StoreError {
@@ -137,4 +142,60 @@ pub trait LogStore: Send + Sync + 'static {
 /// updates status, code and response).
 pub trait LogWriter: Send + Sync + 'static {
     fn write_logs(&self, events: Vec<Arc<Event>>, attempts: Vec<Attempt>) -> BoxFuture<'_, StoreResult<()>>;
+
+    /// Keeps records this store refused ([`StoreError::Refused`]) aside,
+    /// with the error. A store that never refuses a record keeps none.
+    fn dead_letter(&self, letters: Vec<DeadLetter>) -> BoxFuture<'_, StoreResult<()>> {
+        Box::pin(async move {
+            Err(StoreError::Database(format!(
+                "this log store keeps no dead letters ({} refused records)",
+                letters.len()
+            )))
+        })
+    }
+}
+
+/// A log record the log store refused, as JSON, with the store's error.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeadLetter {
+    /// `event` or `attempt`.
+    pub kind: &'static str,
+    pub record_id: String,
+    pub tenant_id: String,
+    pub error: String,
+    pub record: String,
+}
+
+impl DeadLetter {
+    pub fn event(e: &Event, error: &str) -> Self {
+        let record = serde_json::json!({
+            "id": e.id, "tenant_id": e.tenant_id, "topic": e.topic, "time": e.time,
+            "eligible_for_retry": e.eligible_for_retry, "metadata": e.metadata,
+            "data": &*e.data, "matched_destination_ids": e.matched_destination_ids,
+        });
+        Self::new("event", &e.id, &e.tenant_id, error, record)
+    }
+
+    pub fn attempt(a: &Attempt, error: &str) -> Self {
+        let record = serde_json::json!({
+            "id": a.id, "tenant_id": a.tenant_id, "event_id": a.event_id, "destination_id": a.destination_id,
+            "destination_type": a.destination_type, "attempt_number": a.attempt_number, "manual": a.manual,
+            "status": a.status.as_str(), "time": a.time, "code": a.code, "response_data": a.response_data,
+            "topic": a.topic,
+        });
+        Self::new("attempt", &a.id, &a.tenant_id, error, record)
+    }
+
+    /// Text columns cannot hold NUL, the usual reason for the refusal: the
+    /// ids and error lose it, the record keeps it escaped as JSON does.
+    fn new(kind: &'static str, id: &str, tenant: &str, error: &str, record: serde_json::Value) -> Self {
+        let clean = |s: &str| s.replace('\0', "\\0");
+        DeadLetter {
+            kind,
+            record_id: clean(id),
+            tenant_id: clean(tenant),
+            error: clean(error),
+            record: record.to_string(),
+        }
+    }
 }

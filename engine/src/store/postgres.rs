@@ -14,7 +14,13 @@ use super::*;
 use crate::model::StringMap;
 
 /// Migrations in order; each runs once, in its own transaction.
-const MIGRATIONS: &[(&str, &str)] = &[("0001_logs", include_str!("../../../migrations/0001_logs.sql"))];
+const MIGRATIONS: &[(&str, &str)] = &[
+    ("0001_logs", include_str!("../../../migrations/0001_logs.sql")),
+    (
+        "0002_log_dead_letters",
+        include_str!("../../../migrations/0002_log_dead_letters.sql"),
+    ),
+];
 
 /// Serialises migrations across nodes (an arbitrary, fixed advisory-lock key).
 const MIGRATION_LOCK: i64 = 0x6f75_7472_6964_6572;
@@ -33,6 +39,19 @@ impl std::fmt::Debug for PostgresLogStore {
 
 fn db_err(e: impl std::fmt::Display) -> StoreError {
     StoreError::Database(e.to_string())
+}
+
+/// A write's error: [`StoreError::Refused`] when PostgreSQL refuses the
+/// rows themselves (SQLSTATE class 22 data exception, 23 integrity
+/// constraint, 54 program limit), so retrying them can never succeed; any
+/// other error may pass (a lost connection, a restart) and is retried.
+fn write_err(e: tokio_postgres::Error) -> StoreError {
+    match e.as_db_error() {
+        Some(db) if matches!(&db.code().code()[..2], "22" | "23" | "54") => {
+            StoreError::Refused(format!("{} (SQLSTATE {})", db.message(), db.code().code()))
+        }
+        _ => db_err(e),
+    }
 }
 
 impl PostgresLogStore {
@@ -378,7 +397,7 @@ impl LogWriter for PostgresLogStore {
                     &[&id, &tenant, &time, &topic, &retry, &data, &meta, &matched],
                 )
                 .await
-                .map_err(db_err)?;
+                .map_err(write_err)?;
             }
             if !attempts.is_empty() {
                 let a = &attempts;
@@ -410,9 +429,28 @@ impl LogWriter for PostgresLogStore {
                     &[&id, &event, &dest, &kind, &status, &time, &code, &rd, &manual, &number, &tenant, &topic],
                 )
                 .await
-                .map_err(db_err)?;
+                .map_err(write_err)?;
             }
-            tx.commit().await.map_err(db_err)
+            tx.commit().await.map_err(write_err)
+        })
+    }
+
+    fn dead_letter(&self, letters: Vec<DeadLetter>) -> BoxFuture<'_, StoreResult<()>> {
+        Box::pin(async move {
+            let c = self.pool.get().await.map_err(db_err)?;
+            let kind: Vec<&str> = letters.iter().map(|l| l.kind).collect();
+            let id: Vec<&str> = letters.iter().map(|l| l.record_id.as_str()).collect();
+            let tenant: Vec<&str> = letters.iter().map(|l| l.tenant_id.as_str()).collect();
+            let error: Vec<&str> = letters.iter().map(|l| l.error.as_str()).collect();
+            let record: Vec<&str> = letters.iter().map(|l| l.record.as_str()).collect();
+            c.execute(
+                "INSERT INTO log_dead_letters (kind, record_id, tenant_id, error, record)
+                 SELECT * FROM UNNEST($1::TEXT[], $2::TEXT[], $3::TEXT[], $4::TEXT[], $5::TEXT[])",
+                &[&kind, &id, &tenant, &error, &record],
+            )
+            .await
+            .map_err(db_err)?;
+            Ok(())
         })
     }
 }
@@ -463,8 +501,9 @@ mod tests {
     #[tokio::test]
     async fn migrations_apply_once() {
         let (s, schema) = fresh().await;
-        assert_eq!(s.pending_migrations().await.unwrap(), vec!["0001_logs"]);
-        assert_eq!(s.migrate().await.unwrap(), vec!["0001_logs"]);
+        let all = vec!["0001_logs", "0002_log_dead_letters"];
+        assert_eq!(s.pending_migrations().await.unwrap(), all);
+        assert_eq!(s.migrate().await.unwrap(), all);
         assert!(s.migrate().await.unwrap().is_empty(), "second run applies nothing");
         assert!(s.pending_migrations().await.unwrap().is_empty());
         drop_schema(&schema).await;
