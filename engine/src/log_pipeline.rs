@@ -35,7 +35,7 @@ pub struct Stats {
 
 enum Record {
     Event(Arc<Event>),
-    Attempt(Attempt),
+    Attempt(Box<Attempt>),
 }
 
 fn split(records: &[Record]) -> (Vec<Arc<Event>>, Vec<Attempt>) {
@@ -43,7 +43,7 @@ fn split(records: &[Record]) -> (Vec<Arc<Event>>, Vec<Attempt>) {
     for r in records {
         match r {
             Record::Event(e) => events.push(e.clone()),
-            Record::Attempt(a) => attempts.push(a.clone()),
+            Record::Attempt(a) => attempts.push((**a).clone()),
         }
     }
     (events, attempts)
@@ -65,7 +65,7 @@ async fn ship(sink: &dyn LogWriter, events: Vec<Arc<Event>>, attempts: Vec<Attem
     let records: Vec<Record> = events
         .into_iter()
         .map(Record::Event)
-        .chain(attempts.into_iter().map(Record::Attempt))
+        .chain(attempts.into_iter().map(|a| Record::Attempt(Box::new(a))))
         .collect();
     // A stack of ranges still to write, with the refusal that made them.
     let mut todo = vec![(0..records.len(), first)];

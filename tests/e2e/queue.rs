@@ -334,3 +334,76 @@ async fn concurrent_publishes_of_one_id_are_accepted_once() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(rx.count(), 5, "one delivery per id: {}", got.len());
 }
+
+/// Item 5 of the journal issue: at SIGTERM a delivery node stopped its
+/// consumer before the acks of tasks it had just made durable went out, so
+/// the broker handed those tasks to the next node and they were delivered
+/// twice. A backlog of 2,000 events waits in RabbitMQ; the delivery node
+/// starts on it and gets SIGTERM after its first 200 deliveries; a new
+/// node finishes. Every event arrives, and none twice (the receiver answers
+/// at once, so no attempt is abandoned at the drain deadline either).
+#[tokio::test]
+async fn sigterm_on_a_delivery_node_acks_what_it_holds_so_nothing_is_delivered_twice() {
+    let id = uniq();
+    let (url, _pg) = fresh_schema(&pg_url()).await;
+    let mut env = queue_node_env(format!("s{id}"), url, &format!("outrider-e2e-term-{id}"));
+    env.push(("OUTRIDER_SHUTDOWN_DRAIN_SECONDS", "10".into()));
+    let with = |service: &'static str| {
+        let mut v = env.clone();
+        v.push(("SERVICE", service.into()));
+        v
+    };
+    let (api_env, del_env) = (with("api"), with("delivery"));
+    let api_node = Server::start(&refs(&api_env)).await;
+    let api = Api::admin(&api_node);
+    let rx = Receiver::start().await;
+    api.tenant("t1").await;
+    api.webhook("t1", &rx.url("/term"), json!({})).await;
+    const N: usize = 2_000;
+    let publish = |n: usize| {
+        let api = &api;
+        async move {
+            let r = api
+                .publish(json!({"id": format!("e{n}"), "tenant_id": "t1", "topic": "x", "data": {"n": n}}))
+                .await;
+            assert_eq!(r.status, 202, "{}", r.text);
+        }
+    };
+    for chunk in (0..N).collect::<Vec<_>>().chunks(50) {
+        futures_util::future::join_all(chunk.iter().map(|n| publish(*n))).await;
+    }
+    let mut node = Server::start(&refs(&del_env)).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while rx.count() < 200 {
+        assert!(
+            Instant::now() < deadline,
+            "the delivery node delivered {} in 30 s",
+            rx.count()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let (code, took) = node.terminate(Duration::from_secs(30)).await;
+    assert_eq!(code, Some(0), "clean exit after {took:?}");
+    let at_term = rx.count();
+    node.spawn().await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let seen = loop {
+        let ids: Vec<String> = rx.got().iter().filter_map(|g| g.header("x-outpost-event-id")).collect();
+        let unique: std::collections::HashSet<&String> = ids.iter().collect();
+        if unique.len() == N {
+            break ids;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} of {N} events delivered ({at_term} before SIGTERM)",
+            unique.len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    // Late duplicates would arrive after the last first delivery.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let total = rx.count();
+    println!("SIGTERM after {at_term} deliveries; {total} deliveries of {N} events");
+    assert_eq!(seen.len(), N);
+    assert_eq!(total, N, "{total} deliveries of {N} events: {} twice", total - N);
+}

@@ -486,15 +486,15 @@ impl Engine {
         if let Some(p) = self.pipeline.lock().take() {
             p.abort();
         }
-        for t in [
-            &self.follower,
-            &self.consumer,
-            &self.publish_consumer,
-            &self.retry_poller,
-        ] {
+        for t in [&self.follower, &self.retry_poller] {
             if let Some(h) = t.lock().take() {
                 h.abort();
             }
+        }
+        // The queue consumers are asked to stop, not aborted: see below.
+        let settling: Vec<_> = self.settling.lock().clone();
+        for s in &settling {
+            s.stop();
         }
         for h in self.background.lock().drain(..) {
             h.abort();
@@ -502,9 +502,8 @@ impl Engine {
         let deadline = std::time::Instant::now() + self.config.shutdown_drain_timeout;
         // No message is taken any more; those taken finish on the running
         // shards and are acked, so the broker does not hand a task that is
-        // durable here to another node.
-        let settling: Vec<_> = self.settling.lock().clone();
-        for s in settling {
+        // durable here to another node. Then the consumers go.
+        for s in &settling {
             let left = s.count();
             if tokio::time::timeout_at(deadline.into(), s.idle()).await.is_err() {
                 tracing::warn!(
@@ -513,6 +512,16 @@ impl Engine {
                 );
             } else if left > 0 {
                 tracing::info!(settled = left, "consumed messages settled before stopping");
+            }
+        }
+        // A consumer returns once it has closed its channel cleanly (the
+        // acks above reach the broker first); past the deadline it is cut.
+        for t in [&self.consumer, &self.publish_consumer] {
+            let h = t.lock().take();
+            if let Some(mut h) = h {
+                if tokio::time::timeout_at(deadline.into(), &mut h).await.is_err() {
+                    h.abort();
+                }
             }
         }
         let mut reports = Vec::new();

@@ -62,6 +62,9 @@ pub(super) async fn consume(engine: Arc<Engine>, bus: Arc<dyn DeliveryBus>) {
             Box::pin(async move { e.receive(task).await.map_err(|err| err.to_string()) })
         });
         let result = bus.consume(prefetch, handler).await;
+        if bus.settling().is_stopping() {
+            return;
+        }
         if let Err(err) = result {
             tracing::warn!(error = %err, "delivery queue consumer stopped; reconnecting");
         }
@@ -107,6 +110,9 @@ pub(super) async fn consume_publish_queue(engine: Arc<Engine>, queue: Arc<dyn Me
             })
         });
         let result = queue.consume_bytes(64, handler).await;
+        if queue.settling().is_stopping() {
+            return;
+        }
         if let Err(err) = result {
             tracing::warn!(error = %err, "publish queue consumer stopped; reconnecting");
         }

@@ -38,17 +38,45 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 pub type TaskHandler = Arc<dyn Fn(Task) -> BoxFuture<'static, Result<(), String>> + Send + Sync>;
 
 /// The consumed messages a queue client is still handling or settling
-/// (acking, deleting, nacking). At shutdown the engine stops consuming, then
-/// waits for these before it stops the shards: a message whose task is
-/// already durable on this node gets its ack instead of being redelivered
-/// to the next node (which would deliver it a second time).
+/// (acking, deleting, nacking), and the signal that stops its consumer. At
+/// shutdown the engine asks the consumer to stop taking messages (on
+/// RabbitMQ: cancel the consumer, keeping the channel open), then waits for
+/// these before it stops the shards: a message whose task is already
+/// durable on this node gets its ack instead of being redelivered to the
+/// next node (which would deliver it a second time). Aborting the consumer
+/// instead closed the channel under the pending acks.
 #[derive(Debug, Default)]
 pub struct Settling {
     n: std::sync::atomic::AtomicUsize,
     idle: tokio::sync::Notify,
+    stopping: std::sync::atomic::AtomicBool,
+    stop: tokio::sync::Notify,
 }
 
 impl Settling {
+    /// Asks the consumer to take no more messages.
+    pub fn stop(&self) {
+        self.stopping.store(true, std::sync::atomic::Ordering::Release);
+        self.stop.notify_waiters();
+    }
+
+    pub fn is_stopping(&self) -> bool {
+        self.stopping.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Returns once [`Settling::stop`] was called.
+    pub async fn stopped(&self) {
+        loop {
+            let woken = self.stop.notified();
+            tokio::pin!(woken);
+            woken.as_mut().enable();
+            if self.is_stopping() {
+                return;
+            }
+            woken.await;
+        }
+    }
+
     /// Spawns the handling and settling of one message, counted.
     pub fn spawn(self: &Arc<Self>, work: impl Future<Output = ()> + Send + 'static) {
         use std::sync::atomic::Ordering::AcqRel;

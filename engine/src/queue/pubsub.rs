@@ -209,7 +209,10 @@ impl PubSubQueue {
             let Ok(mut permits) = slots.clone().acquire_many_owned(want).await else {
                 return Err(broker("consumer stopped"));
             };
-            let msgs = self.subscription.pull(want as i32, None).await.map_err(broker)?;
+            let msgs = tokio::select! {
+                m = self.subscription.pull(want as i32, None) => m.map_err(broker)?,
+                _ = self.settling.stopped() => return Ok(()),
+            };
             for m in msgs {
                 let Some(permit) = permits.split(1) else { break };
                 let handle = handle.clone();

@@ -270,16 +270,20 @@ impl SqsQueue {
             let Ok(mut permits) = slots.clone().acquire_many_owned(want).await else {
                 return Err(broker("consumer stopped"));
             };
-            let out = self
+            let receive = self
                 .client
                 .receive_message()
                 .queue_url(&self.url)
                 .max_number_of_messages(want as i32)
                 .wait_time_seconds(5)
                 .visibility_timeout(self.visibility.as_secs() as i32)
-                .send()
-                .await
-                .map_err(|e| broker(describe(&e)))?;
+                .send();
+            // Stopping drops a receive in flight: what it would have taken
+            // reappears after the visibility timeout, handled by no one here.
+            let out = tokio::select! {
+                out = receive => out.map_err(|e| broker(describe(&e)))?,
+                _ = self.settling.stopped() => return Ok(()),
+            };
             for m in out.messages() {
                 let Some(permit) = permits.split(1) else { break };
                 let handle = handle.clone();
