@@ -122,6 +122,75 @@ async fn publish_round(api: &Api, round: usize, events: usize, every_rare: usize
 
 #[tokio::test]
 async fn kill9_sigterm_and_a_shard_change_keep_every_journal_invariant() {
+    soak(None).await;
+}
+
+/// The back-end variant: the node keeps entities and the retry schedule in
+/// Redis (its own, with an fsync'ed append-only file, so a restart keeps
+/// the deployment), logs in PostgreSQL and its deliveries on a RabbitMQ
+/// queue; between kills, Redis is killed and restarted, PostgreSQL stopped
+/// and started, and RabbitMQ's app stopped and started, in turn, while
+/// events are being published. Run alone (it restarts the machine's shared
+/// PostgreSQL and RabbitMQ), like the other outage test.
+#[tokio::test]
+#[ignore = "restarts the shared PostgreSQL and RabbitMQ: scripts/test.sh runs it alone, after the other tests"]
+async fn outage_chaos_kill9_and_back_end_restarts_keep_every_invariant() {
+    let redis = crate::outage::PrivateRedis::start().await;
+    let (url, _pg) = crate::postgres::fresh_schema(&crate::postgres::pg_url()).await;
+    soak(Some(Backends {
+        redis,
+        postgres_url: url,
+        queue: format!("outrider-e2e-chaos-{}{}", std::process::id(), free_port()),
+    }))
+    .await;
+}
+
+struct Backends {
+    redis: crate::outage::PrivateRedis,
+    postgres_url: String,
+    queue: String,
+}
+
+impl Backends {
+    fn env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("REDIS_HOST", "127.0.0.1".into()),
+            ("REDIS_PORT", self.redis.port.to_string()),
+            ("DEPLOYMENT_ID", self.queue.replace('-', "_")),
+            ("POSTGRES_URL", self.postgres_url.clone()),
+            ("RABBITMQ_SERVER_URL", "amqp://guest:guest@127.0.0.1:5672".into()),
+            ("RABBITMQ_EXCHANGE", "outrider-e2e".into()),
+            ("RABBITMQ_DELIVERY_QUEUE", self.queue.clone()),
+        ]
+    }
+
+    /// Restarts one back end, in turn: Redis, PostgreSQL, RabbitMQ.
+    async fn restart(&mut self, round: usize) -> &'static str {
+        match round % 3 {
+            0 => {
+                self.redis.kill();
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                self.redis.spawn().await;
+                "redis"
+            }
+            // Blocking commands, off the test's runtime (the sinks run on it).
+            1 => {
+                tokio::task::spawn_blocking(|| crate::outage::restart_postgres(Duration::from_millis(500)))
+                    .await
+                    .unwrap();
+                "postgresql"
+            }
+            _ => {
+                tokio::task::spawn_blocking(|| crate::outage::restart_rabbitmq(Duration::from_millis(500)))
+                    .await
+                    .unwrap();
+                "rabbitmq"
+            }
+        }
+    }
+}
+
+async fn soak(mut backends: Option<Backends>) {
     let kills = env_num("OUTRIDER_CHAOS_KILLS", 10);
     let per_round = env_num("OUTRIDER_CHAOS_EVENTS", 30);
     let seed = std::time::SystemTime::now()
@@ -130,14 +199,18 @@ async fn kill9_sigterm_and_a_shard_change_keep_every_journal_invariant() {
         .as_nanos() as u64;
     let mut rng = Lcg(seed);
     let t_start = Instant::now();
-    let mut s = Server::start(&[
-        ("DELIVERY_SHARDS", "2"),
-        ("OUTRIDER_JOURNAL_SEGMENT_BYTES", &SEGMENT.to_string()),
-        ("RETRY_SCHEDULE", "1,2"),
-        ("DELIVERY_TIMEOUT_SECONDS", "1"),
-        ("OUTRIDER_SHUTDOWN_DRAIN_SECONDS", "3"),
-    ])
-    .await;
+    let mut env: Vec<(&'static str, String)> = vec![
+        ("DELIVERY_SHARDS", "2".into()),
+        ("OUTRIDER_JOURNAL_SEGMENT_BYTES", SEGMENT.to_string()),
+        ("RETRY_SCHEDULE", "1,2".into()),
+        ("DELIVERY_TIMEOUT_SECONDS", "1".into()),
+        ("OUTRIDER_SHUTDOWN_DRAIN_SECONDS", "3".into()),
+    ];
+    if let Some(b) = &backends {
+        env.extend(b.env());
+    }
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let mut s = Server::start(&env).await;
     let api = Api::admin(&s);
     let data = s.dir.join("data");
     let healthy = Receiver::start().await;
@@ -193,10 +266,14 @@ async fn kill9_sigterm_and_a_shard_change_keep_every_journal_invariant() {
     let mut accepted = Vec::new();
     let mut risk: HashMap<&str, usize> = HashMap::new();
     let mut max_disk = 0u64;
+    let mut restarted: Vec<&'static str> = Vec::new();
     for round in 0..kills {
         let api2 = api.clone();
         let publishing = tokio::spawn(async move { publish_round(&api2, round, per_round, every_rare).await });
         tokio::time::sleep(Duration::from_millis(150 + rng.next(600))).await;
+        if let Some(b) = backends.as_mut() {
+            restarted.push(b.restart(round).await);
+        }
         let at = Instant::now();
         s.kill9();
         for k in &sinks {
@@ -230,6 +307,31 @@ async fn kill9_sigterm_and_a_shard_change_keep_every_journal_invariant() {
             break;
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    // With back ends, retries wait in Redis's schedule and attempts reach
+    // PostgreSQL through the log pipeline: wait until the logged attempts
+    // stop changing for 5 s.
+    if let Some(b) = &backends {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let (mut last, mut since) = (-1i64, Instant::now());
+        while Instant::now() < deadline {
+            let n = match tokio_postgres::connect(&b.postgres_url, tokio_postgres::NoTls).await {
+                Ok((pg, conn)) => {
+                    tokio::spawn(conn);
+                    pg.query_one("SELECT count(*) FROM attempts", &[])
+                        .await
+                        .map(|r| r.get::<_, i64>(0))
+                        .unwrap_or(-1)
+                }
+                Err(_) => -1,
+            };
+            if n != last {
+                (last, since) = (n, Instant::now());
+            } else if since.elapsed() > Duration::from_secs(5) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
     }
     // The index catches up, then segments are collected (index synced every 2 s).
     tokio::time::sleep(Duration::from_secs(4)).await;
@@ -326,9 +428,14 @@ async fn kill9_sigterm_and_a_shard_change_keep_every_journal_invariant() {
         })
         .sum();
     eprintln!(
-        "chaos (seed {seed}): kills {kills} + 1 SIGTERM ({took:?}) + DELIVERY_SHARDS 2→3; events accepted {}, deliveries {deliveries}, attempts logged {logged}; \
+        "chaos (seed {seed}){}: kills {kills} + 1 SIGTERM ({took:?}) + DELIVERY_SHARDS 2→3; events accepted {}, deliveries {deliveries}, attempts logged {logged}; \
          lost {lost}, misnumbered {misnumbered}, early retries {early}, re-sent {duplicates} {resent:?} (bound from in-flight at kills {risk:?}); \
          journal max {} KiB, after drain {} KiB; {:.0} s",
+        if restarted.is_empty() {
+            String::new()
+        } else {
+            format!(" with back-end restarts {restarted:?}")
+        },
         accepted.len(),
         max_disk / 1024,
         disk_after / 1024,

@@ -21,14 +21,14 @@ use serde_json::json;
 use crate::common::*;
 use crate::postgres::{fresh_schema, pg_url};
 
-struct PrivateRedis {
-    port: u16,
+pub(crate) struct PrivateRedis {
+    pub(crate) port: u16,
     dir: tempfile::TempDir,
     child: Option<Child>,
 }
 
 impl PrivateRedis {
-    async fn start() -> PrivateRedis {
+    pub(crate) async fn start() -> PrivateRedis {
         let mut r = PrivateRedis {
             port: free_port(),
             dir: tempfile::tempdir().unwrap(),
@@ -38,7 +38,7 @@ impl PrivateRedis {
         r
     }
 
-    async fn spawn(&mut self) {
+    pub(crate) async fn spawn(&mut self) {
         let child = Command::new("redis-server")
             .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
             .args(["--appendonly", "yes", "--appendfsync", "always", "--save", ""])
@@ -56,7 +56,7 @@ impl PrivateRedis {
     }
 
     /// SIGKILL: the append-only file (fsync'ed per write) is all that survives.
-    fn kill(&mut self) {
+    pub(crate) fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
@@ -89,6 +89,25 @@ fn pg_version() -> String {
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .next()
         .expect("a PostgreSQL cluster")
+}
+
+/// Stops the machine's PostgreSQL (fast), waits `down`, starts it again.
+pub(crate) fn restart_postgres(down: Duration) {
+    let v = pg_version();
+    run(
+        "pg_ctlcluster",
+        &["--skip-systemctl-redirect", &v, "main", "stop", "-m", "fast"],
+    );
+    std::thread::sleep(down);
+    run("pg_ctlcluster", &["--skip-systemctl-redirect", &v, "main", "start"]);
+}
+
+/// Stops RabbitMQ's app, waits `down`, starts it and waits for it.
+pub(crate) fn restart_rabbitmq(down: Duration) {
+    run("rabbitmqctl", &["stop_app"]);
+    std::thread::sleep(down);
+    run("rabbitmqctl", &["start_app"]);
+    run("rabbitmqctl", &["await_startup"]);
 }
 
 #[tokio::test]
@@ -164,18 +183,13 @@ async fn outage_redis_postgres_and_rabbitmq_restarts_lose_nothing() {
     redis.spawn().await;
     tokio::time::sleep(step).await;
     // Stop, two seconds down, start: long enough for writes to fail meanwhile.
-    let v = pg_version();
-    run(
-        "pg_ctlcluster",
-        &["--skip-systemctl-redirect", &v, "main", "stop", "-m", "fast"],
-    );
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    run("pg_ctlcluster", &["--skip-systemctl-redirect", &v, "main", "start"]);
+    tokio::task::spawn_blocking(|| restart_postgres(Duration::from_secs(2)))
+        .await
+        .unwrap();
     tokio::time::sleep(step).await;
-    run("rabbitmqctl", &["stop_app"]);
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    run("rabbitmqctl", &["start_app"]);
-    run("rabbitmqctl", &["await_startup"]);
+    tokio::task::spawn_blocking(|| restart_rabbitmq(Duration::from_secs(1)))
+        .await
+        .unwrap();
     tokio::time::sleep(step).await;
     stop.store(true, Ordering::Relaxed);
     publisher.await.unwrap();
