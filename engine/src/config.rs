@@ -111,6 +111,10 @@ pub struct Config {
     /// Types whose timeout differs from `delivery_timeout` (`TYPE_TIMEOUT_KEYS`).
     pub type_delivery_timeouts: HashMap<&'static str, Duration>,
     pub publish_idempotency_key_ttl: Duration,
+    /// Queue mode: how long a delivery task whose outcome was committed is
+    /// remembered in Redis, so a copy the broker hands out again (its ack
+    /// was lost with a node) is acked instead of attempted.
+    pub delivery_idempotency_key_ttl: Duration,
     pub retry: RetryConfig,
     pub idgen: IdGen,
     pub event_id_prefix: String,
@@ -288,6 +292,7 @@ const YAML_KEYS: &[(&str, &str)] = &[
     ("max_destinations_per_tenant", "MAX_DESTINATIONS_PER_TENANT"),
     ("delivery_timeout_seconds", "DELIVERY_TIMEOUT_SECONDS"),
     ("publish_idempotency_key_ttl", "PUBLISH_IDEMPOTENCY_KEY_TTL"),
+    ("delivery_idempotency_key_ttl", "DELIVERY_IDEMPOTENCY_KEY_TTL"),
     ("retry_schedule", "RETRY_SCHEDULE"),
     ("retry_interval_seconds", "RETRY_INTERVAL_SECONDS"),
     ("retry_max_limit", "MAX_RETRY_LIMIT"),
@@ -998,6 +1003,7 @@ impl Config {
             delivery_timeout: Duration::from_secs(delivery_timeout),
             type_delivery_timeouts,
             publish_idempotency_key_ttl: Duration::from_secs(src.num("PUBLISH_IDEMPOTENCY_KEY_TTL", 3600)?),
+            delivery_idempotency_key_ttl: Duration::from_secs(src.num("DELIVERY_IDEMPOTENCY_KEY_TTL", 3600)?.max(1)),
             retry: RetryConfig {
                 schedule: retry_schedule,
                 interval: Duration::from_secs(retry_interval),

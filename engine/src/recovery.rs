@@ -29,6 +29,17 @@ pub struct Plan {
     moves: Vec<Move>,
 }
 
+impl Plan {
+    /// Deliveries to move that are first attempts due at once.
+    pub fn first_attempts(&self) -> usize {
+        self.moves
+            .iter()
+            .flat_map(|m| m.pending.iter())
+            .filter(|p| p.due_ms == 0)
+            .count()
+    }
+}
+
 struct Move {
     dir: PathBuf,
     shard: usize,
@@ -55,6 +66,43 @@ fn shard_dirs(root: &Path) -> std::io::Result<Vec<usize>> {
 }
 
 type Prepared = (Plan, Vec<ShardInit>, Vec<Followed>, flume::Receiver<()>);
+
+/// Marks a journal directory whose pending first attempts all came from a
+/// delivery queue, which keeps each task until its outcome is committed:
+/// at the next start those are left to the broker (see `Shard::resume`).
+/// It is written only once no first attempt from an embedded run is left
+/// (switching a node to a queue with deliveries pending delivers them here
+/// first), and removed when the node runs without a queue.
+pub struct QueueMarker {
+    path: PathBuf,
+    /// The marker was there at this start.
+    pub present: bool,
+}
+
+impl QueueMarker {
+    pub fn read(config: &Config) -> QueueMarker {
+        let path = journal_root(config).join("QUEUE_FED");
+        let present = path.exists();
+        QueueMarker { path, present }
+    }
+
+    /// Records this run's mode; `first_attempts`: pending first attempts
+    /// (due at once) found in the journals at this start.
+    pub fn update(&self, queue_fed: bool, first_attempts: usize) -> Result<(), EngineError> {
+        let r = match (queue_fed, self.present) {
+            (true, false) if first_attempts == 0 => {
+                if let Some(dir) = self.path.parent() {
+                    std::fs::create_dir_all(dir)
+                        .map_err(|e| EngineError::Startup(format!("{}: {e}", dir.display())))?;
+                }
+                std::fs::write(&self.path, b"pending first attempts here came from a delivery queue\n")
+            }
+            (false, true) => std::fs::remove_file(&self.path),
+            _ => Ok(()),
+        };
+        r.map_err(|e| EngineError::Startup(format!("{}: {e}", self.path.display())))
+    }
+}
 
 /// Replays the journals and opens one for each shard.
 pub async fn prepare(
@@ -220,6 +268,11 @@ pub async fn finish(engine: &Arc<Engine>, plan: Plan) -> Result<(), EngineError>
         // (one awaited fsync per move made 1M moves take tens of minutes).
         let mut accepts = FuturesUnordered::new();
         for p in &m.pending {
+            if engine.hands_back_queue_tasks() && p.due_ms == 0 {
+                // The broker still holds its message: settled here, not moved.
+                settled.push((p.loc, p.target, p.attempt));
+                continue;
+            }
             let event = match reader.read(&m.dir, p.loc) {
                 Ok(Record::Accept { event, .. }) => event,
                 Ok(_) | Err(_) => {

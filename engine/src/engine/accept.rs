@@ -310,6 +310,16 @@ impl Engine {
     /// The local record also feeds the log pipeline, and makes the node
     /// resume the delivery itself if it restarts first (at least once).
     pub async fn receive(&self, task: Task) -> Result<(), EngineError> {
+        // A copy of a task whose outcome some node already committed (its
+        // ack was lost with the node): ack it, attempt nothing.
+        let marker = self.redis.as_ref().map(|r| (r.clone(), task.clone()));
+        if let Some((redis, t)) = &marker {
+            if redis.task_done(t).await? {
+                tracing::debug!(event_id = %t.event.id, destination_id = %t.destination_id,
+                    attempt = t.attempt, "delivery task already done; acking the copy");
+                return Ok(());
+            }
+        }
         let d = Delivery {
             event: task.event,
             destination_id: task.destination_id,
@@ -347,6 +357,17 @@ impl Engine {
         self.send(&id, ShardMsg::Accept(Box::new(msg))).await?;
         accepted.await.map_err(|_| EngineError::Closed)??;
         // Fires once the attempt's outcome is committed to the journal.
-        finished.await.map_err(|_| EngineError::Closed)
+        finished.await.map_err(|_| EngineError::Closed)?;
+        if let Some((redis, t)) = &marker {
+            // Not marked (Redis down): a redelivery after a lost ack is
+            // attempted again, as before; the outcome itself is committed.
+            if let Err(e) = redis
+                .mark_task_done(t, self.config.delivery_idempotency_key_ttl.as_millis() as i64)
+                .await
+            {
+                tracing::warn!(error = %e, "cannot mark a delivery task done in Redis");
+            }
+        }
+        Ok(())
     }
 }

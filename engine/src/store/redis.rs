@@ -400,6 +400,43 @@ impl RedisEntityStore {
     }
 }
 
+impl RedisEntityStore {
+    /// Whether a delivery task (event, destination, attempt number, manual)
+    /// already had its outcome committed on some node: the broker hands a
+    /// task out again when the ack was lost (the node died between commit
+    /// and ack), and that copy must be acked, not attempted again.
+    pub async fn task_done(&self, t: &crate::queue::Task) -> StoreResult<bool> {
+        let mut c = self.conn.clone();
+        ::redis::cmd("EXISTS")
+            .arg(self.task_key(t))
+            .query_async(&mut c)
+            .await
+            .map_err(rerr)
+    }
+
+    /// Marks the task's outcome committed for `ttl_ms` (set before the ack).
+    pub async fn mark_task_done(&self, t: &crate::queue::Task, ttl_ms: i64) -> StoreResult<()> {
+        let mut c = self.conn.clone();
+        let _: () = ::redis::cmd("SET")
+            .arg(self.task_key(t))
+            .arg(1)
+            .arg("PX")
+            .arg(ttl_ms.max(1))
+            .query_async(&mut c)
+            .await
+            .map_err(rerr)?;
+        Ok(())
+    }
+
+    fn task_key(&self, t: &crate::queue::Task) -> String {
+        let kind = if t.manual { "manual" } else { "auto" };
+        self.key(&format!(
+            "idempotency:delivery:{}:{}:{}:{kind}",
+            t.event.id, t.destination_id, t.attempt
+        ))
+    }
+}
+
 /// What a publish's idempotency claim in Redis found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum IdemClaim {
