@@ -238,3 +238,27 @@ async fn a_panicking_attempt_releases_its_slot_and_is_retried_on_the_schedule() 
     assert_eq!(engine.pending_deliveries(), 0);
     assert_eq!(engine.shards_running(), 1);
 }
+
+/// Item 8 of the journal issue: a dead index follower silently stopped
+/// segment collection and index updates, and nothing said so. Its thread
+/// ending (as after a panic; here through its stop flag) now reads as not
+/// running, which `/healthz` reports as a failed `journal-index` worker
+/// (503), while the shards go on delivering.
+#[tokio::test]
+async fn a_dead_index_follower_reads_as_not_running() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = start_engine(dir.path(), &[]).await;
+    assert!(engine.index_running());
+    engine.index_stop.store(true, std::sync::atomic::Ordering::Release);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while engine.index_running() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(!engine.index_running(), "the follower's end is seen");
+    assert_eq!(
+        engine.shards_running(),
+        engine.shard_count(),
+        "the shards are not affected"
+    );
+    engine.shutdown().await;
+}
