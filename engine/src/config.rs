@@ -223,6 +223,11 @@ pub struct RetryConfig {
     pub schedule: Vec<Duration>,
     pub interval: Duration,
     pub max_limit: u32,
+    /// `OUTRIDER_RETRY_SKIP_PERMANENT_FAILURES`: failures only the
+    /// destination's owner can fix (refused credentials, a forbidden
+    /// address) wait for a manual retry instead of the schedule. Off by
+    /// default: Outpost retries every failure on the schedule.
+    pub skip_permanent: bool,
 }
 
 impl RetryConfig {
@@ -486,6 +491,10 @@ const YAML_KEYS: &[(&str, &str)] = &[
     ("outrider.allowed_private_networks", "OUTRIDER_ALLOWED_PRIVATE_NETWORKS"),
     ("outrider.embedded_synchronous", "OUTRIDER_EMBEDDED_SYNCHRONOUS"),
     ("outrider.journal_segment_bytes", "OUTRIDER_JOURNAL_SEGMENT_BYTES"),
+    (
+        "outrider.retry_skip_permanent_failures",
+        "OUTRIDER_RETRY_SKIP_PERMANENT_FAILURES",
+    ),
     ("outrider.hookdeck_api_url", "OUTRIDER_HOOKDECK_API_URL"),
     ("outrider.hookdeck_publish_url", "OUTRIDER_HOOKDECK_PUBLISH_URL"),
     ("outrider.destinations_tls_ca_file", "OUTRIDER_DESTINATIONS_TLS_CA_FILE"),
@@ -1008,6 +1017,7 @@ impl Config {
                 schedule: retry_schedule,
                 interval: Duration::from_secs(retry_interval),
                 max_limit: src.num("MAX_RETRY_LIMIT", 10)?,
+                skip_permanent: src.bool("OUTRIDER_RETRY_SKIP_PERMANENT_FAILURES", false)?,
             },
             idgen,
             event_id_prefix: src.string("IDGEN_EVENT_PREFIX", ""),

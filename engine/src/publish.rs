@@ -55,6 +55,35 @@ fn metadata_problems(meta: &StringMap) -> Vec<String> {
     out
 }
 
+/// Most entries in a metadata map (event `metadata`, a destination's
+/// `metadata` and `delivery_metadata`).
+pub const MAX_METADATA_ENTRIES: usize = 64;
+/// Longest metadata key, in bytes.
+pub const MAX_METADATA_KEY_BYTES: usize = 256;
+/// Longest metadata value, in bytes (it may become a header).
+pub const MAX_METADATA_VALUE_BYTES: usize = 4096;
+
+/// Size limits of a tenant's metadata map called `field`: each entry is
+/// carried by every delivery (as headers or attributes) and stored with
+/// every event, so a tenant may not make them unbounded. Outpost has none.
+pub fn metadata_limits(field: &str, meta: &StringMap) -> Vec<String> {
+    let mut out = Vec::new();
+    if meta.len() > MAX_METADATA_ENTRIES {
+        out.push(format!("{field} must have at most {MAX_METADATA_ENTRIES} entries"));
+    }
+    for (k, v) in meta.iter() {
+        if k.len() > MAX_METADATA_KEY_BYTES {
+            let shown: String = k.chars().take(32).collect();
+            out.push(format!(
+                "{field} keys must be at most {MAX_METADATA_KEY_BYTES} bytes ({shown}...)"
+            ));
+        } else if v.len() > MAX_METADATA_VALUE_BYTES {
+            out.push(format!("{field}.{k} must be at most {MAX_METADATA_VALUE_BYTES} bytes"));
+        }
+    }
+    out
+}
+
 /// Turns a publish document into an event (id generated when absent).
 pub fn parse(body: &[u8], cfg: &Config, ids: &IdGenerator) -> Result<Event, PublishInputError> {
     if body.iter().all(u8::is_ascii_whitespace) {
@@ -80,6 +109,7 @@ pub fn parse(body: &[u8], cfg: &Config, ids: &IdGenerator) -> Result<Event, Publ
         missing.extend(id.and_then(|id| crate::ids::id_problem(field, id)));
     }
     if let Some(meta) = &b.metadata {
+        missing.extend(metadata_limits("metadata", meta));
         missing.extend(metadata_problems(meta));
     }
     if !missing.is_empty() {

@@ -1228,9 +1228,11 @@ impl Shard {
             }
             AttemptStatus::Failed => {
                 self.stats.failures.fetch_add(1, Ordering::Relaxed);
-                // A permanent failure (refused credentials) is recorded and
-                // counts toward the alert, but is not retried.
-                if event.eligible_for_retry && result.retryable && w.attempt <= cfg.retry.max_retries() {
+                // A permanent failure (refused credentials) is retried like
+                // any other, as Outpost does, unless the operator chose to
+                // leave those to a manual retry.
+                let retryable = result.retryable || !cfg.retry.skip_permanent;
+                if event.eligible_for_retry && retryable && w.attempt <= cfg.retry.max_retries() {
                     let mut delay = cfg.retry.delay(w.attempt);
                     if let Some(asked) = result.retry_after {
                         delay = delay.max(asked.min(cfg.retry.max_delay()));

@@ -663,3 +663,51 @@ async fn templates_that_would_crash_or_exhaust_the_server_are_refused() {
         .await;
     assert_eq!(r.status, 201, "{}", r.text);
 }
+
+/// Issue 31 item 5: metadata had no bound on its number or size of
+/// entries, and each entry rides on every delivery and every stored event.
+#[tokio::test]
+async fn metadata_maps_are_bounded_in_entries_and_bytes() {
+    let s = Server::start(&[]).await;
+    let api = Api::admin(&s);
+    api.tenant("t1").await;
+    let many: serde_json::Map<String, serde_json::Value> = (0..65).map(|i| (format!("k{i}"), json!("v"))).collect();
+    let big = "v".repeat(4097);
+    for (metadata, want) in [
+        (json!(many.clone()), "metadata must have at most 64 entries"),
+        (json!({"k": big}), "metadata.k must be at most 4096 bytes"),
+    ] {
+        let r = api
+            .publish(json!({"tenant_id": "t1", "topic": "a", "data": {}, "metadata": metadata}))
+            .await;
+        assert_eq!(r.status, 422, "{}", r.text);
+        assert_eq!(r.body["data"], json!([want]), "{}", r.text);
+    }
+    let at_limit: serde_json::Map<String, serde_json::Value> =
+        (0..64).map(|i| (format!("k{i}"), json!("v".repeat(4096)))).collect();
+    let r = api
+        .publish(json!({"tenant_id": "t1", "topic": "a", "data": {}, "metadata": at_limit}))
+        .await;
+    assert_eq!(r.status, 202, "{}", r.text);
+    let r = api
+        .post(
+            "/tenants/t1/destinations",
+            json!({"type": "webhook", "topics": "*", "config": {"url": "https://example.com"},
+                "delivery_metadata": many}),
+        )
+        .await;
+    assert_eq!(r.status, 422, "{}", r.text);
+    assert_eq!(
+        r.body["data"],
+        json!(["delivery_metadata must have at most 64 entries"])
+    );
+    let d = api.webhook("t1", "https://example.com/h", json!({})).await;
+    let r = api
+        .patch(
+            &format!("/tenants/t1/destinations/{}", d["id"].as_str().unwrap()),
+            json!({"metadata": {"k": "v".repeat(5000)}}),
+        )
+        .await;
+    assert_eq!(r.status, 422, "{}", r.text);
+    assert_eq!(r.body["data"], json!(["metadata.k must be at most 4096 bytes"]));
+}

@@ -1170,9 +1170,42 @@ async fn destination_types_are_listed_and_validated() {
 }
 
 #[tokio::test]
-async fn refused_credentials_are_recorded_once_and_not_retried() {
+async fn refused_credentials_are_retried_like_outpost_unless_the_operator_opts_out() {
     require("OUTRIDER_TEST_RABBITMQ_URL", "RabbitMQ");
-    let s = Server::start(&[("RETRY_SCHEDULE", "1,1,1")]).await;
+    // Default: retried on the schedule, as Outpost does (issue 31 item 6).
+    let s = Server::start(&[("RETRY_SCHEDULE", "1,1")]).await;
+    let api = Api::admin(&s);
+    api.tenant("t1").await;
+    let r = api
+        .post(
+            "/tenants/t1/destinations",
+            json!({"type": "rabbitmq", "topics": "*",
+                "config": {"server_url": "127.0.0.1:5672", "exchange": "", "tls": "false"},
+                "credentials": {"username": "guest", "password": "not-the-password"}}),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let r = api
+        .publish(json!({"id": "evt-bad-creds", "tenant_id": "t1", "topic": "a", "data": {"x": 1}}))
+        .await;
+    assert_eq!(r.status, 202, "{}", r.text);
+    let all = api
+        .wait_attempts("event_id=evt-bad-creds&dir=asc", Duration::from_secs(15), |m| {
+            m.len() >= 3
+        })
+        .await;
+    let got: Vec<(i64, &str)> = all
+        .iter()
+        .map(|a| (a["attempt_number"].as_i64().unwrap(), a["code"].as_str().unwrap()))
+        .collect();
+    assert_eq!(got, vec![(1, "auth_failed"), (2, "auth_failed"), (3, "auth_failed")]);
+    drop(s);
+    // Opted out: recorded once, left to a manual retry.
+    let s = Server::start(&[
+        ("RETRY_SCHEDULE", "1,1,1"),
+        ("OUTRIDER_RETRY_SKIP_PERMANENT_FAILURES", "true"),
+    ])
+    .await;
     let api = Api::admin(&s);
     api.tenant("t1").await;
     let r = api
@@ -1520,7 +1553,8 @@ async fn kafka_destination() {
 
 /// TLS to a broker whose certificate comes from a private CA (trusted
 /// through `OUTRIDER_DESTINATIONS_TLS_CA_FILE`), SCRAM-SHA-512, and a wrong
-/// password: refused once, recorded as `auth_failed`, not retried.
+/// password: refused once, recorded as `auth_failed`, not retried (with
+/// `OUTRIDER_RETRY_SKIP_PERMANENT_FAILURES`).
 #[tokio::test]
 async fn kafka_tls_scram_sha_512_and_refused_password() {
     let dir = tempfile::tempdir().unwrap();
@@ -1539,6 +1573,7 @@ async fn kafka_tls_scram_sha_512_and_refused_password() {
     let s = Server::start(&[
         ("RETRY_SCHEDULE", "1,1,1"),
         ("OUTRIDER_DESTINATIONS_TLS_CA_FILE", ca.to_str().unwrap()),
+        ("OUTRIDER_RETRY_SKIP_PERMANENT_FAILURES", "true"),
     ])
     .await;
     let api = Api::admin(&s);
@@ -1616,7 +1651,7 @@ async fn kafka_tls_scram_sha_512_and_refused_password() {
 /// too, not only the bootstrap list: the destination's owner controls the
 /// metadata. The allow list opens 127.0.0.1 only; a cluster advertising
 /// itself there is written to through the guard's hop, one advertising
-/// 127.0.0.2 is refused (`forbidden`, not retried) although its bootstrap
+/// 127.0.0.2 is refused (`forbidden`, not retried with the opt-out) although its bootstrap
 /// address is allowed.
 #[tokio::test]
 async fn kafka_advertised_brokers_pass_the_ssrf_guard() {
@@ -1624,6 +1659,7 @@ async fn kafka_advertised_brokers_pass_the_ssrf_guard() {
     let s = Server::start(&[
         ("OUTRIDER_ALLOW_PRIVATE_DESTINATIONS", "false"),
         ("OUTRIDER_ALLOWED_PRIVATE_NETWORKS", "127.0.0.1/32"),
+        ("OUTRIDER_RETRY_SKIP_PERMANENT_FAILURES", "true"),
     ])
     .await;
     let api = Api::admin(&s);
@@ -1941,8 +1977,13 @@ async fn azure_servicebus_destination_against_a_fake_service_bus() {
         "{tokens:?}"
     );
 
-    // A wrong key: the token is refused, recorded once as auth_failed, not retried.
-    let s = Server::start(&[("RETRY_SCHEDULE", "1,1,1")]).await;
+    // A wrong key: the token is refused, recorded once as auth_failed, not
+    // retried (with the opt-out; by default it is retried like Outpost).
+    let s = Server::start(&[
+        ("RETRY_SCHEDULE", "1,1,1"),
+        ("OUTRIDER_RETRY_SKIP_PERMANENT_FAILURES", "true"),
+    ])
+    .await;
     let api = Api::admin(&s);
     api.tenant("t1").await;
     let r = api

@@ -44,6 +44,22 @@ fn string_map(v: Option<&Value>) -> ApiResult<Option<StringMap>> {
     }
 }
 
+/// The size limits of a destination's tenant-set maps (see
+/// `outrider_engine::publish::metadata_limits`).
+fn check_maps(d: &Destination) -> ApiResult<()> {
+    let mut problems = Vec::new();
+    for (field, map) in [("delivery_metadata", &d.delivery_metadata), ("metadata", &d.metadata)] {
+        if let Some(m) = map {
+            problems.extend(outrider_engine::publish::metadata_limits(field, m));
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(ApiError::Validation(problems))
+    }
+}
+
 /// RFC 7396-style patch of a string map: `null` clears, a `null` key deletes,
 /// values set. An empty result is `None`.
 fn merge_map(current: Option<&StringMap>, patch: Option<&Value>) -> ApiResult<Option<StringMap>> {
@@ -213,6 +229,7 @@ pub async fn create(
         updated_at,
         disabled_at: past_time(body.get("disabled_at"), "disabled_at", now)?,
     };
+    check_maps(&dest)?;
     let raw = RawInput {
         credentials: body.get("credentials").and_then(Value::as_object).cloned(),
     };
@@ -281,6 +298,7 @@ pub async fn update(
         next.created_at = past_time(body.get("created_at"), "created_at", now)?.unwrap_or(current.created_at);
     }
     next.updated_at = now;
+    check_maps(&next)?;
     let adapter = s.engine.types.get(&next.kind).ok_or_else(|| {
         ApiError::unprocessable(format!("no provider registered for destination type: {}", next.kind))
     })?;
