@@ -379,13 +379,10 @@ impl ServiceBusPublisher {
         for (k, v) in merged_metadata(self.delivery_metadata.as_ref(), event, now_ms, self.include_ms).iter() {
             props = props.insert(k.as_str(), v.as_str());
         }
+        // No message id and no content type, as Outpost sends: with the
+        // entity's duplicate detection on, a message id equal to the event
+        // id made Service Bus drop every manual retry as a duplicate.
         Message::builder()
-            .properties(
-                fe2o3_amqp::types::messaging::Properties::builder()
-                    .message_id(event.id.clone())
-                    .content_type("application/json")
-                    .build(),
-            )
             .application_properties(props.build())
             .data(Binary::from(event.data.as_bytes().to_vec()))
             .build()
