@@ -49,19 +49,17 @@ fn split(records: &[Record]) -> (Vec<Arc<Event>>, Vec<Attempt>) {
     (events, attempts)
 }
 
-/// Writes one batch; on [`StoreError::Refused`] bisects it and
-/// dead-letters each refused record. Any other error returns, so the whole
-/// batch is written again later (writes are idempotent).
-async fn ship(sink: &dyn LogWriter, events: Vec<Arc<Event>>, attempts: Vec<Attempt>, stats: &Stats) -> StoreResult<()> {
-    let n = (events.len() + attempts.len()) as u64;
-    let first = match sink.write_logs(events.clone(), attempts.clone()).await {
-        Ok(()) => {
-            stats.shipped.fetch_add(n, Relaxed);
-            return Ok(());
-        }
-        Err(StoreError::Refused(e)) => e,
-        Err(e) => return Err(e),
-    };
+/// A batch the store refused as a whole (`first` is why): bisects it,
+/// writes what the store takes and dead-letters each refused record. Any
+/// other error returns, so the whole batch is written again later (writes
+/// are idempotent).
+async fn quarantine(
+    sink: &dyn LogWriter,
+    events: Vec<Arc<Event>>,
+    attempts: Vec<Attempt>,
+    first: String,
+    stats: &Stats,
+) -> StoreResult<()> {
     let records: Vec<Record> = events
         .into_iter()
         .map(Record::Event)
@@ -133,12 +131,32 @@ pub fn spawn(
                 tokio::time::sleep(IDLE).await;
                 continue;
             }
-            let next_ev = b.events.last().map(|(s, _)| *s).unwrap_or(ev);
-            let next_at = b.attempts.last().map(|(s, _)| *s).unwrap_or(at);
+            let mut next_ev = b.events.last().map(|(s, _)| *s).unwrap_or(ev);
+            let mut next_at = b.attempts.last().map(|(s, _)| *s).unwrap_or(at);
             let events: Vec<_> = b.events.into_iter().map(|(_, e)| Arc::new(e)).collect();
             let attempts: Vec<_> = b.attempts.into_iter().map(|(_, a)| a).collect();
             let n = events.len() + attempts.len();
-            match ship(&*sink, events, attempts, &stats).await {
+            let shipped = match sink.write_logs(events, attempts).await {
+                Ok(()) => {
+                    stats.shipped.fetch_add(n as u64, Relaxed);
+                    Ok(())
+                }
+                // The transaction wrote nothing: read the same records again
+                // (the cursor has not moved; the batch is kept only on this
+                // rare path) and bisect them.
+                Err(StoreError::Refused(why)) => match source.logs_after(ev, at, batch).await {
+                    Ok(again) => {
+                        next_ev = again.events.last().map(|(s, _)| *s).unwrap_or(ev);
+                        next_at = again.attempts.last().map(|(s, _)| *s).unwrap_or(at);
+                        let events = again.events.into_iter().map(|(_, e)| Arc::new(e)).collect();
+                        let attempts = again.attempts.into_iter().map(|(_, a)| a).collect();
+                        quarantine(&*sink, events, attempts, why, &stats).await
+                    }
+                    Err(e) => Err(e),
+                },
+                Err(e) => Err(e),
+            };
+            match shipped {
                 Ok(()) => {
                     stats.failing.store(false, Relaxed);
                     if backoff.backing_off() {
