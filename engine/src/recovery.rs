@@ -24,19 +24,23 @@ use crate::timefmt::now_ms;
 /// Moves awaiting their commit at once when `DELIVERY_SHARDS` changed.
 const MOVES_IN_FLIGHT: usize = 1024;
 
+/// Most queue tasks remembered per shard at start (see [`Plan::take_task_keys`]).
+const MAX_TASK_KEYS: usize = 65_536;
+
 /// Deliveries found in a journal whose destination another shard owns now.
 pub struct Plan {
     moves: Vec<Move>,
+    task_keys: Vec<(String, String, u32)>,
 }
 
 impl Plan {
-    /// Deliveries to move that are first attempts due at once.
-    pub fn first_attempts(&self) -> usize {
-        self.moves
-            .iter()
-            .flat_map(|m| m.pending.iter())
-            .filter(|p| p.due_ms == 0)
-            .count()
+    /// (event id, destination id, attempt) of every pending delivery due
+    /// at once (a task taken from a delivery queue, in queue mode), read
+    /// back from the journals: the broker still holds those tasks unacked
+    /// and hands them out again, and this node delivers them from its
+    /// journal, so the copies are acked on arrival (`Engine::receive`).
+    pub fn take_task_keys(&mut self) -> Vec<(String, String, u32)> {
+        std::mem::take(&mut self.task_keys)
     }
 }
 
@@ -67,48 +71,12 @@ fn shard_dirs(root: &Path) -> std::io::Result<Vec<usize>> {
 
 type Prepared = (Plan, Vec<ShardInit>, Vec<Followed>, flume::Receiver<()>);
 
-/// Marks a journal directory whose pending first attempts all came from a
-/// delivery queue, which keeps each task until its outcome is committed:
-/// at the next start those are left to the broker (see `Shard::resume`).
-/// It is written only once no first attempt from an embedded run is left
-/// (switching a node to a queue with deliveries pending delivers them here
-/// first), and removed when the node runs without a queue.
-pub struct QueueMarker {
-    path: PathBuf,
-    /// The marker was there at this start.
-    pub present: bool,
-}
-
-impl QueueMarker {
-    pub fn read(config: &Config) -> QueueMarker {
-        let path = journal_root(config).join("QUEUE_FED");
-        let present = path.exists();
-        QueueMarker { path, present }
-    }
-
-    /// Records this run's mode; `first_attempts`: pending first attempts
-    /// (due at once) found in the journals at this start.
-    pub fn update(&self, queue_fed: bool, first_attempts: usize) -> Result<(), EngineError> {
-        let r = match (queue_fed, self.present) {
-            (true, false) if first_attempts == 0 => {
-                if let Some(dir) = self.path.parent() {
-                    std::fs::create_dir_all(dir)
-                        .map_err(|e| EngineError::Startup(format!("{}: {e}", dir.display())))?;
-                }
-                std::fs::write(&self.path, b"pending first attempts here came from a delivery queue\n")
-            }
-            (false, true) => std::fs::remove_file(&self.path),
-            _ => Ok(()),
-        };
-        r.map_err(|e| EngineError::Startup(format!("{}: {e}", self.path.display())))
-    }
-}
-
 /// Replays the journals and opens one for each shard.
 pub async fn prepare(
     config: &Config,
     store: &Arc<EmbeddedStore>,
     idempotency: &Arc<Idempotency>,
+    queue_fed: bool,
 ) -> Result<Prepared, EngineError> {
     let root = journal_root(config);
     std::fs::create_dir_all(&root)
@@ -156,6 +124,7 @@ pub async fn prepare(
     let mut inits = Vec::with_capacity(n);
     let mut followed = Vec::new();
     let mut moves = Vec::new();
+    let mut task_keys = Vec::new();
     let mut total = 0usize;
     for (i, dir, rec) in replayed {
         let mut rec: Recovered = rec
@@ -166,6 +135,18 @@ pub async fn prepare(
                 "journal tail unreadable (a write cut short by a crash, or damage); records after it are ignored");
         }
         total += rec.pending.len();
+        if queue_fed {
+            // Few: a queue-fed node acks each task once its outcome is
+            // committed, so only tasks in flight at the stop are pending.
+            // (A node that switched from embedded mode with a large backlog
+            // has no broker copies of it: past the cap none are read.)
+            let mut reader = Reader::default();
+            for p in rec.pending.iter().filter(|p| p.due_ms == 0).take(MAX_TASK_KEYS) {
+                if let Ok(Record::Accept { event, .. }) = reader.read(&dir, p.loc) {
+                    task_keys.push((event.id.clone(), p.destination_id.to_string(), p.attempt));
+                }
+            }
+        }
         // Split in place: a 1M backlog must not be held twice at once.
         let mut own = std::mem::take(&mut rec.pending);
         let had_pending = !own.is_empty();
@@ -248,7 +229,7 @@ pub async fn prepare(
         ms = started.elapsed().as_millis() as u64,
         "journals recovered"
     );
-    Ok((Plan { moves }, inits, followed, wake_rx))
+    Ok((Plan { moves, task_keys }, inits, followed, wake_rx))
 }
 
 /// Moves deliveries to their new owners (after the routing table is
@@ -268,11 +249,6 @@ pub async fn finish(engine: &Arc<Engine>, plan: Plan) -> Result<(), EngineError>
         // (one awaited fsync per move made 1M moves take tens of minutes).
         let mut accepts = FuturesUnordered::new();
         for p in &m.pending {
-            if engine.hands_back_queue_tasks() && p.due_ms == 0 {
-                // The broker still holds its message: settled here, not moved.
-                settled.push((p.loc, p.target, p.attempt));
-                continue;
-            }
             let event = match reader.read(&m.dir, p.loc) {
                 Ok(Record::Accept { event, .. }) => event,
                 Ok(_) | Err(_) => {

@@ -145,8 +145,6 @@ pub struct ShardDeps {
     /// With a delivery queue, retries go to the schedule shared through
     /// Redis (any delivery node runs them); without, they stay on this node.
     pub shared_retries: Option<Arc<crate::store::redis::RedisEntityStore>>,
-    /// Deliveries come from a delivery queue (see [`Shard::resume`]).
-    pub queue_fed: bool,
     /// Where failure streaks and exhausted retries go, when alerting is on.
     pub alerts: Option<AlertHooks>,
     /// Operator events, for `attempt.*` (only when a sink wants them).
@@ -640,22 +638,10 @@ impl Shard {
         // both whole in memory at once.
         let mut pending = pending;
         let mut shrink_at = pending.len() / 2;
-        let mut handed_back = 0usize;
         while let Some(p) = pending.pop() {
             if pending.len() < shrink_at {
                 pending.shrink_to_fit();
                 shrink_at = pending.len() / 2;
-            }
-            if self.deps.queue_fed && p.due_ms == 0 {
-                // Fed by a delivery queue, a task is acked only once its
-                // outcome is committed, so the broker still holds this one
-                // and hands it out again, here or to another node. Attempted
-                // here as well, it was made twice with one attempt number,
-                // each copy with its own retry chain. (A retry kept local
-                // because Redis was down has a due time and stays.)
-                handed_back += 1;
-                self.settle(p.loc, p.target, p.attempt, NextStep::Done, None, None, None);
-                continue;
             }
             let w = Work::on_disk(p.loc, p.target, p.destination_id, p.attempt, p.manual);
             if p.due_ms > now {
@@ -663,13 +649,6 @@ impl Shard {
             } else {
                 self.enqueue(w);
             }
-        }
-        if handed_back > 0 {
-            tracing::info!(
-                shard = self.id,
-                deliveries = handed_back,
-                "left to the delivery queue, which still holds them"
-            );
         }
     }
 

@@ -310,6 +310,49 @@ impl Engine {
     /// The local record also feeds the log pipeline, and makes the node
     /// resume the delivery itself if it restarts first (at least once).
     pub async fn receive(&self, task: Task) -> Result<(), EngineError> {
+        let key = (task.event.id.clone(), task.destination_id.clone(), task.attempt);
+        // Pending in this node's journal since the last start: the journal
+        // delivers it; this copy is acked.
+        if self.held_locally.lock().remove(&key) {
+            tracing::debug!(event_id = %key.0, destination_id = %key.1, attempt = key.2,
+                "delivery task already in this node's journal; acking the copy");
+            return Ok(());
+        }
+        // Being taken here now (the broker handed it out again after the
+        // connection it came on dropped): wait for that taking's outcome.
+        let (tx, rx) = tokio::sync::watch::channel(None);
+        loop {
+            let other = {
+                let mut taking = self.taking.lock();
+                match taking.get(&key) {
+                    Some(other) => Some(other.clone()),
+                    None => {
+                        taking.insert(key.clone(), rx.clone());
+                        None
+                    }
+                }
+            };
+            let Some(mut other) = other else { break };
+            match other.wait_for(Option::is_some).await.map(|v| *v) {
+                Ok(Some(true)) => return Ok(()),
+                // That taking failed (or was dropped): try again ourselves.
+                _ => {
+                    let mut taking = self.taking.lock();
+                    if taking.get(&key).is_some_and(|r| r.same_channel(&other)) {
+                        taking.remove(&key);
+                    }
+                }
+            }
+        }
+        let result = self.take(task).await;
+        tx.send_replace(Some(result.is_ok()));
+        self.taking.lock().remove(&key);
+        result
+    }
+
+    /// Takes one delivery task: accepted on its shard, attempted, and
+    /// returns once the attempt's outcome is committed.
+    async fn take(&self, task: Task) -> Result<(), EngineError> {
         // A copy of a task whose outcome some node already committed (its
         // ack was lost with the node): ack it, attempt nothing.
         let marker = self.redis.as_ref().map(|r| (r.clone(), task.clone()));

@@ -35,6 +35,9 @@ mod workers;
 
 use workers::{consume, consume_publish_queue, follow, poll_retries};
 
+/// A delivery task's identity: event id, destination id, attempt number.
+type TaskKey = (String, String, u32);
+
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
     #[error("{0}")]
@@ -124,7 +127,14 @@ pub struct Engine {
     shards: Vec<ShardHandle>,
     threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
     pipeline: Mutex<Option<tokio::task::JoinHandle<()>>>,
-    hand_back: bool,
+    /// Queue mode: tasks pending in this node's journals at start. The
+    /// broker still holds them unacked and hands them out again; the
+    /// journal delivers them, so a copy that arrives is acked, not taken.
+    held_locally: Mutex<std::collections::HashSet<TaskKey>>,
+    /// Queue mode: tasks being taken now, each with the outcome of its
+    /// taking; a copy handed out meanwhile (the broker connection dropped
+    /// under the first) waits for it instead of being attempted again.
+    taking: Mutex<std::collections::HashMap<TaskKey, tokio::sync::watch::Receiver<Option<bool>>>>,
     /// What the log pipeline shipped and quarantined (zero without one).
     pub log_stats: Arc<crate::log_pipeline::Stats>,
     /// Follows entity changes made on other nodes (Redis).
@@ -346,28 +356,20 @@ impl Engine {
         });
         let ids = IdGenerator::new(config.idgen);
         let publish = PublishContext::new(config.clone()).map_err(EngineError::Startup)?;
-        let marker = crate::recovery::QueueMarker::read(&config);
-        let hand_back = bus.is_some() && marker.present;
         let deps = ShardDeps {
             types: types.clone(),
             publish,
             tls: crate::http_client::tls_config(),
             ids: ids.clone(),
             shared_retries: bus.as_ref().and(redis.clone()),
-            queue_fed: hand_back,
             alerts,
             opevents: opevents.clone().filter(|o| o.wants_attempts()),
         };
         let ttl = config.publish_idempotency_key_ttl.as_millis() as i64;
         let idempotency = Arc::new(Idempotency::new(ttl));
-        let (plan, inits, followed, wake_rx) = crate::recovery::prepare(&config, &store, &idempotency).await?;
-        let first_attempts = inits
-            .iter()
-            .flat_map(|i| i.recovered.pending.iter())
-            .filter(|p| p.due_ms == 0)
-            .count()
-            + plan.first_attempts();
-        marker.update(bus.is_some(), first_attempts)?;
+        let (mut plan, inits, followed, wake_rx) =
+            crate::recovery::prepare(&config, &store, &idempotency, bus.is_some()).await?;
+        let held_locally: std::collections::HashSet<TaskKey> = plan.take_task_keys().into_iter().collect();
         let (shards, threads) =
             shard::start(inits, deps).map_err(|e| EngineError::Startup(format!("cannot start shards: {e}")))?;
         let index_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -387,7 +389,8 @@ impl Engine {
             threads: Mutex::new(threads),
             pipeline: Mutex::new(None),
             log_stats: Arc::default(),
-            hand_back,
+            held_locally: Mutex::new(held_locally),
+            taking: Mutex::new(std::collections::HashMap::new()),
             follower: Mutex::new(None),
             bus,
             redis,
@@ -588,12 +591,6 @@ impl Engine {
 
     /// Whether the index follower (journals → event/attempt index) runs: if
     /// it died, queries go stale and no journal segment is collected.
-    /// Pending first attempts found at start are left to the delivery
-    /// queue (see `Shard::resume`).
-    pub(crate) fn hands_back_queue_tasks(&self) -> bool {
-        self.hand_back
-    }
-
     pub fn index_running(&self) -> bool {
         self.index.lock().as_ref().is_some_and(|h| !h.is_finished())
     }
