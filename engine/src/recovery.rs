@@ -138,8 +138,8 @@ pub async fn prepare(
         if queue_fed {
             // Few: a queue-fed node acks each task once its outcome is
             // committed, so only tasks in flight at the stop are pending.
-            // (A node that switched from embedded mode with a large backlog
-            // has no broker copies of it: past the cap none are read.)
+            // (A node switched from embedded mode may hold a large backlog
+            // that no broker has copies of: only the first keys are read.)
             let mut reader = Reader::default();
             for p in rec.pending.iter().filter(|p| p.due_ms == 0).take(MAX_TASK_KEYS) {
                 if let Ok(Record::Accept { event, .. }) = reader.read(&dir, p.loc) {

@@ -1169,23 +1169,28 @@ async fn destination_types_are_listed_and_validated() {
 #[tokio::test]
 async fn refused_credentials_are_retried_like_outpost_unless_the_operator_opts_out() {
     require("OUTRIDER_TEST_RABBITMQ_URL", "RabbitMQ");
+    // A RabbitMQ destination with a wrong password, and one event for it.
+    async fn refused_destination_with_an_event(env: &[(&str, &str)]) -> (Server, Api) {
+        let s = Server::start(env).await;
+        let api = Api::admin(&s);
+        api.tenant("t1").await;
+        let r = api
+            .post(
+                "/tenants/t1/destinations",
+                json!({"type": "rabbitmq", "topics": "*",
+                    "config": {"server_url": "127.0.0.1:5672", "exchange": "", "tls": "false"},
+                    "credentials": {"username": "guest", "password": "not-the-password"}}),
+            )
+            .await;
+        assert_eq!(r.status, 201, "{}", r.text);
+        let r = api
+            .publish(json!({"id": "evt-bad-creds", "tenant_id": "t1", "topic": "a", "data": {"x": 1}}))
+            .await;
+        assert_eq!(r.status, 202, "{}", r.text);
+        (s, api)
+    }
     // Default: retried on the schedule, as Outpost does (issue 31 item 6).
-    let s = Server::start(&[("RETRY_SCHEDULE", "1,1")]).await;
-    let api = Api::admin(&s);
-    api.tenant("t1").await;
-    let r = api
-        .post(
-            "/tenants/t1/destinations",
-            json!({"type": "rabbitmq", "topics": "*",
-                "config": {"server_url": "127.0.0.1:5672", "exchange": "", "tls": "false"},
-                "credentials": {"username": "guest", "password": "not-the-password"}}),
-        )
-        .await;
-    assert_eq!(r.status, 201, "{}", r.text);
-    let r = api
-        .publish(json!({"id": "evt-bad-creds", "tenant_id": "t1", "topic": "a", "data": {"x": 1}}))
-        .await;
-    assert_eq!(r.status, 202, "{}", r.text);
+    let (s, api) = refused_destination_with_an_event(&[("RETRY_SCHEDULE", "1,1")]).await;
     let all = api
         .wait_attempts("event_id=evt-bad-creds&dir=asc", Duration::from_secs(15), |m| {
             m.len() >= 3
@@ -1198,26 +1203,11 @@ async fn refused_credentials_are_retried_like_outpost_unless_the_operator_opts_o
     assert_eq!(got, vec![(1, "auth_failed"), (2, "auth_failed"), (3, "auth_failed")]);
     drop(s);
     // Opted out: recorded once, left to a manual retry.
-    let s = Server::start(&[
+    let (_s, api) = refused_destination_with_an_event(&[
         ("RETRY_SCHEDULE", "1,1,1"),
         ("OUTRIDER_RETRY_SKIP_PERMANENT_FAILURES", "true"),
     ])
     .await;
-    let api = Api::admin(&s);
-    api.tenant("t1").await;
-    let r = api
-        .post(
-            "/tenants/t1/destinations",
-            json!({"type": "rabbitmq", "topics": "*",
-                "config": {"server_url": "127.0.0.1:5672", "exchange": "", "tls": "false"},
-                "credentials": {"username": "guest", "password": "not-the-password"}}),
-        )
-        .await;
-    assert_eq!(r.status, 201, "{}", r.text);
-    let r = api
-        .publish(json!({"id": "evt-bad-creds", "tenant_id": "t1", "topic": "a", "data": {"x": 1}}))
-        .await;
-    assert_eq!(r.status, 202, "{}", r.text);
     let first = api
         .wait_attempts("event_id=evt-bad-creds&include=response_data", WAIT, |m| !m.is_empty())
         .await;

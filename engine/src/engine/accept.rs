@@ -355,11 +355,11 @@ impl Engine {
     async fn take(&self, task: Task) -> Result<(), EngineError> {
         // A copy of a task whose outcome some node already committed (its
         // ack was lost with the node): ack it, attempt nothing.
-        let marker = self.redis.as_ref().map(|r| (r.clone(), task.clone()));
-        if let Some((redis, t)) = &marker {
-            if redis.task_done(t).await? {
-                tracing::debug!(event_id = %t.event.id, destination_id = %t.destination_id,
-                    attempt = t.attempt, "delivery task already done; acking the copy");
+        let marker = self.redis.as_ref().map(|r| (r.clone(), r.task_key(&task)));
+        if let Some((redis, key)) = &marker {
+            if redis.task_done(key).await? {
+                tracing::debug!(event_id = %task.event.id, destination_id = %task.destination_id,
+                    attempt = task.attempt, "delivery task already done; acking the copy");
                 return Ok(());
             }
         }
@@ -401,11 +401,11 @@ impl Engine {
         accepted.await.map_err(|_| EngineError::Closed)??;
         // Fires once the attempt's outcome is committed to the journal.
         finished.await.map_err(|_| EngineError::Closed)?;
-        if let Some((redis, t)) = &marker {
+        if let Some((redis, key)) = marker {
             // Not marked (Redis down): a redelivery after a lost ack is
             // attempted again, as before; the outcome itself is committed.
             if let Err(e) = redis
-                .mark_task_done(t, self.config.delivery_idempotency_key_ttl.as_millis() as i64)
+                .mark_task_done(key, self.config.delivery_idempotency_key_ttl.as_millis() as i64)
                 .await
             {
                 tracing::warn!(error = %e, "cannot mark a delivery task done in Redis");

@@ -66,15 +66,7 @@ impl Settling {
 
     /// Returns once [`Settling::stop`] was called.
     pub async fn stopped(&self) {
-        loop {
-            let woken = self.stop.notified();
-            tokio::pin!(woken);
-            woken.as_mut().enable();
-            if self.is_stopping() {
-                return;
-            }
-            woken.await;
-        }
+        wait_until(&self.stop, || self.is_stopping()).await
     }
 
     /// Spawns the handling and settling of one message, counted.
@@ -104,15 +96,21 @@ impl Settling {
 
     /// Returns once none is.
     pub async fn idle(&self) {
-        loop {
-            let woken = self.idle.notified();
-            tokio::pin!(woken);
-            woken.as_mut().enable();
-            if self.count() == 0 {
-                return;
-            }
-            woken.await;
+        wait_until(&self.idle, || self.count() == 0).await
+    }
+}
+
+/// Returns once `done()` holds, re-checked each time `notify` wakes its
+/// waiters (registered before each check, so no wake-up is missed).
+async fn wait_until(notify: &tokio::sync::Notify, done: impl Fn() -> bool) {
+    loop {
+        let woken = notify.notified();
+        tokio::pin!(woken);
+        woken.as_mut().enable();
+        if done() {
+            return;
         }
+        woken.await;
     }
 }
 
@@ -375,6 +373,45 @@ pub(crate) fn sample_task(n: u32, data: &str) -> Task {
         attempt: 1,
         manual: false,
     }
+}
+
+/// Two consumers ("nodes") of one queue, `a` and `b`; the handler holds
+/// each message for `hold`. `send` puts one message on; after `watch`,
+/// returns how many times it was handled (1 unless the broker handed it
+/// to a second consumer while the first still held it).
+#[cfg(test)]
+pub(crate) async fn handlings_of_a_held_message<Q: MessageSource>(
+    a: Arc<Q>,
+    b: Arc<Q>,
+    hold: std::time::Duration,
+    watch: std::time::Duration,
+    send: impl Future<Output = ()>,
+) -> usize {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let calls = Arc::new(AtomicUsize::new(0));
+    let handler: ByteHandler = {
+        let calls = calls.clone();
+        Arc::new(move |_body| {
+            calls.fetch_add(1, Ordering::SeqCst);
+            Box::pin(async move {
+                tokio::time::sleep(hold).await;
+                Disposition::Ack
+            })
+        })
+    };
+    let consumers: Vec<_> = [a, b]
+        .into_iter()
+        .map(|q| {
+            let h = handler.clone();
+            tokio::spawn(async move { q.consume_bytes(1, h).await })
+        })
+        .collect();
+    send.await;
+    tokio::time::sleep(watch).await;
+    for c in consumers {
+        c.abort();
+    }
+    calls.load(Ordering::SeqCst)
 }
 
 /// A handler for tests: records every task id it sees, checks the data is

@@ -464,35 +464,20 @@ mod tests {
     /// visible again and the other node handled it too.
     #[tokio::test]
     async fn a_message_held_past_its_visibility_timeout_is_not_handed_to_another_node() {
-        use std::sync::atomic::{AtomicUsize, Ordering};
         let name = format!("outrider-test-{}", crate::ids::random_hex(4));
         let short = Duration::from_secs(2);
         let a = std::sync::Arc::new(queue_named(&name).await.with_visibility_timeout(short));
         let b = std::sync::Arc::new(queue_named(&name).await.with_visibility_timeout(short));
-        let calls = std::sync::Arc::new(AtomicUsize::new(0));
-        let handler: ByteHandler = {
-            let calls = calls.clone();
-            std::sync::Arc::new(move |_body| {
-                calls.fetch_add(1, Ordering::SeqCst);
-                Box::pin(async {
-                    tokio::time::sleep(Duration::from_secs(7)).await;
-                    Disposition::Ack
-                })
-            })
-        };
-        let consumers: Vec<_> = [a.clone(), b.clone()]
-            .into_iter()
-            .map(|q| {
-                let h = handler.clone();
-                tokio::spawn(async move { q.consume_bytes(1, h).await })
-            })
-            .collect();
-        a.send_raw("held").await.unwrap();
-        tokio::time::sleep(Duration::from_secs(10)).await;
-        for c in consumers {
-            c.abort();
-        }
-        assert_eq!(calls.load(Ordering::SeqCst), 1, "handled by one node only");
+        let send = async { a.send_raw("held").await.unwrap() };
+        let handled = crate::queue::handlings_of_a_held_message(
+            a.clone(),
+            b,
+            Duration::from_secs(7),
+            Duration::from_secs(10),
+            send,
+        )
+        .await;
+        assert_eq!(handled, 1, "handled by one node only");
         let left = a
             .client
             .receive_message()

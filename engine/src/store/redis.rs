@@ -365,10 +365,15 @@ impl RedisEntityStore {
 
     /// The event's tasks are on the queue: later publishes of the id are duplicates.
     pub async fn confirm_idempotency(&self, event_id: &str, ttl_ms: i64) -> StoreResult<()> {
+        self.set_for(self.idempotency_key(event_id), "done", ttl_ms).await
+    }
+
+    /// `SET key value PX ttl_ms` (at least 1 ms).
+    async fn set_for(&self, key: String, value: &str, ttl_ms: i64) -> StoreResult<()> {
         let mut c = self.conn.clone();
         let _: () = ::redis::cmd("SET")
-            .arg(self.idempotency_key(event_id))
-            .arg("done")
+            .arg(key)
+            .arg(value)
             .arg("PX")
             .arg(ttl_ms.max(1))
             .query_async(&mut c)
@@ -405,30 +410,18 @@ impl RedisEntityStore {
     /// already had its outcome committed on some node: the broker hands a
     /// task out again when the ack was lost (the node died between commit
     /// and ack), and that copy must be acked, not attempted again.
-    pub async fn task_done(&self, t: &crate::queue::Task) -> StoreResult<bool> {
+    pub async fn task_done(&self, key: &str) -> StoreResult<bool> {
         let mut c = self.conn.clone();
-        ::redis::cmd("EXISTS")
-            .arg(self.task_key(t))
-            .query_async(&mut c)
-            .await
-            .map_err(rerr)
+        ::redis::cmd("EXISTS").arg(key).query_async(&mut c).await.map_err(rerr)
     }
 
     /// Marks the task's outcome committed for `ttl_ms` (set before the ack).
-    pub async fn mark_task_done(&self, t: &crate::queue::Task, ttl_ms: i64) -> StoreResult<()> {
-        let mut c = self.conn.clone();
-        let _: () = ::redis::cmd("SET")
-            .arg(self.task_key(t))
-            .arg(1)
-            .arg("PX")
-            .arg(ttl_ms.max(1))
-            .query_async(&mut c)
-            .await
-            .map_err(rerr)?;
-        Ok(())
+    pub async fn mark_task_done(&self, key: String, ttl_ms: i64) -> StoreResult<()> {
+        self.set_for(key, "1", ttl_ms).await
     }
 
-    fn task_key(&self, t: &crate::queue::Task) -> String {
+    /// The Redis key of a task's done mark (see [`Self::task_done`]).
+    pub fn task_key(&self, t: &crate::queue::Task) -> String {
         let kind = if t.manual { "manual" } else { "auto" };
         self.key(&format!(
             "idempotency:delivery:{}:{}:{}:{kind}",
