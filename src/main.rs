@@ -146,6 +146,9 @@ fn init_tracing(level: &str) {
 
 async fn serve(config: Config) -> Result<(), String> {
     let port = config.api_port;
+    for notice in &config.notices {
+        tracing::warn!("{notice}");
+    }
     if config.dev_mode {
         // Loud on purpose: these are generated secrets, fine for a laptop only.
         eprintln!("==================================================================");

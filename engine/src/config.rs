@@ -173,6 +173,11 @@ pub struct Config {
     pub postgres_url: Option<Secret>,
     /// Most log records shipped to the log store in one batch.
     pub log_batch_size: usize,
+    /// Messages taken from the publish queue at once (`PUBLISH_MAX_CONCURRENCY`).
+    pub publish_max_concurrency: u16,
+    /// One line per Outpost setting that is set but ignored or not built
+    /// yet (see `outpost_settings`), logged at start.
+    pub notices: Vec<String>,
     /// How long a start waits for a configured back end before refusing.
     pub backend_connect_timeout: Duration,
     /// Consecutive-failure alerts, auto-disable and exhausted-retries alerts.
@@ -420,6 +425,8 @@ const YAML_KEYS: &[(&str, &str)] = &[
     ("redis.database", "REDIS_DATABASE"),
     ("redis.tls_enabled", "REDIS_TLS_ENABLED"),
     ("redis.cluster_enabled", "REDIS_CLUSTER_ENABLED"),
+    ("redis.tls_verify", "REDIS_TLS_VERIFY"),
+    ("publish_max_concurrency", "PUBLISH_MAX_CONCURRENCY"),
     ("outrider.redis_tls_ca_file", "OUTRIDER_REDIS_TLS_CA_FILE"),
     ("outrider.redis_tls_insecure", "OUTRIDER_REDIS_TLS_INSECURE"),
     ("log_batch_size", "LOG_BATCH_SIZE"),
@@ -504,6 +511,10 @@ const YAML_KEYS: &[(&str, &str)] = &[
     ),
 ];
 
+/// Where Outpost looks for per-type metadata overrides when
+/// `DESTINATIONS_METADATA_PATH` is unset.
+const DEFAULT_METADATA_DIR: &str = "config/outpost/destinations";
+
 /// Files looked for, in order, when neither `--config` nor `CONFIG` names one.
 const DEFAULT_FILES: &[&str] = &[
     ".env",
@@ -518,6 +529,9 @@ const DEFAULT_FILES: &[&str] = &[
 pub struct Sources {
     values: HashMap<String, String>,
     pub file: Option<PathBuf>,
+    /// Every key looked up, so a test can hold the settings table to what
+    /// the loader really reads.
+    read: std::cell::RefCell<std::collections::BTreeSet<String>>,
 }
 
 impl Sources {
@@ -549,15 +563,45 @@ impl Sources {
             }
         }
         values.extend(env);
-        Ok(Self { values, file: path })
+        Ok(Self {
+            values,
+            file: path,
+            read: Default::default(),
+        })
     }
 
     pub fn from_map(values: HashMap<String, String>) -> Self {
-        Self { values, file: None }
+        Self {
+            values,
+            file: None,
+            read: Default::default(),
+        }
     }
 
     fn get(&self, key: &str) -> Option<&str> {
+        if !self.read.borrow().contains(key) {
+            self.read.borrow_mut().insert(key.to_string());
+        }
         self.values.get(key).map(String::as_str)
+    }
+
+    /// A lookup that is not recorded: the settings check looks at every
+    /// Outpost key, which says nothing about which ones are used.
+    fn peek(&self, key: &str) -> Option<&str> {
+        self.values.get(key).map(String::as_str)
+    }
+
+    /// The keys looked up so far.
+    pub fn keys_read(&self) -> std::collections::BTreeSet<String> {
+        self.read.borrow().clone()
+    }
+
+    /// The keys set to a non-empty value.
+    pub fn keys_set(&self) -> impl Iterator<Item = &str> {
+        self.values
+            .iter()
+            .filter(|(_, v)| !v.trim().is_empty())
+            .map(|(k, _)| k.as_str())
     }
 
     fn non_empty(&self, key: &str) -> Option<&str> {
@@ -799,6 +843,19 @@ impl Config {
 
     /// Types every value; the first bad key is reported by name.
     pub fn from_sources(src: &Sources) -> Result<Self, ConfigError> {
+        let mut notices = crate::outpost_settings::check(|k| src.peek(k))?;
+        // Outpost reads per-type metadata overrides from this directory by
+        // default; they are not built here, so its presence is refused too
+        // rather than silently ignored.
+        if src.non_empty("DESTINATIONS_METADATA_PATH").is_none() && Path::new(DEFAULT_METADATA_DIR).is_dir() {
+            return Err(invalid(
+                "DESTINATIONS_METADATA_PATH",
+                format!(
+                    "the directory {DEFAULT_METADATA_DIR} exists, where Outpost reads per-type metadata overrides; they are not built here: remove it"
+                ),
+            ));
+        }
+        notices.sort();
         let service = match src.non_empty("SERVICE").unwrap_or("all") {
             "all" | "" => Service::All,
             "api" => Service::Api,
@@ -1067,7 +1124,9 @@ impl Config {
                         tls: if src.bool("REDIS_TLS_ENABLED", false)? {
                             Some(crate::store::redis::RedisTls {
                                 ca_file: src.non_empty("OUTRIDER_REDIS_TLS_CA_FILE").map(PathBuf::from),
-                                insecure: src.bool("OUTRIDER_REDIS_TLS_INSECURE", false)?,
+                                // Outpost's newer REDIS_TLS_VERIFY=false means the same.
+                                insecure: src.bool("OUTRIDER_REDIS_TLS_INSECURE", false)?
+                                    || !src.bool("REDIS_TLS_VERIFY", true)?,
                             })
                         } else {
                             None
@@ -1092,6 +1151,7 @@ impl Config {
                             .non_empty("RABBITMQ_DELIVERY_QUEUE")
                             .unwrap_or("outpost-delivery")
                             .to_string(),
+                        dlq: src.non_empty("RABBITMQ_DELIVERY_DLQ").map(String::from),
                         auto_provision: src.bool("MQS_AUTO_PROVISION", true)?,
                     })
                 }
@@ -1123,6 +1183,7 @@ impl Config {
                             .non_empty("AWS_SQS_DELIVERY_QUEUE")
                             .unwrap_or("outpost-delivery")
                             .to_string(),
+                        dlq: src.non_empty("AWS_SQS_DELIVERY_DLQ").map(String::from),
                         auto_provision: src.bool("MQS_AUTO_PROVISION", true)?,
                     })
                 }
@@ -1152,6 +1213,8 @@ impl Config {
                             .map(String::from)
                             .unwrap_or_else(|| format!("{topic}-sub")),
                         topic,
+                        dlq_topic: src.non_empty("GCP_PUBSUB_DELIVERY_DLQ_TOPIC").map(String::from),
+                        dlq_subscription: src.non_empty("GCP_PUBSUB_DELIVERY_DLQ_SUBSCRIPTION").map(String::from),
                         auto_provision: src.bool("MQS_AUTO_PROVISION", true)?,
                     })
                 }
@@ -1178,6 +1241,7 @@ impl Config {
                             key: "PUBLISH_AWS_SQS_QUEUE",
                         })?
                         .to_string(),
+                    dlq: None,
                     auto_provision: src.bool("MQS_AUTO_PROVISION", true)?,
                 }),
             },
@@ -1202,6 +1266,8 @@ impl Config {
                             .map(String::from)
                             .unwrap_or_else(|| format!("{topic}-sub")),
                         topic,
+                        dlq_topic: None,
+                        dlq_subscription: None,
                         auto_provision: src.bool("MQS_AUTO_PROVISION", true)?,
                     })
                 }
@@ -1217,6 +1283,7 @@ impl Config {
                             key: "PUBLISH_RABBITMQ_QUEUE",
                         })?
                         .to_string(),
+                    dlq: None,
                     auto_provision: src.bool("MQS_AUTO_PROVISION", true)?,
                 }),
             },
@@ -1225,6 +1292,11 @@ impl Config {
                 0 => return Err(invalid("LOG_BATCH_SIZE", "must be >= 1")),
                 n => n,
             },
+            publish_max_concurrency: match src.num("PUBLISH_MAX_CONCURRENCY", 64u16)? {
+                0 => return Err(invalid("PUBLISH_MAX_CONCURRENCY", "must be >= 1")),
+                n => n,
+            },
+            notices,
             backend_connect_timeout: Duration::from_secs(src.num("OUTRIDER_BACKEND_CONNECT_TIMEOUT_SECONDS", 30)?),
             alert: alert_config(src)?,
             operator_events: operator_events_config(src)?,

@@ -26,6 +26,7 @@ pub mod json;
 pub mod log_pipeline;
 pub mod model;
 pub mod opevents;
+pub mod outpost_settings;
 pub mod publish;
 pub mod queue;
 pub mod recovery;

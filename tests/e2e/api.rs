@@ -494,6 +494,26 @@ fn invalid_configuration_is_refused_naming_the_key() {
     assert!(err.contains("AES_ENCRYPTION_SECRET"), "{err}");
 }
 
+/// An Outpost setting for a feature we have not built stops the start,
+/// naming the key and what to use instead (before, the server started and
+/// kept every log on the node when CLICKHOUSE_ADDR was set).
+#[test]
+fn an_outpost_setting_for_an_unbuilt_feature_stops_the_start() {
+    for (key, value, alternative) in [
+        ("CLICKHOUSE_ADDR", "clickhouse:9000", "POSTGRES_URL"),
+        (
+            "AZURE_SERVICEBUS_CONNECTION_STRING",
+            "Endpoint=sb://x.servicebus.windows.net/",
+            "RABBITMQ_SERVER_URL",
+        ),
+        ("DESTINATIONS_WEBHOOK_PROXY_URL", "http://proxy:3128", "SSRF guard"),
+    ] {
+        let (code, err) = Server::run_once(&[("AES_ENCRYPTION_SECRET", "x"), ("API_KEY", "k"), (key, value)]);
+        assert_ne!(code, 0, "{key}");
+        assert!(err.contains(key) && err.contains(alternative), "{err}");
+    }
+}
+
 /// Dev mode (no configuration at all: generated secrets, the SSRF guard off,
 /// the key printed) is for one embedded node on a laptop: it refuses to start
 /// when a back end is configured, and it listens on 127.0.0.1 only.

@@ -87,7 +87,11 @@ impl DestinationType for GcpPubSub {
             None => {
                 if let Some(key) = d.credentials.get("service_account_json").filter(|k| !k.is_empty()) {
                     match serde_json::from_str::<Value>(key) {
-                        Ok(Value::Object(m)) if m.contains_key("type") => {}
+                        Ok(Value::Object(m)) if m.contains_key("type") => {
+                            if !is_service_account(&m) {
+                                errs.push("credentials.service_account_json failed type validation".into())
+                            }
+                        }
                         Ok(Value::Object(_)) => {
                             errs.push("credentials.service_account_json failed missing_type validation".into())
                         }
@@ -148,6 +152,15 @@ pub struct PubSubPublisher {
     timeout: Duration,
 }
 
+/// Only a service-account key is accepted. With an audience set the library
+/// signs its own token and makes no request; any other credential type
+/// (`authorized_user`, `external_account`) makes it POST to a URL taken from
+/// the key itself (`token_uri`), with its own HTTP client that the SSRF guard
+/// never sees: a tenant could aim it at any address.
+fn is_service_account(key: &serde_json::Map<String, Value>) -> bool {
+    key.get("type").and_then(Value::as_str) == Some("service_account")
+}
+
 /// The Publish RPC's client over one gRPC channel (authenticated per call
 /// on Google Cloud).
 pub type Client = PublisherClient<Channel>;
@@ -166,6 +179,17 @@ async fn connect(key: &Key, guard: &crate::ssrf::Guard, timeout: Duration) -> Re
             Environment::Emulator(host.clone())
         }
         None => {
+            // Destinations saved before the type check are refused here too.
+            let service_account = serde_json::from_str::<Value>(&key.service_account_json)
+                .ok()
+                .and_then(|v| v.as_object().map(is_service_account))
+                .unwrap_or(false);
+            if !service_account {
+                return Err(PublishResult::permanent(
+                    "auth_failed",
+                    "only a service-account key (\"type\": \"service_account\") is accepted",
+                ));
+            }
             // The error text never repeats the key material.
             let file = google_cloud_auth::credentials::CredentialsFile::new_from_str(&key.service_account_json)
                 .await
@@ -292,6 +316,22 @@ mod tests {
         );
         assert!(GcpPubSub.validate(&d).is_ok());
         assert_eq!(GcpPubSub.target(&d).0, "p/t");
+        for other in [
+            r#"{"type":"authorized_user","token_uri":"http://10.0.0.1/token","refresh_token":"r"}"#,
+            r#"{"type":"external_account","token_url":"http://10.0.0.1/"}"#,
+            r#"{"type":7}"#,
+        ] {
+            let d = test_destination(
+                "gcp_pubsub",
+                &[("project_id", "p"), ("topic", "t")],
+                &[("service_account_json", other)],
+            );
+            assert_eq!(
+                GcpPubSub.validate(&d).unwrap_err(),
+                vec!["credentials.service_account_json failed type validation".to_string()],
+                "{other}"
+            );
+        }
         let d = test_destination(
             "gcp_pubsub",
             &[("project_id", "p"), ("topic", "t")],

@@ -177,7 +177,12 @@ async fn open(key: &Key, guard: &crate::ssrf::Guard, timeout: Duration) -> Resul
         .connection_timeout(timeout)
         .require_tls(key.tls)
         // A lost connection is reconnected by the pool, not behind its back.
-        .max_reconnects(Some(1));
+        .max_reconnects(Some(1))
+        // A server advertises its cluster's other members (`connect_urls`)
+        // and the library would reconnect to them unchecked: a tenant's
+        // server could point it at any address. Only the checked one is used.
+        .ignore_discovered_servers()
+        .retain_servers_order();
     if key.tls {
         let mut tls = (*crate::http_client::tls_config()).clone();
         tls.alpn_protocols.clear();
@@ -297,6 +302,87 @@ mod tests {
                 "config.subject failed pattern validation",
                 "config.server_url is invalid"
             ]
+        );
+    }
+
+    /// Speaks just enough NATS for a client to connect: INFO (advertising
+    /// `advertised` as another cluster member), then PONG to its PING.
+    async fn handshake(mut sock: tokio::net::TcpStream, advertised: std::net::SocketAddr) -> tokio::net::TcpStream {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let info = format!(
+            "INFO {{\"server_id\":\"fake\",\"version\":\"2.10.0\",\"proto\":1,\"headers\":true,\"max_payload\":1048576,\"connect_urls\":[\"{advertised}\"]}}\r\n"
+        );
+        sock.write_all(info.as_bytes()).await.unwrap();
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !seen.windows(6).any(|w| w == b"PING\r\n") {
+            let n = sock.read(&mut buf).await.unwrap();
+            if n == 0 {
+                break;
+            }
+            seen.extend_from_slice(&buf[..n]);
+        }
+        sock.write_all(b"PONG\r\n").await.unwrap();
+        sock
+    }
+
+    #[tokio::test]
+    async fn servers_a_server_advertises_are_never_contacted() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use std::sync::Arc;
+        let other = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let other_addr = other.local_addr().unwrap();
+        let contacted = Arc::new(AtomicUsize::new(0));
+        let seen = contacted.clone();
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((sock, _)) = other.accept().await {
+                seen.fetch_add(1, Ordering::SeqCst);
+                held.push(handshake(sock, other_addr).await);
+            }
+        });
+        // The tenant's server: every connection advertises `other`, then is
+        // dropped, so the client reconnects; without the fix it picks a
+        // discovered server about half the time.
+        let first = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = first.local_addr().unwrap().port();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((sock, _)) = first.accept().await {
+                count.fetch_add(1, Ordering::SeqCst);
+                let sock = handshake(sock, other_addr).await;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                drop(sock);
+            }
+        });
+        let key = Key {
+            tls: false,
+            host: "127.0.0.1".into(),
+            port,
+            username: None,
+            password: None,
+            token: None,
+        };
+        let client = open(&key, &crate::ssrf::Guard::off(), Duration::from_secs(2))
+            .await
+            .expect("connects to the fake server");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while accepted.load(Ordering::SeqCst) + contacted.load(Ordering::SeqCst) < 8
+            && std::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        drop(client);
+        assert_eq!(
+            contacted.load(Ordering::SeqCst),
+            0,
+            "the client connected to an advertised server"
+        );
+        assert!(
+            accepted.load(Ordering::SeqCst) >= 8,
+            "the client reconnected only {} times",
+            accepted.load(Ordering::SeqCst)
         );
     }
 }

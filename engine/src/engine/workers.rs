@@ -109,7 +109,9 @@ pub(super) async fn consume_publish_queue(engine: Arc<Engine>, queue: Arc<dyn Me
                 }
             })
         });
-        let result = queue.consume_bytes(64, handler).await;
+        let result = queue
+            .consume_bytes(engine.config.publish_max_concurrency, handler)
+            .await;
         if queue.settling().is_stopping() {
             return;
         }

@@ -27,6 +27,10 @@ pub struct PubSubConfig {
     pub credentials: Option<crate::secret::Secret>,
     pub topic: String,
     pub subscription: String,
+    /// The dead-letter topic and its subscription; `None` = `<topic>-dlq`
+    /// and `<dlq topic>-sub`, as Outpost names them.
+    pub dlq_topic: Option<String>,
+    pub dlq_subscription: Option<String>,
     pub auto_provision: bool,
 }
 
@@ -127,8 +131,13 @@ impl PubSubQueue {
                         .await
                         .map_err(|e| e.to_string())?;
                 }
-                let dlq_topic = client.topic(&format!("{}-dlq", cfg.topic));
-                let dlq_sub = client.subscription(&format!("{}-dlq-sub", cfg.topic));
+                let dlq_topic_name = cfg.dlq_topic.clone().unwrap_or_else(|| format!("{}-dlq", cfg.topic));
+                let dlq_sub = client.subscription(
+                    &cfg.dlq_subscription
+                        .clone()
+                        .unwrap_or_else(|| format!("{dlq_topic_name}-sub")),
+                );
+                let dlq_topic = client.topic(&dlq_topic_name);
                 let mut dlq = None;
                 if dlq_topic.exists(None).await.map_err(|e| e.to_string())? {
                     dlq = Some((dlq_topic, dlq_sub));
@@ -313,6 +322,8 @@ mod tests {
                     credentials: None,
                     topic: name.clone(),
                     subscription: format!("{name}-sub"),
+                    dlq_topic: None,
+                    dlq_subscription: None,
                     auto_provision: true,
                 },
                 Duration::from_secs(20),
@@ -348,6 +359,8 @@ mod tests {
             credentials: None,
             topic: name.clone(),
             subscription: format!("{name}-sub"),
+            dlq_topic: None,
+            dlq_subscription: None,
             auto_provision: true,
         };
         // The subscription made first, with the 10 s deadline.

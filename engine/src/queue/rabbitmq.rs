@@ -24,6 +24,8 @@ pub struct RabbitConfig {
     pub url: Secret,
     pub exchange: String,
     pub delivery_queue: String,
+    /// The dead-letter queue; `None` = `<queue>.dlq`, as Outpost names it.
+    pub dlq: Option<String>,
     /// Declare the exchange and queue (else only check that they exist).
     pub auto_provision: bool,
 }
@@ -237,7 +239,10 @@ impl RabbitQueue {
 
     /// Where rejected and over-delivered messages end up.
     pub fn dlq_name(&self) -> String {
-        format!("{}.dlq", self.cfg.delivery_queue)
+        self.cfg
+            .dlq
+            .clone()
+            .unwrap_or_else(|| format!("{}.dlq", self.cfg.delivery_queue))
     }
 
     /// Takes one message from the dead-letter queue (for tests and tooling).
@@ -412,10 +417,15 @@ mod tests {
 
     /// A new, uniquely named queue (with its dead-letter queue).
     async fn fresh_queue() -> RabbitQueue {
+        named_queue(None).await
+    }
+
+    async fn named_queue(dlq: Option<String>) -> RabbitQueue {
         let cfg = RabbitConfig {
             url: url().into(),
             exchange: "outrider-test".into(),
             delivery_queue: format!("outrider-test-{}", crate::ids::random_hex(4)),
+            dlq,
             auto_provision: true,
         };
         RabbitQueue::connect(cfg, Duration::from_secs(5))
@@ -435,7 +445,10 @@ mod tests {
 
     #[tokio::test]
     async fn rejected_and_poison_messages_are_dead_lettered() {
-        let q = fresh_queue().await;
+        // RABBITMQ_DELIVERY_DLQ names the dead-letter queue.
+        let custom = format!("outrider-test-dead-{}", crate::ids::random_hex(4));
+        let q = named_queue(Some(custom.clone())).await;
+        assert_eq!(q.dlq_name(), custom);
         q.publish_bytes(b"not a task").await.unwrap();
         q.publish(&[task(7)]).await.unwrap();
         // e7 always fails: requeued until the delivery limit dead-letters it.
@@ -470,6 +483,7 @@ mod tests {
             url: "amqp://app:s3cret@127.0.0.1:1".into(),
             exchange: "x".into(),
             delivery_queue: "q".into(),
+            dlq: None,
             auto_provision: true,
         };
         let e = RabbitQueue::connect(cfg, Duration::from_millis(300))

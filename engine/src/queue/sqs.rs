@@ -27,6 +27,8 @@ pub struct SqsConfig {
     /// Static keys; `None` uses the default AWS credential chain.
     pub credentials: Option<(String, crate::secret::Secret)>,
     pub delivery_queue: String,
+    /// The dead-letter queue; `None` = `<queue>-dlq`, as Outpost names it.
+    pub dlq: Option<String>,
     pub auto_provision: bool,
 }
 
@@ -95,7 +97,7 @@ impl SqsQueue {
         .await;
         let deadline = tokio::time::Instant::now() + patience;
         let mut wait = Duration::from_millis(100);
-        let dlq_name = format!("{}-dlq", cfg.delivery_queue);
+        let dlq_name = cfg.dlq.clone().unwrap_or_else(|| format!("{}-dlq", cfg.delivery_queue));
         let url = loop {
             let result = if cfg.auto_provision {
                 Self::provision(&client, &cfg.delivery_queue, &dlq_name).await
@@ -427,6 +429,7 @@ mod tests {
                 endpoint: Some(endpoint()),
                 credentials: Some(("test".into(), "test".into())),
                 delivery_queue: name.to_string(),
+                dlq: None,
                 auto_provision: true,
             },
             Duration::from_secs(10),
