@@ -20,6 +20,7 @@
 //!   of them stay far below it.
 
 use jmespath::ast::Ast;
+use jmespath::Variable;
 use serde_json::Value;
 
 /// Longest template accepted, in bytes.
@@ -66,18 +67,58 @@ impl Template {
         Ok(Template(compiled))
     }
 
-    /// The template's value as a key: strings as they are, numbers as Go's
-    /// `%g` prints them, booleans as `true`/`false`; `None` for null, an
-    /// empty string, a list or an object, and for an evaluation error.
+    /// The template's value as a key, written as Outpost writes it (Go's
+    /// `%v` of the decoded JSON): strings as they are, numbers as `%g`
+    /// (`1234567` → `1.234567e+06`), booleans as `true`/`false`, lists as
+    /// `[a b]` and objects as `map[k:v]` with sorted keys. `None` for null,
+    /// an empty string and an evaluation error, where Outpost falls back.
     pub fn key(&self, doc: &Value) -> Option<String> {
         let v = self.0.search(doc).ok()?;
-        if let Some(s) = v.as_string() {
-            return (!s.is_empty()).then(|| s.clone());
+        match &*v {
+            Variable::Null => None,
+            Variable::String(s) if s.is_empty() => None,
+            other => {
+                let mut out = String::new();
+                go_value(other, &mut out);
+                Some(out)
+            }
         }
-        if let Some(n) = v.as_number() {
-            return Some(format_g(n));
+    }
+}
+
+/// Go's `%v` of a value decoded from JSON (`nil`, string, float64, bool,
+/// `[]any`, `map[string]any`).
+fn go_value(v: &Variable, out: &mut String) {
+    match v {
+        Variable::Null => out.push_str("<nil>"),
+        Variable::String(s) => out.push_str(s),
+        Variable::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
+        Variable::Number(n) => out.push_str(&format_g(n.as_f64().unwrap_or(f64::NAN))),
+        Variable::Array(items) => {
+            out.push('[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(' ');
+                }
+                go_value(item, out);
+            }
+            out.push(']');
         }
-        v.as_boolean().map(|b| b.to_string())
+        Variable::Object(map) => {
+            // Go prints a map's keys sorted, as the BTreeMap holds them.
+            out.push_str("map[");
+            for (i, (k, item)) in map.iter().enumerate() {
+                if i > 0 {
+                    out.push(' ');
+                }
+                out.push_str(k);
+                out.push(':');
+                go_value(item, out);
+            }
+            out.push(']');
+        }
+        // Only `&expr` arguments of functions hold one; never a result.
+        Variable::Expref(_) => {}
     }
 }
 
@@ -190,19 +231,27 @@ fn growth(ast: &Ast) -> u64 {
     }
 }
 
-/// Go's `%g` for the numbers keys are usually made of: integers without a
-/// fraction, others in the shortest form that round-trips, exponents from 1e21.
+/// Go's `%g` with the shortest precision (what `%v` prints for a float64):
+/// the fewest digits that read back as the same number, in exponent form
+/// when the decimal exponent is below -4 or at least 6 (`1e+06`,
+/// `1.234567e+06`, `1e-05`), else plain (`123456`, `1.5`, `0.0001`).
 fn format_g(n: f64) -> String {
-    if n.fract() == 0.0 && n.abs() < 1e21 {
-        format!("{}", n as i64)
-    } else if n.abs() >= 1e21 || (n != 0.0 && n.abs() < 1e-4) {
-        let s = format!("{n:e}");
-        // Rust writes `1e21`, Go `1e+21`.
-        match s.split_once('e') {
-            Some((m, e)) if !e.starts_with('-') => format!("{m}e+{e:0>2}"),
-            Some((m, e)) => format!("{m}e-{:0>2}", &e[1..]),
-            None => s,
-        }
+    if n.is_nan() {
+        return "NaN".into();
+    }
+    if n.is_infinite() {
+        return if n > 0.0 { "+Inf" } else { "-Inf" }.into();
+    }
+    if n == 0.0 {
+        return if n.is_sign_negative() { "-0" } else { "0" }.into();
+    }
+    // Rust's `{:e}` is the shortest round-trip form too: `1.234567e6`.
+    let e = format!("{n:e}");
+    let (mantissa, exp) = e.split_once('e').unwrap_or((&e, "0"));
+    let exp: i32 = exp.parse().unwrap_or(0);
+    if !(-4..6).contains(&exp) {
+        let sign = if exp < 0 { '-' } else { '+' };
+        format!("{mantissa}e{sign}{:02}", exp.unsigned_abs())
     } else {
         format!("{n}")
     }
@@ -215,7 +264,13 @@ mod tests {
 
     #[test]
     fn keys() {
-        let doc = json!({"data": {"customer": "c1", "n": 42, "f": 1.5, "ok": true, "empty": ""}, "metadata": {"event-id": "e1"}});
+        let doc = json!({
+            "data": {
+                "customer": "c1", "n": 42, "f": 1.5, "ok": true, "empty": "", "big": 1234567,
+                "list": ["a", 1, true, null, [2.5]], "obj": {"b": {"c": "x"}, "a": 1}, "nothing": null
+            },
+            "metadata": {"event-id": "e1"}
+        });
         let k = |e: &str| Template::compile(e).unwrap().key(&doc);
         assert_eq!(k("data.customer").as_deref(), Some("c1"));
         assert_eq!(k("data.n").as_deref(), Some("42"));
@@ -223,7 +278,6 @@ mod tests {
         assert_eq!(k("data.ok").as_deref(), Some("true"));
         assert_eq!(k("data.empty"), None);
         assert_eq!(k("data.missing"), None);
-        assert_eq!(k("data"), None);
         assert_eq!(k("metadata.\"event-id\"").as_deref(), Some("e1"));
         assert_eq!(
             k("join('/', [data.customer, metadata.\"event-id\"])").as_deref(),
@@ -231,8 +285,25 @@ mod tests {
         );
         assert!(invalid("data.[").is_some());
         assert!(invalid("data.customer").is_none());
-        assert_eq!(format_g(1e21), "1e+21");
-        assert_eq!(format_g(0.00001), "1e-05");
+        assert_eq!(k("data.big").as_deref(), Some("1.234567e+06"));
+        assert_eq!(k("data.list").as_deref(), Some("[a 1 true <nil> [2.5]]"));
+        assert_eq!(k("data.obj").as_deref(), Some("map[a:1 b:map[c:x]]"));
+        assert_eq!(k("data.nothing"), None);
+        for (n, go) in [
+            (1e21, "1e+21"),
+            (0.00001, "1e-05"),
+            (0.0001, "0.0001"),
+            (123456.0, "123456"),
+            (1e6, "1e+06"),
+            (1234567.0, "1.234567e+06"),
+            (-2.5e-7, "-2.5e-07"),
+            (1.5e300, "1.5e+300"),
+            (0.1, "0.1"),
+            (100.25, "100.25"),
+            (0.0, "0"),
+        ] {
+            assert_eq!(format_g(n), go, "{n}");
+        }
     }
 
     /// Runs `f` on a thread with a 128 KiB stack, far less than any thread
