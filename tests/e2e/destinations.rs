@@ -1305,6 +1305,11 @@ async fn hookdeck_destination_against_a_fake_hookdeck() {
     assert_eq!(ok[0]["status"], "success");
     assert_eq!(ok[0]["code"], "200");
     assert_eq!(ok[0]["response_data"]["status_code"], 200);
+    // The response's headers, with Go's canonical names, as Outpost records them.
+    let headers = &ok[0]["response_data"]["headers"];
+    let body_len = ok[0]["response_data"]["body"].as_str().unwrap().len().to_string();
+    assert_eq!(headers["Content-Length"], body_len.as_str(), "{headers}");
+    assert!(headers["Content-Type"].is_string(), "{headers}");
 
     // Hookdeck answers 503 once: the attempt fails and the retry delivers.
     fake.state.script.lock().unwrap().push_back(503);

@@ -131,7 +131,8 @@ impl DestinationType for Hookdeck {
             .cloned()
             .ok_or("credentials.token is required")?;
         let id = source_id(&token).ok_or("credentials.token has an invalid format")?;
-        let target = Target::parse(&format!("{}/{id}", ctx.config.hookdeck_publish_url))?;
+        let mut target = Target::parse(&format!("{}/{id}", ctx.config.hookdeck_publish_url))?;
+        target.keep_headers = true;
         let mac = Hmac::<Sha256>::new_from_slice(token.as_bytes()).map_err(|e| e.to_string())?;
         Ok(Box::new(HookdeckPublisher {
             target,
@@ -183,8 +184,7 @@ impl Publisher for HookdeckPublisher {
             match clients.http.post(&self.target, &h, event.data.as_bytes()).await {
                 Ok(r) => {
                     let body = String::from_utf8_lossy(&r.body).into_owned();
-                    // The shard's client does not keep response headers.
-                    let mut data = json!({ "status_code": r.status, "body": body, "headers": {} });
+                    let mut data = json!({ "status_code": r.status, "body": body, "headers": go_headers(&r.headers) });
                     if let Some(l) = super::webhook::redirect_location(&r) {
                         data["location"] = json!(l);
                     }
@@ -202,9 +202,76 @@ impl Publisher for HookdeckPublisher {
     }
 }
 
+/// Response headers as Outpost records them: Go's canonical names
+/// (`content-type` → `Content-Type`), a single value as a string and
+/// repeated ones as a list.
+fn go_headers(headers: &[(String, String)]) -> serde_json::Value {
+    let mut map = serde_json::Map::new();
+    for (name, value) in headers {
+        match map.entry(canonical_header(name)) {
+            serde_json::map::Entry::Vacant(e) => {
+                e.insert(json!(value));
+            }
+            serde_json::map::Entry::Occupied(mut e) => {
+                let held = e.get_mut();
+                if let serde_json::Value::Array(values) = held {
+                    values.push(json!(value));
+                } else {
+                    *held = json!([held.take(), value]);
+                }
+            }
+        }
+    }
+    serde_json::Value::Object(map)
+}
+
+/// Go's `CanonicalMIMEHeaderKey`: each dash-separated word capitalised; a
+/// name with a character outside a token is left as it is.
+fn canonical_header(name: &str) -> String {
+    let token = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
+    if name.is_empty() || !name.chars().all(token) {
+        return name.to_string();
+    }
+    let mut upper = true;
+    name.chars()
+        .map(|c| {
+            let out = if upper {
+                c.to_ascii_uppercase()
+            } else {
+                c.to_ascii_lowercase()
+            };
+            upper = c == '-';
+            out
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn response_headers_are_recorded_as_outpost_records_them() {
+        let h = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
+            pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        };
+        assert_eq!(
+            go_headers(&h(&[
+                ("content-type", "application/json"),
+                ("x-request-id", "r1"),
+                ("Set-Cookie", "a=1"),
+                ("set-cookie", "b=2"),
+                ("set-COOKIE", "c=3"),
+                ("bad name", "v"),
+            ])),
+            json!({
+                "Content-Type": "application/json",
+                "X-Request-Id": "r1",
+                "Set-Cookie": ["a=1", "b=2", "c=3"],
+                "bad name": "v"
+            })
+        );
+    }
 
     #[test]
     fn tokens() {

@@ -172,10 +172,16 @@ pub struct Parsed {
     /// `Location` (at most [`MAX_LOCATION`] bytes), so a redirect that
     /// fails an attempt says where the endpoint moved.
     pub location: Option<String>,
+    /// Every header, as received, when the reader was asked to keep them
+    /// (at most [`MAX_KEPT_HEADERS`] and [`MAX_KEPT_HEADER_BYTES`]).
+    pub headers: Vec<(String, String)>,
 }
 
 /// The longest `Location` kept; a longer one is cut at a character boundary.
 pub const MAX_LOCATION: usize = 2048;
+/// Bounds on the headers kept: an endpoint cannot make an attempt's record large.
+pub const MAX_KEPT_HEADERS: usize = 64;
+pub const MAX_KEPT_HEADER_BYTES: usize = 8192;
 
 /// Reads one response from the bytes of a connection, as they arrive.
 #[derive(Debug)]
@@ -188,6 +194,8 @@ pub struct ResponseReader {
     truncated: bool,
     retry_after: Option<std::time::Duration>,
     location: Option<String>,
+    /// `Some` when headers are kept.
+    headers: Option<Vec<(String, String)>>,
 }
 
 impl ResponseReader {
@@ -202,7 +210,15 @@ impl ResponseReader {
             truncated: false,
             retry_after: None,
             location: None,
+            headers: None,
         }
+    }
+
+    /// Keeps the response's headers too (only Hookdeck's result shows them:
+    /// the webhook path does not pay for it).
+    pub fn keeping_headers(mut self, keep: bool) -> Self {
+        self.headers = keep.then(Vec::new);
+        self
     }
 
     /// Consumes what it can from the front of `buf`.
@@ -323,6 +339,7 @@ impl ResponseReader {
             reusable: self.keep_alive && !self.truncated && leftover == 0 && self.state == State::Done,
             retry_after: self.retry_after,
             location: self.location,
+            headers: self.headers.unwrap_or_default(),
         }
     }
 
@@ -369,6 +386,18 @@ impl ResponseReader {
         let mut chunked = false;
         let mut other_coding = false;
         let mut keep_alive = resp.version == Some(1);
+        if let Some(kept) = &mut self.headers {
+            // An interim (1xx) head's headers are not the response's.
+            kept.clear();
+            let mut bytes = 0;
+            for h in resp.headers.iter().take(MAX_KEPT_HEADERS) {
+                bytes += h.name.len() + h.value.len();
+                if bytes > MAX_KEPT_HEADER_BYTES {
+                    break;
+                }
+                kept.push((h.name.to_string(), String::from_utf8_lossy(h.value).into_owned()));
+            }
+        }
         for h in resp.headers.iter() {
             if h.name.eq_ignore_ascii_case("content-length") {
                 let v = std::str::from_utf8(h.value)
@@ -458,6 +487,31 @@ mod tests {
 
     fn whole(cap: usize, input: &str) -> Result<Parsed, CodecError> {
         read(cap, &[input.as_bytes()], false).map(|(p, _)| p)
+    }
+
+    #[test]
+    fn headers_are_kept_only_when_asked_and_within_bounds() {
+        let input = "HTTP/1.1 200 OK\r\nContent-Length: 0\r\nX-Id: a\r\nX-Id: b\r\n\r\n";
+        assert!(whole(0, input).unwrap().headers.is_empty());
+        let mut r = ResponseReader::new(0).keeping_headers(true);
+        let mut buf = BytesMut::from(input);
+        assert_eq!(r.feed(&mut buf).unwrap(), Step::Done);
+        let kept = r.finish(0).headers;
+        let want: Vec<(String, String)> = [("Content-Length", "0"), ("X-Id", "a"), ("X-Id", "b")]
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        assert_eq!(kept, want);
+        // A huge header is not kept (nor any after it): the record stays small.
+        let big = format!(
+            "HTTP/1.1 200 OK\r\nX-A: 1\r\nX-Big: {}\r\nX-C: 3\r\nContent-Length: 0\r\n\r\n",
+            "v".repeat(MAX_KEPT_HEADER_BYTES)
+        );
+        let mut r = ResponseReader::new(0).keeping_headers(true);
+        let mut buf = BytesMut::from(big.as_str());
+        assert_eq!(r.feed(&mut buf).unwrap(), Step::Done);
+        let kept = r.finish(0).headers;
+        assert_eq!(kept, vec![("X-A".to_string(), "1".to_string())]);
     }
 
     #[test]

@@ -55,6 +55,8 @@ pub struct Target {
     /// `host[:port]` as sent in the `Host` header.
     pub authority: String,
     pub path_and_query: String,
+    /// Keep the response's headers ([`Response::headers`]).
+    pub keep_headers: bool,
     key: PoolKey,
 }
 
@@ -85,6 +87,7 @@ impl Target {
                 .path_and_query()
                 .map(|p| p.as_str().to_string())
                 .unwrap_or_else(|| "/".into()),
+            keep_headers: false,
         })
     }
 }
@@ -119,6 +122,8 @@ pub struct Response {
     pub retry_after: Option<std::time::Duration>,
     /// The response's `Location`, cut to [`codec::MAX_LOCATION`] bytes.
     pub location: Option<String>,
+    /// Its headers, when the target asked for them.
+    pub headers: Vec<(String, String)>,
 }
 
 /// A byte stream a request can go over: TCP, or TLS over TCP.
@@ -327,7 +332,7 @@ impl HttpClient {
             conn.io.write_all(body).await.map_err(before)?;
         }
         conn.io.flush().await.map_err(before)?;
-        let mut reader = ResponseReader::new(self.inner.max_body);
+        let mut reader = ResponseReader::new(self.inner.max_body).keeping_headers(target.keep_headers);
         let mut received = false;
         loop {
             let step = reader
@@ -368,6 +373,7 @@ impl HttpClient {
             truncated: parsed.truncated,
             retry_after: parsed.retry_after,
             location: parsed.location,
+            headers: parsed.headers,
         })
     }
 }
