@@ -41,18 +41,30 @@ pub struct AwsSqs {
     pub credentials: aws::CredentialPolicy,
 }
 
-/// `<region>` of `https://sqs.<region>.amazonaws.com/...`.
+/// The region an AWS queue URL names: `sqs.<region>.amazonaws.com`, and
+/// also China (`sqs.cn-north-1.amazonaws.com.cn`), FIPS
+/// (`sqs-fips.us-east-1.amazonaws.com`), VPC endpoints
+/// (`vpce-….sqs.eu-west-1.vpce.amazonaws.com`) and the legacy
+/// `<region>.queue.amazonaws.com`. `None` for any other host.
 fn region_of(queue_url: &str) -> Option<String> {
     let (host, _) = clients::url_host_port(queue_url)?;
-    let labels: Vec<&str> = host.split('.').collect();
-    match labels.as_slice() {
-        [first, region, rest @ ..]
-            if (*first == "sqs" || first.starts_with("sqs-")) && rest.ends_with(&["amazonaws", "com"]) =>
-        {
-            Some(region.to_string())
-        }
-        _ => None,
-    }
+    let host = host.to_ascii_lowercase();
+    let inner = host
+        .strip_suffix(".amazonaws.com")
+        .or_else(|| host.strip_suffix(".amazonaws.com.cn"))?;
+    inner.split('.').find(|l| is_region(l)).map(String::from)
+}
+
+/// `us-east-1`, `cn-north-1`, `us-gov-west-1`, `ap-southeast-2`, ...
+fn is_region(label: &str) -> bool {
+    let parts: Vec<&str> = label.split('-').collect();
+    parts.len() >= 3
+        && parts[0].len() == 2
+        && parts[..parts.len() - 1]
+            .iter()
+            .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_lowercase()))
+        && parts[parts.len() - 1].bytes().all(|b| b.is_ascii_digit())
+        && !parts[parts.len() - 1].is_empty()
 }
 
 /// `scheme://authority` of a URL.
@@ -71,10 +83,12 @@ fn endpoint_for(config: &StringMap) -> Option<String> {
     }
     let url = config.get("queue_url")?;
     let (host, _) = clients::url_host_port(url)?;
-    if host.ends_with(".amazonaws.com") {
-        None
-    } else {
-        origin(url).map(String::from)
+    // Only the standard regional host is left to the SDK; any other queue
+    // host (FIPS, China, a VPC endpoint, the legacy one, not AWS at all) is
+    // called where the URL says, as the queue's owner intends.
+    match region_of(url) {
+        Some(region) if host.eq_ignore_ascii_case(&format!("sqs.{region}.amazonaws.com")) => None,
+        _ => origin(url).map(String::from),
     }
 }
 
@@ -286,6 +300,37 @@ mod tests {
             Some("eu-west-1")
         );
         assert_eq!(region_of("http://localhost:4566/000000000000/q"), None);
+        // Queue URLs outside sqs.<region>.amazonaws.com sign for their own
+        // region and are called at their own host.
+        for (url, region, endpoint) in [
+            (
+                "https://sqs.cn-north-1.amazonaws.com.cn/1/q",
+                Some("cn-north-1"),
+                Some("https://sqs.cn-north-1.amazonaws.com.cn"),
+            ),
+            (
+                "https://sqs-fips.us-gov-west-1.amazonaws.com/1/q",
+                Some("us-gov-west-1"),
+                Some("https://sqs-fips.us-gov-west-1.amazonaws.com"),
+            ),
+            (
+                "https://vpce-0a1b-c2d3.sqs.eu-central-1.vpce.amazonaws.com/1/q",
+                Some("eu-central-1"),
+                Some("https://vpce-0a1b-c2d3.sqs.eu-central-1.vpce.amazonaws.com"),
+            ),
+            (
+                "https://ap-southeast-2.queue.amazonaws.com/1/q",
+                Some("ap-southeast-2"),
+                Some("https://ap-southeast-2.queue.amazonaws.com"),
+            ),
+            ("https://sqs.eu-west-3.amazonaws.com/1/q", Some("eu-west-3"), None),
+            ("https://queue.example.com/1/q", None, Some("https://queue.example.com")),
+        ] {
+            assert_eq!(region_of(url).as_deref(), region, "{url}");
+            let mut c = StringMap::new();
+            c.insert("queue_url".into(), url.into());
+            assert_eq!(endpoint_for(&c).as_deref(), endpoint, "{url}");
+        }
         let mut c = StringMap::new();
         c.insert("queue_url".into(), "http://localhost:4566/000000000000/q".into());
         assert_eq!(endpoint_for(&c).as_deref(), Some("http://localhost:4566"));
