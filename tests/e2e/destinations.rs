@@ -2261,3 +2261,183 @@ async fn aws_server_identity_is_opt_in_and_admin_only() {
     assert_eq!(got.messages()[0].body(), Some(r#"{"n":1}"#));
     let _ = client.delete_queue().queue_url(&url).send().await;
 }
+
+/// A moto of this test's own that enforces IAM after `free_actions`
+/// requests (moto's INITIAL_NO_AUTH_ACTION_COUNT): the setup's calls pass,
+/// everything after them is checked against the caller's policy.
+struct IamMoto {
+    endpoint: String,
+    child: std::process::Child,
+}
+
+impl Drop for IamMoto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl IamMoto {
+    async fn start(free_actions: u32) -> Self {
+        let port = free_port();
+        let child = std::process::Command::new("moto_server")
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .env("INITIAL_NO_AUTH_ACTION_COUNT", free_actions.to_string())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("moto_server is required for this test ({e}); scripts/services.sh installs it"));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+            assert!(Instant::now() < deadline, "moto_server did not listen on {port}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Self {
+            endpoint: format!("http://127.0.0.1:{port}"),
+            child,
+        }
+    }
+
+    /// One IAM query call, before enforcement starts (moto routes it by the
+    /// service named in the Authorization header; the signature is not
+    /// checked yet).
+    async fn iam(&self, params: &[(&str, &str)]) -> String {
+        fn enc(s: &str) -> String {
+            s.bytes()
+                .map(|b| match b {
+                    b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+                    _ => format!("%{b:02X}"),
+                })
+                .collect()
+        }
+        let body: Vec<String> = params
+            .iter()
+            .chain(&[("Version", "2010-05-08")])
+            .map(|(k, v)| format!("{}={}", enc(k), enc(v)))
+            .collect();
+        let r = reqwest::Client::new()
+            .post(format!("{}/", self.endpoint))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .header(
+                "authorization",
+                "AWS4-HMAC-SHA256 Credential=AKIAIOSFODNN7EXAMPLE/20260101/us-east-1/iam/aws4_request, SignedHeaders=host, Signature=0",
+            )
+            .body(body.join("&"))
+            .send()
+            .await
+            .unwrap();
+        let status = r.status();
+        let text = r.text().await.unwrap();
+        assert!(status.is_success(), "{params:?}: {status} {text}");
+        text
+    }
+}
+
+fn xml_field(xml: &str, tag: &str) -> String {
+    let open = format!("<{tag}>");
+    let start = xml.find(&open).unwrap_or_else(|| panic!("no {tag} in {xml}")) + open.len();
+    let end = xml[start..].find("</").unwrap() + start;
+    xml[start..end].to_string()
+}
+
+/// Outpost sends Kinesis records with PutRecord, and the IAM policy in its
+/// docs grants only `kinesis:PutRecord`. With that policy (enforced by moto)
+/// our PutRecords is denied; the destination must still deliver every event,
+/// with PutRecord. Before the fallback every attempt failed with
+/// `access_denied`.
+#[tokio::test]
+async fn aws_kinesis_delivers_with_outposts_put_record_only_policy() {
+    // Setup: CreateUser, PutUserPolicy, CreateAccessKey, CreateStream.
+    let moto = IamMoto::start(4).await;
+    moto.iam(&[("Action", "CreateUser"), ("UserName", "outpost-kinesis")])
+        .await;
+    let policy = json!({"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Resource": "*",
+        "Action": ["kinesis:PutRecord", "kinesis:DescribeStream", "kinesis:GetShardIterator", "kinesis:GetRecords"]}]});
+    moto.iam(&[
+        ("Action", "PutUserPolicy"),
+        ("UserName", "outpost-kinesis"),
+        ("PolicyName", "put-record-only"),
+        ("PolicyDocument", &policy.to_string()),
+    ])
+    .await;
+    let created = moto
+        .iam(&[("Action", "CreateAccessKey"), ("UserName", "outpost-kinesis")])
+        .await;
+    let (key, secret) = (
+        xml_field(&created, "AccessKeyId"),
+        xml_field(&created, "SecretAccessKey"),
+    );
+    let admin = aws_client!(aws_sdk_kinesis, &moto.endpoint);
+    admin
+        .create_stream()
+        .stream_name("outpost-only")
+        .shard_count(1)
+        .send()
+        .await
+        .unwrap();
+
+    let s = Server::start(&[("RETRY_SCHEDULE", "1,1,1")]).await;
+    let api = Api::admin(&s);
+    api.tenant("t1").await;
+    let r = api
+        .post(
+            "/tenants/t1/destinations",
+            json!({"type": "aws_kinesis", "topics": "*",
+                "config": {"stream_name": "outpost-only", "region": "us-east-1", "endpoint": moto.endpoint,
+                    "partition_key_template": "data.n"},
+                "credentials": {"key": key, "secret": secret}}),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    for n in 0..5 {
+        let r = api
+            .publish(json!({"id": format!("k{n}"), "tenant_id": "t1", "topic": "t", "data": {"n": n}}))
+            .await;
+        assert_eq!(r.status, 202, "{}", r.text);
+    }
+    let attempts = api
+        .wait_attempts("include=response_data", WAIT, |m| {
+            m.iter().filter(|a| a["status"] == "success").count() >= 5
+        })
+        .await;
+    let failed: Vec<&Value> = attempts.iter().filter(|a| a["status"] != "success").collect();
+    assert!(failed.is_empty(), "no attempt fails: {failed:?}");
+    for a in &attempts {
+        assert!(a["response_data"]["sequence_number"].is_string(), "{a}");
+    }
+
+    // The records are in the stream, read back as the same user.
+    let user = aws_sdk_kinesis::Client::from_conf(
+        aws_sdk_kinesis::Config::builder()
+            .behavior_version(aws_sdk_kinesis::config::BehaviorVersion::latest())
+            .region(aws_sdk_kinesis::config::Region::new("us-east-1"))
+            .credentials_provider(aws_sdk_kinesis::config::Credentials::new(
+                &key, &secret, None, None, "e2e",
+            ))
+            .endpoint_url(&moto.endpoint)
+            .build(),
+    );
+    let d = user.describe_stream().stream_name("outpost-only").send().await.unwrap();
+    let shard = d.stream_description().unwrap().shards()[0].shard_id().to_string();
+    let iterator = user
+        .get_shard_iterator()
+        .stream_name("outpost-only")
+        .shard_id(shard)
+        .shard_iterator_type(aws_sdk_kinesis::types::ShardIteratorType::TrimHorizon)
+        .send()
+        .await
+        .unwrap();
+    let records = user
+        .get_records()
+        .shard_iterator(iterator.shard_iterator().unwrap())
+        .send()
+        .await
+        .unwrap();
+    let mut keys: Vec<String> = records
+        .records()
+        .iter()
+        .map(|r| r.partition_key().unwrap_or_default().to_string())
+        .collect();
+    keys.sort();
+    assert_eq!(keys, ["0", "1", "2", "3", "4"]);
+}

@@ -1,6 +1,9 @@
 //! The `aws_kinesis` destination type: each event is one record, sent with
 //! `PutRecords` (concurrent deliveries to one stream share a call, up to 500
-//! records; see [`super::batch`]). The
+//! records; see [`super::batch`]). Outpost sends each record with
+//! `PutRecord`, and the IAM policy its docs give grants only that action: when
+//! `PutRecords` is denied, the publisher sends record by record with
+//! `PutRecord` from then on (the denied batch is resent that way at once). The
 //! record is `{"data":<event data>,"metadata":{...}}` (keys sorted, as
 //! Outpost's encoder writes them), or the bare data with
 //! `DESTINATIONS_AWS_KINESIS_METADATA_IN_PAYLOAD=false`. The partition key is
@@ -10,6 +13,7 @@
 
 use std::collections::BTreeMap;
 use std::rc::Rc;
+use std::sync::atomic::{AtomicU8, Ordering};
 
 use aws_sdk_kinesis::primitives::Blob;
 use aws_sdk_kinesis::types::PutRecordsRequestEntry;
@@ -110,6 +114,7 @@ impl DestinationType for AwsKinesis {
             delivery_metadata: d.delivery_metadata.clone(),
             include_ms: ctx.config.webhook.include_millisecond_timestamp,
             metadata_in_payload: ctx.config.kinesis_metadata_in_payload,
+            calls: AtomicU8::new(UNTRIED),
         }))
     }
 }
@@ -121,7 +126,17 @@ pub struct KinesisPublisher {
     delivery_metadata: Option<StringMap>,
     include_ms: bool,
     metadata_in_payload: bool,
+    /// What `PutRecords` did: [`UNTRIED`], [`BATCHING`] or [`ONE_BY_ONE`].
+    calls: AtomicU8,
 }
+
+/// No `PutRecords` answered yet: the first batch keeps a copy of its
+/// records, to resend them one by one if the call is denied.
+const UNTRIED: u8 = 0;
+/// `PutRecords` is allowed.
+const BATCHING: u8 = 1;
+/// `PutRecords` was denied: `PutRecord` per record.
+const ONE_BY_ONE: u8 = 2;
 
 async fn connect(key: &AwsKey, guard: &crate::ssrf::Guard) -> Result<Client, PublishResult> {
     let sdk = key
@@ -175,8 +190,20 @@ const LIMITS: batch::Limits = batch::Limits {
 
 impl KinesisPublisher {
     async fn send(&self, client: &Client, items: Vec<Item>) -> Vec<PublishResult> {
+        if self.calls.load(Ordering::Relaxed) == ONE_BY_ONE {
+            return self.send_one_by_one(client, items).await;
+        }
         let n = items.len();
         let keys: Vec<String> = items.iter().map(|i| i.partition_key.clone()).collect();
+        let copies: Option<Vec<Item>> = (self.calls.load(Ordering::Relaxed) == UNTRIED).then(|| {
+            items
+                .iter()
+                .map(|i| Item {
+                    data: i.data.clone(),
+                    partition_key: i.partition_key.clone(),
+                })
+                .collect()
+        });
         let entries: Result<Vec<_>, _> = items
             .into_iter()
             .map(|i| {
@@ -200,8 +227,24 @@ impl KinesisPublisher {
             .await
         {
             Ok(out) => out,
-            Err(e) => return vec![aws::classify(&e, "stream_not_found"); n],
+            Err(e) => {
+                let failed = aws::classify(&e, "stream_not_found");
+                // AWS answers AccessDeniedException; a 403 whose body the SDK
+                // cannot read (an endpoint policy, moto's IAM) is a denial too.
+                let forbidden = e.raw_response().is_some_and(|r| r.status().as_u16() == 403);
+                if failed.code != "access_denied" && !forbidden {
+                    return vec![failed; n];
+                }
+                tracing::info!(stream = %self.lane.1, "PutRecords is denied; sending with PutRecord from now on");
+                self.calls.store(ONE_BY_ONE, Ordering::Relaxed);
+                return match copies {
+                    Some(items) => self.send_one_by_one(client, items).await,
+                    // Retried on the schedule, with PutRecord.
+                    None => vec![failed; n],
+                };
+            }
         };
+        self.calls.store(BATCHING, Ordering::Relaxed);
         // One result per record, in the request's order.
         let mut results: Vec<PublishResult> = out
             .records()
@@ -209,14 +252,7 @@ impl KinesisPublisher {
             .zip(keys)
             .map(|(r, key)| match r.error_code() {
                 Some(code) => aws::entry_failure(code, r.error_message(), "stream_not_found"),
-                None => PublishResult::success(
-                    "OK",
-                    json!({
-                        "shard_id": r.shard_id(),
-                        "sequence_number": r.sequence_number(),
-                        "partition_key": key,
-                    }),
-                ),
+                None => recorded(r.shard_id(), r.sequence_number(), key),
             })
             .collect();
         results.resize_with(n, || {
@@ -224,6 +260,36 @@ impl KinesisPublisher {
         });
         results
     }
+
+    /// `PutRecord` for each record, all at once.
+    async fn send_one_by_one(&self, client: &Client, items: Vec<Item>) -> Vec<PublishResult> {
+        let calls = items.into_iter().map(|i| async move {
+            let key = i.partition_key.clone();
+            match client
+                .put_record()
+                .stream_name(&self.lane.1)
+                .data(Blob::new(i.data))
+                .partition_key(i.partition_key)
+                .send()
+                .await
+            {
+                Ok(out) => recorded(Some(out.shard_id()), Some(out.sequence_number()), key),
+                Err(e) => aws::classify(&e, "stream_not_found"),
+            }
+        });
+        futures_util::future::join_all(calls).await
+    }
+}
+
+fn recorded(shard_id: Option<&str>, sequence_number: Option<&str>, partition_key: String) -> PublishResult {
+    PublishResult::success(
+        "OK",
+        json!({
+            "shard_id": shard_id,
+            "sequence_number": sequence_number,
+            "partition_key": partition_key,
+        }),
+    )
 }
 
 impl Publisher for KinesisPublisher {
@@ -274,6 +340,7 @@ mod tests {
             delivery_metadata: None,
             include_ms: false,
             metadata_in_payload: in_payload,
+            calls: AtomicU8::new(UNTRIED),
         }
     }
 
