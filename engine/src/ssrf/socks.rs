@@ -5,8 +5,11 @@
 //! only, no authentication) makes each of those connections resolve, check
 //! and connect to the checked address here, as every other endpoint does.
 //!
-//! It listens on 127.0.0.1 and reaches only what the guard allows, so a
-//! local process that finds it gains nothing it could not do directly.
+//! It listens on 127.0.0.1, reaches only what the guard allows, and serves
+//! only connections this process opened (on Linux, checked through
+//! `/proc`): the client library offers no proxy credentials, and another
+//! local process must not borrow the guard's allow list
+//! (`OUTRIDER_ALLOWED_PRIVATE_NETWORKS`) to reach networks it cannot.
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -70,7 +73,19 @@ impl GuardProxy {
 async fn serve(listener: TcpListener, guard: Guard, timeout: Duration, refused: Arc<Mutex<Option<String>>>) {
     loop {
         let client = match listener.accept().await {
-            Ok((client, _)) => client,
+            Ok((client, peer)) => {
+                let ours = match client.local_addr() {
+                    Ok(local) => tokio::task::spawn_blocking(move || opened_by_this_process(peer, local))
+                        .await
+                        .unwrap_or(false),
+                    Err(_) => false,
+                };
+                if !ours {
+                    tracing::warn!(%peer, "ssrf proxy: refused a connection another process opened");
+                    continue;
+                }
+                client
+            }
             Err(e) => {
                 // Out of descriptors, typically: wait rather than spin.
                 tracing::warn!(error = %e, "ssrf proxy: accept failed");
@@ -199,6 +214,46 @@ async fn handshake(
     }
 }
 
+/// Whether the loopback TCP connection that reached the proxy at `local`
+/// from `peer` belongs to this process: its client end is in
+/// `/proc/net/tcp`, and that socket's inode is one of our descriptors.
+#[cfg(target_os = "linux")]
+fn opened_by_this_process(peer: SocketAddr, local: SocketAddr) -> bool {
+    fn hex(addr: SocketAddr) -> Option<String> {
+        match addr {
+            // The kernel prints the address as the u32 it holds, in host order.
+            SocketAddr::V4(a) => Some(format!("{:08X}:{:04X}", u32::from_ne_bytes(a.ip().octets()), a.port())),
+            SocketAddr::V6(_) => None,
+        }
+    }
+    let (Some(client_end), Some(proxy_end)) = (hex(peer), hex(local)) else {
+        return false;
+    };
+    let Ok(table) = std::fs::read_to_string("/proc/net/tcp") else {
+        return false;
+    };
+    let inode = table.lines().skip(1).find_map(|line| {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        (f.len() > 9 && f[1] == client_end && f[2] == proxy_end).then(|| f[9].to_string())
+    });
+    let Some(inode) = inode else {
+        return false;
+    };
+    let wanted = format!("socket:[{inode}]");
+    let Ok(fds) = std::fs::read_dir("/proc/self/fd") else {
+        return false;
+    };
+    fds.flatten()
+        .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|l| l.as_os_str() == wanted.as_str()))
+}
+
+/// Elsewhere there is no `/proc` to ask: the hop serves any local process
+/// (it still reaches only what the guard allows).
+#[cfg(not(target_os = "linux"))]
+fn opened_by_this_process(_peer: SocketAddr, _local: SocketAddr) -> bool {
+    true
+}
+
 /// A reply with an unspecified bound address (clients do not use it).
 async fn reply(client: &mut TcpStream, code: u8) -> io::Result<()> {
     client.write_all(&[5, code, 0, 1, 0, 0, 0, 0, 0, 0]).await
@@ -292,6 +347,32 @@ mod tests {
             "{e:?}"
         );
         assert_eq!(proxy.last_refusal(), None);
+    }
+
+    /// Another process gets no answer at all, even for an address the
+    /// guard would let through; this process's own connections work (every
+    /// other test here).
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn a_connection_from_another_process_is_closed_unanswered() {
+        let proxy = GuardProxy::start(Guard::off(), Duration::from_secs(5)).await.unwrap();
+        let script = format!(
+            "exec 3<>/dev/tcp/127.0.0.1/{}; printf '\\005\\001\\000' >&3; head -c 2 <&3 | od -An -tx1",
+            proxy.addr().port()
+        );
+        let out =
+            tokio::task::spawn_blocking(move || std::process::Command::new("bash").args(["-c", &script]).output())
+                .await
+                .unwrap()
+                .unwrap();
+        let answer = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        assert_eq!(answer, "", "another process was answered: {answer:?}");
+        // The same greeting from this process is answered (no auth, method 0).
+        let mut s = TcpStream::connect(proxy.addr()).await.unwrap();
+        s.write_all(&[5, 1, 0]).await.unwrap();
+        let mut reply = [0u8; 2];
+        s.read_exact(&mut reply).await.unwrap();
+        assert_eq!(reply, [5, 0]);
     }
 
     #[tokio::test]
