@@ -175,8 +175,10 @@ async fn connect(key: &Key, guard: &crate::ssrf::Guard, timeout: Duration) -> Re
             // The emulator endpoint is user-supplied: it must pass the guard.
             let (h, port) = clients::host_port(host, 8085)
                 .ok_or_else(|| PublishResult::failed("ERR", "config.endpoint is invalid"))?;
-            clients::checked_target(&h, port, guard).await?;
-            Environment::Emulator(host.clone())
+            // Plain gRPC: it goes to the checked address, not to a second
+            // lookup of the name.
+            let addr = clients::checked_target(&h, port, guard).await?;
+            Environment::Emulator(addr.to_string())
         }
         None => {
             // Destinations saved before the type check are refused here too.

@@ -160,7 +160,32 @@ async fn open(
     timeout: std::time::Duration,
 ) -> Result<MultiplexedConnection, PublishResult> {
     let addr = clients::checked_target(&key.host, key.port, guard).await?;
-    // Plain TCP goes to the checked address; TLS needs the name for the certificate.
+    open_at(key, addr, timeout).await
+}
+
+/// Answers the library's own lookup with the address the guard checked: the
+/// connection goes where the check said (a name that resolves elsewhere a
+/// moment later changes nothing), while TLS still verifies the certificate
+/// against the name and sends it as SNI.
+struct Pinned(std::net::SocketAddr);
+
+impl redis::io::AsyncDNSResolver for Pinned {
+    fn resolve<'a, 'b: 'a>(
+        &'a self,
+        _host: &'b str,
+        _port: u16,
+    ) -> redis::RedisFuture<'a, Box<dyn Iterator<Item = std::net::SocketAddr> + Send + 'a>> {
+        let addr = self.0;
+        Box::pin(async move { Ok(Box::new(std::iter::once(addr)) as Box<dyn Iterator<Item = _> + Send>) })
+    }
+}
+
+/// Connects to `addr`, already checked, speaking to `key.host`.
+async fn open_at(
+    key: &Key,
+    addr: std::net::SocketAddr,
+    timeout: std::time::Duration,
+) -> Result<MultiplexedConnection, PublishResult> {
     let target = if key.tls {
         ConnectionAddr::TcpTls {
             host: key.host.clone(),
@@ -169,7 +194,7 @@ async fn open(
             tls_params: None,
         }
     } else {
-        ConnectionAddr::Tcp(addr.ip().to_string(), key.port)
+        ConnectionAddr::Tcp(key.host.clone(), key.port)
     };
     let mut settings = RedisConnectionInfo::default().set_db(key.db);
     if let Some(u) = &key.username {
@@ -188,7 +213,8 @@ async fn open(
     // answers late.
     let config = redis::AsyncConnectionConfig::new()
         .set_connection_timeout(Some(timeout))
-        .set_response_timeout(None);
+        .set_response_timeout(None)
+        .set_dns_resolver(Pinned(addr));
     client
         .get_multiplexed_async_connection_with_config(&config)
         .await
@@ -242,5 +268,33 @@ impl Publisher for RedisStreamPublisher {
             }
             PublishResult::failed("connection_reset", "the connection to Redis closed")
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The library never looks the name up itself: a name that does not
+    /// resolve at all still reaches the checked address.
+    #[tokio::test]
+    async fn the_connection_goes_to_the_checked_address_not_a_new_lookup() {
+        let key = Key {
+            tls: false,
+            host: "outrider-pinned.invalid".into(),
+            port: 6379,
+            db: 0,
+            username: None,
+            password: None,
+        };
+        let addr: std::net::SocketAddr = std::env::var("OUTRIDER_TEST_REDIS_ADDR")
+            .unwrap_or_else(|_| "127.0.0.1:6379".into())
+            .parse()
+            .unwrap();
+        let mut conn = open_at(&key, addr, std::time::Duration::from_secs(5))
+            .await
+            .unwrap_or_else(|r| panic!("Redis at {addr} is required for this test: {:?}", r.response_data));
+        let pong: String = redis::cmd("PING").query_async(&mut conn).await.unwrap();
+        assert_eq!(pong, "PONG");
     }
 }
