@@ -82,15 +82,16 @@ impl Jwt {
             .map_err(|e| ApiError::Internal(format!("cannot sign token: {e}")))
     }
 
-    fn verify(&self, token: &str) -> Option<String> {
+    /// The token's tenant and issue time (seconds), if it is valid here: HS256
+    /// with our secret, our issuer, not expired, and made for this deployment
+    /// (deployments that share a secret do not share tenants).
+    fn verify(&self, token: &str) -> Option<(String, i64)> {
         let mut v = Validation::new(Algorithm::HS256);
         v.set_issuer(&[ISSUER]);
         v.set_required_spec_claims(&["exp", "iss", "sub"]);
         v.leeway = 0;
-        jsonwebtoken::decode::<Claims>(token, &self.dec, &v)
-            .ok()
-            .map(|d| d.claims.sub)
-            .filter(|s| !s.is_empty())
+        let claims = jsonwebtoken::decode::<Claims>(token, &self.dec, &v).ok()?.claims;
+        (!claims.sub.is_empty() && claims.deployment_id == self.deployment_id).then_some((claims.sub, claims.iat))
     }
 }
 
@@ -114,16 +115,19 @@ impl FromRequestParts<AppState> for Principal {
         if bool::from(token.as_bytes().ct_eq(key)) {
             return Ok(Principal::Admin);
         }
-        let tenant = state
+        let (tenant, issued_at) = state
             .jwt
             .as_ref()
             .and_then(|j| j.verify(token))
             .ok_or_else(unauthorized)?;
-        // A token for a tenant that no longer exists is stale.
-        if !state.engine.tenant_exists(&tenant) {
-            return Err(unauthorized());
+        // A token for a tenant that no longer exists is stale, and so is one
+        // issued before the tenant was (re)created: deleting a tenant revokes
+        // its tokens even if the id is used again. `iat` has whole seconds,
+        // so a token from the very second of the re-creation still passes.
+        match state.engine.tenant_created_at(&tenant) {
+            Some(created_ms) if issued_at >= created_ms.div_euclid(1000) => Ok(Principal::Tenant(tenant)),
+            _ => Err(unauthorized()),
         }
-        Ok(Principal::Tenant(tenant))
     }
 }
 

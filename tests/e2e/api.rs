@@ -731,3 +731,118 @@ async fn metadata_maps_are_bounded_in_entries_and_bytes() {
     assert_eq!(r.status, 422, "{}", r.text);
     assert_eq!(r.body["data"], json!(["metadata.k must be at most 4096 bytes"]));
 }
+
+/// A tenant token signed as the server signs them, with chosen claims.
+fn signed_token(claims: Value, secret: &str) -> String {
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .unwrap()
+}
+
+/// Every route of the API against every way a caller can be wrong about who
+/// it is: no token, a wrong secret, an expired token, `alg: none`, a token
+/// of another deployment that shares the secret, a token issued before its
+/// tenant was deleted and created again, and another tenant's token.
+#[tokio::test]
+async fn the_auth_matrix_holds_on_every_route() {
+    use base64::Engine as _;
+    let s = Server::start(&[("RETRY_SCHEDULE", "1")]).await;
+    let admin = Api::admin(&s);
+    for t in ["t1", "t2", "t3"] {
+        admin.tenant(t).await;
+    }
+    let now = chrono::Utc::now().timestamp();
+    let claims = |sub: &str| json!({"iss": "outpost", "sub": sub, "iat": now, "exp": now + 3600});
+    // The token t3 had before it was deleted and created again.
+    let old_t3 = signed_token(claims("t3"), JWT_SECRET);
+    assert_eq!(Api::with_token(&s, &old_t3).get("/tenants/t3").await.status, 200);
+    assert_eq!(admin.raw("DELETE", "/tenants/t3", "").await.status, 200);
+    // `iat` has whole seconds: wait for the next one before re-creating.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    admin.tenant("t3").await;
+    let alg_none = {
+        let b64 = |v: Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string());
+        format!("{}.{}.", b64(json!({"alg": "none", "typ": "JWT"})), b64(claims("t1")))
+    };
+    let mut other_deployment = claims("t1");
+    other_deployment["deployment_id"] = json!("another");
+    let mut expired = claims("t1");
+    expired["iat"] = json!(now - 7200);
+    expired["exp"] = json!(now - 60);
+    let refused: Vec<(&str, String)> = vec![
+        ("no token", String::new()),
+        ("the wrong admin key", "not-the-key".into()),
+        ("a wrong secret", signed_token(claims("t1"), "another-secret")),
+        ("an expired token", signed_token(expired, JWT_SECRET)),
+        ("alg none", alg_none),
+        ("another deployment's token", signed_token(other_deployment, JWT_SECRET)),
+        ("a token from before the tenant was re-created", old_t3.clone()),
+    ];
+    let routes: &[(&str, &str)] = &[
+        ("GET", "/topics"),
+        ("GET", "/destination-types"),
+        ("GET", "/destination-types/webhook"),
+        ("POST", "/publish"),
+        ("POST", "/retry"),
+        ("GET", "/tenants"),
+        ("PUT", "/tenants/t1"),
+        ("GET", "/tenants/t1"),
+        ("DELETE", "/tenants/t1"),
+        ("GET", "/tenants/t1/token"),
+        ("GET", "/tenants/t1/portal"),
+        ("GET", "/tenants/t1/destinations"),
+        ("POST", "/tenants/t1/destinations"),
+        ("GET", "/tenants/t1/destinations/d1"),
+        ("PATCH", "/tenants/t1/destinations/d1"),
+        ("DELETE", "/tenants/t1/destinations/d1"),
+        ("PUT", "/tenants/t1/destinations/d1/enable"),
+        ("PUT", "/tenants/t1/destinations/d1/disable"),
+        ("GET", "/tenants/t1/destinations/d1/attempts"),
+        ("GET", "/tenants/t1/destinations/d1/attempts/a1"),
+        ("GET", "/events"),
+        ("GET", "/events/e1"),
+        ("GET", "/attempts"),
+        ("GET", "/attempts/a1"),
+    ];
+    let mut cells = 0;
+    for (method, path) in routes {
+        for (who, token) in &refused {
+            let r = Api::with_token(&s, token).raw(method, path, "{}").await;
+            assert_eq!(r.status, 401, "{method} {path} with {who}: {}", r.text);
+            cells += 1;
+        }
+        // Another tenant's valid token never reaches t1's resources.
+        if path.starts_with("/tenants/t1") {
+            let t2 = signed_token(claims("t2"), JWT_SECRET);
+            let r = Api::with_token(&s, &t2).raw(method, path, "{}").await;
+            assert!(
+                r.status == 403 || r.status == 401,
+                "{method} {path} with t2's token: {} {}",
+                r.status,
+                r.text
+            );
+            cells += 1;
+        }
+    }
+    // The same claims, rightly signed and issued now, are accepted: the
+    // refusals above are about the one thing each case changes.
+    let fresh_t3 = signed_token(
+        json!({"iss": "outpost", "sub": "t3", "iat": chrono::Utc::now().timestamp(),
+        "exp": now + 3600}),
+        JWT_SECRET,
+    );
+    assert_eq!(Api::with_token(&s, &fresh_t3).get("/tenants/t3").await.status, 200);
+    assert_eq!(
+        Api::with_token(&s, &signed_token(claims("t1"), JWT_SECRET))
+            .get("/tenants/t1")
+            .await
+            .status,
+        200
+    );
+    assert!(Api::with_token(&s, "").get("/healthz").await.status == 200);
+    println!("auth matrix: {} routes, {cells} cells", routes.len());
+    assert_eq!(cells, routes.len() * refused.len() + 14);
+}

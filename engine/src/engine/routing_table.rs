@@ -159,6 +159,11 @@ impl Engine {
         self.state.read().tenants.contains_key(id)
     }
 
+    /// When the tenant was created (ms), if it exists.
+    pub fn tenant_created_at(&self, id: &str) -> Option<i64> {
+        self.state.read().tenants.get(id).map(|e| e.tenant.created_at)
+    }
+
     /// All tenants, newest first (ties by id).
     pub fn tenants(&self) -> Vec<TenantView> {
         let st = self.state.read();
