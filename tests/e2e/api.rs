@@ -186,8 +186,40 @@ async fn tenants_crud_and_listing() {
         );
         next = r.body["pagination"]["next"].as_str().map(String::from);
     }
-    seen.sort();
-    assert_eq!(seen, vec!["acme", "t0", "t1", "t2", "t3"]);
+    // Newest first: t3 was created last.
+    assert_eq!(seen, vec!["t3", "t2", "t1", "t0", "acme"]);
+    // Oldest first, page by page forward, then back with `prev`.
+    let ids = |r: &Resp| -> Vec<String> {
+        r.body["models"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let mut pages = vec![api.get("/tenants?limit=2&dir=asc").await];
+    while let Some(c) = pages.last().unwrap().body["pagination"]["next"]
+        .as_str()
+        .map(String::from)
+    {
+        pages.push(api.get(&format!("/tenants?limit=2&dir=asc&next={c}")).await);
+    }
+    let forward: Vec<Vec<String>> = pages.iter().map(ids).collect();
+    assert_eq!(forward, vec![vec!["acme", "t0"], vec!["t1", "t2"], vec!["t3"]]);
+    assert!(pages[0].body["pagination"]["prev"].is_null());
+    let mut back = vec![ids(pages.last().unwrap())];
+    let mut prev = pages.last().unwrap().body["pagination"]["prev"]
+        .as_str()
+        .map(String::from);
+    while let Some(c) = prev {
+        let r = api.get(&format!("/tenants?limit=2&dir=asc&prev={c}")).await;
+        back.push(ids(&r));
+        prev = r.body["pagination"]["prev"].as_str().map(String::from);
+    }
+    back.reverse();
+    assert_eq!(back, forward);
+    let r = api.get("/tenants?id=t1&id=acme&id=nope").await;
+    assert_eq!(ids(&r), vec!["t1", "acme"]);
     let r = api.get("/tenants?limit=0").await;
     assert_eq!(r.status, 400);
     let r = api.call("DELETE", "/tenants/acme", None).await;

@@ -142,10 +142,38 @@ pub async fn list(p: Principal, State(s): State<AppState>, RawQuery(raw): RawQue
         return Err(ApiError::bad_request("cannot specify both 'next' and 'prev' cursors"));
     }
     let ids = q.array("id");
-    let mut all = s.engine.tenants(); // newest first
-    if !ids.is_empty() {
-        all.retain(|t| ids.contains(&t.tenant.id));
+    let enc = |t: &outrider_engine::engine::TenantView| cursor::encode_seek("tnt", t.tenant.created_at, &t.tenant.id);
+    if ids.is_empty() {
+        // The common case, by seek on the ordered index: a page costs its
+        // rows, not a copy and sort of every tenant.
+        use outrider_engine::engine::TenantSeek;
+        let seek = if let Some(c) = q.get("next") {
+            let (at, id) = cursor::decode_seek("tnt", c)?;
+            TenantSeek::After(at, id)
+        } else if let Some(c) = q.get("prev") {
+            let (at, id) = cursor::decode_seek("tnt", c)?;
+            TenantSeek::Before(at, id)
+        } else {
+            TenantSeek::First
+        };
+        let page = s.engine.tenant_page(asc, seek, limit);
+        let pagination = Pagination {
+            order_by: "created_at",
+            dir: if asc { "asc" } else { "desc" },
+            limit,
+            next: page.more_after.then(|| page.rows.last().map(enc)).flatten(),
+            prev: page.more_before.then(|| page.rows.first().map(enc)).flatten(),
+        };
+        return Ok(Json(json!({
+            "models": page.rows.iter().map(TenantJson::from).collect::<Vec<_>>(),
+            "pagination": pagination,
+            "count": s.engine.tenant_count(),
+        })));
     }
+    // Chosen ids: only those are looked up.
+    let mut all: Vec<_> = ids.iter().filter_map(|id| s.engine.tenant(id)).collect();
+    all.sort_by(|a, b| (b.tenant.created_at, &b.tenant.id).cmp(&(a.tenant.created_at, &a.tenant.id)));
+    all.dedup_by(|a, b| a.tenant.id == b.tenant.id);
     if asc {
         all.reverse();
     }
@@ -173,7 +201,6 @@ pub async fn list(p: Principal, State(s): State<AppState>, RawQuery(raw): RawQue
         (0, limit.min(all.len()))
     };
     let page = &all[start..end];
-    let enc = |t: &outrider_engine::engine::TenantView| cursor::encode_seek("tnt", t.tenant.created_at, &t.tenant.id);
     let pagination = Pagination {
         order_by: "created_at",
         dir: if asc { "asc" } else { "desc" },

@@ -62,11 +62,7 @@ impl Engine {
         };
         self.entities.put_tenant(tenant.clone()).await?;
         let mut st = self.state.write();
-        let entry = st.tenants.entry(id.to_string()).or_insert_with(|| TenantEntry {
-            tenant: tenant.clone(),
-            dests: vec![],
-        });
-        entry.tenant = tenant;
+        let entry = st.put_tenant(tenant);
         Ok((entry.view(), created))
     }
 
@@ -78,7 +74,7 @@ impl Engine {
         self.entities.delete_tenant(id.to_string()).await?;
         let removed = {
             let mut st = self.state.write();
-            let entry = st.tenants.remove(id);
+            let entry = st.remove_tenant(id);
             let dests = entry.map(|e| e.dests).unwrap_or_default();
             for d in &dests {
                 st.owners.remove(&d.id);

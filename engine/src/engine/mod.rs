@@ -104,8 +104,57 @@ impl TenantEntry {
 #[derive(Default)]
 struct State {
     tenants: HashMap<String, TenantEntry>,
+    /// `(created_at, id)` of every tenant: `GET /tenants` pages by seeking
+    /// here instead of copying and sorting every tenant per request.
+    tenant_order: std::collections::BTreeSet<(i64, String)>,
     /// destination id → tenant id (ids are unique across tenants: shards route by id).
     owners: HashMap<String, String>,
+}
+
+impl State {
+    /// Adds the tenant, or replaces the stored one and keeps its destinations.
+    fn put_tenant(&mut self, t: Tenant) -> &mut TenantEntry {
+        let key = (t.created_at, t.id.clone());
+        let entry = match self.tenants.entry(t.id.clone()) {
+            std::collections::hash_map::Entry::Occupied(e) => {
+                let entry = e.into_mut();
+                if entry.tenant.created_at != t.created_at {
+                    self.tenant_order.remove(&(entry.tenant.created_at, t.id.clone()));
+                }
+                entry.tenant = t;
+                entry
+            }
+            std::collections::hash_map::Entry::Vacant(e) => e.insert(TenantEntry {
+                tenant: t,
+                dests: vec![],
+            }),
+        };
+        self.tenant_order.insert(key);
+        entry
+    }
+
+    fn remove_tenant(&mut self, id: &str) -> Option<TenantEntry> {
+        let entry = self.tenants.remove(id)?;
+        self.tenant_order
+            .remove(&(entry.tenant.created_at, entry.tenant.id.clone()));
+        Some(entry)
+    }
+}
+
+/// Where a page of tenants starts, in the listing's order.
+pub enum TenantSeek {
+    First,
+    /// Rows strictly after this `(created_at, id)`.
+    After(i64, String),
+    /// Rows strictly before it.
+    Before(i64, String),
+}
+
+/// A page of tenants and whether rows lie beyond it on either side.
+pub struct TenantPage {
+    pub rows: Vec<TenantView>,
+    pub more_after: bool,
+    pub more_before: bool,
 }
 
 pub struct Engine {

@@ -9,13 +9,7 @@ impl Engine {
         loaded.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
         let mut next = State::default();
         for t in tenants {
-            next.tenants.insert(
-                t.id.clone(),
-                TenantEntry {
-                    tenant: t,
-                    dests: Vec::new(),
-                },
-            );
+            next.put_tenant(t);
         }
         let (upserts, removes) = {
             let st = self.state.read();
@@ -66,17 +60,12 @@ impl Engine {
         match change {
             Change::Tenant { id, .. } => match redis.get_tenant(&id).await? {
                 Some(t) => {
-                    let mut st = self.state.write();
-                    let entry = st.tenants.entry(id).or_insert_with(|| TenantEntry {
-                        tenant: t.clone(),
-                        dests: vec![],
-                    });
-                    entry.tenant = t;
+                    self.state.write().put_tenant(t);
                 }
                 None => {
                     let removed = {
                         let mut st = self.state.write();
-                        let dests = st.tenants.remove(&id).map(|e| e.dests).unwrap_or_default();
+                        let dests = st.remove_tenant(&id).map(|e| e.dests).unwrap_or_default();
                         for d in &dests {
                             st.owners.remove(&d.id);
                         }
@@ -100,10 +89,9 @@ impl Engine {
                     let changed = {
                         let mut st = self.state.write();
                         if let Some(t) = fetched {
-                            st.tenants.entry(t.id.clone()).or_insert(TenantEntry {
-                                tenant: t,
-                                dests: vec![],
-                            });
+                            if !st.tenants.contains_key(&t.id) {
+                                st.put_tenant(t);
+                            }
                         }
                         let d = Arc::new(d);
                         let mut changed = None;
@@ -164,12 +152,53 @@ impl Engine {
         self.state.read().tenants.get(id).map(|e| e.tenant.created_at)
     }
 
-    /// All tenants, newest first (ties by id).
-    pub fn tenants(&self) -> Vec<TenantView> {
+    /// How many tenants there are.
+    pub fn tenant_count(&self) -> usize {
+        self.state.read().tenants.len()
+    }
+
+    /// Up to `limit` tenants from `seek`, newest first (`asc`: oldest
+    /// first), ties by id: a range read of the ordered index.
+    pub fn tenant_page(&self, asc: bool, seek: TenantSeek, limit: usize) -> TenantPage {
+        use std::ops::Bound::{Excluded, Unbounded};
         let st = self.state.read();
-        let mut v: Vec<TenantView> = st.tenants.values().map(TenantEntry::view).collect();
-        v.sort_by(|a, b| (b.tenant.created_at, &b.tenant.id).cmp(&(a.tenant.created_at, &a.tenant.id)));
-        v
+        let order = &st.tenant_order;
+        // Keys after `k` in the listing's order, and before it.
+        let after = |k: &(i64, String)| -> Box<dyn Iterator<Item = &(i64, String)> + '_> {
+            if asc {
+                Box::new(order.range((Excluded(k.clone()), Unbounded)))
+            } else {
+                Box::new(order.range((Unbounded, Excluded(k.clone()))).rev())
+            }
+        };
+        let before = |k: &(i64, String)| -> Box<dyn Iterator<Item = &(i64, String)> + '_> {
+            if asc {
+                Box::new(order.range((Unbounded, Excluded(k.clone()))).rev())
+            } else {
+                Box::new(order.range((Excluded(k.clone()), Unbounded)))
+            }
+        };
+        let keys: Vec<&(i64, String)> = match seek {
+            TenantSeek::First if asc => order.iter().take(limit).collect(),
+            TenantSeek::First => order.iter().rev().take(limit).collect(),
+            TenantSeek::After(at, id) => after(&(at, id)).take(limit).collect(),
+            TenantSeek::Before(at, id) => {
+                let mut k: Vec<_> = before(&(at, id)).take(limit).collect();
+                k.reverse();
+                k
+            }
+        };
+        let more_after = keys.last().is_some_and(|k| after(k).next().is_some());
+        let more_before = keys.first().is_some_and(|k| before(k).next().is_some());
+        let rows = keys
+            .iter()
+            .filter_map(|(_, id)| st.tenants.get(id).map(TenantEntry::view))
+            .collect();
+        TenantPage {
+            rows,
+            more_after,
+            more_before,
+        }
     }
 
     // ---- destinations ----
