@@ -77,6 +77,14 @@ async fn logs_are_shipped_to_postgres_and_queried_there() {
     let e = api.get("/events?limit=2").await;
     assert_eq!(e.body["models"].as_array().unwrap().len(), 2);
     assert!(e.body["pagination"]["next"].is_string());
+    // A page of attempts with their events: looked up in one query.
+    let a = api.get("/attempts?include=event.data").await;
+    let models = a.body["models"].as_array().unwrap();
+    assert_eq!(models.len(), 3, "{}", a.text);
+    for m in models {
+        assert_eq!(m["event"]["id"], m["event_id"], "{m}");
+        assert_eq!(m["event"]["data"]["alpha"], 1, "{m}");
+    }
 }
 
 /// The report: with `TOPICS` unset, one event with a NUL in its topic was

@@ -197,25 +197,25 @@ fn include(q: &Query) -> Include {
 
 async fn render_attempts(s: &AppState, rows: &[Attempt], inc: &Include) -> ApiResult<Vec<AttemptJson>> {
     let mut out = Vec::with_capacity(rows.len());
-    // A page's attempts are mostly retries and fan-out of a few events:
-    // each event is read once per page, not once per attempt.
-    let mut events: std::collections::HashMap<(&str, &str), Option<_>> = std::collections::HashMap::new();
+    // A page's events are read in one lookup, each once however many of
+    // the page's attempts (retries, fan-out) belong to it.
+    let mut events: std::collections::HashMap<(String, String), outrider_engine::model::Event> =
+        std::collections::HashMap::new();
+    if inc.event {
+        let mut keys: Vec<(String, String)> = rows.iter().map(|a| (a.tenant_id.clone(), a.event_id.clone())).collect();
+        keys.sort();
+        keys.dedup();
+        for e in s.engine.logs.get_events(keys).await? {
+            events.insert((e.tenant_id.clone(), e.id.clone()), e);
+        }
+    }
     for a in rows {
         let mut j = views::attempt(a);
         if inc.response_data {
             j.response_data = a.response_data.clone();
         }
         if inc.event {
-            let key = (a.tenant_id.as_str(), a.event_id.as_str());
-            if let std::collections::hash_map::Entry::Vacant(slot) = events.entry(key) {
-                let e = s
-                    .engine
-                    .logs
-                    .get_event(Some(a.tenant_id.clone()), a.event_id.clone())
-                    .await?;
-                slot.insert(e);
-            }
-            if let Some(Some(e)) = events.get(&key) {
+            if let Some(e) = events.get(&(a.tenant_id.clone(), a.event_id.clone())) {
                 j.event = Some(views::event_in_attempt(e, &a.destination_id, inc.event_data));
             }
         }

@@ -653,6 +653,22 @@ impl LogStore for EmbeddedStore {
         }))
     }
 
+    fn get_events(&self, keys: Vec<(String, String)>) -> BoxFuture<'_, StoreResult<Vec<Event>>> {
+        // Local lookups by primary key: one trip to the reader, not one per event.
+        Box::pin(self.read(move |c| {
+            let mut stmt = c.prepare_cached(&format!("SELECT {EVENT_COLS} FROM events WHERE id = ?1"))?;
+            let mut out = Vec::with_capacity(keys.len());
+            for (tenant_id, id) in &keys {
+                if let Some(e) = stmt.query_row([id], event_row).optional()? {
+                    if e.tenant_id == *tenant_id {
+                        out.push(e);
+                    }
+                }
+            }
+            Ok(out)
+        }))
+    }
+
     fn list_attempts(&self, q: ListQuery) -> BoxFuture<'_, StoreResult<Vec<Attempt>>> {
         Box::pin(self.read(move |c| {
             let (sql, args) = list_sql("attempts", ATTEMPT_COLS, &q, true);

@@ -127,6 +127,9 @@ pub trait LogStore: Send + Sync + 'static {
     /// Up to `q.limit` events in `q.dir` order after `q.after`.
     fn list_events(&self, q: ListQuery) -> BoxFuture<'_, StoreResult<Vec<Event>>>;
     fn get_event(&self, tenant_id: Option<String>, id: String) -> BoxFuture<'_, StoreResult<Option<Event>>>;
+    /// The events with these `(tenant_id, id)` keys, in any order, missing
+    /// ones left out: one round trip for a page of attempts' events.
+    fn get_events(&self, keys: Vec<(String, String)>) -> BoxFuture<'_, StoreResult<Vec<Event>>>;
     fn list_attempts(&self, q: ListQuery) -> BoxFuture<'_, StoreResult<Vec<Attempt>>>;
     fn get_attempt(&self, tenant_id: Option<String>, id: String) -> BoxFuture<'_, StoreResult<Option<Attempt>>>;
     fn latest_attempt(

@@ -317,6 +317,27 @@ impl LogStore for PostgresLogStore {
         })
     }
 
+    fn get_events(&self, keys: Vec<(String, String)>) -> BoxFuture<'_, StoreResult<Vec<Event>>> {
+        Box::pin(async move {
+            if keys.is_empty() {
+                return Ok(Vec::new());
+            }
+            let (tenants, ids): (Vec<String>, Vec<String>) = keys.into_iter().unzip();
+            self.query(
+                &format!(
+                    "SELECT DISTINCT ON (id, tenant_id) {EVENT_COLS} FROM events
+                     JOIN unnest($1::TEXT[], $2::TEXT[]) AS k(t, i) ON tenant_id = k.t AND id = k.i
+                     ORDER BY id, tenant_id, time DESC"
+                ),
+                &[&tenants, &ids],
+            )
+            .await?
+            .iter()
+            .map(event_row)
+            .collect()
+        })
+    }
+
     fn list_attempts(&self, q: ListQuery) -> BoxFuture<'_, StoreResult<Vec<Attempt>>> {
         Box::pin(async move {
             let sql = list_sql("attempts", ATTEMPT_COLS, &q, true);
