@@ -199,14 +199,16 @@ async fn render_attempts(s: &AppState, rows: &[Attempt], inc: &Include) -> ApiRe
     let mut out = Vec::with_capacity(rows.len());
     // A page's events are read in one lookup, each once however many of
     // the page's attempts (retries, fan-out) belong to it.
-    let mut events: std::collections::HashMap<(String, String), outrider_engine::model::Event> =
+    let mut events: std::collections::HashMap<String, Vec<outrider_engine::model::Event>> =
         std::collections::HashMap::new();
     if inc.event {
         let mut keys: Vec<(String, String)> = rows.iter().map(|a| (a.tenant_id.clone(), a.event_id.clone())).collect();
         keys.sort();
         keys.dedup();
+        // Keyed by id, so a row looks its event up without copying its keys;
+        // two tenants may use the same id, so the tenant picks among them.
         for e in s.engine.logs.get_events(keys).await? {
-            events.insert((e.tenant_id.clone(), e.id.clone()), e);
+            events.entry(e.id.clone()).or_default().push(e);
         }
     }
     for a in rows {
@@ -215,7 +217,10 @@ async fn render_attempts(s: &AppState, rows: &[Attempt], inc: &Include) -> ApiRe
             j.response_data = a.response_data.clone();
         }
         if inc.event {
-            if let Some(e) = events.get(&(a.tenant_id.clone(), a.event_id.clone())) {
+            if let Some(e) = events
+                .get(&a.event_id)
+                .and_then(|same_id| same_id.iter().find(|e| e.tenant_id == a.tenant_id))
+            {
                 j.event = Some(views::event_in_attempt(e, &a.destination_id, inc.event_data));
             }
         }
