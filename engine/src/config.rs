@@ -7,6 +7,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::secret::Secret;
@@ -91,6 +92,9 @@ pub struct WebhookConfig {
     /// 0 means unlimited.
     pub max_response_body_bytes: usize,
     pub include_millisecond_timestamp: bool,
+    /// `DESTINATIONS_WEBHOOK_PROXY_URL`: the egress proxy webhook deliveries
+    /// are tunnelled through (its `Debug` hides the credentials).
+    pub proxy: Option<crate::http_client::Proxy>,
 }
 
 #[derive(Debug, Clone)]
@@ -178,6 +182,8 @@ pub struct Config {
     /// One line per Outpost setting that is set but ignored or not built
     /// yet (see `outpost_settings`), logged at start.
     pub notices: Vec<String>,
+    /// `DESTINATIONS_METADATA_PATH`: what `/destination-types` says per type.
+    pub destination_metadata: Arc<crate::metadata_overrides::Overrides>,
     /// How long a start waits for a configured back end before refusing.
     pub backend_connect_timeout: Duration,
     /// Consecutive-failure alerts, auto-disable and exhausted-retries alerts.
@@ -380,6 +386,7 @@ const YAML_KEYS: &[(&str, &str)] = &[
         "destinations.webhook.max_response_body_bytes",
         "DESTINATIONS_WEBHOOK_MAX_RESPONSE_BODY_BYTES",
     ),
+    ("destinations.webhook.proxy_url", "DESTINATIONS_WEBHOOK_PROXY_URL"),
     ("postgres", "POSTGRES_URL"),
     ("mqs.aws_sqs.region", "AWS_SQS_REGION"),
     ("mqs.aws_sqs.endpoint", "AWS_SQS_ENDPOINT"),
@@ -844,17 +851,22 @@ impl Config {
     /// Types every value; the first bad key is reported by name.
     pub fn from_sources(src: &Sources) -> Result<Self, ConfigError> {
         let mut notices = crate::outpost_settings::check(|k| src.peek(k))?;
-        // Outpost reads per-type metadata overrides from this directory by
-        // default; they are not built here, so its presence is refused too
-        // rather than silently ignored.
-        if src.non_empty("DESTINATIONS_METADATA_PATH").is_none() && Path::new(DEFAULT_METADATA_DIR).is_dir() {
-            return Err(invalid(
-                "DESTINATIONS_METADATA_PATH",
-                format!(
-                    "the directory {DEFAULT_METADATA_DIR} exists, where Outpost reads per-type metadata overrides; they are not built here: remove it"
-                ),
-            ));
-        }
+        // Outpost reads per-type metadata overrides from this directory when
+        // DESTINATIONS_METADATA_PATH is unset; so do we.
+        let metadata_dir = match src.non_empty("DESTINATIONS_METADATA_PATH") {
+            Some(dir) => Some(PathBuf::from(dir)),
+            None => Some(PathBuf::from(DEFAULT_METADATA_DIR)).filter(|d| d.is_dir()),
+        };
+        let destination_metadata = match metadata_dir {
+            Some(dir) => {
+                let kinds: Vec<&str> = TYPE_TIMEOUT_KEYS.iter().map(|(k, _)| *k).collect();
+                let (o, more) = crate::metadata_overrides::Overrides::load(&dir, &kinds)
+                    .map_err(|e| invalid("DESTINATIONS_METADATA_PATH", e.to_string()))?;
+                notices.extend(more);
+                o
+            }
+            None => crate::metadata_overrides::Overrides::default(),
+        };
         notices.sort();
         let service = match src.non_empty("SERVICE").unwrap_or("all") {
             "all" | "" => Service::All,
@@ -1006,6 +1018,11 @@ impl Config {
                 .to_string(),
             max_response_body_bytes: src.num("DESTINATIONS_WEBHOOK_MAX_RESPONSE_BODY_BYTES", 131_072)?,
             include_millisecond_timestamp: src.bool("DESTINATIONS_INCLUDE_MILLISECOND_TIMESTAMP", false)?,
+            proxy: src
+                .non_empty("DESTINATIONS_WEBHOOK_PROXY_URL")
+                .map(crate::http_client::Proxy::parse)
+                .transpose()
+                .map_err(|e| invalid("DESTINATIONS_WEBHOOK_PROXY_URL", e))?,
         };
         crate::signing::validate_templates(&webhook).map_err(|(key, message)| invalid(key, message))?;
         check_header_collisions(&webhook)?;
@@ -1297,6 +1314,7 @@ impl Config {
                 n => n,
             },
             notices,
+            destination_metadata: Arc::new(destination_metadata),
             backend_connect_timeout: Duration::from_secs(src.num("OUTRIDER_BACKEND_CONNECT_TIMEOUT_SECONDS", 30)?),
             alert: alert_config(src)?,
             operator_events: operator_events_config(src)?,

@@ -24,6 +24,7 @@ pub mod ids;
 pub mod journal;
 pub mod json;
 pub mod log_pipeline;
+pub mod metadata_overrides;
 pub mod model;
 pub mod opevents;
 pub mod outpost_settings;

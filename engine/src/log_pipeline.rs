@@ -31,6 +31,8 @@ pub struct Stats {
     /// The last write failed for a reason other than the records (the
     /// store is unreachable, say): records wait on disk.
     pub failing: std::sync::atomic::AtomicBool,
+    /// Why the last write failed, while `failing`.
+    pub last_error: parking_lot::Mutex<String>,
 }
 
 enum Record {
@@ -178,6 +180,7 @@ pub fn spawn(
                     tracing::trace!(records = n, "log records shipped");
                 }
                 Err(e) => {
+                    *stats.last_error.lock() = e.to_string();
                     stats.failing.store(true, Relaxed);
                     let wait = backoff.next_delay();
                     tracing::warn!(error = %e, records = n, retry_in_ms = wait.as_millis() as u64,

@@ -217,15 +217,15 @@ pub const SETTINGS: &[Setting] = &[
     // Destinations
     s(
         "DESTINATIONS_METADATA_PATH",
-        R,
-        "per-type metadata overrides are not built: remove the setting (and the default directory config/outpost/destinations)",
+        H,
+        "a file that cannot be read as an override stops the start, naming it (Outpost skips it)",
     ),
     s("DESTINATIONS_INCLUDE_MILLISECOND_TIMESTAMP", H, ""),
     s("DESTINATIONS_WEBHOOK_MODE", H, ""),
     s(
         "DESTINATIONS_WEBHOOK_PROXY_URL",
-        R,
-        "an egress proxy for webhooks is not built: deliver directly (the SSRF guard checks every address)",
+        H,
+        "every webhook connection, http:// too, is a CONNECT tunnel to the address the SSRF guard checked (Outpost forwards http:// request by request)",
     ),
     s("DESTINATIONS_WEBHOOK_HEADER_PREFIX", H, ""),
     s("DESTINATIONS_WEBHOOK_EVENT_ID_HEADER_NAME", H, ""),

@@ -121,6 +121,9 @@ pub struct ShardStats {
     pub read_errors: AtomicU64,
     /// Attempt tasks that panicked (each settled as a failed attempt).
     pub panics: AtomicU64,
+    /// Deliveries put back without an attempt because the egress proxy was
+    /// unavailable (each is tried again after [`NOT_ATTEMPTED_RETRY`]).
+    pub not_attempted: AtomicU64,
     /// Deliveries accepted and not yet settled (queued, in flight, scheduled).
     pub pending: AtomicU64,
     /// Whether the shard's loop is running (for `/healthz`).
@@ -181,6 +184,10 @@ fn event_bytes(e: &Event) -> usize {
 }
 /// How long a delivery whose event could not be read back waits to try again.
 const READ_RETRY: Duration = Duration::from_secs(5);
+/// How long a delivery that could not be attempted through no fault of its
+/// destination (the egress proxy is down) waits to try again. Like a queue's
+/// redelivery, it is not an attempt: the schedule's count does not move.
+const NOT_ATTEMPTED_RETRY: Duration = Duration::from_secs(5);
 /// Deliveries carried forward per compaction pass, at most.
 const CARRY_PER_PASS: usize = 4096;
 /// How often a shard deletes journal segments nothing needs any more.
@@ -402,10 +409,19 @@ async fn run(id: usize, rx: flume::Receiver<ShardMsg>, deps: ShardDeps, stats: A
     segments.insert(journal.current_segment());
     let shard = Rc::new(Shard {
         id,
-        clients: ShardClients::new(
-            HttpClient::new(deps.tls.clone(), cfg.ssrf_guard(), cfg.webhook.max_response_body_bytes),
-            cfg.ssrf_guard(),
-        ),
+        clients: {
+            let http = HttpClient::new(deps.tls.clone(), cfg.ssrf_guard(), cfg.webhook.max_response_body_bytes);
+            let webhook = match &cfg.webhook.proxy {
+                Some(p) => HttpClient::with_proxy(
+                    deps.tls.clone(),
+                    cfg.ssrf_guard(),
+                    cfg.webhook.max_response_body_bytes,
+                    p.clone(),
+                ),
+                None => http.clone(),
+            };
+            ShardClients::new(http, webhook, cfg.ssrf_guard())
+        },
         deps,
         dests: RefCell::new(HashMap::new()),
         queues: RefCell::new(HashMap::new()),
@@ -1198,6 +1214,21 @@ impl Shard {
             }
             Err(e) => PublishResult::failed("ERR", e.as_str()),
         };
+        if result.not_attempted {
+            let n = self.stats.not_attempted.fetch_add(1, Ordering::Relaxed);
+            // One line per hundred: an outage of the proxy puts back every delivery.
+            if n.is_multiple_of(100) {
+                let why = result
+                    .response_data
+                    .as_ref()
+                    .and_then(|d| d["error"].as_str())
+                    .unwrap_or("");
+                tracing::warn!(shard = self.id, destination_id = %w.destination_id, error = why, not_attempted = n + 1,
+                    "a delivery could not be attempted; it is tried again in {NOT_ATTEMPTED_RETRY:?} with no attempt recorded");
+            }
+            self.schedule(w, now_ms() + NOT_ATTEMPTED_RETRY.as_millis() as i64);
+            return;
+        }
         self.stats.attempts.fetch_add(1, Ordering::Relaxed);
         self.observe_flow(&w.destination_id, &result);
         let mut next = match result.status {

@@ -538,12 +538,73 @@ fn an_outpost_setting_for_an_unbuilt_feature_stops_the_start() {
             "Endpoint=sb://x.servicebus.windows.net/",
             "RABBITMQ_SERVER_URL",
         ),
-        ("DESTINATIONS_WEBHOOK_PROXY_URL", "http://proxy:3128", "SSRF guard"),
+        (
+            "PUBLISH_AZURE_SERVICEBUS_CONNECTION_STRING",
+            "Endpoint=sb://x.servicebus.windows.net/",
+            "PUBLISH_RABBITMQ_SERVER_URL",
+        ),
     ] {
         let (code, err) = Server::run_once(&[("AES_ENCRYPTION_SECRET", "x"), ("API_KEY", "k"), (key, value)]);
         assert_ne!(code, 0, "{key}");
         assert!(err.contains(key) && err.contains(alternative), "{err}");
     }
+}
+
+/// `DESTINATIONS_METADATA_PATH`: an operator's label, icon, setup link and
+/// instructions replace a type's own in `/destination-types`, its fields and
+/// validation do not change; an override file that cannot be read stops the
+/// start, naming the file.
+#[tokio::test]
+async fn destination_type_metadata_can_be_overridden_from_a_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().join("overrides");
+    std::fs::create_dir_all(d.join("rabbitmq")).unwrap();
+    std::fs::write(
+        d.join("rabbitmq/metadata.json"),
+        r#"{"label":"Our bus","icon":"<svg id=\"ours\"/>","setup_link":{"href":"https://docs.example/bus","cta":"Read"},"config_fields":[]}"#,
+    )
+    .unwrap();
+    std::fs::write(d.join("rabbitmq/instructions.md"), "# Ask ops for a vhost").unwrap();
+    let path = d.to_string_lossy().to_string();
+    let s = Server::start(&[("DESTINATIONS_METADATA_PATH", path.as_str())]).await;
+    let api = Api::admin(&s);
+    let r = api.get("/destination-types/rabbitmq").await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.body["label"], "Our bus");
+    assert_eq!(r.body["icon"], "<svg id=\"ours\"/>");
+    assert_eq!(r.body["instructions"], "# Ask ops for a vhost");
+    assert_eq!(r.body["setup_link"]["href"], "https://docs.example/bus");
+    assert_eq!(r.body["type"], "rabbitmq");
+    assert!(
+        !r.body["config_fields"].as_array().unwrap().is_empty(),
+        "fields are the type's own"
+    );
+    let all = api.get("/destination-types").await;
+    let listed = all
+        .body
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["type"] == "rabbitmq")
+        .unwrap()
+        .clone();
+    assert_eq!(listed, r.body);
+    let webhook = api.get("/destination-types/webhook").await;
+    assert_eq!(webhook.body["label"], "Webhook", "other types keep their own");
+
+    std::fs::write(d.join("rabbitmq/metadata.json"), "{\"label\": ").unwrap();
+    let (code, err) = Server::run_once(&[
+        ("AES_ENCRYPTION_SECRET", "x"),
+        ("API_KEY", "k"),
+        ("DESTINATIONS_METADATA_PATH", path.as_str()),
+    ]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("DESTINATIONS_METADATA_PATH")
+            && err.contains("rabbitmq/metadata.json")
+            && err.contains("not valid JSON"),
+        "{err}"
+    );
 }
 
 /// Dev mode (no configuration at all: generated secrets, the SSRF guard off,

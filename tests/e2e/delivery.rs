@@ -597,3 +597,198 @@ async fn retry_after_is_honoured_up_to_the_schedule_and_dns_errors_are_retried()
         .await;
     assert!(a.iter().all(|x| x["status"] == "failed"), "{a:?}");
 }
+
+/// What the egress-proxy fixture answers to `CONNECT`.
+#[derive(Clone)]
+enum ProxyMode {
+    /// `200`, then relays bytes to the address asked for.
+    Tunnel,
+    /// This status with these headers, then closes.
+    Answer(u16, &'static str),
+}
+
+/// A forward proxy that answers `CONNECT` as told and records each request
+/// line with its `proxy-authorization`. A mode change cuts the open tunnels,
+/// so the next delivery asks again.
+struct ConnectProxy {
+    port: u16,
+    mode: std::sync::Arc<std::sync::Mutex<ProxyMode>>,
+    asked: std::sync::Arc<std::sync::Mutex<Vec<(String, String)>>>,
+    tunnels: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>>,
+}
+
+impl ConnectProxy {
+    async fn start() -> Self {
+        use std::sync::{Arc, Mutex};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let mode = Arc::new(Mutex::new(ProxyMode::Tunnel));
+        let asked: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
+        let tunnels: Arc<Mutex<Vec<tokio::task::AbortHandle>>> = Arc::default();
+        let (m, a, t) = (mode.clone(), asked.clone(), tunnels.clone());
+        tokio::spawn(async move {
+            while let Ok((mut c, _)) = listener.accept().await {
+                let (m, a) = (m.clone(), a.clone());
+                let task = tokio::spawn(async move {
+                    let mut head = Vec::new();
+                    while !head.ends_with(b"\r\n\r\n") {
+                        let mut b = [0u8; 1];
+                        if c.read(&mut b).await.unwrap_or(0) == 0 {
+                            return;
+                        }
+                        head.push(b[0]);
+                    }
+                    let head = String::from_utf8_lossy(&head).to_string();
+                    let line = head.lines().next().unwrap_or("").to_string();
+                    let auth = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("proxy-authorization: "))
+                        .unwrap_or("")
+                        .to_string();
+                    a.lock().unwrap().push((line.clone(), auth));
+                    let mode = m.lock().unwrap().clone();
+                    match mode {
+                        ProxyMode::Answer(status, headers) => {
+                            let _ = c
+                                .write_all(
+                                    format!("HTTP/1.1 {status} No\r\n{headers}content-length: 0\r\n\r\n").as_bytes(),
+                                )
+                                .await;
+                        }
+                        ProxyMode::Tunnel => {
+                            let to = line.split(' ').nth(1).unwrap_or("").to_string();
+                            match tokio::net::TcpStream::connect(&to).await {
+                                Ok(mut up) => {
+                                    let _ = c.write_all(b"HTTP/1.1 200 Connection established\r\n\r\n").await;
+                                    let _ = tokio::io::copy_bidirectional(&mut c, &mut up).await;
+                                }
+                                Err(_) => {
+                                    let _ = c
+                                        .write_all(b"HTTP/1.1 502 Bad Gateway\r\ncontent-length: 0\r\n\r\n")
+                                        .await;
+                                }
+                            }
+                        }
+                    }
+                });
+                t.lock().unwrap().push(task.abort_handle());
+            }
+        });
+        Self {
+            port,
+            mode,
+            asked,
+            tunnels,
+        }
+    }
+
+    fn set(&self, mode: ProxyMode) {
+        *self.mode.lock().unwrap() = mode;
+        for t in self.tunnels.lock().unwrap().drain(..) {
+            t.abort();
+        }
+    }
+
+    fn asked(&self) -> Vec<(String, String)> {
+        self.asked.lock().unwrap().clone()
+    }
+}
+
+/// `DESTINATIONS_WEBHOOK_PROXY_URL`: webhooks are tunnelled through the
+/// proxy, with its basic auth, to the address the SSRF guard checked (the
+/// proxy is never handed the name to resolve again); the proxy refusing our
+/// credentials records no attempt and the delivery waits for it; a proxy
+/// that cannot reach the destination is a failed attempt with the code its
+/// Envoy response flag names.
+#[tokio::test]
+async fn webhooks_go_through_the_egress_proxy_to_the_checked_address() {
+    let proxy = ConnectProxy::start().await;
+    let proxy_url = format!("http://us%40er:p%3Ass@127.0.0.1:{}", proxy.port);
+    let s = Server::start(&[
+        ("DESTINATIONS_WEBHOOK_PROXY_URL", proxy_url.as_str()),
+        ("OUTRIDER_ALLOW_PRIVATE_DESTINATIONS", "false"),
+        ("OUTRIDER_ALLOWED_PRIVATE_NETWORKS", "127.0.0.1,::1"),
+        ("RETRY_SCHEDULE", "30,30"),
+    ])
+    .await;
+    let api = Api::admin(&s);
+    let rx = Receiver::start().await;
+    api.tenant("t1").await;
+    let port = rx.addr.port();
+    api.webhook("t1", &format!("http://localhost:{port}/hook"), json!({}))
+        .await;
+    let publish = |n: u32| {
+        let api = &api;
+        async move {
+            let r = api
+                .publish(json!({"tenant_id": "t1", "topic": "x", "data": {"n": n}}))
+                .await;
+            assert_eq!(r.status, 202, "{}", r.text);
+            r.body["id"].as_str().unwrap().to_string()
+        }
+    };
+
+    // Through the tunnel, to an address, never the name.
+    let e1 = publish(1).await;
+    let got = rx.wait_for(1, WAIT).await;
+    assert_eq!(got.len(), 1);
+    assert_eq!(
+        got[0].header("host").as_deref(),
+        Some(format!("localhost:{port}").as_str())
+    );
+    let basic = base64::engine::general_purpose::STANDARD.encode("us@er:p:ss");
+    let asked = proxy.asked();
+    assert!(!asked.is_empty());
+    for (line, auth) in &asked {
+        assert!(
+            line == &format!("CONNECT 127.0.0.1:{port} HTTP/1.1") || line == &format!("CONNECT [::1]:{port} HTTP/1.1"),
+            "{line}"
+        );
+        assert_eq!(auth, &format!("Basic {basic}"));
+    }
+    let a = api
+        .wait_attempts(&format!("event_id={e1}"), WAIT, |m| !m.is_empty())
+        .await;
+    assert_eq!((a.len(), a[0]["status"].as_str()), (1, Some("success")));
+
+    // The proxy refuses our credentials: not the destination's failure, so
+    // no attempt is recorded; once it lets us through, attempt 1 succeeds.
+    proxy.set(ProxyMode::Answer(407, "proxy-authenticate: Basic\r\n"));
+    let asked_before = proxy.asked().len();
+    let e2 = publish(2).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(proxy.asked().len() > asked_before, "the delivery asked the proxy");
+    let r = api.get(&format!("/attempts?event_id={e2}")).await;
+    assert_eq!(r.body["models"].as_array().map(Vec::len), Some(0), "{}", r.text);
+    assert_eq!(rx.count(), 1);
+    proxy.set(ProxyMode::Tunnel);
+    let a = api
+        .wait_attempts(&format!("event_id={e2}"), Duration::from_secs(15), |m| !m.is_empty())
+        .await;
+    assert_eq!(a.len(), 1, "{a:?}");
+    assert_eq!(
+        (a[0]["status"].as_str(), a[0]["attempt_number"].as_i64()),
+        (Some("success"), Some(1))
+    );
+    assert_eq!(rx.count(), 2);
+
+    // The proxy could not resolve the destination (Envoy's DF flag): the
+    // destination's failure, recorded with the code a direct lookup gives.
+    proxy.set(ProxyMode::Answer(503, "x-envoy-response-flags: DF\r\n"));
+    let e3 = publish(3).await;
+    let a = api
+        .wait_attempts(&format!("event_id={e3}&include=response_data"), WAIT, |m| !m.is_empty())
+        .await;
+    assert_eq!(a.len(), 1, "{a:?}");
+    assert_eq!(
+        (a[0]["status"].as_str(), a[0]["code"].as_str()),
+        (Some("failed"), Some("dns_error"))
+    );
+    assert_eq!(
+        a[0]["response_data"]["error"], "dns_error connecting to localhost",
+        "{}",
+        a[0]
+    );
+    assert_eq!(rx.count(), 2);
+}

@@ -407,3 +407,97 @@ async fn sigterm_on_a_delivery_node_acks_what_it_holds_so_nothing_is_delivered_t
     assert_eq!(seen.len(), N);
     assert_eq!(total, N, "{total} deliveries of {N} events: {} twice", total - N);
 }
+
+/// `/healthz` reports each part from its real state: with RabbitMQ cut, the
+/// delivery queue consumer is `failed` (503, naming it and the error), and
+/// the node is healthy again once the broker is back; with Redis cut, `redis`
+/// is `failed`. PostgreSQL being down is `degraded` (records wait on disk).
+#[tokio::test]
+async fn healthz_names_the_back_end_a_queue_node_cannot_reach() {
+    let rabbit = Proxy::start("127.0.0.1:5672".parse().unwrap()).await;
+    let redis = Proxy::start("127.0.0.1:6379".parse().unwrap()).await;
+    let (url, _pg) = fresh_schema(&pg_url()).await;
+    let postgres = Proxy::start("127.0.0.1:5432".parse().unwrap()).await;
+    let proxied_pg = url.replace("127.0.0.1:5432", &format!("127.0.0.1:{}", postgres.port));
+    assert_ne!(proxied_pg, url, "test URL must point at 127.0.0.1:5432");
+    let mut env = queue_node_env(format!("h{}", uniq()), proxied_pg, &format!("outrider-e2e-{}", uniq()));
+    env.retain(|(k, _)| *k != "RABBITMQ_SERVER_URL");
+    env.push((
+        "RABBITMQ_SERVER_URL",
+        format!("amqp://guest:guest@127.0.0.1:{}", rabbit.port),
+    ));
+    env.push(("REDIS_PORT", redis.port.to_string()));
+    let s = Server::start(&refs(&env)).await;
+    let api = Api::admin(&s);
+    let health = || async { api.get("/healthz").await };
+    let wait_for = |want: u16, part: &'static str, status: &'static str| {
+        let health = &health;
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                let h = health().await;
+                if h.status == want && h.body["workers"][part]["status"] == status {
+                    return h;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "waiting for {part} {status} ({want}): {}",
+                    h.text
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    };
+    let h = health().await;
+    assert_eq!(h.status, 200, "{}", h.text);
+    for part in [
+        "delivery-queue-consumer",
+        "redis",
+        "redis-change-follower",
+        "shared-retry-poller",
+        "log-pipeline",
+    ] {
+        assert_eq!(h.body["workers"][part]["status"], "healthy", "{part}: {}", h.text);
+    }
+
+    rabbit.down();
+    let h = wait_for(503, "delivery-queue-consumer", "failed").await;
+    assert_eq!(h.body["status"], "failed");
+    assert!(
+        h.body["workers"]["delivery-queue-consumer"]["error"]
+            .as_str()
+            .is_some_and(|e| !e.is_empty()),
+        "{}",
+        h.text
+    );
+    rabbit.up();
+    wait_for(200, "delivery-queue-consumer", "healthy").await;
+
+    redis.down();
+    let h = wait_for(503, "redis", "failed").await;
+    assert!(h.body["workers"]["redis"]["error"].as_str().is_some(), "{}", h.text);
+    redis.up();
+    wait_for(200, "redis", "healthy").await;
+
+    // PostgreSQL down: shipping waits, the node still serves.
+    postgres.down();
+    let r = api.put("/tenants/hz").await;
+    assert!(r.status < 300, "{}", r.text);
+    api.webhook("hz", "http://127.0.0.1:9/never", json!({})).await;
+    assert_eq!(
+        api.publish(json!({"tenant_id": "hz", "topic": "x", "data": {}}))
+            .await
+            .status,
+        202
+    );
+    let h = wait_for(200, "log-pipeline", "degraded").await;
+    assert!(
+        h.body["workers"]["log-pipeline"]["error"]
+            .as_str()
+            .is_some_and(|e| !e.is_empty()),
+        "{}",
+        h.text
+    );
+    postgres.up();
+    wait_for(200, "log-pipeline", "healthy").await;
+}

@@ -10,74 +10,25 @@ use crate::auth::Principal;
 use crate::error::{ApiError, ApiResult};
 use crate::AppState;
 
+/// Every part of the node from its real state; 503 when one has failed
+/// (the body names it). See `outrider_engine::engine::health`.
 pub async fn healthz(State(s): State<AppState>) -> impl IntoResponse {
+    use outrider_engine::engine::health::Status;
+    let health = s.engine.health().await;
     let mut workers = serde_json::Map::new();
     workers.insert("http-server".into(), json!({"status": "healthy"}));
-    // Shards are threads: one that stopped (a journal it could not write,
-    // say) makes the node unhealthy, and says so.
-    let (total, running) = (s.engine.shard_count(), s.engine.shards_running());
-    let shards_ok = running == total;
-    workers.insert(
-        "delivery-shards".into(),
-        json!({
-            "status": if shards_ok { "healthy" } else { "failed" },
-            "shards": total,
-            "running": running,
-            "pending_deliveries": s.engine.pending_deliveries(),
-        }),
-    );
-    // The index follower: if it stopped, queries go stale and journal
-    // segments are never collected (disk grows), so it counts as failed.
-    let index_ok = s.engine.index_running();
-    workers.insert(
-        "journal-index".into(),
-        json!({"status": if index_ok { "healthy" } else { "failed" }}),
-    );
-    // The log pipeline (with POSTGRES_URL): a store that is down only
-    // delays shipping (records wait on disk), so it is reported, not fatal;
-    // a stopped task ships nothing again and is.
-    let mut pipeline_ok = true;
-    if let Some(running) = s.engine.log_pipeline_running() {
-        use std::sync::atomic::Ordering::Relaxed;
-        let st = &s.engine.log_stats;
-        pipeline_ok = running;
-        let status = match (running, st.failing.load(Relaxed)) {
-            (false, _) => "failed",
-            (true, true) => "degraded",
-            (true, false) => "healthy",
-        };
-        workers.insert(
-            "log-pipeline".into(),
-            json!({
-                "status": status,
-                "shipped": st.shipped.load(Relaxed),
-                "quarantined": st.quarantined.load(Relaxed),
-            }),
-        );
+    for (name, v) in health.parts {
+        workers.insert(name.into(), v);
     }
-    let shards_ok = shards_ok && index_ok && pipeline_ok;
-    if let Some(o) = &s.engine.opevents {
-        use std::sync::atomic::Ordering::Relaxed;
-        // Best-effort events dropped (queue full or 3 failed tries) are visible here, not only in logs.
-        workers.insert(
-            "operator-events".into(),
-            json!({
-                "status": "healthy",
-                "sent": o.stats.sent.load(Relaxed),
-                "dropped": o.stats.dropped.load(Relaxed),
-                "failed_sends": o.stats.failed_sends.load(Relaxed),
-            }),
-        );
-    }
-    let status = if shards_ok {
-        StatusCode::OK
-    } else {
+    let code = if health.status == Status::Failed {
         StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::OK
     };
     (
-        status,
+        code,
         Json(json!({
-            "status": if shards_ok { "healthy" } else { "failed" },
+            "status": health.status.word(),
             "timestamp": outrider_engine::timefmt::format_ms(outrider_engine::timefmt::now_ms()),
             "workers": workers,
         })),
@@ -89,7 +40,7 @@ pub async fn topics(_p: Principal, State(s): State<AppState>) -> Json<Vec<String
 }
 
 pub async fn destination_types(_p: Principal, State(s): State<AppState>) -> Json<Vec<Value>> {
-    Json(s.engine.types.all().map(|t| t.metadata()).collect())
+    Json(s.engine.types.all().map(|t| s.engine.types.metadata(t)).collect())
 }
 
 pub async fn destination_type(
@@ -100,7 +51,7 @@ pub async fn destination_type(
     s.engine
         .types
         .get(&kind)
-        .map(|t| Json(t.metadata()))
+        .map(|t| Json(s.engine.types.metadata(t)))
         .ok_or(ApiError::Bare(StatusCode::NOT_FOUND))
 }
 

@@ -24,6 +24,9 @@ const SWEEP_EVERY: Duration = Duration::from_secs(60);
 /// Everything a shard's publishers share.
 pub struct ShardClients {
     pub http: HttpClient,
+    /// Webhook deliveries' client: [`Self::http`], or one that tunnels
+    /// through `DESTINATIONS_WEBHOOK_PROXY_URL` (webhooks only, as Outpost).
+    pub webhook: HttpClient,
     /// The SSRF guard: user-supplied endpoints must resolve to public addresses.
     pub guard: crate::ssrf::Guard,
     pub amqp: Pool<super::rabbitmq::Key, super::rabbitmq::Link>,
@@ -47,9 +50,10 @@ pub struct ShardClients {
 }
 
 impl ShardClients {
-    pub fn new(http: HttpClient, guard: crate::ssrf::Guard) -> Self {
+    pub fn new(http: HttpClient, webhook: HttpClient, guard: crate::ssrf::Guard) -> Self {
         Self {
             http,
+            webhook,
             guard,
             amqp: Pool::default(),
             redis: Pool::default(),

@@ -194,6 +194,7 @@ impl Publisher for HookdeckPublisher {
                         response_data: Some(data),
                         retryable: true,
                         retry_after: super::webhook::retry_after(&r),
+                        not_attempted: false,
                     }
                 }
                 Err(e) => PublishResult::failed(e.code, e.message),

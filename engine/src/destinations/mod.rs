@@ -157,6 +157,11 @@ pub struct PublishResult {
     /// or 503): the next retry waits at least this, up to the schedule's
     /// longest delay.
     pub retry_after: Option<std::time::Duration>,
+    /// Nothing reached the destination, through no fault of its own (the
+    /// operator's egress proxy is down or refuses our credentials): no
+    /// attempt is recorded or counted, and the delivery is tried again
+    /// later under the same attempt number. `response_data.error` says why.
+    pub not_attempted: bool,
 }
 
 impl PublishResult {
@@ -167,6 +172,7 @@ impl PublishResult {
             response_data: Some(response_data),
             retryable: false,
             retry_after: None,
+            not_attempted: false,
         }
     }
 
@@ -178,6 +184,7 @@ impl PublishResult {
             response_data: Some(serde_json::json!({ "error": error.into() })),
             retryable: true,
             retry_after: None,
+            not_attempted: false,
         }
     }
 
@@ -187,6 +194,14 @@ impl PublishResult {
             Self::permanent(code, error)
         } else {
             Self::failed(code, error)
+        }
+    }
+
+    /// See [`Self::not_attempted`].
+    pub fn not_attempted(why: impl Into<String>) -> Self {
+        Self {
+            not_attempted: true,
+            ..Self::failed("not_attempted", why)
         }
     }
 
@@ -212,6 +227,7 @@ pub trait Publisher {
 /// All types this build can create and deliver to, in listing order.
 pub struct Registry {
     types: Vec<Box<dyn DestinationType>>,
+    overrides: Arc<crate::metadata_overrides::Overrides>,
 }
 
 impl Registry {
@@ -236,7 +252,16 @@ impl Registry {
                 #[cfg(test)]
                 Box::new(test_panic::Panicking),
             ],
+            overrides: config.destination_metadata.clone(),
         }
+    }
+
+    /// `t`'s `/destination-types` description, with the operator's
+    /// overrides (`DESTINATIONS_METADATA_PATH`) applied.
+    pub fn metadata(&self, t: &dyn DestinationType) -> Value {
+        let mut m = t.metadata();
+        self.overrides.apply(t.kind(), &mut m);
+        m
     }
 
     pub fn get(&self, kind: &str) -> Option<&dyn DestinationType> {

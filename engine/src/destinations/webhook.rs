@@ -470,12 +470,16 @@ pub(super) fn redirect_location(r: &crate::http_client::Response) -> Option<&str
 
 /// Maps a transport error to an attempt result.
 fn failed(e: SendError) -> PublishResult {
+    if e.code == crate::http_client::PROXY_UNAVAILABLE {
+        return PublishResult::not_attempted(e.message);
+    }
     PublishResult {
         status: AttemptStatus::Failed,
         code: e.code.to_string(),
         response_data: Some(json!({ "error": e.message })),
         retryable: true,
         retry_after: None,
+        not_attempted: false,
     }
 }
 
@@ -496,11 +500,16 @@ impl Publisher for WebhookPublisher {
                         response_data: Some(json!({ "error": e })),
                         retryable: true,
                         retry_after: None,
+                        not_attempted: false,
                     }
                 }
             };
             // The body is the event's shared text, borrowed: no copy per delivery.
-            match clients.http.post(&self.target, &headers, event.data.as_bytes()).await {
+            match clients
+                .webhook
+                .post(&self.target, &headers, event.data.as_bytes())
+                .await
+            {
                 Ok(r) => {
                     let max = self.ctx.config.webhook.max_response_body_bytes;
                     let body = if r.truncated {
@@ -518,6 +527,7 @@ impl Publisher for WebhookPublisher {
                         response_data: Some(data),
                         retryable: true,
                         retry_after: retry_after(&r),
+                        not_attempted: false,
                     }
                 }
                 Err(e) => failed(e),

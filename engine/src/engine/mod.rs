@@ -30,6 +30,7 @@ use crate::timefmt::now_ms;
 
 mod accept;
 mod control;
+pub mod health;
 mod routing_table;
 mod workers;
 
@@ -197,6 +198,8 @@ pub struct Engine {
     /// waits for them (see [`crate::queue::Settling`]).
     settling: Mutex<Vec<Arc<crate::queue::Settling>>>,
     retry_poller: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// What the reconnecting workers above last saw of their back ends.
+    links: health::Links,
     /// Operator events, when `OPERATION_EVENTS_TOPICS` and a sink are set.
     pub opevents: Option<Arc<OperatorEvents>>,
     /// The shards' alert signals, taken by the tracker when it starts.
@@ -326,14 +329,26 @@ impl Engine {
         engine.recover().await?;
         engine.start_alerting();
         if let Some(r) = redis {
-            *engine.follower.lock() = Some(tokio::spawn(follow(engine.clone(), r)));
+            *engine.follower.lock() = Some(tokio::spawn(follow(
+                engine.clone(),
+                r,
+                engine.links.entity_follower.clone(),
+            )));
         }
         if let Some(b) = bus {
             if matches!(config.service, Service::All | Service::Delivery) {
                 engine.settling.lock().push(b.settling());
-                *engine.consumer.lock() = Some(tokio::spawn(consume(engine.clone(), b.clone())));
+                *engine.consumer.lock() = Some(tokio::spawn(consume(
+                    engine.clone(),
+                    b.clone(),
+                    engine.links.delivery_queue.clone(),
+                )));
                 if let Some(r) = &engine.redis {
-                    *engine.retry_poller.lock() = Some(tokio::spawn(poll_retries(r.clone(), b)));
+                    *engine.retry_poller.lock() = Some(tokio::spawn(poll_retries(
+                        r.clone(),
+                        b,
+                        engine.links.retry_poller.clone(),
+                    )));
                 }
             }
         }
@@ -361,7 +376,11 @@ impl Engine {
                 };
             if let Some(q) = source {
                 engine.settling.lock().push(q.settling());
-                *engine.publish_consumer.lock() = Some(tokio::spawn(consume_publish_queue(engine.clone(), q)));
+                *engine.publish_consumer.lock() = Some(tokio::spawn(consume_publish_queue(
+                    engine.clone(),
+                    q,
+                    engine.links.publish_queue.clone(),
+                )));
             }
         }
         if let Some(pg) = pipeline {
@@ -447,6 +466,7 @@ impl Engine {
             publish_consumer: Mutex::new(None),
             settling: Mutex::new(Vec::new()),
             retry_poller: Mutex::new(None),
+            links: health::Links::default(),
             opevents,
             signals: Mutex::new(Some(signal_rx)),
             background: Mutex::new(Vec::new()),

@@ -9,10 +9,11 @@ use crate::backoff::Backoff;
 /// Keeps this node's routing table in step with Redis: subscribe to the
 /// change channel, resynchronise fully after every (re)subscription (changes
 /// published while disconnected are not replayed), then apply each change.
-pub(super) async fn follow(engine: Arc<Engine>, redis: Arc<RedisEntityStore>) {
+pub(super) async fn follow(engine: Arc<Engine>, redis: Arc<RedisEntityStore>, link: Arc<health::Link>) {
     use futures_util::StreamExt;
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
     loop {
+        let started = std::time::Instant::now();
         match redis.subscribe().await {
             Ok(mut ps) => {
                 match redis.load_entities().await {
@@ -20,8 +21,12 @@ pub(super) async fn follow(engine: Arc<Engine>, redis: Arc<RedisEntityStore>) {
                         if let Err(e) = engine.install(t, d).await {
                             tracing::warn!(error = %e, "entity resync failed");
                         }
+                        link.ok();
                     }
-                    Err(e) => tracing::warn!(error = %e, "entity resync failed"),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "entity resync failed");
+                        link.failed(started, format!("entity resync failed: {e}"));
+                    }
                 }
                 backoff.reset();
                 let mut stream = ps.on_message();
@@ -40,9 +45,11 @@ pub(super) async fn follow(engine: Arc<Engine>, redis: Arc<RedisEntityStore>) {
                     }
                 }
                 tracing::warn!("Redis change channel closed; resubscribing");
+                link.failed(started, "the Redis change channel closed");
             }
             Err(e) => {
                 tracing::warn!(error = %e, "cannot subscribe to Redis entity changes");
+                link.failed(started, format!("cannot subscribe to Redis entity changes: {e}"));
                 backoff.wait().await;
             }
         }
@@ -52,7 +59,7 @@ pub(super) async fn follow(engine: Arc<Engine>, redis: Arc<RedisEntityStore>) {
 /// The delivery node's consumer: each task is made durable in its shard's
 /// journal, attempted, and acked once its outcome is committed
 /// ([`Engine::receive`]). Reconnects with backoff.
-pub(super) async fn consume(engine: Arc<Engine>, bus: Arc<dyn DeliveryBus>) {
+pub(super) async fn consume(engine: Arc<Engine>, bus: Arc<dyn DeliveryBus>, link: Arc<health::Link>) {
     let prefetch = engine.config.delivery_max_concurrency.clamp(1, u16::MAX as usize) as u16;
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
     loop {
@@ -61,12 +68,14 @@ pub(super) async fn consume(engine: Arc<Engine>, bus: Arc<dyn DeliveryBus>) {
             let e = e.clone();
             Box::pin(async move { e.receive(task).await.map_err(|err| err.to_string()) })
         });
-        let result = bus.consume(prefetch, handler).await;
+        let started = std::time::Instant::now();
+        let result = health::watched(&link, bus.consume(prefetch, handler)).await;
         if bus.settling().is_stopping() {
             return;
         }
         if let Err(err) = result {
             tracing::warn!(error = %err, "delivery queue consumer stopped; reconnecting");
+            link.failed(started, err);
         }
         backoff.wait().await;
     }
@@ -76,7 +85,7 @@ pub(super) async fn consume(engine: Arc<Engine>, bus: Arc<dyn DeliveryBus>) {
 /// and rules as `POST /publish`. Invalid ones (bad JSON, failed validation,
 /// unknown tenant) are rejected without requeue so the broker's dead-letter
 /// policy applies; transient failures are requeued.
-pub(super) async fn consume_publish_queue(engine: Arc<Engine>, queue: Arc<dyn MessageSource>) {
+pub(super) async fn consume_publish_queue(engine: Arc<Engine>, queue: Arc<dyn MessageSource>, link: Arc<health::Link>) {
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
     loop {
         let e = engine.clone();
@@ -109,13 +118,17 @@ pub(super) async fn consume_publish_queue(engine: Arc<Engine>, queue: Arc<dyn Me
                 }
             })
         });
-        let result = queue
-            .consume_bytes(engine.config.publish_max_concurrency, handler)
-            .await;
+        let started = std::time::Instant::now();
+        let result = health::watched(
+            &link,
+            queue.consume_bytes(engine.config.publish_max_concurrency, handler),
+        )
+        .await;
         if queue.settling().is_stopping() {
             return;
         }
         if let Err(err) = result {
+            link.failed(started, &err);
             tracing::warn!(error = %err, "publish queue consumer stopped; reconnecting");
         }
         backoff.wait().await;
@@ -125,14 +138,19 @@ pub(super) async fn consume_publish_queue(engine: Arc<Engine>, queue: Arc<dyn Me
 /// Moves due retries from the shared schedule onto the delivery queue. Every
 /// delivery node runs one; leases keep two pollers from sending the same
 /// retry, and a poller that dies mid-way only delays it by the lease.
-pub(super) async fn poll_retries(redis: Arc<RedisEntityStore>, bus: Arc<dyn DeliveryBus>) {
+pub(super) async fn poll_retries(redis: Arc<RedisEntityStore>, bus: Arc<dyn DeliveryBus>, link: Arc<health::Link>) {
     const LEASE_MS: i64 = 30_000;
     const BATCH: usize = 100;
     let idle = std::time::Duration::from_millis(200);
     loop {
+        let started = std::time::Instant::now();
         let leased = match redis.lease_due_retries(now_ms(), LEASE_MS, BATCH).await {
-            Ok(l) => l,
+            Ok(l) => {
+                link.ok();
+                l
+            }
             Err(e) => {
+                link.failed(started, format!("cannot read the shared retry schedule: {e}"));
                 tracing::warn!(error = %e, "cannot read the shared retry schedule");
                 tokio::time::sleep(std::time::Duration::from_secs(1)).await;
                 continue;

@@ -7,6 +7,7 @@
 //! drops the future, the connection closes with it.
 
 pub mod codec;
+pub mod proxy;
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -22,6 +23,7 @@ use tokio::net::TcpStream;
 
 pub use codec::Headers;
 use codec::{ResponseReader, Step};
+pub use proxy::{Proxy, PROXY_UNAVAILABLE};
 
 use crate::ssrf::{self, ResolveError};
 
@@ -150,6 +152,8 @@ struct Inner {
     tls: tokio_rustls::TlsConnector,
     guard: ssrf::Guard,
     max_body: usize,
+    /// Every connection is tunnelled through this proxy when set.
+    proxy: Option<Proxy>,
 }
 
 /// rustls client config with the Mozilla roots, shared by all shards.
@@ -200,6 +204,16 @@ fn client_config(roots: rustls::RootCertStore) -> Arc<rustls::ClientConfig> {
 impl HttpClient {
     /// `guard`: apply the SSRF guard. `max_body`: 0 = unlimited.
     pub fn new(tls: Arc<rustls::ClientConfig>, guard: ssrf::Guard, max_body: usize) -> Self {
+        Self::build(tls, guard, max_body, None)
+    }
+
+    /// A client whose connections all go through `proxy` (the guard still
+    /// checks every destination address; the proxy is asked for that address).
+    pub fn with_proxy(tls: Arc<rustls::ClientConfig>, guard: ssrf::Guard, max_body: usize, proxy: Proxy) -> Self {
+        Self::build(tls, guard, max_body, Some(proxy))
+    }
+
+    fn build(tls: Arc<rustls::ClientConfig>, guard: ssrf::Guard, max_body: usize, proxy: Option<Proxy>) -> Self {
         Self {
             inner: Rc::new(Inner {
                 idle: RefCell::new(HashMap::new()),
@@ -207,6 +221,7 @@ impl HttpClient {
                 tls: tokio_rustls::TlsConnector::from(tls),
                 guard,
                 max_body,
+                proxy,
             }),
         }
     }
@@ -283,8 +298,14 @@ impl HttpClient {
                 ResolveError::Dns { .. } => SendError::new("dns_error", e.to_string()),
                 ResolveError::Forbidden { .. } => SendError::new("destination_blocked", e.to_string()),
             })?;
-        let tcp = connect_any(&addrs).await?;
-        let _ = tcp.set_nodelay(true);
+        let tcp: Box<dyn Io> = match &self.inner.proxy {
+            None => {
+                let tcp = connect_any(&addrs).await?;
+                let _ = tcp.set_nodelay(true);
+                Box::new(tcp)
+            }
+            Some(proxy) => self.tunnel(proxy, &addrs, &target.host).await?,
+        };
         let io: Box<dyn Io> = if target.tls {
             let name = rustls::pki_types::ServerName::try_from(
                 target.host.trim_start_matches('[').trim_end_matches(']').to_string(),
@@ -306,6 +327,20 @@ impl HttpClient {
             write: Vec::with_capacity(1024),
             idle_since: Instant::now(),
         })
+    }
+
+    /// A tunnel to the first checked address the proxy can reach; a failure
+    /// of the proxy itself is not worth trying the other addresses for.
+    async fn tunnel(&self, proxy: &Proxy, addrs: &[SocketAddr], name: &str) -> Result<Box<dyn Io>, SendError> {
+        let mut last = SendError::new("network_error", "no address to connect to");
+        for a in addrs {
+            match proxy.tunnel(&self.inner.tls, *a, name).await {
+                Ok(io) => return Ok(io),
+                Err(e) if e.code == PROXY_UNAVAILABLE => return Err(e),
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
     }
 
     async fn exchange(

@@ -524,6 +524,13 @@ impl RedisEntityStore {
         Ok(())
     }
 
+    /// Whether the server answers (`/healthz`).
+    pub async fn ping(&self) -> StoreResult<()> {
+        let mut c = self.conn.clone();
+        let _: String = ::redis::cmd("PING").query_async(&mut c).await.map_err(rerr)?;
+        Ok(())
+    }
+
     /// A stream of changes. Messages published while it is not connected are
     /// lost, so callers resynchronise after (re)subscribing.
     pub async fn subscribe(&self) -> StoreResult<::redis::aio::PubSub> {
