@@ -29,9 +29,30 @@ ensure() { # name port start-command...
   echo "$name system" >>"$STARTED"
 }
 
+# PostgreSQL's TLS for the sslmode tests: a CA and a certificate for
+# localhost/127.0.0.1 signed by it, made once per machine with openssl;
+# PostgreSQL reloads them without a restart. Connections that do not ask for
+# TLS are unchanged.
+PG_TLS_DIR=/var/lib/postgresql/outrider-test-tls
+pg_tls() {
+  local d="$PG_TLS_DIR" req=(openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 3650)
+  if ! [ -s "$d/server.key" ] || ! [ -s "$d/ca.pem" ]; then
+    mkdir -p "$d"
+    "${req[@]}" -subj /CN=outrider-test-pg-ca -keyout "$d/ca.key" -out "$d/ca.pem" >"$DIR/pg-tls.log" 2>&1
+    "${req[@]}" -subj /CN=localhost -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" \
+      -addext "basicConstraints=critical,CA:FALSE" -CA "$d/ca.pem" -CAkey "$d/ca.key" \
+      -keyout "$d/server.key" -out "$d/server.pem" >>"$DIR/pg-tls.log" 2>&1
+    chown -R postgres:postgres "$d" && chmod 600 "$d/server.key" "$d/ca.key"
+  fi
+  psql -h 127.0.0.1 -U postgres -qAt -c "ALTER SYSTEM SET ssl_cert_file = '$d/server.pem'" \
+    -c "ALTER SYSTEM SET ssl_key_file = '$d/server.key'" -c "ALTER SYSTEM SET ssl = on" \
+    -c "SELECT pg_reload_conf()" >/dev/null
+}
+
 up() {
   : >"$STARTED"
   ensure postgresql 5432 pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -n1)" main start
+  pg_tls || { log "cannot set up PostgreSQL's test TLS certificate (log: $DIR/pg-tls.log)"; return 1; }
   ensure redis 6379 redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" --appendonly no \
     --dir /var/lib/redis --logfile /var/log/redis/ci.log
   ensure rabbitmq 5672 rabbitmq-server -detached
@@ -64,6 +85,7 @@ up() {
   wait_port pubsub "$pubsub_port" 90
   cat >"$ENVF" <<ENV
 OUTRIDER_TEST_POSTGRES_URL=postgres://postgres@127.0.0.1:5432/test
+OUTRIDER_TEST_POSTGRES_CA=$PG_TLS_DIR/ca.pem
 OUTRIDER_TEST_REDIS_URL=redis://127.0.0.1:6379
 OUTRIDER_TEST_RABBITMQ_URL=amqp://guest:guest@127.0.0.1:5672
 OUTRIDER_TEST_NATS_ADDR=127.0.0.1:4222

@@ -237,3 +237,123 @@ fn unreachable_postgres_refuses_start_without_leaking_the_password() {
     );
     assert!(!err.contains("s3cretpw"), "the password must not be printed: {err}");
 }
+
+/// Whether PostgreSQL sees a TLS connection from `application_name`.
+async fn tls_in_use(pg: &tokio_postgres::Client, app: &str) -> Option<bool> {
+    pg.query_opt(
+        "SELECT s.ssl FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) WHERE a.application_name = $1 LIMIT 1",
+        &[&app],
+    )
+    .await
+    .unwrap()
+    .map(|r| r.get(0))
+}
+
+/// `POSTGRES_URL` with `sslmode=verify-full` and `sslrootcert` (an
+/// openssl-made CA that scripts/services.sh installs in the test
+/// PostgreSQL): the log store is reached over TLS and logs arrive; a CA that
+/// did not sign the server's certificate stops the start naming the
+/// certificate problem; `verify-ca` accepts the right CA whatever the host
+/// name; `sslmode=disable` connects in the clear.
+#[tokio::test]
+async fn postgres_tls_is_verified_against_the_configured_ca() {
+    let ca = std::env::var("OUTRIDER_TEST_POSTGRES_CA").unwrap_or_else(|_| {
+        panic!("OUTRIDER_TEST_POSTGRES_CA is not set: run through scripts/test.sh (services.sh makes it)")
+    });
+    let (url, pg) = fresh_schema(&pg_url()).await;
+    let app = format!("outrider-tls-{}", std::process::id());
+    let tls_url = format!("{url}&application_name={app}&sslmode=verify-full&sslrootcert={ca}");
+    let s = Server::start(&[("POSTGRES_URL", tls_url.as_str())]).await;
+    let api = Api::admin(&s);
+    let rx = Receiver::start().await;
+    api.tenant("t1").await;
+    api.webhook("t1", &rx.url("/tls"), json!({})).await;
+    for n in 0..3 {
+        assert_eq!(
+            api.publish(json!({"tenant_id": "t1", "topic": "x", "data": {"n": n}}))
+                .await
+                .status,
+            202
+        );
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while count(&pg, "attempts").await < 3 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(count(&pg, "attempts").await, 3);
+    assert_eq!(
+        tls_in_use(&pg, &app).await,
+        Some(true),
+        "the log store's connection is TLS"
+    );
+    drop(s);
+
+    // A CA that did not sign the server's certificate.
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new("openssl")
+        .current_dir(dir.path())
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-days",
+            "1",
+        ])
+        .args([
+            "-subj",
+            "/CN=some-other-ca",
+            "-keyout",
+            "other.key",
+            "-out",
+            "other.pem",
+        ])
+        .output()
+        .expect("openssl is needed to make the test CA");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let other = dir.path().join("other.pem");
+    let wrong = format!("{url}&sslmode=verify-full&sslrootcert={}", other.display());
+    let (code, err) = Server::run_once(&[
+        ("AES_ENCRYPTION_SECRET", "x"),
+        ("API_KEY", "k"),
+        ("POSTGRES_URL", wrong.as_str()),
+        ("OUTRIDER_BACKEND_CONNECT_TIMEOUT_SECONDS", "2"),
+    ]);
+    assert_ne!(code, 0);
+    assert!(err.contains("POSTGRES_URL") && err.contains("certificate"), "{err}");
+
+    // verify-ca: the right CA, a host name the certificate does not carry
+    // (`hostaddr` reaches the server); verify-full refuses that name.
+    let schema = url.rsplit("search_path%3D").next().unwrap().to_string();
+    let app2 = format!("{app}-ca");
+    let kv = |mode: &str, app: &str| {
+        format!(
+            "host=pg.outrider.invalid hostaddr=127.0.0.1 port=5432 user=postgres dbname=test \
+             options=--search_path={schema} application_name={app} sslmode={mode} sslrootcert={ca}"
+        )
+    };
+    let ca_only = kv("verify-ca", &app2);
+    let s = Server::start(&[("POSTGRES_URL", ca_only.as_str())]).await;
+    assert_eq!(tls_in_use(&pg, &app2).await, Some(true));
+    drop(s);
+    let full = kv("verify-full", &app2);
+    let (code, err) = Server::run_once(&[
+        ("AES_ENCRYPTION_SECRET", "x"),
+        ("API_KEY", "k"),
+        ("POSTGRES_URL", full.as_str()),
+        ("OUTRIDER_BACKEND_CONNECT_TIMEOUT_SECONDS", "2"),
+    ]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("certificate") && err.contains("pg.outrider.invalid"),
+        "{err}"
+    );
+
+    let app3 = format!("{app}-clear");
+    let clear = format!("{url}&application_name={app3}&sslmode=disable");
+    let _s = Server::start(&[("POSTGRES_URL", clear.as_str())]).await;
+    assert_eq!(tls_in_use(&pg, &app3).await, Some(false));
+}

@@ -12,6 +12,7 @@
 mod conformance;
 pub mod embedded;
 pub mod postgres;
+pub mod postgres_tls;
 pub mod redis;
 
 use std::future::Future;

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{NoTls, Row};
+use tokio_postgres::Row;
 
 use super::*;
 use crate::model::StringMap;
@@ -54,17 +54,33 @@ fn write_err(e: tokio_postgres::Error) -> StoreError {
     }
 }
 
+/// An error with its causes: a TLS failure's reason (an unknown issuer, a
+/// name the certificate does not carry) is a cause, not the message.
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cause = c.source();
+    }
+    out
+}
+
 impl PostgresLogStore {
     /// Connects, retrying for up to `patience` so a database that is still
     /// starting does not fail the start; after that the error says why.
     pub async fn connect(url: &str, patience: Duration) -> StoreResult<Self> {
-        let cfg: tokio_postgres::Config = url.parse().map_err(|e| StoreError::Unreachable {
-            what: "PostgreSQL (POSTGRES_URL is not a valid connection string)",
-            message: format!("{e}"),
+        let prepared = super::postgres_tls::prepare(url).map_err(|message| StoreError::Unreachable {
+            what: "PostgreSQL (POSTGRES_URL)",
+            message,
         })?;
         let mgr = Manager::from_config(
-            cfg,
-            NoTls,
+            prepared.config,
+            prepared.tls,
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },
@@ -83,7 +99,7 @@ impl PostgresLogStore {
                     Err(e) if tokio::time::Instant::now() >= deadline => {
                         return Err(StoreError::Unreachable {
                             what: "PostgreSQL",
-                            message: e.to_string(),
+                            message: with_causes(&e),
                         })
                     }
                     Err(_) => {}
@@ -91,7 +107,7 @@ impl PostgresLogStore {
                 Err(e) if tokio::time::Instant::now() >= deadline => {
                     return Err(StoreError::Unreachable {
                         what: "PostgreSQL",
-                        message: e.to_string(),
+                        message: with_causes(&e),
                     })
                 }
                 Err(_) => {}
