@@ -435,6 +435,7 @@ const YAML_KEYS: &[(&str, &str)] = &[
     ("redis.tls_verify", "REDIS_TLS_VERIFY"),
     ("publish_max_concurrency", "PUBLISH_MAX_CONCURRENCY"),
     ("outrider.redis_tls_ca_file", "OUTRIDER_REDIS_TLS_CA_FILE"),
+    ("outrider.rabbitmq_tls_ca_file", "OUTRIDER_RABBITMQ_TLS_CA_FILE"),
     ("outrider.redis_tls_insecure", "OUTRIDER_REDIS_TLS_INSECURE"),
     ("log_batch_size", "LOG_BATCH_SIZE"),
     ("alert.consecutive_failure_count", "ALERT_CONSECUTIVE_FAILURE_COUNT"),
@@ -830,6 +831,22 @@ fn comma_list(v: &str) -> Vec<String> {
         .collect()
 }
 
+/// `OUTRIDER_RABBITMQ_TLS_CA_FILE`'s certificates, read once at start.
+fn rabbitmq_ca(src: &Sources) -> Result<Option<String>, ConfigError> {
+    let Some(path) = src.non_empty("OUTRIDER_RABBITMQ_TLS_CA_FILE") else {
+        return Ok(None);
+    };
+    let pem =
+        std::fs::read_to_string(path).map_err(|e| invalid("OUTRIDER_RABBITMQ_TLS_CA_FILE", format!("{path}: {e}")))?;
+    if !pem.contains("-----BEGIN CERTIFICATE-----") {
+        return Err(invalid(
+            "OUTRIDER_RABBITMQ_TLS_CA_FILE",
+            format!("{path}: no PEM certificate in the file"),
+        ));
+    }
+    Ok(Some(pem))
+}
+
 impl Config {
     /// The SSRF guard every destination endpoint passes.
     pub fn ssrf_guard(&self) -> crate::ssrf::Guard {
@@ -1170,6 +1187,7 @@ impl Config {
                             .to_string(),
                         dlq: src.non_empty("RABBITMQ_DELIVERY_DLQ").map(String::from),
                         auto_provision: src.bool("MQS_AUTO_PROVISION", true)?,
+                        ca_pem: rabbitmq_ca(src)?,
                     })
                 }
             },
@@ -1302,6 +1320,7 @@ impl Config {
                         .to_string(),
                     dlq: None,
                     auto_provision: src.bool("MQS_AUTO_PROVISION", true)?,
+                    ca_pem: rabbitmq_ca(src)?,
                 }),
             },
             postgres_url: src.non_empty("POSTGRES_URL").map(Secret::from),

@@ -587,3 +587,35 @@ pub async fn black_hole() -> (std::net::SocketAddr, Arc<AtomicUsize>, Arc<Atomic
     });
     (addr, open, peak)
 }
+
+/// A TLS listener (the certificate and key `make_certs` wrote in `dir`, for
+/// 127.0.0.1 and localhost) that relays each connection in the clear to
+/// `upstream`: a real broker reached over TLS from a private CA.
+pub async fn tls_front(dir: &std::path::Path, upstream: SocketAddr) -> u16 {
+    use rustls::pki_types::pem::PemObject;
+    let cert = rustls::pki_types::CertificateDer::from_pem_file(dir.join("server.crt")).unwrap();
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_file(dir.join("server.key")).unwrap();
+    let cfg = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![cert], key)
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                if let Ok(mut out) = tokio::net::TcpStream::connect(upstream).await {
+                    let _ = tokio::io::copy_bidirectional(&mut tls, &mut out).await;
+                }
+            });
+        }
+    });
+    port
+}

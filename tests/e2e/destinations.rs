@@ -1382,37 +1382,13 @@ async fn start_tansu(dir: &std::path::Path, listen: u16, advertised: &str, auth:
     t
 }
 
-/// A TLS listener (certificate from `dir`, made by `make_certs`) in front of
-/// a broker port: tansu 0.6's command line cannot take a certificate and a
-/// key together, so TLS is terminated here and the broker advertises this
-/// port. Returns `(tls port, broker port to start tansu on)`.
+/// A TLS listener in front of a broker port: tansu 0.6's command line cannot
+/// take a certificate and a key together, so TLS is terminated here and the
+/// broker advertises this port. Returns `(tls port, broker port to start
+/// tansu on)`.
 async fn tls_terminator(dir: &std::path::Path) -> (u16, u16) {
-    use rustls::pki_types::pem::PemObject;
-    let cert = rustls::pki_types::CertificateDer::from_pem_file(dir.join("server.crt")).unwrap();
-    let key = rustls::pki_types::PrivateKeyDer::from_pem_file(dir.join("server.key")).unwrap();
-    let cfg = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(vec![cert], key)
-        .unwrap();
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
     let broker = free_port();
-    tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            let acceptor = acceptor.clone();
-            tokio::spawn(async move {
-                let Ok(mut tls) = acceptor.accept(tcp).await else {
-                    return;
-                };
-                if let Ok(mut out) = tokio::net::TcpStream::connect(("127.0.0.1", broker)).await {
-                    let _ = tokio::io::copy_bidirectional(&mut tls, &mut out).await;
-                }
-            });
-        }
-    });
+    let port = tls_front(dir, socket_of(&format!("127.0.0.1:{broker}"))).await;
     (port, broker)
 }
 
@@ -2440,4 +2416,110 @@ async fn aws_kinesis_delivers_with_outposts_put_record_only_policy() {
         .collect();
     keys.sort();
     assert_eq!(keys, ["0", "1", "2", "3", "4"]);
+}
+
+/// A `rabbitmq` destination over TLS to a broker whose certificate comes
+/// from a private CA: trusted through `OUTRIDER_DESTINATIONS_TLS_CA_FILE`,
+/// the message arrives (the connection goes to the address the SSRF guard
+/// checked, the certificate is checked against the name); without the CA the
+/// attempt fails as `tls_error` and nothing arrives.
+#[tokio::test]
+async fn rabbitmq_destination_over_tls_with_a_private_ca() {
+    use lapin::options::*;
+    use lapin::types::FieldTable;
+    let url = require("OUTRIDER_TEST_RABBITMQ_URL", "RabbitMQ");
+    let dir = tempfile::tempdir().unwrap();
+    crate::redis::make_certs(dir.path());
+    let tls_port = tls_front(dir.path(), socket_of("127.0.0.1:5672")).await;
+    let id = uniq();
+    let (exchange, queue) = (format!("outrider-e2e-tls-{id}"), format!("outrider-e2e-tls-{id}"));
+    let props = lapin::ConnectionProperties::default()
+        .with_executor(tokio_executor_trait::Tokio::current())
+        .with_reactor(tokio_reactor_trait::Tokio::current());
+    let conn = lapin::Connection::connect(&url, props)
+        .await
+        .unwrap_or_else(|e| panic!("RabbitMQ at {url} is required for this test: {e}"));
+    let ch = conn.create_channel().await.unwrap();
+    let auto_delete = ExchangeDeclareOptions {
+        auto_delete: true,
+        ..Default::default()
+    };
+    ch.exchange_declare(
+        exchange.as_str(),
+        lapin::ExchangeKind::Topic,
+        auto_delete,
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    ch.queue_declare(queue.as_str(), QueueDeclareOptions::default(), FieldTable::default())
+        .await
+        .unwrap();
+    ch.queue_bind(
+        queue.as_str(),
+        exchange.as_str(),
+        "#",
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    let destination = json!({"type": "rabbitmq", "topics": "*",
+        "config": {"server_url": format!("localhost:{tls_port}"), "exchange": exchange, "tls": "on"},
+        "credentials": {"username": "guest", "password": "guest"}});
+    let count = || async {
+        ch.queue_declare(
+            queue.as_str(),
+            QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap()
+        .message_count()
+    };
+
+    let ca = dir.path().join("ca.crt");
+    let s = Server::start(&[("OUTRIDER_DESTINATIONS_TLS_CA_FILE", ca.to_str().unwrap())]).await;
+    let api = Api::admin(&s);
+    api.tenant("t1").await;
+    let r = api.post("/tenants/t1/destinations", destination.clone()).await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let ev = api
+        .publish(json!({"tenant_id": "t1", "topic": "orders.tls", "data": {"n": 1}}))
+        .await;
+    let ev = ev.body["id"].as_str().unwrap().to_string();
+    let a = api
+        .wait_attempts(&format!("event_id={ev}"), Duration::from_secs(15), |m| !m.is_empty())
+        .await;
+    assert_eq!((a.len(), a[0]["status"].as_str()), (1, Some("success")), "{a:?}");
+    assert_eq!(count().await, 1);
+    drop(s);
+
+    // The same broker without the CA: the certificate is not trusted.
+    let s = Server::start(&[("RETRY_SCHEDULE", "60")]).await;
+    let api = Api::admin(&s);
+    api.tenant("t1").await;
+    let r = api.post("/tenants/t1/destinations", destination).await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let ev = api
+        .publish(json!({"tenant_id": "t1", "topic": "orders.tls", "data": {"n": 2}}))
+        .await;
+    let ev = ev.body["id"].as_str().unwrap().to_string();
+    let a = api
+        .wait_attempts(
+            &format!("event_id={ev}&include=response_data"),
+            Duration::from_secs(15),
+            |m| !m.is_empty(),
+        )
+        .await;
+    assert_eq!(
+        (a.len(), a[0]["status"].as_str(), a[0]["code"].as_str()),
+        (1, Some("failed"), Some("tls_error")),
+        "{a:?}"
+    );
+    assert_eq!(count().await, 1, "nothing more arrived");
+    let _ = ch.queue_delete(queue.as_str(), QueueDeleteOptions::default()).await;
 }

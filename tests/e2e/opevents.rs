@@ -654,6 +654,7 @@ async fn a_redelivered_queue_task_is_acked_without_a_second_attempt_or_alert() {
             delivery_queue: queue.clone(),
             dlq: None,
             auto_provision: true,
+            ca_pem: None,
         },
         Duration::from_secs(5),
     )

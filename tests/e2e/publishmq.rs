@@ -61,6 +61,7 @@ async fn rabbitmq_publish_queue() {
                 delivery_queue: queue.clone(),
                 dlq: None,
                 auto_provision: true,
+                ca_pem: None,
             },
             Duration::from_secs(5),
         )

@@ -501,3 +501,51 @@ async fn healthz_names_the_back_end_a_queue_node_cannot_reach() {
     postgres.up();
     wait_for(200, "log-pipeline", "healthy").await;
 }
+
+/// The delivery queue over `amqps://` to a broker with a private CA:
+/// trusted through `OUTRIDER_RABBITMQ_TLS_CA_FILE`, events go through the
+/// queue and are delivered; without it the start is refused, naming
+/// RabbitMQ and the certificate problem.
+// Multi-threaded: the TLS front keeps answering while `run_once` blocks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_delivery_queue_over_tls_with_a_private_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    crate::redis::make_certs(dir.path());
+    let tls_port = tls_front(dir.path(), "127.0.0.1:5672".parse().unwrap()).await;
+    let (url, _pg) = fresh_schema(&pg_url()).await;
+    let mut env = queue_node_env(format!("t{}", uniq()), url, &format!("outrider-e2e-{}", uniq()));
+    env.retain(|(k, _)| *k != "RABBITMQ_SERVER_URL");
+    env.push((
+        "RABBITMQ_SERVER_URL",
+        format!("amqps://guest:guest@127.0.0.1:{tls_port}"),
+    ));
+    env.push(("OUTRIDER_BACKEND_CONNECT_TIMEOUT_SECONDS", "3".into()));
+    let ca = dir.path().join("ca.crt");
+    env.push(("OUTRIDER_RABBITMQ_TLS_CA_FILE", ca.to_string_lossy().to_string()));
+    let s = Server::start(&refs(&env)).await;
+    let api = Api::admin(&s);
+    let rx = Receiver::start().await;
+    api.tenant("t1").await;
+    api.webhook("t1", &rx.url("/q"), json!({})).await;
+    for n in 0..5 {
+        assert_eq!(
+            api.publish(json!({"tenant_id": "t1", "topic": "x", "data": {"n": n}}))
+                .await
+                .status,
+            202
+        );
+    }
+    assert_eq!(rx.wait_for(5, Duration::from_secs(20)).await.len(), 5);
+
+    drop(s);
+    env.retain(|(k, _)| *k != "OUTRIDER_RABBITMQ_TLS_CA_FILE");
+    let mut without = refs(&env);
+    without.push(("AES_ENCRYPTION_SECRET", "x"));
+    without.push(("API_KEY", "k"));
+    let (code, err) = Server::run_once(&without);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("RabbitMQ") && err.to_lowercase().contains("certificate"),
+        "{err}"
+    );
+}

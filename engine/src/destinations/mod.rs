@@ -113,6 +113,9 @@ pub struct PublishContext {
     /// TLS for broker types that take a rustls config: the Mozilla roots
     /// plus `OUTRIDER_DESTINATIONS_TLS_CA_FILE`.
     pub broker_tls: Arc<rustls::ClientConfig>,
+    /// The same extra roots as PEM text, for clients that take them so
+    /// (RabbitMQ's).
+    pub broker_ca_pem: Option<Arc<str>>,
 }
 
 impl PublishContext {
@@ -120,10 +123,19 @@ impl PublishContext {
         let signer = crate::signing::DefaultSigner::new(&config.webhook)?;
         let broker_tls = crate::http_client::tls_config_with(config.destinations_tls_ca_file.as_deref())
             .map_err(|e| format!("OUTRIDER_DESTINATIONS_TLS_CA_FILE: {e}"))?;
+        let broker_ca_pem = match config.destinations_tls_ca_file.as_deref() {
+            Some(path) => {
+                Some(Arc::from(std::fs::read_to_string(path).map_err(|e| {
+                    format!("OUTRIDER_DESTINATIONS_TLS_CA_FILE: {}: {e}", path.display())
+                })?))
+            }
+            None => None,
+        };
         Ok(Self {
             config,
             webhook_signer: Arc::new(signer),
             broker_tls,
+            broker_ca_pem,
         })
     }
 

@@ -10,6 +10,7 @@ use std::time::Duration;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::protocol::{AMQPErrorKind, AMQPHardError, AMQPSoftError};
 use lapin::publisher_confirm::Confirmation;
+use lapin::tcp::{HandshakeResult, TLSConfig, TcpStream};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::uri::{AMQPAuthority, AMQPQueryString, AMQPScheme, AMQPUri, AMQPUserInfo};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ErrorKind};
@@ -153,6 +154,7 @@ impl DestinationType for RabbitMq {
             delivery_metadata: d.delivery_metadata.clone(),
             include_ms: ctx.config.webhook.include_millisecond_timestamp,
             timeout: ctx.config.delivery_timeout_for("rabbitmq"),
+            ca: ctx.broker_ca_pem.clone(),
         }))
     }
 }
@@ -164,6 +166,8 @@ pub struct RabbitPublisher {
     include_ms: bool,
     /// Bounds connecting as well as each attempt.
     timeout: Duration,
+    /// PEM roots trusted besides the Mozilla ones.
+    ca: Option<Arc<str>>,
 }
 
 /// Why a connection could not be opened, as an attempt result.
@@ -214,15 +218,13 @@ fn io_code(e: &std::io::Error) -> &'static str {
     }
 }
 
-async fn open(key: &Key, guard: &crate::ssrf::Guard, timeout: Duration) -> Result<Link, PublishResult> {
+async fn open(
+    key: &Key,
+    guard: &crate::ssrf::Guard,
+    timeout: Duration,
+    ca: Option<Arc<str>>,
+) -> Result<Link, PublishResult> {
     let addr = clients::checked_target(&key.host, key.port, guard).await?;
-    // Plain AMQP connects to the checked address; TLS needs the name for the
-    // certificate check.
-    let host = if key.tls {
-        key.host.clone()
-    } else {
-        addr.ip().to_string()
-    };
     let uri = AMQPUri {
         scheme: if key.tls { AMQPScheme::AMQPS } else { AMQPScheme::AMQP },
         authority: AMQPAuthority {
@@ -230,7 +232,7 @@ async fn open(key: &Key, guard: &crate::ssrf::Guard, timeout: Duration) -> Resul
                 username: key.username.clone(),
                 password: key.password.clone(),
             },
-            host,
+            host: key.host.clone(),
             port: key.port,
         },
         vhost: key.vhost.clone(),
@@ -239,10 +241,31 @@ async fn open(key: &Key, guard: &crate::ssrf::Guard, timeout: Duration) -> Resul
             ..Default::default()
         },
     };
+    // The socket goes to the address the guard checked (lapin would look
+    // the name up again); TLS still checks the certificate against the name,
+    // with the operator's CA (`OUTRIDER_DESTINATIONS_TLS_CA_FILE`) trusted too.
+    let name = key.host.trim_start_matches('[').trim_end_matches(']').to_string();
+    // The error type is lapin's own: its connector takes this signature.
+    #[allow(clippy::result_large_err)]
+    let connect = Box::new(move |uri: &AMQPUri| -> HandshakeResult {
+        let tcp = TcpStream::connect_timeout(addr, timeout)?;
+        let tcp = match uri.scheme {
+            AMQPScheme::AMQP => tcp,
+            AMQPScheme::AMQPS => tcp.into_tls(
+                &name,
+                TLSConfig {
+                    identity: None,
+                    cert_chain: ca.as_deref(),
+                },
+            )?,
+        };
+        tcp.set_nonblocking(true)?;
+        Ok(tcp)
+    });
     let props = ConnectionProperties::default()
         .with_executor(tokio_executor_trait::Tokio::current())
         .with_reactor(tokio_reactor_trait::Tokio::current());
-    let conn = Connection::connect_uri(uri, props)
+    let conn = Connection::connector(uri, connect, props)
         .await
         .map_err(|e| connect_failed(&e))?;
     let channel = conn.create_channel().await.map_err(|e| classify(&e))?;
@@ -295,7 +318,9 @@ impl Publisher for RabbitPublisher {
             for fresh in [false, true] {
                 let link: Rc<Link> = match clients
                     .amqp
-                    .get(&self.key, || open(&self.key, &clients.guard, self.timeout))
+                    .get(&self.key, || {
+                        open(&self.key, &clients.guard, self.timeout, self.ca.clone())
+                    })
                     .await
                 {
                     Ok(l) => l,

@@ -28,6 +28,9 @@ pub struct RabbitConfig {
     pub dlq: Option<String>,
     /// Declare the exchange and queue (else only check that they exist).
     pub auto_provision: bool,
+    /// PEM roots trusted for `amqps://` besides the Mozilla ones
+    /// (`OUTRIDER_RABBITMQ_TLS_CA_FILE`, read at start).
+    pub ca_pem: Option<String>,
 }
 
 pub use super::QueueError;
@@ -75,26 +78,40 @@ impl std::fmt::Debug for RabbitQueue {
     }
 }
 
+/// How [`RabbitQueue::open`] says its attempt ran out of time.
+const OPEN_TIMED_OUT: &str = "timed out";
+
 impl RabbitQueue {
     /// One connection attempt: a connection and a confirm-mode channel.
     async fn open(cfg: &RabbitConfig) -> Result<Link, QueueError> {
         let props = ConnectionProperties::default()
             .with_executor(tokio_executor_trait::Tokio::current())
             .with_reactor(tokio_reactor_trait::Tokio::current());
-        let conn =
-            match tokio::time::timeout(Duration::from_secs(3), Connection::connect(cfg.url.expose(), props)).await {
-                Ok(Ok(c)) => c,
-                other => {
-                    let why = match other {
-                        Ok(Err(e)) => e.to_string(),
-                        _ => "timed out".into(),
-                    };
-                    return Err(QueueError::Unreachable {
-                        what: "RabbitMQ",
-                        message: format!("{}: {why}", cfg.url.redacted_url()),
-                    });
-                }
-            };
+        let conn = match tokio::time::timeout(
+            Duration::from_secs(3),
+            Connection::connect_with_config(
+                cfg.url.expose(),
+                props,
+                lapin::tcp::OwnedTLSConfig {
+                    identity: None,
+                    cert_chain: cfg.ca_pem.clone(),
+                },
+            ),
+        )
+        .await
+        {
+            Ok(Ok(c)) => c,
+            other => {
+                let why = match other {
+                    Ok(Err(e)) => e.to_string(),
+                    _ => OPEN_TIMED_OUT.into(),
+                };
+                return Err(QueueError::Unreachable {
+                    what: "RabbitMQ",
+                    message: format!("{}: {why}", cfg.url.redacted_url()),
+                });
+            }
+        };
         let publisher = conn.create_channel().await.map_err(broker)?;
         publisher
             .confirm_select(ConfirmSelectOptions::default())
@@ -109,11 +126,24 @@ impl RabbitQueue {
     pub async fn connect(cfg: RabbitConfig, patience: Duration) -> Result<Self, QueueError> {
         let deadline = tokio::time::Instant::now() + patience;
         let mut wait = Duration::from_millis(100);
+        // The last attempt may be cut short by the deadline; an earlier one
+        // that failed for a reason (a certificate) says more.
+        let mut reason: Option<QueueError> = None;
         let link = loop {
             match Self::open(&cfg).await {
                 Ok(l) => break l,
-                Err(e) if tokio::time::Instant::now() >= deadline => return Err(e),
-                Err(_) => {}
+                Err(e) if tokio::time::Instant::now() >= deadline => {
+                    let timed_out = e.to_string().ends_with(OPEN_TIMED_OUT);
+                    return Err(match reason {
+                        Some(r) if timed_out => r,
+                        _ => e,
+                    });
+                }
+                Err(e) => {
+                    if !e.to_string().ends_with(OPEN_TIMED_OUT) {
+                        reason = Some(e);
+                    }
+                }
             }
             tokio::time::sleep(wait).await;
             wait = (wait * 2).min(Duration::from_secs(2));
@@ -427,6 +457,7 @@ mod tests {
             delivery_queue: format!("outrider-test-{}", crate::ids::random_hex(4)),
             dlq,
             auto_provision: true,
+            ca_pem: None,
         };
         RabbitQueue::connect(cfg, Duration::from_secs(5))
             .await
@@ -485,6 +516,7 @@ mod tests {
             delivery_queue: "q".into(),
             dlq: None,
             auto_provision: true,
+            ca_pem: None,
         };
         let e = RabbitQueue::connect(cfg, Duration::from_millis(300))
             .await
