@@ -252,6 +252,11 @@ pub(crate) async fn run_all(store: &dyn LogStore, writer: &dyn LogWriter) {
 fn dest(id: &str, tenant: &str, secret: &str) -> Destination {
     let mut config = StringMap::new();
     config.insert("url".into(), format!("https://example.com/{id}"));
+    // Sealed with the credentials, restored on load.
+    config.insert(
+        "custom_headers".into(),
+        format!("{{\"Authorization\":\"Bearer tok-{id}\"}}"),
+    );
     let mut credentials = StringMap::new();
     credentials.insert("secret".into(), secret.into());
     Destination {

@@ -519,10 +519,48 @@ struct DestinationBody {
     disabled_at: Option<i64>,
 }
 
+/// A destination's stored body: everything but its sealed parts.
+fn destination_body(d: &Destination) -> String {
+    json_text(&DestinationBody {
+        kind: d.kind.clone(),
+        topics: d.topics.clone(),
+        filter: d.filter.clone(),
+        config: crate::crypto::without_sealed_keys(&d.config),
+        delivery_metadata: d.delivery_metadata.clone(),
+        metadata: d.metadata.clone(),
+        created_at: d.created_at,
+        updated_at: d.updated_at,
+        disabled_at: d.disabled_at,
+    })
+}
+
+impl EmbeddedStore {
+    /// Seals `d` again in the current format if its row still holds `was`
+    /// (a write since the read wins). 1 when rewritten.
+    async fn reseal(&self, d: &Destination, was: Vec<u8>) -> StoreResult<usize> {
+        let sealed = self
+            .cipher
+            .seal_destination(&d.id, &d.credentials, &d.config)
+            .map_err(|e| StoreError::Database(e.to_string()))?;
+        let (id, body) = (d.id.clone(), destination_body(d));
+        let changed = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = changed.clone();
+        self.entity(Box::new(move |c| {
+            c.execute(
+                "UPDATE destinations SET body = ?1, credentials = ?2 WHERE id = ?3 AND credentials = ?4",
+                params![body, sealed, id, was],
+            )
+            .map(|n| counted.store(n, std::sync::atomic::Ordering::Relaxed))
+        }))
+        .await?;
+        Ok(changed.load(std::sync::atomic::Ordering::Relaxed))
+    }
+}
+
 impl EntityStore for EmbeddedStore {
     fn load_entities(&self) -> BoxFuture<'_, StoreResult<(Vec<Tenant>, Vec<Destination>)>> {
         let cipher = self.cipher.clone();
-        Box::pin(self.read(move |c| {
+        let loaded = self.read(move |c| {
             let tenants = c
                 .prepare("SELECT id, metadata, created_at, updated_at FROM tenants")?
                 .query_map([], |r| {
@@ -547,22 +585,26 @@ impl EntityStore for EmbeddedStore {
                 })?
                 .collect::<rusqlite::Result<Vec<_>>>()?;
             let mut dests = Vec::with_capacity(rows.len());
+            let mut old = Vec::new();
             for (id, tenant_id, body, sealed) in rows {
                 let b: DestinationBody =
                     serde_json::from_str(&body).map_err(|e| StoreError::Corrupt(format!("destination {id}: {e}")))?;
-                let plain = cipher
-                    .decrypt(&sealed)
+                let opened = cipher
+                    .open_destination(&id, &sealed)
                     .map_err(|e| StoreError::Corrupt(format!("destination {id}: {e}")))?;
-                let credentials: StringMap = serde_json::from_slice(&plain)
-                    .map_err(|e| StoreError::Corrupt(format!("destination {id}: {e}")))?;
+                if opened.legacy {
+                    old.push((dests.len(), sealed));
+                }
+                let mut config = b.config;
+                config.extend(opened.config.iter().map(|(k, v)| (k.clone(), v.clone())));
                 dests.push(Destination {
                     id,
                     tenant_id,
                     kind: b.kind,
                     topics: b.topics,
                     filter: b.filter,
-                    config: b.config,
-                    credentials,
+                    config,
+                    credentials: opened.credentials,
                     delivery_metadata: b.delivery_metadata,
                     metadata: b.metadata,
                     created_at: b.created_at,
@@ -570,8 +612,24 @@ impl EntityStore for EmbeddedStore {
                     disabled_at: b.disabled_at,
                 });
             }
+            Ok((tenants, dests, old))
+        });
+        Box::pin(async move {
+            let (tenants, dests, old) = loaded.await?;
+            // Records sealed the old way are sealed again in the current
+            // format, unless they changed since they were read.
+            let mut resealed = 0;
+            for (i, was) in old {
+                resealed += self.reseal(&dests[i], was).await?;
+            }
+            if resealed > 0 {
+                tracing::info!(
+                    resealed,
+                    "destination secrets sealed again in the current format (HKDF-SHA256, bound to the destination id)"
+                );
+            }
             Ok((tenants, dests))
-        }))
+        })
     }
 
     fn put_tenant(&self, t: Tenant) -> BoxFuture<'_, StoreResult<()>> {
@@ -593,22 +651,13 @@ impl EntityStore for EmbeddedStore {
     }
 
     fn put_destination(&self, d: Destination) -> BoxFuture<'_, StoreResult<()>> {
-        let sealed = serde_json::to_vec(&d.credentials)
-            .map_err(|e| StoreError::Database(e.to_string()))
-            .and_then(|p| self.cipher.encrypt(&p).map_err(|e| StoreError::Database(e.to_string())));
+        let sealed = self
+            .cipher
+            .seal_destination(&d.id, &d.credentials, &d.config)
+            .map_err(|e| StoreError::Database(e.to_string()));
         Box::pin(async move {
             let sealed = sealed?;
-            let body = json_text(&DestinationBody {
-                kind: d.kind.clone(),
-                topics: d.topics.clone(),
-                filter: d.filter.clone(),
-                config: d.config.clone(),
-                delivery_metadata: d.delivery_metadata.clone(),
-                metadata: d.metadata.clone(),
-                created_at: d.created_at,
-                updated_at: d.updated_at,
-                disabled_at: d.disabled_at,
-            });
+            let body = destination_body(&d);
             self.entity(Box::new(move |c| {
                 c.execute(
                     "INSERT OR REPLACE INTO destinations (id, tenant_id, body, credentials) VALUES (?1, ?2, ?3, ?4)",
@@ -988,6 +1037,62 @@ mod tests {
         })
     }
 
+    /// A destination sealed before the current format loads whole and is
+    /// stored again sealed the current way, its custom headers out of the
+    /// clear body.
+    #[tokio::test]
+    async fn destinations_sealed_the_old_way_are_read_and_sealed_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let cipher = Cipher::new("k");
+        {
+            let s = EmbeddedStore::open(dir.path(), cipher.clone(), false).unwrap();
+            s.put_tenant(Tenant {
+                id: "t1".into(),
+                metadata: None,
+                created_at: 1,
+                updated_at: 1,
+            })
+            .await
+            .unwrap();
+            let sealed = cipher.seal_legacy(b"{\"secret\":\"whsec_old\"}");
+            let body = r#"{"type":"webhook","topics":["*"],"filter":null,"config":{"url":"https://x.example/h","custom_headers":"{\"X-Key\":\"k1\"}"},"delivery_metadata":null,"metadata":null,"created_at":1,"updated_at":1,"disabled_at":null}"#;
+            s.entity(Box::new(move |c| {
+                c.execute(
+                    "INSERT INTO destinations (id, tenant_id, body, credentials) VALUES ('des_old', 't1', ?1, ?2)",
+                    params![body, sealed],
+                )
+                .map(|_| ())
+            }))
+            .await
+            .unwrap();
+        }
+        let s = EmbeddedStore::open(dir.path(), cipher.clone(), false).unwrap();
+        let (_, dests) = s.load_entities().await.unwrap();
+        assert_eq!(dests.len(), 1);
+        assert_eq!(
+            dests[0].credentials.get("secret").map(String::as_str),
+            Some("whsec_old")
+        );
+        assert_eq!(
+            dests[0].config.get("custom_headers").map(String::as_str),
+            Some("{\"X-Key\":\"k1\"}")
+        );
+        let (body, sealed): (String, Vec<u8>) = s
+            .read(|c| {
+                Ok(c.query_row(
+                    "SELECT body, credentials FROM destinations WHERE id = 'des_old'",
+                    [],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )?)
+            })
+            .await
+            .unwrap();
+        assert!(!body.contains("X-Key"), "{body}");
+        assert!(!cipher.open_destination("des_old", &sealed).unwrap().legacy);
+        let (_, again) = s.load_entities().await.unwrap();
+        assert_eq!(again, dests);
+    }
+
     #[tokio::test]
     async fn seek_pagination_and_filters() {
         let dir = tempfile::tempdir().unwrap();
@@ -1063,13 +1168,18 @@ mod tests {
         let s = EmbeddedStore::open(dir.path(), Cipher::new("k"), false).unwrap();
         let mut creds = StringMap::new();
         creds.insert("secret".into(), "whsec_topsecretvalue".into());
+        let mut config = StringMap::new();
+        config.insert(
+            "custom_headers".into(),
+            "{\"Authorization\":\"Bearer hiddentokenvalue\"}".into(),
+        );
         let d = Destination {
             id: "d1".into(),
             tenant_id: "t1".into(),
             kind: "webhook".into(),
             topics: vec!["*".into()],
             filter: None,
-            config: StringMap::new(),
+            config,
             credentials: creds,
             delivery_metadata: None,
             metadata: None,
@@ -1080,9 +1190,10 @@ mod tests {
         s.put_destination(d.clone()).await.unwrap();
         let raw = std::fs::read(dir.path().join("outrider.db")).unwrap();
         let wal = std::fs::read(dir.path().join("outrider.db-wal")).unwrap_or_default();
-        let needle = b"topsecretvalue";
-        assert!(!raw.windows(needle.len()).any(|w| w == needle));
-        assert!(!wal.windows(needle.len()).any(|w| w == needle));
+        for needle in [&b"topsecretvalue"[..], b"hiddentokenvalue"] {
+            assert!(!raw.windows(needle.len()).any(|w| w == needle));
+            assert!(!wal.windows(needle.len()).any(|w| w == needle));
+        }
         let (_, dests) = s.load_entities().await.unwrap();
         assert_eq!(dests, vec![d]);
     }

@@ -291,30 +291,77 @@ impl RedisEntityStore {
     }
 
     fn decode_destination(&self, json: &str) -> StoreResult<Destination> {
+        self.open_destination(json).map(|(d, _)| d)
+    }
+
+    /// A stored destination, and whether it was sealed the old way.
+    fn open_destination(&self, json: &str) -> StoreResult<(Destination, bool)> {
         let s: StoredDestination = serde_json::from_str(json).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let sealed = B64
             .decode(&s.credentials)
             .map_err(|e| StoreError::Corrupt(format!("destination {}: {e}", s.id)))?;
-        let plain = self
+        let opened = self
             .cipher
-            .decrypt(&sealed)
+            .open_destination(&s.id, &sealed)
             .map_err(|e| StoreError::Corrupt(format!("destination {}: {e}", s.id)))?;
-        let credentials: StringMap =
-            serde_json::from_slice(&plain).map_err(|e| StoreError::Corrupt(format!("destination {}: {e}", s.id)))?;
-        Ok(Destination {
+        let mut config = s.config;
+        config.extend(opened.config.iter().map(|(k, v)| (k.clone(), v.clone())));
+        let d = Destination {
             id: s.id,
             tenant_id: s.tenant_id,
             kind: s.kind,
             topics: s.topics,
             filter: s.filter,
-            config: s.config,
-            credentials,
+            config,
+            credentials: opened.credentials,
             delivery_metadata: s.delivery_metadata,
             metadata: s.metadata,
             created_at: s.created_at,
             updated_at: s.updated_at,
             disabled_at: s.disabled_at,
-        })
+        };
+        Ok((d, opened.legacy))
+    }
+
+    /// A destination as stored: its secrets sealed under its id.
+    fn stored_json(&self, d: &Destination) -> StoreResult<String> {
+        let sealed = self
+            .cipher
+            .seal_destination(&d.id, &d.credentials, &d.config)
+            .map_err(|e| StoreError::Database(e.to_string()))?;
+        let stored = StoredDestination {
+            id: d.id.clone(),
+            tenant_id: d.tenant_id.clone(),
+            kind: d.kind.clone(),
+            topics: d.topics.clone(),
+            filter: d.filter.clone(),
+            config: crate::crypto::without_sealed_keys(&d.config),
+            credentials: B64.encode(sealed),
+            delivery_metadata: d.delivery_metadata.clone(),
+            metadata: d.metadata.clone(),
+            created_at: d.created_at,
+            updated_at: d.updated_at,
+            disabled_at: d.disabled_at,
+        };
+        serde_json::to_string(&stored).map_err(|e| StoreError::Database(e.to_string()))
+    }
+
+    /// Seals `d` again in the current format if its stored JSON is still
+    /// `was` (another node's write since the read wins). 1 when rewritten.
+    async fn reseal(&self, d: &Destination, was: &str) -> StoreResult<usize> {
+        const SWAP: &str = "if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then \
+            redis.call('HSET', KEYS[1], ARGV[1], ARGV[3]) return 1 end return 0";
+        let json = self.stored_json(d)?;
+        let mut c = self.conn.clone();
+        let n: usize = ::redis::Script::new(SWAP)
+            .key(self.key("destinations"))
+            .arg(&d.id)
+            .arg(was)
+            .arg(json)
+            .invoke_async(&mut c)
+            .await
+            .map_err(rerr)?;
+        Ok(n)
     }
 
     pub async fn get_tenant(&self, id: &str) -> StoreResult<Option<Tenant>> {
@@ -550,11 +597,22 @@ impl EntityStore for RedisEntityStore {
                 .iter()
                 .map(|(_, j)| serde_json::from_str(j).map_err(|e| StoreError::Corrupt(e.to_string())))
                 .collect::<StoreResult<Vec<Tenant>>>()?;
-            let dests = dests
-                .iter()
-                .map(|(_, j)| self.decode_destination(j))
-                .collect::<StoreResult<Vec<_>>>()?;
-            Ok((tenants, dests))
+            let mut out = Vec::with_capacity(dests.len());
+            let mut resealed = 0;
+            for (_, j) in &dests {
+                let (d, legacy) = self.open_destination(j)?;
+                if legacy {
+                    resealed += self.reseal(&d, j).await?;
+                }
+                out.push(d);
+            }
+            if resealed > 0 {
+                tracing::info!(
+                    resealed,
+                    "destination secrets sealed again in the current format (HKDF-SHA256, bound to the destination id)"
+                );
+            }
+            Ok((tenants, out))
         })
     }
 
@@ -597,26 +655,7 @@ impl EntityStore for RedisEntityStore {
 
     fn put_destination(&self, d: Destination) -> BoxFuture<'_, StoreResult<()>> {
         Box::pin(async move {
-            let plain = serde_json::to_vec(&d.credentials).map_err(|e| StoreError::Database(e.to_string()))?;
-            let sealed = self
-                .cipher
-                .encrypt(&plain)
-                .map_err(|e| StoreError::Database(e.to_string()))?;
-            let stored = StoredDestination {
-                id: d.id.clone(),
-                tenant_id: d.tenant_id.clone(),
-                kind: d.kind,
-                topics: d.topics,
-                filter: d.filter,
-                config: d.config,
-                credentials: B64.encode(sealed),
-                delivery_metadata: d.delivery_metadata,
-                metadata: d.metadata,
-                created_at: d.created_at,
-                updated_at: d.updated_at,
-                disabled_at: d.disabled_at,
-            };
-            let json = serde_json::to_string(&stored).map_err(|e| StoreError::Database(e.to_string()))?;
+            let json = self.stored_json(&d)?;
             let mut c = self.conn.clone();
             let _: () = ::redis::pipe()
                 .atomic()
@@ -750,6 +789,49 @@ mod tests {
         crate::alerts::conformance::run_all(&store().await, "").await;
     }
 
+    /// A destination sealed before the current format (Outpost's key
+    /// derivation, credentials only, `custom_headers` in the clear) loads
+    /// whole and is stored again sealed the current way; one changed by
+    /// another node since it was read is left to that write.
+    #[tokio::test]
+    async fn destinations_sealed_the_old_way_are_read_and_sealed_again() {
+        let s = store().await;
+        let old = |id: &str, secret: &str| {
+            let sealed = s.cipher.seal_legacy(format!("{{\"secret\":\"{secret}\"}}").as_bytes());
+            serde_json::json!({"id": id, "tenant_id": "t1", "type": "webhook", "topics": ["*"], "filter": null,
+                "config": {"url": "https://x.example/h", "custom_headers": "{\"X-Key\":\"k1\"}"},
+                "credentials": B64.encode(sealed), "delivery_metadata": null, "metadata": null,
+                "created_at": 1, "updated_at": 1, "disabled_at": null})
+            .to_string()
+        };
+        let mut c = s.conn.clone();
+        let _: () = c
+            .hset(s.key("destinations"), "des_old", old("des_old", "whsec_old"))
+            .await
+            .unwrap();
+        let (_, dests) = s.load_entities().await.unwrap();
+        let d = dests.iter().find(|d| d.id == "des_old").unwrap();
+        assert_eq!(d.credentials.get("secret").map(String::as_str), Some("whsec_old"));
+        assert_eq!(
+            d.config.get("custom_headers").map(String::as_str),
+            Some("{\"X-Key\":\"k1\"}")
+        );
+        let raw: String = c.hget(s.key("destinations"), "des_old").await.unwrap();
+        assert!(
+            !raw.contains("X-Key"),
+            "custom headers moved into the sealed part: {raw}"
+        );
+        let (again, legacy) = s.open_destination(&raw).unwrap();
+        assert!(!legacy, "sealed in the current format");
+        assert_eq!(&again, d);
+        // A swap guarded by what was read: a newer write is not overwritten.
+        let newer = old("des_old", "whsec_newer");
+        let _: () = c.hset(s.key("destinations"), "des_old", &newer).await.unwrap();
+        assert_eq!(s.reseal(d, "something else").await.unwrap(), 0);
+        let raw: String = c.hget(s.key("destinations"), "des_old").await.unwrap();
+        assert_eq!(raw, newer);
+    }
+
     #[tokio::test]
     async fn entity_store_conformance() {
         let s = store().await;
@@ -757,8 +839,8 @@ mod tests {
         let mut c = s.conn.clone();
         let raw: Vec<(String, String)> = c.hgetall(s.key("destinations")).await.unwrap();
         assert!(
-            raw.iter().all(|(_, j)| !j.contains("whsec_")),
-            "credentials are sealed at rest"
+            raw.iter().all(|(_, j)| !j.contains("whsec_") && !j.contains("Bearer")),
+            "credentials and custom headers are sealed at rest"
         );
     }
 
