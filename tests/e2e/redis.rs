@@ -180,8 +180,14 @@ struct Cluster {
 
 impl Cluster {
     async fn start() -> Cluster {
+        Self::start_with(0).await
+    }
+
+    /// Three masters with `replicas` replicas each; a replica takes over a
+    /// master that has been unreachable for 1 s.
+    async fn start_with(replicas: usize) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
-        let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let ports: Vec<u16> = (0..3 * (1 + replicas)).map(|_| free_port()).collect();
         let mut children = Vec::new();
         for p in &ports {
             let child = std::process::Command::new("redis-server")
@@ -191,6 +197,8 @@ impl Cluster {
                     "yes",
                     "--cluster-config-file",
                     &format!("nodes-{p}.conf"),
+                    "--cluster-node-timeout",
+                    "1000",
                 ])
                 .current_dir(dir.path())
                 .stdout(std::process::Stdio::null())
@@ -210,7 +218,7 @@ impl Cluster {
             .arg("--cluster")
             .arg("create")
             .args(&nodes)
-            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
             .output()
             .expect("redis-cli");
         assert!(
@@ -239,6 +247,14 @@ impl Cluster {
             _dir: dir,
         }
     }
+}
+
+fn cluster_ok(port: u16) -> bool {
+    std::process::Command::new("redis-cli")
+        .args(["-p", &port.to_string(), "cluster", "info"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).contains("cluster_state:ok"))
+        .unwrap_or(false)
 }
 
 impl Drop for Cluster {
@@ -294,4 +310,46 @@ async fn redis_cluster_shares_entities_idempotency_and_retries() {
         "first attempt failed, the retry from the cluster-held schedule succeeded"
     );
     assert_eq!(got[0].header("x-outpost-event-id"), got[1].header("x-outpost-event-id"));
+}
+
+/// The report: a node follows entity changes through the cluster node it was
+/// given (`REDIS_HOST`); when that node died, its replica took over, but the
+/// node kept trying the dead one and never learnt of another node's changes.
+/// Now it resubscribes through a live node the cluster lists.
+#[tokio::test]
+async fn the_change_feed_survives_the_loss_of_the_seed_node() {
+    let mut cluster = Cluster::start_with(1).await;
+    let (seed, other) = (cluster.ports[0], cluster.ports[1]);
+    let dep = format!("e2e{}", std::process::id() as u64 * 1000 + free_port() as u64);
+    let env = |port: u16| -> Vec<(&'static str, String)> {
+        vec![
+            ("REDIS_HOST", "127.0.0.1".into()),
+            ("REDIS_PORT", port.to_string()),
+            ("REDIS_CLUSTER_ENABLED", "true".into()),
+            ("DEPLOYMENT_ID", dep.clone()),
+        ]
+    };
+    let (ea, eb) = (env(seed), env(other));
+    let a = Server::start(&ea.iter().map(|(k, v)| (*k, v.as_str())).collect::<Vec<_>>()).await;
+    let b = Server::start(&eb.iter().map(|(k, v)| (*k, v.as_str())).collect::<Vec<_>>()).await;
+    let (api_a, api_b) = (Api::admin(&a), Api::admin(&b));
+    let rx = Receiver::start().await;
+    api_b.tenant("t1").await;
+    api_b.webhook("t1", &rx.url("/before"), json!({})).await;
+    sees_destinations(&api_a, 1).await;
+
+    // Node A's seed dies; its replica is promoted.
+    let _ = cluster.children[0].kill();
+    let _ = cluster.children[0].wait();
+    eventually("the cluster fails over", async || cluster_ok(other)).await;
+
+    api_b.webhook("t1", &rx.url("/after"), json!({})).await;
+    sees_destinations(&api_a, 2).await;
+    // And A routes to it: a publish through A reaches both.
+    let r = api_a.publish(json!({"tenant_id": "t1", "topic": "x", "data": {}})).await;
+    assert_eq!(r.status, 202, "{}", r.text);
+    let got = rx.wait_for(2, Duration::from_secs(15)).await;
+    let mut paths: Vec<String> = got.iter().map(|g| g.path.clone()).collect();
+    paths.sort();
+    assert_eq!(paths, vec!["/after", "/before"]);
 }

@@ -197,8 +197,11 @@ impl ::redis::aio::ConnectionLike for Conn {
 }
 
 pub struct RedisEntityStore {
-    /// Subscriptions go to the configured node (on a cluster, PUBLISH reaches every node's subscribers).
+    /// Subscriptions go to the configured node (on a cluster, PUBLISH reaches
+    /// every node's subscribers, so when it is gone any live node will do).
     client: ::redis::Client,
+    /// The settings, for a subscription client to another cluster node.
+    settings: RedisConfig,
     conn: Conn,
     prefix: String,
     cipher: Cipher,
@@ -210,6 +213,27 @@ impl std::fmt::Debug for RedisEntityStore {
             .field("prefix", &self.prefix)
             .finish()
     }
+}
+
+/// The addresses of the nodes `CLUSTER NODES` lists as reachable: a line is
+/// `<id> <ip:port@cport[,hostname]> <flags> ...`; the announced hostname is
+/// preferred (TLS checks the certificate against it).
+fn live_nodes(text: &str) -> Vec<(String, u16)> {
+    text.lines()
+        .filter_map(|line| {
+            let mut f = line.split_whitespace();
+            let (_, addr, flags) = (f.next()?, f.next()?, f.next()?);
+            if flags.split(',').any(|x| matches!(x, "fail" | "fail?" | "noaddr" | "handshake")) {
+                return None;
+            }
+            let (ip_port, rest) = addr.split_once('@')?;
+            let hostname = rest.split_once(',').map(|(_, h)| h).filter(|h| !h.is_empty());
+            let (ip, port) = ip_port.rsplit_once(':')?;
+            let port: u16 = port.parse().ok().filter(|p| *p != 0)?;
+            let host = hostname.unwrap_or(ip);
+            (!host.is_empty()).then(|| (host.to_string(), port))
+        })
+        .collect()
 }
 
 fn rerr(e: ::redis::RedisError) -> StoreError {
@@ -269,6 +293,7 @@ impl RedisEntityStore {
         };
         Ok(Self {
             client,
+            settings: cfg.clone(),
             conn,
             prefix,
             cipher,
@@ -581,9 +606,59 @@ impl RedisEntityStore {
     /// A stream of changes. Messages published while it is not connected are
     /// lost, so callers resynchronise after (re)subscribing.
     pub async fn subscribe(&self) -> StoreResult<::redis::aio::PubSub> {
-        let mut ps = self.client.get_async_pubsub().await.map_err(rerr)?;
-        ps.subscribe(self.changes_channel()).await.map_err(rerr)?;
-        Ok(ps)
+        let first = match self.subscribe_via(&self.client).await {
+            Ok(ps) => return Ok(ps),
+            Err(e) => e,
+        };
+        if !self.settings.cluster {
+            return Err(first);
+        }
+        // The configured node is gone (a replica took its slots over, say):
+        // a PUBLISH reaches the subscribers of every node, so any live one
+        // will do. Its address comes from the cluster itself.
+        let nodes = match self.cluster_nodes().await {
+            Ok(n) => n,
+            Err(_) => return Err(first),
+        };
+        for (host, port) in nodes {
+            if host == self.settings.host && port == self.settings.port {
+                continue;
+            }
+            let cfg = RedisConfig {
+                host,
+                port,
+                ..self.settings.clone()
+            };
+            let Ok(client) = cfg.client() else { continue };
+            if let Ok(ps) = self.subscribe_via(&client).await {
+                tracing::info!(node = %format!("{}:{}", cfg.host, cfg.port), "following entity changes through another cluster node");
+                return Ok(ps);
+            }
+        }
+        Err(first)
+    }
+
+    async fn subscribe_via(&self, client: &::redis::Client) -> StoreResult<::redis::aio::PubSub> {
+        let connect = async {
+            let mut ps = client.get_async_pubsub().await.map_err(rerr)?;
+            ps.subscribe(self.changes_channel()).await.map_err(rerr)?;
+            Ok(ps)
+        };
+        tokio::time::timeout(Duration::from_secs(2), connect)
+            .await
+            .unwrap_or_else(|_| Err(StoreError::Database("redis: no answer to SUBSCRIBE within 2 s".into())))
+    }
+
+    /// The cluster's live nodes, from `CLUSTER NODES` (asked through the
+    /// cluster connection, which follows failovers).
+    async fn cluster_nodes(&self) -> StoreResult<Vec<(String, u16)>> {
+        let mut c = self.conn.clone();
+        let text: String = ::redis::cmd("CLUSTER")
+            .arg("NODES")
+            .query_async(&mut c)
+            .await
+            .map_err(rerr)?;
+        Ok(live_nodes(&text))
     }
 }
 
@@ -782,6 +857,18 @@ mod tests {
         RedisEntityStore::connect(&cfg(), &dep, Cipher::new("k"), Duration::from_secs(3))
             .await
             .unwrap_or_else(|e| panic!("Redis is required for this test: {e} (start it with scripts/services.sh up)"))
+    }
+
+    #[test]
+    fn live_cluster_nodes_are_read_from_cluster_nodes() {
+        let text = "07c3 127.0.0.1:30004@40004 slave e7d1 0 1 5 connected\n\
+            67ed 127.0.0.1:30002@40002,redis-2.internal master - 0 1 2 connected 5461-10922\n\
+            292f 127.0.0.1:30001@40001 myself,master,fail - 0 0 1 connected\n\
+            e7d1 :0@0 master,noaddr - 0 0 3 disconnected\n";
+        assert_eq!(
+            live_nodes(text),
+            vec![("127.0.0.1".to_string(), 30004), ("redis-2.internal".to_string(), 30002)]
+        );
     }
 
     #[tokio::test]
