@@ -2523,3 +2523,76 @@ async fn rabbitmq_destination_over_tls_with_a_private_ca() {
     assert_eq!(count().await, 1, "nothing more arrived");
     let _ = ch.queue_delete(queue.as_str(), QueueDeleteOptions::default()).await;
 }
+
+/// An `mqtt` destination over TLS with the SSRF guard on: the client keeps
+/// the broker's name for the certificate (a private CA, trusted through
+/// `OUTRIDER_DESTINATIONS_TLS_CA_FILE`) while the connection goes through the
+/// guard's hop (HTTP CONNECT), which resolves, checks and connects; the
+/// message arrives at the real broker behind a TLS front.
+#[tokio::test]
+async fn mqtt_destination_over_tls_through_the_guard() {
+    use rumqttc::v5::mqttbytes::v5::Packet;
+    use rumqttc::v5::mqttbytes::QoS;
+    use rumqttc::v5::{AsyncClient, Event, MqttOptions};
+    let addr = require("OUTRIDER_TEST_MQTT_ADDR", "an MQTT 5 broker (Mosquitto)");
+    let broker = socket_of(&addr);
+    let dir = tempfile::tempdir().unwrap();
+    crate::redis::make_certs(dir.path());
+    let tls_port = tls_front(dir.path(), broker).await;
+    let id = uniq();
+    let topic = format!("outrider/e2e/{id}/tls");
+    let mut opts = MqttOptions::new(format!("outrider-e2e-sub-{id}"), broker.ip().to_string(), broker.port());
+    opts.set_clean_start(true);
+    let (client, mut events) = AsyncClient::new(opts, 100);
+    client.subscribe(topic.clone(), QoS::AtLeastOnce).await.unwrap();
+    loop {
+        match events.poll().await {
+            Ok(Event::Incoming(Packet::SubAck(_))) => break,
+            Ok(_) => {}
+            Err(e) => panic!("an MQTT 5 broker at {addr} is required for this test: {e}"),
+        }
+    }
+    let got = Arc::new(Mutex::new(Vec::<Vec<u8>>::new()));
+    let inbox = got.clone();
+    tokio::spawn(async move {
+        while let Ok(ev) = events.poll().await {
+            if let Event::Incoming(Packet::Publish(p)) = ev {
+                inbox.lock().unwrap().push(p.payload.to_vec());
+            }
+        }
+    });
+    let ca = dir.path().join("ca.crt");
+    let s = Server::start(&[
+        ("OUTRIDER_ALLOW_PRIVATE_DESTINATIONS", "false"),
+        ("OUTRIDER_ALLOWED_PRIVATE_NETWORKS", "127.0.0.1,::1"),
+        ("OUTRIDER_DESTINATIONS_TLS_CA_FILE", ca.to_str().unwrap()),
+    ])
+    .await;
+    let api = Api::admin(&s);
+    api.tenant("t1").await;
+    let r = api
+        .post(
+            "/tenants/t1/destinations",
+            json!({"type": "mqtt", "topics": "*",
+                "config": {"server_url": format!("localhost:{tls_port}"), "topic": topic, "tls": "on"}}),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let ev = api
+        .publish(json!({"tenant_id": "t1", "topic": "x", "data": {"tls": true}}))
+        .await;
+    let ev = ev.body["id"].as_str().unwrap().to_string();
+    let a = api
+        .wait_attempts(
+            &format!("event_id={ev}&include=response_data"),
+            Duration::from_secs(15),
+            |m| !m.is_empty(),
+        )
+        .await;
+    assert_eq!((a.len(), a[0]["status"].as_str()), (1, Some("success")), "{a:?}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while got.lock().unwrap().is_empty() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(got.lock().unwrap().as_slice(), [b"{\"tls\":true}".to_vec()]);
+}

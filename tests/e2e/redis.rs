@@ -346,7 +346,9 @@ async fn the_change_feed_survives_the_loss_of_the_seed_node() {
     api_b.webhook("t1", &rx.url("/after"), json!({})).await;
     sees_destinations(&api_a, 2).await;
     // And A routes to it: a publish through A reaches both.
-    let r = api_a.publish(json!({"tenant_id": "t1", "topic": "x", "data": {}})).await;
+    let r = api_a
+        .publish(json!({"tenant_id": "t1", "topic": "x", "data": {}}))
+        .await;
     assert_eq!(r.status, 202, "{}", r.text);
     let got = rx.wait_for(2, Duration::from_secs(15)).await;
     let mut paths: Vec<String> = got.iter().map(|g| g.path.clone()).collect();

@@ -96,6 +96,8 @@ impl Pending {
 pub struct Link {
     client: AsyncClient,
     pending: Rc<RefCell<Pending>>,
+    /// The guard's hop the connection goes through (TLS with the guard on).
+    _hop: Option<crate::ssrf::socks::GuardProxy>,
 }
 
 impl Drop for Link {
@@ -147,6 +149,7 @@ impl DestinationType for Mqtt {
             clients::host_port(server, if tls { 8883 } else { 1883 }).ok_or("config.server_url is invalid")?;
         let cred = |k: &str| d.credentials.get(k).filter(|v| !v.is_empty()).cloned();
         Ok(Box::new(MqttPublisher {
+            tls: ctx.broker_tls.clone(),
             key: Key {
                 tls,
                 host,
@@ -163,6 +166,8 @@ impl DestinationType for Mqtt {
 
 pub struct MqttPublisher {
     key: Key,
+    /// The Mozilla roots plus `OUTRIDER_DESTINATIONS_TLS_CA_FILE`.
+    tls: Arc<rustls::ClientConfig>,
     topic: String,
     delivery_metadata: Option<StringMap>,
     include_ms: bool,
@@ -186,21 +191,40 @@ fn connection_failed(e: &ConnectionError) -> PublishResult {
 }
 
 /// Connects (waiting for the CONNACK), then leaves the event loop running on the shard.
-async fn open(key: &Key, guard: &crate::ssrf::Guard) -> Result<Link, PublishResult> {
+async fn open(key: &Key, guard: &crate::ssrf::Guard, tls: &Arc<rustls::ClientConfig>) -> Result<Link, PublishResult> {
     let addr = clients::checked_target(&key.host, key.port, guard).await?;
-    // Plain TCP goes to the checked address; TLS needs the name for the certificate.
+    // Plain TCP goes to the checked address. TLS needs the name for the
+    // certificate and SNI, and the library would look it up again: with the
+    // guard on, it goes through the guard's hop (HTTP CONNECT to the name,
+    // resolved, checked and connected there).
     let host = if key.tls {
         key.host.clone()
     } else {
         addr.ip().to_string()
     };
+    let hop = if key.tls && guard.is_on() {
+        let h = crate::ssrf::socks::GuardProxy::start(guard.clone(), Duration::from_secs(5))
+            .await
+            .map_err(|e| PublishResult::failed("mqtt_error", format!("cannot start the SSRF guard's proxy: {e}")))?;
+        Some(h)
+    } else {
+        None
+    };
     let client_id = format!("outrider-{}", uuid::Uuid::new_v4().simple());
     let mut opts = MqttOptions::new(client_id, host, key.port);
+    if let Some(h) = &hop {
+        opts.set_proxy(rumqttc::Proxy {
+            ty: rumqttc::ProxyType::Http,
+            auth: rumqttc::ProxyAuth::None,
+            addr: h.addr().ip().to_string(),
+            port: h.addr().port(),
+        });
+    }
     opts.set_keep_alive(Duration::from_secs(30))
         .set_clean_start(true)
         .set_connection_timeout(5);
     if key.tls {
-        let mut tls = (*crate::http_client::tls_config()).clone();
+        let mut tls = (**tls).clone();
         tls.alpn_protocols.clear();
         opts.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(Arc::new(tls))));
     }
@@ -212,12 +236,22 @@ async fn open(key: &Key, guard: &crate::ssrf::Guard) -> Result<Link, PublishResu
         match events.poll().await {
             Ok(MqttEvent::Incoming(Packet::ConnAck(_))) => break,
             Ok(_) => {}
-            Err(e) => return Err(connection_failed(&e)),
+            Err(e) => {
+                // The hop refused the broker's address: say so, as Kafka does.
+                if let Some(why) = hop.as_ref().and_then(|h| h.last_refusal()) {
+                    return Err(PublishResult::error("forbidden", why));
+                }
+                return Err(connection_failed(&e));
+            }
         }
     }
     let pending = Rc::new(RefCell::new(Pending::default()));
     tokio::task::spawn_local(drive(events, pending.clone()));
-    Ok(Link { client, pending })
+    Ok(Link {
+        client,
+        pending,
+        _hop: hop,
+    })
 }
 
 /// The connection's event loop: packet ids to attempts, PUBACKs to outcomes.
@@ -278,7 +312,11 @@ impl Publisher for MqttPublisher {
             };
             let payload = Bytes::copy_from_slice(event.data.as_bytes());
             for fresh in [false, true] {
-                let link: Rc<Link> = match clients.mqtt.get(&self.key, || open(&self.key, &clients.guard)).await {
+                let link: Rc<Link> = match clients
+                    .mqtt
+                    .get(&self.key, || open(&self.key, &clients.guard, &self.tls))
+                    .await
+                {
                     Ok(l) => l,
                     Err(r) => return r,
                 };

@@ -1,9 +1,12 @@
-//! A loopback SOCKS5 hop that puts the guard in front of connections a client
+//! A loopback hop that puts the guard in front of connections a client
 //! library opens on its own. A Kafka client connects to whatever brokers the
 //! cluster advertises in its metadata, addresses the destination's owner
-//! controls and we never see; pointing the library at this hop (`CONNECT`
-//! only, no authentication) makes each of those connections resolve, check
-//! and connect to the checked address here, as every other endpoint does.
+//! controls and we never see; an MQTT client over TLS resolves the broker's
+//! name itself (it needs the name for the certificate). Pointing the library
+//! at this hop makes each of those connections resolve, check and connect to
+//! the checked address here, as every other endpoint does, while the library
+//! keeps the name for TLS. It speaks SOCKS5 (`CONNECT` only, no
+//! authentication: Kafka's client) and HTTP `CONNECT` (MQTT's client).
 //!
 //! It listens on 127.0.0.1, reaches only what the guard allows, and serves
 //! only connections this process opened (on Linux, checked through
@@ -120,8 +123,12 @@ async fn relay(
     Ok(())
 }
 
-/// Reads one `CONNECT` request, applies the guard and answers. `None` when
-/// the request was refused (the reply says why) or was not SOCKS5.
+/// An HTTP `CONNECT` request head larger than this is not answered.
+const MAX_HTTP_HEAD: usize = 8 * 1024;
+
+/// Reads one `CONNECT` request (SOCKS5, or HTTP when the first byte is
+/// `C`), applies the guard and answers. `None` when the request was refused
+/// (the reply says why) or was neither.
 async fn handshake(
     client: &mut TcpStream,
     guard: &Guard,
@@ -129,6 +136,9 @@ async fn handshake(
 ) -> io::Result<Option<TcpStream>> {
     let mut head = [0u8; 2];
     client.read_exact(&mut head).await?;
+    if head[0] == b'C' {
+        return http_connect(client, head, guard, refused).await;
+    }
     if head[0] != 5 {
         return Ok(None);
     }
@@ -178,40 +188,105 @@ async fn handshake(
         }
     };
     let port = client.read_u16().await?;
+    let code = match open_checked(&host, port, guard, refused).await {
+        Ok(upstream) => {
+            reply(client, SUCCEEDED).await?;
+            return Ok(Some(upstream));
+        }
+        Err(Refusal::Forbidden) => NOT_ALLOWED,
+        Err(Refusal::Dns) => HOST_UNREACHABLE,
+        Err(Refusal::Refused) => CONNECTION_REFUSED,
+        Err(Refusal::Other) => GENERAL_FAILURE,
+    };
+    reply(client, code).await?;
+    Ok(None)
+}
 
-    let addrs = match resolve(&host, port, guard).await {
+/// Why the hop did not open a connection.
+enum Refusal {
+    Forbidden,
+    Dns,
+    Refused,
+    Other,
+}
+
+/// Resolves `host`, applies the guard and connects to the checked address.
+async fn open_checked(
+    host: &str,
+    port: u16,
+    guard: &Guard,
+    refused: &Mutex<Option<String>>,
+) -> Result<TcpStream, Refusal> {
+    let addrs = match resolve(host, port, guard).await {
         Ok(a) => a,
-        Err(e) => {
-            let code = match e {
-                ResolveError::Forbidden { .. } => {
-                    tracing::warn!(%host, port, error = %e, "ssrf proxy: refused a connection the client library asked for");
-                    if let Ok(mut r) = refused.lock() {
-                        *r = Some(format!("{host}:{port}: {e}"));
-                    }
-                    NOT_ALLOWED
-                }
-                ResolveError::Dns { .. } => HOST_UNREACHABLE,
-            };
-            reply(client, code).await?;
+        Err(e @ ResolveError::Forbidden { .. }) => {
+            tracing::warn!(%host, port, error = %e, "ssrf proxy: refused a connection the client library asked for");
+            if let Ok(mut r) = refused.lock() {
+                *r = Some(format!("{host}:{port}: {e}"));
+            }
+            return Err(Refusal::Forbidden);
+        }
+        Err(ResolveError::Dns { .. }) => return Err(Refusal::Dns),
+    };
+    // `resolve` never returns an empty list.
+    TcpStream::connect(addrs[0]).await.map_err(|e| {
+        if e.kind() == io::ErrorKind::ConnectionRefused {
+            Refusal::Refused
+        } else {
+            Refusal::Other
+        }
+    })
+}
+
+/// `CONNECT host:port HTTP/1.1`, headers, blank line; `first` are the two
+/// bytes already read. Answers 200, or 403 (the guard), 502, 504.
+async fn http_connect(
+    client: &mut TcpStream,
+    first: [u8; 2],
+    guard: &Guard,
+    refused: &Mutex<Option<String>>,
+) -> io::Result<Option<TcpStream>> {
+    let mut head = first.to_vec();
+    while !head.ends_with(b"\r\n\r\n") {
+        if head.len() >= MAX_HTTP_HEAD {
+            return Ok(None);
+        }
+        head.push(client.read_u8().await?);
+    }
+    let line = String::from_utf8_lossy(&head);
+    let mut parts = line.lines().next().unwrap_or("").split(' ');
+    let target = match (parts.next(), parts.next()) {
+        (Some("CONNECT"), Some(t)) => t.to_string(),
+        _ => {
+            client
+                .write_all(b"HTTP/1.1 405 Method Not Allowed\r\ncontent-length: 0\r\n\r\n")
+                .await?;
             return Ok(None);
         }
     };
-    // `resolve` never returns an empty list.
-    match TcpStream::connect(addrs[0]).await {
+    let parsed = target.rsplit_once(':').and_then(|(h, p)| {
+        Some((
+            h.trim_start_matches('[').trim_end_matches(']').to_string(),
+            p.parse::<u16>().ok()?,
+        ))
+    });
+    let Some((host, port)) = parsed else {
+        client
+            .write_all(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n")
+            .await?;
+        return Ok(None);
+    };
+    let status: &[u8] = match open_checked(&host, port, guard, refused).await {
         Ok(upstream) => {
-            reply(client, SUCCEEDED).await?;
-            Ok(Some(upstream))
+            client.write_all(b"HTTP/1.1 200 Connection established\r\n\r\n").await?;
+            return Ok(Some(upstream));
         }
-        Err(e) => {
-            let code = if e.kind() == io::ErrorKind::ConnectionRefused {
-                CONNECTION_REFUSED
-            } else {
-                GENERAL_FAILURE
-            };
-            reply(client, code).await?;
-            Ok(None)
-        }
-    }
+        Err(Refusal::Forbidden) => b"HTTP/1.1 403 Forbidden\r\ncontent-length: 0\r\n\r\n",
+        Err(Refusal::Dns) => b"HTTP/1.1 502 Bad Gateway\r\nx-outrider-reason: dns\r\ncontent-length: 0\r\n\r\n",
+        Err(Refusal::Refused | Refusal::Other) => b"HTTP/1.1 502 Bad Gateway\r\ncontent-length: 0\r\n\r\n",
+    };
+    client.write_all(status).await?;
+    Ok(None)
 }
 
 /// Whether the loopback TCP connection that reached the proxy at `local`
@@ -373,6 +448,37 @@ mod tests {
         let mut reply = [0u8; 2];
         s.read_exact(&mut reply).await.unwrap();
         assert_eq!(reply, [5, 0]);
+    }
+
+    /// The same hop over HTTP `CONNECT` (MQTT's client): an allowed target is
+    /// relayed, an internal one refused with 403 and the reason kept.
+    #[tokio::test]
+    async fn http_connect_is_relayed_or_refused_like_socks() {
+        let target = echo().await;
+        let ask = |proxy: SocketAddr, host: &'static str| async move {
+            let mut s = TcpStream::connect(proxy).await.unwrap();
+            s.write_all(format!("CONNECT {host}:{} HTTP/1.1\r\nHost: {host}\r\n\r\n", target.port()).as_bytes())
+                .await
+                .unwrap();
+            let mut answer = Vec::new();
+            while !answer.ends_with(b"\r\n\r\n") {
+                answer.push(s.read_u8().await.unwrap());
+            }
+            (String::from_utf8(answer).unwrap(), s)
+        };
+        let open = GuardProxy::start(Guard::off(), Duration::from_secs(5)).await.unwrap();
+        let (answer, mut s) = ask(open.addr(), "127.0.0.1").await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        s.write_all(b"ping").await.unwrap();
+        let mut buf = [0u8; 4];
+        s.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"ping");
+        let guarded = GuardProxy::start(Guard::on(vec![]), Duration::from_secs(5))
+            .await
+            .unwrap();
+        let (answer, _) = ask(guarded.addr(), "localhost").await;
+        assert!(answer.starts_with("HTTP/1.1 403"), "{answer}");
+        assert!(guarded.last_refusal().unwrap().starts_with("localhost:"));
     }
 
     #[tokio::test]

@@ -223,7 +223,10 @@ fn live_nodes(text: &str) -> Vec<(String, u16)> {
         .filter_map(|line| {
             let mut f = line.split_whitespace();
             let (_, addr, flags) = (f.next()?, f.next()?, f.next()?);
-            if flags.split(',').any(|x| matches!(x, "fail" | "fail?" | "noaddr" | "handshake")) {
+            if flags
+                .split(',')
+                .any(|x| matches!(x, "fail" | "fail?" | "noaddr" | "handshake"))
+            {
                 return None;
             }
             let (ip_port, rest) = addr.split_once('@')?;
@@ -867,7 +870,10 @@ mod tests {
             e7d1 :0@0 master,noaddr - 0 0 3 disconnected\n";
         assert_eq!(
             live_nodes(text),
-            vec![("127.0.0.1".to_string(), 30004), ("redis-2.internal".to_string(), 30002)]
+            vec![
+                ("127.0.0.1".to_string(), 30004),
+                ("redis-2.internal".to_string(), 30002)
+            ]
         );
     }
 
