@@ -32,6 +32,7 @@ fn event(data: &str) -> Event {
         topic: "order.created".into(),
         eligible_for_retry: true,
         time: 1_700_000_000_000,
+        time_ns: 0,
         metadata,
         data: Arc::from(data),
         matched_destination_ids: vec![],

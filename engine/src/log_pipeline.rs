@@ -207,6 +207,7 @@ mod tests {
             topic: "x".into(),
             eligible_for_retry: true,
             time: 1_704_067_200_000,
+            time_ns: 0,
             metadata: StringMap::new(),
             data: Arc::from("{}"),
             matched_destination_ids: vec!["d".into()],

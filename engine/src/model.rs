@@ -101,7 +101,12 @@ pub struct Event {
     pub destination_id: Option<String>,
     pub topic: String,
     pub eligible_for_retry: bool,
+    /// Unix milliseconds.
     pub time: i64,
+    /// The nanoseconds within `time`'s millisecond (0 to 999,999): Outpost
+    /// keeps an event's time to the nanosecond, and `aws_s3` key templates
+    /// show it (`time.rfc3339_nano`).
+    pub time_ns: u32,
     pub metadata: StringMap,
     pub data: Arc<str>,
     pub matched_destination_ids: Vec<String>,
@@ -118,6 +123,7 @@ impl Event {
             topic: topic.into(),
             eligible_for_retry: true,
             time: 0,
+            time_ns: 0,
             metadata: StringMap::new(),
             data: std::sync::Arc::from(data),
             matched_destination_ids: vec![],

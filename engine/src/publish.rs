@@ -9,7 +9,6 @@ use serde_json::value::RawValue;
 use crate::config::Config;
 use crate::ids::IdGenerator;
 use crate::model::{Event, StringMap};
-use crate::timefmt::{now_ms, parse_rfc3339_ms};
 
 /// Why a publish request was refused; the API maps these to 422 bodies.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -124,9 +123,9 @@ pub fn parse(body: &[u8], cfg: &Config, ids: &IdGenerator) -> Result<Event, Publ
             return Err(PublishInputError::Invalid(vec!["topic is invalid".into()]));
         }
     }
-    let time = match b.time.as_deref() {
-        None | Some("") => now_ms(),
-        Some(t) => parse_rfc3339_ms(t)
+    let (time, time_ns) = match b.time.as_deref() {
+        None | Some("") => crate::timefmt::now_ms_ns(),
+        Some(t) => crate::timefmt::parse_rfc3339(t)
             .ok_or_else(|| PublishInputError::Invalid(vec!["time must be an RFC 3339 date-time".into()]))?,
     };
     let data = b
@@ -143,6 +142,7 @@ pub fn parse(body: &[u8], cfg: &Config, ids: &IdGenerator) -> Result<Event, Publ
         topic,
         eligible_for_retry: b.eligible_for_retry.unwrap_or(true),
         time,
+        time_ns,
         metadata: b.metadata.unwrap_or_default(),
         data,
         matched_destination_ids: vec![],

@@ -10,19 +10,7 @@ pub fn now_ms() -> i64 {
 /// `2024-01-01T00:00:00.12Z` style: like Go's `time.Time` JSON at ms precision.
 pub fn format_ms(ms: i64) -> String {
     let t = Utc.timestamp_millis_opt(ms).single().unwrap_or_default();
-    let s = t.to_rfc3339_opts(SecondsFormat::Millis, true);
-    // "....sss Z": trim trailing zeros of the fraction, and the dot if nothing is left.
-    match s.rfind('.') {
-        Some(dot) => {
-            let frac = s[dot + 1..s.len() - 1].trim_end_matches('0');
-            if frac.is_empty() {
-                format!("{}Z", &s[..dot])
-            } else {
-                format!("{}.{}Z", &s[..dot], frac)
-            }
-        }
-        None => s,
-    }
+    trim_fraction(&t.to_rfc3339_opts(SecondsFormat::Millis, true))
 }
 
 /// Seconds precision, as used in webhook timestamp headers and metadata.
@@ -35,6 +23,46 @@ pub fn format_secs(ms: i64) -> String {
 pub fn format_nanos(ms: i64) -> String {
     let t = Utc.timestamp_millis_opt(ms).single().unwrap_or_default();
     t.to_rfc3339_opts(SecondsFormat::AutoSi, true)
+}
+
+/// Go's `time.RFC3339Nano` in UTC: the fraction to the nanosecond with
+/// trailing zeros trimmed (`2024-06-01T08:23:36.123456789Z`,
+/// `2024-06-01T08:23:36.1Z`, `2024-06-01T08:23:36Z`). `ns` is within `ms`'s
+/// millisecond.
+pub fn format_rfc3339_nano(ms: i64, ns: u32) -> String {
+    let t = Utc.timestamp_millis_opt(ms).single().unwrap_or_default()
+        + chrono::Duration::nanoseconds(i64::from(ns % 1_000_000));
+    trim_fraction(&t.to_rfc3339_opts(SecondsFormat::Nanos, true))
+}
+
+/// `…ss.fffZ` with the fraction's trailing zeros trimmed, and the dot when
+/// nothing is left of it, as Go writes times.
+fn trim_fraction(s: &str) -> String {
+    match (s.rfind('.'), s.strip_suffix('Z')) {
+        (Some(dot), Some(body)) => {
+            let frac = body[dot + 1..].trim_end_matches('0');
+            if frac.is_empty() {
+                format!("{}Z", &body[..dot])
+            } else {
+                format!("{}.{}Z", &body[..dot], frac)
+            }
+        }
+        _ => s.to_string(),
+    }
+}
+
+/// Parses RFC 3339 (any precision, any offset) into Unix ms and the
+/// nanoseconds within that millisecond.
+pub fn parse_rfc3339(s: &str) -> Option<(i64, u32)> {
+    DateTime::parse_from_rfc3339(s)
+        .ok()
+        .map(|t| (t.timestamp_millis(), t.timestamp_subsec_nanos() % 1_000_000))
+}
+
+/// Now, as [`parse_rfc3339`] gives a time.
+pub fn now_ms_ns() -> (i64, u32) {
+    let t = Utc::now();
+    (t.timestamp_millis(), t.timestamp_subsec_nanos() % 1_000_000)
 }
 
 /// Parses RFC 3339 (any precision, any offset) into Unix ms.

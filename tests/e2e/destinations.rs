@@ -2596,3 +2596,45 @@ async fn mqtt_destination_over_tls_through_the_guard() {
     }
     assert_eq!(got.lock().unwrap().as_slice(), [b"{\"tls\":true}".to_vec()]);
 }
+
+/// Outpost's default S3 key is `<time.rfc3339_nano>_<event-id>.json`, and
+/// Outpost keeps an event's time to the nanosecond: a publish with a
+/// nanosecond time (any offset) gets the same key here, in UTC.
+#[tokio::test]
+async fn aws_s3_default_key_keeps_the_event_time_to_the_nanosecond() {
+    let (endpoint, upstream) = moto();
+    let client = aws_client!(aws_sdk_s3, &endpoint);
+    let bucket = format!("outrider-e2e-ns-{}", uniq());
+    client
+        .create_bucket()
+        .bucket(&bucket)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("moto at {endpoint} is required for this test: {e:?}"));
+    let s = Server::start(&[]).await;
+    let api = Api::admin(&s);
+    api.tenant("t1").await;
+    let r = api
+        .post(
+            "/tenants/t1/destinations",
+            aws_destination("aws_s3", upstream.port(), json!({"bucket": bucket})),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let id = format!("evt-ns-{}", uniq());
+    let r = api
+        .publish(json!({"id": id, "tenant_id": "t1", "topic": "x", "time": "2024-06-01T08:23:36.123456789+02:00", "data": {}}))
+        .await;
+    assert_eq!(r.status, 202, "{}", r.text);
+    let a = api
+        .wait_attempts(
+            &format!("event_id={id}&include=response_data"),
+            Duration::from_secs(15),
+            |m| !m.is_empty(),
+        )
+        .await;
+    assert_eq!((a.len(), a[0]["status"].as_str()), (1, Some("success")), "{a:?}");
+    let key = format!("2024-06-01T06:23:36.123456789Z_{id}.json");
+    assert_eq!(a[0]["response_data"]["key"], key.as_str(), "{}", a[0]);
+    client.head_object().bucket(&bucket).key(&key).send().await.unwrap();
+}

@@ -639,6 +639,7 @@ async fn a_redelivered_queue_task_is_acked_without_a_second_attempt_or_alert() {
             topic: "x".into(),
             eligible_for_retry: true,
             time: chrono::Utc::now().timestamp_millis(),
+            time_ns: 0,
             metadata: StringMap::new(),
             data: Arc::from("{}"),
             matched_destination_ids: vec![did.clone()],

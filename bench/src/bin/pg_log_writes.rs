@@ -24,6 +24,7 @@ fn event(n: usize, now: i64) -> Arc<Event> {
         topic: "order.created".into(),
         eligible_for_retry: true,
         time: now + n as i64,
+        time_ns: 0,
         metadata,
         data: Arc::from(format!(
             r#"{{"order":{n},"items":[1,2,3],"note":"{}"}}"#,

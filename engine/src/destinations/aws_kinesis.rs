@@ -354,6 +354,7 @@ mod tests {
             topic: "orders".into(),
             eligible_for_retry: true,
             time: 0,
+            time_ns: 0,
             metadata,
             data: Arc::from(r#"{"customer":{"id":"c9"},"n":7}"#),
             matched_destination_ids: vec![],

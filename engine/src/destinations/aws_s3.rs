@@ -149,7 +149,7 @@ pub struct S3Publisher {
 }
 
 /// The `time` object of the key template, from the event's time (UTC).
-fn time_fields(ms: i64) -> Value {
+fn time_fields(ms: i64, ns: u32) -> Value {
     let t = Utc.timestamp_millis_opt(ms).single().unwrap_or_default();
     json!({
         "year": t.format("%Y").to_string(),
@@ -162,7 +162,7 @@ fn time_fields(ms: i64) -> Value {
         "datetime": t.format("%Y-%m-%dT%H:%M:%S").to_string(),
         "unix": t.timestamp().to_string(),
         "rfc3339": crate::timefmt::format_secs(ms),
-        "rfc3339_nano": crate::timefmt::format_ms(ms),
+        "rfc3339_nano": crate::timefmt::format_rfc3339_nano(ms, ns),
     })
 }
 
@@ -180,7 +180,7 @@ async fn connect(key: &AwsKey, guard: &crate::ssrf::Guard) -> Result<Client, Pub
 impl S3Publisher {
     fn object_key(&self, event: &Event, meta: &StringMap) -> Result<String, String> {
         let data: Value = serde_json::from_str(&event.data).map_err(|e| e.to_string())?;
-        let doc = json!({ "data": data, "metadata": meta, "time": time_fields(event.time) });
+        let doc = json!({ "data": data, "metadata": meta, "time": time_fields(event.time, event.time_ns) });
         self.key_template
             .key(&doc)
             .ok_or_else(|| "the key template gave no key".to_string())
@@ -269,11 +269,20 @@ mod tests {
         );
 
         // 2024-06-01T08:23:36.120Z
-        let t = time_fields(1_717_230_216_120);
+        let t = time_fields(1_717_230_216_120, 0);
         assert_eq!(t["date"], "2024-06-01");
         assert_eq!(t["month"], "06");
         assert_eq!(t["rfc3339"], "2024-06-01T08:23:36Z");
         assert_eq!(t["rfc3339_nano"], "2024-06-01T08:23:36.12Z");
+        // To the nanosecond, as Go's RFC3339Nano writes it.
+        assert_eq!(
+            time_fields(1_717_230_216_123, 456_780)["rfc3339_nano"],
+            "2024-06-01T08:23:36.12345678Z"
+        );
+        assert_eq!(
+            time_fields(1_717_230_216_000, 0)["rfc3339_nano"],
+            "2024-06-01T08:23:36Z"
+        );
         assert_eq!(t["unix"], "1717230216");
         let mut meta = StringMap::new();
         meta.insert("event-id".into(), "evt_1".into());
@@ -292,6 +301,7 @@ mod tests {
             topic: "a".into(),
             eligible_for_retry: true,
             time: 1_717_230_216_120,
+            time_ns: 0,
             metadata: StringMap::new(),
             data: Arc::from(r#"{"customer":"c1"}"#),
             matched_destination_ids: vec![],

@@ -577,6 +577,7 @@ mod tests {
             topic: "user.created".into(),
             eligible_for_retry: true,
             time: 0,
+            time_ns: 0,
             metadata,
             data: Arc::from("{\"a\":1}"),
             matched_destination_ids: vec![],

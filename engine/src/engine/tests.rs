@@ -100,6 +100,7 @@ fn task(id: &str, tenant: &str, destination: &str, data: &str) -> Task {
             topic: "k".into(),
             eligible_for_retry: true,
             time: now_ms(),
+            time_ns: 0,
             metadata: StringMap::new(),
             data: Arc::from(data),
             matched_destination_ids: vec![destination.into()],

@@ -20,6 +20,12 @@ const KIND_SETTLE: u8 = 2;
 /// pairs they were copied from. One record, so a crash cannot leave both the
 /// copy and the original pending, nor neither.
 const KIND_CARRY: u8 = 3;
+/// [`KIND_ACCEPT`] and [`KIND_CARRY`] with the event's sub-millisecond
+/// nanoseconds after its time (`Event::time_ns`). The older kinds are still
+/// read (as 0 ns); these are written. A build older than these kinds cannot
+/// read a journal written by this one: downgrading needs a drained node.
+const KIND_ACCEPT_NS: u8 = 4;
+const KIND_CARRY_NS: u8 = 5;
 /// A frame longer than this is corruption, not a record.
 pub const MAX_FRAME: usize = 256 * 1024 * 1024;
 
@@ -253,7 +259,7 @@ pub fn encode_accept(
     out: &mut Vec<u8>,
 ) -> usize {
     frame(out, |w| {
-        w.u8(KIND_ACCEPT);
+        w.u8(KIND_ACCEPT_NS);
         accept_body(w, accepted_at, index_event, event, targets);
     })
 }
@@ -269,7 +275,7 @@ pub fn encode_carry(
 ) -> usize {
     debug_assert_eq!(targets.len(), from.len());
     frame(out, |w| {
-        w.u8(KIND_CARRY);
+        w.u8(KIND_CARRY_NS);
         w.u16(from.len() as u16);
         for (loc, target) in from {
             w.u64(loc.0);
@@ -289,6 +295,7 @@ fn accept_body(w: &mut W<'_>, accepted_at: i64, index_event: bool, event: &Event
         w.str(&event.topic);
         w.u8(event.eligible_for_retry as u8);
         w.i64(event.time);
+        w.u32(event.time_ns);
         w.u32(event.metadata.len() as u32);
         for (k, v) in event.metadata.iter() {
             w.str(k);
@@ -405,7 +412,8 @@ pub fn verify(payload: &[u8], crc: u32) -> Result<(), CodecError> {
     }
 }
 
-fn accept_head(r: &mut R<'_>) -> Result<(i64, bool, Event, Vec<AcceptTarget>), CodecError> {
+/// `with_ns`: the record is of a `*_NS` kind.
+fn accept_head(r: &mut R<'_>, with_ns: bool) -> Result<(i64, bool, Event, Vec<AcceptTarget>), CodecError> {
     let accepted_at = r.i64()?;
     let index_event = r.u8()? != 0;
     let id = r.string()?;
@@ -414,6 +422,7 @@ fn accept_head(r: &mut R<'_>) -> Result<(i64, bool, Event, Vec<AcceptTarget>), C
     let topic = r.string()?;
     let eligible_for_retry = r.u8()? != 0;
     let time = r.i64()?;
+    let time_ns = if with_ns { r.u32()? % 1_000_000 } else { 0 };
     let n = r.u32()? as usize;
     let mut metadata = StringMap::new();
     for _ in 0..n {
@@ -434,6 +443,7 @@ fn accept_head(r: &mut R<'_>) -> Result<(i64, bool, Event, Vec<AcceptTarget>), C
         topic,
         eligible_for_retry,
         time,
+        time_ns,
         metadata,
         data: Arc::from(""),
         matched_destination_ids: matched,
@@ -478,12 +488,13 @@ fn next_step(r: &mut R<'_>) -> Result<NextStep, CodecError> {
 pub fn decode(payload: &[u8]) -> Result<Record, CodecError> {
     let mut r = R { b: payload };
     let kind = r.u8()?;
-    if kind == KIND_CARRY {
+    if matches!(kind, KIND_CARRY | KIND_CARRY_NS) {
         carried(&mut r)?;
     }
     match kind {
-        KIND_ACCEPT | KIND_CARRY => {
-            let (accepted_at, index_event, mut event, targets) = accept_head(&mut r)?;
+        KIND_ACCEPT | KIND_CARRY | KIND_ACCEPT_NS | KIND_CARRY_NS => {
+            let with_ns = matches!(kind, KIND_ACCEPT_NS | KIND_CARRY_NS);
+            let (accepted_at, index_event, mut event, targets) = accept_head(&mut r, with_ns)?;
             event.data = Arc::from(r.str()?);
             Ok(Record::Accept {
                 accepted_at,
@@ -537,13 +548,14 @@ pub fn decode(payload: &[u8]) -> Result<Record, CodecError> {
 pub fn decode_head(payload: &[u8]) -> Result<Head, CodecError> {
     let mut r = R { b: payload };
     let kind = r.u8()?;
-    let carried = if kind == KIND_CARRY {
+    let carried = if matches!(kind, KIND_CARRY | KIND_CARRY_NS) {
         carried(&mut r)?
     } else {
         Vec::new()
     };
     match kind {
-        KIND_ACCEPT | KIND_CARRY => {
+        KIND_ACCEPT | KIND_CARRY | KIND_ACCEPT_NS | KIND_CARRY_NS => {
+            let with_ns = matches!(kind, KIND_ACCEPT_NS | KIND_CARRY_NS);
             let accepted_at = r.i64()?;
             let _index = r.u8()?;
             let event_id = r.string()?;
@@ -552,7 +564,7 @@ pub fn decode_head(payload: &[u8]) -> Result<Head, CodecError> {
                 r.skip_str()?; // destination_id
             }
             r.skip_str()?; // topic
-            r.take(1 + 8)?; // eligible, time
+            r.take(1 + 8 + if with_ns { 4 } else { 0 })?; // eligible, time[, time_ns]
             let n = r.u32()? as usize;
             for _ in 0..2 * n {
                 r.skip_str()?;
@@ -594,10 +606,52 @@ pub(crate) mod tests {
             topic: "user.created".into(),
             eligible_for_retry: true,
             time: 1_700_000_000_123,
+            time_ns: 456_789,
             metadata: md,
             data: Arc::from("{\"a\":1}"),
             matched_destination_ids: vec!["d1".into(), "d2".into()],
         })
+    }
+
+    /// An accept record as builds before `KIND_ACCEPT_NS` wrote it: no
+    /// nanoseconds after the time. It still reads, as 0 ns.
+    #[test]
+    fn accept_records_of_the_older_kind_still_read() {
+        let e = event("e1");
+        let targets = vec![AcceptTarget {
+            destination_id: "d1".into(),
+            attempt: 1,
+            manual: false,
+            due_ms: 5,
+        }];
+        let mut buf = Vec::new();
+        encode_accept(42, true, &e, &targets, &mut buf);
+        let mut payload = frame_payload(&buf).to_vec();
+        assert_eq!(payload[0], KIND_ACCEPT_NS);
+        // kind, accepted_at, index, id, tenant, Some(destination_id), topic, eligible, time
+        let at = 1 + 8 + 1 + (4 + 2) + (4 + 2) + (1 + 4 + 2) + (4 + 12) + 1 + 8;
+        assert_eq!(&payload[at..at + 4], &456_789u32.to_le_bytes());
+        payload.drain(at..at + 4);
+        payload[0] = KIND_ACCEPT;
+        let mut old = Vec::new();
+        old.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+        old.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+        old.extend_from_slice(&payload);
+        let mut want = (*e).clone();
+        want.time_ns = 0;
+        assert_eq!(
+            decode(frame_payload(&old)).unwrap(),
+            Record::Accept {
+                accepted_at: 42,
+                index_event: true,
+                event: Arc::new(want),
+                targets,
+            }
+        );
+        match decode_head(frame_payload(&old)).unwrap() {
+            Head::Accept(h) => assert_eq!((h.accepted_at, h.event_id.as_str(), h.targets.len()), (42, "e1", 1)),
+            h => panic!("{h:?}"),
+        }
     }
 
     fn frame_payload(buf: &[u8]) -> &[u8] {

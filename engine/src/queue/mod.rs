@@ -249,7 +249,7 @@ impl<'a> WireEvent<'a> {
             matched_destination_ids: e.matched_destination_ids.clone(),
             topic: e.topic.clone(),
             eligible_for_retry: e.eligible_for_retry,
-            time: crate::timefmt::format_ms(e.time),
+            time: crate::timefmt::format_rfc3339_nano(e.time, e.time_ns),
             metadata: e.metadata.clone(),
             data,
         }
@@ -331,7 +331,8 @@ pub fn decode(bytes: &[u8]) -> Result<Task, String> {
 
 fn decode_wire(bytes: &[u8]) -> Result<(Task, Vec<String>), String> {
     let w: WireTask = serde_json::from_slice(bytes).map_err(|e| format!("malformed delivery task: {e}"))?;
-    let time = crate::timefmt::parse_rfc3339_ms(&w.event.time).ok_or("malformed delivery task: bad event time")?;
+    let (time, time_ns) =
+        crate::timefmt::parse_rfc3339(&w.event.time).ok_or("malformed delivery task: bad event time")?;
     if !w.event.data.get().starts_with('{') {
         return Err("malformed delivery task: event data is not an object".into());
     }
@@ -343,6 +344,7 @@ fn decode_wire(bytes: &[u8]) -> Result<(Task, Vec<String>), String> {
             topic: w.event.topic,
             eligible_for_retry: w.event.eligible_for_retry,
             time,
+            time_ns,
             metadata: w.event.metadata,
             data: Arc::from(crate::json::compact(w.event.data.get())),
             matched_destination_ids: w.event.matched_destination_ids,
@@ -365,6 +367,7 @@ pub(crate) fn sample_task(n: u32, data: &str) -> Task {
             topic: "x".into(),
             eligible_for_retry: true,
             time: 1_704_067_200_000,
+            time_ns: 250_001,
             metadata: StringMap::new(),
             data: Arc::from(data),
             matched_destination_ids: vec!["d".into()],
@@ -585,6 +588,7 @@ mod tests {
                 topic: "x".into(),
                 eligible_for_retry: false,
                 time: 1_704_067_200_120,
+                time_ns: 0,
                 metadata: StringMap::new(),
                 data: Arc::from(r#"{"zebra":1,"alpha":2}"#),
                 matched_destination_ids: vec!["d1".into()],

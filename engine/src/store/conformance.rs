@@ -21,6 +21,7 @@ fn event(id: &str, tenant: &str, topic: &str, t: i64, dests: &[&str]) -> Arc<Eve
         topic: topic.into(),
         eligible_for_retry: true,
         time: t,
+        time_ns: 0,
         metadata,
         data: Arc::from(r#"{"zebra":1,"alpha":{"b":2,"a":1}}"#),
         matched_destination_ids: dests.iter().map(|d| d.to_string()).collect(),

@@ -202,6 +202,7 @@ fn event_row(r: &Row) -> StoreResult<Event> {
         topic: r.get(2),
         eligible_for_retry: r.get(3),
         time: r.get(4),
+        time_ns: 0,
         metadata: serde_json::from_str::<StringMap>(&metadata).map_err(|e| StoreError::Corrupt(e.to_string()))?,
         data: Arc::from(data),
         matched_destination_ids: r.get(7),
