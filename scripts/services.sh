@@ -44,8 +44,14 @@ pg_tls() {
       -keyout "$d/server.key" -out "$d/server.pem" >>"$DIR/pg-tls.log" 2>&1
     chown -R postgres:postgres "$d" && chmod 600 "$d/server.key" "$d/ca.key"
   fi
+  # A role that must log in with SCRAM over TLS, for the channel-binding test.
+  local hba
+  hba="/etc/postgresql/$(ls /etc/postgresql | head -n1)/main/pg_hba.conf"
+  grep -q outrider_scram "$hba" || sed -i '1i hostssl all outrider_scram 127.0.0.1/32 scram-sha-256' "$hba"
   psql -h 127.0.0.1 -U postgres -qAt -c "ALTER SYSTEM SET ssl_cert_file = '$d/server.pem'" \
     -c "ALTER SYSTEM SET ssl_key_file = '$d/server.key'" -c "ALTER SYSTEM SET ssl = on" \
+    -c "DO \$\$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'outrider_scram') THEN
+          CREATE ROLE outrider_scram LOGIN PASSWORD 'scram-pw'; END IF; END \$\$" \
     -c "SELECT pg_reload_conf()" >/dev/null
 }
 

@@ -352,6 +352,22 @@ async fn postgres_tls_is_verified_against_the_configured_ca() {
         "{err}"
     );
 
+    // SCRAM over TLS with channel binding required (SCRAM-SHA-256-PLUS, as
+    // managed PostgreSQL services use): the role may only log in that way.
+    // A schema of its own, so the role creates (and owns) its tables.
+    let (url2, _) = fresh_schema(&pg_url()).await;
+    let schema2 = url2.rsplit("search_path%3D").next().unwrap().to_string();
+    pg.batch_execute(&format!("GRANT ALL ON SCHEMA {schema2} TO outrider_scram"))
+        .await
+        .unwrap();
+    let app4 = format!("{app}-scram");
+    let scram = url2.replace("postgres://postgres@", "postgres://outrider_scram:scram-pw@");
+    assert_ne!(scram, url2);
+    let scram = format!("{scram}&application_name={app4}&sslmode=verify-full&sslrootcert={ca}&channel_binding=require");
+    let s = Server::start(&[("POSTGRES_URL", scram.as_str())]).await;
+    assert_eq!(tls_in_use(&pg, &app4).await, Some(true));
+    drop(s);
+
     let app3 = format!("{app}-clear");
     let clear = format!("{url}&application_name={app3}&sslmode=disable");
     let _s = Server::start(&[("POSTGRES_URL", clear.as_str())]).await;
