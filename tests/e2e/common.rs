@@ -216,7 +216,11 @@ impl Api {
         Api {
             base: s.base(),
             token: token.to_string(),
-            http: reqwest::Client::new(),
+            // A server that stops answering fails the test instead of hanging the run.
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(120))
+                .build()
+                .expect("a reqwest client"),
         }
     }
 
