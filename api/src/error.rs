@@ -65,6 +65,7 @@ impl From<EngineError> for ApiError {
                     "delivery queue unavailable, retry later".into(),
                 )
             }
+            EngineError::Store(s) => ApiError::from(s),
             other => ApiError::Internal(other.to_string()),
         }
     }
@@ -100,6 +101,13 @@ pub type ApiResult<T> = Result<T, ApiError>;
 
 impl From<outrider_engine::store::StoreError> for ApiError {
     fn from(e: outrider_engine::store::StoreError) -> Self {
-        ApiError::Internal(e.to_string())
+        use outrider_engine::store::StoreError;
+        match e {
+            StoreError::Unavailable(_) | StoreError::Unreachable { .. } => {
+                tracing::error!(error = %e, "store unavailable");
+                ApiError::Message(StatusCode::SERVICE_UNAVAILABLE, "store unavailable, retry later".into())
+            }
+            other => ApiError::Internal(other.to_string()),
+        }
     }
 }

@@ -376,7 +376,8 @@ async fn the_change_feed_survives_the_loss_of_the_seed_node() {
     }
 
     // Right after a failover B's cluster client may still hold the old slot
-    // map: a write can fail once (500) and is retried, as a client would.
+    // map: a write can fail once (503, "retry later") and is retried, as a
+    // client would.
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let body = json!({"type": "webhook", "topics": "*", "config": {"url": rx.url("/after")}});
@@ -384,6 +385,8 @@ async fn the_change_feed_survives_the_loss_of_the_seed_node() {
         if r.status == 201 {
             break;
         }
+        // Transient, and said so: 503, never a 500.
+        assert_eq!(r.status, 503, "create after the failover: {}", r.text);
         assert!(
             Instant::now() < deadline,
             "create after the failover: {} {}",

@@ -33,6 +33,10 @@ pub enum StoreError {
     Corrupt(String),
     #[error("cannot reach {what}: {message}")]
     Unreachable { what: &'static str, message: String },
+    /// A shared back end is not answering right now (its connection
+    /// dropped, a cluster failing over): the same call may work in a moment.
+    #[error("back end unavailable: {0}")]
+    Unavailable(String),
     /// The store is up but refuses the records themselves (PostgreSQL's
     /// data exceptions, integrity and limit errors): writing them again
     /// cannot succeed, so the log pipeline quarantines them.

@@ -240,7 +240,18 @@ fn live_nodes(text: &str) -> Vec<(String, u16)> {
 }
 
 fn rerr(e: ::redis::RedisError) -> StoreError {
-    StoreError::Database(format!("redis: {e}"))
+    // Connection trouble and a cluster moving slots pass: the caller (an API
+    // client) may retry; anything else is an error of the call itself.
+    if e.is_io_error()
+        || e.is_connection_refusal()
+        || e.is_connection_dropped()
+        || e.is_timeout()
+        || e.is_cluster_error()
+    {
+        StoreError::Unavailable(format!("redis: {e}"))
+    } else {
+        StoreError::Database(format!("redis: {e}"))
+    }
 }
 
 impl RedisEntityStore {
@@ -860,6 +871,16 @@ mod tests {
         RedisEntityStore::connect(&cfg(), &dep, Cipher::new("k"), Duration::from_secs(3))
             .await
             .unwrap_or_else(|e| panic!("Redis is required for this test: {e} (start it with scripts/services.sh up)"))
+    }
+
+    /// A dropped connection is `Unavailable` (the API answers 503, retry
+    /// later); an error of the command itself is not.
+    #[test]
+    fn connection_trouble_is_unavailable_not_an_internal_error() {
+        let io = ::redis::RedisError::from(std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset"));
+        assert!(matches!(rerr(io), StoreError::Unavailable(m) if m.starts_with("redis: ")));
+        let typed = ::redis::RedisError::from((::redis::ErrorKind::UnexpectedReturnType, "wrong type"));
+        assert!(matches!(rerr(typed), StoreError::Database(_)));
     }
 
     #[test]
