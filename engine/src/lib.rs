@@ -16,6 +16,7 @@ pub mod config;
 pub mod crypto;
 pub mod destinations;
 pub mod engine;
+pub mod error_text;
 pub mod filter;
 pub mod flow;
 pub mod http_client;

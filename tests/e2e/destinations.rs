@@ -898,20 +898,21 @@ async fn aws_eventbridge_destination() {
     let _ = sqs.delete_queue().queue_url(&url).send().await;
 }
 
-#[tokio::test]
-async fn mqtt_destination() {
+/// A subscriber to `topic` on the broker at `addr`, subscribed before this
+/// returns (publishing may start), and what it receives.
+async fn mqtt_subscriber(addr: &str, topic: &str) -> (rumqttc::v5::AsyncClient, MqttInbox) {
     use rumqttc::v5::mqttbytes::v5::Packet;
     use rumqttc::v5::mqttbytes::QoS;
     use rumqttc::v5::{AsyncClient, Event, MqttOptions};
-    let addr = require("OUTRIDER_TEST_MQTT_ADDR", "an MQTT 5 broker (Mosquitto)");
-    let broker = socket_of(&addr);
-    let id = uniq();
-    let topic = format!("outrider/e2e/{id}/events");
-    let mut opts = MqttOptions::new(format!("outrider-e2e-sub-{id}"), broker.ip().to_string(), broker.port());
+    let broker = socket_of(addr);
+    let mut opts = MqttOptions::new(
+        format!("outrider-e2e-sub-{}", uniq()),
+        broker.ip().to_string(),
+        broker.port(),
+    );
     opts.set_clean_start(true);
     let (client, mut events) = AsyncClient::new(opts, 100);
-    client.subscribe(topic.clone(), QoS::AtLeastOnce).await.unwrap();
-    // Publishing starts only once the subscription is in place.
+    client.subscribe(topic, QoS::AtLeastOnce).await.unwrap();
     loop {
         match events.poll().await {
             Ok(Event::Incoming(Packet::SubAck(_))) => break,
@@ -932,6 +933,15 @@ async fn mqtt_destination() {
             }
         }
     });
+    (client, got)
+}
+
+#[tokio::test]
+async fn mqtt_destination() {
+    let addr = require("OUTRIDER_TEST_MQTT_ADDR", "an MQTT 5 broker (Mosquitto)");
+    let broker = socket_of(&addr);
+    let topic = format!("outrider/e2e/{}/events", uniq());
+    let (client, got) = mqtt_subscriber(&addr, &topic).await;
     let t = topic.clone();
     scenario(
         Case {
@@ -2531,36 +2541,13 @@ async fn rabbitmq_destination_over_tls_with_a_private_ca() {
 /// message arrives at the real broker behind a TLS front.
 #[tokio::test]
 async fn mqtt_destination_over_tls_through_the_guard() {
-    use rumqttc::v5::mqttbytes::v5::Packet;
-    use rumqttc::v5::mqttbytes::QoS;
-    use rumqttc::v5::{AsyncClient, Event, MqttOptions};
     let addr = require("OUTRIDER_TEST_MQTT_ADDR", "an MQTT 5 broker (Mosquitto)");
     let broker = socket_of(&addr);
     let dir = tempfile::tempdir().unwrap();
     crate::redis::make_certs(dir.path());
     let tls_port = tls_front(dir.path(), broker).await;
-    let id = uniq();
-    let topic = format!("outrider/e2e/{id}/tls");
-    let mut opts = MqttOptions::new(format!("outrider-e2e-sub-{id}"), broker.ip().to_string(), broker.port());
-    opts.set_clean_start(true);
-    let (client, mut events) = AsyncClient::new(opts, 100);
-    client.subscribe(topic.clone(), QoS::AtLeastOnce).await.unwrap();
-    loop {
-        match events.poll().await {
-            Ok(Event::Incoming(Packet::SubAck(_))) => break,
-            Ok(_) => {}
-            Err(e) => panic!("an MQTT 5 broker at {addr} is required for this test: {e}"),
-        }
-    }
-    let got = Arc::new(Mutex::new(Vec::<Vec<u8>>::new()));
-    let inbox = got.clone();
-    tokio::spawn(async move {
-        while let Ok(ev) = events.poll().await {
-            if let Event::Incoming(Packet::Publish(p)) = ev {
-                inbox.lock().unwrap().push(p.payload.to_vec());
-            }
-        }
-    });
+    let topic = format!("outrider/e2e/{}/tls", uniq());
+    let (_client, got) = mqtt_subscriber(&addr, &topic).await;
     let ca = dir.path().join("ca.crt");
     let s = Server::start(&[
         ("OUTRIDER_ALLOW_PRIVATE_DESTINATIONS", "false"),
@@ -2594,7 +2581,8 @@ async fn mqtt_destination_over_tls_through_the_guard() {
     while got.lock().unwrap().is_empty() && std::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert_eq!(got.lock().unwrap().as_slice(), [b"{\"tls\":true}".to_vec()]);
+    let payloads: Vec<Vec<u8>> = got.lock().unwrap().iter().map(|m| m.0.clone()).collect();
+    assert_eq!(payloads, [b"{\"tls\":true}".to_vec()]);
 }
 
 /// Outpost's default S3 key is `<time.rfc3339_nano>_<event-id>.json`, and

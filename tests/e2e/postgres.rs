@@ -290,31 +290,8 @@ async fn postgres_tls_is_verified_against_the_configured_ca() {
 
     // A CA that did not sign the server's certificate.
     let dir = tempfile::tempdir().unwrap();
-    let out = std::process::Command::new("openssl")
-        .current_dir(dir.path())
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-days",
-            "1",
-        ])
-        .args([
-            "-subj",
-            "/CN=some-other-ca",
-            "-keyout",
-            "other.key",
-            "-out",
-            "other.pem",
-        ])
-        .output()
-        .expect("openssl is needed to make the test CA");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let other = dir.path().join("other.pem");
+    crate::redis::make_certs(dir.path());
+    let other = dir.path().join("ca.crt");
     let wrong = format!("{url}&sslmode=verify-full&sslrootcert={}", other.display());
     let (code, err) = Server::run_once(&[
         ("AES_ENCRYPTION_SECRET", "x"),

@@ -179,7 +179,7 @@ impl Sink for SqsSink {
                 .message_body(body)
                 .send()
                 .await
-                .map_err(|e| format!("SQS sink: {}", crate::queue::sqs::describe_error(&e)))?;
+                .map_err(|e| format!("SQS sink: {}", crate::error_text::with_causes(&e)))?;
             Ok(())
         })
     }

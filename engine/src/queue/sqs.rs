@@ -14,6 +14,7 @@ use aws_sdk_sqs::Client;
 use super::{
     encode_all, BoxFuture, ByteHandler, DeliveryBus, Disposition, MessageSource, QueueError, Task, TaskHandler,
 };
+use crate::error_text::with_causes;
 
 /// How long a received task stays hidden. A delivery node deletes it once it
 /// is durable on the node, and extends the timeout every third of it while
@@ -57,18 +58,6 @@ fn broker(e: impl std::fmt::Display) -> QueueError {
     }
 }
 
-/// The SDK's error with its cause chain, for messages.
-fn describe(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(c) = src {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        src = c.source();
-    }
-    s
-}
-
 /// An SQS client for a region, an optional endpoint (moto) and optional static keys.
 pub(crate) async fn client(region: &str, endpoint: Option<&str>, credentials: Option<(&str, &str)>) -> Client {
     let mut loader =
@@ -80,11 +69,6 @@ pub(crate) async fn client(region: &str, endpoint: Option<&str>, credentials: Op
         loader = loader.credentials_provider(Credentials::new(key, secret, None, None, "outrider-config"));
     }
     Client::new(&loader.load().await)
-}
-
-/// The SDK error with its causes, for messages.
-pub(crate) fn describe_error(e: &(dyn std::error::Error + 'static)) -> String {
-    describe(e)
 }
 
 impl SqsQueue {
@@ -108,7 +92,7 @@ impl SqsQueue {
                     .send()
                     .await
                     .map(|o| o.queue_url().map(String::from))
-                    .map_err(|e| describe(&e))
+                    .map_err(|e| with_causes(&e))
             };
             match result {
                 Ok(Some(url)) => break url,
@@ -160,7 +144,7 @@ impl SqsQueue {
             .queue_name(dlq)
             .send()
             .await
-            .map_err(|e| describe(&e))?
+            .map_err(|e| with_causes(&e))?
             .queue_url()
             .map(String::from)
             .ok_or("no dead-letter queue URL returned")?;
@@ -170,7 +154,7 @@ impl SqsQueue {
             .attribute_names(QueueAttributeName::QueueArn)
             .send()
             .await
-            .map_err(|e| describe(&e))?
+            .map_err(|e| with_causes(&e))?
             .attributes()
             .and_then(|a| a.get(&QueueAttributeName::QueueArn).cloned())
             .ok_or("no dead-letter queue ARN returned")?;
@@ -179,7 +163,7 @@ impl SqsQueue {
             .queue_name(queue)
             .send()
             .await
-            .map_err(|e| describe(&e))?
+            .map_err(|e| with_causes(&e))?
             .queue_url()
             .map(String::from);
         if let Some(u) = &url {
@@ -190,7 +174,7 @@ impl SqsQueue {
                 .attributes(QueueAttributeName::RedrivePolicy, policy.to_string())
                 .send()
                 .await
-                .map_err(|e| describe(&e))?;
+                .map_err(|e| with_causes(&e))?;
         }
         Ok(url)
     }
@@ -206,7 +190,7 @@ impl SqsQueue {
             .wait_time_seconds(1)
             .send()
             .await
-            .map_err(|e| broker(describe(&e)))?;
+            .map_err(|e| broker(with_causes(&e)))?;
         let Some(m) = out.messages().first() else {
             return Ok(None);
         };
@@ -230,7 +214,7 @@ impl SqsQueue {
             .message_body(body)
             .send()
             .await
-            .map_err(|e| broker(describe(&e)))?;
+            .map_err(|e| broker(with_causes(&e)))?;
         Ok(())
     }
 
@@ -255,7 +239,7 @@ impl SqsQueue {
                 .set_entries(Some(entries))
                 .send()
                 .await
-                .map_err(|e| broker(describe(&e)))?;
+                .map_err(|e| broker(with_causes(&e)))?;
             if !out.failed().is_empty() {
                 return Err(QueueError::Nacked);
             }
@@ -283,7 +267,7 @@ impl SqsQueue {
             // Stopping drops a receive in flight: what it would have taken
             // reappears after the visibility timeout, handled by no one here.
             let out = tokio::select! {
-                out = receive => out.map_err(|e| broker(describe(&e)))?,
+                out = receive => out.map_err(|e| broker(with_causes(&e)))?,
                 _ = self.settling.stopped() => return Ok(()),
             };
             for m in out.messages() {
@@ -329,7 +313,7 @@ async fn settle(
                 .send()
                 .await;
             if let Err(e) = r {
-                tracing::warn!(error = %describe(&e), "cannot extend an SQS message's visibility timeout");
+                tracing::warn!(error = %with_causes(&e), "cannot extend an SQS message's visibility timeout");
             }
         })
     };
@@ -344,7 +328,7 @@ async fn settle(
                 .await;
             if let Err(e) = moved {
                 // Leave it: the redrive policy moves it after MAX_RECEIVES receives.
-                tracing::warn!(error = %describe(&e), "cannot move a rejected message to the dead-letter queue");
+                tracing::warn!(error = %with_causes(&e), "cannot move a rejected message to the dead-letter queue");
                 return;
             }
         }
@@ -358,7 +342,7 @@ async fn settle(
             .send()
             .await
             .map(|_| ())
-            .map_err(|e| describe(&e))
+            .map_err(|e| with_causes(&e))
     } else {
         client
             .delete_message()
@@ -367,7 +351,7 @@ async fn settle(
             .send()
             .await
             .map(|_| ())
-            .map_err(|e| describe(&e))
+            .map_err(|e| with_causes(&e))
     };
     if let Err(e) = r {
         // The message reappears after its visibility timeout: at least once.

@@ -11,6 +11,7 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::Row;
 
 use super::*;
+use crate::error_text::with_causes;
 use crate::model::StringMap;
 
 /// Migrations in order; each runs once, in its own transaction.
@@ -52,22 +53,6 @@ fn write_err(e: tokio_postgres::Error) -> StoreError {
         }
         _ => db_err(e),
     }
-}
-
-/// An error with its causes: a TLS failure's reason (an unknown issuer, a
-/// name the certificate does not carry) is a cause, not the message.
-fn with_causes(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        let text = c.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        cause = c.source();
-    }
-    out
 }
 
 impl PostgresLogStore {
