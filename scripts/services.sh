@@ -3,7 +3,8 @@
 #   scripts/services.sh up     make sure PostgreSQL, Redis and RabbitMQ answer (start them if
 #                              they are down), start moto (AWS) and the GCP Pub/Sub emulator,
 #                              install the tansu Kafka broker (once, cached outside the clone;
-#                              the Kafka tests start their own brokers from it),
+#                              the Kafka tests start their own brokers from it) and schemathesis
+#                              (same cache),
 #                              and write their endpoints to $OUTRIDER_SERVICES_DIR/env
 #   scripts/services.sh down   stop what `up` started (by pid), nothing else
 set -euo pipefail
@@ -77,6 +78,15 @@ up() {
     echo "$tansu_build" >"$tools/tansu.build"
   fi
 
+  # Schemathesis (PyPI), for the OpenAPI fuzzing test, in its own virtualenv.
+  local st_version="4.32.5" st_venv="$tools/schemathesis-venv"
+  if [ "$(cat "$st_venv/outrider.version" 2>/dev/null)" != "$st_version" ] || ! [ -x "$st_venv/bin/st" ]; then
+    log "installing schemathesis $st_version into $st_venv"
+    { python3 -m venv "$st_venv" && "$st_venv/bin/pip" install -q "schemathesis==$st_version"; } \
+      >"$DIR/schemathesis-install.log" 2>&1 || { log "schemathesis install failed (log: $DIR/schemathesis-install.log)"; return 1; }
+    echo "$st_version" >"$st_venv/outrider.version"
+  fi
+
   local moto_port pubsub_port
   moto_port=$(free_port)
   command -v moto_server >/dev/null || { log "moto_server is not installed (pip install 'moto[server]')"; return 1; }
@@ -99,6 +109,7 @@ OUTRIDER_TEST_MQTT_ADDR=127.0.0.1:1883
 OUTRIDER_TEST_AWS_ENDPOINT=http://127.0.0.1:$moto_port
 PUBSUB_EMULATOR_HOST=127.0.0.1:$pubsub_port
 OUTRIDER_TEST_TANSU_BIN=$tools/bin/tansu
+OUTRIDER_SCHEMATHESIS=$st_venv/bin/st
 ENV
   log "up: postgresql 5432, redis 6379, rabbitmq 5672, nats 4222, mosquitto 1883, moto $moto_port, pubsub $pubsub_port"
 }

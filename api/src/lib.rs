@@ -6,6 +6,7 @@ pub mod auth;
 pub mod cursor;
 pub mod error;
 pub mod extract;
+pub mod openapi;
 pub mod routes;
 pub mod views;
 
@@ -21,12 +22,20 @@ use outrider_engine::Engine;
 pub struct AppState {
     pub engine: Arc<Engine>,
     pub jwt: Option<Arc<auth::Jwt>>,
+    /// `GET /api/v1/openapi.json`, rendered once: it depends only on the
+    /// build and the destination types' metadata, both fixed at start.
+    pub openapi: Arc<bytes::Bytes>,
 }
 
 impl AppState {
     pub fn new(engine: Arc<Engine>) -> Self {
         let jwt = auth::Jwt::new(engine.config.api_jwt_secret.expose(), &engine.config.deployment_id).map(Arc::new);
-        Self { engine, jwt }
+        let openapi = serde_json::to_vec(&openapi::document_json(&engine.types)).unwrap_or_default();
+        Self {
+            engine,
+            jwt,
+            openapi: Arc::new(bytes::Bytes::from(openapi)),
+        }
     }
 }
 
@@ -36,6 +45,7 @@ pub fn router(state: AppState) -> Router {
     let api = Router::new()
         .route("/healthz", get(meta::healthz))
         .route("/topics", get(meta::topics))
+        .route("/openapi.json", get(meta::openapi))
         .route("/destination-types", get(meta::destination_types))
         .route("/destination-types/{kind}", get(meta::destination_type))
         .route("/publish", post(publish::publish))

@@ -3,20 +3,24 @@
 use serde::Serialize;
 use serde_json::value::RawValue;
 use serde_json::Value;
+use utoipa::ToSchema;
 
 use outrider_engine::destinations::Registry;
 use outrider_engine::engine::TenantView;
 use outrider_engine::model::{Attempt, Destination, Event, StringMap};
 use outrider_engine::timefmt::{format_ms, now_ms};
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct TenantJson {
     pub id: String,
     pub destinations_count: usize,
     pub topics: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<HashMap<String, String>>)]
     pub metadata: Option<StringMap>,
+    #[schema(format = DateTime)]
     pub created_at: String,
+    #[schema(format = DateTime)]
     pub updated_at: String,
 }
 
@@ -33,7 +37,7 @@ impl From<&TenantView> for TenantJson {
     }
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct DestinationJson {
     pub id: String,
     pub tenant_id: String,
@@ -41,15 +45,23 @@ pub struct DestinationJson {
     pub kind: String,
     pub topics: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
     pub filter: Option<Value>,
+    #[schema(value_type = HashMap<String, String>)]
     pub config: StringMap,
+    #[schema(value_type = HashMap<String, String>)]
     pub credentials: StringMap,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<HashMap<String, String>>)]
     pub delivery_metadata: Option<StringMap>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<HashMap<String, String>>)]
     pub metadata: Option<StringMap>,
+    #[schema(format = DateTime)]
     pub created_at: String,
+    #[schema(format = DateTime)]
     pub updated_at: String,
+    #[schema(format = DateTime)]
     pub disabled_at: Option<String>,
     pub target: String,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -91,7 +103,7 @@ fn raw(data: &str) -> Option<Box<RawValue>> {
     RawValue::from_string(data.to_string()).ok()
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct EventJson {
     pub id: String,
     pub tenant_id: String,
@@ -100,10 +112,13 @@ pub struct EventJson {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub matched_destination_ids: Option<Vec<String>>,
     pub topic: String,
+    #[schema(format = DateTime)]
     pub time: String,
     pub eligible_for_retry: bool,
+    #[schema(value_type = HashMap<String, String>)]
     pub metadata: StringMap,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
     pub data: Option<Box<RawValue>>,
 }
 
@@ -136,11 +151,13 @@ pub fn event_in_attempt(e: &Event, destination_id: &str, with_data: bool) -> Eve
     }
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct AttemptJson {
     pub id: String,
     pub tenant_id: String,
+    #[schema(value_type = String)]
     pub status: &'static str,
+    #[schema(format = DateTime)]
     pub time: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub code: Option<String>,
@@ -150,6 +167,7 @@ pub struct AttemptJson {
     pub event_id: String,
     pub destination_id: String,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
     pub response_data: Option<Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub event: Option<EventJson>,
@@ -175,9 +193,11 @@ pub fn attempt(a: &Attempt) -> AttemptJson {
     }
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct Pagination {
+    #[schema(value_type = String)]
     pub order_by: &'static str,
+    #[schema(value_type = String)]
     pub dir: &'static str,
     pub limit: usize,
     pub next: Option<String>,

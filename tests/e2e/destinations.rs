@@ -2585,6 +2585,98 @@ async fn mqtt_destination_over_tls_through_the_guard() {
     assert_eq!(payloads, [b"{\"tls\":true}".to_vec()]);
 }
 
+/// NATS over TLS with the guard on: the library is handed the address the
+/// guard checked (never the name, which it would resolve again), and the
+/// certificate is still verified for the configured name. The server's
+/// certificate names only `localhost`: `localhost:<port>` delivers,
+/// `127.0.0.1:<port>` is refused as a TLS error.
+#[tokio::test]
+async fn nats_destination_over_tls_dials_the_checked_address() {
+    let dir = tempfile::tempdir().unwrap();
+    crate::redis::make_certs(dir.path());
+    let sh = |cmd: &str| {
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(cmd)
+            .current_dir(dir.path())
+            .output()
+            .expect("sh");
+        assert!(out.status.success(), "{cmd}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    sh("printf 'subjectAltName=DNS:localhost\\n' > name-only.cnf");
+    sh("openssl x509 -req -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial -out name-only.crt -days 2 -extfile name-only.cnf");
+    let port = free_port();
+    let mut server = std::process::Command::new("nats-server")
+        .args(["-a", "127.0.0.1", "-p", &port.to_string()])
+        .args(["--tls", "--tlscert", "name-only.crt", "--tlskey", "server.key"])
+        .current_dir(dir.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("nats-server is required for this test: {e}"));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "TLS nats-server did not start");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let ca = dir.path().join("ca.crt");
+    let subject = format!("outrider.e2e.{}.tls", uniq());
+    // The test's own client takes the process-wide rustls provider.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let watcher = async_nats::ConnectOptions::new()
+        .add_root_certificates(ca.clone())
+        .require_tls(true)
+        .connect(format!("tls://localhost:{port}"))
+        .await
+        .expect("the test's own TLS connection to nats-server");
+    let mut sub = watcher.subscribe(subject.clone()).await.unwrap();
+    watcher.flush().await.unwrap();
+
+    let s = Server::start(&[
+        ("OUTRIDER_ALLOW_PRIVATE_DESTINATIONS", "false"),
+        ("OUTRIDER_ALLOWED_PRIVATE_NETWORKS", "127.0.0.1,::1"),
+        ("OUTRIDER_DESTINATIONS_TLS_CA_FILE", ca.to_str().unwrap()),
+    ])
+    .await;
+    let api = Api::admin(&s);
+    api.tenant("t1").await;
+    for (id, host) in [("by-name", "localhost"), ("by-ip", "127.0.0.1")] {
+        let r = api
+            .post(
+                "/tenants/t1/destinations",
+                json!({"id": id, "type": "nats", "topics": [id],
+                    "config": {"server_url": format!("{host}:{port}"), "subject": subject,
+                        "jetstream": "false", "tls": "on"}}),
+            )
+            .await;
+        assert_eq!(r.status, 201, "{}", r.text);
+    }
+    let mut codes = HashMap::new();
+    for id in ["by-name", "by-ip"] {
+        let ev = api
+            .publish(json!({"tenant_id": "t1", "topic": id, "data": {"via": id}}))
+            .await;
+        let ev = ev.body["id"].as_str().unwrap().to_string();
+        let a = api
+            .wait_attempts(
+                &format!("event_id={ev}&include=response_data"),
+                Duration::from_secs(15),
+                |m| !m.is_empty(),
+            )
+            .await;
+        codes.insert(id, (a[0]["status"].as_str().unwrap().to_string(), a[0]["code"].clone()));
+    }
+    assert_eq!(codes["by-name"].0, "success", "{codes:?}");
+    assert_eq!(codes["by-ip"], ("failed".to_string(), json!("tls_error")), "{codes:?}");
+    let msg = tokio::time::timeout(Duration::from_secs(5), futures_util::StreamExt::next(&mut sub))
+        .await
+        .expect("the TLS delivery reached the subscriber")
+        .unwrap();
+    assert_eq!(&msg.payload[..], b"{\"via\":\"by-name\"}");
+    let _ = server.kill();
+    let _ = server.wait();
+}
+
 /// Outpost's default S3 key is `<time.rfc3339_nano>_<event-id>.json`, and
 /// Outpost keeps an event's time to the nanosecond: a publish with a
 /// nanosecond time (any offset) gets the same key here, in UTC.

@@ -10,6 +10,7 @@ mod engine;
 mod fairness;
 mod harness;
 mod journal;
+mod openapi;
 mod opevents;
 mod outage;
 mod postgres;

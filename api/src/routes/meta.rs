@@ -55,6 +55,15 @@ pub async fn destination_type(
         .ok_or(ApiError::Bare(StatusCode::NOT_FOUND))
 }
 
+/// Our OpenAPI document (see `crate::openapi`). Public: it describes the
+/// API, not any tenant's data.
+pub async fn openapi(State(s): State<AppState>) -> impl IntoResponse {
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        (*s.openapi).clone(),
+    )
+}
+
 pub async fn not_found() -> ApiError {
     ApiError::not_found("not found")
 }

@@ -197,10 +197,11 @@ pub fn network_code(text: &str) -> &'static str {
         "connection_refused"
     } else if t.contains("reset") || t.contains("broken pipe") || t.contains("connection closed") {
         "connection_reset"
+    } else if t.contains("certificate") || t.contains("tls") {
+        // Before DNS: a certificate error names the certificate's `DnsName`.
+        "tls_error"
     } else if t.contains("dns") || t.contains("lookup") || t.contains("resolve") {
         "dns_error"
-    } else if t.contains("certificate") || t.contains("tls") {
-        "tls_error"
     } else if t.contains("timed out") || t.contains("timeout") {
         "timeout"
     } else {

@@ -113,6 +113,10 @@ pub struct PublishContext {
     /// TLS for broker types that take a rustls config: the Mozilla roots
     /// plus `OUTRIDER_DESTINATIONS_TLS_CA_FILE`.
     pub broker_tls: Arc<rustls::ClientConfig>,
+    /// The roots behind `broker_tls`, for clients that dial the checked
+    /// address and verify the certificate for the name
+    /// ([`crate::http_client::named_tls`]).
+    pub broker_roots: Arc<rustls::RootCertStore>,
     /// The same extra roots as PEM text, for clients that take them so
     /// (RabbitMQ's).
     pub broker_ca_pem: Option<Arc<str>>,
@@ -121,8 +125,9 @@ pub struct PublishContext {
 impl PublishContext {
     pub fn new(config: Arc<Config>) -> Result<Self, String> {
         let signer = crate::signing::DefaultSigner::new(&config.webhook)?;
-        let broker_tls = crate::http_client::tls_config_with(config.destinations_tls_ca_file.as_deref())
+        let broker_roots = crate::http_client::roots_with(config.destinations_tls_ca_file.as_deref())
             .map_err(|e| format!("OUTRIDER_DESTINATIONS_TLS_CA_FILE: {e}"))?;
+        let broker_tls = crate::http_client::client_config(broker_roots.clone());
         let broker_ca_pem = match config.destinations_tls_ca_file.as_deref() {
             Some(path) => {
                 Some(Arc::from(std::fs::read_to_string(path).map_err(|e| {
@@ -135,6 +140,7 @@ impl PublishContext {
             config,
             webhook_signer: Arc::new(signer),
             broker_tls,
+            broker_roots: Arc::new(broker_roots),
             broker_ca_pem,
         })
     }

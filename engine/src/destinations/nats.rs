@@ -134,6 +134,7 @@ impl DestinationType for Nats {
             include_ms: ctx.config.webhook.include_millisecond_timestamp,
             timeout: ctx.config.delivery_timeout_for("nats"),
             ack_timeout: ctx.config.delivery_timeout_for("nats"),
+            roots: ctx.broker_roots.clone(),
         }))
     }
 }
@@ -147,6 +148,8 @@ pub struct NatsPublisher {
     /// Bounds connecting as well as each attempt.
     timeout: Duration,
     ack_timeout: Duration,
+    /// Trusted for TLS: the Mozilla roots and `OUTRIDER_DESTINATIONS_TLS_CA_FILE`.
+    roots: std::sync::Arc<rustls::RootCertStore>,
 }
 
 fn connect_failed(e: &async_nats::ConnectError) -> PublishResult {
@@ -158,21 +161,29 @@ fn connect_failed(e: &async_nats::ConnectError) -> PublishResult {
         ConnectErrorKind::TimedOut => PublishResult::failed("timeout", text),
         ConnectErrorKind::Tls => PublishResult::failed("tls_error", text),
         ConnectErrorKind::Dns => PublishResult::failed("dns_error", text),
-        ConnectErrorKind::Io if text.to_ascii_lowercase().contains("refused") => {
-            PublishResult::failed("connection_refused", text)
-        }
+        // A failed TLS handshake (a certificate for another name) comes as I/O.
+        ConnectErrorKind::Io => PublishResult::failed(clients::network_code(&text), text),
         _ => PublishResult::failed("nats_error", text),
     }
 }
 
-async fn open(key: &Key, guard: &crate::ssrf::Guard, timeout: Duration) -> Result<async_nats::Client, PublishResult> {
+/// The URL the library dials: always the address the guard checked. With
+/// TLS the library would take the certificate's name from the URL too, so the
+/// certificate is verified for the configured host by [`named_tls`] instead.
+///
+/// [`named_tls`]: crate::http_client::named_tls
+fn dial_url(key: &Key, checked: std::net::SocketAddr) -> String {
+    let scheme = if key.tls { "tls" } else { "nats" };
+    format!("{scheme}://{checked}")
+}
+
+async fn open(
+    key: &Key,
+    guard: &crate::ssrf::Guard,
+    roots: &std::sync::Arc<rustls::RootCertStore>,
+    timeout: Duration,
+) -> Result<async_nats::Client, PublishResult> {
     let addr = clients::checked_target(&key.host, key.port, guard).await?;
-    // Plain TCP goes to the checked address; TLS needs the name for the certificate.
-    let url = if key.tls {
-        format!("tls://{}:{}", key.host, key.port)
-    } else {
-        format!("nats://{addr}")
-    };
     let mut opts = ConnectOptions::new()
         .connection_timeout(timeout)
         .require_tls(key.tls)
@@ -184,7 +195,8 @@ async fn open(key: &Key, guard: &crate::ssrf::Guard, timeout: Duration) -> Resul
         .ignore_discovered_servers()
         .retain_servers_order();
     if key.tls {
-        let mut tls = (*crate::http_client::tls_config()).clone();
+        let mut tls = crate::http_client::named_tls::verified_for(roots.clone(), &key.host)
+            .map_err(|e| PublishResult::failed("tls_error", e))?;
         tls.alpn_protocols.clear();
         opts = opts.tls_client_config(tls);
     }
@@ -193,7 +205,7 @@ async fn open(key: &Key, guard: &crate::ssrf::Guard, timeout: Duration) -> Resul
     } else if let Some(t) = &key.token {
         opts = opts.token(t.clone());
     }
-    opts.connect(url).await.map_err(|e| connect_failed(&e))
+    opts.connect(dial_url(key, addr)).await.map_err(|e| connect_failed(&e))
 }
 
 impl Publisher for NatsPublisher {
@@ -211,7 +223,7 @@ impl Publisher for NatsPublisher {
             let payload = Bytes::copy_from_slice(event.data.as_bytes());
             let mut client: Rc<async_nats::Client> = match clients
                 .nats
-                .get(&self.key, || open(&self.key, &clients.guard, self.timeout))
+                .get(&self.key, || open(&self.key, &clients.guard, &self.roots, self.timeout))
                 .await
             {
                 Ok(c) => c,
@@ -221,7 +233,7 @@ impl Publisher for NatsPublisher {
                 clients.nats.discard(&self.key, &client);
                 client = match clients
                     .nats
-                    .get(&self.key, || open(&self.key, &clients.guard, self.timeout))
+                    .get(&self.key, || open(&self.key, &clients.guard, &self.roots, self.timeout))
                     .await
                 {
                     Ok(c) => c,
@@ -364,7 +376,8 @@ mod tests {
             password: None,
             token: None,
         };
-        let client = open(&key, &crate::ssrf::Guard::off(), Duration::from_secs(2))
+        let roots = std::sync::Arc::new(rustls::RootCertStore::empty());
+        let client = open(&key, &crate::ssrf::Guard::off(), &roots, Duration::from_secs(2))
             .await
             .expect("connects to the fake server");
         let deadline = std::time::Instant::now() + Duration::from_secs(10);

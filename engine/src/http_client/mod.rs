@@ -7,6 +7,7 @@
 //! drops the future, the connection closes with it.
 
 pub mod codec;
+pub mod named_tls;
 pub mod proxy;
 
 use std::cell::RefCell;
@@ -166,6 +167,11 @@ pub fn tls_config() -> Arc<rustls::ClientConfig> {
 
 /// [`tls_config`] that also trusts the PEM certificates in `ca_file`.
 pub fn tls_config_with(ca_file: Option<&std::path::Path>) -> Result<Arc<rustls::ClientConfig>, String> {
+    Ok(client_config(roots_with(ca_file)?))
+}
+
+/// The Mozilla roots plus the PEM certificates in `ca_file`.
+pub fn roots_with(ca_file: Option<&std::path::Path>) -> Result<rustls::RootCertStore, String> {
     use rustls::pki_types::pem::PemObject;
     let mut roots = rustls::RootCertStore {
         roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
@@ -183,10 +189,11 @@ pub fn tls_config_with(ca_file: Option<&std::path::Path>) -> Result<Arc<rustls::
             return Err(format!("{}: no PEM certificate in the file", path.display()));
         }
     }
-    Ok(client_config(roots))
+    Ok(roots)
 }
 
-fn client_config(roots: rustls::RootCertStore) -> Arc<rustls::ClientConfig> {
+/// A client config trusting `roots` (ring, TLS 1.2 and 1.3).
+pub fn client_config(roots: rustls::RootCertStore) -> Arc<rustls::ClientConfig> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let cfg = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
