@@ -184,6 +184,16 @@ async fn open(
     timeout: Duration,
 ) -> Result<async_nats::Client, PublishResult> {
     let addr = clients::checked_target(&key.host, key.port, guard).await?;
+    open_at(key, addr, roots, timeout).await
+}
+
+/// Connects to `addr`, which the guard checked for `key.host`.
+async fn open_at(
+    key: &Key,
+    addr: std::net::SocketAddr,
+    roots: &std::sync::Arc<rustls::RootCertStore>,
+    timeout: Duration,
+) -> Result<async_nats::Client, PublishResult> {
     let mut opts = ConnectOptions::new()
         .connection_timeout(timeout)
         .require_tls(key.tls)
@@ -336,6 +346,73 @@ mod tests {
         }
         sock.write_all(b"PONG\r\n").await.unwrap();
         sock
+    }
+
+    /// A TLS server whose certificate names a host that resolves nowhere:
+    /// the connection can only work if it goes to the checked address and
+    /// checks the certificate for the name (a lookup of the name would fail).
+    #[tokio::test]
+    async fn tls_goes_to_the_checked_address_and_checks_the_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let sh = |cmd: &str| {
+            let out = std::process::Command::new("sh")
+                .arg("-c")
+                .arg(cmd)
+                .current_dir(dir.path())
+                .output()
+                .expect("sh");
+            assert!(out.status.success(), "{cmd}: {}", String::from_utf8_lossy(&out.stderr));
+        };
+        sh("openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.crt -days 2 -subj /CN=outrider-test-ca");
+        sh("openssl req -newkey rsa:2048 -nodes -keyout server.key -out server.csr -subj /CN=outrider-pinned.invalid");
+        sh("printf 'subjectAltName=DNS:outrider-pinned.invalid\\n' > ext.cnf");
+        sh("openssl x509 -req -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial -out server.crt -days 2 -extfile ext.cnf");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut server = std::process::Command::new("nats-server")
+            .args(["-a", "127.0.0.1", "-p", &port.to_string()])
+            .args(["--tls", "--tlscert", "server.crt", "--tlskey", "server.key"])
+            .current_dir(dir.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("nats-server is required for this test: {e}"));
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(std::time::Instant::now() < deadline, "TLS nats-server did not start");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let mut roots = rustls::RootCertStore::empty();
+        use rustls::pki_types::pem::PemObject;
+        roots
+            .add(rustls::pki_types::CertificateDer::from_pem_file(dir.path().join("ca.crt")).unwrap())
+            .unwrap();
+        let roots = std::sync::Arc::new(roots);
+        let key = |host: &str| Key {
+            tls: true,
+            host: host.into(),
+            port,
+            username: None,
+            password: None,
+            token: None,
+        };
+        let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+        let client = open_at(&key("outrider-pinned.invalid"), addr, &roots, Duration::from_secs(5))
+            .await
+            .unwrap_or_else(|r| panic!("{:?}", r.response_data));
+        client.publish("outrider.pinned", "x".into()).await.unwrap();
+        client.flush().await.unwrap();
+        // The same address under a name the certificate does not carry.
+        let refused = open_at(&key("outrider-other.invalid"), addr, &roots, Duration::from_secs(5))
+            .await
+            .err()
+            .expect("a certificate for another name is refused");
+        assert_eq!(refused.code, "tls_error", "{:?}", refused.response_data);
+        let _ = server.kill();
+        let _ = server.wait();
     }
 
     #[tokio::test]
