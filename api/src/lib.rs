@@ -87,6 +87,8 @@ pub fn router(state: AppState) -> Router {
         .route("/events/{event_id}", get(logs::get_event))
         .route("/attempts", get(logs::list_attempts))
         .route("/attempts/{attempt_id}", get(logs::get_attempt))
+        .route("/metrics/events", get(metrics::events))
+        .route("/metrics/attempts", get(metrics::attempts))
         .fallback(meta::not_found)
         .method_not_allowed_fallback(meta::not_found);
     Router::new()

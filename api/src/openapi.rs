@@ -557,6 +557,41 @@ fn operations(kinds: &[Value]) -> Vec<Op> {
             ),
             errors: &[401, 500],
         },
+        metrics_op(
+            "/metrics/events",
+            "getEventMetrics",
+            "Event counts and rates over time",
+            &["count", "rate"],
+            &["tenant_id", "topic", "destination_id"],
+        ),
+        metrics_op(
+            "/metrics/attempts",
+            "getAttemptMetrics",
+            "Attempt outcomes over time",
+            &[
+                "count",
+                "successful_count",
+                "failed_count",
+                "error_rate",
+                "first_attempt_count",
+                "retry_count",
+                "manual_retry_count",
+                "avg_attempt_number",
+                "rate",
+                "successful_rate",
+                "failed_rate",
+            ],
+            &[
+                "tenant_id",
+                "destination_id",
+                "destination_type",
+                "topic",
+                "status",
+                "code",
+                "manual",
+                "attempt_number",
+            ],
+        ),
         Op {
             method: "get",
             path: "/openapi.json",
@@ -570,6 +605,54 @@ fn operations(kinds: &[Value]) -> Vec<Op> {
             errors: &[],
         },
     ]
+}
+
+/// A metrics operation: `time[start]`/`time[end]`, `granularity`,
+/// `measures`, `dimensions`, and one `filters[<dimension>]` per dimension.
+fn metrics_op(path: &'static str, id: &'static str, summary: &'static str, measures: &[&str], dims: &[&str]) -> Op {
+    let mut params = vec![
+        json!({"name": "time", "in": "query", "required": true, "style": "deepObject", "explode": true,
+            "schema": {"type": "object", "required": ["start", "end"], "properties": {
+                "start": {"type": "string", "format": "date-time", "description": "Start (inclusive)."},
+                "end": {"type": "string", "format": "date-time", "description": "End (exclusive)."}}},
+            "description": "The time range."}),
+        query(
+            "granularity",
+            json!({"type": "string", "pattern": "^[0-9]{1,3}[smhdwM]$"}),
+            "Bucket size `<n><unit>`: s 1–60, m 1–60, h 1–24, d 1–31, w 1–4, M 1–12. Omitted: one row per dimension combination.",
+        ),
+        json!({"name": "measures", "in": "query", "required": true,
+            "schema": one_or_many(json!({"type": "string", "enum": measures})), "description": "What to compute."}),
+        query(
+            "dimensions",
+            one_or_many(json!({"type": "string", "enum": dims})),
+            "Group by these (tenant_id: admin only).",
+        ),
+    ];
+    for d in dims {
+        let schema = match *d {
+            "destination_type" => one_or_many(sref("DestinationType")),
+            "status" => one_or_many(json!({"type": "string", "enum": ["success", "failed"]})),
+            "manual" => json!({"type": "string", "enum": ["true", "false"]}),
+            _ => one_or_many(json!({"type": "string"})),
+        };
+        params.push(query(&format!("filters[{d}]"), schema, "Only rows with these values."));
+    }
+    Op {
+        method: "get",
+        path,
+        id,
+        tag: "Metrics",
+        summary,
+        security: None,
+        params,
+        body: None,
+        ok: (
+            200,
+            json!({"description": "The data points.", "content": {"application/json": {"schema": sref("MetricsResponse")}}}),
+        ),
+        errors: &[400, 401, 403, 500, 503],
+    }
 }
 
 /// Schemas of request bodies and small answers that have no struct of their
@@ -667,6 +750,28 @@ fn fixed_schemas() -> Map<String, Value> {
         "RetryRequest",
         json!({"type": "object", "required": ["event_id", "destination_id"], "properties": {
             "event_id": {"type": "string"}, "destination_id": {"type": "string"}}}),
+    );
+    put(
+        "MetricsDataPoint",
+        json!({"type": "object", "required": ["dimensions", "metrics"], "properties": {
+            "time_bucket": {"type": "string", "format": "date-time", "description": "The bucket's start; absent without a granularity."},
+            "dimensions": {"type": "object", "additionalProperties": {"type": "string"}},
+            "metrics": {"type": "object", "additionalProperties": {"type": "number"}}}}),
+    );
+    put(
+        "MetricsMetadata",
+        json!({"type": "object", "required": ["query_time_ms", "row_count", "row_limit", "truncated"], "properties": {
+            "granularity": {"type": "string"},
+            "query_time_ms": {"type": "integer"},
+            "row_count": {"type": "integer"},
+            "row_limit": {"type": "integer"},
+            "truncated": {"type": "boolean"}}}),
+    );
+    put(
+        "MetricsResponse",
+        json!({"type": "object", "required": ["data", "metadata"], "properties": {
+            "data": {"type": "array", "items": sref("MetricsDataPoint")},
+            "metadata": sref("MetricsMetadata")}}),
     );
     put(
         "DestinationSchemaField",

@@ -26,6 +26,7 @@ pub mod journal;
 pub mod json;
 pub mod log_pipeline;
 pub mod metadata_overrides;
+pub mod metrics;
 pub mod model;
 pub mod opevents;
 pub mod outpost_settings;

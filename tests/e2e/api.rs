@@ -939,3 +939,148 @@ async fn the_auth_matrix_holds_on_every_route() {
     println!("auth matrix: {} routes, {cells} cells", routes.len());
     assert_eq!(cells, routes.len() * refused.len() + 14);
 }
+
+/// Outpost's metrics API over real deliveries: events and attempts by
+/// dimension and time bucket, a tenant token seeing only its own tenant,
+/// and Outpost's 400s and 403s.
+#[tokio::test]
+async fn metrics_count_deliveries_by_dimension_and_bucket() {
+    let s = Server::start(&[]).await;
+    let admin = Api::admin(&s);
+    admin.tenant("t1").await;
+    admin.tenant("t2").await;
+    let rx = Receiver::start().await;
+    let d1 = admin.webhook("t1", &rx.url("/1"), json!({})).await;
+    admin.webhook("t2", &rx.url("/2"), json!({})).await;
+    let before = outrider_engine_time_now();
+    for (tenant, topic) in [("t1", "a"), ("t1", "a"), ("t1", "b"), ("t2", "a"), ("t2", "b")] {
+        let r = admin
+            .publish(json!({"tenant_id": tenant, "topic": topic, "data": {}}))
+            .await;
+        assert_eq!(r.status, 202, "{}", r.text);
+    }
+    admin
+        .wait_attempts("", std::time::Duration::from_secs(10), |m| m.len() >= 5)
+        .await;
+    let range = format!(
+        "time[start]={}&time[end]={}",
+        fmt_ms(before - 120_000),
+        fmt_ms(before + 120_000)
+    );
+    let r = admin
+        .get(&format!(
+            "/metrics/events?{range}&measures[]=count&dimensions[]=tenant_id"
+        ))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let by_tenant: Vec<(String, i64)> = r.body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| {
+            (
+                d["dimensions"]["tenant_id"].as_str().unwrap().to_string(),
+                d["metrics"]["count"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(by_tenant, vec![("t1".to_string(), 3), ("t2".to_string(), 2)]);
+    assert_eq!(r.body["metadata"]["row_count"], 2);
+    assert_eq!(r.body["metadata"]["row_limit"], 100000);
+    assert_eq!(r.body["metadata"]["truncated"], false);
+    assert!(r.body["data"][0].get("time_bucket").is_none());
+
+    // Minute buckets, zero-filled, by destination.
+    let r = admin
+        .get(&format!(
+            "/metrics/attempts?{range}&granularity=1m&measures=count&measures=successful_count&measures=error_rate\
+             &dimensions=destination_id&filters[tenant_id]=t1"
+        ))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let data = r.body["data"].as_array().unwrap();
+    let (first, end) = ((before - 120_000) / 60_000 * 60_000, before + 120_000);
+    let buckets = ((end - first + 59_999) / 60_000) as usize;
+    assert_eq!(
+        data.len(),
+        buckets,
+        "every minute bucket, for one destination: {data:?}"
+    );
+    let total: i64 = data.iter().map(|d| d["metrics"]["count"].as_i64().unwrap()).sum();
+    let ok: i64 = data
+        .iter()
+        .map(|d| d["metrics"]["successful_count"].as_i64().unwrap())
+        .sum();
+    assert_eq!((total, ok), (3, 3));
+    assert!(data.iter().all(|d| d["dimensions"]["destination_id"] == d1["id"]));
+    assert_eq!(r.body["metadata"]["granularity"], "1m");
+
+    // A tenant token sees its own tenant only.
+    let token = admin.get("/tenants/t2/token").await.body["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let t2 = Api::with_token(&s, &token);
+    let r = t2.get(&format!("/metrics/events?{range}&measures=count")).await;
+    assert_eq!(
+        (r.status, r.body["data"][0]["metrics"]["count"].clone()),
+        (200, json!(2)),
+        "{}",
+        r.text
+    );
+    let r = t2
+        .get(&format!("/metrics/events?{range}&measures=count&dimensions=tenant_id"))
+        .await;
+    assert_eq!(r.status, 403, "{}", r.text);
+    let r = t2
+        .get(&format!(
+            "/metrics/attempts?{range}&measures=count&filters[tenant_id]=t1"
+        ))
+        .await;
+    assert_eq!(r.status, 403, "{}", r.text);
+
+    // Outpost's 400s.
+    for (query, message) in [
+        ("measures=count".to_string(), "time[start] and time[end] are required"),
+        (
+            format!("time[start]={0}&time[end]={0}&measures=count", fmt_ms(before)),
+            "invalid time range: start must be before end",
+        ),
+        (format!("{range}&measures=bogus"), "unknown measure \"bogus\""),
+        (
+            format!("{range}&measures=count&granularity=25h"),
+            "invalid granularity \"25h\": h takes 1 to 24",
+        ),
+        (
+            format!(
+                "time[start]={}&time[end]={}&measures=count&granularity=1s",
+                fmt_ms(before),
+                fmt_ms(before + 3 * 86_400_000)
+            ),
+            "query too broad: try fewer dimensions, more filters, or a shorter time range",
+        ),
+    ] {
+        let r = admin.get(&format!("/metrics/attempts?{query}")).await;
+        assert_eq!(
+            (r.status, r.body["message"].as_str()),
+            (400, Some(message)),
+            "{query}: {}",
+            r.text
+        );
+    }
+}
+
+fn outrider_engine_time_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+/// Milliseconds as RFC 3339, URL-safe (no `+`).
+fn fmt_ms(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .unwrap()
+        .format("%Y-%m-%dT%H:%M:%S%.3fZ")
+        .to_string()
+}

@@ -161,8 +161,13 @@ async fn metadata_outpost_accepts_is_accepted_and_never_replaces_our_headers() {
                 format!("v1,{}", hmac_b64(&key, &content))
             );
         }
-        // The metadata is stored as published.
-        let e = api.get(&format!("/events/{id}")).await;
+        // The metadata is stored as published (the index may trail the delivery a little).
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let mut e = api.get(&format!("/events/{id}")).await;
+        while e.status == 404 && std::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            e = api.get(&format!("/events/{id}")).await;
+        }
         assert_eq!(e.body["metadata"]["host"], "evil.example", "{}", e.text);
     }
 }

@@ -209,6 +209,18 @@ try {
     const r = await admin.retry({ eventId, destinationId: dest.id });
     assert(r.success === true, JSON.stringify(r));
   });
+  const window = () => ({ start: new Date(Date.now() - 3600_000), end: new Date(Date.now() + 60_000) });
+  await step("metrics.getEventMetrics", async () => {
+    const r = await admin.metrics.getEventMetrics({ time: window(), measures: ["count", "rate"], filtersTenantId: T });
+    assert(r.data.length === 1 && r.data[0].metrics.count >= 1 && r.metadata.rowCount === 1, JSON.stringify(r));
+  });
+  await step("metrics.getAttemptMetrics", async () => {
+    const r = await admin.metrics.getAttemptMetrics({
+      time: window(), granularity: "1h", measures: ["count", "error_rate"], dimensions: ["status"], filtersTenantId: T,
+    });
+    assert(r.metadata.granularity === "1h" && r.data.some((d) => d.dimensions.status === "success" && d.metrics.count >= 1),
+      JSON.stringify(r));
+  });
   await step("tenant token: tenants.get and destinations.list", async () => {
     const t = new Outpost({ apiKey: token, serverURL }) // the SDK sends a tenant JWT as its bearer token;
     const me = await t.tenants.get(T);

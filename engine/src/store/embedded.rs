@@ -18,6 +18,7 @@ use tokio::sync::oneshot;
 
 use super::*;
 use crate::crypto::Cipher;
+use crate::metrics::{RollupDelta, Scan, ScanRow};
 use crate::model::{Delivery, StringMap};
 
 /// Most operations one transaction takes before it commits.
@@ -100,7 +101,43 @@ CREATE TABLE IF NOT EXISTS meta (
     key TEXT PRIMARY KEY,
     value INTEGER NOT NULL
 );
+-- Metrics rollups (`crate::metrics`): per minute (res 1), hour (res 2) and
+-- day (res 3), kept in the transaction that writes the rows they count.
+CREATE TABLE IF NOT EXISTS metric_events (
+    res INTEGER NOT NULL, unit INTEGER NOT NULL, tenant_id TEXT NOT NULL, topic TEXT NOT NULL,
+    n INTEGER NOT NULL,
+    PRIMARY KEY (res, unit, tenant_id, topic)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS metric_event_destinations (
+    res INTEGER NOT NULL, unit INTEGER NOT NULL, tenant_id TEXT NOT NULL, topic TEXT NOT NULL,
+    destination_id TEXT NOT NULL, n INTEGER NOT NULL,
+    PRIMARY KEY (res, unit, tenant_id, topic, destination_id)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS metric_attempts (
+    res INTEGER NOT NULL, unit INTEGER NOT NULL, tenant_id TEXT NOT NULL, destination_id TEXT NOT NULL,
+    destination_type TEXT NOT NULL, topic TEXT NOT NULL,
+    n INTEGER NOT NULL, successful INTEGER NOT NULL, failed INTEGER NOT NULL, first_n INTEGER NOT NULL,
+    retry_n INTEGER NOT NULL, manual_n INTEGER NOT NULL, attempt_sum INTEGER NOT NULL,
+    PRIMARY KEY (res, unit, tenant_id, destination_id, destination_type, topic)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS metric_attempts_wide (
+    res INTEGER NOT NULL, unit INTEGER NOT NULL, tenant_id TEXT NOT NULL, destination_id TEXT NOT NULL,
+    destination_type TEXT NOT NULL, topic TEXT NOT NULL, status TEXT NOT NULL, code TEXT NOT NULL,
+    manual INTEGER NOT NULL, attempt_number INTEGER NOT NULL, n INTEGER NOT NULL,
+    PRIMARY KEY (res, unit, tenant_id, destination_id, destination_type, topic, status, code, manual, attempt_number)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS metric_attempts_tenant (
+    res INTEGER NOT NULL, unit INTEGER NOT NULL, tenant_id TEXT NOT NULL,
+    n INTEGER NOT NULL, successful INTEGER NOT NULL, failed INTEGER NOT NULL, first_n INTEGER NOT NULL,
+    retry_n INTEGER NOT NULL, manual_n INTEGER NOT NULL, attempt_sum INTEGER NOT NULL,
+    PRIMARY KEY (res, unit, tenant_id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS metric_events_by_tenant ON metric_events (tenant_id, res, unit);
+CREATE INDEX IF NOT EXISTS metric_attempts_by_tenant ON metric_attempts (tenant_id, res, unit);
 "#;
+
+/// `meta` key set once the rollups cover every stored row.
+const ROLLUPS_READY: &str = "metric_rollups_v2";
 
 type Reply<T> = oneshot::Sender<StoreResult<T>>;
 type EntityOp = Box<dyn FnOnce(&Connection) -> rusqlite::Result<()> + Send>;
@@ -175,6 +212,7 @@ impl EmbeddedStore {
         // The writer's own auto-checkpoint stays as a far-off safety net.
         conn.pragma_update(None, "wal_autocheckpoint", 262_144)?;
         conn.execute_batch(SCHEMA)?;
+        backfill_rollups(&conn)?;
         let mut readers = Vec::with_capacity(READERS);
         for _ in 0..READERS {
             let r = open(
@@ -350,12 +388,11 @@ impl CloneMsg for rusqlite::Error {
     }
 }
 
-fn insert_attempt(tx: &rusqlite::Transaction<'_>, a: &Attempt) -> rusqlite::Result<()> {
-    tx.prepare_cached(
-        "INSERT OR REPLACE INTO attempts (id, tenant_id, event_id, destination_id, destination_type, topic, attempt_number, manual, status, time, code, response_data)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
-    )?
-    .execute(params![
+/// Stores `a`, and adds its change to the rollups: a new attempt counts
+/// once; one written again (the same id) replaces the stored row, whose
+/// contribution is taken back first.
+fn insert_attempt(tx: &rusqlite::Transaction<'_>, a: &Attempt, delta: &mut RollupDelta) -> rusqlite::Result<()> {
+    let row = params![
         a.id,
         a.tenant_id,
         a.event_id,
@@ -368,7 +405,28 @@ fn insert_attempt(tx: &rusqlite::Transaction<'_>, a: &Attempt) -> rusqlite::Resu
         a.time,
         a.code,
         a.response_data.as_ref().map(|v| v.to_string()),
-    ])?;
+    ];
+    let inserted = tx
+        .prepare_cached(
+            "INSERT OR IGNORE INTO attempts (id, tenant_id, event_id, destination_id, destination_type, topic, attempt_number, manual, status, time, code, response_data)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+        )?
+        .execute(row)?;
+    if inserted == 0 {
+        if let Some(old) = tx
+            .prepare_cached(&format!("SELECT {ATTEMPT_COLS} FROM attempts WHERE id = ?1"))?
+            .query_row([&a.id], attempt_row)
+            .optional()?
+        {
+            delta.add_attempt(&old, -1);
+        }
+        tx.prepare_cached(
+            "INSERT OR REPLACE INTO attempts (id, tenant_id, event_id, destination_id, destination_type, topic, attempt_number, manual, status, time, code, response_data)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+        )?
+        .execute(row)?;
+    }
+    delta.add_attempt(a, 1);
     Ok(())
 }
 
@@ -378,12 +436,13 @@ fn write_logs(
     attempts: &[Attempt],
     now: i64,
 ) -> rusqlite::Result<()> {
+    let mut delta = RollupDelta::default();
     let mut stmt = tx.prepare_cached(
         "INSERT OR IGNORE INTO events (id, tenant_id, destination_id, topic, eligible_for_retry, time, metadata, data, matched, accepted_at)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
     )?;
     for e in events {
-        stmt.execute(params![
+        let inserted = stmt.execute(params![
             e.id,
             e.tenant_id,
             e.destination_id,
@@ -395,10 +454,134 @@ fn write_logs(
             json_text(&e.matched_destination_ids),
             now,
         ])?;
+        // An event already stored (a replayed write) is not counted again.
+        if inserted == 1 {
+            delta.add_event(e, 1);
+        }
     }
     for a in attempts {
-        insert_attempt(tx, a)?;
+        insert_attempt(tx, a, &mut delta)?;
     }
+    apply_rollups(tx, &delta)
+}
+
+/// Adds a batch's counts to the rollup tables.
+fn apply_rollups(tx: &rusqlite::Transaction<'_>, d: &RollupDelta) -> rusqlite::Result<()> {
+    use crate::store::metrics_sql::res;
+    if d.is_empty() {
+        return Ok(());
+    }
+    let mut st = tx.prepare_cached(
+        "INSERT INTO metric_events (res, unit, tenant_id, topic, n) VALUES (?1, ?2, ?3, ?4, ?5)
+         ON CONFLICT (res, unit, tenant_id, topic) DO UPDATE SET n = n + excluded.n",
+    )?;
+    for ((source, unit, tenant, topic), n) in &d.events {
+        st.execute(params![res(*source), unit, tenant, topic, n])?;
+    }
+    let mut st = tx.prepare_cached(
+        "INSERT INTO metric_event_destinations (res, unit, tenant_id, topic, destination_id, n)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+         ON CONFLICT (res, unit, tenant_id, topic, destination_id) DO UPDATE SET n = n + excluded.n",
+    )?;
+    for ((source, unit, tenant, topic, dest), n) in &d.event_destinations {
+        st.execute(params![res(*source), unit, tenant, topic, dest, n])?;
+    }
+    let mut st = tx.prepare_cached(
+        "INSERT INTO metric_attempts (res, unit, tenant_id, destination_id, destination_type, topic,
+                                      n, successful, failed, first_n, retry_n, manual_n, attempt_sum)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)
+         ON CONFLICT (res, unit, tenant_id, destination_id, destination_type, topic) DO UPDATE SET
+             n = n + excluded.n, successful = successful + excluded.successful, failed = failed + excluded.failed,
+             first_n = first_n + excluded.first_n, retry_n = retry_n + excluded.retry_n,
+             manual_n = manual_n + excluded.manual_n, attempt_sum = attempt_sum + excluded.attempt_sum",
+    )?;
+    for ((source, unit, k), p) in &d.attempts {
+        st.execute(params![
+            res(*source),
+            unit,
+            k.tenant_id,
+            k.destination_id,
+            k.destination_type,
+            k.topic,
+            p.count,
+            p.successful,
+            p.failed,
+            p.first,
+            p.retry,
+            p.manual,
+            p.attempt_number_sum
+        ])?;
+    }
+    let mut st = tx.prepare_cached(
+        "INSERT INTO metric_attempts_tenant (res, unit, tenant_id,
+                                             n, successful, failed, first_n, retry_n, manual_n, attempt_sum)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+         ON CONFLICT (res, unit, tenant_id) DO UPDATE SET
+             n = n + excluded.n, successful = successful + excluded.successful, failed = failed + excluded.failed,
+             first_n = first_n + excluded.first_n, retry_n = retry_n + excluded.retry_n,
+             manual_n = manual_n + excluded.manual_n, attempt_sum = attempt_sum + excluded.attempt_sum",
+    )?;
+    for ((source, unit, tenant), p) in &d.attempts_tenant {
+        st.execute(params![
+            res(*source),
+            unit,
+            tenant,
+            p.count,
+            p.successful,
+            p.failed,
+            p.first,
+            p.retry,
+            p.manual,
+            p.attempt_number_sum
+        ])?;
+    }
+    let mut st = tx.prepare_cached(
+        "INSERT INTO metric_attempts_wide (res, unit, tenant_id, destination_id, destination_type, topic,
+                                           status, code, manual, attempt_number, n)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
+         ON CONFLICT (res, unit, tenant_id, destination_id, destination_type, topic, status, code, manual, attempt_number)
+         DO UPDATE SET n = n + excluded.n",
+    )?;
+    for ((source, unit, k, w), n) in &d.attempts_wide {
+        st.execute(params![
+            res(*source),
+            unit,
+            k.tenant_id,
+            k.destination_id,
+            k.destination_type,
+            k.topic,
+            w.status,
+            w.code,
+            w.manual,
+            w.attempt_number,
+            n
+        ])?;
+    }
+    Ok(())
+}
+
+/// Builds the rollups from the stored rows once (a store from before them).
+fn backfill_rollups(conn: &Connection) -> StoreResult<()> {
+    let ready: Option<i64> = conn
+        .query_row("SELECT value FROM meta WHERE key = ?1", [ROLLUPS_READY], |r| r.get(0))
+        .optional()?;
+    if ready.is_some() {
+        return Ok(());
+    }
+    let started = std::time::Instant::now();
+    let mut sql = String::from("BEGIN IMMEDIATE;");
+    for statement in crate::store::metrics_sql::backfill(crate::store::metrics_sql::Dialect::Sqlite) {
+        sql.push_str(&statement);
+        sql.push(';');
+    }
+    sql.push_str(&format!(
+        "INSERT OR REPLACE INTO meta (key, value) VALUES ('{ROLLUPS_READY}', 1); COMMIT;"
+    ));
+    conn.execute_batch(&sql)?;
+    tracing::info!(
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "metrics rollups built from the stored log"
+    );
     Ok(())
 }
 
@@ -682,6 +865,43 @@ impl EntityStore for EmbeddedStore {
 }
 
 impl LogStore for EmbeddedStore {
+    fn metric_scan(&self, scan: Scan) -> BoxFuture<'_, StoreResult<Vec<ScanRow>>> {
+        use crate::store::metrics_sql::{self, Arg, Dialect};
+        Box::pin(self.read(move |c| {
+            let (sql, args) = metrics_sql::scan(Dialect::Sqlite, &scan);
+            let args = args.into_iter().map(|a| match a {
+                Arg::Int(i) => rusqlite::types::Value::Integer(i),
+                Arg::Text(t) => rusqlite::types::Value::Text(t),
+            });
+            let n = scan.dims.len();
+            let rows = c
+                .prepare_cached(&sql)?
+                .query_map(params_from_iter(args), |r| {
+                    let mut dims = Vec::with_capacity(n);
+                    for i in 0..n {
+                        let v: Option<String> = r.get(1 + i)?;
+                        dims.push(v.unwrap_or_default());
+                    }
+                    let at = |i: usize| r.get::<_, i64>(1 + n + i);
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        dims,
+                        crate::metrics::Partial {
+                            count: at(0)?,
+                            successful: at(1)?,
+                            failed: at(2)?,
+                            first: at(3)?,
+                            retry: at(4)?,
+                            manual: at(5)?,
+                            attempt_number_sum: at(6)?,
+                        },
+                    ))
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(rows)
+        }))
+    }
+
     fn list_events(&self, q: ListQuery) -> BoxFuture<'_, StoreResult<Vec<Event>>> {
         Box::pin(self.read(move |c| {
             let (sql, args) = list_sql("events", EVENT_COLS, &q, false);
@@ -1162,6 +1382,60 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = EmbeddedStore::open(dir.path(), Cipher::new("k"), false).unwrap();
         crate::store::conformance::run_all(&s, &s).await;
+    }
+
+    #[tokio::test]
+    async fn metrics_conformance() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = EmbeddedStore::open(dir.path(), Cipher::new("k"), false).unwrap();
+        crate::store::conformance::run_metrics(&s, &s).await;
+    }
+
+    /// A store written before the rollups existed gets them built at open.
+    #[tokio::test]
+    async fn rollups_are_built_for_rows_stored_before_them() {
+        use crate::metrics::{Dataset, Measure, Query};
+        let dir = tempfile::tempdir().unwrap();
+        let s = EmbeddedStore::open(dir.path(), Cipher::new("k"), false).unwrap();
+        let t0 = 1_704_067_200_000;
+        let mk = |id: &str, t: i64| Attempt {
+            id: id.into(),
+            tenant_id: "t".into(),
+            event_id: "e".into(),
+            destination_id: "d".into(),
+            destination_type: "webhook".into(),
+            attempt_number: 1,
+            manual: false,
+            status: AttemptStatus::Success,
+            time: t,
+            code: Some("200".into()),
+            response_data: None,
+            topic: "x".into(),
+        };
+        s.write_logs(Vec::new(), vec![mk("a1", t0), mk("a2", t0 + 3_600_000)])
+            .await
+            .unwrap();
+        drop(s);
+        // As if written by a build without rollups.
+        let c = Connection::open(dir.path().join("outrider.db")).unwrap();
+        c.execute_batch(
+            "DELETE FROM metric_attempts; DELETE FROM metric_attempts_wide; DELETE FROM metric_attempts_tenant;
+             DELETE FROM meta WHERE key LIKE 'metric_rollups%';",
+        )
+        .unwrap();
+        drop(c);
+        let s = EmbeddedStore::open(dir.path(), Cipher::new("k"), false).unwrap();
+        let q = Query {
+            dataset: Dataset::Attempts,
+            start_ms: t0,
+            end_ms: t0 + 2 * 3_600_000,
+            granularity: None,
+            measures: vec![Measure::Count],
+            dims: vec![],
+            filters: vec![],
+        };
+        let a = crate::metrics::run(&s, &q).await.unwrap();
+        assert_eq!(a.data[0].metrics["count"], 2);
     }
 
     #[tokio::test]

@@ -11,6 +11,7 @@
 #[cfg(test)]
 mod conformance;
 pub mod embedded;
+pub mod metrics_sql;
 pub mod postgres;
 pub mod postgres_tls;
 pub mod redis;
@@ -129,6 +130,8 @@ pub trait EntityStore: Send + Sync + 'static {
 }
 
 pub trait LogStore: Send + Sync + 'static {
+    /// One scan of the metrics plan ([`crate::metrics::Query::plan`]).
+    fn metric_scan(&self, scan: crate::metrics::Scan) -> BoxFuture<'_, StoreResult<Vec<crate::metrics::ScanRow>>>;
     /// Up to `q.limit` events in `q.dir` order after `q.after`.
     fn list_events(&self, q: ListQuery) -> BoxFuture<'_, StoreResult<Vec<Event>>>;
     fn get_event(&self, tenant_id: Option<String>, id: String) -> BoxFuture<'_, StoreResult<Option<Event>>>;

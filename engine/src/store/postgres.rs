@@ -21,7 +21,15 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "0002_log_dead_letters",
         include_str!("../../../migrations/0002_log_dead_letters.sql"),
     ),
+    (
+        "0003_metric_rollups",
+        include_str!("../../../migrations/0003_metric_rollups.sql"),
+    ),
 ];
+
+/// The migration that creates the metrics rollups; the rows already stored
+/// are counted into them in the same transaction.
+const ROLLUP_MIGRATION: &str = "0003_metric_rollups";
 
 /// Serialises migrations across nodes (an arbitrary, fixed advisory-lock key).
 const MIGRATION_LOCK: i64 = 0x6f75_7472_6964_6572;
@@ -130,6 +138,13 @@ impl PostgresLogStore {
                 tx.batch_execute(sql)
                     .await
                     .map_err(|e| StoreError::Database(format!("migration {version}: {e}")))?;
+                if *version == ROLLUP_MIGRATION {
+                    for statement in super::metrics_sql::backfill(super::metrics_sql::Dialect::Postgres) {
+                        tx.batch_execute(&statement)
+                            .await
+                            .map_err(|e| StoreError::Database(format!("migration {version}: {e}")))?;
+                    }
+                }
                 tx.execute("INSERT INTO outrider_migrations (version) VALUES ($1)", &[version])
                     .await
                     .map_err(db_err)?;
@@ -293,6 +308,48 @@ fn list_sql(table: &str, cols: &str, q: &ListQuery, attempts: bool) -> Sql {
 }
 
 impl LogStore for PostgresLogStore {
+    fn metric_scan(&self, scan: crate::metrics::Scan) -> BoxFuture<'_, StoreResult<Vec<crate::metrics::ScanRow>>> {
+        use super::metrics_sql::{self, Arg, Dialect};
+        Box::pin(async move {
+            let (sql, args) = metrics_sql::scan(Dialect::Postgres, &scan);
+            let params: Vec<Box<dyn ToSql + Sync + Send>> = args
+                .into_iter()
+                .map(|a| -> Box<dyn ToSql + Sync + Send> {
+                    match a {
+                        Arg::Int(i) => Box::new(i),
+                        Arg::Text(t) => Box::new(t),
+                    }
+                })
+                .collect();
+            let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p.as_ref() as &(dyn ToSql + Sync)).collect();
+            let n = scan.dims.len();
+            let rows = self.query(&sql, &refs).await?;
+            rows.iter()
+                .map(|r| {
+                    let mut dims = Vec::with_capacity(n);
+                    for i in 0..n {
+                        let v: Option<String> = r.try_get(1 + i).map_err(db_err)?;
+                        dims.push(v.unwrap_or_default());
+                    }
+                    let at = |i: usize| r.try_get::<_, i64>(1 + n + i).map_err(db_err);
+                    Ok((
+                        r.try_get::<_, i64>(0).map_err(db_err)?,
+                        dims,
+                        crate::metrics::Partial {
+                            count: at(0)?,
+                            successful: at(1)?,
+                            failed: at(2)?,
+                            first: at(3)?,
+                            retry: at(4)?,
+                            manual: at(5)?,
+                            attempt_number_sum: at(6)?,
+                        },
+                    ))
+                })
+                .collect()
+        })
+    }
+
     fn list_events(&self, q: ListQuery) -> BoxFuture<'_, StoreResult<Vec<Event>>> {
         Box::pin(async move {
             let sql = list_sql("events", EVENT_COLS, &q, false);
@@ -388,11 +445,174 @@ impl LogStore for PostgresLogStore {
     }
 }
 
+/// Adds a batch's counts to the rollup tables, one `UNNEST` upsert per
+/// table, rows sorted so that concurrent writers lock them in one order.
+async fn apply_rollups(tx: &tokio_postgres::Transaction<'_>, d: &crate::metrics::RollupDelta) -> StoreResult<()> {
+    use super::metrics_sql::res;
+    if d.is_empty() {
+        return Ok(());
+    }
+    let mut ev: Vec<_> = d
+        .events
+        .iter()
+        .map(|((s, u, t, p), n)| (res(*s), *u, t, p, *n))
+        .collect();
+    ev.sort();
+    if !ev.is_empty() {
+        let r: Vec<i16> = ev.iter().map(|x| x.0 as i16).collect();
+        let u: Vec<i64> = ev.iter().map(|x| x.1).collect();
+        let t: Vec<&str> = ev.iter().map(|x| x.2.as_str()).collect();
+        let p: Vec<&str> = ev.iter().map(|x| x.3.as_str()).collect();
+        let n: Vec<i64> = ev.iter().map(|x| x.4).collect();
+        tx.execute(
+            "INSERT INTO metric_events (res, unit, tenant_id, topic, n)
+             SELECT * FROM UNNEST($1::SMALLINT[], $2::BIGINT[], $3::TEXT[], $4::TEXT[], $5::BIGINT[])
+             ON CONFLICT (res, unit, tenant_id, topic) DO UPDATE SET n = metric_events.n + EXCLUDED.n",
+            &[&r, &u, &t, &p, &n],
+        )
+        .await
+        .map_err(write_err)?;
+    }
+    let mut ed: Vec<_> = d
+        .event_destinations
+        .iter()
+        .map(|((s, u, t, p, dest), n)| (res(*s), *u, t, p, dest, *n))
+        .collect();
+    ed.sort();
+    if !ed.is_empty() {
+        let r: Vec<i16> = ed.iter().map(|x| x.0 as i16).collect();
+        let u: Vec<i64> = ed.iter().map(|x| x.1).collect();
+        let t: Vec<&str> = ed.iter().map(|x| x.2.as_str()).collect();
+        let p: Vec<&str> = ed.iter().map(|x| x.3.as_str()).collect();
+        let dest: Vec<&str> = ed.iter().map(|x| x.4.as_str()).collect();
+        let n: Vec<i64> = ed.iter().map(|x| x.5).collect();
+        tx.execute(
+            "INSERT INTO metric_event_destinations (res, unit, tenant_id, topic, destination_id, n)
+             SELECT * FROM UNNEST($1::SMALLINT[], $2::BIGINT[], $3::TEXT[], $4::TEXT[], $5::TEXT[], $6::BIGINT[])
+             ON CONFLICT (res, unit, tenant_id, topic, destination_id)
+             DO UPDATE SET n = metric_event_destinations.n + EXCLUDED.n",
+            &[&r, &u, &t, &p, &dest, &n],
+        )
+        .await
+        .map_err(write_err)?;
+    }
+    let mut at: Vec<_> = d.attempts.iter().map(|((s, u, k), p)| (res(*s), *u, k, *p)).collect();
+    at.sort_by(|a, b| (a.0, a.1, a.2).cmp(&(b.0, b.1, b.2)));
+    if !at.is_empty() {
+        let r: Vec<i16> = at.iter().map(|x| x.0 as i16).collect();
+        let u: Vec<i64> = at.iter().map(|x| x.1).collect();
+        let t: Vec<&str> = at.iter().map(|x| x.2.tenant_id.as_str()).collect();
+        let dest: Vec<&str> = at.iter().map(|x| x.2.destination_id.as_str()).collect();
+        let kind: Vec<&str> = at.iter().map(|x| x.2.destination_type.as_str()).collect();
+        let topic: Vec<&str> = at.iter().map(|x| x.2.topic.as_str()).collect();
+        let col = |f: fn(&crate::metrics::Partial) -> i64| -> Vec<i64> { at.iter().map(|x| f(&x.3)).collect() };
+        let (n, ok, bad, first, retry, manual, sum) = (
+            col(|p| p.count),
+            col(|p| p.successful),
+            col(|p| p.failed),
+            col(|p| p.first),
+            col(|p| p.retry),
+            col(|p| p.manual),
+            col(|p| p.attempt_number_sum),
+        );
+        tx.execute(
+            "INSERT INTO metric_attempts (res, unit, tenant_id, destination_id, destination_type, topic,
+                                          n, successful, failed, first_n, retry_n, manual_n, attempt_sum)
+             SELECT * FROM UNNEST($1::SMALLINT[], $2::BIGINT[], $3::TEXT[], $4::TEXT[], $5::TEXT[], $6::TEXT[],
+                                  $7::BIGINT[], $8::BIGINT[], $9::BIGINT[], $10::BIGINT[], $11::BIGINT[], $12::BIGINT[],
+                                  $13::BIGINT[])
+             ON CONFLICT (res, unit, tenant_id, destination_id, destination_type, topic) DO UPDATE SET
+                 n = metric_attempts.n + EXCLUDED.n,
+                 successful = metric_attempts.successful + EXCLUDED.successful,
+                 failed = metric_attempts.failed + EXCLUDED.failed,
+                 first_n = metric_attempts.first_n + EXCLUDED.first_n,
+                 retry_n = metric_attempts.retry_n + EXCLUDED.retry_n,
+                 manual_n = metric_attempts.manual_n + EXCLUDED.manual_n,
+                 attempt_sum = metric_attempts.attempt_sum + EXCLUDED.attempt_sum",
+            &[
+                &r, &u, &t, &dest, &kind, &topic, &n, &ok, &bad, &first, &retry, &manual, &sum,
+            ],
+        )
+        .await
+        .map_err(write_err)?;
+    }
+    let mut per_tenant: Vec<_> = d
+        .attempts_tenant
+        .iter()
+        .map(|((s, u, t), p)| (res(*s), *u, t, *p))
+        .collect();
+    per_tenant.sort_by(|a, b| (a.0, a.1, a.2).cmp(&(b.0, b.1, b.2)));
+    if !per_tenant.is_empty() {
+        let r: Vec<i16> = per_tenant.iter().map(|x| x.0 as i16).collect();
+        let u: Vec<i64> = per_tenant.iter().map(|x| x.1).collect();
+        let t: Vec<&str> = per_tenant.iter().map(|x| x.2.as_str()).collect();
+        let col = |f: fn(&crate::metrics::Partial) -> i64| -> Vec<i64> { per_tenant.iter().map(|x| f(&x.3)).collect() };
+        let (n, ok, bad, first, retry, manual, sum) = (
+            col(|p| p.count),
+            col(|p| p.successful),
+            col(|p| p.failed),
+            col(|p| p.first),
+            col(|p| p.retry),
+            col(|p| p.manual),
+            col(|p| p.attempt_number_sum),
+        );
+        tx.execute(
+            "INSERT INTO metric_attempts_tenant (res, unit, tenant_id,
+                                                 n, successful, failed, first_n, retry_n, manual_n, attempt_sum)
+             SELECT * FROM UNNEST($1::SMALLINT[], $2::BIGINT[], $3::TEXT[], $4::BIGINT[], $5::BIGINT[], $6::BIGINT[],
+                                  $7::BIGINT[], $8::BIGINT[], $9::BIGINT[], $10::BIGINT[])
+             ON CONFLICT (res, unit, tenant_id) DO UPDATE SET
+                 n = metric_attempts_tenant.n + EXCLUDED.n,
+                 successful = metric_attempts_tenant.successful + EXCLUDED.successful,
+                 failed = metric_attempts_tenant.failed + EXCLUDED.failed,
+                 first_n = metric_attempts_tenant.first_n + EXCLUDED.first_n,
+                 retry_n = metric_attempts_tenant.retry_n + EXCLUDED.retry_n,
+                 manual_n = metric_attempts_tenant.manual_n + EXCLUDED.manual_n,
+                 attempt_sum = metric_attempts_tenant.attempt_sum + EXCLUDED.attempt_sum",
+            &[&r, &u, &t, &n, &ok, &bad, &first, &retry, &manual, &sum],
+        )
+        .await
+        .map_err(write_err)?;
+    }
+    let mut wide: Vec<_> = d
+        .attempts_wide
+        .iter()
+        .map(|((s, u, k, w), n)| (res(*s), *u, k, w, *n))
+        .collect();
+    wide.sort();
+    if !wide.is_empty() {
+        let r: Vec<i16> = wide.iter().map(|x| x.0 as i16).collect();
+        let u: Vec<i64> = wide.iter().map(|x| x.1).collect();
+        let t: Vec<&str> = wide.iter().map(|x| x.2.tenant_id.as_str()).collect();
+        let dest: Vec<&str> = wide.iter().map(|x| x.2.destination_id.as_str()).collect();
+        let kind: Vec<&str> = wide.iter().map(|x| x.2.destination_type.as_str()).collect();
+        let topic: Vec<&str> = wide.iter().map(|x| x.2.topic.as_str()).collect();
+        let status: Vec<&str> = wide.iter().map(|x| x.3.status.as_str()).collect();
+        let code: Vec<&str> = wide.iter().map(|x| x.3.code.as_str()).collect();
+        let manual: Vec<bool> = wide.iter().map(|x| x.3.manual).collect();
+        let number: Vec<i32> = wide.iter().map(|x| x.3.attempt_number as i32).collect();
+        let n: Vec<i64> = wide.iter().map(|x| x.4).collect();
+        tx.execute(
+            "INSERT INTO metric_attempts_wide (res, unit, tenant_id, destination_id, destination_type, topic,
+                                               status, code, manual, attempt_number, n)
+             SELECT * FROM UNNEST($1::SMALLINT[], $2::BIGINT[], $3::TEXT[], $4::TEXT[], $5::TEXT[], $6::TEXT[],
+                                  $7::TEXT[], $8::TEXT[], $9::BOOL[], $10::INT[], $11::BIGINT[])
+             ON CONFLICT (res, unit, tenant_id, destination_id, destination_type, topic, status, code, manual, attempt_number)
+             DO UPDATE SET n = metric_attempts_wide.n + EXCLUDED.n",
+            &[&r, &u, &t, &dest, &kind, &topic, &status, &code, &manual, &number, &n],
+        )
+        .await
+        .map_err(write_err)?;
+    }
+    Ok(())
+}
+
 impl LogWriter for PostgresLogStore {
     fn write_logs(&self, events: Vec<Arc<Event>>, attempts: Vec<Attempt>) -> BoxFuture<'_, StoreResult<()>> {
         Box::pin(async move {
             let mut c = self.pool.get().await.map_err(db_err)?;
             let tx = c.transaction().await.map_err(db_err)?;
+            let mut delta = crate::metrics::RollupDelta::default();
             if !events.is_empty() {
                 let id: Vec<&str> = events.iter().map(|e| e.id.as_str()).collect();
                 let tenant: Vec<&str> = events.iter().map(|e| e.tenant_id.as_str()).collect();
@@ -410,19 +630,61 @@ impl LogWriter for PostgresLogStore {
                     .iter()
                     .map(|e| serde_json::to_string(&e.matched_destination_ids).unwrap_or_else(|_| "[]".into()))
                     .collect();
-                tx.execute(
-                    "INSERT INTO events (id, tenant_id, time, topic, eligible_for_retry, data, metadata, matched_destination_ids)
-                     SELECT u.id, u.tenant_id, to_timestamp(u.ms / 1000.0), u.topic, u.retry, u.data, u.meta::JSONB,
-                            ARRAY(SELECT jsonb_array_elements_text(u.matched::JSONB))
-                     FROM UNNEST($1::TEXT[], $2::TEXT[], $3::BIGINT[], $4::TEXT[], $5::BOOL[], $6::TEXT[], $7::TEXT[], $8::TEXT[])
-                          AS u(id, tenant_id, ms, topic, retry, data, meta, matched)
-                     ON CONFLICT DO NOTHING",
-                    &[&id, &tenant, &time, &topic, &retry, &data, &meta, &matched],
-                )
-                .await
-                .map_err(write_err)?;
+                let inserted = tx
+                    .query(
+                        "INSERT INTO events (id, tenant_id, time, topic, eligible_for_retry, data, metadata, matched_destination_ids)
+                         SELECT u.id, u.tenant_id, to_timestamp(u.ms / 1000.0), u.topic, u.retry, u.data, u.meta::JSONB,
+                                ARRAY(SELECT jsonb_array_elements_text(u.matched::JSONB))
+                         FROM UNNEST($1::TEXT[], $2::TEXT[], $3::BIGINT[], $4::TEXT[], $5::BOOL[], $6::TEXT[], $7::TEXT[], $8::TEXT[])
+                              AS u(id, tenant_id, ms, topic, retry, data, meta, matched)
+                         ON CONFLICT DO NOTHING
+                         RETURNING id",
+                        &[&id, &tenant, &time, &topic, &retry, &data, &meta, &matched],
+                    )
+                    .await
+                    .map_err(write_err)?;
+                // Only events stored now are counted (a replayed write is not).
+                let new: std::collections::HashSet<String> = inserted.iter().map(|r| r.get::<_, String>(0)).collect();
+                for e in &events {
+                    if new.contains(&e.id) {
+                        delta.add_event(e, 1);
+                    }
+                }
             }
             if !attempts.is_empty() {
+                // Attempts already stored under the same (time, id): the
+                // upsert below changes their status and code, so their old
+                // contribution to the rollups is taken back.
+                let keys_ms: Vec<i64> = attempts.iter().map(|x| x.time).collect();
+                let keys_id: Vec<&str> = attempts.iter().map(|x| x.id.as_str()).collect();
+                let old = tx
+                    .query(
+                        &format!(
+                            "SELECT {ATTEMPT_COLS} FROM attempts
+                             WHERE (time, id) IN (SELECT to_timestamp(u.ms / 1000.0), u.id
+                                                  FROM UNNEST($1::BIGINT[], $2::TEXT[]) AS u(ms, id))"
+                        ),
+                        &[&keys_ms, &keys_id],
+                    )
+                    .await
+                    .map_err(write_err)?;
+                let mut stored = std::collections::HashMap::new();
+                for r in &old {
+                    let a = attempt_row(r)?;
+                    stored.insert(a.id.clone(), a);
+                }
+                for a in &attempts {
+                    match stored.get(&a.id) {
+                        Some(before) => {
+                            delta.add_attempt(before, -1);
+                            let mut after = before.clone();
+                            after.status = a.status;
+                            after.code = a.code.clone();
+                            delta.add_attempt(&after, 1);
+                        }
+                        None => delta.add_attempt(a, 1),
+                    }
+                }
                 let a = &attempts;
                 let id: Vec<&str> = a.iter().map(|x| x.id.as_str()).collect();
                 let event: Vec<&str> = a.iter().map(|x| x.event_id.as_str()).collect();
@@ -454,6 +716,7 @@ impl LogWriter for PostgresLogStore {
                 .await
                 .map_err(write_err)?;
             }
+            apply_rollups(&tx, &delta).await?;
             tx.commit().await.map_err(write_err)
         })
     }
@@ -524,7 +787,7 @@ mod tests {
     #[tokio::test]
     async fn migrations_apply_once() {
         let (s, schema) = fresh().await;
-        let all = vec!["0001_logs", "0002_log_dead_letters"];
+        let all = vec!["0001_logs", "0002_log_dead_letters", "0003_metric_rollups"];
         assert_eq!(s.pending_migrations().await.unwrap(), all);
         assert_eq!(s.migrate().await.unwrap(), all);
         assert!(s.migrate().await.unwrap().is_empty(), "second run applies nothing");
@@ -537,6 +800,14 @@ mod tests {
         let (s, schema) = fresh().await;
         s.migrate().await.unwrap();
         crate::store::conformance::run_all(&s, &s).await;
+        drop_schema(&schema).await;
+    }
+
+    #[tokio::test]
+    async fn metrics_conformance() {
+        let (s, schema) = fresh().await;
+        s.migrate().await.unwrap();
+        crate::store::conformance::run_metrics(&s, &s).await;
         drop_schema(&schema).await;
     }
 

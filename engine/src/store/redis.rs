@@ -240,13 +240,28 @@ fn live_nodes(text: &str) -> Vec<(String, u16)> {
 }
 
 fn rerr(e: ::redis::RedisError) -> StoreError {
+    use ::redis::{ErrorKind, ServerErrorKind};
     // Connection trouble and a cluster moving slots pass: the caller (an API
-    // client) may retry; anything else is an error of the call itself.
+    // client) may retry; anything else is an error of the call itself. Right
+    // after a failover the client may have no connection for a slot yet, a
+    // promoted replica may still be loading or read-only, and a MULTI whose
+    // commands met any of that is discarded as a whole (EXECABORT).
+    let failover = matches!(
+        e.kind(),
+        ErrorKind::ClusterConnectionNotFound
+            | ErrorKind::Server(
+                ServerErrorKind::BusyLoading
+                    | ServerErrorKind::MasterDown
+                    | ServerErrorKind::ReadOnly
+                    | ServerErrorKind::ExecAbort
+            )
+    );
     if e.is_io_error()
         || e.is_connection_refusal()
         || e.is_connection_dropped()
         || e.is_timeout()
         || e.is_cluster_error()
+        || failover
     {
         StoreError::Unavailable(format!("redis: {e}"))
     } else {
@@ -881,6 +896,8 @@ mod tests {
         assert!(matches!(rerr(io), StoreError::Unavailable(m) if m.starts_with("redis: ")));
         let typed = ::redis::RedisError::from((::redis::ErrorKind::UnexpectedReturnType, "wrong type"));
         assert!(matches!(rerr(typed), StoreError::Database(_)));
+        let no_slot_owner = ::redis::RedisError::from((::redis::ErrorKind::ClusterConnectionNotFound, "no connection"));
+        assert!(matches!(rerr(no_slot_owner), StoreError::Unavailable(_)));
     }
 
     #[test]
