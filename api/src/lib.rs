@@ -93,6 +93,7 @@ pub fn router(state: AppState) -> Router {
         .method_not_allowed_fallback(meta::not_found);
     Router::new()
         .route("/healthz", get(meta::healthz))
+        .route("/metrics", get(meta::prometheus))
         .nest("/api/v1", api)
         .fallback(meta::not_found)
         .with_state(state)
@@ -103,6 +104,7 @@ pub fn health_router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(routes::meta::healthz))
         .route("/api/v1/healthz", get(routes::meta::healthz))
+        .route("/metrics", get(routes::meta::prometheus))
         .fallback(routes::meta::not_found)
         .with_state(state)
 }

@@ -24,6 +24,7 @@ pub mod idempotency;
 pub mod ids;
 pub mod journal;
 pub mod json;
+pub mod latency;
 pub mod log_pipeline;
 pub mod metadata_overrides;
 pub mod metrics;

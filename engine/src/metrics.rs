@@ -45,7 +45,12 @@ impl Granularity {
     /// Outpost's syntax and bounds: s 1–60, m 1–60, h 1–24, d 1–31, w 1–4, M 1–12.
     pub fn parse(s: &str) -> Result<Self, String> {
         let bad = || format!("invalid granularity {s:?}: use <n><unit> with unit s, m, h, d, w or M (e.g. 1h)");
-        let (digits, unit) = s.split_at(s.len().saturating_sub(1));
+        // By character: the input is anyone's text, and a byte split
+        // inside a multi-byte character would panic.
+        let Some(last) = s.chars().last() else {
+            return Err(bad());
+        };
+        let (digits, unit) = s.split_at(s.len() - last.len_utf8());
         if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) || digits.len() > 3 {
             return Err(bad());
         }
@@ -671,7 +676,22 @@ mod tests {
         );
         assert_eq!(Granularity::parse("12M").unwrap().unit, Unit::Month);
         for bad in [
-            "", "h", "0h", "25h", "61s", "5w", "13M", "1y", "-1h", "1.5h", "1H", "0001h",
+            "",
+            "h",
+            "0h",
+            "25h",
+            "61s",
+            "5w",
+            "13M",
+            "1y",
+            "-1h",
+            "1.5h",
+            "1H",
+            "0001h",
+            // Found by schemathesis: a multi-byte last character made the parser panic.
+            "1\u{f5b8}",
+            "\u{f5b8}",
+            "Bf\u{e9}",
         ] {
             assert!(Granularity::parse(bad).is_err(), "{bad}");
         }

@@ -126,6 +126,8 @@ pub struct ShardStats {
     pub not_attempted: AtomicU64,
     /// Deliveries accepted and not yet settled (queued, in flight, scheduled).
     pub pending: AtomicU64,
+    /// How long attempts take, start to outcome (`GET /metrics`).
+    pub attempt_latency: crate::latency::Histogram,
     /// Whether the shard's loop is running (for `/healthz`).
     pub running: std::sync::atomic::AtomicBool,
 }
@@ -1200,6 +1202,7 @@ impl Shard {
         };
         let cfg = &self.deps.publish.config;
         let started = now_ms();
+        let clock = std::time::Instant::now();
         let result = match &publisher {
             Ok(p) => {
                 match tokio::time::timeout(
@@ -1230,6 +1233,7 @@ impl Shard {
             return;
         }
         self.stats.attempts.fetch_add(1, Ordering::Relaxed);
+        self.stats.attempt_latency.observe(clock.elapsed());
         self.observe_flow(&w.destination_id, &result);
         let mut next = match result.status {
             AttemptStatus::Success => {

@@ -1084,3 +1084,49 @@ fn fmt_ms(ms: i64) -> String {
         .format("%Y-%m-%dT%H:%M:%S%.3fZ")
         .to_string()
 }
+
+/// `GET /metrics` (Prometheus text): attempts by shard and outcome, the
+/// attempt and publish histograms, bounded labels (no tenant or
+/// destination id), and public like `/healthz`.
+#[tokio::test]
+async fn prometheus_metrics_count_what_the_node_did() {
+    let s = Server::start(&[("DELIVERY_SHARDS", "2")]).await;
+    let admin = Api::admin(&s);
+    admin.tenant("t-prom").await;
+    let rx = Receiver::start().await;
+    admin.webhook("t-prom", &rx.url("/ok"), json!({"id": "d-prom"})).await;
+    for i in 0..6 {
+        let r = admin
+            .publish(json!({"tenant_id": "t-prom", "topic": "x", "data": {"i": i}}))
+            .await;
+        assert_eq!(r.status, 202);
+    }
+    rx.wait_for(6, std::time::Duration::from_secs(10)).await;
+    admin
+        .wait_attempts("", std::time::Duration::from_secs(10), |m| m.len() >= 6)
+        .await;
+    let text = reqwest::get(format!("http://127.0.0.1:{}/metrics", s.port))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    println!("{text}");
+    let value = |prefix: &str| -> f64 {
+        text.lines()
+            .filter(|l| l.starts_with(prefix))
+            .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+            .sum()
+    };
+    assert_eq!(value("outrider_delivery_attempts_total{shard=\""), 6.0, "{text}");
+    assert_eq!(value("outrider_attempt_duration_seconds_count{"), 6.0, "{text}");
+    assert_eq!(value("outrider_publish_duration_seconds_count"), 6.0, "{text}");
+    assert_eq!(value("outrider_shard_up{"), 2.0, "{text}");
+    assert!(
+        text.contains("outrider_attempt_duration_seconds_bucket{le=\"+Inf\",shard=\"") || text.contains("le=\"+Inf\"")
+    );
+    assert!(
+        !text.contains("t-prom") && !text.contains("d-prom"),
+        "no tenant or destination id: {text}"
+    );
+}

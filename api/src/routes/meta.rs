@@ -55,6 +55,18 @@ pub async fn destination_type(
         .ok_or(ApiError::Bare(StatusCode::NOT_FOUND))
 }
 
+/// The node's counters in Prometheus' text format. Public like `/healthz`:
+/// no tenant or destination appears in it.
+pub async fn prometheus(State(s): State<AppState>) -> impl IntoResponse {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        s.engine.prometheus_text(),
+    )
+}
+
 /// Our OpenAPI document (see `crate::openapi`). Public: it describes the
 /// API, not any tenant's data.
 pub async fn openapi(State(s): State<AppState>) -> impl IntoResponse {

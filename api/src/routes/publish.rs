@@ -15,6 +15,7 @@ use outrider_engine::publish::PublishInputError;
 
 pub async fn publish(p: Principal, State(s): State<AppState>, RawBody(body): RawBody) -> ApiResult<impl IntoResponse> {
     p.require_admin()?;
+    let started = std::time::Instant::now();
     let event = outrider_engine::publish::parse(&body, &s.engine.config, &s.engine.ids).map_err(|e| match e {
         PublishInputError::InvalidJson => ApiError::invalid_json(),
         PublishInputError::Invalid(list) => ApiError::Validation(list),
@@ -22,6 +23,7 @@ pub async fn publish(p: Principal, State(s): State<AppState>, RawBody(body): Raw
     // No task of its own: `publish` sends every shard message before its
     // first await, so a client that goes away cannot cut a hand-off short.
     let out = s.engine.publish(event).await?;
+    s.engine.publish_latency.observe(started.elapsed());
     Ok((
         StatusCode::ACCEPTED,
         Json(json!({"id": out.id, "duplicate": out.duplicate, "destination_ids": out.destination_ids})),

@@ -30,6 +30,7 @@ use crate::timefmt::now_ms;
 
 mod accept;
 mod control;
+mod exposition;
 pub mod health;
 mod routing_table;
 mod workers;
@@ -187,6 +188,8 @@ pub struct Engine {
     taking: Mutex<std::collections::HashMap<TaskKey, tokio::sync::watch::Receiver<Option<bool>>>>,
     /// What the log pipeline shipped and quarantined (zero without one).
     pub log_stats: Arc<crate::log_pipeline::Stats>,
+    /// How long `POST /publish` takes to accept (the API records it).
+    pub publish_latency: Arc<crate::latency::Histogram>,
     /// Follows entity changes made on other nodes (Redis).
     follower: Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// The delivery queue between nodes, when configured.
@@ -457,6 +460,7 @@ impl Engine {
             threads: Mutex::new(threads),
             pipeline: Mutex::new(None),
             log_stats: Arc::default(),
+            publish_latency: Arc::default(),
             held_locally: Mutex::new(held_locally),
             taking: Mutex::new(std::collections::HashMap::new()),
             follower: Mutex::new(None),
