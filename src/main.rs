@@ -60,7 +60,7 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
-    init_tracing(&config.log_level);
+    init_tracing(&config.log_level, config.log_format);
     // The API accepts publishes on every core: one worker per core, so the
     // accept path is never one thread for the whole node.
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
@@ -134,14 +134,27 @@ fn migrate(config: Option<&std::path::Path>, plan: bool) -> std::process::ExitCo
     }
 }
 
-fn init_tracing(level: &str) {
+fn init_tracing(level: &str, format: outrider_engine::config::LogFormat) {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_target(false)
-        .init();
+    // One of the two is set: the layer types differ, an Option of each is a layer.
+    let (text, json) = match format {
+        outrider_engine::config::LogFormat::Text => (Some(tracing_subscriber::fmt::layer().with_target(false)), None),
+        outrider_engine::config::LogFormat::Json => (
+            None,
+            Some(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .flatten_event(true)
+                    .with_current_span(false)
+                    .with_span_list(false),
+            ),
+        ),
+    };
+    tracing_subscriber::registry().with(filter).with(text).with(json).init();
 }
 
 async fn serve(config: Config) -> Result<(), String> {
@@ -198,6 +211,14 @@ async fn serve(config: Config) -> Result<(), String> {
     let stopping = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
     };
+    if let Some(mport) = engine.config.metrics_port {
+        let listener = tokio::net::TcpListener::bind((host, mport))
+            .await
+            .map_err(|e| format!("cannot listen on {host}:{mport} (METRICS_PORT): {e}"))?;
+        let metrics = outrider_api::metrics_router(outrider_api::AppState::new(engine.clone()));
+        tokio::spawn(outrider_api::serve_router(listener, metrics, stopping(stop_rx.clone())));
+        tracing::info!(port = mport, "metrics listening");
+    }
     let serve = outrider_api::serve_router(listener, router, stopping(stop_rx.clone()));
     tokio::select! {
         r = serve => r.map_err(|e| format!("server error: {e}"))?,

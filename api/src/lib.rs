@@ -91,12 +91,15 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics/attempts", get(metrics::attempts))
         .fallback(meta::not_found)
         .method_not_allowed_fallback(meta::not_found);
-    Router::new()
-        .route("/healthz", get(meta::healthz))
-        .route("/metrics", get(meta::prometheus))
-        .nest("/api/v1", api)
-        .fallback(meta::not_found)
-        .with_state(state)
+    // With METRICS_PORT set, Prometheus scrapes that port and the API port
+    // does not answer /metrics.
+    let top = Router::new().route("/healthz", get(meta::healthz));
+    let top = if state.engine.config.metrics_port.is_none() {
+        top.route("/metrics", get(meta::prometheus))
+    } else {
+        top
+    };
+    top.nest("/api/v1", api).fallback(meta::not_found).with_state(state)
 }
 
 /// A delivery node's HTTP surface: health only.
@@ -104,6 +107,14 @@ pub fn health_router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(routes::meta::healthz))
         .route("/api/v1/healthz", get(routes::meta::healthz))
+        .route("/metrics", get(routes::meta::prometheus))
+        .fallback(routes::meta::not_found)
+        .with_state(state)
+}
+
+/// The `METRICS_PORT` listener's surface: `/metrics` only.
+pub fn metrics_router(state: AppState) -> Router {
+    Router::new()
         .route("/metrics", get(routes::meta::prometheus))
         .fallback(routes::meta::not_found)
         .with_state(state)

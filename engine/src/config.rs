@@ -97,11 +97,26 @@ pub struct WebhookConfig {
     pub proxy: Option<crate::http_client::Proxy>,
 }
 
+/// How log lines are written to stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
 #[derive(Debug, Clone)]
 pub struct Config {
     pub service: Service,
     pub log_level: String,
+    /// `LOG_FORMAT`: `text` (default) or `json`, one object per line.
+    pub log_format: LogFormat,
+    /// `LOG_RETENTION_DAYS`: log rows (events, attempts and their metrics)
+    /// older than this many whole UTC days are deleted; `None` keeps them.
+    pub log_retention_days: Option<u32>,
     pub api_port: u16,
+    /// `METRICS_PORT`: a second listener for `GET /metrics` only; when set,
+    /// the API port does not serve it.
+    pub metrics_port: Option<u16>,
     /// Empty means no authentication at all (Outpost's "VPC mode").
     pub api_key: Secret,
     pub api_jwt_secret: Secret,
@@ -297,7 +312,10 @@ pub const TYPE_TIMEOUT_KEYS: &[(&str, &str)] = &[
 const YAML_KEYS: &[(&str, &str)] = &[
     ("service", "SERVICE"),
     ("log_level", "LOG_LEVEL"),
+    ("log_format", "LOG_FORMAT"),
+    ("log_retention_days", "LOG_RETENTION_DAYS"),
     ("api_port", "API_PORT"),
+    ("metrics_port", "METRICS_PORT"),
     ("api_key", "API_KEY"),
     ("api_jwt_secret", "API_JWT_SECRET"),
     ("aes_encryption_secret", "AES_ENCRYPTION_SECRET"),
@@ -1088,7 +1106,22 @@ impl Config {
         Ok(Config {
             service,
             log_level: src.non_empty("LOG_LEVEL").unwrap_or("info").to_string(),
+            log_format: match src.non_empty("LOG_FORMAT").map(str::to_ascii_lowercase).as_deref() {
+                None | Some("text") => LogFormat::Text,
+                Some("json") => LogFormat::Json,
+                Some(other) => return Err(invalid("LOG_FORMAT", format!("'{other}' is not one of text, json"))),
+            },
+            log_retention_days: match src.num("LOG_RETENTION_DAYS", 0u32)? {
+                0 => None,
+                n if n > 36_500 => return Err(invalid("LOG_RETENTION_DAYS", "must be at most 36500 (100 years)")),
+                n => Some(n),
+            },
             api_port,
+            metrics_port: match src.num("METRICS_PORT", 0u16)? {
+                0 => None,
+                p if p == api_port => return Err(invalid("METRICS_PORT", "must differ from API_PORT")),
+                p => Some(p),
+            },
             api_key: src.string("API_KEY", "").into(),
             api_jwt_secret: src.string("API_JWT_SECRET", "").into(),
             aes_encryption_secret: aes_encryption_secret.into(),

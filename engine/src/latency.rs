@@ -7,9 +7,9 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
 /// Upper bounds, in microseconds, of the buckets (Prometheus' `le`).
-const BOUNDS_US: [u64; 15] = [
-    500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000, 2_500_000, 5_000_000,
-    10_000_000, 30_000_000,
+const BOUNDS_US: [u64; 18] = [
+    50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000, 2_500_000,
+    5_000_000, 10_000_000, 30_000_000,
 ];
 
 #[derive(Debug, Default)]
@@ -58,8 +58,9 @@ mod tests {
         let (sum, count, buckets) = h.snapshot();
         assert_eq!(count, 3);
         assert!((sum - 60.0033).abs() < 1e-9);
-        assert_eq!(buckets[0], (0.0005, 1));
-        assert_eq!(buckets[3], (0.005, 1));
+        assert_eq!(buckets[2], (0.00025, 0));
+        assert_eq!(buckets[3], (0.0005, 1));
+        assert_eq!(buckets[6], (0.005, 1));
         assert_eq!(buckets[buckets.len() - 2], (30.0, 0));
         assert_eq!(buckets.last().copied(), Some((f64::MAX, 1)), "60 s is only in +Inf");
         assert_eq!(buckets.iter().map(|b| b.1).sum::<u64>(), count);

@@ -126,6 +126,11 @@ pub struct ShardStats {
     pub not_attempted: AtomicU64,
     /// Deliveries accepted and not yet settled (queued, in flight, scheduled).
     pub pending: AtomicU64,
+    /// Attempts running now.
+    pub in_flight: AtomicU64,
+    /// Deliveries waiting for a timer: retries with their backoff, and
+    /// deliveries put back for a moment (a read error, the egress proxy).
+    pub scheduled: AtomicU64,
     /// How long attempts take, start to outcome (`GET /metrics`).
     pub attempt_latency: crate::latency::Histogram,
     /// Whether the shard's loop is running (for `/healthz`).
@@ -540,6 +545,7 @@ async fn timer_loop(shard: Rc<Shard>) {
                     continue;
                 }
                 let t = shard.timers.borrow_mut().pop();
+                shard.count_scheduled();
                 if let Some(Reverse(t)) = t {
                     shard.enqueue(t.work);
                 }
@@ -922,11 +928,18 @@ impl Shard {
         });
     }
 
+    /// Mirrors the timer heap's size for `GET /metrics`.
+    fn count_scheduled(&self) {
+        let n = self.timers.borrow().len() as u64;
+        self.stats.scheduled.store(n, Ordering::Relaxed);
+    }
+
     fn schedule(&self, work: Work, due_ms: i64) {
         let seq = self.seq.get() + 1;
         self.seq.set(seq);
         let earliest = self.timers.borrow().peek().map(|Reverse(t)| t.due_ms);
         self.timers.borrow_mut().push(Reverse(Timer { due_ms, seq, work }));
+        self.count_scheduled();
         if earliest.is_none_or(|e| due_ms < e) {
             self.wake.notify_one();
         }
@@ -1010,6 +1023,9 @@ impl Shard {
             }
             self.free.set(self.free.get() - 1);
             self.inflight.set(self.inflight.get() + 1);
+            self.stats
+                .in_flight
+                .store(self.inflight.get() as u64, Ordering::Relaxed);
             if flow.slow {
                 self.slow_inflight.set(self.slow_inflight.get() + 1);
             }
@@ -1041,6 +1057,9 @@ impl Shard {
     fn finished(self: &Rc<Self>, key: &Arc<str>, counted_slow: bool) {
         self.free.set(self.free.get() + 1);
         self.inflight.set(self.inflight.get() - 1);
+        self.stats
+            .in_flight
+            .store(self.inflight.get() as u64, Ordering::Relaxed);
         if counted_slow {
             self.slow_inflight.set(self.slow_inflight.get() - 1);
             // A share slot is free: the parked slow destinations try again.

@@ -1129,4 +1129,137 @@ async fn prometheus_metrics_count_what_the_node_did() {
         !text.contains("t-prom") && !text.contains("d-prom"),
         "no tenant or destination id: {text}"
     );
+    // Nothing is left in flight, waiting or queued once all six settled; the
+    // journals committed at least once per publish batch.
+    for idle in [
+        "outrider_deliveries_in_flight{",
+        "outrider_deliveries_scheduled{",
+        "outrider_deliveries_queued{",
+    ] {
+        assert_eq!(value(idle), 0.0, "{idle}: {text}");
+    }
+    assert!(value("outrider_journal_commits_total{") >= 1.0, "{text}");
+    assert!(value("outrider_journal_commit_requests_total{") >= 6.0, "{text}");
+    assert!(
+        value("outrider_journal_commit_duration_seconds_count{") >= 1.0,
+        "{text}"
+    );
+    assert_eq!(
+        value("outrider_alerts_total{kind=\"consecutive_failure\"}"),
+        0.0,
+        "{text}"
+    );
+    assert_eq!(value("outrider_destinations_auto_disabled_total"), 0.0, "{text}");
+}
+
+/// `METRICS_PORT` moves `/metrics` to its own listener: the API port stops
+/// answering it.
+#[tokio::test]
+async fn metrics_port_serves_metrics_alone() {
+    let mport = free_port();
+    let s = Server::start(&[("METRICS_PORT", &mport.to_string())]).await;
+    let r = reqwest::get(format!("http://127.0.0.1:{mport}/metrics")).await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.text().await.unwrap().contains("outrider_shard_up"));
+    let r = reqwest::get(format!("http://127.0.0.1:{mport}/api/v1/tenants"))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404, "the metrics port serves nothing else");
+    let r = reqwest::get(format!("http://127.0.0.1:{}/metrics", s.port))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    let (code, err) = Server::run_once(&[("METRICS_PORT", "3333"), ("API_PORT", "3333")]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("METRICS_PORT") && err.contains("must differ from API_PORT"),
+        "{err}"
+    );
+}
+
+/// `LOG_RETENTION_DAYS` on the embedded store: at start, events older than
+/// the retention (by their time) go, once outside the idempotency window;
+/// newer ones stay. With `LOG_FORMAT=json` every log line is one JSON object.
+#[tokio::test]
+async fn log_retention_deletes_old_events_and_json_logs_are_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("server.log");
+    let mut s = Server::start_logged(
+        &[
+            ("PUBLISH_IDEMPOTENCY_KEY_TTL", "1"),
+            ("LOG_FORMAT", "json"),
+            ("LOG_LEVEL", "info"),
+        ],
+        Some(log.clone()),
+    )
+    .await;
+    let admin = Api::admin(&s);
+    admin.tenant("t-ret").await;
+    let rx = Receiver::start().await;
+    admin.webhook("t-ret", &rx.url("/ok"), json!({"id": "d-ret"})).await;
+    let old = (chrono::Utc::now() - chrono::Duration::days(10)).to_rfc3339();
+    let r = admin
+        .publish(json!({"id": "ev-old", "tenant_id": "t-ret", "topic": "x", "time": old, "data": {}}))
+        .await;
+    assert_eq!(r.status, 202, "{}", r.text);
+    let r = admin
+        .publish(json!({"id": "ev-new", "tenant_id": "t-ret", "topic": "x", "data": {}}))
+        .await;
+    assert_eq!(r.status, 202, "{}", r.text);
+    rx.wait_for(2, Duration::from_secs(10)).await;
+    let events = |r: crate::common::Resp| -> Vec<String> {
+        r.body["models"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while events(admin.get("/events?tenant_id=t-ret").await).len() < 2 {
+        assert!(Instant::now() < deadline, "both events indexed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    s.terminate(Duration::from_secs(20)).await;
+    // Past the one-second idempotency window.
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    s.set_env("LOG_RETENTION_DAYS", "3");
+    s.spawn().await;
+    let admin = Api::admin(&s);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let ids = events(admin.get("/events?tenant_id=t-ret").await);
+        if ids == ["ev-new"] {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the 10-day-old event was not deleted: {ids:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let text = reqwest::get(format!("http://127.0.0.1:{}/metrics", s.port))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(text.contains("outrider_log_retention_runs_total 1"), "{text}");
+    assert!(text.contains("outrider_log_retention_rows_deleted_total 1"), "{text}");
+    s.terminate(Duration::from_secs(20)).await;
+    let lines = std::fs::read_to_string(&log).unwrap();
+    let mut ran = None;
+    for line in lines.lines().filter(|l| !l.trim().is_empty()) {
+        let v: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        assert!(v["level"].is_string() && v["timestamp"].is_string(), "{line}");
+        if v["message"] == "log retention ran" {
+            ran = Some(v);
+        }
+    }
+    let ran = ran.unwrap_or_else(|| panic!("no 'log retention ran' line in:\n{lines}"));
+    assert_eq!(
+        (ran["days"].as_u64(), ran["events"].as_u64()),
+        (Some(3), Some(1)),
+        "{ran}"
+    );
 }

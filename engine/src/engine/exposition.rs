@@ -25,6 +25,8 @@ struct Snapshot {
     has_log_pipeline: bool,
     opevents: Option<Arc<crate::opevents::OperatorEvents>>,
     publish: Arc<Histogram>,
+    alerts: Arc<super::AlertCounts>,
+    retention: Option<Arc<crate::store::retention::Stats>>,
 }
 
 impl std::fmt::Debug for Snapshot {
@@ -88,6 +90,30 @@ impl Collector for Snapshot {
         )?;
         per_shard(
             &mut e,
+            "outrider_deliveries_in_flight",
+            "Attempts running now.",
+            MetricType::Gauge,
+            s.iter().map(|(st, _)| st.in_flight.load(Relaxed)),
+        )?;
+        per_shard(
+            &mut e,
+            "outrider_deliveries_scheduled",
+            "Deliveries waiting for a timer: retries in their backoff, and deliveries put back for a moment.",
+            MetricType::Gauge,
+            s.iter().map(|(st, _)| st.scheduled.load(Relaxed)),
+        )?;
+        per_shard(
+            &mut e,
+            "outrider_deliveries_queued",
+            "Deliveries ready and waiting for a free attempt slot (pending less in flight and scheduled).",
+            MetricType::Gauge,
+            s.iter().map(|(st, _)| {
+                let busy = st.in_flight.load(Relaxed) + st.scheduled.load(Relaxed);
+                st.pending.load(Relaxed).saturating_sub(busy)
+            }),
+        )?;
+        per_shard(
+            &mut e,
             "outrider_deliveries_dropped",
             "Deliveries settled without an attempt (destination deleted or disabled).",
             MetricType::Counter,
@@ -130,6 +156,41 @@ impl Collector for Snapshot {
             s.iter()
                 .map(|(st, p)| (st.running.load(Relaxed) && !p.failed.load(Relaxed)) as u64),
         )?;
+        per_shard(
+            &mut e,
+            "outrider_journal_commits",
+            "Group commits of the shard's journal (one write and fdatasync each).",
+            MetricType::Counter,
+            s.iter().map(|(_, p)| p.commits.load(Relaxed)),
+        )?;
+        per_shard(
+            &mut e,
+            "outrider_journal_commit_requests",
+            "Commit requests the group commits carried (divided by commits: the batch size).",
+            MetricType::Counter,
+            s.iter().map(|(_, p)| p.commit_requests.load(Relaxed)),
+        )?;
+        per_shard(
+            &mut e,
+            "outrider_journal_commit_bytes",
+            "Bytes the group commits wrote.",
+            MetricType::Counter,
+            s.iter().map(|(_, p)| p.commit_bytes.load(Relaxed)),
+        )?;
+        {
+            let mut m = e.encode_descriptor(
+                "outrider_journal_commit_duration_seconds",
+                "Time of one group commit: the writes and the fdatasync.",
+                None,
+                MetricType::Histogram,
+            )?;
+            for (i, (_, p)) in s.iter().enumerate() {
+                let (sum, count, buckets) = p.commit_latency.snapshot();
+                let shard = [("shard", i.to_string())];
+                m.encode_family(&shard)?
+                    .encode_histogram::<NoLabelSet>(sum, count, &buckets, None)?;
+            }
+        }
         {
             let mut m = e.encode_descriptor(
                 "outrider_attempt_duration_seconds",
@@ -178,6 +239,58 @@ impl Collector for Snapshot {
                 self.log.failing.load(Relaxed) as u64,
             )?;
         }
+        {
+            let mut m = e.encode_descriptor(
+                "outrider_alerts",
+                "Alerts this node raised, by kind (sent as operator events when a sink is configured).",
+                None,
+                MetricType::Counter,
+            )?;
+            let a = &self.alerts;
+            for (kind, v) in [
+                ("consecutive_failure", &a.consecutive_failure),
+                ("exhausted_retries", &a.exhausted_retries),
+            ] {
+                ConstCounter::new(v.load(Relaxed)).encode(m.encode_family(&[("kind", kind)])?)?;
+            }
+        }
+        single(
+            &mut e,
+            "outrider_destinations_auto_disabled",
+            "Destinations this node disabled after consecutive failures.",
+            MetricType::Counter,
+            self.alerts.auto_disabled.load(Relaxed),
+        )?;
+        if let Some(r) = &self.retention {
+            single(
+                &mut e,
+                "outrider_log_retention_runs",
+                "Log retention runs that finished.",
+                MetricType::Counter,
+                r.runs.load(Relaxed),
+            )?;
+            single(
+                &mut e,
+                "outrider_log_retention_failures",
+                "Log retention runs that failed (tried again an hour later).",
+                MetricType::Counter,
+                r.failed.load(Relaxed),
+            )?;
+            single(
+                &mut e,
+                "outrider_log_retention_partitions_dropped",
+                "Daily PostgreSQL partitions dropped by log retention.",
+                MetricType::Counter,
+                r.partitions_dropped.load(Relaxed),
+            )?;
+            single(
+                &mut e,
+                "outrider_log_retention_rows_deleted",
+                "Events and attempts log retention deleted row by row.",
+                MetricType::Counter,
+                r.rows_deleted.load(Relaxed),
+            )?;
+        }
         if let Some(o) = &self.opevents {
             single(
                 &mut e,
@@ -218,6 +331,8 @@ impl Engine {
             has_log_pipeline: self.pipeline.lock().is_some(),
             opevents: self.opevents.clone(),
             publish: self.publish_latency.clone(),
+            alerts: self.alert_counts.clone(),
+            retention: self.config.log_retention_days.map(|_| self.retention_stats.clone()),
         };
         let mut registry = Registry::default();
         registry.register_collector(Box::new(snapshot));

@@ -190,6 +190,10 @@ pub struct Engine {
     pub log_stats: Arc<crate::log_pipeline::Stats>,
     /// How long `POST /publish` takes to accept (the API records it).
     pub publish_latency: Arc<crate::latency::Histogram>,
+    /// What log retention (`LOG_RETENTION_DAYS`) has deleted.
+    pub retention_stats: Arc<crate::store::retention::Stats>,
+    /// Alerts raised and destinations disabled by this node's tracker.
+    pub alert_counts: Arc<AlertCounts>,
     /// Follows entity changes made on other nodes (Redis).
     follower: Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// The delivery queue between nodes, when configured.
@@ -386,6 +390,19 @@ impl Engine {
                 )));
             }
         }
+        if let Some(days) = config.log_retention_days {
+            // The log's home prunes itself: PostgreSQL when it is the log
+            // store (every node may run it; one at a time does), else this
+            // node's embedded store, which keeps events inside the publish
+            // idempotency window whatever their time.
+            let window = config.publish_idempotency_key_ttl.as_millis() as i64;
+            let home = engine.logs.clone();
+            let stats = engine.retention_stats.clone();
+            engine
+                .background
+                .lock()
+                .push(tokio::spawn(crate::store::retention::run(home, days, window, stats)));
+        }
         if let Some(pg) = pipeline {
             // With a delivery queue, publish idempotency lives in Redis: shipped
             // events need not stay on the node for the idempotency window.
@@ -461,6 +478,8 @@ impl Engine {
             pipeline: Mutex::new(None),
             log_stats: Arc::default(),
             publish_latency: Arc::default(),
+            retention_stats: Arc::default(),
+            alert_counts: Arc::default(),
             held_locally: Mutex::new(held_locally),
             taking: Mutex::new(std::collections::HashMap::new()),
             follower: Mutex::new(None),
@@ -497,6 +516,7 @@ impl Engine {
             let actions = Arc::new(EngineAlerts {
                 engine: Arc::downgrade(self),
                 opevents: self.opevents.clone(),
+                counts: self.alert_counts.clone(),
             });
             bg.push(tokio::spawn(crate::alerts::track(
                 self.config.alert.clone(),
@@ -691,13 +711,29 @@ impl Engine {
 struct EngineAlerts {
     engine: std::sync::Weak<Engine>,
     opevents: Option<Arc<OperatorEvents>>,
+    counts: Arc<AlertCounts>,
+}
+
+/// Alerts this node raised, by kind, and destinations it disabled
+/// (`GET /metrics`).
+#[derive(Debug, Default)]
+pub struct AlertCounts {
+    pub consecutive_failure: std::sync::atomic::AtomicU64,
+    pub exhausted_retries: std::sync::atomic::AtomicU64,
+    pub auto_disabled: std::sync::atomic::AtomicU64,
 }
 
 impl AlertActions for EngineAlerts {
     fn disable(&self, destination: Arc<Destination>) -> futures_util::future::BoxFuture<'_, Option<Arc<Destination>>> {
         Box::pin(async move {
             let engine = self.engine.upgrade()?;
-            engine.auto_disable(&destination.tenant_id, &destination.id).await
+            let disabled = engine.auto_disable(&destination.tenant_id, &destination.id).await;
+            if disabled.is_some() {
+                self.counts
+                    .auto_disabled
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            disabled
         })
     }
 
@@ -708,6 +744,14 @@ impl AlertActions for EngineAlerts {
         data: serde_json::Value,
     ) -> futures_util::future::BoxFuture<'_, ()> {
         Box::pin(async move {
+            let counter = match topic {
+                crate::alerts::TOPIC_CONSECUTIVE_FAILURE => Some(&self.counts.consecutive_failure),
+                crate::alerts::TOPIC_EXHAUSTED => Some(&self.counts.exhausted_retries),
+                _ => None,
+            };
+            if let Some(c) = counter {
+                c.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
             if let Some(o) = &self.opevents {
                 o.alert(topic, tenant_id, data).await;
             }

@@ -155,6 +155,12 @@ pub struct Progress {
     pub hold: AtomicBool,
     /// A write or sync failed: the journal takes no more records.
     pub failed: AtomicBool,
+    /// Group commits made (one write + `fdatasync` each), the commit requests
+    /// and bytes they carried, and how long each took (`GET /metrics`).
+    pub commits: AtomicU64,
+    pub commit_requests: AtomicU64,
+    pub commit_bytes: AtomicU64,
+    pub commit_latency: crate::latency::Histogram,
 }
 
 type Waiter = oneshot::Sender<Result<(), Arc<JournalError>>>;
@@ -371,6 +377,8 @@ impl Syncer {
             while self.progress.hold.load(Ordering::Acquire) {
                 std::thread::sleep(std::time::Duration::from_millis(5));
             }
+            let started = std::time::Instant::now();
+            let mut bytes_written = 0u64;
             let mut waiters = Vec::new();
             let mut result = if self.failed.load(Ordering::Acquire) {
                 Err(JournalError::Failed)
@@ -379,6 +387,7 @@ impl Syncer {
             };
             for b in batches {
                 waiters.extend(b.waiters);
+                bytes_written += b.bytes.len() as u64;
                 if result.is_ok() {
                     result = self.write(b.segment, b.segment_bytes, &b.bytes);
                 }
@@ -394,6 +403,11 @@ impl Syncer {
             }
             match result {
                 Ok(()) => {
+                    let p = &self.progress;
+                    p.commits.fetch_add(1, Ordering::Relaxed);
+                    p.commit_requests.fetch_add(waiters.len() as u64, Ordering::Relaxed);
+                    p.commit_bytes.fetch_add(bytes_written, Ordering::Relaxed);
+                    p.commit_latency.observe(started.elapsed());
                     self.progress
                         .durable
                         .store(Loc::new(self.segment, self.offset).0, Ordering::Release);

@@ -573,3 +573,89 @@ pub(crate) async fn run_metrics(store: &dyn LogStore, writer: &dyn LogWriter) {
         );
     }
 }
+
+/// Retention deletes rows and rollups before the cutoff, keeps the rest, and
+/// a second run finds nothing more to delete.
+pub(crate) async fn run_retention(store: &dyn LogStore, writer: &dyn LogWriter) {
+    use crate::metrics::{Dataset, Granularity, Measure, Query};
+    use crate::store::retention::{Policy, DAY_MS};
+    const NOW: i64 = 1_796_464_800_000; // 2026-12-05T10:00:00Z
+    let mut policy = Policy::new(NOW, 2, 0);
+    // Nothing is held back for publish idempotency here (the embedded
+    // store's own test covers that).
+    policy.keep_accepted_after = i64::MAX;
+    let cut = policy.cutoff_ms;
+    let times = [
+        ("old", cut - 5 * DAY_MS + 3),
+        ("edge", cut - 1),
+        ("kept", cut),
+        ("now", NOW),
+    ];
+    let events: Vec<_> = times
+        .iter()
+        .map(|(n, t)| event(&format!("r-{n}"), "rt", "x", *t, &["rd"]))
+        .collect();
+    let attempts: Vec<_> = times
+        .iter()
+        .map(|(n, t)| {
+            attempt(
+                &format!("ra-{n}"),
+                "rt",
+                &format!("r-{n}"),
+                "rd",
+                "webhook",
+                1,
+                true,
+                *t,
+            )
+        })
+        .collect();
+    writer.write_logs(events, attempts).await.unwrap();
+    let per_day = |dataset| Query {
+        dataset,
+        start_ms: cut - 6 * DAY_MS,
+        end_ms: NOW - NOW % DAY_MS + DAY_MS,
+        granularity: Some(Granularity::parse("1d").unwrap()),
+        measures: vec![Measure::Count],
+        dims: vec![],
+        filters: vec![],
+    };
+    let counted = |a: crate::metrics::Answer| -> Vec<(String, u64)> {
+        a.data
+            .iter()
+            .map(|d| (format!("{:?}", d.time_bucket), d.metrics["count"].as_u64().unwrap_or(0)))
+            .filter(|(_, n)| *n != 0)
+            .collect()
+    };
+    let before = counted(crate::metrics::run(store, &per_day(Dataset::Attempts)).await.unwrap());
+    assert_eq!(before.len(), 4, "{before:?}");
+
+    let pruned = store.retain(policy).await.unwrap();
+    assert_eq!((pruned.events, pruned.attempts), (2, 2), "{pruned:?}");
+    assert!(
+        pruned.rollup_rows >= 6,
+        "minute, hour and day rows of two days: {pruned:?}"
+    );
+    let q = ListQuery {
+        tenant_ids: vec!["rt".into()],
+        ..Default::default()
+    };
+    assert_eq!(ids_e(&store.list_events(q.clone()).await.unwrap()), ["r-now", "r-kept"]);
+    assert_eq!(ids_a(&store.list_attempts(q).await.unwrap()), ["ra-now", "ra-kept"]);
+    for dataset in [Dataset::Events, Dataset::Attempts] {
+        let after = counted(crate::metrics::run(store, &per_day(dataset)).await.unwrap());
+        assert_eq!(after.len(), 2, "{dataset:?}: only the two kept days count: {after:?}");
+        assert_eq!(after.iter().map(|(_, n)| n).sum::<u64>(), 2, "{after:?}");
+    }
+    let again = store.retain(policy).await.unwrap();
+    assert_eq!(
+        (
+            again.events,
+            again.attempts,
+            again.rollup_rows,
+            again.partitions_dropped.len()
+        ),
+        (0, 0, 0, 0),
+        "{again:?}"
+    );
+}

@@ -864,7 +864,71 @@ impl EntityStore for EmbeddedStore {
     }
 }
 
+impl EmbeddedStore {
+    /// Runs one delete on the writer thread and returns the rows it deleted.
+    async fn delete_counted(&self, sql: String, args: Vec<i64>) -> StoreResult<u64> {
+        let n = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let out = n.clone();
+        self.entity(Box::new(move |c| {
+            let deleted = c.prepare_cached(&sql)?.execute(rusqlite::params_from_iter(args))?;
+            out.store(deleted as u64, std::sync::atomic::Ordering::Relaxed);
+            Ok(())
+        }))
+        .await?;
+        Ok(n.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
+    /// Deletes with `sql` (which deletes at most one batch) until a batch
+    /// comes back short: each batch is its own short write, so the index
+    /// follower's writes go between them.
+    async fn delete_batches(&self, sql: &'static str, args: Vec<i64>) -> StoreResult<u64> {
+        let mut total = 0;
+        loop {
+            let n = self.delete_counted(sql.to_string(), args.clone()).await?;
+            total += n;
+            if n < retention::BATCH as u64 {
+                return Ok(total);
+            }
+        }
+    }
+
+    async fn retain_rows(&self, policy: retention::Policy) -> StoreResult<retention::Pruned> {
+        let b = retention::BATCH;
+        let attempts = self
+            .delete_batches(
+                "DELETE FROM attempts WHERE seq IN (SELECT seq FROM attempts WHERE time < ?1 LIMIT ?2)",
+                vec![policy.cutoff_ms, b],
+            )
+            .await?;
+        // An event inside the idempotency window stays whatever time its
+        // publisher gave it, and so does one a build before the journals
+        // still has pending.
+        let events = self
+            .delete_batches(
+                "DELETE FROM events WHERE seq IN (SELECT seq FROM events WHERE time < ?1 AND accepted_at < ?2
+                   AND NOT EXISTS (SELECT 1 FROM pending p WHERE p.event_id = events.id) LIMIT ?3)",
+                vec![policy.cutoff_ms, policy.keep_accepted_after, b],
+            )
+            .await?;
+        let mut rollup_rows = 0;
+        for table in retention::ROLLUP_TABLES {
+            let sql = format!("DELETE FROM {table} WHERE res IN (1, 2, 3) AND unit < ?1");
+            rollup_rows += self.delete_counted(sql, vec![policy.cutoff_ms]).await?;
+        }
+        Ok(retention::Pruned {
+            events,
+            attempts,
+            rollup_rows,
+            ..Default::default()
+        })
+    }
+}
+
 impl LogStore for EmbeddedStore {
+    fn retain(&self, policy: retention::Policy) -> BoxFuture<'_, StoreResult<retention::Pruned>> {
+        Box::pin(self.retain_rows(policy))
+    }
+
     fn metric_scan(&self, scan: Scan) -> BoxFuture<'_, StoreResult<Vec<ScanRow>>> {
         use crate::store::metrics_sql::{self, Arg, Dialect};
         Box::pin(self.read(move |c| {
@@ -1382,6 +1446,43 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = EmbeddedStore::open(dir.path(), Cipher::new("k"), false).unwrap();
         crate::store::conformance::run_all(&s, &s).await;
+    }
+
+    #[tokio::test]
+    async fn retention_conformance() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = EmbeddedStore::open(dir.path(), Cipher::new("k"), false).unwrap();
+        crate::store::conformance::run_retention(&s, &s).await;
+    }
+
+    #[tokio::test]
+    async fn retention_keeps_events_inside_the_idempotency_window() {
+        use crate::store::retention::Policy;
+        let dir = tempfile::tempdir().unwrap();
+        let s = EmbeddedStore::open(dir.path(), Cipher::new("k"), false).unwrap();
+        let now = crate::timefmt::now_ms();
+        let old = Arc::new(Event {
+            id: "just-accepted".into(),
+            tenant_id: "t".into(),
+            destination_id: None,
+            topic: "x".into(),
+            eligible_for_retry: true,
+            time: now - 40 * crate::store::retention::DAY_MS,
+            time_ns: 0,
+            metadata: StringMap::new(),
+            data: Arc::from("{}"),
+            matched_destination_ids: vec![],
+        });
+        s.write_logs(vec![old], vec![]).await.unwrap();
+        // Accepted a moment ago with a time 40 days back: inside a one-hour
+        // idempotency window it stays, so a repeat of it is still refused.
+        let p = s.retain(Policy::new(now, 7, 3_600_000)).await.unwrap();
+        assert_eq!(p.events, 0);
+        assert!(s.event_accepted_at("just-accepted").await.unwrap().is_some());
+        // A minute later with no window, its time decides.
+        let p = s.retain(Policy::new(now + 60_000, 7, 0)).await.unwrap();
+        assert_eq!(p.events, 1);
+        assert!(s.event_accepted_at("just-accepted").await.unwrap().is_none());
     }
 
     #[tokio::test]

@@ -15,6 +15,7 @@ pub mod metrics_sql;
 pub mod postgres;
 pub mod postgres_tls;
 pub mod redis;
+pub mod retention;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -132,6 +133,8 @@ pub trait EntityStore: Send + Sync + 'static {
 pub trait LogStore: Send + Sync + 'static {
     /// One scan of the metrics plan ([`crate::metrics::Query::plan`]).
     fn metric_scan(&self, scan: crate::metrics::Scan) -> BoxFuture<'_, StoreResult<Vec<crate::metrics::ScanRow>>>;
+    /// Deletes the log rows and rollups `policy` puts past retention.
+    fn retain(&self, policy: retention::Policy) -> BoxFuture<'_, StoreResult<retention::Pruned>>;
     /// Up to `q.limit` events in `q.dir` order after `q.after`.
     fn list_events(&self, q: ListQuery) -> BoxFuture<'_, StoreResult<Vec<Event>>>;
     fn get_event(&self, tenant_id: Option<String>, id: String) -> BoxFuture<'_, StoreResult<Option<Event>>>;

@@ -307,7 +307,169 @@ fn list_sql(table: &str, cols: &str, q: &ListQuery, attempts: bool) -> Sql {
     s
 }
 
+/// Serialises retention across log nodes (the migration lock's neighbour),
+/// per schema: deployments sharing a database do not skip each other's runs.
+const RETENTION_LOCK: i64 = MIGRATION_LOCK + 1;
+
+/// The log tables partitioned by day.
+const PARTITIONED: [&str; 2] = ["events", "attempts"];
+
+impl PostgresLogStore {
+    /// One retention run ([`retention`]); another node running it now makes
+    /// this one a no-op.
+    async fn retain_days(&self, policy: retention::Policy) -> StoreResult<retention::Pruned> {
+        let mut c = self.pool.get().await.map_err(db_err)?;
+        let locked: bool = c
+            .query_one(
+                "SELECT pg_try_advisory_lock($1::BIGINT # hashtext(current_schema())::BIGINT)",
+                &[&RETENTION_LOCK],
+            )
+            .await
+            .map_err(db_err)?
+            .get(0);
+        if !locked {
+            return Ok(retention::Pruned::default());
+        }
+        let result = retain_locked(&mut c, policy).await;
+        let _ = c
+            .execute(
+                "SELECT pg_advisory_unlock($1::BIGINT # hashtext(current_schema())::BIGINT)",
+                &[&RETENTION_LOCK],
+            )
+            .await;
+        result
+    }
+}
+
+async fn retain_locked(c: &mut deadpool_postgres::Object, policy: retention::Policy) -> StoreResult<retention::Pruned> {
+    let mut out = retention::Pruned::default();
+    for table in PARTITIONED {
+        for day in policy.today + 1..=policy.today + retention::DAYS_AHEAD {
+            if let Some(name) = ensure_partition(c, table, day).await? {
+                out.partitions_created.push(name);
+            }
+        }
+        for (name, day) in day_partitions(c, table).await? {
+            if (day + 1) * retention::DAY_MS <= policy.cutoff_ms {
+                c.batch_execute(&format!("DROP TABLE IF EXISTS {name}"))
+                    .await
+                    .map_err(db_err)?;
+                out.partitions_dropped.push(name);
+            }
+        }
+    }
+    // What is left before the cutoff sits in the default partition (rows
+    // from before retention was turned on) or in partitions an operator made:
+    // deleted a batch at a time, by the primary key.
+    let cutoff = policy.cutoff_ms as f64 / 1000.0;
+    for table in PARTITIONED {
+        let sql = format!(
+            "DELETE FROM {table} WHERE (time, id) IN
+               (SELECT time, id FROM {table} WHERE time < to_timestamp($1::FLOAT8) LIMIT $2)"
+        );
+        let mut total = 0;
+        loop {
+            let n = c.execute(&sql, &[&cutoff, &retention::BATCH]).await.map_err(db_err)?;
+            total += n;
+            if n < retention::BATCH as u64 {
+                break;
+            }
+        }
+        if table == "events" {
+            out.events = total;
+        } else {
+            out.attempts = total;
+        }
+    }
+    for table in retention::ROLLUP_TABLES {
+        out.rollup_rows += c
+            .execute(
+                &format!("DELETE FROM {table} WHERE res IN (1, 2, 3) AND unit < $1"),
+                &[&policy.cutoff_ms],
+            )
+            .await
+            .map_err(db_err)?;
+    }
+    Ok(out)
+}
+
+/// Creates `table`'s partition for `day` unless it exists; returns its name
+/// when this call made it. Rows of that day already in the default partition
+/// (published with a future time) move into it in the same transaction.
+async fn ensure_partition(c: &mut deadpool_postgres::Object, table: &str, day: i64) -> StoreResult<Option<String>> {
+    use tokio_postgres::error::SqlState;
+    let (Some((ymd, from)), Some((_, to))) = (retention::day_names(day), retention::day_names(day + 1)) else {
+        return Ok(None);
+    };
+    let name = format!("{table}_p{ymd}");
+    let exists: bool = c
+        .query_one("SELECT to_regclass($1) IS NOT NULL", &[&name])
+        .await
+        .map_err(db_err)?
+        .get(0);
+    if exists {
+        return Ok(None);
+    }
+    let bounds = format!("FOR VALUES FROM ('{from}') TO ('{to}')");
+    match c
+        .batch_execute(&format!("CREATE TABLE {name} PARTITION OF {table} {bounds}"))
+        .await
+    {
+        Ok(()) => Ok(Some(name)),
+        // The default partition holds rows of that day.
+        Err(e) if e.code() == Some(&SqlState::CHECK_VIOLATION) => {
+            let tx = c.transaction().await.map_err(db_err)?;
+            // Inserts into the default partition wait until the rows have
+            // moved, so none is deleted without having been copied.
+            tx.batch_execute(&format!(
+                "LOCK TABLE ONLY {table} IN SHARE UPDATE EXCLUSIVE MODE;
+                 LOCK TABLE {table}_default IN ACCESS EXCLUSIVE MODE;
+                 CREATE TABLE {name} (LIKE {table} INCLUDING DEFAULTS);
+                 INSERT INTO {name} SELECT * FROM {table}_default WHERE time >= '{from}' AND time < '{to}';
+                 DELETE FROM {table}_default WHERE time >= '{from}' AND time < '{to}';
+                 ALTER TABLE {table} ATTACH PARTITION {name} {bounds};"
+            ))
+            .await
+            .map_err(|e| StoreError::Database(format!("moving {table} rows into {name}: {}", with_causes(&e))))?;
+            tx.commit().await.map_err(db_err)?;
+            Ok(Some(name))
+        }
+        // A partition an operator made covers the day, or another node made
+        // this one a moment ago.
+        Err(e) if matches!(e.code(), Some(c) if *c == SqlState::INVALID_OBJECT_DEFINITION || *c == SqlState::DUPLICATE_TABLE) => {
+            Ok(None)
+        }
+        Err(e) => Err(StoreError::Database(format!("creating {name}: {}", with_causes(&e)))),
+    }
+}
+
+/// `table`'s daily partitions (`<table>_pYYYYMMDD`) with their day numbers;
+/// other partitions (the default one, an operator's) are not listed.
+async fn day_partitions(c: &deadpool_postgres::Object, table: &str) -> StoreResult<Vec<(String, i64)>> {
+    let rows = c
+        .query(
+            "SELECT c.relname::TEXT FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+             WHERE i.inhparent = to_regclass($1)",
+            &[&table],
+        )
+        .await
+        .map_err(db_err)?;
+    let prefix = format!("{table}_p");
+    Ok(rows
+        .iter()
+        .filter_map(|r| {
+            let name: String = r.get(0);
+            let day = retention::parse_day(name.strip_prefix(&prefix)?)?;
+            Some((name, day))
+        })
+        .collect())
+}
+
 impl LogStore for PostgresLogStore {
+    fn retain(&self, policy: retention::Policy) -> BoxFuture<'_, StoreResult<retention::Pruned>> {
+        Box::pin(self.retain_days(policy))
+    }
+
     fn metric_scan(&self, scan: crate::metrics::Scan) -> BoxFuture<'_, StoreResult<Vec<crate::metrics::ScanRow>>> {
         use super::metrics_sql::{self, Arg, Dialect};
         Box::pin(async move {
@@ -808,6 +970,142 @@ mod tests {
         let (s, schema) = fresh().await;
         s.migrate().await.unwrap();
         crate::store::conformance::run_metrics(&s, &s).await;
+        drop_schema(&schema).await;
+    }
+
+    #[tokio::test]
+    async fn retention_conformance() {
+        let (s, schema) = fresh().await;
+        s.migrate().await.unwrap();
+        crate::store::conformance::run_retention(&s, &s).await;
+        drop_schema(&schema).await;
+    }
+
+    /// Daily partitions: made ahead, dropped whole once past retention, and
+    /// a day's rows already in the default partition move into its new one.
+    #[tokio::test]
+    async fn retention_drops_whole_day_partitions() {
+        use crate::store::retention::{Policy, DAY_MS};
+        const NOW: i64 = 1_796_464_800_000; // 2026-12-05T10:00:00Z
+        let (s, schema) = fresh().await;
+        s.migrate().await.unwrap();
+        let first = s.retain(Policy::new(NOW - 5 * DAY_MS, 2, 0)).await.unwrap();
+        let made = |t: &str| -> Vec<String> {
+            ["20261201", "20261202", "20261203"]
+                .map(|d| format!("{t}_p{d}"))
+                .to_vec()
+        };
+        assert_eq!(first.partitions_created, [made("events"), made("attempts")].concat());
+        assert!(first.partitions_dropped.is_empty());
+
+        let ev = |id: &str, t: i64| {
+            Arc::new(Event {
+                id: id.into(),
+                tenant_id: "pt".into(),
+                destination_id: None,
+                topic: "x".into(),
+                eligible_for_retry: true,
+                time: t,
+                time_ns: 0,
+                metadata: StringMap::new(),
+                data: Arc::from("{}"),
+                matched_destination_ids: vec!["pd".into()],
+            })
+        };
+        let at = |id: &str, t: i64| Attempt {
+            id: format!("a-{id}"),
+            tenant_id: "pt".into(),
+            event_id: id.into(),
+            destination_id: "pd".into(),
+            destination_type: "webhook".into(),
+            attempt_number: 1,
+            manual: false,
+            status: AttemptStatus::Success,
+            time: t,
+            code: Some("200".into()),
+            response_data: None,
+            topic: "x".into(),
+        };
+        let midnight = NOW - NOW % DAY_MS; // 2026-12-05
+        let rows = [
+            ("dec01", midnight - 4 * DAY_MS + 5_000),
+            ("dec02", midnight - 3 * DAY_MS + 5_000),
+            ("dec03", midnight - 2 * DAY_MS + 5_000),
+            ("dec05", midnight + 5_000),
+            // Published with a time two days ahead: in the default partition
+            // until its day's partition is made.
+            ("dec07", midnight + 2 * DAY_MS + 5_000),
+        ];
+        s.write_logs(
+            rows.iter().map(|(id, t)| ev(id, *t)).collect(),
+            rows.iter().map(|(id, t)| at(id, *t)).collect(),
+        )
+        .await
+        .unwrap();
+        let c = s.pool.get().await.unwrap();
+        let count = |sql: String| {
+            let c = &c;
+            async move { c.query_one(&sql, &[]).await.unwrap().get::<_, i64>(0) }
+        };
+        assert_eq!(count("SELECT count(*) FROM ONLY events_p20261201".into()).await, 1);
+        assert_eq!(count("SELECT count(*) FROM ONLY events_default".into()).await, 2);
+
+        let second = s.retain(Policy::new(NOW, 2, 0)).await.unwrap();
+        let day = |t: &str, d: &str| format!("{t}_p{d}");
+        assert_eq!(
+            second.partitions_dropped,
+            [
+                day("events", "20261201"),
+                day("events", "20261202"),
+                day("attempts", "20261201"),
+                day("attempts", "20261202")
+            ]
+        );
+        assert_eq!(
+            second.partitions_created,
+            ["events", "attempts"]
+                .iter()
+                .flat_map(|t| ["20261206", "20261207", "20261208"].map(|d| day(t, d)))
+                .collect::<Vec<_>>()
+        );
+        assert_eq!(
+            (second.events, second.attempts),
+            (0, 0),
+            "whole partitions, no row deletes"
+        );
+        for gone in [
+            "events_p20261201",
+            "events_p20261202",
+            "attempts_p20261201",
+            "attempts_p20261202",
+        ] {
+            assert_eq!(
+                count(format!("SELECT count(*) FROM pg_class WHERE relname = '{gone}'")).await,
+                0
+            );
+        }
+        // The row dated two days ahead moved into its day's partition.
+        assert_eq!(count("SELECT count(*) FROM ONLY events_p20261207".into()).await, 1);
+        assert_eq!(count("SELECT count(*) FROM ONLY attempts_p20261207".into()).await, 1);
+        assert_eq!(count("SELECT count(*) FROM ONLY events_default".into()).await, 1);
+        let q = ListQuery {
+            tenant_ids: vec!["pt".into()],
+            ..Default::default()
+        };
+        let ids: Vec<String> = s
+            .list_events(q.clone())
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| e.id)
+            .collect();
+        assert_eq!(ids, ["dec07", "dec05", "dec03"]);
+        let ids: Vec<String> = s.list_attempts(q).await.unwrap().into_iter().map(|a| a.id).collect();
+        assert_eq!(ids, ["a-dec07", "a-dec05", "a-dec03"]);
+
+        let third = s.retain(Policy::new(NOW, 2, 0)).await.unwrap();
+        assert_eq!(third, Default::default(), "nothing left to do");
+        drop(c);
         drop_schema(&schema).await;
     }
 
