@@ -60,7 +60,6 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
-    init_tracing(&config.log_level, config.log_format);
     // The API accepts publishes on every core: one worker per core, so the
     // accept path is never one thread for the whole node.
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
@@ -76,7 +75,25 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    match rt.block_on(serve(config)) {
+    // The OTLP gRPC client lives on this runtime.
+    let logs = match &config.otel {
+        None => None,
+        Some(otel) => {
+            let _in_runtime = rt.enter();
+            match outrider_engine::otel::install(otel) {
+                Ok(logs) => logs,
+                Err(e) => {
+                    eprintln!("outrider: {e}");
+                    return std::process::ExitCode::from(2);
+                }
+            }
+        }
+    };
+    init_tracing(&config.log_level, config.log_format, logs.as_ref());
+    let result = rt.block_on(serve(config));
+    // The last spans, metrics and logs leave before the runtime stops.
+    outrider_engine::otel::shutdown();
+    match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("outrider: {e}");
@@ -134,9 +151,23 @@ fn migrate(config: Option<&std::path::Path>, plan: bool) -> std::process::ExitCo
     }
 }
 
-fn init_tracing(level: &str, format: outrider_engine::config::LogFormat) {
+fn init_tracing(
+    level: &str,
+    format: outrider_engine::config::LogFormat,
+    otel_logs: Option<&opentelemetry_sdk::logs::SdkLoggerProvider>,
+) {
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::Layer as _;
+    // Log records to OTLP at LOG_LEVEL; the exporter's own HTTP and gRPC
+    // stack never feeds back into it.
+    let otel = otel_logs.map(|p| {
+        let filter = tracing_subscriber::EnvFilter::try_new(format!(
+            "{level},h2=off,hyper=off,hyper_util=off,tonic=off,tower=off,reqwest=off,opentelemetry=off,opentelemetry_sdk=off,opentelemetry_otlp=off"
+        ))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        opentelemetry_appender_tracing::layer::OpenTelemetryTracingBridge::new(p).with_filter(filter)
+    });
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -154,7 +185,12 @@ fn init_tracing(level: &str, format: outrider_engine::config::LogFormat) {
             ),
         ),
     };
-    tracing_subscriber::registry().with(filter).with(text).with(json).init();
+    tracing_subscriber::registry()
+        .with(otel)
+        .with(filter)
+        .with(text)
+        .with(json)
+        .init();
 }
 
 async fn serve(config: Config) -> Result<(), String> {

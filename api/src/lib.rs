@@ -88,7 +88,14 @@ pub fn router(state: AppState) -> Router {
         .route("/attempts", get(logs::list_attempts))
         .route("/attempts/{attempt_id}", get(logs::get_attempt))
         .route("/metrics/events", get(metrics::events))
-        .route("/metrics/attempts", get(metrics::attempts))
+        .route("/metrics/attempts", get(metrics::attempts));
+    // Outpost's api_calls and api_response_latency, by route pattern.
+    let api = if outrider_engine::otel::get().is_some() {
+        api.route_layer(axum::middleware::from_fn(count_api_call))
+    } else {
+        api
+    };
+    let api = api
         .fallback(meta::not_found)
         .method_not_allowed_fallback(meta::not_found);
     // With METRICS_PORT set, Prometheus scrapes that port and the API port
@@ -100,6 +107,21 @@ pub fn router(state: AppState) -> Router {
         top
     };
     top.nest("/api/v1", api).fallback(meta::not_found).with_state(state)
+}
+
+async fn count_api_call(req: axum::extract::Request, next: axum::middleware::Next) -> axum::response::Response {
+    let method = req.method().clone();
+    let path = req
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_default();
+    let start = std::time::Instant::now();
+    let response = next.run(req).await;
+    if let Some(otel) = outrider_engine::otel::get() {
+        otel.api_call(method.as_str(), &path, start.elapsed());
+    }
+    response
 }
 
 /// A delivery node's HTTP surface: health only.

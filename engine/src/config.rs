@@ -114,6 +114,8 @@ pub struct Config {
     /// older than this many whole UTC days are deleted; `None` keeps them.
     pub log_retention_days: Option<u32>,
     pub api_port: u16,
+    /// OpenTelemetry export (`OTEL_*`); `None` without `OTEL_SERVICE_NAME`.
+    pub otel: Option<crate::otel::OtelConfig>,
     /// `METRICS_PORT`: a second listener for `GET /metrics` only; when set,
     /// the API port does not serve it.
     pub metrics_port: Option<u16>,
@@ -312,6 +314,9 @@ pub const TYPE_TIMEOUT_KEYS: &[(&str, &str)] = &[
 const YAML_KEYS: &[(&str, &str)] = &[
     ("service", "SERVICE"),
     ("log_level", "LOG_LEVEL"),
+    ("otel.service_name", "OTEL_SERVICE_NAME"),
+    ("otel.exporter", "OTEL_EXPORTER"),
+    ("otel.protocol", "OTEL_PROTOCOL"),
     ("log_format", "LOG_FORMAT"),
     ("log_retention_days", "LOG_RETENTION_DAYS"),
     ("api_port", "API_PORT"),
@@ -1117,6 +1122,8 @@ impl Config {
                 n => Some(n),
             },
             api_port,
+            otel: crate::otel::OtelConfig::resolve(|k| src.non_empty(k).map(String::from))
+                .map_err(|b| invalid(b.key, b.message))?,
             metrics_port: match src.num("METRICS_PORT", 0u16)? {
                 0 => None,
                 p if p == api_port => return Err(invalid("METRICS_PORT", "must differ from API_PORT")),

@@ -30,6 +30,7 @@ pub mod metadata_overrides;
 pub mod metrics;
 pub mod model;
 pub mod opevents;
+pub mod otel;
 pub mod outpost_settings;
 pub mod publish;
 pub mod queue;

@@ -54,7 +54,7 @@ const AZURE_QUEUE: &str =
     "an Azure Service Bus delivery queue is not built: use RABBITMQ_SERVER_URL, AWS_SQS_REGION or GCP_PUBSUB_PROJECT";
 const AZURE_PUBLISH: &str = "an Azure Service Bus publish queue is not built: use PUBLISH_RABBITMQ_SERVER_URL, PUBLISH_AWS_SQS_REGION or PUBLISH_GCP_PUBSUB_PROJECT";
 const CLICKHOUSE: &str = "a ClickHouse log store is not built: use POSTGRES_URL";
-const OTEL: &str = "OpenTelemetry export is not built yet (issue 19)";
+const OTEL_ENV: &str = "read from the environment by the OTLP exporter, as the OpenTelemetry SDKs do";
 const PORTAL: &str = "the portal page is not built yet (issue 33)";
 const OPEV: &str = "also read as OPERATION_EVENTS_*, the name Outpost's docs use";
 
@@ -275,16 +275,16 @@ pub const SETTINGS: &[Setting] = &[
     s("OPERATOR_EVENTS_RABBITMQ_SERVER_URL", H, OPEV),
     s("OPERATOR_EVENTS_RABBITMQ_EXCHANGE", H, OPEV),
     // OpenTelemetry
-    s("OTEL_SERVICE_NAME", N, OTEL),
-    s("OTEL_EXPORTER", N, OTEL),
-    s("OTEL_TRACES_EXPORTER", N, OTEL),
-    s("OTEL_METRICS_EXPORTER", N, OTEL),
-    s("OTEL_LOGS_EXPORTER", N, OTEL),
-    s("OTEL_PROTOCOL", N, OTEL),
-    s("OTEL_EXPORTER_OTLP_ENDPOINT", N, OTEL),
-    s("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", N, OTEL),
-    s("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", N, OTEL),
-    s("OTEL_EXPORTER_OTLP_LOGS_ENDPOINT", N, OTEL),
+    s("OTEL_SERVICE_NAME", H, "turns traces, metrics and logs on"),
+    s("OTEL_EXPORTER", H, "`otlp` or `none`; `console`/`stdout` are refused (not built)"),
+    s("OTEL_TRACES_EXPORTER", H, "`otlp` or `none`"),
+    s("OTEL_METRICS_EXPORTER", H, "`otlp` or `none`"),
+    s("OTEL_LOGS_EXPORTER", H, "`otlp` or `none`"),
+    s("OTEL_PROTOCOL", H, "`grpc`, `http`, `http/protobuf`"),
+    s("OTEL_EXPORTER_OTLP_ENDPOINT", H, OTEL_ENV),
+    s("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", H, OTEL_ENV),
+    s("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", H, OTEL_ENV),
+    s("OTEL_EXPORTER_OTLP_LOGS_ENDPOINT", H, OTEL_ENV),
 ];
 
 /// Values that ask for nothing: a refused key set to one of them is let be
@@ -398,6 +398,7 @@ mod tests {
         let scenarios: Vec<Vec<(&str, &str)>> = vec![
             vec![],
             vec![("DESTINATIONS_WEBHOOK_MODE", "standard")],
+            vec![("OTEL_SERVICE_NAME", "outpost")],
             vec![
                 ("RABBITMQ_SERVER_URL", "amqp://mq"),
                 ("REDIS_TLS_ENABLED", "true"),
@@ -458,6 +459,10 @@ mod tests {
                 || k == "DELIVERY_SHARDS"
                 // Per-type deadlines (`DESTINATIONS_KAFKA_TIMEOUT_SECONDS`, ...).
                 || (k.starts_with("DESTINATIONS_") && k.ends_with("_TIMEOUT_SECONDS"))
+                || ["LOG_FORMAT", "LOG_RETENTION_DAYS", "METRICS_PORT"].contains(&k)
+                // The OpenTelemetry SDKs' own protocol variables, which
+                // Outpost's docs name but its reference table does not.
+                || (k.starts_with("OTEL_EXPORTER_OTLP_") && k.ends_with("PROTOCOL"))
         };
         let unlisted: Vec<&String> = read
             .iter()
@@ -498,12 +503,12 @@ mod tests {
             ("GIN_MODE", "debug"),
             ("RABBITMQ_LOG_QUEUE", "logs"),
             ("PORTAL_LOGO", "https://example.com/logo.svg"),
-            ("OTEL_SERVICE_NAME", "outpost"),
+            ("PORTAL_BRAND_COLOR", "#123456"),
             ("RETRY_POLL_BACKOFF_MS", ""),
         ]))
         .unwrap();
         let joined = cfg.notices.join("\n");
-        for key in ["GIN_MODE", "RABBITMQ_LOG_QUEUE", "PORTAL_LOGO", "OTEL_SERVICE_NAME"] {
+        for key in ["GIN_MODE", "RABBITMQ_LOG_QUEUE", "PORTAL_LOGO", "PORTAL_BRAND_COLOR"] {
             assert!(joined.contains(key), "{key} missing from {joined}");
         }
         assert_eq!(cfg.notices.len(), 4, "{joined}");

@@ -1252,7 +1252,11 @@ impl Shard {
             return;
         }
         self.stats.attempts.fetch_add(1, Ordering::Relaxed);
-        self.stats.attempt_latency.observe(clock.elapsed());
+        let took = clock.elapsed();
+        self.stats.attempt_latency.observe(took);
+        if let Some(otel) = crate::otel::get() {
+            otel.attempt(&event, &dest, w.attempt, w.manual, &result, started, took);
+        }
         self.observe_flow(&w.destination_id, &result);
         let mut next = match result.status {
             AttemptStatus::Success => {

@@ -12,6 +12,7 @@ mod harness;
 mod journal;
 mod openapi;
 mod opevents;
+mod otel;
 mod outage;
 mod postgres;
 mod publishmq;

@@ -133,6 +133,7 @@ impl DestinationType for Hookdeck {
         let id = source_id(&token).ok_or("credentials.token has an invalid format")?;
         let mut target = Target::parse(&format!("{}/{id}", ctx.config.hookdeck_publish_url))?;
         target.keep_headers = true;
+        target.kind = "hookdeck";
         let mac = Hmac::<Sha256>::new_from_slice(token.as_bytes()).map_err(|e| e.to_string())?;
         Ok(Box::new(HookdeckPublisher {
             target,

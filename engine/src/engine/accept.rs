@@ -75,7 +75,39 @@ impl Engine {
     /// destinations; they deliver once it is committed. Returns after the
     /// commit: a success means the event survives a crash (a power loss too
     /// unless `OUTRIDER_EMBEDDED_SYNCHRONOUS=normal`).
-    pub async fn publish(&self, mut event: Event) -> Result<PublishOutcome, EngineError> {
+    pub async fn publish(&self, event: Event) -> Result<PublishOutcome, EngineError> {
+        let Some(otel) = crate::otel::get() else {
+            return self.publish_matched(event, None).await;
+        };
+        let start = std::time::SystemTime::now();
+        // The spans name the event; it moves into the publish.
+        let names = crate::otel::EventNames {
+            tenant_id: event.tenant_id.clone(),
+            event_id: event.id.clone(),
+            topic: event.topic.clone(),
+        };
+        let mut matched = None;
+        let out = self.publish_matched(event, Some(&mut matched)).await;
+        let end = match &out {
+            Ok(o) => crate::otel::PublishEnd::Accepted { duplicate: o.duplicate },
+            Err(e) => crate::otel::PublishEnd::Failed(match e {
+                EngineError::NotFound(_) => "not_found",
+                EngineError::BadRequest(_) => "bad_request",
+                EngineError::Unavailable(_) => "unavailable",
+                EngineError::Closed => "shutting_down",
+                _ => "error",
+            }),
+        };
+        otel.published(&names, start, matched, end);
+        out
+    }
+
+    async fn publish_matched(
+        &self,
+        mut event: Event,
+        timing: Option<&mut Option<crate::otel::Matched>>,
+    ) -> Result<PublishOutcome, EngineError> {
+        let match_start = timing.as_ref().map(|_| std::time::SystemTime::now());
         // One read of the routing table: the tenant and its matches.
         let matched = {
             let st = self.state.read();
@@ -84,6 +116,13 @@ impl Engine {
                 Some(entry) => crate::routing::matching(&entry.dests, &event),
             }
         };
+        if let (Some(slot), Some(start)) = (timing, match_start) {
+            *slot = Some(crate::otel::Matched {
+                start,
+                end: std::time::SystemTime::now(),
+                destinations: matched.len(),
+            });
+        }
         if matched.is_empty() {
             return Ok(PublishOutcome {
                 id: event.id,

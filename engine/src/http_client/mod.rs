@@ -60,6 +60,8 @@ pub struct Target {
     pub path_and_query: String,
     /// Keep the response's headers ([`Response::headers`]).
     pub keep_headers: bool,
+    /// The destination type sending, for `outpost.delivery_connections`.
+    pub kind: &'static str,
     key: PoolKey,
 }
 
@@ -91,6 +93,7 @@ impl Target {
                 .map(|p| p.as_str().to_string())
                 .unwrap_or_else(|| "/".into()),
             keep_headers: false,
+            kind: "webhook",
         })
     }
 }
@@ -256,6 +259,9 @@ impl HttpClient {
         }
         let conn = self.connect(target).await?;
         drop(permit);
+        if let Some(otel) = crate::otel::get() {
+            otel.delivery_connection(target.kind, false);
+        }
         match self.exchange(conn, target, headers, body).await {
             Ok(r) => Ok(r),
             Err(Exchange::BeforeResponse(e)) | Err(Exchange::Failed(e)) => Err(e),
@@ -272,7 +278,12 @@ impl HttpClient {
     async fn pooled(&self, target: &Target, headers: &Headers<'_>, body: &[u8]) -> Option<Result<Response, SendError>> {
         let conn = self.checkout(&target.key)?;
         match self.exchange(conn, target, headers, body).await {
-            Ok(r) => Some(Ok(r)),
+            Ok(r) => {
+                if let Some(otel) = crate::otel::get() {
+                    otel.delivery_connection(target.kind, true);
+                }
+                Some(Ok(r))
+            }
             Err(Exchange::BeforeResponse(_)) => None,
             Err(Exchange::Failed(e)) => Some(Err(e)),
         }
