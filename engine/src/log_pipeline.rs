@@ -33,6 +33,8 @@ pub struct Stats {
     pub failing: std::sync::atomic::AtomicBool,
     /// Why the last write failed, while `failing`.
     pub last_error: parking_lot::Mutex<String>,
+    /// Records in the embedded store not shipped yet (after the last batch).
+    pub lag: AtomicU64,
 }
 
 enum Record {
@@ -130,6 +132,7 @@ pub fn spawn(
                 }
             };
             if b.events.is_empty() && b.attempts.is_empty() {
+                stats.lag.store(0, Relaxed);
                 tokio::time::sleep(IDLE).await;
                 continue;
             }
@@ -172,6 +175,10 @@ pub fn spawn(
                     }
                     ev = next_ev;
                     at = next_at;
+                    if let Ok((head_ev, head_at)) = source.log_heads().await {
+                        let behind = (head_ev - ev).max(0) + (head_at - at).max(0);
+                        stats.lag.store(behind as u64, Relaxed);
+                    }
                     // Shipped rows have their home elsewhere now; keep the disk bounded.
                     let keep_after = crate::timefmt::now_ms() - idempotency_ttl_ms;
                     if let Err(e) = source.prune_shipped(ev, at, keep_after).await {

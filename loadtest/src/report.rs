@@ -70,6 +70,19 @@ pub struct Delivery {
     pub bad_signatures: u64,
 }
 
+/// The server's log pipeline (PostgreSQL), from its `/metrics`
+/// (`outrider_log_pipeline_lag_records`, sampled every 250 ms).
+#[derive(Debug, Clone, Serialize)]
+pub struct LogLag {
+    /// Most records waiting to be shipped at any sample during the run.
+    pub max_records: u64,
+    /// Waiting when the last delivery arrived.
+    pub at_last_delivery: u64,
+    /// From the last delivery to a sample with nothing waiting; `None`: not
+    /// within 60 s.
+    pub caught_up_seconds: Option<f64>,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Process {
     pub cpu_seconds: Option<f64>,
@@ -118,6 +131,8 @@ pub struct Report {
     pub ratio: Option<f64>,
     pub series: Series,
     pub latency_quantiles: Quantiles,
+    /// `None` when the server ships no log (embedded mode).
+    pub log_lag: Option<LogLag>,
 }
 
 fn ms(us: u64) -> String {
@@ -170,6 +185,16 @@ impl Report {
             "  sink        {} requests, {} answered 500 on purpose, {} bad signatures\n",
             d.sink_requests, d.failures_sent, d.bad_signatures
         ));
+        if let Some(l) = &self.log_lag {
+            s.push_str(&format!(
+                "  log lag     max {} records, {} at the last delivery, {}\n",
+                l.max_records,
+                l.at_last_delivery,
+                l.caught_up_seconds
+                    .map(|c| format!("all shipped {c:.2} s after it"))
+                    .unwrap_or_else(|| "NOT caught up within 60 s".into())
+            ));
+        }
         if let (Some(c), Some(r)) = (self.server_process.cpu_seconds, self.server_process.peak_rss_bytes) {
             s.push_str(&format!(
                 "server        {:.1} CPU s ({:.1} µs per delivery), peak RSS {:.1} MiB\n",

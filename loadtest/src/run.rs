@@ -230,6 +230,7 @@ pub fn run(sc: &Scenario, opts: &Options) -> Result<Report, String> {
     let split_after = pid.and_then(procstat::rss_split);
 
     // ---- publishing ----
+    let lag = LagSampler::start(&rt, addr);
     let cpu0 = pid.and_then(procstat::cpu_seconds);
     let publish = rt.block_on(publish(addr, &api_key, sc, &prefix, opts.quiet))?;
     let expected = publish.accepted * m;
@@ -246,6 +247,7 @@ pub fn run(sc: &Scenario, opts: &Options) -> Result<Report, String> {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+    let log_lag = rt.block_on(lag.finish(addr));
     // A short grace period catches duplicates that are still in flight.
     std::thread::sleep(Duration::from_millis(500));
     pb.finish();
@@ -403,7 +405,77 @@ pub fn run(sc: &Scenario, opts: &Options) -> Result<Report, String> {
             delivered: delivered_series,
         },
         latency_quantiles: report::quantiles(&publish.latency, &e2e),
+        log_lag,
     })
+}
+
+/// The server's log-pipeline backlog, when its `/metrics` has one.
+async fn log_lag(addr: SocketAddr) -> Option<u64> {
+    let mut c = Conn::open(addr, None).await.ok()?;
+    let (status, body) = c.request("GET", "/metrics", Bytes::new()).await.ok()?;
+    if status != 200 {
+        return None;
+    }
+    std::str::from_utf8(&body)
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("outrider_log_pipeline_lag_records "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .map(|v| v as u64)
+}
+
+/// Samples [`log_lag`] every 250 ms while the run publishes and drains.
+struct LagSampler {
+    max: Arc<AtomicU64>,
+    seen: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
+}
+
+impl LagSampler {
+    fn start(rt: &tokio::runtime::Runtime, addr: SocketAddr) -> Self {
+        let s = LagSampler {
+            max: Arc::default(),
+            seen: Arc::default(),
+            stop: Arc::default(),
+        };
+        let (max, seen, stop) = (s.max.clone(), s.seen.clone(), s.stop.clone());
+        rt.spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                if let Some(n) = log_lag(addr).await {
+                    seen.store(true, Ordering::Relaxed);
+                    max.fetch_max(n, Ordering::Relaxed);
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        });
+        s
+    }
+
+    /// After the last delivery: the backlog then, and how long it takes to
+    /// reach zero (up to 60 s).
+    async fn finish(self, addr: SocketAddr) -> Option<report::LogLag> {
+        self.stop.store(true, Ordering::Relaxed);
+        let t0 = Instant::now();
+        let first = log_lag(addr).await;
+        if first.is_none() && !self.seen.load(Ordering::Relaxed) {
+            return None;
+        }
+        let at_last = first.unwrap_or(0);
+        self.max.fetch_max(at_last, Ordering::Relaxed);
+        let mut caught_up = None;
+        while t0.elapsed() < Duration::from_secs(60) {
+            if log_lag(addr).await == Some(0) {
+                caught_up = Some(t0.elapsed().as_secs_f64());
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Some(report::LogLag {
+            max_records: self.max.load(Ordering::Relaxed),
+            at_last_delivery: at_last,
+            caught_up_seconds: caught_up,
+        })
+    }
 }
 
 /// The `POST /destinations` body of destination `d` of tenant `t`.

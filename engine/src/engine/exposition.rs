@@ -233,6 +233,13 @@ impl Collector for Snapshot {
             )?;
             single(
                 &mut e,
+                "outrider_log_pipeline_lag_records",
+                "Events and attempts on this node not yet written to PostgreSQL (after the last batch).",
+                MetricType::Gauge,
+                self.log.lag.load(Relaxed),
+            )?;
+            single(
+                &mut e,
                 "outrider_log_pipeline_failing",
                 "1 while writes to PostgreSQL fail (records wait on disk).",
                 MetricType::Gauge,

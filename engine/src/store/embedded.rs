@@ -1132,6 +1132,19 @@ impl EmbeddedStore {
         .await
     }
 
+    /// The newest sequence numbers `(events, attempts)` of the local log
+    /// tables: with the shipping cursor, how far shipping is behind.
+    pub async fn log_heads(&self) -> StoreResult<(i64, i64)> {
+        self.read(|c| {
+            let head = |t: &str| -> rusqlite::Result<i64> {
+                c.prepare_cached(&format!("SELECT coalesce(max(seq), 0) FROM {t}"))?
+                    .query_row([], |r| r.get(0))
+            };
+            Ok((head("events")?, head("attempts")?))
+        })
+        .await
+    }
+
     /// Row counts `(events, attempts)` of the local log tables.
     pub async fn log_counts(&self) -> StoreResult<(i64, i64)> {
         self.read(|c| {
