@@ -122,14 +122,21 @@ pub fn spawn(
             }
         };
         let mut backoff = crate::backoff::Backoff::new(Duration::from_millis(100), MAX_BACKOFF);
+        // The batch after the one being written, read while PostgreSQL
+        // writes: one write in flight at a time, so records still land in
+        // order (a rewritten attempt never goes before its first write).
+        let mut ahead: Option<crate::store::embedded::LogBatch> = None;
         loop {
-            let b = match source.logs_after(ev, at, batch).await {
-                Ok(b) => b,
-                Err(e) => {
-                    tracing::error!(error = %e, "log pipeline cannot read the embedded store");
-                    tokio::time::sleep(MAX_BACKOFF).await;
-                    continue;
-                }
+            let b = match ahead.take() {
+                Some(b) => b,
+                None => match source.logs_after(ev, at, batch).await {
+                    Ok(b) => b,
+                    Err(e) => {
+                        tracing::error!(error = %e, "log pipeline cannot read the embedded store");
+                        tokio::time::sleep(MAX_BACKOFF).await;
+                        continue;
+                    }
+                },
             };
             if b.events.is_empty() && b.attempts.is_empty() {
                 stats.lag.store(0, Relaxed);
@@ -141,7 +148,12 @@ pub fn spawn(
             let events: Vec<_> = b.events.into_iter().map(|(_, e)| Arc::new(e)).collect();
             let attempts: Vec<_> = b.attempts.into_iter().map(|(_, a)| a).collect();
             let n = events.len() + attempts.len();
-            let shipped = match sink.write_logs(events, attempts).await {
+            let (written, next) = tokio::join!(
+                sink.write_logs(events, attempts),
+                source.logs_after(next_ev, next_at, batch)
+            );
+            let mut next = next.ok();
+            let shipped = match written {
                 Ok(()) => {
                     stats.shipped.fetch_add(n as u64, Relaxed);
                     Ok(())
@@ -149,16 +161,19 @@ pub fn spawn(
                 // The transaction wrote nothing: read the same records again
                 // (the cursor has not moved; the batch is kept only on this
                 // rare path) and bisect them.
-                Err(StoreError::Refused(why)) => match source.logs_after(ev, at, batch).await {
-                    Ok(again) => {
-                        next_ev = again.events.last().map(|(s, _)| *s).unwrap_or(ev);
-                        next_at = again.attempts.last().map(|(s, _)| *s).unwrap_or(at);
-                        let events = again.events.into_iter().map(|(_, e)| Arc::new(e)).collect();
-                        let attempts = again.attempts.into_iter().map(|(_, a)| a).collect();
-                        quarantine(&*sink, events, attempts, why, &stats).await
+                Err(StoreError::Refused(why)) => {
+                    next = None;
+                    match source.logs_after(ev, at, batch).await {
+                        Ok(again) => {
+                            next_ev = again.events.last().map(|(s, _)| *s).unwrap_or(ev);
+                            next_at = again.attempts.last().map(|(s, _)| *s).unwrap_or(at);
+                            let events = again.events.into_iter().map(|(_, e)| Arc::new(e)).collect();
+                            let attempts = again.attempts.into_iter().map(|(_, a)| a).collect();
+                            quarantine(&*sink, events, attempts, why, &stats).await
+                        }
+                        Err(e) => Err(e),
                     }
-                    Err(e) => Err(e),
-                },
+                }
                 Err(e) => Err(e),
             };
             match shipped {
@@ -175,6 +190,7 @@ pub fn spawn(
                     }
                     ev = next_ev;
                     at = next_at;
+                    ahead = next.take();
                     if let Ok((head_ev, head_at)) = source.log_heads().await {
                         let behind = (head_ev - ev).max(0) + (head_at - at).max(0);
                         stats.lag.store(behind as u64, Relaxed);

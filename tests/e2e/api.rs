@@ -1144,6 +1144,11 @@ async fn prometheus_metrics_count_what_the_node_did() {
         value("outrider_journal_commit_duration_seconds_count{") >= 1.0,
         "{text}"
     );
+    assert!(
+        value("outrider_store_commit_records_total") >= 12.0,
+        "six events, six attempts: {text}"
+    );
+    assert!(value("outrider_store_commit_duration_seconds_count") >= 1.0, "{text}");
     assert_eq!(
         value("outrider_alerts_total{kind=\"consecutive_failure\"}"),
         0.0,

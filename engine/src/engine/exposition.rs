@@ -26,6 +26,7 @@ struct Snapshot {
     opevents: Option<Arc<crate::opevents::OperatorEvents>>,
     publish: Arc<Histogram>,
     alerts: Arc<super::AlertCounts>,
+    index: Arc<crate::store::embedded::WriterStats>,
     retention: Option<Arc<crate::store::retention::Stats>>,
 }
 
@@ -191,6 +192,31 @@ impl Collector for Snapshot {
                     .encode_histogram::<NoLabelSet>(sum, count, &buckets, None)?;
             }
         }
+        single(
+            &mut e,
+            "outrider_store_commits",
+            "Transactions of the embedded store's writer (the event and attempt index, entities).",
+            MetricType::Counter,
+            self.index.commits.load(Relaxed),
+        )?;
+        single(
+            &mut e,
+            "outrider_store_commit_records",
+            "Events and attempts those transactions wrote (divided by commits: the batch size).",
+            MetricType::Counter,
+            self.index.records.load(Relaxed),
+        )?;
+        {
+            let m = e.encode_descriptor(
+                "outrider_store_commit_duration_seconds",
+                "Time to apply and commit one transaction of the embedded store's writer.",
+                None,
+                MetricType::Histogram,
+            )?;
+            let (sum, count, buckets) = self.index.latency.snapshot();
+            let mut m = m;
+            m.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)?;
+        }
         {
             let mut m = e.encode_descriptor(
                 "outrider_attempt_duration_seconds",
@@ -339,6 +365,7 @@ impl Engine {
             opevents: self.opevents.clone(),
             publish: self.publish_latency.clone(),
             alerts: self.alert_counts.clone(),
+            index: self.store.writer_stats.clone(),
             retention: self.config.log_retention_days.map(|_| self.retention_stats.clone()),
         };
         let mut registry = Registry::default();

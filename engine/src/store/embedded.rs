@@ -171,6 +171,17 @@ pub struct EmbeddedStore {
     cipher: Cipher,
     /// Stops the checkpoint thread.
     stop: Arc<std::sync::atomic::AtomicBool>,
+    /// What the writer thread's transactions did (`GET /metrics`).
+    pub writer_stats: Arc<WriterStats>,
+}
+
+/// The writer thread's transactions: how many, the log records (events
+/// and attempts) they carried, and how long each took to apply and commit.
+#[derive(Debug, Default)]
+pub struct WriterStats {
+    pub commits: std::sync::atomic::AtomicU64,
+    pub records: std::sync::atomic::AtomicU64,
+    pub latency: crate::latency::Histogram,
 }
 
 impl Drop for EmbeddedStore {
@@ -229,9 +240,11 @@ impl EmbeddedStore {
             .spawn(move || checkpoint_loop(checkpointer, stop2))
             .map_err(|e| StoreError::Database(format!("cannot start checkpoint thread: {e}")))?;
         let (tx, rx) = flume::bounded(WRITE_QUEUE);
+        let writer_stats = Arc::new(WriterStats::default());
+        let stats = writer_stats.clone();
         std::thread::Builder::new()
             .name("outrider-store-writer".into())
-            .spawn(move || writer_loop(conn, rx, synchronous_full))
+            .spawn(move || writer_loop(conn, rx, synchronous_full, &stats))
             .map_err(|e| StoreError::Database(format!("cannot start writer thread: {e}")))?;
         Ok(Self {
             writer: tx,
@@ -239,6 +252,7 @@ impl EmbeddedStore {
             path,
             cipher,
             stop,
+            writer_stats,
         })
     }
 
@@ -291,7 +305,7 @@ fn checkpoint_loop(conn: Connection, stop: Arc<std::sync::atomic::AtomicBool>) {
     }
 }
 
-fn writer_loop(mut conn: Connection, rx: flume::Receiver<WriteOp>, synchronous_full: bool) {
+fn writer_loop(mut conn: Connection, rx: flume::Receiver<WriteOp>, synchronous_full: bool, stats: &WriterStats) {
     let mut full = synchronous_full;
     while let Ok(first) = rx.recv() {
         let mut batch = Vec::with_capacity(64);
@@ -318,7 +332,22 @@ fn writer_loop(mut conn: Connection, rx: flume::Receiver<WriteOp>, synchronous_f
             }
         }
         let now = crate::timefmt::now_ms();
+        let records: usize = batch
+            .iter()
+            .map(|op| match op {
+                WriteOp::Index { events, attempts, .. } | WriteOp::Logs { events, attempts, .. } => {
+                    events.len() + attempts.len()
+                }
+                WriteOp::Entity { .. } => 0,
+            })
+            .sum();
+        let started = std::time::Instant::now();
         let result = apply_batch(&mut conn, &mut batch, now);
+        stats.latency.observe(started.elapsed());
+        stats.commits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        stats
+            .records
+            .fetch_add(records as u64, std::sync::atomic::Ordering::Relaxed);
         // Replies are sent only after the commit: an `Ok` means durable.
         for (op, res) in batch.into_iter().zip(result) {
             match op {
