@@ -18,6 +18,23 @@ use crate::report::{self, Percentiles, Report};
 use crate::scenario::Scenario;
 use crate::{procstat, sink};
 
+/// A run's id: unique per run, also between runs in one process (a `scale`
+/// invocation) and between processes, with its first hex digits varying
+/// (they name the run's events and keys).
+fn new_run_id() -> String {
+    static RUNS: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    let seed = nanos ^ (u64::from(std::process::id()) << 40) ^ RUNS.fetch_add(1, Ordering::Relaxed);
+    // splitmix64: spreads nearby seeds over every digit.
+    let mut z = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    format!("{:016x}", z ^ (z >> 31))
+}
+
 /// A server not started by the harness.
 #[derive(Debug, Clone)]
 pub struct Target {
@@ -154,7 +171,7 @@ pub fn run(sc: &Scenario, opts: &Options) -> Result<Report, String> {
         .enable_all()
         .build()
         .map_err(|e| e.to_string())?;
-    let run_id = format!("{:x}", Instant::now().elapsed().as_nanos() ^ std::process::id() as u128);
+    let run_id = new_run_id();
     let prefix = format!("lt{}-", &run_id[..run_id.len().min(6)]);
     let secret = format!("whsec_loadtest_{run_id}");
     let m = sc.destinations_per_tenant;
@@ -691,4 +708,14 @@ async fn publish(
         accepted_mask,
         series,
     })
+}
+
+#[cfg(test)]
+mod run_id_tests {
+    #[test]
+    fn run_ids_in_one_process_differ_in_their_first_digits() {
+        let ids: Vec<String> = (0..64).map(|_| super::new_run_id()).collect();
+        let prefixes: std::collections::HashSet<&str> = ids.iter().map(|i| &i[..6]).collect();
+        assert_eq!(prefixes.len(), ids.len(), "{ids:?}");
+    }
 }
