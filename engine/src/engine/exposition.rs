@@ -275,7 +275,7 @@ impl Collector for Snapshot {
         {
             let mut m = e.encode_descriptor(
                 "outrider_alerts",
-                "Alerts this node raised, by kind (sent as operator events when a sink is configured).",
+                "Alerts this node raised for the operator-event sink, by kind (only topics a sink takes are raised).",
                 None,
                 MetricType::Counter,
             )?;

@@ -714,8 +714,8 @@ struct EngineAlerts {
     counts: Arc<AlertCounts>,
 }
 
-/// Alerts this node raised, by kind, and destinations it disabled
-/// (`GET /metrics`).
+/// Alerts this node raised for the operator-event sink (only topics a sink
+/// takes are raised), by kind, and destinations it disabled (`GET /metrics`).
 #[derive(Debug, Default)]
 pub struct AlertCounts {
     pub consecutive_failure: std::sync::atomic::AtomicU64,

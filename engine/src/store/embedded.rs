@@ -941,8 +941,31 @@ impl EmbeddedStore {
             .await?;
         let mut rollup_rows = 0;
         for table in retention::ROLLUP_TABLES {
-            let sql = format!("DELETE FROM {table} WHERE res IN (1, 2, 3) AND unit < ?1");
-            rollup_rows += self.delete_counted(sql, vec![policy.cutoff_ms]).await?;
+            // A day of buckets per statement, from the oldest left (the
+            // minute rows of a long history are many; empty days are
+            // skipped), so the writer is never held by one huge delete.
+            loop {
+                let oldest: Option<i64> = self
+                    .read(move |c| {
+                        Ok(c.query_row(
+                            // One index seek per resolution.
+                            &format!(
+                                "SELECT min(m) FROM (SELECT min(unit) AS m FROM {table} WHERE res = 1
+                                 UNION ALL SELECT min(unit) FROM {table} WHERE res = 2
+                                 UNION ALL SELECT min(unit) FROM {table} WHERE res = 3)"
+                            ),
+                            [],
+                            |r| r.get(0),
+                        )?)
+                    })
+                    .await?;
+                let Some(from) = oldest.filter(|u| *u < policy.cutoff_ms) else {
+                    break;
+                };
+                let to = from.saturating_add(retention::DAY_MS).min(policy.cutoff_ms);
+                let sql = format!("DELETE FROM {table} WHERE res IN (1, 2, 3) AND unit < ?1");
+                rollup_rows += self.delete_counted(sql, vec![to]).await?;
+            }
         }
         Ok(retention::Pruned {
             events,
