@@ -198,63 +198,47 @@ fn otlp(p: Protocol) -> OtlpProtocol {
 /// provider for the binary's `tracing` bridge, when logs are exported.
 pub fn install(cfg: &OtelConfig) -> Result<Option<SdkLoggerProvider>, String> {
     let resource = Resource::builder().with_service_name(cfg.service_name.clone()).build();
-    let tracer_provider = match cfg.traces {
-        None => None,
-        Some(p) => {
-            let exporter = match p {
-                Protocol::Grpc => opentelemetry_otlp::SpanExporter::builder().with_tonic().build(),
-                Protocol::HttpProtobuf => opentelemetry_otlp::SpanExporter::builder()
+    // One signal's OTLP exporter over its protocol (the three exporter
+    // builders are distinct types with the same methods).
+    macro_rules! exporter {
+        ($kind:ident, $protocol:expr, $what:literal) => {
+            match $protocol {
+                Protocol::Grpc => opentelemetry_otlp::$kind::builder().with_tonic().build(),
+                p @ Protocol::HttpProtobuf => opentelemetry_otlp::$kind::builder()
                     .with_http()
                     .with_protocol(otlp(p))
                     .build(),
             }
-            .map_err(|e| format!("OpenTelemetry traces exporter: {e}"))?;
-            Some(
-                SdkTracerProvider::builder()
-                    .with_id_generator(EventIds::default())
-                    .with_batch_exporter(exporter)
-                    .with_resource(resource.clone())
-                    .build(),
-            )
-        }
+            .map_err(|e| format!("OpenTelemetry {} exporter: {e}", $what))?
+        };
+    }
+    let tracer_provider = match cfg.traces {
+        None => None,
+        Some(p) => Some(
+            SdkTracerProvider::builder()
+                .with_id_generator(EventIds::default())
+                .with_batch_exporter(exporter!(SpanExporter, p, "traces"))
+                .with_resource(resource.clone())
+                .build(),
+        ),
     };
     let meter_provider = match cfg.metrics {
         None => None,
-        Some(p) => {
-            let exporter = match p {
-                Protocol::Grpc => opentelemetry_otlp::MetricExporter::builder().with_tonic().build(),
-                Protocol::HttpProtobuf => opentelemetry_otlp::MetricExporter::builder()
-                    .with_http()
-                    .with_protocol(otlp(p))
-                    .build(),
-            }
-            .map_err(|e| format!("OpenTelemetry metrics exporter: {e}"))?;
-            Some(
-                SdkMeterProvider::builder()
-                    .with_periodic_exporter(exporter)
-                    .with_resource(resource.clone())
-                    .build(),
-            )
-        }
+        Some(p) => Some(
+            SdkMeterProvider::builder()
+                .with_periodic_exporter(exporter!(MetricExporter, p, "metrics"))
+                .with_resource(resource.clone())
+                .build(),
+        ),
     };
     let logger_provider = match cfg.logs {
         None => None,
-        Some(p) => {
-            let exporter = match p {
-                Protocol::Grpc => opentelemetry_otlp::LogExporter::builder().with_tonic().build(),
-                Protocol::HttpProtobuf => opentelemetry_otlp::LogExporter::builder()
-                    .with_http()
-                    .with_protocol(otlp(p))
-                    .build(),
-            }
-            .map_err(|e| format!("OpenTelemetry logs exporter: {e}"))?;
-            Some(
-                SdkLoggerProvider::builder()
-                    .with_batch_exporter(exporter)
-                    .with_resource(resource)
-                    .build(),
-            )
-        }
+        Some(p) => Some(
+            SdkLoggerProvider::builder()
+                .with_batch_exporter(exporter!(LogExporter, p, "logs"))
+                .with_resource(resource)
+                .build(),
+        ),
     };
     let instruments = meter_provider.as_ref().map(|mp| {
         let m = mp.meter("outpost");
