@@ -221,11 +221,15 @@ mod tests {
             .collect()
     }
 
+    // Every test here runs on paused, auto-advancing time: each timer fires
+    // alone, in deadline order. On the real clock a stalled thread let two
+    // expire in one tick and run in either order (a 30 ms timeout before a
+    // 5 ms call's end), which hung one test and failed another in CI.
     async fn run<T>(f: impl Future<Output = T>) -> T {
         tokio::task::LocalSet::new().run_until(f).await
     }
 
-    #[tokio::test(flavor = "current_thread")]
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
     async fn concurrent_publishes_share_calls_within_the_limits() {
         run(async {
             let b: Rc<Batcher<&str, u32>> = Rc::default();
@@ -255,7 +259,7 @@ mod tests {
         .await
     }
 
-    #[tokio::test(flavor = "current_thread")]
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
     async fn bytes_bound_a_call_and_an_oversized_item_goes_alone() {
         run(async {
             let b: Rc<Batcher<&str, u32>> = Rc::default();
@@ -279,7 +283,7 @@ mod tests {
         .await
     }
 
-    #[tokio::test(flavor = "current_thread")]
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
     async fn lanes_are_per_target() {
         run(async {
             let b: Rc<Batcher<&str, u32>> = Rc::default();
@@ -301,7 +305,7 @@ mod tests {
         .await
     }
 
-    #[tokio::test(flavor = "current_thread")]
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
     async fn a_cancelled_leader_passes_the_lead_and_expired_waiters_are_not_sent() {
         run(async {
             let b: Rc<Batcher<&str, u32>> = Rc::default();
@@ -352,10 +356,6 @@ mod tests {
         .await
     }
 
-    // Paused time: the 5 ms call always ends before the 30 ms timeout. On
-    // the real clock a stalled thread let both expire in one tick, the
-    // timeout could run first, and then member 2 led a call that never
-    // ends (a hang seen once in CI).
     #[tokio::test(flavor = "current_thread", start_paused = true)]
     async fn members_of_a_cancelled_call_fail_instead_of_hanging() {
         run(async {
