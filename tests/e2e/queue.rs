@@ -478,6 +478,12 @@ async fn healthz_names_the_back_end_a_queue_node_cannot_reach() {
     assert!(h.body["workers"]["redis"]["error"].as_str().is_some(), "{}", h.text);
     redis.up();
     wait_for(200, "redis", "healthy").await;
+    // The change follower reloads every entity when it resubscribes and
+    // installs that snapshot; a tenant written before the install lands is
+    // back only when its change message (already subscribed) is applied a
+    // moment later. Wait for the reload, so the publish below cannot fall
+    // into that window (it did once in CI: 404 tenant not found).
+    wait_for(200, "redis-change-follower", "healthy").await;
 
     // PostgreSQL down: shipping waits, the node still serves.
     postgres.down();
