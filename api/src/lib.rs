@@ -7,6 +7,7 @@ pub mod cursor;
 pub mod error;
 pub mod extract;
 pub mod openapi;
+pub mod portal;
 pub mod routes;
 pub mod views;
 
@@ -25,13 +26,17 @@ pub struct AppState {
     /// `GET /api/v1/openapi.json`, rendered once: it depends only on the
     /// build and the destination types' metadata, both fixed at start.
     pub openapi: Arc<bytes::Bytes>,
+    /// The tenant portal's page and assets, rendered at start.
+    pub portal: Arc<portal::Portal>,
 }
 
 impl AppState {
     pub fn new(engine: Arc<Engine>) -> Self {
         let jwt = auth::Jwt::new(engine.config.api_jwt_secret.expose(), &engine.config.deployment_id).map(Arc::new);
         let openapi = serde_json::to_vec(&openapi::document_json(&engine.types)).unwrap_or_default();
+        let portal = portal::Portal::new(&engine.config);
         Self {
+            portal,
             engine,
             jwt,
             openapi: Arc::new(bytes::Bytes::from(openapi)),
@@ -76,6 +81,10 @@ pub fn router(state: AppState) -> Router {
             put(destinations::disable),
         )
         .route(
+            "/tenants/{tenant_id}/destinations/{destination_id}/test",
+            post(destinations::send_test_event),
+        )
+        .route(
             "/tenants/{tenant_id}/destinations/{destination_id}/attempts",
             get(logs::destination_attempts),
         )
@@ -100,7 +109,12 @@ pub fn router(state: AppState) -> Router {
         .method_not_allowed_fallback(meta::not_found);
     // With METRICS_PORT set, Prometheus scrapes that port and the API port
     // does not answer /metrics.
-    let top = Router::new().route("/healthz", get(meta::healthz));
+    let top = Router::new()
+        .route("/healthz", get(meta::healthz))
+        .route("/", get(crate::portal::index))
+        .route("/portal/app.js", get(crate::portal::app_js))
+        .route("/portal/app.css", get(crate::portal::app_css))
+        .route("/inject-portal-config.js", get(crate::portal::config_js));
     let top = if state.engine.config.metrics_port.is_none() {
         top.route("/metrics", get(meta::prometheus))
     } else {

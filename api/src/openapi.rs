@@ -512,6 +512,26 @@ fn operations(kinds: &[Value]) -> Vec<Op> {
             errors: &[400, 401, 403, 404, 422, 500, 503],
         },
         Op {
+            method: "post",
+            path: "/tenants/{tenant_id}/destinations/{destination_id}/test",
+            id: "sendTestEvent",
+            tag: "Destinations",
+            summary: "Publish a test event to this destination only (ours; the portal's \"send test event\")",
+            security: None,
+            params: vec![tenant_id(), destination_id()],
+            body: Some(("TestEventRequest", false)),
+            ok: (
+                202,
+                json_ok(
+                    json!({"type": "object", "required": ["id", "topic", "destination_ids"], "properties": {
+                        "id": {"type": "string"}, "topic": {"type": "string"},
+                        "destination_ids": {"type": "array", "items": {"type": "string"}}}}),
+                    "The event was accepted, as by `POST /publish`.",
+                ),
+            ),
+            errors: &[400, 401, 403, 404, 422, 500, 503],
+        },
+        Op {
             method: "get",
             path: "/destination-types",
             id: "listDestinationTypeSchemas",
@@ -750,6 +770,12 @@ fn fixed_schemas() -> Map<String, Value> {
         "RetryRequest",
         json!({"type": "object", "required": ["event_id", "destination_id"], "properties": {
             "event_id": {"type": "string"}, "destination_id": {"type": "string"}}}),
+    );
+    put(
+        "TestEventRequest",
+        json!({"type": "object", "properties": {
+            "topic": {"type": "string", "description": "Defaults to the destination's first topic."},
+            "data": {"type": "object", "description": "Defaults to a small object saying it is a test."}}}),
     );
     put(
         "MetricsDataPoint",

@@ -207,6 +207,8 @@ pub struct Config {
     pub alert: AlertConfig,
     /// Operator events: `None` when `OPERATION_EVENTS_TOPICS` is empty or unset.
     pub operator_events: Option<crate::opevents::OperatorEventsConfig>,
+    /// The tenant portal's branding, links and optional features (`PORTAL_*`).
+    pub portal: crate::portal::PortalConfig,
     /// True when the server started with no configuration at all and generated its secrets.
     pub dev_mode: bool,
     /// Where the generated dev secrets were written, in dev mode.
@@ -313,6 +315,21 @@ pub const TYPE_TIMEOUT_KEYS: &[(&str, &str)] = &[
 /// YAML path → environment name, for the keys a YAML file may set.
 const YAML_KEYS: &[(&str, &str)] = &[
     ("service", "SERVICE"),
+    ("portal.proxy_url", "PORTAL_PROXY_URL"),
+    ("portal.referer_url", "PORTAL_REFERER_URL"),
+    ("portal.refresh_url", "PORTAL_REFRESH_URL"),
+    ("portal.favicon_url", "PORTAL_FAVICON_URL"),
+    ("portal.brand_color", "PORTAL_BRAND_COLOR"),
+    ("portal.logo", "PORTAL_LOGO"),
+    ("portal.logo_dark", "PORTAL_LOGO_DARK"),
+    ("portal.organization_name", "PORTAL_ORGANIZATION_NAME"),
+    ("portal.force_theme", "PORTAL_FORCE_THEME"),
+    ("portal.disable_outpost_branding", "PORTAL_DISABLE_OUTPOST_BRANDING"),
+    ("portal.enable_destination_filter", "PORTAL_ENABLE_DESTINATION_FILTER"),
+    (
+        "portal.enable_webhook_custom_headers",
+        "PORTAL_ENABLE_WEBHOOK_CUSTOM_HEADERS",
+    ),
     ("log_level", "LOG_LEVEL"),
     ("otel.service_name", "OTEL_SERVICE_NAME"),
     ("otel.exporter", "OTEL_EXPORTER"),
@@ -1123,6 +1140,8 @@ impl Config {
             },
             api_port,
             otel: crate::otel::OtelConfig::resolve(|k| src.non_empty(k).map(String::from))
+                .map_err(|b| invalid(b.key, b.message))?,
+            portal: crate::portal::PortalConfig::resolve(|k| src.non_empty(k).map(String::from))
                 .map_err(|b| invalid(b.key, b.message))?,
             metrics_port: match src.num("METRICS_PORT", 0u16)? {
                 0 => None,

@@ -69,12 +69,7 @@ pub struct OtelConfig {
     pub logs: Option<Protocol>,
 }
 
-/// A setting that cannot be used, by key.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BadSetting {
-    pub key: &'static str,
-    pub message: String,
-}
+pub use crate::settings::BadSetting;
 
 struct SignalKeys {
     endpoint: &'static str,

@@ -45,7 +45,7 @@ const fn s(key: &'static str, treatment: Treatment, note: &'static str) -> Setti
     Setting { key, treatment, note }
 }
 
-use Treatment::{Honoured as H, Ignored as I, NotYet as N, Refused as R};
+use Treatment::{Honoured as H, Ignored as I, Refused as R};
 
 const LOG_QUEUE: &str =
     "there is no log queue: delivery nodes write their log to POSTGRES_URL themselves, through an outbox on disk";
@@ -55,7 +55,6 @@ const AZURE_QUEUE: &str =
 const AZURE_PUBLISH: &str = "an Azure Service Bus publish queue is not built: use PUBLISH_RABBITMQ_SERVER_URL, PUBLISH_AWS_SQS_REGION or PUBLISH_GCP_PUBSUB_PROJECT";
 const CLICKHOUSE: &str = "a ClickHouse log store is not built: use POSTGRES_URL";
 const OTEL_ENV: &str = "read from the environment by the OTLP exporter, as the OpenTelemetry SDKs do";
-const PORTAL: &str = "the portal page is not built yet (issue 33)";
 const OPEV: &str = "also read as OPERATION_EVENTS_*, the name Outpost's docs use";
 
 /// Outpost's keys, in the order of its configuration reference.
@@ -244,18 +243,18 @@ pub const SETTINGS: &[Setting] = &[
     s("DESTINATIONS_WEBHOOK_MAX_RESPONSE_BODY_BYTES", H, ""),
     s("DESTINATIONS_AWS_KINESIS_METADATA_IN_PAYLOAD", H, ""),
     // Portal
-    s("PORTAL_PROXY_URL", N, PORTAL),
-    s("PORTAL_REFERER_URL", N, PORTAL),
-    s("PORTAL_REFRESH_URL", N, PORTAL),
-    s("PORTAL_FAVICON_URL", N, PORTAL),
-    s("PORTAL_BRAND_COLOR", N, PORTAL),
-    s("PORTAL_LOGO", N, PORTAL),
-    s("PORTAL_LOGO_DARK", N, PORTAL),
-    s("PORTAL_ORGANIZATION_NAME", N, PORTAL),
-    s("PORTAL_FORCE_THEME", N, PORTAL),
-    s("PORTAL_DISABLE_OUTPOST_BRANDING", N, PORTAL),
-    s("PORTAL_ENABLE_DESTINATION_FILTER", N, PORTAL),
-    s("PORTAL_ENABLE_WEBHOOK_CUSTOM_HEADERS", N, PORTAL),
+    s("PORTAL_PROXY_URL", H, "the portal's public address, used in the URL `/tenants/{id}/portal` returns (Outpost: a dev-only proxy to its Vite server; the portal here is always built in)"),
+    s("PORTAL_REFERER_URL", H, ""),
+    s("PORTAL_REFRESH_URL", H, ""),
+    s("PORTAL_FAVICON_URL", H, ""),
+    s("PORTAL_BRAND_COLOR", H, "a hex colour; anything else stops the start"),
+    s("PORTAL_LOGO", H, ""),
+    s("PORTAL_LOGO_DARK", H, ""),
+    s("PORTAL_ORGANIZATION_NAME", H, ""),
+    s("PORTAL_FORCE_THEME", H, "`light` or `dark`"),
+    s("PORTAL_DISABLE_OUTPOST_BRANDING", H, "hides the \"Powered by Outrider\" line"),
+    s("PORTAL_ENABLE_DESTINATION_FILTER", H, ""),
+    s("PORTAL_ENABLE_WEBHOOK_CUSTOM_HEADERS", H, ""),
     // Alerts
     s("ALERT_CONSECUTIVE_FAILURE_COUNT", H, ""),
     s("ALERT_AUTO_DISABLE_DESTINATION", H, ""),
@@ -508,10 +507,11 @@ mod tests {
         ]))
         .unwrap();
         let joined = cfg.notices.join("\n");
-        for key in ["GIN_MODE", "RABBITMQ_LOG_QUEUE", "PORTAL_LOGO", "PORTAL_BRAND_COLOR"] {
+        for key in ["GIN_MODE", "RABBITMQ_LOG_QUEUE"] {
             assert!(joined.contains(key), "{key} missing from {joined}");
         }
-        assert_eq!(cfg.notices.len(), 4, "{joined}");
+        // The portal's keys are honoured now: no notice for them.
+        assert_eq!(cfg.notices.len(), 2, "{joined}");
         let quiet = Config::from_sources(&sources(&[])).unwrap();
         assert!(quiet.notices.is_empty(), "{:?}", quiet.notices);
     }

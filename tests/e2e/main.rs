@@ -14,6 +14,7 @@ mod openapi;
 mod opevents;
 mod otel;
 mod outage;
+mod portal;
 mod postgres;
 mod publishmq;
 mod queue;

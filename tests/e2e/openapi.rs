@@ -28,6 +28,9 @@ const INTENDED: &[&str] = &[
     "schema ManagedConfig: only in Outpost's",
     // Ours: this document.
     "path /openapi.json: only here",
+    // Ours: the portal's "send test event".
+    "path /tenants/{tenant_id}/destinations/{destination_id}/test: only here",
+    "schema TestEventRequest: only here",
     // Our four destination types (aws_eventbridge, nats, mqtt, redis_stream), in every union and list.
     "schema *AWSEventBridge*: only here",
     "schema *NATS*: only here",

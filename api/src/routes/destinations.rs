@@ -363,3 +363,66 @@ pub async fn disable(
 ) -> ApiResult<Json<DestinationJson>> {
     set_disabled(&s, &p, &tenant_id, &id, true).await
 }
+
+/// `POST /tenants/{tenant_id}/destinations/{destination_id}/test` (ours,
+/// not Outpost's): publishes an event to this destination only, so a tenant
+/// can check an endpoint without the operator. It is an ordinary event (in
+/// the log, retried, counted); the body may pick its topic and data.
+pub async fn send_test_event(
+    p: Principal,
+    State(s): State<AppState>,
+    Path((tenant_id, id)): Path<(String, String)>,
+    JsonBody(body): JsonBody<Value>,
+) -> ApiResult<impl IntoResponse> {
+    let d = lookup(&s, &p, &tenant_id, &id)?;
+    let Value::Object(body) = body else {
+        return Err(ApiError::invalid_json());
+    };
+    let topic = match body.get("topic") {
+        None | Some(Value::Null) => d
+            .topics
+            .iter()
+            .find(|t| *t != "*")
+            .cloned()
+            .or_else(|| s.engine.config.topics.first().cloned())
+            .unwrap_or_else(|| "test".into()),
+        Some(Value::String(t)) if !t.is_empty() => t.clone(),
+        Some(_) => return Err(ApiError::Validation(vec!["topic must be a non-empty string".into()])),
+    };
+    let data = match body.get("data") {
+        None | Some(Value::Null) => json!({
+            "test": true,
+            "message": "A test event sent from the portal",
+            "destination_id": d.id,
+        }),
+        Some(v @ Value::Object(_)) => v.clone(),
+        Some(_) => return Err(ApiError::Validation(vec!["data must be a JSON object".into()])),
+    };
+    if !d.is_enabled() {
+        return Err(ApiError::Message(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "the destination is disabled: enable it to send a test event".into(),
+        ));
+    }
+    let doc = json!({"tenant_id": tenant_id, "destination_id": d.id, "topic": topic, "data": data});
+    let raw = serde_json::to_vec(&doc).map_err(|e| ApiError::Internal(e.to_string()))?;
+    let event = outrider_engine::publish::parse(&raw, &s.engine.config, &s.engine.ids).map_err(|e| match e {
+        outrider_engine::publish::PublishInputError::InvalidJson => ApiError::invalid_json(),
+        outrider_engine::publish::PublishInputError::Invalid(list) => ApiError::Validation(list),
+    })?;
+    if outrider_engine::routing::matching(std::slice::from_ref(&d), &event).is_empty() {
+        return Err(ApiError::Validation(vec![format!(
+            "topic {topic:?} does not reach this destination: pick one of its topics{}",
+            if d.filter.is_some() {
+                " (and data its filter accepts)"
+            } else {
+                ""
+            }
+        )]));
+    }
+    let out = s.engine.publish(event).await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({"id": out.id, "topic": topic, "destination_ids": out.destination_ids})),
+    ))
+}

@@ -13,6 +13,7 @@ use crate::extract::{Query, RawBody};
 use crate::views::{Pagination, TenantJson};
 use crate::{cursor, AppState};
 use outrider_engine::model::StringMap;
+use outrider_engine::portal::Theme;
 
 #[derive(Deserialize)]
 struct UpsertBody {
@@ -104,16 +105,37 @@ pub async fn portal(
     RawQuery(raw): RawQuery,
 ) -> ApiResult<impl IntoResponse> {
     let token = issue_token(&p, &s, &tenant_id)?;
+    let q = Query::parse(raw.as_deref());
+    let theme = match q.get("theme") {
+        Some("light") => Some(Theme::Light),
+        Some("dark") => Some(Theme::Dark),
+        _ => None,
+    };
+    let origin = request_origin(&headers, s.engine.config.api_port);
+    let url = s.engine.config.portal.redirect_url(&origin, &token, theme);
+    Ok(Json(json!({"redirect_url": url, "tenant_id": tenant_id})))
+}
+
+/// `scheme://host` as the client addressed this server, so the URL works as
+/// given: the `Host` header (checked to be a bare host, else this node's
+/// port on localhost) and `https` only when a proxy in front says the
+/// request arrived over TLS.
+fn request_origin(headers: &HeaderMap, port: u16) -> String {
     let host = headers
         .get(axum::http::header::HOST)
         .and_then(|h| h.to_str().ok())
-        .unwrap_or("localhost");
-    let mut url = format!("http://{host}?token={token}");
-    let q = Query::parse(raw.as_deref());
-    if let Some(theme) = q.get("theme").filter(|t| *t == "light" || *t == "dark") {
-        url.push_str(&format!("&theme={theme}"));
-    }
-    Ok(Json(json!({"redirect_url": url, "tenant_id": tenant_id})))
+        .filter(|h| {
+            !h.is_empty()
+                && h.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']' | b'_'))
+        })
+        .map(String::from)
+        .unwrap_or_else(|| format!("localhost:{port}"));
+    let https = headers
+        .get("x-forwarded-proto")
+        .and_then(|h| h.to_str().ok())
+        .is_some_and(|v| v.split(',').next().map(str::trim) == Some("https"));
+    format!("{}://{host}", if https { "https" } else { "http" })
 }
 
 pub async fn list(p: Principal, State(s): State<AppState>, RawQuery(raw): RawQuery) -> ApiResult<impl IntoResponse> {
