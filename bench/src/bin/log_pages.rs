@@ -1,6 +1,7 @@
 //! The portal's delivery log on a large embedded store: seeds one
 //! destination with `attempts` delivery attempts (one event each, over 30
-//! days, 1 in 10 failed, three topics) beside a second tenant's rows, through
+//! days, 1 in 10 failed, three topics) beside a second tenant's destination
+//! that never fails (an eighth of the rows), through
 //! the index writer the server uses (`EmbeddedStore::index`), then times the
 //! pages the portal asks for, each `runs` times: the query
 //! `GET /tenants/{t}/destinations/{d}/attempts?include=event&limit=25` makes
@@ -51,7 +52,8 @@ fn rows(from: usize, to: usize, total: usize, now: i64) -> (Vec<Arc<Event>>, Vec
             )),
             matched_destination_ids: vec![dest.into()],
         }));
-        let ok = n % 10 != 3;
+        // The other tenant's destination never fails: its "failed" page is empty.
+        let ok = tenant == "other" || n % 10 != 3;
         attempts.push(Attempt {
             id: format!("atm_{n:08}"),
             tenant_id: tenant.into(),
@@ -178,6 +180,17 @@ async fn main() {
         topics: vec!["no.such.topic".into()],
         ..base()
     };
+    let nothing_24h = ListQuery {
+        topics: vec!["no.such.topic".into()],
+        time_gte: Some(now - DAY),
+        ..base()
+    };
+    let healthy_failed = ListQuery {
+        tenant_ids: vec!["other".into()],
+        destination_ids: vec!["des_other".into()],
+        status: Some(AttemptStatus::Failed),
+        ..base()
+    };
     let cases: Vec<(&str, ListQuery)> = vec![
         ("first page (newest 25)", base()),
         ("next page (cursor)", second),
@@ -187,7 +200,9 @@ async fn main() {
         ("topic=order.paid", topic),
         ("failed + topic + last 24 h", failed_topic_24h),
         ("last hour", last_hour),
-        ("topic nobody used (scans the index)", nothing),
+        ("status=failed, destination never failed", healthy_failed),
+        ("topic nobody used, last 24 h (default)", nothing_24h),
+        ("topic nobody used, all time (full walk)", nothing),
     ];
     println!("{runs} runs each, store reads with the page's event lookup:");
     println!(

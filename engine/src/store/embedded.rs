@@ -81,6 +81,12 @@ CREATE INDEX IF NOT EXISTS attempts_tenant_time ON attempts (tenant_id, time, id
 CREATE INDEX IF NOT EXISTS attempts_time ON attempts (time, id);
 CREATE INDEX IF NOT EXISTS attempts_event_dest ON attempts (event_id, destination_id, attempt_number);
 CREATE INDEX IF NOT EXISTS attempts_dest_time ON attempts (destination_id, time, id);
+-- A destination's failures (the portal's most used filter): without it, the
+-- failures of a healthy destination are found by walking all its rows. Only
+-- failed rows are in it, so a healthy delivery pays nothing for it (a full
+-- (destination_id, status, time) index, with one on topic, cost 13 % more
+-- server CPU per delivery on `single`).
+CREATE INDEX IF NOT EXISTS attempts_dest_failed ON attempts (destination_id, time, id) WHERE status = 'failed';
 CREATE TABLE IF NOT EXISTS pending (
     seq INTEGER PRIMARY KEY,
     event_id TEXT NOT NULL,
@@ -686,9 +692,12 @@ fn list_sql(table: &str, cols: &str, q: &ListQuery, attempts: bool) -> (String, 
         in_list(&mut sql, "event_id", &q.event_ids, &mut args);
         in_list(&mut sql, "destination_id", &q.destination_ids, &mut args);
         in_list(&mut sql, "destination_type", &q.destination_types, &mut args);
-        if let Some(s) = q.status {
-            sql.push_str(" AND status = ?");
-            args.push(V::Text(s.as_str().into()));
+        // A literal, not a parameter: SQLite uses the partial index of
+        // failures only when the query names its condition as written.
+        match q.status {
+            Some(AttemptStatus::Failed) => sql.push_str(" AND status = 'failed'"),
+            Some(AttemptStatus::Success) => sql.push_str(" AND status = 'success'"),
+            None => {}
         }
     } else if !q.destination_ids.is_empty() {
         sql.push_str(&format!(
