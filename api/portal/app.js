@@ -845,8 +845,17 @@ payload = wh.verify(raw_body, headers)  # raises when invalid`,
     ".Topic": { js: `req.headers["${sig.topic_header}"]`, py: `headers["${sig.topic_header}"]`, go: `r.Header.Get("${sig.topic_header}")` },
     ".Timestamp.Unix": { js: `req.headers["${sig.timestamp_header}"]`, py: `headers["${sig.timestamp_header}"]`, go: `r.Header.Get("${sig.timestamp_header}")` },
   };
+  // A template built from something this page cannot rebuild (another
+  // variable, a function): say so rather than show code that never matches.
+  const unknown = parts
+    .filter((p) => (p.v !== undefined && !src[p.v]) || (p.lit !== undefined && p.lit.includes("{{")))
+    .map((p) => (p.v !== undefined ? `{{${p.v}}}` : p.lit));
+  if (unknown.length) {
+    const note = `This deployment signs "${tpl}" (${unknown.join(", ")} cannot be rebuilt here): ask the operator how to verify it.`;
+    return { "Node.js": note, Python: note, Go: note };
+  }
   const join = (lang, sep) =>
-    parts.map((p) => (p.lit !== undefined ? JSON.stringify(p.lit) : (src[p.v] || src[".Body"])[lang])).join(sep);
+    parts.map((p) => (p.lit !== undefined ? JSON.stringify(p.lit) : src[p.v][lang])).join(sep);
   // The header template puts the signatures after a prefix (`v0=`); more
   // than one is sent while a rotated secret still signs.
   const ht = sig.header_template || 'v0={{.Signatures | join ","}}';
@@ -870,7 +879,7 @@ function verify(req, rawBody, secret) {
     Python: `import hmac, hashlib${b64 ? ", base64" : ""}
 
 def verify(headers, raw_body: bytes, secret: str) -> bool:
-    content = ${parts.map((p) => (p.lit !== undefined ? JSON.stringify(p.lit) : (src[p.v] || src[".Body"]).py)).join(" + ")}
+    content = ${parts.map((p) => (p.lit !== undefined ? JSON.stringify(p.lit) : src[p.v].py)).join(" + ")}
     mac = hmac.new(secret.encode(), content.encode(), hashlib.${alg})
     expected = ${b64 ? "base64.b64encode(mac.digest()).decode()" : "mac.hexdigest()"}
     header = headers.get("${sig.header}", "")
