@@ -328,7 +328,10 @@ impl PostgresLogStore {
             .map_err(db_err)?
             .get(0);
         if !locked {
-            return Ok(retention::Pruned::default());
+            return Ok(retention::Pruned {
+                skipped: true,
+                ..Default::default()
+            });
         }
         let result = retain_locked(&mut c, policy).await;
         let _ = c
@@ -1105,6 +1108,25 @@ mod tests {
 
         let third = s.retain(Policy::new(NOW, 2, 0)).await.unwrap();
         assert_eq!(third, Default::default(), "nothing left to do");
+        // Another node running it: this one says it skipped, not that it ran.
+        let holder = s.pool.get().await.unwrap();
+        holder
+            .execute(
+                "SELECT pg_advisory_lock($1::BIGINT # hashtext(current_schema())::BIGINT)",
+                &[&RETENTION_LOCK],
+            )
+            .await
+            .unwrap();
+        let busy = s.retain(Policy::new(NOW, 2, 0)).await.unwrap();
+        assert!(busy.skipped, "{busy:?}");
+        holder
+            .execute(
+                "SELECT pg_advisory_unlock($1::BIGINT # hashtext(current_schema())::BIGINT)",
+                &[&RETENTION_LOCK],
+            )
+            .await
+            .unwrap();
+        drop(holder);
         drop(c);
         drop_schema(&schema).await;
     }

@@ -67,6 +67,8 @@ pub struct Pruned {
     pub events: u64,
     pub attempts: u64,
     pub rollup_rows: u64,
+    /// Another node held the retention lock, so this one did nothing.
+    pub skipped: bool,
 }
 
 /// The UTC date of a day number, as `YYYYMMDD` and as a timestamp literal.
@@ -94,6 +96,9 @@ pub async fn run(store: Arc<dyn LogStore>, days: u32, idempotency_window_ms: i64
     loop {
         let policy = Policy::new(crate::timefmt::now_ms(), days, idempotency_window_ms);
         match store.retain(policy).await {
+            Ok(p) if p.skipped => {
+                tracing::debug!(days, "log retention skipped: another node is running it");
+            }
             Ok(p) => {
                 stats.record(&p);
                 tracing::info!(
