@@ -315,12 +315,20 @@ async fn soak(mut backends: Option<Backends>) {
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     // With back ends, retries wait in Redis's schedule and attempts reach
-    // PostgreSQL through the log pipeline: wait until the logged attempts
-    // stop changing for 5 s.
+    // PostgreSQL through the log pipeline: wait until the schedule is empty
+    // and the logged attempts stop changing for 5 s. (The count alone once
+    // held still for 5 s while retries were due but the retry poller was
+    // reconnecting after the last Redis restart, and the check ran early.)
     if let Some(b) = &backends {
         let deadline = Instant::now() + Duration::from_secs(120);
         let (mut last, mut since) = (-1i64, Instant::now());
+        let redis_url = format!("redis://127.0.0.1:{}", b.redis.port);
         while Instant::now() < deadline {
+            if scheduled_retries(&redis_url).await != Some(0) {
+                since = Instant::now();
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                continue;
+            }
             let n = match tokio_postgres::connect(&b.postgres_url, tokio_postgres::NoTls).await {
                 Ok((pg, conn)) => {
                     tokio::spawn(conn);
@@ -484,4 +492,18 @@ async fn soak(mut backends: Option<Backends>) {
         disk_after <= 3 * 2 * SEGMENT,
         "journal holds {disk_after} bytes once drained"
     );
+}
+
+/// Retries waiting in the node's Redis schedule (every `…retry:due` set);
+/// `None` while Redis does not answer.
+async fn scheduled_retries(url: &str) -> Option<u64> {
+    let client = redis::Client::open(url).ok()?;
+    let mut c = client.get_multiplexed_async_connection().await.ok()?;
+    let keys: Vec<String> = redis::cmd("KEYS").arg("*retry:due").query_async(&mut c).await.ok()?;
+    let mut total = 0;
+    for k in keys {
+        let n: u64 = redis::cmd("ZCARD").arg(&k).query_async(&mut c).await.ok()?;
+        total += n;
+    }
+    Some(total)
 }
