@@ -394,6 +394,27 @@ function markInvalid(form, err) {
   }
 }
 
+/** A form's submit handler: the submit button is off while `work` runs;
+ *  an API error is shown above the form and on the fields it names. */
+function submitting(work) {
+  return async (e) => {
+    e.preventDefault();
+    const form = e.target;
+    const button = form.querySelector("button[type=submit]");
+    button.disabled = true;
+    try {
+      await work();
+    } catch (ex) {
+      button.disabled = false;
+      if (ex.status === 401) return;
+      form.querySelector(".errors")?.remove();
+      form.prepend(errorBox(ex));
+      markInvalid(form, ex);
+      form.querySelector(".errors")?.scrollIntoView({ block: "nearest" });
+    }
+  };
+}
+
 function topicsPicker(selected) {
   const wrap = h("fieldset", { className: "field", dataset: { key: "topics" } }, h("legend", {}, "Topics"));
   if (S.TOPICS && S.TOPICS.length) {
@@ -529,26 +550,14 @@ async function wizardPage() {
         "form",
         {
           id: "config-form",
-          onsubmit: async (e) => {
-            e.preventDefault();
-            const submit = form.querySelector("button[type=submit]");
-            submit.disabled = true;
-            try {
-              const body = { type: st.type, topics: st.topics, config: clean(st.config), credentials: clean(st.credentials) };
-              const f = readFilter(st);
-              if (f) body.filter = f;
-              const d = await api(tpath("/destinations"), { method: "POST", body });
-              toast("Destination created");
-              location.hash = `#/d/${enc(d.id)}`;
-            } catch (ex) {
-              submit.disabled = false;
-              if (ex.status === 401) return;
-              form.querySelector(".errors")?.remove();
-              form.prepend(errorBox(ex));
-              markInvalid(form, ex);
-              form.querySelector(".errors")?.scrollIntoView({ block: "nearest" });
-            }
-          },
+          onsubmit: submitting(async () => {
+            const body = { type: st.type, topics: st.topics, config: clean(st.config), credentials: clean(st.credentials) };
+            const f = readFilter(st);
+            if (f) body.filter = f;
+            const d = await api(tpath("/destinations"), { method: "POST", body });
+            toast("Destination created");
+            location.hash = `#/d/${enc(d.id)}`;
+          }),
         },
         t.instructions ? h("div", { className: "panel" }, h("h2", {}, t.label), h("p", {}, withCode(t.instructions))) : null,
         h("h2", {}, "Configuration"),
@@ -918,27 +927,16 @@ async function settingsTab(d, t) {
     "form",
     {
       id: "settings-form",
-      onsubmit: async (e) => {
-        e.preventDefault();
-        const btn = form.querySelector("button[type=submit]");
-        btn.disabled = true;
-        try {
-          const body = { topics: st.topics, config: st.config };
-          const creds = clean(st.credentials);
-          if (Object.keys(creds).length) body.credentials = creds;
-          const f = readFilter(st);
-          if (f !== undefined) body.filter = f || {};
-          await api(tpath(`/destinations/${enc(d.id)}`), { method: "PATCH", body });
-          toast("Saved");
-          route();
-        } catch (ex) {
-          btn.disabled = false;
-          if (ex.status === 401) return;
-          form.querySelector(".errors")?.remove();
-          form.prepend(errorBox(ex));
-          markInvalid(form, ex);
-        }
-      },
+      onsubmit: submitting(async () => {
+        const body = { topics: st.topics, config: st.config };
+        const creds = clean(st.credentials);
+        if (Object.keys(creds).length) body.credentials = creds;
+        const f = readFilter(st);
+        if (f !== undefined) body.filter = f || {};
+        await api(tpath(`/destinations/${enc(d.id)}`), { method: "PATCH", body });
+        toast("Saved");
+        route();
+      }),
     },
     topicsPicker(st.topics),
     visibleFields(t).map((f) => fieldInput("config", f, st.config)),
