@@ -133,6 +133,24 @@ pub struct Report {
     pub latency_quantiles: Quantiles,
     /// `None` when the server ships no log (embedded mode).
     pub log_lag: Option<LogLag>,
+    /// The server's journal group commits while publishing (its `/metrics`);
+    /// `None` when it has no journal metrics (another server, queue mode).
+    pub journal: Option<JournalCommits>,
+}
+
+/// Group commits of every shard's journal from the start to the end of
+/// publishing: how many, how many commit requests each carried, and their
+/// duration (write + `fdatasync`) from the server's histogram, so a
+/// publish-latency tail can be told apart from a slow disk.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct JournalCommits {
+    pub commits: u64,
+    pub requests_per_commit: f64,
+    pub mean_ms: f64,
+    /// Upper bounds of the histogram buckets holding these quantiles.
+    pub p50_le_ms: f64,
+    pub p99_le_ms: f64,
+    pub max_le_ms: f64,
 }
 
 fn ms(us: u64) -> String {
@@ -193,6 +211,12 @@ impl Report {
                 l.caught_up_seconds
                     .map(|c| format!("all shipped {c:.2} s after it"))
                     .unwrap_or_else(|| "NOT caught up within 60 s".into())
+            ));
+        }
+        if let Some(j) = &self.journal {
+            s.push_str(&format!(
+                "  journal     {} group commits ({:.1} requests each), mean {:.2} ms, p50 ≤ {} ms, p99 ≤ {} ms, max ≤ {} ms\n",
+                j.commits, j.requests_per_commit, j.mean_ms, j.p50_le_ms, j.p99_le_ms, j.max_le_ms
             ));
         }
         if let (Some(c), Some(r)) = (self.server_process.cpu_seconds, self.server_process.peak_rss_bytes) {

@@ -249,7 +249,12 @@ pub fn run(sc: &Scenario, opts: &Options) -> Result<Report, String> {
     // ---- publishing ----
     let lag = LagSampler::start(&rt, addr);
     let cpu0 = pid.and_then(procstat::cpu_seconds);
+    let journal0 = rt.block_on(journal_commits(addr));
     let publish = rt.block_on(publish(addr, &api_key, sc, &prefix, opts.quiet))?;
+    let journal = match (journal0, rt.block_on(journal_commits(addr))) {
+        (Some(a), Some(b)) => b.since(&a).summary(),
+        _ => None,
+    };
     let expected = publish.accepted * m;
 
     // ---- draining ----
@@ -423,7 +428,105 @@ pub fn run(sc: &Scenario, opts: &Options) -> Result<Report, String> {
         },
         latency_quantiles: report::quantiles(&publish.latency, &e2e),
         log_lag,
+        journal,
     })
+}
+
+/// The server's journal commit counters and histogram (summed over shards),
+/// as `/metrics` shows them at one moment.
+#[derive(Debug, Clone, Default)]
+struct CommitScrape {
+    commits: f64,
+    requests: f64,
+    sum_seconds: f64,
+    count: f64,
+    /// Cumulative `(le seconds, count)` per bucket, `le` ascending.
+    buckets: Vec<(f64, f64)>,
+}
+
+impl CommitScrape {
+    fn since(&self, before: &CommitScrape) -> CommitScrape {
+        CommitScrape {
+            commits: self.commits - before.commits,
+            requests: self.requests - before.requests,
+            sum_seconds: self.sum_seconds - before.sum_seconds,
+            count: self.count - before.count,
+            buckets: self
+                .buckets
+                .iter()
+                .map(|(le, n)| {
+                    let was = before.buckets.iter().find(|b| b.0 == *le).map(|b| b.1).unwrap_or(0.0);
+                    (*le, n - was)
+                })
+                .collect(),
+        }
+    }
+
+    fn summary(&self) -> Option<report::JournalCommits> {
+        if self.count <= 0.0 {
+            return None;
+        }
+        let le_ms = |q: f64| {
+            let want = q * self.count;
+            self.buckets
+                .iter()
+                .find(|(_, n)| *n >= want)
+                .map(|(le, _)| if le.is_finite() { le * 1000.0 } else { f64::INFINITY })
+                .unwrap_or(f64::INFINITY)
+        };
+        Some(report::JournalCommits {
+            commits: self.commits as u64,
+            requests_per_commit: self.requests / self.commits.max(1.0),
+            mean_ms: self.sum_seconds * 1000.0 / self.count,
+            p50_le_ms: le_ms(0.5),
+            p99_le_ms: le_ms(0.99),
+            max_le_ms: le_ms(1.0),
+        })
+    }
+}
+
+/// Reads [`CommitScrape`] from the server's `/metrics`.
+async fn journal_commits(addr: SocketAddr) -> Option<CommitScrape> {
+    let mut c = Conn::open(addr, None).await.ok()?;
+    let (status, body) = c.request("GET", "/metrics", Bytes::new()).await.ok()?;
+    if status != 200 {
+        return None;
+    }
+    let text = std::str::from_utf8(&body).ok()?;
+    let mut s = CommitScrape::default();
+    let mut seen = false;
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let Some((name_labels, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let Ok(v) = value.parse::<f64>() else { continue };
+        let name = name_labels.split('{').next().unwrap_or_default();
+        match name {
+            "outrider_journal_commits_total" | "outrider_journal_commits" => s.commits += v,
+            "outrider_journal_commit_requests_total" | "outrider_journal_commit_requests" => s.requests += v,
+            "outrider_journal_commit_duration_seconds_sum" => s.sum_seconds += v,
+            "outrider_journal_commit_duration_seconds_count" => {
+                s.count += v;
+                seen = true;
+            }
+            "outrider_journal_commit_duration_seconds_bucket" => {
+                let le = name_labels
+                    .split("le=\"")
+                    .nth(1)
+                    .and_then(|r| r.split('"').next())
+                    .map(|l| if l == "+Inf" { f64::INFINITY } else { l.parse().unwrap_or(f64::NAN) });
+                if let Some(le) = le.filter(|l| !l.is_nan()) {
+                    match s.buckets.iter_mut().find(|b| b.0 == le) {
+                        Some(b) => b.1 += v,
+                        None => s.buckets.push((le, v)),
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    s.buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+    seen.then_some(s)
 }
 
 /// The server's log-pipeline backlog, when its `/metrics` has one.
