@@ -362,7 +362,12 @@ pub fn run(sc: &Scenario, opts: &Options) -> Result<Report, String> {
     if let Some(b) = &broker {
         rt.block_on(b.finish());
     }
-    let ratio = baseline.as_ref().map(|b| deliveries_per_s / b.requests_per_s);
+    let over_baseline = baseline.as_ref().map(|b| deliveries_per_s / b.requests_per_s);
+    let (ratio, vs_single_call) = if broker.is_some() {
+        (None, over_baseline)
+    } else {
+        (over_baseline, None)
+    };
 
     Ok(Report {
         scenario: sc.clone(),
@@ -421,6 +426,7 @@ pub fn run(sc: &Scenario, opts: &Options) -> Result<Report, String> {
         },
         baseline,
         ratio,
+        vs_single_call,
         series: report::Series {
             bucket_ms: bucket.as_millis() as u64,
             published: published_series,
@@ -481,6 +487,13 @@ impl CommitScrape {
             p50_le_ms: le_ms(0.5),
             p99_le_ms: le_ms(0.99),
             max_le_ms: le_ms(1.0),
+            over_5ms: (self.count
+                - self
+                    .buckets
+                    .iter()
+                    .find(|(le, _)| (*le - 0.005).abs() < 1e-9)
+                    .map_or(self.count, |b| b.1))
+            .max(0.0) as u64,
         })
     }
 }
@@ -514,7 +527,13 @@ async fn journal_commits(addr: SocketAddr) -> Option<CommitScrape> {
                     .split("le=\"")
                     .nth(1)
                     .and_then(|r| r.split('"').next())
-                    .map(|l| if l == "+Inf" { f64::INFINITY } else { l.parse().unwrap_or(f64::NAN) });
+                    .map(|l| {
+                        if l == "+Inf" {
+                            f64::INFINITY
+                        } else {
+                            l.parse().unwrap_or(f64::NAN)
+                        }
+                    });
                 if let Some(le) = le.filter(|l| !l.is_nan()) {
                     match s.buckets.iter_mut().find(|b| b.0 == le) {
                         Some(b) => b.1 += v,
