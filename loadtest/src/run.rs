@@ -505,7 +505,12 @@ async fn journal_commits(addr: SocketAddr) -> Option<CommitScrape> {
     if status != 200 {
         return None;
     }
-    let text = std::str::from_utf8(&body).ok()?;
+    parse_commits(std::str::from_utf8(&body).ok()?)
+}
+
+/// The journal commit series of a Prometheus text exposition, summed over
+/// shards; `None` when it has none.
+fn parse_commits(text: &str) -> Option<CommitScrape> {
     let mut s = CommitScrape::default();
     let mut seen = false;
     for line in text.lines().filter(|l| !l.starts_with('#')) {
@@ -839,5 +844,45 @@ mod run_id_tests {
         let ids: Vec<String> = (0..64).map(|_| super::new_run_id()).collect();
         let prefixes: std::collections::HashSet<&str> = ids.iter().map(|i| &i[..6]).collect();
         assert_eq!(prefixes.len(), ids.len(), "{ids:?}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn journal_commits_are_summed_over_shards_and_differenced() {
+        let at = |n: u64| {
+            format!(
+                "# TYPE outrider_journal_commits counter\n\
+                 outrider_journal_commits_total{{shard=\"0\"}} {n}\n\
+                 outrider_journal_commits_total{{shard=\"1\"}} {n}\n\
+                 outrider_journal_commit_requests_total{{shard=\"0\"}} {}\n\
+                 outrider_journal_commit_duration_seconds_sum{{shard=\"0\"}} {}\n\
+                 outrider_journal_commit_duration_seconds_count{{shard=\"0\"}} {n}\n\
+                 outrider_journal_commit_duration_seconds_count{{shard=\"1\"}} {n}\n\
+                 outrider_journal_commit_duration_seconds_bucket{{le=\"0.001\",shard=\"0\"}} {}\n\
+                 outrider_journal_commit_duration_seconds_bucket{{le=\"0.001\",shard=\"1\"}} {n}\n\
+                 outrider_journal_commit_duration_seconds_bucket{{le=\"0.005\",shard=\"0\"}} {}\n\
+                 outrider_journal_commit_duration_seconds_bucket{{le=\"0.005\",shard=\"1\"}} {n}\n\
+                 outrider_journal_commit_duration_seconds_bucket{{le=\"+Inf\",shard=\"0\"}} {n}\n\
+                 outrider_journal_commit_duration_seconds_bucket{{le=\"+Inf\",shard=\"1\"}} {n}\n",
+                n * 4,
+                n as f64 * 0.002,
+                n / 2,
+                n - n / 10,
+            )
+        };
+        let before = parse_commits(&at(100)).unwrap();
+        let after = parse_commits(&at(300)).unwrap();
+        let j = after.since(&before).summary().unwrap();
+        assert_eq!(j.commits, 400);
+        assert!((j.requests_per_commit - 2.0).abs() < 1e-9, "{j:?}");
+        // Shard 0: half its 200 commits within 1 ms, 180 within 5 ms; shard 1 all within 1 ms.
+        assert_eq!(j.p50_le_ms, 1.0);
+        assert_eq!(j.p99_le_ms, f64::INFINITY);
+        assert_eq!(j.over_5ms, 20);
+        assert!(parse_commits("outrider_up 1\n").is_none());
     }
 }
