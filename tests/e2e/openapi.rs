@@ -453,7 +453,26 @@ async fn schemathesis_finds_no_server_error_and_no_schema_violation() {
     let report = tempfile::tempdir().unwrap();
     let url = format!("{}/openapi.json", s.base());
     let dir = report.path().to_path_buf();
-    let st2 = st.clone();
+    let (out, text) = run_schemathesis(&st, &url, &dir).await;
+    // Hypothesis, under schemathesis, sometimes gives up on its own
+    // generation ("Inconsistent results", a runtime error of the tool, seen
+    // once in CI with no failure found): that run says nothing about the
+    // server, so it is run once more. A FAILURES section is never retried.
+    let (out, text) = if !out.status.success() && text.contains("Inconsistent results") && !text.contains("FAILURES") {
+        println!("{text}\nschemathesis: a runtime error of the generator, not a finding; running once more");
+        run_schemathesis(&st, &url, &dir).await
+    } else {
+        (out, text)
+    };
+    assert!(
+        out.status.success(),
+        "schemathesis found problems (exit {:?}):\n{text}",
+        out.status.code()
+    );
+}
+
+async fn run_schemathesis(st: &str, url: &str, dir: &std::path::Path) -> (std::process::Output, String) {
+    let (st2, url, dir) = (st.to_string(), url.to_string(), dir.to_path_buf());
     // Blocking: the test's runtime keeps serving nothing the run needs.
     let out = tokio::task::spawn_blocking(move || {
         std::process::Command::new(&st2)
@@ -482,9 +501,5 @@ async fn schemathesis_finds_no_server_error_and_no_schema_violation() {
     .unwrap_or_else(|e| panic!("{st}: {e}"));
     let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     println!("{text}");
-    assert!(
-        out.status.success(),
-        "schemathesis found problems (exit {:?}):\n{text}",
-        out.status.code()
-    );
+    (out, text)
 }
