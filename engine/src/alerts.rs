@@ -14,7 +14,6 @@ use std::time::Duration;
 use futures_util::future::BoxFuture;
 use parking_lot::Mutex;
 
-use crate::config::{AlertConfig, ExhaustedScope};
 use crate::model::{Attempt, Destination, Event};
 use crate::store::StoreResult;
 use crate::timefmt::now_ms;
@@ -98,6 +97,38 @@ impl Streak {
     }
 }
 
+/// Alerting rules (Outpost's `ALERT_*`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AlertConfig {
+    /// `None` turns consecutive-failure tracking off (the key set to an empty string).
+    pub consecutive_failure_count: Option<u32>,
+    pub auto_disable_destination: bool,
+    /// `None` turns exhausted-retries alerts off; zero means no suppression.
+    pub exhausted_retries_window: Option<Duration>,
+    /// Which exhausted-retries alerts a window suppresses.
+    pub exhausted_retries_scope: ExhaustedScope,
+}
+
+/// What one exhausted-retries alert stands for within its window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExhaustedScope {
+    /// The seed's rule (default): one alert per event and destination.
+    Event,
+    /// The newer docs' rule: one alert per destination.
+    Destination,
+}
+
+impl Default for AlertConfig {
+    fn default() -> Self {
+        Self {
+            consecutive_failure_count: Some(100),
+            auto_disable_destination: false,
+            exhausted_retries_window: Some(Duration::from_secs(3600)),
+            exhausted_retries_scope: ExhaustedScope::Event,
+        }
+    }
+}
+
 /// Messages from the shards to the tracker.
 pub enum Signal {
     Streaks(Vec<Streak>),
@@ -125,6 +156,28 @@ pub trait AlertState: Send + Sync + 'static {
     fn claim(&self, key: String, window: Duration) -> BoxFuture<'_, StoreResult<bool>>;
     /// The current consecutive-failure count of a destination.
     fn failures(&self, destination_id: String) -> BoxFuture<'_, StoreResult<u64>>;
+}
+
+/// Shared by every delivery node: the counters and claim keys live in Redis
+/// (`cf:<destination>`, `alert:claim:<key>`; the store's counter primitives).
+impl AlertState for crate::store::redis::RedisEntityStore {
+    fn apply(&self, ops: Vec<CounterOp>) -> BoxFuture<'_, StoreResult<Vec<(u64, u64)>>> {
+        Box::pin(async move {
+            let changes: Vec<(&str, bool, u32)> = ops
+                .iter()
+                .map(|o| (o.destination_id.as_str(), o.reset, o.failures))
+                .collect();
+            self.apply_counters(&changes).await
+        })
+    }
+
+    fn claim(&self, key: String, window: Duration) -> BoxFuture<'_, StoreResult<bool>> {
+        Box::pin(async move { self.claim_once(&key, window).await })
+    }
+
+    fn failures(&self, destination_id: String) -> BoxFuture<'_, StoreResult<u64>> {
+        Box::pin(async move { self.counter(&destination_id).await })
+    }
 }
 
 /// A single node's alert state.
@@ -420,5 +473,22 @@ mod tests {
     #[tokio::test]
     async fn memory_state_conformance() {
         conformance::run_all(&MemoryAlertState::default(), "").await;
+    }
+
+    #[tokio::test]
+    async fn redis_state_conformance() {
+        use crate::store::redis::{RedisConfig, RedisEntityStore};
+        let host = std::env::var("OUTRIDER_TEST_REDIS_HOST").unwrap_or_else(|_| "127.0.0.1".into());
+        // A random deployment prefix keeps test runs apart.
+        let dep = format!("t{}", crate::ids::random_hex(6));
+        let store = RedisEntityStore::connect(
+            &RedisConfig::plain(host, 6379),
+            &dep,
+            crate::crypto::Cipher::new("k"),
+            Duration::from_secs(3),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("Redis is required for this test: {e} (start it with scripts/services.sh up)"));
+        conformance::run_all(&store, "").await;
     }
 }

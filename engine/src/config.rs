@@ -13,6 +13,15 @@ use std::time::Duration;
 use crate::secret::Secret;
 
 /// A configuration error always names the key that is wrong.
+// Settings types owned by the modules that use them; the loader below
+// fills them in.
+pub use crate::alerts::{AlertConfig, ExhaustedScope};
+pub use crate::ids::IdGen;
+pub use crate::signing::{
+    valid_header_token, HeaderName, SignatureAlgorithm, SignatureEncoding, WebhookConfig, WebhookMode,
+    PROTECTED_HEADERS, RESERVED_HEADERS,
+};
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("invalid value for {key}: {message}")]
@@ -37,64 +46,6 @@ pub enum Service {
     Api,
     Delivery,
     Log,
-}
-
-/// Webhook signing mode, chosen per deployment.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum WebhookMode {
-    /// Outpost's default: `x-outpost-*` headers, `v0=` HMAC of the body.
-    Default,
-    /// Standard Webhooks: `webhook-id`, `webhook-timestamp`, `webhook-signature: v1,<b64>`.
-    Standard,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SignatureEncoding {
-    Hex,
-    Base64,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SignatureAlgorithm {
-    HmacSha256,
-    HmacSha1,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum IdGen {
-    UuidV4,
-    UuidV7,
-    Nanoid,
-}
-
-/// A header whose name can be defaulted (`<prefix><key>`), pinned, or turned off.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum HeaderName {
-    Default,
-    Named(String),
-    Disabled,
-}
-
-#[derive(Debug, Clone)]
-pub struct WebhookConfig {
-    pub mode: WebhookMode,
-    /// Header prefix; `x-outpost-` in default mode, `webhook-` in standard mode.
-    pub header_prefix: String,
-    pub event_id_header: HeaderName,
-    pub signature_header: HeaderName,
-    pub timestamp_header: HeaderName,
-    pub topic_header: HeaderName,
-    pub signature_content_template: String,
-    pub signature_header_template: String,
-    pub signature_encoding: SignatureEncoding,
-    pub signature_algorithm: SignatureAlgorithm,
-    pub signing_secret_template: String,
-    /// 0 means unlimited.
-    pub max_response_body_bytes: usize,
-    pub include_millisecond_timestamp: bool,
-    /// `DESTINATIONS_WEBHOOK_PROXY_URL`: the egress proxy webhook deliveries
-    /// are tunnelled through (its `Debug` hides the credentials).
-    pub proxy: Option<crate::http_client::Proxy>,
 }
 
 /// How log lines are written to stderr.
@@ -213,38 +164,6 @@ pub struct Config {
     pub dev_mode: bool,
     /// Where the generated dev secrets were written, in dev mode.
     pub dev_credentials_path: Option<PathBuf>,
-}
-
-/// Alerting rules (Outpost's `ALERT_*`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AlertConfig {
-    /// `None` turns consecutive-failure tracking off (the key set to an empty string).
-    pub consecutive_failure_count: Option<u32>,
-    pub auto_disable_destination: bool,
-    /// `None` turns exhausted-retries alerts off; zero means no suppression.
-    pub exhausted_retries_window: Option<Duration>,
-    /// Which exhausted-retries alerts a window suppresses.
-    pub exhausted_retries_scope: ExhaustedScope,
-}
-
-/// What one exhausted-retries alert stands for within its window.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ExhaustedScope {
-    /// The seed's rule (default): one alert per event and destination.
-    Event,
-    /// The newer docs' rule: one alert per destination.
-    Destination,
-}
-
-impl Default for AlertConfig {
-    fn default() -> Self {
-        Self {
-            consecutive_failure_count: Some(100),
-            auto_disable_destination: false,
-            exhausted_retries_window: Some(Duration::from_secs(3600)),
-            exhausted_retries_scope: ExhaustedScope::Event,
-        }
-    }
 }
 
 #[derive(Debug, Clone)]
@@ -727,75 +646,6 @@ impl Sources {
                 .iter()
                 .all(|k| self.get(k).is_none())
     }
-}
-
-/// Header names that neither configuration nor custom headers may set.
-pub const RESERVED_HEADERS: &[&str] = &["content-type", "content-length", "host", "connection", "user-agent"];
-
-/// Names that frame or route a request, or that a signature check trusts:
-/// no custom header or event metadata may become one of these, in either
-/// webhook mode (Outpost's list above, plus these).
-pub const PROTECTED_HEADERS: &[&str] = &[
-    "transfer-encoding",
-    "te",
-    "trailer",
-    "upgrade",
-    "keep-alive",
-    "expect",
-    "proxy-authorization",
-    "proxy-connection",
-    "x-outpost-signature",
-    "webhook-id",
-    "webhook-timestamp",
-    "webhook-signature",
-];
-
-impl WebhookConfig {
-    /// Whether a header called `name` would replace one the request needs
-    /// (framing, content type) or one this deployment's signature scheme
-    /// sets (its signature, and in standard mode the signed id and
-    /// timestamp), whatever the header names are configured to.
-    pub fn is_protected_header(&self, name: &str) -> bool {
-        self.protects(("", name))
-    }
-
-    /// `name` is the concatenation of its two parts.
-    fn protects(&self, name: (&str, &str)) -> bool {
-        if RESERVED_HEADERS
-            .iter()
-            .chain(PROTECTED_HEADERS)
-            .any(|h| same_name((h, ""), name))
-        {
-            return true;
-        }
-        let prefixed = |key: &str| same_name((&self.header_prefix, key), name);
-        match self.mode {
-            WebhookMode::Standard => prefixed("id") || prefixed("timestamp") || prefixed("signature"),
-            WebhookMode::Default => match &self.signature_header {
-                HeaderName::Named(custom) => same_name((custom, ""), name),
-                HeaderName::Default => prefixed("signature"),
-                HeaderName::Disabled => false,
-            },
-        }
-    }
-}
-
-/// Whether two header names, each given as two parts, are the same name
-/// (ASCII case-insensitive).
-fn same_name(a: (&str, &str), b: (&str, &str)) -> bool {
-    a.0.len() + a.1.len() == b.0.len() + b.1.len()
-        && a.0
-            .bytes()
-            .chain(a.1.bytes())
-            .zip(b.0.bytes().chain(b.1.bytes()))
-            .all(|(x, y)| x.eq_ignore_ascii_case(&y))
-}
-
-/// `^[a-zA-Z0-9][a-zA-Z0-9_-]*$`
-pub fn valid_header_token(s: &str) -> bool {
-    let mut chars = s.chars();
-    matches!(chars.next(), Some(c) if c.is_ascii_alphanumeric())
-        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
 }
 
 fn parse_dotenv(text: &str) -> HashMap<String, String> {

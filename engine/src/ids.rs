@@ -3,8 +3,6 @@
 
 use rand::Rng;
 
-use crate::config::IdGen;
-
 const ALPHANUMERIC: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
 
 /// `n` random bytes as lowercase hex.
@@ -119,4 +117,12 @@ mod tests {
             );
         }
     }
+}
+
+/// How generated ids look (`IDGEN_TYPE`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IdGen {
+    UuidV4,
+    UuidV7,
+    Nanoid,
 }

@@ -112,16 +112,20 @@ pub fn spawn(
     stats: Arc<Stats>,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
+        // Writing to PostgreSQL and reading the embedded store fail for
+        // different reasons: each backs off on its own.
+        let mut backoff = crate::backoff::Backoff::new(Duration::from_millis(100), MAX_BACKOFF);
+        let mut reading = crate::backoff::Backoff::new(Duration::from_millis(100), MAX_BACKOFF);
         let (mut ev, mut at) = loop {
             match source.log_cursor().await {
                 Ok(c) => break c,
                 Err(e) => {
                     tracing::error!(error = %e, "log pipeline cannot read its cursor");
-                    tokio::time::sleep(MAX_BACKOFF).await;
+                    reading.wait().await;
                 }
             }
         };
-        let mut backoff = crate::backoff::Backoff::new(Duration::from_millis(100), MAX_BACKOFF);
+        reading.reset();
         // The batch after the one being written, read while PostgreSQL
         // writes: one write in flight at a time, so records still land in
         // order (a rewritten attempt never goes before its first write).
@@ -130,10 +134,13 @@ pub fn spawn(
             let b = match ahead.take() {
                 Some(b) => b,
                 None => match source.logs_after(ev, at, batch).await {
-                    Ok(b) => b,
+                    Ok(b) => {
+                        reading.reset();
+                        b
+                    }
                     Err(e) => {
                         tracing::error!(error = %e, "log pipeline cannot read the embedded store");
-                        tokio::time::sleep(MAX_BACKOFF).await;
+                        reading.wait().await;
                         continue;
                     }
                 },

@@ -10,8 +10,6 @@ use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use hmac::{Hmac, Mac};
 
-use crate::config::{SignatureAlgorithm, SignatureEncoding, WebhookConfig};
-
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Part {
     Lit(String),
@@ -264,8 +262,8 @@ pub fn standard_header_value(keys: &[&[u8]], event_id: &str, unix_secs: i64, bod
 /// A new secret for a webhook destination in the given mode.
 pub fn generate_secret(w: &WebhookConfig) -> String {
     match w.mode {
-        crate::config::WebhookMode::Standard => format!("whsec_{}", B64.encode(crate::ids::random_bytes(32))),
-        crate::config::WebhookMode::Default => Template::parse(&w.signing_secret_template)
+        WebhookMode::Standard => format!("whsec_{}", B64.encode(crate::ids::random_bytes(32))),
+        WebhookMode::Default => Template::parse(&w.signing_secret_template)
             .map(|t| {
                 t.render(&TemplateContext {
                     body: "",
@@ -277,6 +275,128 @@ pub fn generate_secret(w: &WebhookConfig) -> String {
             })
             .unwrap_or_else(|_| format!("whsec_{}", crate::ids::random_hex(32))),
     }
+}
+
+// ---- settings (`DESTINATIONS_WEBHOOK_*`), read by `crate::config` ----
+
+/// Webhook signing mode, chosen per deployment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WebhookMode {
+    /// Outpost's default: `x-outpost-*` headers, `v0=` HMAC of the body.
+    Default,
+    /// Standard Webhooks: `webhook-id`, `webhook-timestamp`, `webhook-signature: v1,<b64>`.
+    Standard,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SignatureEncoding {
+    Hex,
+    Base64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SignatureAlgorithm {
+    HmacSha256,
+    HmacSha1,
+}
+
+/// A header whose name can be defaulted (`<prefix><key>`), pinned, or turned off.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HeaderName {
+    Default,
+    Named(String),
+    Disabled,
+}
+
+#[derive(Debug, Clone)]
+pub struct WebhookConfig {
+    pub mode: WebhookMode,
+    /// Header prefix; `x-outpost-` in default mode, `webhook-` in standard mode.
+    pub header_prefix: String,
+    pub event_id_header: HeaderName,
+    pub signature_header: HeaderName,
+    pub timestamp_header: HeaderName,
+    pub topic_header: HeaderName,
+    pub signature_content_template: String,
+    pub signature_header_template: String,
+    pub signature_encoding: SignatureEncoding,
+    pub signature_algorithm: SignatureAlgorithm,
+    pub signing_secret_template: String,
+    /// 0 means unlimited.
+    pub max_response_body_bytes: usize,
+    pub include_millisecond_timestamp: bool,
+    /// `DESTINATIONS_WEBHOOK_PROXY_URL`: the egress proxy webhook deliveries
+    /// are tunnelled through (its `Debug` hides the credentials).
+    pub proxy: Option<crate::http_client::Proxy>,
+}
+
+/// Header names that neither configuration nor custom headers may set.
+pub const RESERVED_HEADERS: &[&str] = &["content-type", "content-length", "host", "connection", "user-agent"];
+
+/// Names that frame or route a request, or that a signature check trusts:
+/// no custom header or event metadata may become one of these, in either
+/// webhook mode (Outpost's list above, plus these).
+pub const PROTECTED_HEADERS: &[&str] = &[
+    "transfer-encoding",
+    "te",
+    "trailer",
+    "upgrade",
+    "keep-alive",
+    "expect",
+    "proxy-authorization",
+    "proxy-connection",
+    "x-outpost-signature",
+    "webhook-id",
+    "webhook-timestamp",
+    "webhook-signature",
+];
+
+impl WebhookConfig {
+    /// Whether a header called `name` would replace one the request needs
+    /// (framing, content type) or one this deployment's signature scheme
+    /// sets (its signature, and in standard mode the signed id and
+    /// timestamp), whatever the header names are configured to.
+    pub fn is_protected_header(&self, name: &str) -> bool {
+        self.protects(("", name))
+    }
+
+    /// `name` is the concatenation of its two parts.
+    fn protects(&self, name: (&str, &str)) -> bool {
+        if RESERVED_HEADERS
+            .iter()
+            .chain(PROTECTED_HEADERS)
+            .any(|h| same_name((h, ""), name))
+        {
+            return true;
+        }
+        let prefixed = |key: &str| same_name((&self.header_prefix, key), name);
+        match self.mode {
+            WebhookMode::Standard => prefixed("id") || prefixed("timestamp") || prefixed("signature"),
+            WebhookMode::Default => match &self.signature_header {
+                HeaderName::Named(custom) => same_name((custom, ""), name),
+                HeaderName::Default => prefixed("signature"),
+                HeaderName::Disabled => false,
+            },
+        }
+    }
+}
+
+/// Whether two header names, each given as two parts, are the same name
+/// (ASCII case-insensitive).
+fn same_name(a: (&str, &str), b: (&str, &str)) -> bool {
+    a.0.len() + a.1.len() == b.0.len() + b.1.len()
+        && a.0
+            .bytes()
+            .chain(a.1.bytes())
+            .zip(b.0.bytes().chain(b.1.bytes()))
+            .all(|(x, y)| x.eq_ignore_ascii_case(&y))
+}
+
+/// `^[a-zA-Z0-9][a-zA-Z0-9_-]*$`
+pub fn valid_header_token(s: &str) -> bool {
+    let mut chars = s.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphanumeric())
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
 }
 
 #[cfg(test)]

@@ -66,7 +66,11 @@ pub(super) async fn consume(engine: Arc<Engine>, bus: Arc<dyn DeliveryBus>, link
         let e = engine.clone();
         let handler: TaskHandler = Arc::new(move |task| {
             let e = e.clone();
-            Box::pin(async move { e.receive(task).await.map_err(|err| err.to_string()) })
+            Box::pin(async move {
+                e.receive(task)
+                    .await
+                    .map_err(|err| Box::new(err) as crate::queue::TaskError)
+            })
         });
         let started = std::time::Instant::now();
         let result = health::watched(&link, bus.consume(prefetch, handler)).await;

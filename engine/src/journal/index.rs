@@ -68,12 +68,13 @@ pub fn spawn(
 }
 
 async fn follow(store: Arc<EmbeddedStore>, shards: Vec<Followed>, wake: flume::Receiver<()>, stop: Arc<AtomicBool>) {
+    let mut backoff = crate::backoff::Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
     let saved = loop {
         match store.journal_cursors().await {
             Ok(c) => break c,
             Err(e) => {
                 tracing::error!(error = %e, "index follower cannot read its position; retrying");
-                tokio::time::sleep(Duration::from_secs(1)).await;
+                backoff.wait().await;
             }
         }
     };
@@ -101,7 +102,7 @@ async fn follow(store: Arc<EmbeddedStore>, shards: Vec<Followed>, wake: flume::R
             }
         })
         .collect();
-    let mut backoff = crate::backoff::Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+    backoff.reset();
     let mut last_sync = std::time::Instant::now();
     let mut unsynced = false;
     while !stop.load(Ordering::Acquire) {

@@ -15,6 +15,8 @@ use std::time::Duration;
 
 use tokio::sync::Notify;
 
+use crate::backoff::Backoff;
+
 use crate::model::{Attempt, AttemptStatus, Destination, Event};
 use crate::store::embedded::EmbeddedStore;
 use crate::timefmt::{format_ms, now_ms};
@@ -171,14 +173,13 @@ impl OperatorEvents {
             return;
         }
         let body = self.envelope(topic, Some(&tenant_id), data);
-        let mut wait = Duration::from_millis(50);
+        let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
         loop {
             match self.outbox.outbox_put(topic, body.clone()).await {
                 Ok(_) => break,
                 Err(e) => {
                     tracing::error!(error = %e, topic, "cannot persist an operator alert; retrying");
-                    tokio::time::sleep(wait).await;
-                    wait = (wait * 2).min(Duration::from_secs(2));
+                    backoff.wait().await;
                 }
             }
         }
@@ -228,13 +229,17 @@ impl OperatorEvents {
 
     /// Sends persisted alerts in order, each until the sink accepts it.
     async fn send_alerts(self: Arc<Self>) {
-        let mut wait = Duration::from_millis(100);
+        let mut sending = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+        let mut reading = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
         loop {
             let batch = match self.outbox.outbox_load(100).await {
-                Ok(b) => b,
+                Ok(b) => {
+                    reading.reset();
+                    b
+                }
                 Err(e) => {
                     tracing::error!(error = %e, "cannot read the operator alert outbox");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    reading.wait().await;
                     continue;
                 }
             };
@@ -248,14 +253,14 @@ impl OperatorEvents {
                     match self.sink.send(&topic, &body).await {
                         Ok(()) => {
                             self.stats.sent.fetch_add(1, Ordering::Relaxed);
-                            wait = Duration::from_millis(100);
+                            sending.reset();
                             break;
                         }
                         Err(e) => {
                             self.stats.failed_sends.fetch_add(1, Ordering::Relaxed);
+                            let wait = sending.next_delay();
                             tracing::warn!(error = %e, topic, retry_in_ms = wait.as_millis() as u64, "operator alert not accepted by the sink; will retry");
                             tokio::time::sleep(wait).await;
-                            wait = (wait * 2).min(Duration::from_secs(5));
                         }
                     }
                 }
@@ -288,7 +293,7 @@ impl OperatorEvents {
                     (topic, self.envelope(topic, Some(&n.event.tenant_id), data))
                 }
             };
-            let mut wait = Duration::from_millis(100);
+            let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(1));
             for n in 1..=BEST_EFFORT_TRIES {
                 match self.sink.send(topic, &body).await {
                     Ok(()) => {
@@ -301,8 +306,7 @@ impl OperatorEvents {
                             let d = self.stats.dropped.fetch_add(1, Ordering::Relaxed) + 1;
                             tracing::warn!(error = %e, topic, dropped_total = d, "operator event dropped after {BEST_EFFORT_TRIES} tries");
                         } else {
-                            tokio::time::sleep(wait).await;
-                            wait *= 2;
+                            backoff.wait().await;
                         }
                     }
                 }

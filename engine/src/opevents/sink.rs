@@ -53,9 +53,35 @@ impl SinkConfig {
     }
 }
 
+/// Why an operator event did not reach its sink. Either way the caller
+/// retries (alerts until accepted, best-effort events a few times).
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    /// The sink was not reached: connection, timeout or transport.
+    #[error("{sink} sink: {message}")]
+    Unreachable { sink: &'static str, message: String },
+    /// The sink answered and did not take the event.
+    #[error("{sink} sink: {message}")]
+    Refused { sink: &'static str, message: String },
+}
+
+fn unreachable(sink: &'static str, message: impl Into<String>) -> SinkError {
+    SinkError::Unreachable {
+        sink,
+        message: message.into(),
+    }
+}
+
+fn refused(sink: &'static str, message: impl Into<String>) -> SinkError {
+    SinkError::Refused {
+        sink,
+        message: message.into(),
+    }
+}
+
 /// Accepts one serialised envelope; `Ok` means the sink has it.
 pub trait Sink: Send + Sync + 'static {
-    fn send<'a>(&'a self, topic: &'a str, body: &'a [u8]) -> BoxFuture<'a, Result<(), String>>;
+    fn send<'a>(&'a self, topic: &'a str, body: &'a [u8]) -> BoxFuture<'a, Result<(), SinkError>>;
 }
 
 pub fn build(cfg: SinkConfig) -> std::sync::Arc<dyn Sink> {
@@ -121,7 +147,7 @@ struct HttpSink {
 }
 
 impl Sink for HttpSink {
-    fn send<'a>(&'a self, _topic: &'a str, body: &'a [u8]) -> BoxFuture<'a, Result<(), String>> {
+    fn send<'a>(&'a self, _topic: &'a str, body: &'a [u8]) -> BoxFuture<'a, Result<(), SinkError>> {
         Box::pin(async move {
             let mut req = self
                 .client
@@ -135,10 +161,10 @@ impl Sink for HttpSink {
             let resp = req
                 .send()
                 .await
-                .map_err(|e| format!("HTTP sink: {}", e.without_url()))?;
+                .map_err(|e| unreachable("HTTP", e.without_url().to_string()))?;
             let status = resp.status();
             if status.as_u16() >= 400 {
-                return Err(format!("HTTP sink answered {status}"));
+                return Err(refused("HTTP", format!("answered {status}")));
             }
             Ok(())
         })
@@ -154,7 +180,7 @@ struct SqsSink {
 }
 
 impl Sink for SqsSink {
-    fn send<'a>(&'a self, _topic: &'a str, body: &'a [u8]) -> BoxFuture<'a, Result<(), String>> {
+    fn send<'a>(&'a self, _topic: &'a str, body: &'a [u8]) -> BoxFuture<'a, Result<(), SinkError>> {
         Box::pin(async move {
             let client = {
                 let mut c = self.client.lock().await;
@@ -179,7 +205,13 @@ impl Sink for SqsSink {
                 .message_body(body)
                 .send()
                 .await
-                .map_err(|e| format!("SQS sink: {}", crate::error_text::with_causes(&e)))?;
+                .map_err(|e| {
+                    let message = crate::error_text::with_causes(&e);
+                    match e {
+                        aws_sdk_sqs::error::SdkError::ServiceError(_) => refused("SQS", message),
+                        _ => unreachable("SQS", message),
+                    }
+                })?;
             Ok(())
         })
     }
@@ -214,18 +246,18 @@ impl PubSubSink {
 }
 
 impl Sink for PubSubSink {
-    fn send<'a>(&'a self, topic: &'a str, body: &'a [u8]) -> BoxFuture<'a, Result<(), String>> {
+    fn send<'a>(&'a self, topic: &'a str, body: &'a [u8]) -> BoxFuture<'a, Result<(), SinkError>> {
         Box::pin(async move {
             let mut slot = self.publisher.lock().await;
             if slot.is_none() {
                 let p = tokio::time::timeout(Duration::from_secs(10), self.connect())
                     .await
-                    .map_err(|_| "Pub/Sub sink: connect timed out".to_string())?
-                    .map_err(|e| format!("Pub/Sub sink: {e}"))?;
+                    .map_err(|_| unreachable("Pub/Sub", "connect timed out"))?
+                    .map_err(|e| unreachable("Pub/Sub", e))?;
                 *slot = Some(p);
             }
             let Some(p) = slot.as_ref() else {
-                return Err("Pub/Sub sink: not connected".into());
+                return Err(unreachable("Pub/Sub", "not connected"));
             };
             let msg = gcloud_googleapis::pubsub::v1::PubsubMessage {
                 data: body.to_vec(),
@@ -235,14 +267,14 @@ impl Sink for PubSubSink {
             let sent = tokio::time::timeout(Duration::from_secs(10), p.publish_immediately(vec![msg], None)).await;
             match sent {
                 Ok(Ok(ids)) if ids.len() == 1 => Ok(()),
-                Ok(Ok(_)) => Err("Pub/Sub sink: message not stored".into()),
+                Ok(Ok(_)) => Err(refused("Pub/Sub", "message not stored")),
                 Ok(Err(e)) => {
                     *slot = None;
-                    Err(format!("Pub/Sub sink: {e}"))
+                    Err(unreachable("Pub/Sub", e.to_string()))
                 }
                 Err(_) => {
                     *slot = None;
-                    Err("Pub/Sub sink: publish timed out".into())
+                    Err(unreachable("Pub/Sub", "publish timed out"))
                 }
             }
         })
@@ -287,16 +319,16 @@ impl RabbitSink {
 }
 
 impl Sink for RabbitSink {
-    fn send<'a>(&'a self, topic: &'a str, body: &'a [u8]) -> BoxFuture<'a, Result<(), String>> {
+    fn send<'a>(&'a self, topic: &'a str, body: &'a [u8]) -> BoxFuture<'a, Result<(), SinkError>> {
         Box::pin(async move {
             use lapin::options::BasicPublishOptions;
             use lapin::publisher_confirm::Confirmation;
             let mut slot = self.channel.lock().await;
             if slot.as_ref().is_none_or(|(c, _)| !c.status().connected()) {
-                *slot = Some(self.connect().await.map_err(|e| format!("RabbitMQ sink: {e}"))?);
+                *slot = Some(self.connect().await.map_err(|e| unreachable("RabbitMQ", e))?);
             }
             let Some((_, ch)) = slot.as_ref() else {
-                return Err("RabbitMQ sink: not connected".into());
+                return Err(unreachable("RabbitMQ", "not connected"));
             };
             // The routing key is the operator-event topic, so consumers can bind per topic.
             let sent = async {
@@ -311,9 +343,9 @@ impl Sink for RabbitSink {
                             .with_content_type("application/json".into()),
                     )
                     .await
-                    .map_err(|e| e.to_string())?;
-                match confirm.await.map_err(|e| e.to_string())? {
-                    Confirmation::Nack(_) => Err("broker refused the message".to_string()),
+                    .map_err(|e| unreachable("RabbitMQ", e.to_string()))?;
+                match confirm.await.map_err(|e| unreachable("RabbitMQ", e.to_string()))? {
+                    Confirmation::Nack(_) => Err(refused("RabbitMQ", "broker refused the message")),
                     _ => Ok(()),
                 }
             };
@@ -321,11 +353,11 @@ impl Sink for RabbitSink {
                 Ok(Ok(())) => Ok(()),
                 Ok(Err(e)) => {
                     *slot = None;
-                    Err(format!("RabbitMQ sink: {e}"))
+                    Err(e)
                 }
                 Err(_) => {
                     *slot = None;
-                    Err("RabbitMQ sink: publish timed out".into())
+                    Err(unreachable("RabbitMQ", "publish timed out"))
                 }
             }
         })

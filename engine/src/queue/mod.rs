@@ -34,8 +34,12 @@ pub enum QueueError {
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
+/// Why a delivery node did not take a task (it is requeued): the node's own
+/// error, kept whole with its causes for the log line.
+pub type TaskError = Box<dyn std::error::Error + Send + Sync>;
+
 /// What a delivery node does with one task: `Ok` = durable here (ack it).
-pub type TaskHandler = Arc<dyn Fn(Task) -> BoxFuture<'static, Result<(), String>> + Send + Sync>;
+pub type TaskHandler = Arc<dyn Fn(Task) -> BoxFuture<'static, Result<(), TaskError>> + Send + Sync>;
 
 /// The consumed messages a queue client is still handling or settling
 /// (acking, deleting, nacking), and the signal that stops its consumer. At
@@ -163,7 +167,7 @@ pub fn task_handler(handle: TaskHandler) -> ByteHandler {
                     match results.into_iter().find_map(Result::err) {
                         None => Disposition::Ack,
                         Some(e) => {
-                            tracing::warn!(error = %e, "delivery task not accepted; it will be redelivered");
+                            tracing::warn!(error = %crate::error_text::with_causes(&*e), "delivery task not accepted; it will be redelivered");
                             Disposition::Requeue
                         }
                     }
@@ -434,7 +438,7 @@ pub(crate) fn recording_handler(
             let first = !v.contains(&t.event.id);
             v.push(t.event.id.clone());
             if first && t.event.id == fail_once {
-                Err("not now".to_string())
+                Err("not now".into())
             } else {
                 Ok(())
             }

@@ -97,7 +97,7 @@ impl PubSubQueue {
 
     pub async fn connect(cfg: PubSubConfig, patience: Duration) -> Result<Self, QueueError> {
         let deadline = tokio::time::Instant::now() + patience;
-        let mut wait = Duration::from_millis(200);
+        let mut backoff = crate::backoff::Backoff::new(Duration::from_millis(200), Duration::from_secs(2));
         loop {
             let attempt = async {
                 let client =
@@ -173,8 +173,7 @@ impl PubSubQueue {
                     }
                 }
             }
-            tokio::time::sleep(wait).await;
-            wait = (wait * 2).min(Duration::from_secs(2));
+            backoff.wait().await;
         }
     }
 

@@ -125,7 +125,7 @@ impl RabbitQueue {
 
     pub async fn connect(cfg: RabbitConfig, patience: Duration) -> Result<Self, QueueError> {
         let deadline = tokio::time::Instant::now() + patience;
-        let mut wait = Duration::from_millis(100);
+        let mut backoff = crate::backoff::Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
         // The last attempt may be cut short by the deadline; an earlier one
         // that failed for a reason (a certificate) says more.
         let mut reason: Option<QueueError> = None;
@@ -145,8 +145,7 @@ impl RabbitQueue {
                     }
                 }
             }
-            tokio::time::sleep(wait).await;
-            wait = (wait * 2).min(Duration::from_secs(2));
+            backoff.wait().await;
         };
         let q = Self {
             link: tokio::sync::Mutex::new(None),
@@ -489,7 +488,7 @@ mod tests {
             let t = t.clone();
             Box::pin(async move {
                 *t.lock().unwrap() += 1;
-                Err::<(), String>("always".into())
+                Err::<(), crate::queue::TaskError>("always".into())
             })
         });
         let consume = q.consume(10, "t", handler);

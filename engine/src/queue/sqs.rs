@@ -80,7 +80,7 @@ impl SqsQueue {
         )
         .await;
         let deadline = tokio::time::Instant::now() + patience;
-        let mut wait = Duration::from_millis(100);
+        let mut backoff = crate::backoff::Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
         let dlq_name = cfg.dlq.clone().unwrap_or_else(|| format!("{}-dlq", cfg.delivery_queue));
         let url = loop {
             let result = if cfg.auto_provision {
@@ -105,8 +105,7 @@ impl SqsQueue {
                 }
                 Err(_) => {}
             }
-            tokio::time::sleep(wait).await;
-            wait = (wait * 2).min(Duration::from_secs(2));
+            backoff.wait().await;
         };
         let dlq_url = client
             .get_queue_url()

@@ -84,7 +84,7 @@ impl PostgresLogStore {
             .build()
             .map_err(db_err)?;
         let deadline = tokio::time::Instant::now() + patience;
-        let mut wait = Duration::from_millis(100);
+        let mut backoff = crate::backoff::Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
         loop {
             match pool.get().await {
                 Ok(c) => match c.simple_query("SELECT 1").await {
@@ -105,8 +105,7 @@ impl PostgresLogStore {
                 }
                 Err(_) => {}
             }
-            tokio::time::sleep(wait).await;
-            wait = (wait * 2).min(Duration::from_secs(2));
+            backoff.wait().await;
         }
     }
 

@@ -281,7 +281,7 @@ impl RedisEntityStore {
             .client()
             .map_err(|message| StoreError::Unreachable { what: "Redis", message })?;
         let deadline = tokio::time::Instant::now() + patience;
-        let mut wait = Duration::from_millis(100);
+        let mut backoff = crate::backoff::Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
         let cluster = if cfg.cluster {
             Some(
                 ::redis::cluster::ClusterClient::new(vec![cfg.url()]).map_err(|e| StoreError::Unreachable {
@@ -312,8 +312,7 @@ impl RedisEntityStore {
                     }
                 }
             }
-            tokio::time::sleep(wait).await;
-            wait = (wait * 2).min(Duration::from_secs(2));
+            backoff.wait().await;
         };
         let prefix = if deployment_id.is_empty() {
             String::new()
@@ -801,11 +800,14 @@ impl EntityStore for RedisEntityStore {
     }
 }
 
-/// Consecutive-failure counters (`cf:<destination>`, 24 h TTL refreshed on
-/// every change) and alert suppression keys, shared by every delivery node.
-impl crate::alerts::AlertState for RedisEntityStore {
-    fn apply(&self, ops: Vec<crate::alerts::CounterOp>) -> BoxFuture<'_, StoreResult<Vec<(u64, u64)>>> {
-        // One round trip for a whole flush; ops run in order, atomically.
+/// Counters and claim keys, shared by every node: the data the alert policy
+/// (`crate::alerts`) keeps in Redis. Counters expire 24 h after their last
+/// change; one that reaches zero is deleted.
+impl RedisEntityStore {
+    /// Applies `(name, reset, add)` to the counters `name` in order, in one
+    /// round trip and atomically: reset to zero first when `reset`, then add.
+    /// Returns `(before, after)` per change, `before` taken after the reset.
+    pub async fn apply_counters(&self, changes: &[(&str, bool, u32)]) -> StoreResult<Vec<(u64, u64)>> {
         const APPLY: &str = r#"
 local out = {}
 for i, key in ipairs(KEYS) do
@@ -824,47 +826,44 @@ for i, key in ipairs(KEYS) do
 end
 return out
 "#;
-        Box::pin(async move {
-            if ops.is_empty() {
-                return Ok(vec![]);
-            }
-            let script = ::redis::Script::new(APPLY);
-            let mut inv = script.prepare_invoke();
-            for op in &ops {
-                inv.key(self.key(&format!("cf:{}", op.destination_id)));
-                inv.arg(if op.reset { "1" } else { "0" }).arg(op.failures);
-            }
-            let mut c = self.conn.clone();
-            let flat: Vec<u64> = inv.invoke_async(&mut c).await.map_err(rerr)?;
-            Ok(flat.chunks(2).map(|p| (p[0], p.get(1).copied().unwrap_or(0))).collect())
-        })
+        if changes.is_empty() {
+            return Ok(vec![]);
+        }
+        let script = ::redis::Script::new(APPLY);
+        let mut inv = script.prepare_invoke();
+        for (name, reset, add) in changes {
+            inv.key(self.key(&format!("cf:{name}")));
+            inv.arg(if *reset { "1" } else { "0" }).arg(*add);
+        }
+        let mut c = self.conn.clone();
+        let flat: Vec<u64> = inv.invoke_async(&mut c).await.map_err(rerr)?;
+        Ok(flat.chunks(2).map(|p| (p[0], p.get(1).copied().unwrap_or(0))).collect())
     }
 
-    fn claim(&self, key: String, window: Duration) -> BoxFuture<'_, StoreResult<bool>> {
-        Box::pin(async move {
-            if window.is_zero() {
-                return Ok(true);
-            }
-            let mut c = self.conn.clone();
-            let set: Option<String> = ::redis::cmd("SET")
-                .arg(self.key(&format!("alert:claim:{key}")))
-                .arg("1")
-                .arg("NX")
-                .arg("PX")
-                .arg(window.as_millis().max(1) as u64)
-                .query_async(&mut c)
-                .await
-                .map_err(rerr)?;
-            Ok(set.is_some())
-        })
+    /// The value of counter `name` (0 when it has none).
+    pub async fn counter(&self, name: &str) -> StoreResult<u64> {
+        let mut c = self.conn.clone();
+        let v: Option<u64> = c.get(self.key(&format!("cf:{name}"))).await.map_err(rerr)?;
+        Ok(v.unwrap_or(0))
     }
 
-    fn failures(&self, destination_id: String) -> BoxFuture<'_, StoreResult<u64>> {
-        Box::pin(async move {
-            let mut c = self.conn.clone();
-            let v: Option<u64> = c.get(self.key(&format!("cf:{destination_id}"))).await.map_err(rerr)?;
-            Ok(v.unwrap_or(0))
-        })
+    /// `true` when `key` was not claimed within the last `window` (and
+    /// claims it); a zero window always answers `true`.
+    pub async fn claim_once(&self, key: &str, window: Duration) -> StoreResult<bool> {
+        if window.is_zero() {
+            return Ok(true);
+        }
+        let mut c = self.conn.clone();
+        let set: Option<String> = ::redis::cmd("SET")
+            .arg(self.key(&format!("alert:claim:{key}")))
+            .arg("1")
+            .arg("NX")
+            .arg("PX")
+            .arg(window.as_millis().max(1) as u64)
+            .query_async(&mut c)
+            .await
+            .map_err(rerr)?;
+        Ok(set.is_some())
     }
 }
 
@@ -913,11 +912,6 @@ mod tests {
                 ("redis-2.internal".to_string(), 30002)
             ]
         );
-    }
-
-    #[tokio::test]
-    async fn alert_state_conformance() {
-        crate::alerts::conformance::run_all(&store().await, "").await;
     }
 
     /// A destination sealed before the current format (Outpost's key
