@@ -757,7 +757,7 @@ impl Config {
 
     /// Types every value; the first bad key is reported by name.
     pub fn from_sources(src: &Sources) -> Result<Self, ConfigError> {
-        let mut notices = crate::outpost_settings::check(|k| src.peek(k))?;
+        let mut notices = crate::outpost_settings::check(|k| src.peek(k)).map_err(|b| invalid(b.key, b.message))?;
         // Outpost reads per-type metadata overrides from this directory when
         // DESTINATIONS_METADATA_PATH is unset; so do we.
         let metadata_dir = match src.non_empty("DESTINATIONS_METADATA_PATH") {

@@ -9,7 +9,7 @@
 //! it), and a test checks that every key marked honoured is read by the
 //! loader.
 
-use crate::config::ConfigError;
+use crate::settings::BadSetting;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Treatment {
@@ -299,7 +299,7 @@ fn is_off(value: &str) -> bool {
 /// returns one notice per ignored or not-yet key that is set, for the log.
 ///
 /// `lookup` reads a key from the merged sources (file and environment).
-pub fn check<'a>(lookup: impl Fn(&str) -> Option<&'a str>) -> Result<Vec<String>, ConfigError> {
+pub fn check<'a>(lookup: impl Fn(&str) -> Option<&'a str>) -> Result<Vec<String>, BadSetting> {
     let mut notices = Vec::new();
     for setting in SETTINGS {
         let Some(value) = lookup(setting.key) else {
@@ -308,10 +308,7 @@ pub fn check<'a>(lookup: impl Fn(&str) -> Option<&'a str>) -> Result<Vec<String>
         match setting.treatment {
             Treatment::Honoured => {}
             Treatment::Refused if !is_off(value) => {
-                return Err(ConfigError::Invalid {
-                    key: setting.key,
-                    message: format!("is set, but {}", setting.note),
-                });
+                return Err(BadSetting::new(setting.key, format!("is set, but {}", setting.note)));
             }
             Treatment::Refused => {}
             Treatment::Ignored if value.trim().is_empty() => {}
