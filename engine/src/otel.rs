@@ -28,7 +28,6 @@ use opentelemetry_sdk::trace::{IdGenerator, RandomIdGenerator, SdkTracer, SdkTra
 use opentelemetry_sdk::Resource;
 use sha2::Digest;
 
-use crate::destinations::PublishResult;
 use crate::model::{AttemptStatus, Destination, Event};
 
 thread_local! {
@@ -418,15 +417,16 @@ impl Telemetry {
         dest: &Destination,
         attempt_number: u32,
         manual: bool,
-        result: &PublishResult,
+        outcome: (AttemptStatus, &str),
         started_ms: i64,
         took: Duration,
     ) {
-        let ok = result.status == AttemptStatus::Success;
+        let (attempt_status, code) = outcome;
+        let ok = attempt_status == AttemptStatus::Success;
         if let Some(i) = &self.instruments {
             let kind = KeyValue::new("type", dest.kind.clone());
             i.delivered_events
-                .add(1, &[kind.clone(), KeyValue::new("status", result.status.as_str())]);
+                .add(1, &[kind.clone(), KeyValue::new("status", attempt_status.as_str())]);
             if ok {
                 let end_ms = started_ms + took.as_millis() as i64;
                 i.delivery_latency
@@ -441,7 +441,7 @@ impl Telemetry {
         let status = if ok {
             Status::Ok
         } else {
-            Status::error(result.code.clone())
+            Status::error(code.to_string())
         };
         let mut span = tracer
             .span_builder("attempt")
@@ -454,8 +454,8 @@ impl Telemetry {
                 KeyValue::new("destination_type", dest.kind.clone()),
                 KeyValue::new("attempt_number", i64::from(attempt_number)),
                 KeyValue::new("manual", manual),
-                KeyValue::new("status", result.status.as_str()),
-                KeyValue::new("code", result.code.clone()),
+                KeyValue::new("status", attempt_status.as_str()),
+                KeyValue::new("code", code.to_string()),
             ])
             .start_with_context(tracer, &parent(trace_id, publish_span));
         opentelemetry::trace::Span::set_status(&mut span, status);

@@ -1255,7 +1255,15 @@ impl Shard {
         let took = clock.elapsed();
         self.stats.attempt_latency.observe(took);
         if let Some(otel) = crate::otel::get() {
-            otel.attempt(&event, &dest, w.attempt, w.manual, &result, started, took);
+            otel.attempt(
+                &event,
+                &dest,
+                w.attempt,
+                w.manual,
+                (result.status, &result.code),
+                started,
+                took,
+            );
         }
         self.observe_flow(&w.destination_id, &result);
         let mut next = match result.status {

@@ -104,5 +104,9 @@ async fn queued_large_events_are_bounded_in_bytes_not_count() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let grown = vm_hwm_kib(pid).saturating_sub(idle) / 1024;
     eprintln!("300 queued events of 1 MB: peak RSS grew {grown} MiB above idle");
-    assert!(grown <= 160, "peak RSS grew {grown} MiB with 300 MB of queued events");
+    // Without the byte bound this grew 310 MiB; with it 96 MiB when the
+    // test was written (2026-12-04) and 145-163 MiB on 2026-12-05 (another
+    // machine, mimalloc by then the default allocator; 163 under the full
+    // parallel test run). 200 keeps a count-only bound failing.
+    assert!(grown <= 200, "peak RSS grew {grown} MiB with 300 MB of queued events");
 }
