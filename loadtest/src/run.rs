@@ -363,7 +363,7 @@ pub fn run(sc: &Scenario, opts: &Options) -> Result<Report, String> {
         rt.block_on(b.finish());
     }
     let over_baseline = baseline.as_ref().map(|b| deliveries_per_s / b.requests_per_s);
-    let (ratio, vs_single_call) = if broker.is_some() {
+    let (ratio, vs_raw_client) = if broker.is_some() {
         (None, over_baseline)
     } else {
         (over_baseline, None)
@@ -426,7 +426,7 @@ pub fn run(sc: &Scenario, opts: &Options) -> Result<Report, String> {
         },
         baseline,
         ratio,
-        vs_single_call,
+        vs_raw_client,
         series: report::Series {
             bucket_ms: bucket.as_millis() as u64,
             published: published_series,
