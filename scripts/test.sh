@@ -36,7 +36,7 @@ echo "== building"
 cargo build --workspace --all-targets
 echo "== rust tests (unit + integration)"
 cargo nextest run --workspace --no-fail-fast
-echo "== back-end restarts (alone: they restart the shared PostgreSQL and RabbitMQ)"
+echo "== back-end restarts (alone and one at a time: they restart the shared PostgreSQL and RabbitMQ)"
 cargo nextest run --workspace --no-fail-fast --run-ignored only -E 'test(/outage_/)'
 echo "== official Outpost SDK against the server"
 (cd tests/sdk && npm ci --no-audit --no-fund --loglevel=error)
