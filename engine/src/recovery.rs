@@ -52,7 +52,57 @@ struct Move {
 }
 
 pub fn journal_root(config: &Config) -> PathBuf {
-    config.data_dir.join("journal")
+    config.journal_dir.clone()
+}
+
+/// The file in the data dir that names the journal directory last used with
+/// it: the index's positions in the journals are stored beside it.
+const JOURNAL_LOCATION: &str = "JOURNAL_LOCATION";
+
+/// Refuses to start when the journal directory changed while the one used
+/// before still holds segments: the deliveries pending there would never be
+/// replayed. A journal moved whole (the old directory empty or gone) is fine.
+pub fn check_journal_location(config: &Config) -> Result<(), EngineError> {
+    let configured = std::path::absolute(&config.journal_dir)
+        .map_err(|e| EngineError::Startup(format!("OUTRIDER_JOURNAL_DIR {}: {e}", config.journal_dir.display())))?;
+    let marker = config.data_dir.join(JOURNAL_LOCATION);
+    let previous = match std::fs::read_to_string(&marker) {
+        Ok(text) => PathBuf::from(text.trim_end_matches('\n')),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::path::absolute(config.data_dir.join("journal")).unwrap_or_else(|_| config.data_dir.join("journal"))
+        }
+        Err(e) => return Err(EngineError::Startup(format!("cannot read {}: {e}", marker.display()))),
+    };
+    if previous != configured && holds_segments(&previous) {
+        return Err(EngineError::Startup(format!(
+            "the journal of this data dir is at {} and still holds segments, but OUTRIDER_JOURNAL_DIR is {}: \
+             move the shard directories (0000, 0001, ...) there first, or set OUTRIDER_JOURNAL_DIR back",
+            previous.display(),
+            configured.display()
+        )));
+    }
+    if previous != configured || !marker.exists() {
+        let tmp = config.data_dir.join(format!("{JOURNAL_LOCATION}.tmp"));
+        let write = || -> std::io::Result<()> {
+            std::fs::create_dir_all(&config.data_dir)?;
+            let mut f = std::fs::File::create(&tmp)?;
+            std::io::Write::write_all(&mut f, format!("{}\n", configured.display()).as_bytes())?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, &marker)?;
+            std::fs::File::open(&config.data_dir)?.sync_all()
+        };
+        write().map_err(|e| EngineError::Startup(format!("cannot write {}: {e}", marker.display())))?;
+    }
+    Ok(())
+}
+
+/// Whether any shard directory under `root` has a segment file.
+fn holds_segments(root: &Path) -> bool {
+    shard_dirs(root).is_ok_and(|shards| {
+        shards
+            .iter()
+            .any(|s| journal::list_segments(&journal::shard_dir(root, *s)).is_ok_and(|v| !v.is_empty()))
+    })
 }
 
 fn shard_dirs(root: &Path) -> std::io::Result<Vec<usize>> {

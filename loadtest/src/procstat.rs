@@ -14,6 +14,22 @@ pub fn cpu_seconds(pid: u32) -> Option<f64> {
     Some((utime + stime) / TICKS)
 }
 
+/// `(bytes written, write requests)` completed so far by the block device
+/// that holds `path` (`/sys/dev/block/<major>:<minor>/stat`): what the disk
+/// really got, flushes of the page cache included. Whole-device counts, so
+/// anything else writing to it shows too. `None` off a block device (tmpfs).
+pub fn device_writes(path: &std::path::Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let dev = std::fs::metadata(path).ok()?.dev();
+    // Linux's dev_t layout (glibc's gnu_dev_major / gnu_dev_minor).
+    let major = ((dev >> 8) & 0xfff) | ((dev >> 32) & !0xfff);
+    let minor = (dev & 0xff) | ((dev >> 12) & !0xff);
+    let stat = std::fs::read_to_string(format!("/sys/dev/block/{major}:{minor}/stat")).ok()?;
+    let f: Vec<u64> = stat.split_whitespace().filter_map(|v| v.parse().ok()).collect();
+    // Fields 5 and 7 (1-based): writes completed, sectors (512 B) written.
+    Some((f.get(6)? * 512, *f.get(4)?))
+}
+
 /// Two `kB` fields of `/proc/<pid>/status`, in bytes.
 fn status_pair(pid: u32, a: &str, b: &str) -> Option<(u64, u64)> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -46,5 +62,9 @@ mod tests {
         assert!(super::cpu_seconds(pid).is_some());
         let (rss, hwm) = super::memory(pid).unwrap();
         assert!(rss > 0 && hwm >= rss);
+        // The target dir's device, when it is a block device at all.
+        if let Some((bytes, writes)) = super::device_writes(std::path::Path::new(env!("CARGO_MANIFEST_DIR"))) {
+            assert!(bytes > 0 && writes > 0);
+        }
     }
 }

@@ -87,6 +87,17 @@ pub struct LogLag {
 pub struct Process {
     pub cpu_seconds: Option<f64>,
     pub peak_rss_bytes: Option<u64>,
+    /// What the block device holding the server's data dir completed over
+    /// the same window as `cpu_seconds` (journal, SQLite WAL, checkpoints;
+    /// whole-device counts). `None` for a `--target` server or off a block
+    /// device.
+    pub device_writes: Option<DeviceWrites>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DeviceWrites {
+    pub bytes: u64,
+    pub requests: u64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -235,6 +246,14 @@ impl Report {
                 c,
                 c * 1e6 / d.delivered.max(1) as f64,
                 r as f64 / 1048576.0
+            ));
+        }
+        if let Some(w) = &self.server_process.device_writes {
+            s.push_str(&format!(
+                "  disk        {:.1} MiB in {} writes to the data dir's device ({:.1} KiB per delivery; whole device)\n",
+                w.bytes as f64 / 1048576.0,
+                w.requests,
+                w.bytes as f64 / 1024.0 / d.delivered.max(1) as f64
             ));
         }
         if let Some(b) = &self.baseline {

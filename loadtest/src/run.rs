@@ -71,7 +71,7 @@ pub fn parse_target(url: &str) -> Result<SocketAddr, String> {
 
 struct Spawned {
     child: Child,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl Drop for Spawned {
@@ -132,7 +132,7 @@ fn spawn_server(
         cmd.env(k, v.replace("{sink}", &sink.to_string()).replace("{run}", run));
     }
     let child = cmd.spawn().map_err(|e| format!("start {}: {e}", bin.display()))?;
-    Ok((Spawned { child, _dir: dir }, SocketAddr::from(([127, 0, 0, 1], port))))
+    Ok((Spawned { child, dir }, SocketAddr::from(([127, 0, 0, 1], port))))
 }
 
 async fn wait_healthy(addr: SocketAddr) -> Result<(), String> {
@@ -249,6 +249,7 @@ pub fn run(sc: &Scenario, opts: &Options) -> Result<Report, String> {
     // ---- publishing ----
     let lag = LagSampler::start(&rt, addr);
     let cpu0 = pid.and_then(procstat::cpu_seconds);
+    let disk0 = spawned.as_ref().and_then(|s| procstat::device_writes(s.dir.path()));
     let journal0 = rt.block_on(journal_commits(addr));
     let publish = rt.block_on(publish(addr, &api_key, sc, &prefix, opts.quiet))?;
     let journal = match (journal0, rt.block_on(journal_commits(addr))) {
@@ -274,6 +275,7 @@ pub fn run(sc: &Scenario, opts: &Options) -> Result<Report, String> {
     std::thread::sleep(Duration::from_millis(500));
     pb.finish();
     let cpu1 = pid.and_then(procstat::cpu_seconds);
+    let disk1 = spawned.as_ref().and_then(|s| procstat::device_writes(s.dir.path()));
     // Read before the baseline also uses the sink.
     let sink_requests = sink.stats.requests.load(Ordering::Relaxed);
     let foreign = sink.stats.foreign.load(Ordering::Relaxed);
@@ -423,6 +425,13 @@ pub fn run(sc: &Scenario, opts: &Options) -> Result<Report, String> {
                 _ => None,
             },
             peak_rss_bytes: peak_rss,
+            device_writes: match (disk0, disk1) {
+                (Some(a), Some(b)) => Some(report::DeviceWrites {
+                    bytes: b.0.saturating_sub(a.0),
+                    requests: b.1.saturating_sub(a.1),
+                }),
+                _ => None,
+            },
         },
         baseline,
         ratio,

@@ -227,3 +227,98 @@ async fn sigterm_exits_within_the_drain_time_despite_a_request_that_never_ends()
     assert!(took < Duration::from_secs(10), "exit took {took:?}");
     drop(sock);
 }
+
+/// `OUTRIDER_JOURNAL_DIR` puts the journals elsewhere (a disk of their
+/// own): the segments are written there, `kill -9` + restart replays them
+/// from there, a start that would leave segments behind in the old place is
+/// refused, and a journal moved whole starts.
+#[tokio::test]
+async fn a_journal_in_its_own_directory_replays_from_there_and_a_move_is_checked() {
+    let jtmp = tempfile::tempdir().unwrap();
+    let first = jtmp.path().join("j1");
+    let mut s = Server::start(&[
+        ("DELIVERY_SHARDS", "1"),
+        ("RETRY_SCHEDULE", "8"),
+        ("OUTRIDER_JOURNAL_DIR", first.to_str().unwrap()),
+    ])
+    .await;
+    let api = Api::admin(&s);
+    let failing = Receiver::start().await;
+    *failing.state.always.lock().unwrap() = Some(500);
+    let healthy = Receiver::start().await;
+    api.tenant("t1").await;
+    api.webhook("t1", &failing.url("/a"), json!({"topics": ["f"]})).await;
+    api.webhook("t1", &healthy.url("/b"), json!({"topics": ["h"]})).await;
+    let r = api
+        .publish(json!({"id": "e-fail", "tenant_id": "t1", "topic": "f", "data": {}}))
+        .await;
+    assert_eq!(r.status, 202, "{}", r.text);
+    for i in 0..20 {
+        let r = api
+            .publish(json!({"id": format!("e{i}"), "tenant_id": "t1", "topic": "h", "data": {"i": i}}))
+            .await;
+        assert_eq!(r.status, 202, "{}", r.text);
+    }
+    assert_eq!(healthy.wait_for(20, Duration::from_secs(20)).await.len(), 20);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while failing.arrivals() < 1 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(failing.arrivals(), 1);
+    let data = s.dir.join("data");
+    let in_own_dir = |root: &Path| {
+        std::fs::read_dir(root.join("0000"))
+            .map(|rd| {
+                rd.filter_map(|e| e.ok())
+                    .filter(|e| e.path().extension().is_some_and(|x| x == "log"))
+                    .count()
+            })
+            .unwrap_or(0)
+    };
+    assert!(in_own_dir(&first) >= 1, "no segment under OUTRIDER_JOURNAL_DIR");
+    assert_eq!(
+        in_own_dir(&data.join("journal")),
+        0,
+        "segments written under the data dir"
+    );
+    s.kill9();
+
+    // Without the setting the journal would be <data>/journal: the pending
+    // retry in the first directory would be lost, so the start is refused.
+    let (code, _, err) = Server::run_args(
+        &[],
+        &[
+            ("PATH", &std::env::var("PATH").unwrap_or_default()),
+            ("API_KEY", API_KEY),
+            ("API_JWT_SECRET", JWT_SECRET),
+            ("AES_ENCRYPTION_SECRET", "test-aes-secret"),
+            ("OUTRIDER_DATA_DIR", data.to_str().unwrap()),
+            ("DELIVERY_SHARDS", "1"),
+        ],
+    );
+    assert_ne!(code, 0, "started with the journal's segments left behind: {err}");
+    assert!(err.contains("still holds segments"), "{err}");
+
+    // Moved whole, it starts and replays from the new place: nothing is sent
+    // again, and the retry pending there (due 8 s after the first attempt)
+    // runs, once.
+    let second = jtmp.path().join("j2");
+    std::fs::rename(&first, &second).unwrap();
+    s.set_env("OUTRIDER_JOURNAL_DIR", second.to_str().unwrap());
+    s.spawn().await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while failing.arrivals() < 2 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        failing.arrivals(),
+        2,
+        "the retry pending in the moved journal did not run"
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        healthy.count(),
+        20,
+        "delivered events were sent again after the restart"
+    );
+}

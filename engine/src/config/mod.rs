@@ -112,6 +112,10 @@ pub struct Config {
     pub webhook: WebhookConfig,
     /// Where the embedded store keeps its database.
     pub data_dir: PathBuf,
+    /// Where the shards' journals live (`OUTRIDER_JOURNAL_DIR`, default
+    /// `<data dir>/journal`): a disk of their own keeps the index's writes
+    /// out of the queue each group commit's `fdatasync` waits in.
+    pub journal_dir: PathBuf,
     /// Number of delivery shards; default = number of cores.
     pub delivery_shards: usize,
     /// In-flight deliveries per shard.
@@ -399,6 +403,10 @@ impl Config {
             destination_id_prefix: src.string("IDGEN_DESTINATION_PREFIX", ""),
             attempt_id_prefix: src.string("IDGEN_ATTEMPT_PREFIX", ""),
             webhook,
+            journal_dir: match src.non_empty("OUTRIDER_JOURNAL_DIR") {
+                Some(dir) => PathBuf::from(dir),
+                None => PathBuf::from(src.non_empty("OUTRIDER_DATA_DIR").unwrap_or("./data")).join("journal"),
+            },
             data_dir: PathBuf::from(src.non_empty("OUTRIDER_DATA_DIR").unwrap_or("./data")),
             delivery_shards,
             delivery_max_concurrency,

@@ -240,6 +240,7 @@ const YAML_KEYS: &[(&str, &str)] = &[
     ("outrider.allowed_private_networks", "OUTRIDER_ALLOWED_PRIVATE_NETWORKS"),
     ("outrider.embedded_synchronous", "OUTRIDER_EMBEDDED_SYNCHRONOUS"),
     ("outrider.journal_segment_bytes", "OUTRIDER_JOURNAL_SEGMENT_BYTES"),
+    ("outrider.journal_dir", "OUTRIDER_JOURNAL_DIR"),
     (
         "outrider.retry_skip_permanent_failures",
         "OUTRIDER_RETRY_SKIP_PERMANENT_FAILURES",

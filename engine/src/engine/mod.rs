@@ -218,17 +218,18 @@ pub struct Engine {
     index_stop: Arc<std::sync::atomic::AtomicBool>,
     /// What recovery found, until the shards are told to resume.
     recovery: Mutex<Option<crate::recovery::Plan>>,
-    /// The exclusive lock on the data directory, held while the engine lives.
-    data_dir_lock: Mutex<Option<std::fs::File>>,
+    /// The exclusive locks on the data directory and, when it lives
+    /// elsewhere, the journal directory, held while the engine lives.
+    dir_locks: Mutex<Vec<std::fs::File>>,
 }
 
 /// Takes an exclusive lock on `<data dir>/LOCK` so that a second process on
 /// the same directory refuses to start instead of replaying (and delivering)
 /// the first one's pending work and writing into its journals. The OS drops
 /// the lock when the process dies, `kill -9` included.
-fn lock_data_dir(dir: &std::path::Path) -> Result<std::fs::File, EngineError> {
+fn lock_dir(dir: &std::path::Path, setting: &str) -> Result<std::fs::File, EngineError> {
     std::fs::create_dir_all(dir)
-        .map_err(|e| EngineError::Startup(format!("cannot create data dir {}: {e}", dir.display())))?;
+        .map_err(|e| EngineError::Startup(format!("cannot create {} {}: {e}", setting, dir.display())))?;
     let path = dir.join("LOCK");
     let f = std::fs::OpenOptions::new()
         .create(true)
@@ -239,7 +240,7 @@ fn lock_data_dir(dir: &std::path::Path) -> Result<std::fs::File, EngineError> {
     match f.try_lock() {
         Ok(()) => Ok(f),
         Err(std::fs::TryLockError::WouldBlock) => Err(EngineError::Startup(format!(
-            "the data directory {} is in use by another Outrider process (OUTRIDER_DATA_DIR must be one per process)",
+            "{} is in use by another Outrider process ({setting} must be one per process)",
             dir.display()
         ))),
         Err(std::fs::TryLockError::Error(e)) => {
@@ -256,7 +257,11 @@ impl Engine {
         // own); clients that do not pick one explicitly use this default.
         let _ = rustls::crypto::ring::default_provider().install_default();
         let config = Arc::new(config);
-        let data_dir_lock = lock_data_dir(&config.data_dir)?;
+        let mut dir_locks = vec![lock_dir(&config.data_dir, "OUTRIDER_DATA_DIR")?];
+        if !config.journal_dir.starts_with(&config.data_dir) {
+            dir_locks.push(lock_dir(&config.journal_dir, "OUTRIDER_JOURNAL_DIR")?);
+        }
+        crate::recovery::check_journal_location(&config)?;
         let cipher = Cipher::new(config.aes_encryption_secret.expose());
         let embedded = Arc::new(EmbeddedStore::open(
             &config.data_dir,
@@ -332,7 +337,7 @@ impl Engine {
             opevents,
         )
         .await?;
-        *engine.data_dir_lock.lock() = Some(data_dir_lock);
+        *engine.dir_locks.lock() = dir_locks;
         engine.recover().await?;
         engine.start_alerting();
         if let Some(r) = redis {
@@ -496,7 +501,7 @@ impl Engine {
             index: Mutex::new(Some(index)),
             index_stop,
             recovery: Mutex::new(Some(plan)),
-            data_dir_lock: Mutex::new(None),
+            dir_locks: Mutex::new(Vec::new()),
         });
         Ok(engine)
     }
