@@ -66,11 +66,15 @@ use crate::model::NextStep;
 pub const MAGIC: &[u8; 8] = b"ORJNL001";
 /// A segment is closed once it holds about this many bytes.
 pub const SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
-/// The sync thread writes zeros this far ahead of the records, so most
-/// `fdatasync`s find the file's size unchanged and have no metadata to
-/// commit (an append-only file would make every one of them a file-system
-/// journal commit). A header of zeros reads as the end of the records.
-const ZEROED_AHEAD: u64 = 4 * 1024 * 1024;
+/// The sync thread keeps at least this many bytes of zeros ahead of the
+/// records, writing this many more each time, so most `fdatasync`s find the
+/// file's size unchanged and have no metadata to commit (an append-only file
+/// would make every one of them a file-system journal commit). A header of
+/// zeros reads as the end of the records. Small steps: the commit that
+/// writes a step also flushes it, and with 4 MiB steps those commits took
+/// 10 ms and more (with the journal alone on its disk at 10,000 publishes/s:
+/// 38-40 commits over 5 ms in 10 s, against 9-14 with 256 KiB steps).
+const ZEROED_AHEAD: u64 = 256 * 1024;
 const OFFSET_BITS: u32 = 40;
 
 /// Where a record starts: segment number and byte offset, packed in a u64.
@@ -449,17 +453,17 @@ impl Syncer {
         use std::os::unix::fs::FileExt;
         let path = segment_path(&self.dir, self.segment);
         let end = self.offset + bytes.len() as u64;
-        if end > self.zeroed_to {
+        if end + ZEROED_AHEAD > self.zeroed_to {
             // Not past the segment's size: small test segments stay small.
-            let upto = end + ZEROED_AHEAD.min(segment_bytes.saturating_sub(end));
-            let zeros = vec![0u8; 256 * 1024];
+            let upto = (end.max(self.zeroed_to) + ZEROED_AHEAD).min(segment_bytes.max(end));
             let mut at = self.zeroed_to.max(end);
+            let zeros = if at < upto { vec![0u8; 256 * 1024] } else { Vec::new() };
             while at < upto {
                 let n = ((upto - at) as usize).min(zeros.len());
                 self.file.write_all_at(&zeros[..n], at).map_err(|e| io(&path, e))?;
                 at += n as u64;
             }
-            self.zeroed_to = upto;
+            self.zeroed_to = self.zeroed_to.max(upto);
         }
         self.file.write_all_at(bytes, self.offset).map_err(|e| io(&path, e))?;
         self.offset = end;
