@@ -76,9 +76,11 @@ pub fn check_journal_location(config: &Config) -> Result<(), EngineError> {
     if previous != configured && holds_segments(&previous) {
         return Err(EngineError::Startup(format!(
             "the journal of this data dir is at {} and still holds segments, but OUTRIDER_JOURNAL_DIR is {}: \
-             move the shard directories (0000, 0001, ...) there first, or set OUTRIDER_JOURNAL_DIR back",
+             move the shard directories (0000, 0001, ...) there first, or set OUTRIDER_JOURNAL_DIR back \
+             (a data dir copied together with its journal: delete {} once the copy's journal is in place)",
             previous.display(),
-            configured.display()
+            configured.display(),
+            marker.display()
         )));
     }
     if previous != configured || !marker.exists() {
