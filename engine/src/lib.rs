@@ -35,7 +35,6 @@ pub mod outpost_settings;
 pub mod portal;
 pub mod publish;
 pub mod queue;
-pub mod recovery;
 pub mod routing;
 pub mod secret;
 pub mod settings;

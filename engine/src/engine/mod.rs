@@ -32,6 +32,7 @@ mod accept;
 mod control;
 mod exposition;
 pub mod health;
+mod recovery;
 mod routing_table;
 mod workers;
 
@@ -217,7 +218,7 @@ pub struct Engine {
     index: Mutex<Option<std::thread::JoinHandle<()>>>,
     index_stop: Arc<std::sync::atomic::AtomicBool>,
     /// What recovery found, until the shards are told to resume.
-    recovery: Mutex<Option<crate::recovery::Plan>>,
+    recovery: Mutex<Option<recovery::Plan>>,
     /// The exclusive locks on the data directory and, when it lives
     /// elsewhere, the journal directory, held while the engine lives.
     dir_locks: Mutex<Vec<std::fs::File>>,
@@ -261,7 +262,7 @@ impl Engine {
         if !config.journal_dir.starts_with(&config.data_dir) {
             dir_locks.push(lock_dir(&config.journal_dir, "OUTRIDER_JOURNAL_DIR")?);
         }
-        crate::recovery::check_journal_location(&config)?;
+        recovery::check_journal_location(&config)?;
         let cipher = Cipher::new(config.aes_encryption_secret.expose());
         let embedded = Arc::new(EmbeddedStore::open(
             &config.data_dir,
@@ -461,7 +462,7 @@ impl Engine {
         let ttl = config.publish_idempotency_key_ttl.as_millis() as i64;
         let idempotency = Arc::new(Idempotency::new(ttl));
         let (mut plan, inits, followed, wake_rx) =
-            crate::recovery::prepare(&config, &store, &idempotency, bus.is_some()).await?;
+            recovery::prepare(&config, &store, &idempotency, bus.is_some()).await?;
         let held_locally: std::collections::HashSet<TaskKey> = plan.take_task_keys().into_iter().collect();
         let (shards, threads) =
             shard::start(inits, deps).map_err(|e| EngineError::Startup(format!("cannot start shards: {e}")))?;
@@ -538,7 +539,7 @@ impl Engine {
         // Every destination is on its shard now: recovered work may run.
         let plan = self.recovery.lock().take();
         if let Some(plan) = plan {
-            crate::recovery::finish(self, plan).await?;
+            recovery::finish(self, plan).await?;
         }
         for s in &self.shards {
             s.tx.send_async(ShardMsg::Resume)

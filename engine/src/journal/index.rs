@@ -88,7 +88,7 @@ async fn follow(store: Arc<EmbeddedStore>, shards: Vec<Followed>, wake: flume::R
             let durable = Loc(f.progress.durable.load(Ordering::Acquire));
             // A position past the journal's end means the journal was
             // replaced (removed by hand, say): follow the new one from its start.
-            let at = match saved.get(&f.shard).copied() {
+            let at = match saved.get(&f.shard).copied().map(Loc) {
                 Some(at) if at <= durable => at,
                 _ => first(),
             };
@@ -115,7 +115,7 @@ async fn follow(store: Arc<EmbeddedStore>, shards: Vec<Followed>, wake: flume::R
                 tracing::error!(shard = c.f.shard, error = %e, "index follower cannot read a journal");
             }
             if c.at != before {
-                moved.push((c.f.shard, c.at));
+                moved.push((c.f.shard, c.at.0));
             }
         }
         let sync = unsynced && last_sync.elapsed() >= SYNC_EVERY;

@@ -153,7 +153,8 @@ enum WriteOp {
     Index {
         events: Vec<Arc<Event>>,
         attempts: Vec<Attempt>,
-        cursors: Vec<(usize, crate::journal::Loc)>,
+        /// Journal positions (`journal::Loc`, packed) per shard.
+        cursors: Vec<(usize, u64)>,
         /// Sync this transaction (and the unsynced ones before it) to disk.
         sync: bool,
         reply: Reply<()>,
@@ -382,7 +383,7 @@ fn apply_batch(conn: &mut Connection, batch: &mut [WriteOp], now: i64) -> Vec<St
             } => write_logs(&tx, events, attempts, now).and_then(|_| {
                 let mut st = tx.prepare_cached("INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2)")?;
                 for (shard, at) in cursors.iter() {
-                    st.execute(params![format!("journal_index:{shard}"), at.0 as i64])?;
+                    st.execute(params![format!("journal_index:{shard}"), *at as i64])?;
                 }
                 Ok(())
             }),
@@ -1272,7 +1273,8 @@ impl EmbeddedStore {
         &self,
         events: Vec<Arc<Event>>,
         attempts: Vec<Attempt>,
-        cursors: Vec<(usize, crate::journal::Loc)>,
+        // Journal positions (`journal::Loc`, packed) per shard.
+        cursors: Vec<(usize, u64)>,
         sync: bool,
     ) -> StoreResult<()> {
         let (reply, rx) = oneshot::channel();
@@ -1288,7 +1290,7 @@ impl EmbeddedStore {
     }
 
     /// The index follower's position per shard.
-    pub async fn journal_cursors(&self) -> StoreResult<std::collections::HashMap<usize, crate::journal::Loc>> {
+    pub async fn journal_cursors(&self) -> StoreResult<std::collections::HashMap<usize, u64>> {
         self.read(|c| {
             let mut st = c.prepare("SELECT key, value FROM meta WHERE key LIKE 'journal_index:%'")?;
             let rows = st.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
@@ -1296,7 +1298,7 @@ impl EmbeddedStore {
             for row in rows {
                 let (k, v) = row?;
                 if let Some(shard) = k.strip_prefix("journal_index:").and_then(|s| s.parse().ok()) {
-                    out.insert(shard, crate::journal::Loc(v as u64));
+                    out.insert(shard, v as u64);
                 }
             }
             Ok(out)

@@ -1,6 +1,6 @@
 //! Start-up recovery of the shards' journals.
 //!
-//! Every shard directory under `<data dir>/journal/` is replayed in parallel
+//! Every shard directory under the journal dir (`OUTRIDER_JOURNAL_DIR`) is replayed in parallel
 //! (pending = accepted − settled). A delivery stays with the shard that wrote
 //! it when that shard still owns its destination; when `DELIVERY_SHARDS`
 //! changed since, it is re-accepted by its new owner and then settled in the
@@ -11,8 +11,8 @@ use std::sync::Arc;
 
 use futures_util::stream::{FuturesUnordered, StreamExt};
 
+use super::{Engine, EngineError};
 use crate::config::Config;
-use crate::engine::{Engine, EngineError};
 use crate::idempotency::Idempotency;
 use crate::journal::index::Followed;
 use crate::journal::replay::{self, Pending, Recovered};
@@ -243,10 +243,10 @@ pub async fn prepare(
             // deliveries moved; once both are done the directory goes.
             // Everything after the follower's position is empty (a segment
             // with only its header has nothing to index).
-            let at = cursors
-                .get(&i)
-                .copied()
-                .unwrap_or_else(|| Loc::new(rec.segments.first().copied().unwrap_or(0), journal::MAGIC.len() as u64));
+            let at =
+                cursors.get(&i).copied().map(Loc).unwrap_or_else(|| {
+                    Loc::new(rec.segments.first().copied().unwrap_or(0), journal::MAGIC.len() as u64)
+                });
             let indexed_all = rec.segments.iter().all(|&seg| {
                 let len = rec.ends.get(&seg).copied().unwrap_or(0);
                 match seg.cmp(&at.segment()) {
