@@ -533,15 +533,6 @@ impl Query {
     }
 }
 
-/// Answers `q` from `logs`: each scan of the plan, then the buckets.
-pub async fn run(logs: &dyn crate::store::LogStore, q: &Query) -> crate::store::StoreResult<Answer> {
-    let mut rows = Vec::new();
-    for scan in q.plan() {
-        rows.extend(logs.metric_scan(scan).await?);
-    }
-    Ok(q.answer(rows))
-}
-
 pub struct DataPoint {
     pub time_bucket: Option<i64>,
     pub dimensions: serde_json::Map<String, serde_json::Value>,

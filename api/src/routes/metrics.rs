@@ -122,7 +122,7 @@ fn parse(dataset: Dataset, p: &Principal, raw: Option<&str>) -> ApiResult<metric
 async fn answer(dataset: Dataset, p: Principal, s: AppState, raw: Option<String>) -> ApiResult<Json<Value>> {
     let started = std::time::Instant::now();
     let query = parse(dataset, &p, raw.as_deref())?;
-    let answer = metrics::run(s.engine.logs.as_ref(), &query).await?;
+    let answer = outrider_engine::store::answer_metrics(s.engine.logs.as_ref(), &query).await?;
     let data: Vec<Value> = answer
         .data
         .into_iter()

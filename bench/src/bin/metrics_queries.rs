@@ -11,7 +11,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use outrider_engine::metrics::{self, Dataset, Dim, Granularity, Measure, Query};
+use outrider_engine::metrics::{Dataset, Dim, Granularity, Measure, Query};
 use outrider_engine::model::{Attempt, AttemptStatus, Event, StringMap};
 use outrider_engine::store::postgres::PostgresLogStore;
 use outrider_engine::store::LogWriter;
@@ -258,7 +258,7 @@ async fn main() {
             ),
         ),
     ];
-    println!("\n{runs} runs each, store-level (metrics::run against PostgreSQL):");
+    println!("\n{runs} runs each, store-level (store::answer_metrics against PostgreSQL):");
     println!(
         "{:<72} {:>9} {:>9} {:>9} {:>6}",
         "query", "p50 ms", "p90 ms", "max ms", "rows"
@@ -268,7 +268,7 @@ async fn main() {
         let mut rows = 0;
         for _ in 0..runs {
             let started = Instant::now();
-            let a = metrics::run(&store, &query).await.unwrap();
+            let a = outrider_engine::store::answer_metrics(&store, &query).await.unwrap();
             times.push(started.elapsed());
             rows = a.data.len();
         }

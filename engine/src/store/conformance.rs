@@ -558,7 +558,7 @@ pub(crate) async fn run_metrics(store: &dyn LogStore, writer: &dyn LogWriter) {
             dims,
             filters,
         };
-        let got = crate::metrics::run(store, &q).await.unwrap();
+        let got = crate::store::answer_metrics(store, &q).await.unwrap();
         let want = expected(&q);
         let show = |a: &crate::metrics::Answer| -> Vec<String> {
             a.data
@@ -627,7 +627,11 @@ pub(crate) async fn run_retention(store: &dyn LogStore, writer: &dyn LogWriter) 
             .filter(|(_, n)| *n != 0)
             .collect()
     };
-    let before = counted(crate::metrics::run(store, &per_day(Dataset::Attempts)).await.unwrap());
+    let before = counted(
+        crate::store::answer_metrics(store, &per_day(Dataset::Attempts))
+            .await
+            .unwrap(),
+    );
     assert_eq!(before.len(), 4, "{before:?}");
 
     let pruned = store.retain(policy).await.unwrap();
@@ -643,7 +647,7 @@ pub(crate) async fn run_retention(store: &dyn LogStore, writer: &dyn LogWriter) 
     assert_eq!(ids_e(&store.list_events(q.clone()).await.unwrap()), ["r-now", "r-kept"]);
     assert_eq!(ids_a(&store.list_attempts(q).await.unwrap()), ["ra-now", "ra-kept"]);
     for dataset in [Dataset::Events, Dataset::Attempts] {
-        let after = counted(crate::metrics::run(store, &per_day(dataset)).await.unwrap());
+        let after = counted(crate::store::answer_metrics(store, &per_day(dataset)).await.unwrap());
         assert_eq!(after.len(), 2, "{dataset:?}: only the two kept days count: {after:?}");
         assert_eq!(after.iter().map(|(_, n)| n).sum::<u64>(), 2, "{after:?}");
     }

@@ -1611,7 +1611,7 @@ mod tests {
             dims: vec![],
             filters: vec![],
         };
-        let a = crate::metrics::run(&s, &q).await.unwrap();
+        let a = crate::store::answer_metrics(&s, &q).await.unwrap();
         assert_eq!(a.data[0].metrics["count"], 2);
     }
 
