@@ -244,9 +244,8 @@ pub trait AlertActions: Send + Sync + 'static {
     fn wants(&self, topic: &str) -> bool;
 }
 
-pub const TOPIC_CONSECUTIVE_FAILURE: &str = "alert.destination.consecutive_failure";
-pub const TOPIC_DISABLED: &str = "alert.destination.disabled";
-pub const TOPIC_EXHAUSTED: &str = "alert.attempt.exhausted_retries";
+// The alert topics are operator-event topics, named with the others.
+pub use crate::opevents::{TOPIC_CONSECUTIVE_FAILURE, TOPIC_DISABLED, TOPIC_EXHAUSTED};
 
 /// The node's tracker: applies the shards' counters and raises the alerts.
 pub async fn track(

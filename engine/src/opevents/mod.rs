@@ -25,14 +25,17 @@ pub use sink::{Sink, SinkConfig};
 
 /// Every topic this build emits.
 pub const TOPICS: &[&str] = &[
-    crate::alerts::TOPIC_CONSECUTIVE_FAILURE,
-    crate::alerts::TOPIC_DISABLED,
-    crate::alerts::TOPIC_EXHAUSTED,
+    TOPIC_CONSECUTIVE_FAILURE,
+    TOPIC_DISABLED,
+    TOPIC_EXHAUSTED,
     TOPIC_ATTEMPT_SUCCESS,
     TOPIC_ATTEMPT_FAILED,
     TOPIC_SUBSCRIPTION_UPDATED,
 ];
 
+pub const TOPIC_CONSECUTIVE_FAILURE: &str = "alert.destination.consecutive_failure";
+pub const TOPIC_DISABLED: &str = "alert.destination.disabled";
+pub const TOPIC_EXHAUSTED: &str = "alert.attempt.exhausted_retries";
 pub const TOPIC_ATTEMPT_SUCCESS: &str = "attempt.success";
 pub const TOPIC_ATTEMPT_FAILED: &str = "attempt.failed";
 pub const TOPIC_SUBSCRIPTION_UPDATED: &str = "tenant.subscription.updated";
