@@ -265,6 +265,13 @@ async fn a_journal_in_its_own_directory_replays_from_there_and_a_move_is_checked
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(failing.arrivals(), 1);
+    // The index follows only what the journal made durable: once it lists
+    // the 21 attempts, their settles survive the kill (an attempt whose
+    // settle was not yet committed may be sent again, by design).
+    let got = api
+        .wait_attempts("limit=100", Duration::from_secs(20), |m| m.len() >= 21)
+        .await;
+    assert_eq!(got.len(), 21, "attempts indexed before the kill");
     let data = s.dir.join("data");
     let in_own_dir = |root: &Path| {
         std::fs::read_dir(root.join("0000"))
