@@ -7,6 +7,35 @@ use super::sources::Sources;
 use super::{invalid, ConfigError};
 use crate::secret::Secret;
 
+/// A delivery queue is only half of a split deployment: the nodes share
+/// tenants, destinations and publish idempotency through Redis.
+fn needs_redis(src: &Sources, queue_key: &'static str) -> Result<(), ConfigError> {
+    match src.non_empty("REDIS_HOST") {
+        Some(_) => Ok(()),
+        None => Err(invalid(
+            queue_key,
+            "a delivery queue needs REDIS_HOST too: tenants, destinations and publish idempotency are shared through Redis",
+        )),
+    }
+}
+
+/// An AWS key pair: both or neither (`hint` says what neither means).
+fn aws_keys(
+    src: &Sources,
+    id_key: &'static str,
+    secret_key: &'static str,
+    hint: &str,
+) -> Result<Option<(String, Secret)>, ConfigError> {
+    match (src.non_empty(id_key), src.non_empty(secret_key)) {
+        (Some(k), Some(s)) => Ok(Some((k.to_string(), Secret::from(s)))),
+        (None, None) => Ok(None),
+        _ => Err(invalid(
+            id_key,
+            format!("set both {id_key} and {secret_key}, or neither{hint}"),
+        )),
+    }
+}
+
 pub(super) fn redis(src: &Sources) -> Result<Option<crate::store::redis::RedisConfig>, ConfigError> {
     Ok(match src.non_empty("REDIS_HOST") {
         None => None,
@@ -47,12 +76,7 @@ pub(super) fn rabbitmq(src: &Sources) -> Result<Option<crate::queue::rabbitmq::R
     Ok(match src.non_empty("RABBITMQ_SERVER_URL") {
         None => None,
         Some(url) => {
-            if src.non_empty("REDIS_HOST").is_none() {
-                return Err(invalid(
-                    "RABBITMQ_SERVER_URL",
-                    "a delivery queue needs REDIS_HOST too: tenants, destinations and publish idempotency are shared through Redis",
-                ));
-            }
+            needs_redis(src, "RABBITMQ_SERVER_URL")?;
             Some(crate::queue::rabbitmq::RabbitConfig {
                 url: url.into(),
                 exchange: src.non_empty("RABBITMQ_EXCHANGE").unwrap_or("outpost").to_string(),
@@ -72,22 +96,13 @@ pub(super) fn sqs(src: &Sources) -> Result<Option<crate::queue::sqs::SqsConfig>,
     Ok(match src.non_empty("AWS_SQS_REGION") {
         None => None,
         Some(region) => {
-            if src.non_empty("REDIS_HOST").is_none() {
-                return Err(invalid(
-                    "AWS_SQS_REGION",
-                    "a delivery queue needs REDIS_HOST too: tenants, destinations and publish idempotency are shared through Redis",
-                ));
-            }
-            let credentials = match (src.non_empty("AWS_SQS_ACCESS_KEY_ID"), src.non_empty("AWS_SQS_SECRET_ACCESS_KEY")) {
-                (Some(k), Some(s)) => Some((k.to_string(), Secret::from(s))),
-                (None, None) => None,
-                _ => {
-                    return Err(invalid(
-                        "AWS_SQS_ACCESS_KEY_ID",
-                        "set both AWS_SQS_ACCESS_KEY_ID and AWS_SQS_SECRET_ACCESS_KEY, or neither (default credential chain)",
-                    ))
-                }
-            };
+            needs_redis(src, "AWS_SQS_REGION")?;
+            let credentials = aws_keys(
+                src,
+                "AWS_SQS_ACCESS_KEY_ID",
+                "AWS_SQS_SECRET_ACCESS_KEY",
+                " (default credential chain)",
+            )?;
             Some(crate::queue::sqs::SqsConfig {
                 region: region.to_string(),
                 endpoint: src.non_empty("AWS_SQS_ENDPOINT").map(String::from),
@@ -107,12 +122,7 @@ pub(super) fn pubsub(src: &Sources) -> Result<Option<crate::queue::pubsub::PubSu
     Ok(match src.non_empty("GCP_PUBSUB_PROJECT") {
         None => None,
         Some(project) => {
-            if src.non_empty("REDIS_HOST").is_none() {
-                return Err(invalid(
-                    "GCP_PUBSUB_PROJECT",
-                    "a delivery queue needs REDIS_HOST too: tenants, destinations and publish idempotency are shared through Redis",
-                ));
-            }
+            needs_redis(src, "GCP_PUBSUB_PROJECT")?;
             let topic = src
                 .non_empty("GCP_PUBSUB_DELIVERY_TOPIC")
                 .unwrap_or("outpost-delivery")
@@ -143,19 +153,12 @@ pub(super) fn publish_sqs(src: &Sources) -> Result<Option<crate::queue::sqs::Sqs
         Some(region) => Some(crate::queue::sqs::SqsConfig {
             region: region.to_string(),
             endpoint: src.non_empty("PUBLISH_AWS_SQS_ENDPOINT").map(String::from),
-            credentials: match (
-                src.non_empty("PUBLISH_AWS_SQS_ACCESS_KEY_ID"),
-                src.non_empty("PUBLISH_AWS_SQS_SECRET_ACCESS_KEY"),
-            ) {
-                (Some(k), Some(s)) => Some((k.to_string(), Secret::from(s))),
-                (None, None) => None,
-                _ => {
-                    return Err(invalid(
-                        "PUBLISH_AWS_SQS_ACCESS_KEY_ID",
-                        "set both PUBLISH_AWS_SQS_ACCESS_KEY_ID and PUBLISH_AWS_SQS_SECRET_ACCESS_KEY, or neither",
-                    ))
-                }
-            },
+            credentials: aws_keys(
+                src,
+                "PUBLISH_AWS_SQS_ACCESS_KEY_ID",
+                "PUBLISH_AWS_SQS_SECRET_ACCESS_KEY",
+                "",
+            )?,
             delivery_queue: src
                 .non_empty("PUBLISH_AWS_SQS_QUEUE")
                 .ok_or(ConfigError::Missing {
