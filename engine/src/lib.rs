@@ -12,6 +12,7 @@
 
 pub mod alerts;
 pub mod backoff;
+pub mod coalesce;
 pub mod config;
 pub mod crypto;
 pub mod destinations;

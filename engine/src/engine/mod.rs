@@ -324,6 +324,7 @@ impl Engine {
             )),
             (None, None, None) => None,
         };
+        let bus = bus.map(|b| Arc::new(crate::queue::Coalesced::new(b)) as Arc<dyn DeliveryBus>);
         let opevents = config
             .operator_events
             .as_ref()

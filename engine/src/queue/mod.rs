@@ -22,7 +22,7 @@ use serde_json::value::RawValue;
 
 use crate::model::{Event, StringMap};
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum QueueError {
     #[error("cannot reach {what}: {message}")]
     Unreachable { what: &'static str, message: String },
@@ -295,26 +295,107 @@ fn encode_group(group: &[Task]) -> Vec<u8> {
     serde_json::to_vec(&wire).unwrap_or_default()
 }
 
-/// The messages for `tasks`: neighbouring tasks of the same event (the same
-/// `Arc`), attempt and manual flag share one message.
+/// Most tasks in one message.
+pub const MESSAGE_MAX_TASKS: usize = 64;
+/// Most bytes in one message made of several events (one event larger than
+/// this still goes, alone). Ten of them fit in SQS's batch limit once the
+/// SQS client splits batches by size, and each is under its 256 KiB limit.
+pub const MESSAGE_MAX_BYTES: usize = 192 * 1024;
+
+/// The messages for `tasks`. Neighbouring tasks of the same event (the same
+/// `Arc`), attempt and manual flag are one task document (with
+/// `destination_ids`). Documents for the same destinations share a message,
+/// as a JSON array, up to [`MESSAGE_MAX_TASKS`] tasks and
+/// [`MESSAGE_MAX_BYTES`]; a message of one document is Outpost's
+/// `DeliveryTask` object itself. The broker's cost is per message, so
+/// packing is what makes a busy node's publishes cheap (see [`Coalesced`]).
+/// Packing by destination matters because a delivery node acks a message
+/// only when every task in it has its outcome: a slow destination then
+/// holds back messages of its own tasks, never other destinations' ones.
+/// Messages come out in the order of their first task; tasks for one
+/// destination keep their order.
 pub fn encode_all(tasks: &[Task]) -> Vec<Vec<u8>> {
-    let mut out = Vec::new();
-    let mut start = 0;
-    for i in 1..=tasks.len() {
-        let split = i == tasks.len() || {
-            let (a, b) = (&tasks[start], &tasks[i]);
-            !(Arc::ptr_eq(&a.event, &b.event) && a.attempt == b.attempt && a.manual == b.manual)
-        };
-        if split {
-            out.push(encode_group(&tasks[start..i]));
-            start = i;
-        }
+    struct Open<'a> {
+        key: Vec<&'a str>,
+        parts: Vec<Vec<u8>>,
+        tasks: usize,
+        bytes: usize,
     }
-    out
+    let mut out: Vec<Option<Vec<u8>>> = Vec::new();
+    // Messages still taking documents, with their slot in `out`.
+    let mut open: Vec<(Open, usize)> = Vec::new();
+    for group in groups(tasks) {
+        let key: Vec<&str> = group.iter().map(|t| t.destination_id.as_str()).collect();
+        let doc = encode_group(group);
+        let i = open.iter().position(|(o, _)| o.key == key);
+        if let Some(i) = i {
+            let o = &open[i].0;
+            if o.tasks + group.len() > MESSAGE_MAX_TASKS || o.bytes + doc.len() + 1 > MESSAGE_MAX_BYTES {
+                let (full, slot) = open.swap_remove(i);
+                out[slot] = Some(join_documents(full.parts));
+            } else {
+                let o = &mut open[i].0;
+                o.tasks += group.len();
+                o.bytes += doc.len() + 1;
+                o.parts.push(doc);
+                continue;
+            }
+        }
+        out.push(None);
+        open.push((
+            Open {
+                key,
+                tasks: group.len(),
+                bytes: doc.len() + 1,
+                parts: vec![doc],
+            },
+            out.len() - 1,
+        ));
+    }
+    for (o, slot) in open {
+        out[slot] = Some(join_documents(o.parts));
+    }
+    out.into_iter().flatten().collect()
 }
 
-/// Every task of a message (one per destination).
+/// Runs of neighbouring tasks that one task document carries.
+fn groups(tasks: &[Task]) -> impl Iterator<Item = &[Task]> {
+    tasks.chunk_by(|a, b| Arc::ptr_eq(&a.event, &b.event) && a.attempt == b.attempt && a.manual == b.manual)
+}
+
+fn join_documents(mut parts: Vec<Vec<u8>>) -> Vec<u8> {
+    if parts.len() == 1 {
+        return parts.pop().unwrap_or_default();
+    }
+    let mut msg = Vec::with_capacity(parts.iter().map(|p| p.len() + 1).sum::<usize>() + 1);
+    msg.push(b'[');
+    for (i, p) in parts.iter().enumerate() {
+        if i > 0 {
+            msg.push(b',');
+        }
+        msg.extend_from_slice(p);
+    }
+    msg.push(b']');
+    msg
+}
+
+/// Every task of a message: one task document, or an array of them.
 pub fn decode_all(bytes: &[u8]) -> Result<Vec<Task>, String> {
+    let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
+    if first == Some(&b'[') {
+        let docs: Vec<&RawValue> =
+            serde_json::from_slice(bytes).map_err(|e| format!("malformed delivery task: {e}"))?;
+        let mut tasks = Vec::with_capacity(docs.len());
+        for doc in docs {
+            tasks.extend(decode_document(doc.get().as_bytes())?);
+        }
+        return Ok(tasks);
+    }
+    decode_document(bytes)
+}
+
+/// The tasks of one task document (one per destination).
+fn decode_document(bytes: &[u8]) -> Result<Vec<Task>, String> {
     let (first, ids) = decode_wire(bytes)?;
     if ids.is_empty() {
         return Ok(vec![first]);
@@ -328,7 +409,82 @@ pub fn decode_all(bytes: &[u8]) -> Result<Vec<Task>, String> {
         .collect())
 }
 
-/// A single-destination task (the form the shared retry schedule stores).
+/// Splits `messages` into runs for one batch request of at most `max_count`
+/// messages and `max_bytes` together (a message larger than that alone).
+pub(crate) fn batch_requests(messages: &[Vec<u8>], max_count: usize, max_bytes: usize) -> Vec<&[Vec<u8>]> {
+    let mut out = Vec::new();
+    let (mut start, mut bytes) = (0, 0);
+    for (i, m) in messages.iter().enumerate() {
+        if i > start && (i - start == max_count || bytes + m.len() > max_bytes) {
+            out.push(&messages[start..i]);
+            (start, bytes) = (i, 0);
+        }
+        bytes += m.len();
+    }
+    if start < messages.len() {
+        out.push(&messages[start..]);
+    }
+    out
+}
+
+/// A [`DeliveryBus`] whose concurrent publishes go out together: the
+/// tasks of the publishes made while earlier ones wait for their confirms
+/// are sent in one call, packed into shared messages ([`encode_all`]). A
+/// publish returns when its batch is confirmed; a batch that fails fails
+/// every publish in it (each may then be retried: at least once).
+pub struct Coalesced {
+    inner: Arc<dyn DeliveryBus>,
+    batches: crate::coalesce::Coalescer<Vec<Task>, Result<(), QueueError>>,
+}
+
+/// Publishes (events) in one batch, and batches waiting for confirms at once.
+const PUBLISHES_PER_BATCH: usize = 64;
+const PUBLISH_BATCHES_IN_FLIGHT: usize = 4;
+
+impl Coalesced {
+    /// Needs a tokio runtime (the batching task starts here).
+    pub fn new(inner: Arc<dyn DeliveryBus>) -> Self {
+        let bus = inner.clone();
+        let batches = crate::coalesce::Coalescer::spawn(
+            PUBLISHES_PER_BATCH,
+            PUBLISH_BATCHES_IN_FLIGHT,
+            move |publishes: Vec<Vec<Task>>| {
+                let bus = bus.clone();
+                async move {
+                    let n = publishes.len();
+                    let tasks: Vec<Task> = publishes.into_iter().flatten().collect();
+                    let result = bus.publish(&tasks).await;
+                    vec![result; n]
+                }
+            },
+        );
+        Self { inner, batches }
+    }
+}
+
+impl DeliveryBus for Coalesced {
+    fn publish<'a>(&'a self, tasks: &'a [Task]) -> BoxFuture<'a, Result<(), QueueError>> {
+        Box::pin(async move {
+            self.batches
+                .call(tasks.to_vec())
+                .await
+                .map_err(|_| QueueError::Broker {
+                    what: "delivery queue",
+                    message: "the publishing task has stopped".into(),
+                })?
+        })
+    }
+
+    fn consume(&self, prefetch: u16, handle: TaskHandler) -> BoxFuture<'_, Result<(), QueueError>> {
+        self.inner.consume(prefetch, handle)
+    }
+
+    fn settling(&self) -> Arc<Settling> {
+        self.inner.settling()
+    }
+}
+
+/// A single-destination task document (the form the shared retry schedule stores).
 pub fn decode(bytes: &[u8]) -> Result<Task, String> {
     decode_wire(bytes).map(|(t, _)| t)
 }
@@ -614,7 +770,7 @@ mod tests {
     }
 
     #[test]
-    fn a_fan_out_is_one_message_and_reads_back_as_its_tasks() {
+    fn a_fan_out_is_one_document_and_reads_back_as_its_tasks() {
         let t = sample_task(1, "{}");
         let other = sample_task(2, "{}");
         let tasks = vec![
@@ -632,20 +788,142 @@ mod tests {
                 ..other.clone()
             },
         ];
-        let msgs = encode_all(&tasks);
-        assert_eq!(msgs.len(), 3, "same event and attempt share a message");
-        let first = decode_all(&msgs[0]).unwrap();
+        let docs: Vec<Vec<u8>> = groups(&tasks).map(encode_group).collect();
+        assert_eq!(docs.len(), 3, "same event and attempt share a document");
+        let first = decode_all(&docs[0]).unwrap();
         assert_eq!(
             first.iter().map(|t| t.destination_id.as_str()).collect::<Vec<_>>(),
             ["d1", "d2"]
         );
         assert!(Arc::ptr_eq(&first[0].event, &first[1].event));
-        let v: serde_json::Value = serde_json::from_slice(&msgs[0]).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&docs[0]).unwrap();
         assert_eq!(v["destination_id"], "d1", "Outpost's field is kept");
-        assert_eq!(decode_all(&msgs[1]).unwrap().len(), 1);
-        assert!(serde_json::from_slice::<serde_json::Value>(&msgs[1])
+        assert_eq!(decode_all(&docs[1]).unwrap().len(), 1);
+        assert!(serde_json::from_slice::<serde_json::Value>(&docs[1])
             .unwrap()
             .get("destination_ids")
             .is_none());
+
+        // Packed: the fan-out alone (it goes to other destinations), and
+        // event 2's two documents for "d" as one array message.
+        let msgs = encode_all(&tasks);
+        assert_eq!(msgs.len(), 2);
+        let v: serde_json::Value = serde_json::from_slice(&msgs[1]).unwrap();
+        assert_eq!(v.as_array().map(Vec::len), Some(2));
+        let back: Vec<Task> = msgs.iter().flat_map(|m| decode_all(m).unwrap()).collect();
+        let seen: Vec<_> = back
+            .iter()
+            .map(|t| (t.event.id.as_str(), t.destination_id.as_str(), t.attempt))
+            .collect();
+        assert_eq!(seen, [("e1", "d1", 1), ("e1", "d2", 1), ("e2", "d", 1), ("e2", "d", 2)]);
+    }
+
+    #[test]
+    fn a_lone_task_is_outposts_task_object() {
+        let msgs = encode_all(&[sample_task(1, "{\"a\":1}")]);
+        assert_eq!(msgs.len(), 1);
+        let v: serde_json::Value = serde_json::from_slice(&msgs[0]).unwrap();
+        assert!(v.is_object(), "{v}");
+        assert_eq!(v["event"]["id"], "e1");
+    }
+
+    /// Messages stay within the task and byte limits, a too-large event goes
+    /// alone, and no task is lost or reordered across messages.
+    #[test]
+    fn packing_respects_the_message_limits() {
+        let big = format!("{{\"x\":\"{}\"}}", "y".repeat(MESSAGE_MAX_BYTES));
+        let mut tasks: Vec<Task> = (0..150).map(|n| sample_task(n, "{\"n\":1}")).collect();
+        tasks.insert(70, sample_task(1000, &big));
+        let msgs = encode_all(&tasks);
+        let mut back = Vec::new();
+        for m in &msgs {
+            let ts = decode_all(m).unwrap();
+            assert!(ts.len() <= MESSAGE_MAX_TASKS);
+            if ts.len() > 1 {
+                assert!(
+                    m.len() <= MESSAGE_MAX_BYTES,
+                    "{} bytes with {} tasks",
+                    m.len(),
+                    ts.len()
+                );
+            }
+            back.extend(ts.into_iter().map(|t| t.event.id.clone()));
+        }
+        let sent: Vec<_> = tasks.iter().map(|t| t.event.id.clone()).collect();
+        assert_eq!(back, sent);
+        assert!(
+            msgs.iter().any(|m| m.len() > MESSAGE_MAX_BYTES),
+            "the big event went alone"
+        );
+        assert!(msgs.len() <= 5, "151 tasks took {} messages", msgs.len());
+    }
+
+    /// A message holds tasks for one destination (or one fan-out's set), so
+    /// a slow destination's unacked messages carry no one else's tasks.
+    #[test]
+    fn messages_are_packed_per_destination() {
+        let to = |n: u32, d: &str| Task {
+            destination_id: d.into(),
+            ..sample_task(n, "{}")
+        };
+        let e9 = sample_task(9, "{}");
+        let fan = |d: &str| Task {
+            destination_id: d.into(),
+            ..e9.clone()
+        };
+        let tasks = vec![
+            to(1, "a"),
+            to(2, "b"),
+            to(3, "a"),
+            fan("a"),
+            fan("b"),
+            to(4, "b"),
+            to(5, "a"),
+        ];
+        let msgs = encode_all(&tasks);
+        let read: Vec<Vec<(String, String)>> = msgs
+            .iter()
+            .map(|m| {
+                decode_all(m)
+                    .unwrap()
+                    .into_iter()
+                    .map(|t| (t.event.id.clone(), t.destination_id))
+                    .collect()
+            })
+            .collect();
+        let pairs = |v: &[(&str, &str)]| {
+            v.iter()
+                .map(|(e, d)| (e.to_string(), d.to_string()))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            read,
+            vec![
+                pairs(&[("e1", "a"), ("e3", "a"), ("e5", "a")]),
+                pairs(&[("e2", "b"), ("e4", "b")]),
+                pairs(&[("e9", "a"), ("e9", "b")]),
+            ]
+        );
+    }
+
+    #[test]
+    fn batch_requests_respect_count_and_size() {
+        let msgs: Vec<Vec<u8>> = [10, 10, 10, 50, 5, 100, 1].iter().map(|&n| vec![b'x'; n]).collect();
+        let runs: Vec<Vec<usize>> = batch_requests(&msgs, 3, 60)
+            .into_iter()
+            .map(|r| r.iter().map(Vec::len).collect())
+            .collect();
+        assert_eq!(runs, vec![vec![10, 10, 10], vec![50, 5], vec![100], vec![1]]);
+        assert!(batch_requests(&[], 10, 10).is_empty());
+    }
+
+    #[test]
+    fn a_malformed_document_in_an_array_fails_the_message() {
+        let good = encode(&sample_task(1, "{}"));
+        let mut msg = b"[".to_vec();
+        msg.extend_from_slice(&good);
+        msg.extend_from_slice(b",{\"event\":1}]");
+        assert!(decode_all(&msg).is_err());
+        assert!(decode_all(b"[]").unwrap().is_empty());
     }
 }

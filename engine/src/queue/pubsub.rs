@@ -69,6 +69,8 @@ const EXTEND_EVERY: Duration = Duration::from_secs(3);
 
 /// Messages per Publish call (well under the 10 MB / 1,000 message limits).
 const PUBLISH_BATCH: usize = 100;
+/// Pub/Sub's limit on one publish request is 10 MB.
+const PUBLISH_BATCH_BYTES: usize = 9 * 1024 * 1024;
 
 impl PubSubQueue {
     /// The emulator (`PUBSUB_EMULATOR_HOST`) needs no credentials; Google
@@ -192,7 +194,7 @@ impl PubSubQueue {
     /// Publishes raw messages (tests and producers).
     pub async fn publish_raw(&self, bodies: Vec<Vec<u8>>) -> Result<(), QueueError> {
         let publisher = self.topic.new_publisher(None);
-        for chunk in bodies.chunks(PUBLISH_BATCH) {
+        for chunk in super::batch_requests(&bodies, PUBLISH_BATCH, PUBLISH_BATCH_BYTES) {
             let msgs: Vec<PubsubMessage> = chunk
                 .iter()
                 .map(|b| PubsubMessage {

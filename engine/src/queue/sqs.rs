@@ -219,7 +219,8 @@ impl SqsQueue {
 
     async fn publish_tasks(&self, tasks: &[Task]) -> Result<(), QueueError> {
         let messages = encode_all(tasks);
-        for chunk in messages.chunks(10) {
+        // SQS takes 10 messages and 256 KiB per batch request.
+        for chunk in super::batch_requests(&messages, 10, 256 * 1024) {
             let entries = chunk
                 .iter()
                 .enumerate()

@@ -19,6 +19,7 @@ use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 
 use super::*;
+use crate::coalesce::Coalescer;
 use crate::crypto::Cipher;
 use crate::model::StringMap;
 
@@ -205,6 +206,130 @@ pub struct RedisEntityStore {
     conn: Conn,
     prefix: String,
     cipher: Cipher,
+    /// The per-event commands of queue mode's hot path, batched.
+    batches: Batches,
+}
+
+/// A publish's idempotency claim: the key, its lease and the claiming owner.
+struct Claim {
+    key: String,
+    lease_ms: i64,
+    owner: String,
+}
+
+/// Queue mode makes a few small commands per publish and per delivery
+/// (claim, confirm, done check, done mark). Sent one by one, Redis spent more
+/// on dispatching them than on the work; batched ([`crate::coalesce`]), the
+/// calls made meanwhile go as one script or one pipeline.
+struct Batches {
+    claims: Coalescer<Claim, StoreResult<IdemClaim>>,
+    sets: Coalescer<(String, &'static str, i64), StoreResult<()>>,
+    exists: Coalescer<String, StoreResult<bool>>,
+}
+
+/// Most calls in one batch, and batches out at once per kind.
+const BATCH_MAX: usize = 256;
+const BATCHES_IN_FLIGHT: usize = 4;
+
+/// Claims every key in order: `1` claimed, `2` another claim holds it
+/// (busy), `0` published within the window (a duplicate). ARGV holds a
+/// lease and an owner per key. (`'pending'` alone is an older build's claim
+/// without an owner: it is taken over.)
+static CLAIMS: std::sync::LazyLock<::redis::Script> = std::sync::LazyLock::new(|| {
+    ::redis::Script::new(
+        r"
+        local out = {}
+        for i, key in ipairs(KEYS) do
+            local v = redis.call('GET', key)
+            local r = 1
+            if v then
+                if string.sub(v, 1, 8) == 'pending:' then r = 2
+                elseif v ~= 'pending' then r = 0 end
+            end
+            if r == 1 then
+                redis.call('SET', key, 'pending:' .. ARGV[2 * i], 'PX', ARGV[2 * i - 1])
+            end
+            out[i] = r
+        end
+        return out",
+    )
+});
+
+impl Batches {
+    fn spawn(conn: &Conn) -> Self {
+        let c = conn.clone();
+        let claims = Coalescer::spawn(BATCH_MAX, BATCHES_IN_FLIGHT, move |batch: Vec<Claim>| {
+            let mut c = c.clone();
+            async move {
+                let mut inv = CLAIMS.prepare_invoke();
+                for cl in &batch {
+                    inv.key(&cl.key).arg(cl.lease_ms.max(1)).arg(&cl.owner);
+                }
+                let out: Result<Vec<i64>, _> = inv.invoke_async(&mut c).await;
+                answer_each(batch.len(), out.map_err(rerr), |codes| {
+                    codes
+                        .into_iter()
+                        .map(|code| match code {
+                            1 => IdemClaim::Claimed,
+                            2 => IdemClaim::Busy,
+                            _ => IdemClaim::Duplicate,
+                        })
+                        .collect()
+                })
+            }
+        });
+        let c = conn.clone();
+        let sets = Coalescer::spawn(
+            BATCH_MAX,
+            BATCHES_IN_FLIGHT,
+            move |batch: Vec<(String, &'static str, i64)>| {
+                let mut c = c.clone();
+                async move {
+                    let mut p = ::redis::pipe();
+                    for (key, value, ttl_ms) in &batch {
+                        p.cmd("SET")
+                            .arg(key)
+                            .arg(*value)
+                            .arg("PX")
+                            .arg((*ttl_ms).max(1))
+                            .ignore();
+                    }
+                    let out: Result<(), _> = p.query_async(&mut c).await;
+                    answer_each(batch.len(), out.map_err(rerr), |()| vec![(); batch.len()])
+                }
+            },
+        );
+        let c = conn.clone();
+        let exists = Coalescer::spawn(BATCH_MAX, BATCHES_IN_FLIGHT, move |keys: Vec<String>| {
+            let mut c = c.clone();
+            async move {
+                let mut p = ::redis::pipe();
+                for key in &keys {
+                    p.exists(key);
+                }
+                let out: Result<Vec<bool>, _> = p.query_async(&mut c).await;
+                answer_each(keys.len(), out.map_err(rerr), |found| found)
+            }
+        });
+        Self { claims, sets, exists }
+    }
+}
+
+/// One answer per call of a batch: the batch's values, or its error for
+/// every call (a reply of the wrong length is an error too).
+fn answer_each<R, T>(n: usize, out: StoreResult<R>, values: impl FnOnce(R) -> Vec<T>) -> Vec<StoreResult<T>> {
+    match out.map(values) {
+        Ok(v) if v.len() == n => v.into_iter().map(Ok).collect(),
+        Ok(v) => {
+            let e = StoreError::Database(format!("Redis answered {} of a batch of {n}", v.len()));
+            (0..n).map(|_| Err(e.clone())).collect()
+        }
+        Err(e) => (0..n).map(|_| Err(e.clone())).collect(),
+    }
+}
+
+fn stopped(_: crate::coalesce::Stopped) -> StoreError {
+    StoreError::Closed
 }
 
 impl std::fmt::Debug for RedisEntityStore {
@@ -322,6 +447,7 @@ impl RedisEntityStore {
         Ok(Self {
             client,
             settings: cfg.clone(),
+            batches: Batches::spawn(&conn),
             conn,
             prefix,
             cipher,
@@ -440,27 +566,12 @@ impl RedisEntityStore {
     /// (it waits, so two concurrent publishes cannot both be accepted); a
     /// lease left by a node that died expires and the next publish takes over.
     pub async fn claim_idempotency(&self, event_id: &str, owner: &str, lease_ms: i64) -> StoreResult<IdemClaim> {
-        const CLAIM: &str = r"
-            local v = redis.call('GET', KEYS[1])
-            if v then
-                if string.sub(v, 1, 8) == 'pending:' then return 2 end
-                if v ~= 'pending' then return 0 end
-            end
-            redis.call('SET', KEYS[1], 'pending:' .. ARGV[2], 'PX', ARGV[1])
-            return 1";
-        let mut c = self.conn.clone();
-        let claimed: i64 = ::redis::Script::new(CLAIM)
-            .key(self.idempotency_key(event_id))
-            .arg(lease_ms.max(1))
-            .arg(owner)
-            .invoke_async(&mut c)
-            .await
-            .map_err(rerr)?;
-        Ok(match claimed {
-            1 => IdemClaim::Claimed,
-            2 => IdemClaim::Busy,
-            _ => IdemClaim::Duplicate,
-        })
+        let claim = Claim {
+            key: self.idempotency_key(event_id),
+            lease_ms,
+            owner: owner.to_string(),
+        };
+        self.batches.claims.call(claim).await.map_err(stopped)?
     }
 
     /// The event's tasks are on the queue: later publishes of the id are duplicates.
@@ -468,18 +579,9 @@ impl RedisEntityStore {
         self.set_for(self.idempotency_key(event_id), "done", ttl_ms).await
     }
 
-    /// `SET key value PX ttl_ms` (at least 1 ms).
-    async fn set_for(&self, key: String, value: &str, ttl_ms: i64) -> StoreResult<()> {
-        let mut c = self.conn.clone();
-        let _: () = ::redis::cmd("SET")
-            .arg(key)
-            .arg(value)
-            .arg("PX")
-            .arg(ttl_ms.max(1))
-            .query_async(&mut c)
-            .await
-            .map_err(rerr)?;
-        Ok(())
+    /// `SET key value PX ttl_ms` (at least 1 ms), batched with other such sets.
+    async fn set_for(&self, key: String, value: &'static str, ttl_ms: i64) -> StoreResult<()> {
+        self.batches.sets.call((key, value, ttl_ms)).await.map_err(stopped)?
     }
 
     fn idempotency_key(&self, event_id: &str) -> String {
@@ -511,8 +613,7 @@ impl RedisEntityStore {
     /// task out again when the ack was lost (the node died between commit
     /// and ack), and that copy must be acked, not attempted again.
     pub async fn task_done(&self, key: &str) -> StoreResult<bool> {
-        let mut c = self.conn.clone();
-        ::redis::cmd("EXISTS").arg(key).query_async(&mut c).await.map_err(rerr)
+        self.batches.exists.call(key.to_string()).await.map_err(stopped)?
     }
 
     /// Marks the task's outcome committed for `ttl_ms` (set before the ack).
