@@ -635,7 +635,22 @@ pub(crate) mod conformance {
         let (i, p, d) = (inflight.clone(), peak.clone(), done.clone());
         let fanned: Arc<std::sync::Mutex<Vec<String>>> = Arc::default();
         let f = fanned.clone();
+        let packed: Arc<std::sync::Mutex<Vec<String>>> = Arc::default();
+        let pk = packed.clone();
         let handler: TaskHandler = Arc::new(move |t: Task| {
+            if t.event.id.starts_with('p') {
+                let mut v = pk.lock().unwrap_or_else(|e| e.into_inner());
+                let first = !v.contains(&t.event.id);
+                v.push(t.event.id.clone());
+                let fail = first && t.event.id == "p1";
+                return Box::pin(async move {
+                    if fail {
+                        Err("not now".into())
+                    } else {
+                        Ok(())
+                    }
+                });
+            }
             if t.event.id == "fan" {
                 f.lock()
                     .unwrap_or_else(|e| e.into_inner())
@@ -661,8 +676,12 @@ pub(crate) mod conformance {
         let b = bus.clone();
         let consumer = tokio::spawn(async move { b.consume(10, handler).await });
 
-        let tasks: Vec<Task> = (0..5).map(|n| sample_task(n, DATA)).collect();
-        bus.publish(&tasks).await.unwrap();
+        // One publish per task: each its own message (one publish of all
+        // five would pack them into one, and e2's failure would send all
+        // five back; that case is checked below).
+        for n in 0..5 {
+            bus.publish(&[sample_task(n, DATA)]).await.unwrap();
+        }
         raw(b"not a task".to_vec()).await;
         until("5 tasks + 1 redelivery", Duration::from_secs(20), || {
             seen.lock().map(|v| v.len() >= 6).unwrap_or(false)
@@ -721,6 +740,35 @@ pub(crate) mod conformance {
         let mut got = fanned.lock().unwrap().clone();
         got.sort();
         assert_eq!(got, ["d1", "d2", "d3"]);
+
+        // Three events for one destination published together: one message.
+        // p1 fails once, so the whole message comes back and each of its
+        // tasks is handled twice (a delivery node acks the copies of the
+        // committed ones by their Redis done marks), then it is acked.
+        let three: Vec<Task> = (0..3)
+            .map(|n| {
+                let mut t = sample_task(n, DATA);
+                t.event = Arc::new(Event {
+                    id: format!("p{n}"),
+                    ..(*t.event).clone()
+                });
+                t
+            })
+            .collect();
+        assert_eq!(encode_all(&three).len(), 1, "one message for one destination's tasks");
+        bus.publish(&three).await.unwrap();
+        until("the packed message handled twice", Duration::from_secs(30), || {
+            packed.lock().map(|v| v.len() >= 6).unwrap_or(false)
+        })
+        .await;
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let mut got = packed.lock().unwrap().clone();
+        got.sort();
+        assert_eq!(
+            got,
+            ["p0", "p0", "p1", "p1", "p2", "p2"],
+            "redelivered once as a whole, then acked"
+        );
         consumer.abort();
     }
 }
