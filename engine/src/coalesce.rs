@@ -10,6 +10,7 @@
 //! of one at once: no timer, no added wait.
 
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 
 use tokio::sync::{oneshot, Semaphore};
@@ -17,6 +18,14 @@ use tokio::sync::{oneshot, Semaphore};
 /// Batches calls of `I` answered with `O`; see the module docs.
 pub struct Coalescer<I, O> {
     tx: flume::Sender<(I, oneshot::Sender<O>)>,
+    stats: Arc<BatchStats>,
+}
+
+/// What a coalescer sent (`GET /metrics`): calls per batch is their ratio.
+#[derive(Debug, Default)]
+pub struct BatchStats {
+    pub batches: AtomicU64,
+    pub calls: AtomicU64,
 }
 
 impl<I, O> std::fmt::Debug for Coalescer<I, O> {
@@ -42,6 +51,8 @@ impl<I: Send + 'static, O: Send + 'static> Coalescer<I, O> {
     {
         let (tx, rx) = flume::unbounded::<(I, oneshot::Sender<O>)>();
         let max_batch = max_batch.max(1);
+        let stats = Arc::new(BatchStats::default());
+        let counts = stats.clone();
         tokio::spawn(async move {
             let slots = Arc::new(Semaphore::new(in_flight.max(1)));
             while let Ok(first) = rx.recv_async().await {
@@ -53,6 +64,8 @@ impl<I: Send + 'static, O: Send + 'static> Coalescer<I, O> {
                 let mut batch = Vec::with_capacity(max_batch.min(rx.len() + 1));
                 batch.push(first);
                 batch.extend(rx.try_iter().take(max_batch - 1));
+                counts.batches.fetch_add(1, Relaxed);
+                counts.calls.fetch_add(batch.len() as u64, Relaxed);
                 let (items, replies): (Vec<I>, Vec<_>) = batch.into_iter().unzip();
                 let work = run(items);
                 tokio::spawn(async move {
@@ -67,7 +80,11 @@ impl<I: Send + 'static, O: Send + 'static> Coalescer<I, O> {
                 });
             }
         });
-        Self { tx }
+        Self { tx, stats }
+    }
+
+    pub fn stats(&self) -> Arc<BatchStats> {
+        self.stats.clone()
     }
 
     /// Queues one call and waits for its answer.
@@ -123,6 +140,8 @@ mod tests {
         }
         let sizes = sizes.lock().unwrap().clone();
         assert_eq!(sizes.iter().sum::<usize>(), 41, "every call was sent once: {sizes:?}");
+        assert_eq!(c.stats().calls.load(Relaxed), 41);
+        assert_eq!(c.stats().batches.load(Relaxed), sizes.len() as u64);
         assert!(
             sizes.iter().all(|&n| n <= 16),
             "batches stay within the limit: {sizes:?}"

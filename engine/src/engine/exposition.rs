@@ -28,6 +28,7 @@ struct Snapshot {
     alerts: Arc<super::AlertCounts>,
     index: Arc<crate::store::embedded::WriterStats>,
     retention: Option<Arc<crate::store::retention::Stats>>,
+    batches: Vec<(&'static str, Arc<crate::coalesce::BatchStats>)>,
 }
 
 impl std::fmt::Debug for Snapshot {
@@ -79,6 +80,26 @@ impl Collector for Snapshot {
                 for (outcome, v) in [("success", &st.successes), ("failed", &st.failures)] {
                     let labels = [("shard", i.to_string()), ("outcome", outcome.to_string())];
                     ConstCounter::new(v.load(Relaxed)).encode(m.encode_family(&labels)?)?;
+                }
+            }
+        }
+        if !self.batches.is_empty() {
+            for (name, help, pick) in [
+                (
+                    "outrider_batched_calls",
+                    "Queue mode: calls (publishes, Redis commands) sent in batches, by kind.",
+                    (|b: &crate::coalesce::BatchStats| b.calls.load(Relaxed)) as fn(&_) -> u64,
+                ),
+                (
+                    "outrider_batches",
+                    "Queue mode: batches those calls went out in, by kind.",
+                    |b: &crate::coalesce::BatchStats| b.batches.load(Relaxed),
+                ),
+            ] {
+                let mut m = e.encode_descriptor(name, help, None, MetricType::Counter)?;
+                for (kind, stats) in &self.batches {
+                    let labels = [("kind", kind.to_string())];
+                    ConstCounter::new(pick(stats)).encode(m.encode_family(&labels)?)?;
                 }
             }
         }
@@ -367,6 +388,7 @@ impl Engine {
             alerts: self.alert_counts.clone(),
             index: self.store.writer_stats.clone(),
             retention: self.config.log_retention_days.map(|_| self.retention_stats.clone()),
+            batches: self.batch_stats.lock().clone(),
         };
         let mut registry = Registry::default();
         registry.register_collector(Box::new(snapshot));

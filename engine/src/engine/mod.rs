@@ -219,6 +219,8 @@ pub struct Engine {
     index_stop: Arc<std::sync::atomic::AtomicBool>,
     /// What recovery found, until the shards are told to resume.
     recovery: Mutex<Option<recovery::Plan>>,
+    /// Queue mode's batched calls (publishes, Redis commands), by kind.
+    batch_stats: Mutex<Vec<(&'static str, Arc<crate::coalesce::BatchStats>)>>,
     /// The exclusive locks on the data directory and, when it lives
     /// elsewhere, the journal directory, held while the engine lives.
     dir_locks: Mutex<Vec<std::fs::File>>,
@@ -324,7 +326,12 @@ impl Engine {
             )),
             (None, None, None) => None,
         };
-        let bus = bus.map(|b| Arc::new(crate::queue::Coalesced::new(b)) as Arc<dyn DeliveryBus>);
+        let mut batch_stats = redis.as_ref().map(|r| r.batch_stats()).unwrap_or_default();
+        let bus = bus.map(|b| {
+            let coalesced = crate::queue::Coalesced::new(b);
+            batch_stats.push(("queue_publish", coalesced.stats()));
+            Arc::new(coalesced) as Arc<dyn DeliveryBus>
+        });
         let opevents = config
             .operator_events
             .as_ref()
@@ -340,6 +347,7 @@ impl Engine {
         )
         .await?;
         *engine.dir_locks.lock() = dir_locks;
+        *engine.batch_stats.lock() = batch_stats;
         engine.recover().await?;
         engine.start_alerting();
         if let Some(r) = redis {
@@ -504,6 +512,7 @@ impl Engine {
             index_stop,
             recovery: Mutex::new(Some(plan)),
             dir_locks: Mutex::new(Vec::new()),
+            batch_stats: Mutex::new(Vec::new()),
         });
         Ok(engine)
     }

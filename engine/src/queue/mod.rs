@@ -460,6 +460,11 @@ impl Coalesced {
         );
         Self { inner, batches }
     }
+
+    /// How many publishes went out in how many batches.
+    pub fn stats(&self) -> Arc<crate::coalesce::BatchStats> {
+        self.batches.stats()
+    }
 }
 
 impl DeliveryBus for Coalesced {

@@ -10,6 +10,7 @@
 //! AES-GCM sealed, base64), `…:tenant:<id>:destinations` set of ids, and the
 //! pub/sub channel `…:changes`.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use ::redis::aio::ConnectionManager;
@@ -452,6 +453,15 @@ impl RedisEntityStore {
             prefix,
             cipher,
         })
+    }
+
+    /// The batched commands' counts, by kind (`GET /metrics`).
+    pub fn batch_stats(&self) -> Vec<(&'static str, Arc<crate::coalesce::BatchStats>)> {
+        vec![
+            ("redis_publish_claim", self.batches.claims.stats()),
+            ("redis_set", self.batches.sets.stats()),
+            ("redis_task_done_check", self.batches.exists.stats()),
+        ]
     }
 
     fn key(&self, name: &str) -> String {
