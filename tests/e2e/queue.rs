@@ -145,14 +145,36 @@ async fn split_scenario(broker: Vec<(&'static str, String)>) {
 
     // The delivery node dies; publishing goes on into the queue; nothing is lost.
     delivery_node.kill9();
-    let mut accepted = Vec::new();
-    for n in 1..=50 {
-        let r = api
-            .publish(json!({"id": format!("evt-{id}-{n}"), "tenant_id": "t1", "topic": "x", "data": {"n": n}}))
-            .await;
-        assert_eq!(r.status, 202);
-        accepted.push(format!("evt-{id}-{n}"));
+    // Published all at once: the API node batches them onto shared messages.
+    let accepted: Vec<String> = (1..=50).map(|n| format!("evt-{id}-{n}")).collect();
+    let answers = futures_util::future::join_all(
+        accepted
+            .iter()
+            .enumerate()
+            .map(|(i, e)| api.publish(json!({"id": e, "tenant_id": "t1", "topic": "x", "data": {"n": i + 1}}))),
+    )
+    .await;
+    for r in &answers {
+        assert_eq!(r.status, 202, "{}", r.text);
     }
+    let text = reqwest::get(format!("http://127.0.0.1:{}/metrics", api_node.port))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let metric = |name: &str| -> u64 {
+        let line = format!("{name}{{kind=\"queue_publish\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&line))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {line} in /metrics:\n{text}"))
+    };
+    let (calls, batches) = (metric("outrider_batched_calls_total"), metric("outrider_batches_total"));
+    // The first publish (its duplicate sent nothing) and the manual retry
+    // before, and the 50: some of those went together.
+    assert_eq!(calls, 52, "{text}");
+    assert!(batches < calls, "50 concurrent publishes in {batches} batches");
     delivery_node.spawn().await;
     // A task the dead node had received reappears after the broker's
     // visibility timeout (10 s on SQS), hence the generous window.

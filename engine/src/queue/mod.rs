@@ -439,7 +439,7 @@ pub struct Coalesced {
 
 /// Publishes (events) in one batch, and batches waiting for confirms at once.
 const PUBLISHES_PER_BATCH: usize = 64;
-const PUBLISH_BATCHES_IN_FLIGHT: usize = 4;
+const PUBLISH_BATCHES_IN_FLIGHT: usize = 2;
 
 impl Coalesced {
     /// Needs a tokio runtime (the batching task starts here).

@@ -230,7 +230,7 @@ struct Batches {
 
 /// Most calls in one batch, and batches out at once per kind.
 const BATCH_MAX: usize = 256;
-const BATCHES_IN_FLIGHT: usize = 4;
+const BATCHES_IN_FLIGHT: usize = 2;
 
 /// Claims every key in order: `1` claimed, `2` another claim holds it
 /// (busy), `0` published within the window (a duplicate). ARGV holds a
