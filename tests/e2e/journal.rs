@@ -9,9 +9,14 @@ use serde_json::json;
 
 use crate::common::*;
 
-/// Journal segment files of shard `shard`.
+/// Journal segment files of shard `shard` under the default journal dir.
 fn segments(data: &Path, shard: usize) -> Vec<std::path::PathBuf> {
-    let dir = data.join("journal").join(format!("{shard:04}"));
+    segments_in(&data.join("journal"), shard)
+}
+
+/// Journal segment files of shard `shard` under journal dir `root`.
+fn segments_in(root: &Path, shard: usize) -> Vec<std::path::PathBuf> {
+    let dir = root.join(format!("{shard:04}"));
     let mut v: Vec<_> = std::fs::read_dir(&dir)
         .map(|rd| {
             rd.filter_map(|e| e.ok().map(|e| e.path()))
@@ -273,21 +278,11 @@ async fn a_journal_in_its_own_directory_replays_from_there_and_a_move_is_checked
         .await;
     assert_eq!(got.len(), 21, "attempts indexed before the kill");
     let data = s.dir.join("data");
-    let in_own_dir = |root: &Path| {
-        std::fs::read_dir(root.join("0000"))
-            .map(|rd| {
-                rd.filter_map(|e| e.ok())
-                    .filter(|e| e.path().extension().is_some_and(|x| x == "log"))
-                    .count()
-            })
-            .unwrap_or(0)
-    };
-    assert!(in_own_dir(&first) >= 1, "no segment under OUTRIDER_JOURNAL_DIR");
-    assert_eq!(
-        in_own_dir(&data.join("journal")),
-        0,
-        "segments written under the data dir"
+    assert!(
+        !segments_in(&first, 0).is_empty(),
+        "no segment under OUTRIDER_JOURNAL_DIR"
     );
+    assert!(segments(&data, 0).is_empty(), "segments written under the data dir");
     s.kill9();
 
     // Without the setting the journal would be <data>/journal: the pending
