@@ -58,13 +58,17 @@ impl From<EngineError> for ApiError {
                 "Destination is disabled".into(),
                 json!({"error": "destination_disabled"}),
             ),
-            EngineError::Unavailable(m) => {
-                tracing::error!(error = %m, "back end unavailable");
+            EngineError::Queue(e) => {
+                tracing::error!(error = %e, "delivery queue unavailable");
                 ApiError::Message(
                     axum::http::StatusCode::SERVICE_UNAVAILABLE,
                     "delivery queue unavailable, retry later".into(),
                 )
             }
+            EngineError::PublishInProgress => ApiError::Message(
+                axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                "another publish of this event id is still in progress, retry later".into(),
+            ),
             EngineError::Store(s) => ApiError::from(s),
             other => ApiError::Internal(other.to_string()),
         }

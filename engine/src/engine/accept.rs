@@ -93,7 +93,7 @@ impl Engine {
             Err(e) => crate::otel::PublishEnd::Failed(match e {
                 EngineError::NotFound(_) => "not_found",
                 EngineError::BadRequest(_) => "bad_request",
-                EngineError::Unavailable(_) => "unavailable",
+                EngineError::Queue(_) | EngineError::PublishInProgress => "unavailable",
                 EngineError::Closed => "shutting_down",
                 _ => "error",
             }),
@@ -192,11 +192,7 @@ impl Engine {
                 ClaimResult::Busy if std::time::Instant::now() < give_up => {
                     tokio::time::sleep(std::time::Duration::from_millis(2)).await;
                 }
-                ClaimResult::Busy => {
-                    return Err(EngineError::Unavailable(
-                        "another publish of this event id is still in progress".into(),
-                    ))
-                }
+                ClaimResult::Busy => return Err(EngineError::PublishInProgress),
             }
         }
     }
@@ -228,11 +224,7 @@ impl Engine {
                 IdemClaim::Busy if std::time::Instant::now() < give_up => {
                     tokio::time::sleep(std::time::Duration::from_millis(5)).await;
                 }
-                IdemClaim::Busy => {
-                    return Err(EngineError::Unavailable(
-                        "another publish of this event id is still in progress".into(),
-                    ))
-                }
+                IdemClaim::Busy => return Err(EngineError::PublishInProgress),
             }
         }
         let tasks: Vec<Task> = matched
@@ -246,7 +238,7 @@ impl Engine {
             .collect();
         if let Err(e) = bus.publish(&tasks).await {
             let _ = redis.release_idempotency(&event.id, &owner).await;
-            return Err(EngineError::Unavailable(format!("delivery queue: {e}")));
+            return Err(EngineError::Queue(e));
         }
         if let Err(e) = redis.confirm_idempotency(&event.id, ttl).await {
             // The tasks are on the queue: the event is accepted. Left
@@ -302,10 +294,7 @@ impl Engine {
                 attempt,
                 manual: true,
             };
-            return bus
-                .publish(&[task])
-                .await
-                .map_err(|e| EngineError::Unavailable(format!("delivery queue: {e}")));
+            return bus.publish(&[task]).await.map_err(EngineError::Queue);
         }
         // A new accept record; the index stores the event again if it was
         // pruned after shipping.

@@ -55,9 +55,14 @@ pub enum EngineError {
     Closed,
     #[error("{0}")]
     Startup(String),
-    /// A shared back end (the delivery queue) is unavailable right now.
-    #[error("{0}")]
-    Unavailable(String),
+    /// The delivery queue did not take the tasks right now (the broker is
+    /// away or refused them): nothing was accepted, the publish may be retried.
+    #[error("delivery queue: {0}")]
+    Queue(#[from] crate::queue::QueueError),
+    /// Another publish of the same event id holds its claim (still waiting
+    /// for its commit or its broker confirm) past the wait.
+    #[error("another publish of this event id is still in progress")]
+    PublishInProgress,
     #[error(transparent)]
     Shard(#[from] ShardError),
 }
