@@ -627,6 +627,25 @@ pub(crate) mod conformance {
         }
     }
 
+    /// `t` with its event renamed `id`.
+    fn with_event_id(mut t: Task, id: &str) -> Task {
+        t.event = Arc::new(Event {
+            id: id.into(),
+            ..(*t.event).clone()
+        });
+        t
+    }
+
+    /// Waits until `seen` holds `n` entries, then a moment more (anything
+    /// redelivered would show up), and returns them sorted.
+    async fn settled(seen: &std::sync::Mutex<Vec<String>>, n: usize, what: &str, timeout: Duration) -> Vec<String> {
+        until(what, timeout, || seen.lock().map(|v| v.len() >= n).unwrap_or(false)).await;
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let mut got = seen.lock().unwrap().clone();
+        got.sort();
+        got
+    }
+
     /// `raw` puts bytes on the queue as a producer would. One consumer runs
     /// throughout (an aborted receive could still take messages on the
     /// broker side and hide them for the visibility timeout).
@@ -723,11 +742,7 @@ pub(crate) mod conformance {
         );
 
         // One fan-out event: one message, every destination handled once.
-        let mut fan = sample_task(0, DATA);
-        fan.event = Arc::new(Event {
-            id: "fan".into(),
-            ..(*fan.event).clone()
-        });
+        let fan = with_event_id(sample_task(0, DATA), "fan");
         let group: Vec<Task> = ["d1", "d2", "d3"]
             .iter()
             .map(|d| Task {
@@ -737,13 +752,7 @@ pub(crate) mod conformance {
             .collect();
         assert_eq!(encode_all(&group).len(), 1, "one message for the fan-out");
         bus.publish(&group).await.unwrap();
-        until("3 destinations of one message", Duration::from_secs(20), || {
-            fanned.lock().map(|v| v.len() >= 3).unwrap_or(false)
-        })
-        .await;
-        tokio::time::sleep(Duration::from_millis(1000)).await;
-        let mut got = fanned.lock().unwrap().clone();
-        got.sort();
+        let got = settled(&fanned, 3, "3 destinations of one message", Duration::from_secs(20)).await;
         assert_eq!(got, ["d1", "d2", "d3"]);
 
         // Three events for one destination published together: one message.
@@ -751,24 +760,11 @@ pub(crate) mod conformance {
         // tasks is handled twice (a delivery node acks the copies of the
         // committed ones by their Redis done marks), then it is acked.
         let three: Vec<Task> = (0..3)
-            .map(|n| {
-                let mut t = sample_task(n, DATA);
-                t.event = Arc::new(Event {
-                    id: format!("p{n}"),
-                    ..(*t.event).clone()
-                });
-                t
-            })
+            .map(|n| with_event_id(sample_task(n, DATA), &format!("p{n}")))
             .collect();
         assert_eq!(encode_all(&three).len(), 1, "one message for one destination's tasks");
         bus.publish(&three).await.unwrap();
-        until("the packed message handled twice", Duration::from_secs(30), || {
-            packed.lock().map(|v| v.len() >= 6).unwrap_or(false)
-        })
-        .await;
-        tokio::time::sleep(Duration::from_millis(1500)).await;
-        let mut got = packed.lock().unwrap().clone();
-        got.sort();
+        let got = settled(&packed, 6, "the packed message handled twice", Duration::from_secs(30)).await;
         assert_eq!(
             got,
             ["p0", "p0", "p1", "p1", "p2", "p2"],
