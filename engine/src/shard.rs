@@ -34,6 +34,8 @@ use crate::journal::{self, AcceptTarget, Journal, JournalError, Loc, Reader, Rec
 use crate::model::{Attempt, AttemptStatus, Destination, Event, NextStep};
 use crate::timefmt::now_ms;
 
+mod defer;
+
 /// Why a shard could not take work on.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ShardError {
@@ -41,6 +43,16 @@ pub enum ShardError {
     Journal(Arc<JournalError>),
     #[error("the delivery shard is shutting down")]
     Closed,
+}
+
+/// What became of a queue-mode delivery task (see [`AcceptMsg::done`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Handled {
+    /// Its attempt's outcome (and any retry) is committed.
+    Committed,
+    /// Its destination is backed up on this node: it went back to the
+    /// shared schedule, not attempted, to come back later (see `defer`).
+    Deferred,
 }
 
 /// Deliveries for this shard, to be made durable in its journal first.
@@ -51,8 +63,8 @@ pub struct AcceptMsg {
     /// Answered once the accept record is committed.
     pub reply: Option<oneshot::Sender<Result<(), ShardError>>>,
     /// Queue mode (one target): fires once that delivery's outcome is
-    /// committed, so the broker message can be acked.
-    pub done: Option<oneshot::Sender<()>>,
+    /// committed or it was deferred, so the broker message can be acked.
+    pub done: Option<oneshot::Sender<Handled>>,
 }
 
 /// Messages a shard accepts.
@@ -124,6 +136,9 @@ pub struct ShardStats {
     /// Deliveries put back without an attempt because the egress proxy was
     /// unavailable (each is tried again after [`NOT_ATTEMPTED_RETRY`]).
     pub not_attempted: AtomicU64,
+    /// Queue-mode tasks handed back to the shared schedule because their
+    /// destination was backed up here (see `defer`).
+    pub deferred: AtomicU64,
     /// Deliveries accepted and not yet settled (queued, in flight, scheduled).
     pub pending: AtomicU64,
     /// Attempts running now.
@@ -273,7 +288,10 @@ struct Work {
     /// Bytes of `event` charged to the shard's in-memory bound while queued:
     /// the deliveries of one accept share one event, so each carries a share.
     charged: usize,
-    done: Option<oneshot::Sender<()>>,
+    /// When it joined its destination's queue ([`Shard::clock_ms`]).
+    queued_at: u32,
+    /// Queue mode: the broker message waits for this (see [`AcceptMsg::done`]).
+    done: Option<oneshot::Sender<Handled>>,
 }
 
 impl Work {
@@ -288,6 +306,7 @@ impl Work {
             manual,
             event: None,
             charged: 0,
+            queued_at: 0,
             done: None,
         }
     }
@@ -334,6 +353,10 @@ struct DestQueue {
     waiting: VecDeque<Work>,
     /// Listed in `runnable` (so it is never listed twice).
     listed: bool,
+    /// Queue mode: its tasks are being deferred (it is backed up), and the
+    /// due time the next deferred one gets (see `defer`).
+    deferring: bool,
+    defer_horizon_ms: i64,
 }
 
 /// What to do once the journal has committed the records appended so far.
@@ -344,7 +367,8 @@ enum AfterCommit {
         due_ms: Vec<i64>,
     },
     Settled {
-        done: Option<oneshot::Sender<()>>,
+        done: Option<oneshot::Sender<Handled>>,
+        handled: Handled,
         observe: Option<Observed>,
     },
 }
@@ -407,6 +431,12 @@ struct Shard {
     /// before, they are in no queue or timer to carry forward).
     resumed: Cell<bool>,
     inflight: Cell<usize>,
+    /// Started with the shard: [`Shard::clock_ms`] counts from it.
+    epoch: std::time::Instant,
+    /// Deferrals waiting for Redis (drain waits for them too), and until
+    /// when deferring is off after Redis failed one (ms since the epoch).
+    deferrals: Cell<usize>,
+    defer_paused_until: Cell<u32>,
 }
 
 async fn run(id: usize, rx: flume::Receiver<ShardMsg>, deps: ShardDeps, stats: Arc<ShardStats>, init: ShardInit) {
@@ -459,6 +489,9 @@ async fn run(id: usize, rx: flume::Receiver<ShardMsg>, deps: ShardDeps, stats: A
         draining: Cell::new(false),
         resumed: Cell::new(false),
         inflight: Cell::new(0),
+        epoch: std::time::Instant::now(),
+        deferrals: Cell::new(0),
+        defer_paused_until: Cell::new(0),
     });
     {
         let mut sup = shard.superseded.borrow_mut();
@@ -476,6 +509,11 @@ async fn run(id: usize, rx: flume::Receiver<ShardMsg>, deps: ShardDeps, stats: A
         .alerts
         .clone()
         .map(|h| tokio::task::spawn_local(flush_loop(shard.clone(), h.tx)));
+    let defer_task = shard
+        .deps
+        .shared_retries
+        .is_some()
+        .then(|| tokio::task::spawn_local(defer::sweep_loop(shard.clone())));
     // Recovered deliveries wait for `Resume`: the engine sends every
     // destination first, so none is taken for deleted.
     let mut recovered_pending = Some(recovered.pending);
@@ -514,7 +552,7 @@ async fn run(id: usize, rx: flume::Receiver<ShardMsg>, deps: ShardDeps, stats: A
     let report = shard.drain(shutdown.as_ref().map(|(d, _)| *d)).await;
     timer_task.abort();
     gc_task.abort();
-    if let Some(t) = flush_task {
+    for t in [flush_task, defer_task].into_iter().flatten() {
         t.abort();
     }
     tracing::info!(
@@ -591,6 +629,7 @@ impl Shard {
             }
             return;
         }
+        let Some(m) = self.defer_arrival(m) else { return };
         let accepted_at = now_ms();
         let loc = self
             .journal
@@ -620,6 +659,7 @@ impl Shard {
                 manual: t.manual,
                 event: Some(m.event.clone()),
                 charged: share,
+                queued_at: 0,
                 done: done.take(),
             });
         }
@@ -745,14 +785,14 @@ impl Shard {
                         }
                     }
                 }
-                AfterCommit::Settled { done, observe } => {
+                AfterCommit::Settled { done, handled, observe } => {
                     if result.is_err() {
                         // The outcome is not durable: the delivery runs again
                         // after a restart, and the broker (if any) redelivers.
                         continue;
                     }
                     if let Some(d) = done {
-                        let _ = d.send(());
+                        let _ = d.send(handled);
                     }
                     // After the outcome is durable: alerts never run ahead of the log.
                     if let Some(o) = observe {
@@ -928,6 +968,12 @@ impl Shard {
         });
     }
 
+    /// Milliseconds since the shard started (wraps after 49 days: compare
+    /// with `wrapping_sub`).
+    fn clock_ms(&self) -> u32 {
+        self.epoch.elapsed().as_millis() as u32
+    }
+
     /// Mirrors the timer heap's size for `GET /metrics`.
     fn count_scheduled(&self) {
         let n = self.timers.borrow().len() as u64;
@@ -962,6 +1008,7 @@ impl Shard {
                 }
             }
             let key = w.destination_id.clone();
+            w.queued_at = self.clock_ms();
             q.waiting.push_back(w);
             if !q.listed && q.inflight < self.flow(&key).limit {
                 q.listed = true;
@@ -1043,14 +1090,14 @@ impl Shard {
     }
 
     /// Feeds an attempt's outcome to its destination's limit.
-    fn observe_flow(&self, key: &Arc<str>, result: &PublishResult) {
+    fn observe_flow(&self, key: &Arc<str>, result: &PublishResult, took: Duration) {
         let outcome = match result.status {
             AttemptStatus::Success => Outcome::Success,
             AttemptStatus::Failed if result.code == "timeout" => Outcome::Timeout,
             AttemptStatus::Failed => Outcome::Other,
         };
         if let Some(f) = self.flows.borrow_mut().get_mut(key) {
-            f.observe(outcome, self.per_destination);
+            f.observe(outcome, self.per_destination, took);
         }
     }
 
@@ -1139,8 +1186,26 @@ impl Shard {
         attempt_number: u32,
         next: NextStep,
         attempt: Option<journal::codec::AttemptRef<'_>>,
-        done: Option<oneshot::Sender<()>>,
+        done: Option<oneshot::Sender<Handled>>,
         observe: Option<Observed>,
+    ) {
+        self.append_settle(loc, target, attempt_number, next, attempt);
+        self.after_commit.borrow_mut().push(AfterCommit::Settled {
+            done,
+            handled: Handled::Committed,
+            observe,
+        });
+        self.schedule_flush();
+    }
+
+    /// Appends a settle record (released once it is `Done`).
+    fn append_settle(
+        &self,
+        loc: Loc,
+        target: u16,
+        attempt_number: u32,
+        next: NextStep,
+        attempt: Option<journal::codec::AttemptRef<'_>>,
     ) {
         let settled = next == NextStep::Done;
         let at = self
@@ -1151,10 +1216,6 @@ impl Shard {
         if settled {
             self.release(loc, 1);
         }
-        self.after_commit
-            .borrow_mut()
-            .push(AfterCommit::Settled { done, observe });
-        self.schedule_flush();
     }
 
     async fn run_work(self: &Rc<Self>, mut w: Work) {
@@ -1265,7 +1326,7 @@ impl Shard {
                 took,
             );
         }
-        self.observe_flow(&w.destination_id, &result);
+        self.observe_flow(&w.destination_id, &result, took);
         let mut next = match result.status {
             AttemptStatus::Success => {
                 self.stats.successes.fetch_add(1, Ordering::Relaxed);
@@ -1361,7 +1422,7 @@ impl Shard {
         self.draining.set(true);
         let at_stop = self.inflight.get();
         let deadline = deadline.unwrap_or_else(std::time::Instant::now);
-        while self.inflight.get() > 0 && std::time::Instant::now() < deadline {
+        while self.inflight.get() + self.deferrals.get() > 0 && std::time::Instant::now() < deadline {
             tokio::select! {
                 _ = self.slot_freed.notified() => {}
                 _ = tokio::time::sleep(Duration::from_millis(20)) => {}

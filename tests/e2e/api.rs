@@ -1105,19 +1105,9 @@ async fn prometheus_metrics_count_what_the_node_did() {
     admin
         .wait_attempts("", std::time::Duration::from_secs(10), |m| m.len() >= 6)
         .await;
-    let text = reqwest::get(format!("http://127.0.0.1:{}/metrics", s.port))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = s.metrics_text().await;
     println!("{text}");
-    let value = |prefix: &str| -> f64 {
-        text.lines()
-            .filter(|l| l.starts_with(prefix))
-            .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
-            .sum()
-    };
+    let value = |prefix: &str| metric_sum(&text, prefix);
     assert_eq!(value("outrider_delivery_attempts_total{shard=\""), 6.0, "{text}");
     assert_eq!(value("outrider_attempt_duration_seconds_count{"), 6.0, "{text}");
     assert_eq!(value("outrider_publish_duration_seconds_count"), 6.0, "{text}");
@@ -1243,12 +1233,7 @@ async fn log_retention_deletes_old_events_and_json_logs_are_json() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let text = reqwest::get(format!("http://127.0.0.1:{}/metrics", s.port))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = s.metrics_text().await;
     assert!(text.contains("outrider_log_retention_runs_total 1"), "{text}");
     assert!(text.contains("outrider_log_retention_rows_deleted_total 1"), "{text}");
     s.terminate(Duration::from_secs(20)).await;

@@ -119,6 +119,16 @@ impl Server {
         }
     }
 
+    /// `GET /metrics` (Prometheus text).
+    pub async fn metrics_text(&self) -> String {
+        reqwest::get(format!("http://127.0.0.1:{}/metrics", self.port))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     /// Changes one setting for the next (re)start.
     pub fn set_env(&mut self, key: &str, value: &str) {
         self.env.retain(|(k, _)| k != key);
@@ -346,6 +356,15 @@ pub struct ReceiverState {
     /// Every request as it arrives, before the delay: a request whose
     /// sender gives up during the delay is here and not in `got`.
     pub arrived: Mutex<Vec<Received>>,
+}
+
+/// The sum of the samples in Prometheus `text` whose lines start with
+/// `prefix` (a metric's name and the start of its labels); 0 when none do.
+pub fn metric_sum(text: &str, prefix: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }
 
 /// A real HTTP server on loopback that records deliveries.

@@ -157,19 +157,8 @@ async fn split_scenario(broker: Vec<(&'static str, String)>) {
     for r in &answers {
         assert_eq!(r.status, 202, "{}", r.text);
     }
-    let text = reqwest::get(format!("http://127.0.0.1:{}/metrics", api_node.port))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let metric = |name: &str| -> u64 {
-        let line = format!("{name}{{kind=\"queue_publish\"}} ");
-        text.lines()
-            .find_map(|l| l.strip_prefix(&line))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or_else(|| panic!("no {line} in /metrics:\n{text}"))
-    };
+    let text = api_node.metrics_text().await;
+    let metric = |name: &str| metric_sum(&text, &format!("{name}{{kind=\"queue_publish\"}} ")) as u64;
     let (calls, batches) = (metric("outrider_batched_calls_total"), metric("outrider_batches_total"));
     // The first publish (its duplicate sent nothing) and the manual retry
     // before, and the 50: some of those went together.
@@ -576,4 +565,91 @@ async fn the_delivery_queue_over_tls_with_a_private_ca() {
         err.contains("RabbitMQ") && err.to_lowercase().contains("certificate"),
         "{err}"
     );
+}
+
+/// Publishes `n` events to `tenant` one after another (so each is a message
+/// of its own on the delivery queue, not packed with the others).
+async fn publish_one_by_one(api: &Api, tenant: &str, prefix: &str, n: usize) {
+    for i in 0..n {
+        let r = api
+            .publish(json!({"id": format!("{prefix}{i}"), "tenant_id": tenant, "topic": "k", "data": {"i": i}}))
+            .await;
+        assert_eq!(r.status, 202, "{}", r.text);
+    }
+}
+
+/// A delivery node holds a queue message until its tasks' outcomes, and
+/// takes at most `DELIVERY_MAX_CONCURRENCY` messages at once. Tasks waiting
+/// behind their own backed-up destination (a black hole, an endpoint slower
+/// than its traffic) must not take those messages from every other tenant:
+/// the node hands them to the shared schedule and acks them, and they still
+/// arrive, each once.
+#[tokio::test]
+async fn a_backed_up_destination_does_not_stop_a_delivery_node_taking_other_tenants_tasks() {
+    let id = uniq();
+    let env: Vec<(&'static str, String)> = vec![
+        ("REDIS_HOST", "127.0.0.1".into()),
+        ("DEPLOYMENT_ID", format!("bh{id}")),
+        ("RABBITMQ_SERVER_URL", "amqp://guest:guest@127.0.0.1:5672".into()),
+        ("RABBITMQ_EXCHANGE", "outrider-e2e".into()),
+        ("RABBITMQ_DELIVERY_QUEUE", format!("outrider-e2e-backed-up-{id}")),
+        ("DELIVERY_SHARDS", "1".into()),
+        ("DELIVERY_MAX_CONCURRENCY", "64".into()),
+        ("DELIVERY_TIMEOUT_SECONDS", "5".into()),
+    ];
+    let s = Server::start(&refs(&env)).await;
+    let api = Api::admin(&s);
+    let (hole, _, _) = black_hole().await;
+    let slow = Receiver::start().await;
+    *slow.state.delay.lock().unwrap() = Duration::from_secs(2);
+    let good = Receiver::start().await;
+    for t in ["bad", "slow", "good"] {
+        api.tenant(t).await;
+    }
+    api.webhook("bad", &format!("http://{hole}/never"), json!({})).await;
+    api.webhook("slow", &slow.url("/slow"), json!({})).await;
+    api.webhook("good", &good.url("/good"), json!({})).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // 300 messages to a destination that never answers and 150 to one that
+    // takes 2 s a request: far more than the node's 64 unacked messages.
+    publish_one_by_one(&api, "bad", "b", 300).await;
+    publish_one_by_one(&api, "slow", "s", 150).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let t0 = Instant::now();
+    publish_one_by_one(&api, "good", "g", 20).await;
+    let got = good.wait_for(20, Duration::from_secs(20)).await.len();
+    let took = t0.elapsed();
+    eprintln!("20 events beside a black hole (300 events) and a 2 s endpoint (150): {got} in {took:?}");
+    assert_eq!(
+        got, 20,
+        "the other tenant's events were not taken off the queue within {took:?}"
+    );
+    assert!(took <= Duration::from_secs(6), "20 events took {took:?}");
+
+    // The slow destination's events, handed to the schedule and back,
+    // arrive, each once.
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let ids: Vec<String> = slow
+            .got()
+            .iter()
+            .filter_map(|g| g.header("x-outpost-event-id"))
+            .collect();
+        let unique: std::collections::HashSet<&String> = ids.iter().collect();
+        if unique.len() == 150 {
+            assert_eq!(ids.len(), 150, "some events were delivered twice");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} of the slow destination's 150 events arrived",
+            unique.len()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let text = s.metrics_text().await;
+    let deferred = metric_sum(&text, "outrider_deliveries_deferred_total");
+    eprintln!("deferred to the shared schedule: {deferred}");
+    assert!(deferred > 0.0, "{text}");
 }

@@ -427,8 +427,13 @@ impl Engine {
         };
         self.send(&id, ShardMsg::Accept(Box::new(msg))).await?;
         accepted.await.map_err(|_| EngineError::Closed)??;
-        // Fires once the attempt's outcome is committed to the journal.
-        finished.await.map_err(|_| EngineError::Closed)?;
+        // Fires once the attempt's outcome is committed to the journal, or
+        // once the task went back to the shared schedule (its destination
+        // is backed up here): not done then, so it is not marked.
+        let handled = finished.await.map_err(|_| EngineError::Closed)?;
+        if handled == crate::shard::Handled::Deferred {
+            return Ok(());
+        }
         if let Some((redis, key)) = marker {
             // Not marked (Redis down): a redelivery after a lost ack is
             // attempted again, as before; the outcome itself is committed.

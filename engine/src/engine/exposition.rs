@@ -150,6 +150,13 @@ impl Collector for Snapshot {
         )?;
         per_shard(
             &mut e,
+            "outrider_deliveries_deferred",
+            "Queue-mode deliveries handed back to the shared schedule, not attempted, because their destination was backed up on this node.",
+            MetricType::Counter,
+            s.iter().map(|(st, _)| st.deferred.load(Relaxed)),
+        )?;
+        per_shard(
+            &mut e,
             "outrider_attempt_panics",
             "Attempts whose publisher panicked (each settled as a failed attempt).",
             MetricType::Counter,
