@@ -333,8 +333,10 @@ impl Drop for ClaimGuard<'_> {
 
 impl Engine {
     /// Takes over one task from the delivery queue and returns once its
-    /// attempt outcome (and any retry) is durable: only then is the message
-    /// acked, so a node that dies mid-attempt leaves the task to another node.
+    /// attempt outcome (and any retry) is durable, or once the task is back
+    /// in the shared schedule because its destination is backed up here
+    /// (`shard::defer`): only then is the message acked, so a node that
+    /// dies mid-attempt leaves the task to another node.
     /// The local record also feeds the log pipeline, and makes the node
     /// resume the delivery itself if it restarts first (at least once).
     pub async fn receive(&self, task: Task) -> Result<(), EngineError> {

@@ -150,7 +150,7 @@ impl Shard {
         self.deferrals.set(self.deferrals.get() + 1);
         let me = self.clone();
         tokio::task::spawn_local(async move {
-            let written = redis.schedule_retry(&task, due_ms).await;
+            let written = redis.schedule_deferred(&task, due_ms).await;
             me.deferrals.set(me.deferrals.get() - 1);
             match written {
                 Ok(()) => {
@@ -250,7 +250,7 @@ impl Shard {
         self.deferrals.set(self.deferrals.get() + 1);
         let me = self.clone();
         tokio::task::spawn_local(async move {
-            let written = redis.schedule_retry(&task, due_ms).await;
+            let written = redis.schedule_deferred(&task, due_ms).await;
             me.deferrals.set(me.deferrals.get() - 1);
             match written {
                 Ok(()) => {

@@ -657,6 +657,24 @@ impl RedisEntityStore {
     /// (event, destination) again replaces both.
     pub async fn schedule_retry(&self, task: &crate::queue::Task, due_ms: i64) -> StoreResult<()> {
         let member = format!("{}:{}", task.event.id, task.destination_id);
+        self.schedule(member, task, due_ms).await
+    }
+
+    /// Puts a task a node deferred (its destination was backed up there)
+    /// on the same schedule, under its own member: it neither replaces nor
+    /// is replaced by a retry of the same event and destination (a manual
+    /// retry deferred while an automatic one is scheduled, say), and a copy
+    /// of the same task deferred twice is kept once.
+    pub async fn schedule_deferred(&self, task: &crate::queue::Task, due_ms: i64) -> StoreResult<()> {
+        let kind = if task.manual { "manual" } else { "auto" };
+        let member = format!(
+            "deferred:{}:{}:{}:{kind}",
+            task.event.id, task.destination_id, task.attempt
+        );
+        self.schedule(member, task, due_ms).await
+    }
+
+    async fn schedule(&self, member: String, task: &crate::queue::Task, due_ms: i64) -> StoreResult<()> {
         let body = String::from_utf8_lossy(&crate::queue::encode(task)).into_owned();
         let mut c = self.conn.clone();
         let _: () = ::redis::pipe()
@@ -1131,6 +1149,30 @@ mod tests {
         s.finish_retry(&member, 230_000).await.unwrap();
         let left = s.lease_due_retries(500_000, 30_000, 10).await.unwrap();
         assert_eq!(left.iter().map(|l| l.0.as_str()).collect::<Vec<_>>(), vec!["e2:d"]);
+    }
+
+    #[tokio::test]
+    async fn deferred_tasks_keep_their_own_schedule_entries() {
+        let s = store().await;
+        let retry = crate::queue::sample_task(7, "{}");
+        s.schedule_retry(&retry, 1_000).await.unwrap();
+        // A manual retry of the same event and destination, deferred, does
+        // not replace the scheduled retry, and a copy deferred twice is one.
+        let mut manual = crate::queue::sample_task(7, "{}");
+        manual.attempt = 3;
+        manual.manual = true;
+        s.schedule_deferred(&manual, 2_000).await.unwrap();
+        s.schedule_deferred(&manual, 2_500).await.unwrap();
+        let mut leased = s.lease_due_retries(5_000, 30_000, 10).await.unwrap();
+        leased.sort();
+        let seen: Vec<(&str, u32, bool)> = leased
+            .iter()
+            .map(|(m, _, body)| {
+                let t = crate::queue::decode(body.as_bytes()).unwrap();
+                (m.as_str(), t.attempt, t.manual)
+            })
+            .collect();
+        assert_eq!(seen, vec![("deferred:e7:d:3:manual", 3, true), ("e7:d", 1, false)]);
     }
 
     #[tokio::test]
