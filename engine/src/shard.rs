@@ -272,7 +272,7 @@ pub fn start(
 
 struct Owned {
     dest: Arc<Destination>,
-    publisher: Result<Rc<dyn Publisher>, String>,
+    publisher: Result<Rc<dyn Publisher>, crate::destinations::PublisherError>,
 }
 
 /// One delivery waiting on, or running on, this shard.
@@ -1295,7 +1295,7 @@ impl Shard {
                     Err(_) => PublishResult::failed("timeout", "timeout"),
                 }
             }
-            Err(e) => PublishResult::failed("ERR", e.as_str()),
+            Err(e) => PublishResult::failed("ERR", e.to_string()),
         };
         if result.not_attempted {
             let n = self.stats.not_attempted.fetch_add(1, Ordering::Relaxed);
@@ -1523,7 +1523,7 @@ impl Shard {
     fn upsert(&self, d: Arc<Destination>) {
         let publisher = match self.deps.types.get(&d.kind) {
             Some(t) => t.publisher(&d, &self.deps.publish).map(Rc::<dyn Publisher>::from),
-            None => Err(format!("destination type {} is not supported by this build", d.kind)),
+            None => Err(crate::destinations::PublisherError::Unsupported(d.kind.clone())),
         };
         if let Err(e) = &publisher {
             tracing::warn!(shard = self.id, destination_id = %d.id, error = %e, "destination cannot be delivered to");

@@ -132,14 +132,14 @@ impl AwsKey {
         region: String,
         endpoint: Option<String>,
         policy: CredentialPolicy,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, super::PublisherError> {
         let cred = |k: &str| d.credentials.get(k).filter(|v| !v.is_empty()).cloned();
         let identity = if policy.server_identity && keyless(d) {
             Identity::Server
         } else {
             Identity::Keys {
-                key: cred("key").ok_or("credentials.key is required")?,
-                secret: cred("secret").ok_or("credentials.secret is required")?,
+                key: cred("key").ok_or(super::PublisherError::Missing("credentials.key"))?,
+                secret: cred("secret").ok_or(super::PublisherError::Missing("credentials.secret"))?,
                 session: cred("session"),
             }
         };

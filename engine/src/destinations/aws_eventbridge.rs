@@ -97,9 +97,9 @@ impl DestinationType for AwsEventBridge {
         )
     }
 
-    fn publisher(&self, d: &Destination, ctx: &PublishContext) -> Result<Box<dyn Publisher>, String> {
+    fn publisher(&self, d: &Destination, ctx: &PublishContext) -> Result<Box<dyn Publisher>, PublisherError> {
         let get = |k: &str| d.config.get(k).filter(|v| !v.is_empty()).cloned();
-        let region = get("region").ok_or("config.region is required")?;
+        let region = get("region").ok_or(PublisherError::Missing("config.region"))?;
         Ok(Box::new(EventBridgePublisher {
             key: AwsKey::new(d, region, get("endpoint"), self.credentials)?,
             bus: get("event_bus").unwrap_or_else(|| "default".into()),

@@ -98,17 +98,20 @@ impl DestinationType for AwsKinesis {
         (format!("{} in {}", get("stream_name"), get("region")), None)
     }
 
-    fn publisher(&self, d: &Destination, ctx: &PublishContext) -> Result<Box<dyn Publisher>, String> {
+    fn publisher(&self, d: &Destination, ctx: &PublishContext) -> Result<Box<dyn Publisher>, PublisherError> {
         let get = |k: &str| d.config.get(k).filter(|v| !v.is_empty()).cloned();
-        let region = get("region").ok_or("config.region is required")?;
+        let region = get("region").ok_or(PublisherError::Missing("config.region"))?;
         let partition_key = match get("partition_key_template") {
-            Some(t) => Some(Template::compile(&t).map_err(|e| format!("config.partition_key_template: {e}"))?),
+            Some(t) => Some(Template::compile(&t).map_err(|e| PublisherError::Refused {
+                field: "config.partition_key_template",
+                reason: e.to_string(),
+            })?),
             None => None,
         };
         Ok(Box::new(KinesisPublisher {
             lane: Arc::new((
                 AwsKey::new(d, region, get("endpoint"), self.credentials)?,
-                get("stream_name").ok_or("config.stream_name is required")?,
+                get("stream_name").ok_or(PublisherError::Missing("config.stream_name"))?,
             )),
             partition_key,
             delivery_metadata: d.delivery_metadata.clone(),

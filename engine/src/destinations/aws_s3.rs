@@ -124,15 +124,20 @@ impl DestinationType for AwsS3 {
         )
     }
 
-    fn publisher(&self, d: &Destination, ctx: &PublishContext) -> Result<Box<dyn Publisher>, String> {
+    fn publisher(&self, d: &Destination, ctx: &PublishContext) -> Result<Box<dyn Publisher>, PublisherError> {
         let get = |k: &str| d.config.get(k).filter(|v| !v.is_empty()).cloned();
-        let region = get("region").ok_or("config.region is required")?;
+        let region = get("region").ok_or(PublisherError::Missing("config.region"))?;
         let template = get("key_template").unwrap_or_else(|| DEFAULT_KEY_TEMPLATE.to_string());
         Ok(Box::new(S3Publisher {
             key: AwsKey::new(d, region, get("endpoint"), self.credentials)?,
-            bucket: get("bucket").ok_or("config.bucket is required")?,
-            key_template: Template::compile(&template).map_err(|e| format!("config.key_template: {e}"))?,
-            storage_class: StorageClass::from(storage_class(&d.config).ok_or("config.storage_class is invalid")?),
+            bucket: get("bucket").ok_or(PublisherError::Missing("config.bucket"))?,
+            key_template: Template::compile(&template).map_err(|e| PublisherError::Refused {
+                field: "config.key_template",
+                reason: e.to_string(),
+            })?,
+            storage_class: StorageClass::from(
+                storage_class(&d.config).ok_or(PublisherError::Invalid("config.storage_class"))?,
+            ),
             delivery_metadata: d.delivery_metadata.clone(),
             include_ms: ctx.config.webhook.include_millisecond_timestamp,
         }))

@@ -145,12 +145,12 @@ impl DestinationType for AwsSqs {
         (url, link)
     }
 
-    fn publisher(&self, d: &Destination, ctx: &PublishContext) -> Result<Box<dyn Publisher>, String> {
+    fn publisher(&self, d: &Destination, ctx: &PublishContext) -> Result<Box<dyn Publisher>, PublisherError> {
         let queue_url = d
             .config
             .get("queue_url")
             .cloned()
-            .ok_or("config.queue_url is required")?;
+            .ok_or(PublisherError::Missing("config.queue_url"))?;
         let region = region_of(&queue_url).unwrap_or_else(|| "us-east-1".into());
         Ok(Box::new(SqsPublisher {
             lane: Arc::new((

@@ -199,18 +199,21 @@ impl DestinationType for AzureServiceBus {
         (format!("{namespace}/{name}"), None)
     }
 
-    fn publisher(&self, d: &Destination, ctx: &PublishContext) -> Result<Box<dyn Publisher>, String> {
+    fn publisher(&self, d: &Destination, ctx: &PublishContext) -> Result<Box<dyn Publisher>, PublisherError> {
         let cs = d
             .credentials
             .get("connection_string")
-            .ok_or("credentials.connection_string is required")?;
-        let key = parse_connection_string(cs).map_err(|e| format!("credentials.connection_string {e}"))?;
+            .ok_or(PublisherError::Missing("credentials.connection_string"))?;
+        let key = parse_connection_string(cs).map_err(|why| PublisherError::Unusable {
+            field: "credentials.connection_string",
+            why,
+        })?;
         let entity = d
             .config
             .get("name")
             .filter(|n| !n.is_empty())
             .cloned()
-            .ok_or("config.name is required")?;
+            .ok_or(PublisherError::Missing("config.name"))?;
         Ok(Box::new(ServiceBusPublisher {
             key,
             entity,

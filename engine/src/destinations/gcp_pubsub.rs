@@ -110,10 +110,10 @@ impl DestinationType for GcpPubSub {
         (format!("{project}/{topic}"), Some(link))
     }
 
-    fn publisher(&self, d: &Destination, ctx: &PublishContext) -> Result<Box<dyn Publisher>, String> {
+    fn publisher(&self, d: &Destination, ctx: &PublishContext) -> Result<Box<dyn Publisher>, PublisherError> {
         let get = |k: &str| d.config.get(k).filter(|v| !v.is_empty()).cloned();
-        let project = get("project_id").ok_or("config.project_id is required")?;
-        let topic = get("topic").ok_or("config.topic is required")?;
+        let project = get("project_id").ok_or(PublisherError::Missing("config.project_id"))?;
+        let topic = get("topic").ok_or(PublisherError::Missing("config.topic"))?;
         let emulator = emulator_host(&d.config);
         let service_account_json = if emulator.is_some() {
             String::new()
@@ -122,7 +122,7 @@ impl DestinationType for GcpPubSub {
                 .get("service_account_json")
                 .filter(|v| !v.is_empty())
                 .cloned()
-                .ok_or("credentials.service_account_json is required")?
+                .ok_or(PublisherError::Missing("credentials.service_account_json"))?
         };
         Ok(Box::new(PubSubPublisher {
             lane: Arc::new((

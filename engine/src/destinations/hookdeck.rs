@@ -124,17 +124,28 @@ impl DestinationType for Hookdeck {
         (name, Some(format!("https://dashboard.hookdeck.com/sources/{id}")))
     }
 
-    fn publisher(&self, d: &Destination, ctx: &PublishContext) -> Result<Box<dyn Publisher>, String> {
+    fn publisher(&self, d: &Destination, ctx: &PublishContext) -> Result<Box<dyn Publisher>, PublisherError> {
         let token = d
             .credentials
             .get("token")
             .cloned()
-            .ok_or("credentials.token is required")?;
-        let id = source_id(&token).ok_or("credentials.token has an invalid format")?;
-        let mut target = Target::parse(&format!("{}/{id}", ctx.config.hookdeck_publish_url))?;
+            .ok_or(PublisherError::Missing("credentials.token"))?;
+        let id = source_id(&token).ok_or(PublisherError::Unusable {
+            field: "credentials.token",
+            why: "has an invalid format",
+        })?;
+        let mut target = Target::parse(&format!("{}/{id}", ctx.config.hookdeck_publish_url)).map_err(|reason| {
+            PublisherError::Refused {
+                field: "OUTRIDER_HOOKDECK_PUBLISH_URL",
+                reason,
+            }
+        })?;
         target.keep_headers = true;
         target.kind = "hookdeck";
-        let mac = Hmac::<Sha256>::new_from_slice(token.as_bytes()).map_err(|e| e.to_string())?;
+        let mac = Hmac::<Sha256>::new_from_slice(token.as_bytes()).map_err(|e| PublisherError::Refused {
+            field: "credentials.token",
+            reason: e.to_string(),
+        })?;
         Ok(Box::new(HookdeckPublisher {
             target,
             mac,

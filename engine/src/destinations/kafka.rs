@@ -167,18 +167,21 @@ impl DestinationType for Kafka {
         (format!("{first} / {}", get("topic")), None)
     }
 
-    fn publisher(&self, d: &Destination, ctx: &PublishContext) -> Result<Box<dyn Publisher>, String> {
+    fn publisher(&self, d: &Destination, ctx: &PublishContext) -> Result<Box<dyn Publisher>, PublisherError> {
         let get = |k: &str| d.config.get(k).filter(|v| !v.is_empty()).cloned();
         let brokers = get("brokers")
             .as_deref()
             .and_then(parse_brokers)
-            .ok_or("config.brokers is invalid")?;
-        let mechanism = get("sasl_mechanism").ok_or("config.sasl_mechanism is required")?;
+            .ok_or(PublisherError::Invalid("config.brokers"))?;
+        let mechanism = get("sasl_mechanism").ok_or(PublisherError::Missing("config.sasl_mechanism"))?;
         if !MECHANISMS.iter().any(|(_, v)| *v == mechanism) {
-            return Err("config.sasl_mechanism is invalid".into());
+            return Err(PublisherError::Invalid("config.sasl_mechanism"));
         }
         let partition_key = match get("partition_key_template") {
-            Some(t) => Some(Template::compile(&t).map_err(|e| format!("config.partition_key_template: {e}"))?),
+            Some(t) => Some(Template::compile(&t).map_err(|e| PublisherError::Refused {
+                field: "config.partition_key_template",
+                reason: e.to_string(),
+            })?),
             None => None,
         };
         let cred = |k: &str| d.credentials.get(k).cloned().unwrap_or_default();
@@ -191,7 +194,7 @@ impl DestinationType for Kafka {
                     username: cred("username"),
                     password: cred("password"),
                 },
-                get("topic").ok_or("config.topic is required")?,
+                get("topic").ok_or(PublisherError::Missing("config.topic"))?,
             )),
             partition_key,
             delivery_metadata: d.delivery_metadata.clone(),

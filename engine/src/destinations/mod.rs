@@ -102,7 +102,30 @@ pub trait DestinationType: Send + Sync + 'static {
         }
     }
     /// Builds the shard-side publisher for a destination.
-    fn publisher(&self, dest: &Destination, ctx: &PublishContext) -> Result<Box<dyn Publisher>, String>;
+    fn publisher(&self, dest: &Destination, ctx: &PublishContext) -> Result<Box<dyn Publisher>, PublisherError>;
+}
+
+/// Why a stored destination has no publisher: each attempt fails with this
+/// text (code `ERR`) until the destination is changed. Creation validates
+/// the same fields, so this is for destinations stored before a rule was
+/// added, or written to the store by other means.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PublisherError {
+    /// A field that must be set is not (`config.region`).
+    #[error("{0} is required")]
+    Missing(&'static str),
+    /// A field holds a value the type cannot use.
+    #[error("{0} is invalid")]
+    Invalid(&'static str),
+    /// A field holds a value the type cannot use; `why` completes the sentence.
+    #[error("{field} {why}")]
+    Unusable { field: &'static str, why: &'static str },
+    /// A field was refused by what reads it (a template, a URL), with its reason.
+    #[error("{field}: {reason}")]
+    Refused { field: &'static str, reason: String },
+    /// The destination's type is not in this build's registry.
+    #[error("destination type {0} is not supported by this build")]
+    Unsupported(String),
 }
 
 /// Deployment-wide settings every publisher may need.
@@ -378,7 +401,7 @@ pub(crate) mod test_panic {
         fn target(&self, _dest: &Destination) -> (String, Option<String>) {
             ("panic".into(), None)
         }
-        fn publisher(&self, _dest: &Destination, _ctx: &PublishContext) -> Result<Box<dyn Publisher>, String> {
+        fn publisher(&self, _dest: &Destination, _ctx: &PublishContext) -> Result<Box<dyn Publisher>, PublisherError> {
             Ok(Box::new(PanickingPublisher))
         }
     }

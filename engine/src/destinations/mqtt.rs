@@ -142,11 +142,14 @@ impl DestinationType for Mqtt {
         (format!("{} on {}", get("topic"), get("server_url")), None)
     }
 
-    fn publisher(&self, d: &Destination, ctx: &PublishContext) -> Result<Box<dyn Publisher>, String> {
-        let server = d.config.get("server_url").ok_or("config.server_url is required")?;
+    fn publisher(&self, d: &Destination, ctx: &PublishContext) -> Result<Box<dyn Publisher>, PublisherError> {
+        let server = d
+            .config
+            .get("server_url")
+            .ok_or(PublisherError::Missing("config.server_url"))?;
         let tls = fields::flag(&d.config, "tls");
-        let (host, port) =
-            clients::host_port(server, if tls { 8883 } else { 1883 }).ok_or("config.server_url is invalid")?;
+        let (host, port) = clients::host_port(server, if tls { 8883 } else { 1883 })
+            .ok_or(PublisherError::Invalid("config.server_url"))?;
         let cred = |k: &str| d.credentials.get(k).filter(|v| !v.is_empty()).cloned();
         Ok(Box::new(MqttPublisher {
             tls: ctx.broker_tls.clone(),
@@ -157,7 +160,11 @@ impl DestinationType for Mqtt {
                 username: cred("username"),
                 password: cred("password"),
             },
-            topic: d.config.get("topic").cloned().ok_or("config.topic is required")?,
+            topic: d
+                .config
+                .get("topic")
+                .cloned()
+                .ok_or(PublisherError::Missing("config.topic"))?,
             delivery_metadata: d.delivery_metadata.clone(),
             include_ms: ctx.config.webhook.include_millisecond_timestamp,
         }))

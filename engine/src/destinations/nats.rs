@@ -114,9 +114,12 @@ impl DestinationType for Nats {
         (format!("{} on {}", get("subject"), get("server_url")), None)
     }
 
-    fn publisher(&self, d: &Destination, ctx: &PublishContext) -> Result<Box<dyn Publisher>, String> {
-        let server = d.config.get("server_url").ok_or("config.server_url is required")?;
-        let (host, port) = clients::host_port(server, 4222).ok_or("config.server_url is invalid")?;
+    fn publisher(&self, d: &Destination, ctx: &PublishContext) -> Result<Box<dyn Publisher>, PublisherError> {
+        let server = d
+            .config
+            .get("server_url")
+            .ok_or(PublisherError::Missing("config.server_url"))?;
+        let (host, port) = clients::host_port(server, 4222).ok_or(PublisherError::Invalid("config.server_url"))?;
         let cred = |k: &str| d.credentials.get(k).filter(|v| !v.is_empty()).cloned();
         Ok(Box::new(NatsPublisher {
             key: Key {
@@ -127,7 +130,11 @@ impl DestinationType for Nats {
                 password: cred("password"),
                 token: cred("token"),
             },
-            subject: d.config.get("subject").cloned().ok_or("config.subject is required")?,
+            subject: d
+                .config
+                .get("subject")
+                .cloned()
+                .ok_or(PublisherError::Missing("config.subject"))?,
             // Stored destinations created before the flag existed default to JetStream.
             jetstream: d.config.get("jetstream").is_none_or(|v| v != "false"),
             delivery_metadata: d.delivery_metadata.clone(),

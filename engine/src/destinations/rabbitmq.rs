@@ -136,10 +136,13 @@ impl DestinationType for RabbitMq {
         (format!("{exchange} -> {}", d.topics.join(", ")), None)
     }
 
-    fn publisher(&self, d: &Destination, ctx: &PublishContext) -> Result<Box<dyn Publisher>, String> {
+    fn publisher(&self, d: &Destination, ctx: &PublishContext) -> Result<Box<dyn Publisher>, PublisherError> {
         let tls = fields::flag(&d.config, "tls");
-        let server = d.config.get("server_url").ok_or("config.server_url is required")?;
-        let (host, port, vhost) = parse_server(server, tls).ok_or("config.server_url is invalid")?;
+        let server = d
+            .config
+            .get("server_url")
+            .ok_or(PublisherError::Missing("config.server_url"))?;
+        let (host, port, vhost) = parse_server(server, tls).ok_or(PublisherError::Invalid("config.server_url"))?;
         let cred = |k: &str| d.credentials.get(k).cloned().unwrap_or_default();
         Ok(Box::new(RabbitPublisher {
             key: Key {

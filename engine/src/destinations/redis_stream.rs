@@ -96,13 +96,16 @@ impl DestinationType for RedisStream {
         (format!("{} on {}", get("stream"), get("address")), None)
     }
 
-    fn publisher(&self, d: &Destination, ctx: &PublishContext) -> Result<Box<dyn Publisher>, String> {
-        let address = d.config.get("address").ok_or("config.address is required")?;
-        let (host, port) = clients::host_port(address, 6379).ok_or("config.address is invalid")?;
-        let number = |k: &str| -> Result<Option<i64>, String> {
+    fn publisher(&self, d: &Destination, ctx: &PublishContext) -> Result<Box<dyn Publisher>, PublisherError> {
+        let address = d
+            .config
+            .get("address")
+            .ok_or(PublisherError::Missing("config.address"))?;
+        let (host, port) = clients::host_port(address, 6379).ok_or(PublisherError::Invalid("config.address"))?;
+        let number = |k: &str, field: &'static str| -> Result<Option<i64>, PublisherError> {
             match d.config.get(k).filter(|v| !v.is_empty()) {
                 None => Ok(None),
-                Some(v) => v.parse().map(Some).map_err(|_| format!("config.{k} is invalid")),
+                Some(v) => v.parse().map(Some).map_err(|_| PublisherError::Invalid(field)),
             }
         };
         let cred = |k: &str| d.credentials.get(k).filter(|v| !v.is_empty()).cloned();
@@ -111,12 +114,16 @@ impl DestinationType for RedisStream {
                 tls: fields::flag(&d.config, "tls"),
                 host,
                 port,
-                db: number("database")?.unwrap_or(0),
+                db: number("database", "config.database")?.unwrap_or(0),
                 username: cred("username"),
                 password: cred("password"),
             },
-            stream: d.config.get("stream").cloned().ok_or("config.stream is required")?,
-            max_len: number("max_len")?,
+            stream: d
+                .config
+                .get("stream")
+                .cloned()
+                .ok_or(PublisherError::Missing("config.stream"))?,
+            max_len: number("max_len", "config.max_len")?,
             delivery_metadata: d.delivery_metadata.clone(),
             include_ms: ctx.config.webhook.include_millisecond_timestamp,
             timeout: ctx.config.delivery_timeout_for("redis_stream"),

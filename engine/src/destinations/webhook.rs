@@ -238,11 +238,17 @@ impl DestinationType for Webhook {
         c
     }
 
-    fn publisher(&self, d: &Destination, ctx: &PublishContext) -> Result<Box<dyn Publisher>, String> {
-        let url = d.config.get("url").ok_or("config.url is required")?;
-        let target = Target::parse(url)?;
+    fn publisher(&self, d: &Destination, ctx: &PublishContext) -> Result<Box<dyn Publisher>, PublisherError> {
+        let url = d.config.get("url").ok_or(PublisherError::Missing("config.url"))?;
+        let target = Target::parse(url).map_err(|reason| PublisherError::Refused {
+            field: "config.url",
+            reason,
+        })?;
         let custom_headers = match d.config.get("custom_headers").filter(|s| !s.is_empty()) {
-            Some(h) => parse_custom_headers(h).map_err(|e| e.join(", "))?,
+            Some(h) => parse_custom_headers(h).map_err(|e| PublisherError::Refused {
+                field: "config.custom_headers",
+                reason: e.join(", "),
+            })?,
             None => vec![],
         };
         let previous = match (
@@ -582,6 +588,47 @@ mod tests {
             data: Arc::from("{\"a\":1}"),
             matched_destination_ids: vec![],
         }
+    }
+
+    /// A stored destination that cannot be delivered to says which field
+    /// is wrong, in words the attempt log shows.
+    #[test]
+    fn a_publisher_that_cannot_be_built_names_the_field() {
+        let c = cfg(&[]);
+        let ctx = PublishContext::new(c.clone()).unwrap();
+        let w = Webhook::new(c.clone());
+        let build = |d: &Destination| w.publisher(d, &ctx).err();
+        let mut d = dest("http://example.com/hook");
+        assert_eq!(build(&d), None);
+        d.config.remove("url");
+        assert_eq!(build(&d), Some(PublisherError::Missing("config.url")));
+        assert_eq!(build(&d).unwrap().to_string(), "config.url is required");
+        let d = dest("ftp://example.com/");
+        let e = build(&d).unwrap();
+        assert!(
+            matches!(
+                &e,
+                PublisherError::Refused {
+                    field: "config.url",
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+        assert!(e.to_string().starts_with("config.url: "), "{e}");
+        let mut d = dest("http://example.com/hook");
+        d.config.insert("custom_headers".into(), "not json".into());
+        assert!(
+            matches!(
+                build(&d),
+                Some(PublisherError::Refused {
+                    field: "config.custom_headers",
+                    ..
+                })
+            ),
+            "{:?}",
+            build(&d)
+        );
     }
 
     fn publisher(c: &Arc<Config>, d: &Destination) -> WebhookPublisher {
