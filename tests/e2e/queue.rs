@@ -653,3 +653,64 @@ async fn a_backed_up_destination_does_not_stop_a_delivery_node_taking_other_tena
     eprintln!("deferred to the shared schedule: {deferred}");
     assert!(deferred > 0.0, "{text}");
 }
+
+/// Deferred tasks live in the shared schedule, not on the node: a `kill -9`
+/// while a backed-up destination's tasks go back and forth loses none, and
+/// only attempts in flight at the kill may repeat.
+#[tokio::test]
+async fn deferred_tasks_survive_a_kill9_of_the_node_that_deferred_them() {
+    let id = uniq();
+    let env: Vec<(&'static str, String)> = vec![
+        ("REDIS_HOST", "127.0.0.1".into()),
+        ("DEPLOYMENT_ID", format!("dk{id}")),
+        ("RABBITMQ_SERVER_URL", "amqp://guest:guest@127.0.0.1:5672".into()),
+        ("RABBITMQ_EXCHANGE", "outrider-e2e".into()),
+        ("RABBITMQ_DELIVERY_QUEUE", format!("outrider-e2e-deferred-kill-{id}")),
+        ("DELIVERY_SHARDS", "1".into()),
+        ("DELIVERY_MAX_CONCURRENCY", "32".into()),
+        ("OUTRIDER_DESTINATION_MAX_CONCURRENCY", "8".into()),
+        ("DELIVERY_TIMEOUT_SECONDS", "5".into()),
+    ];
+    let mut s = Server::start(&refs(&env)).await;
+    let api = Api::admin(&s);
+    let slow = Receiver::start().await;
+    *slow.state.delay.lock().unwrap() = Duration::from_millis(500);
+    api.tenant("t").await;
+    api.webhook("t", &slow.url("/slow"), json!({})).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // 8 at a time, 0.5 s each: 16 a second, so most of the 200 are deferred.
+    publish_one_by_one(&api, "t", "k", 200).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let deferred = metric_sum(&s.metrics_text().await, "outrider_deliveries_deferred_total");
+        if deferred >= 50.0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "only {deferred} deferred");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let before = slow.count();
+    s.kill9();
+    s.spawn().await;
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let ids: Vec<String> = slow
+            .got()
+            .iter()
+            .filter_map(|g| g.header("x-outpost-event-id"))
+            .collect();
+        let unique: std::collections::HashSet<&String> = ids.iter().collect();
+        if unique.len() == 200 {
+            let repeated = ids.len() - 200;
+            eprintln!("kill -9 with {before} of 200 delivered: all arrived, {repeated} twice");
+            assert!(repeated <= 32, "{repeated} delivered twice: more than were in flight");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} of 200 arrived after the kill ({before} before it)",
+            unique.len()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
