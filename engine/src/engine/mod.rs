@@ -34,8 +34,10 @@ mod exposition;
 pub mod health;
 mod recovery;
 mod routing_table;
+mod startup;
 mod workers;
 
+pub use startup::StartupError;
 use workers::{consume, consume_publish_queue, follow, poll_retries};
 
 /// A delivery task's identity: event id, destination id, attempt number.
@@ -53,8 +55,8 @@ pub enum EngineError {
     Store(#[from] StoreError),
     #[error("engine is shutting down")]
     Closed,
-    #[error("{0}")]
-    Startup(String),
+    #[error(transparent)]
+    Startup(#[from] StartupError),
     /// The delivery queue did not take the tasks right now (the broker is
     /// away or refused them): nothing was accepted, the publish may be retried.
     #[error("delivery queue: {0}")]
@@ -235,25 +237,22 @@ pub struct Engine {
 /// the same directory refuses to start instead of replaying (and delivering)
 /// the first one's pending work and writing into its journals. The OS drops
 /// the lock when the process dies, `kill -9` included.
-fn lock_dir(dir: &std::path::Path, setting: &str) -> Result<std::fs::File, EngineError> {
-    std::fs::create_dir_all(dir)
-        .map_err(|e| EngineError::Startup(format!("cannot create {} {}: {e}", setting, dir.display())))?;
+fn lock_dir(dir: &std::path::Path, setting: &'static str) -> Result<std::fs::File, StartupError> {
+    std::fs::create_dir_all(dir).map_err(StartupError::file("create", dir))?;
     let path = dir.join("LOCK");
     let f = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
         .open(&path)
-        .map_err(|e| EngineError::Startup(format!("cannot open {}: {e}", path.display())))?;
+        .map_err(StartupError::file("open", &path))?;
     match f.try_lock() {
         Ok(()) => Ok(f),
-        Err(std::fs::TryLockError::WouldBlock) => Err(EngineError::Startup(format!(
-            "{} is in use by another Outrider process ({setting} must be one per process)",
-            dir.display()
-        ))),
-        Err(std::fs::TryLockError::Error(e)) => {
-            Err(EngineError::Startup(format!("cannot lock {}: {e}", path.display())))
-        }
+        Err(std::fs::TryLockError::WouldBlock) => Err(StartupError::InUse {
+            dir: dir.to_path_buf(),
+            setting,
+        }),
+        Err(std::fs::TryLockError::Error(e)) => Err(StartupError::file("lock", path)(e)),
     }
 }
 
@@ -283,11 +282,8 @@ impl Engine {
                 // The URL may carry a password: errors name the key, not the value.
                 let pg = PostgresLogStore::connect(url.expose(), config.backend_connect_timeout)
                     .await
-                    .map_err(|e| EngineError::Startup(format!("POSTGRES_URL: {e}")))?;
-                let applied = pg
-                    .migrate()
-                    .await
-                    .map_err(|e| EngineError::Startup(format!("POSTGRES_URL: migrations failed: {e}")))?;
+                    .map_err(StartupError::store("POSTGRES_URL"))?;
+                let applied = pg.migrate().await.map_err(StartupError::Migrations)?;
                 if !applied.is_empty() {
                     tracing::info!(?applied, "PostgreSQL migrations applied");
                 }
@@ -305,7 +301,7 @@ impl Engine {
                     config.backend_connect_timeout,
                 )
                 .await
-                .map_err(|e| EngineError::Startup(format!("REDIS_HOST: {e}")))?,
+                .map_err(StartupError::store("REDIS_HOST"))?,
             )),
         };
         let entities: Arc<dyn EntityStore> = match &redis {
@@ -317,17 +313,17 @@ impl Engine {
             (Some(sc), _, _) => Some(Arc::new(
                 SqsQueue::connect(sc.clone(), config.backend_connect_timeout)
                     .await
-                    .map_err(|e| EngineError::Startup(format!("AWS_SQS_REGION: {e}")))?,
+                    .map_err(StartupError::queue("AWS_SQS_REGION"))?,
             )),
             (None, Some(pc), _) => Some(Arc::new(
                 PubSubQueue::connect(pc.clone(), config.backend_connect_timeout)
                     .await
-                    .map_err(|e| EngineError::Startup(format!("GCP_PUBSUB_PROJECT: {e}")))?,
+                    .map_err(StartupError::queue("GCP_PUBSUB_PROJECT"))?,
             )),
             (None, None, Some(rc)) => Some(Arc::new(
                 RabbitQueue::connect(rc.clone(), config.backend_connect_timeout)
                     .await
-                    .map_err(|e| EngineError::Startup(format!("RABBITMQ_SERVER_URL: {e}")))?,
+                    .map_err(StartupError::queue("RABBITMQ_SERVER_URL"))?,
             )),
             (None, None, None) => None,
         };
@@ -384,21 +380,21 @@ impl Engine {
             // Outpost's order: AWS SQS, then GCP Pub/Sub, then RabbitMQ.
             let source: Option<Arc<dyn MessageSource>> =
                 match (&config.publish_sqs, &config.publish_pubsub, &config.publish_rabbitmq) {
-                    (Some(c), _, _) => {
-                        Some(Arc::new(SqsQueue::connect(c.clone(), t).await.map_err(|e| {
-                            EngineError::Startup(format!("PUBLISH_AWS_SQS_REGION: {e}"))
-                        })?))
-                    }
-                    (None, Some(c), _) => {
-                        Some(Arc::new(PubSubQueue::connect(c.clone(), t).await.map_err(|e| {
-                            EngineError::Startup(format!("PUBLISH_GCP_PUBSUB_PROJECT: {e}"))
-                        })?))
-                    }
-                    (None, None, Some(c)) => {
-                        Some(Arc::new(RabbitQueue::connect(c.clone(), t).await.map_err(|e| {
-                            EngineError::Startup(format!("PUBLISH_RABBITMQ_SERVER_URL: {e}"))
-                        })?))
-                    }
+                    (Some(c), _, _) => Some(Arc::new(
+                        SqsQueue::connect(c.clone(), t)
+                            .await
+                            .map_err(StartupError::queue("PUBLISH_AWS_SQS_REGION"))?,
+                    )),
+                    (None, Some(c), _) => Some(Arc::new(
+                        PubSubQueue::connect(c.clone(), t)
+                            .await
+                            .map_err(StartupError::queue("PUBLISH_GCP_PUBSUB_PROJECT"))?,
+                    )),
+                    (None, None, Some(c)) => Some(Arc::new(
+                        RabbitQueue::connect(c.clone(), t)
+                            .await
+                            .map_err(StartupError::queue("PUBLISH_RABBITMQ_SERVER_URL"))?,
+                    )),
                     (None, None, None) => None,
                 };
             if let Some(q) = source {
@@ -463,7 +459,7 @@ impl Engine {
             exhausted,
         });
         let ids = IdGenerator::new(config.idgen);
-        let publish = PublishContext::new(config.clone()).map_err(EngineError::Startup)?;
+        let publish = PublishContext::new(config.clone()).map_err(StartupError::Settings)?;
         let deps = ShardDeps {
             types: types.clone(),
             publish,
@@ -479,10 +475,15 @@ impl Engine {
             recovery::prepare(&config, &store, &idempotency, bus.is_some()).await?;
         let held_locally: std::collections::HashSet<TaskKey> = plan.take_task_keys().into_iter().collect();
         let (shards, threads) =
-            shard::start(inits, deps).map_err(|e| EngineError::Startup(format!("cannot start shards: {e}")))?;
+            shard::start(inits, deps).map_err(|source| StartupError::Thread { what: "shards", source })?;
         let index_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let index = crate::journal::index::spawn(store.clone(), followed, wake_rx, index_stop.clone())
-            .map_err(|e| EngineError::Startup(format!("cannot start the index follower: {e}")))?;
+        let index =
+            crate::journal::index::spawn(store.clone(), followed, wake_rx, index_stop.clone()).map_err(|source| {
+                StartupError::Thread {
+                    what: "the index follower",
+                    source,
+                }
+            })?;
         let engine = Arc::new(Engine {
             config,
             idempotency,

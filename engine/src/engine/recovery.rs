@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use futures_util::stream::{FuturesUnordered, StreamExt};
 
-use super::{Engine, EngineError};
+use super::{Engine, EngineError, StartupError};
 use crate::config::Config;
 use crate::idempotency::Idempotency;
 use crate::journal::index::Followed;
@@ -62,26 +62,23 @@ const JOURNAL_LOCATION: &str = "JOURNAL_LOCATION";
 /// Refuses to start when the journal directory changed while the one used
 /// before still holds segments: the deliveries pending there would never be
 /// replayed. A journal moved whole (the old directory empty or gone) is fine.
-pub fn check_journal_location(config: &Config) -> Result<(), EngineError> {
-    let configured = std::path::absolute(&config.journal_dir)
-        .map_err(|e| EngineError::Startup(format!("OUTRIDER_JOURNAL_DIR {}: {e}", config.journal_dir.display())))?;
+pub fn check_journal_location(config: &Config) -> Result<(), StartupError> {
+    let configured =
+        std::path::absolute(&config.journal_dir).map_err(StartupError::file("resolve", &config.journal_dir))?;
     let marker = config.data_dir.join(JOURNAL_LOCATION);
     let previous = match std::fs::read_to_string(&marker) {
         Ok(text) => PathBuf::from(text.trim_end_matches('\n')),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             std::path::absolute(config.data_dir.join("journal")).unwrap_or_else(|_| config.data_dir.join("journal"))
         }
-        Err(e) => return Err(EngineError::Startup(format!("cannot read {}: {e}", marker.display()))),
+        Err(e) => return Err(StartupError::file("read", marker)(e)),
     };
     if previous != configured && holds_segments(&previous) {
-        return Err(EngineError::Startup(format!(
-            "the journal of this data dir is at {} and still holds segments, but OUTRIDER_JOURNAL_DIR is {}: \
-             move the shard directories (0000, 0001, ...) there first, or set OUTRIDER_JOURNAL_DIR back \
-             (a data dir copied together with its journal: delete {} once the copy's journal is in place)",
-            previous.display(),
-            configured.display(),
-            marker.display()
-        )));
+        return Err(StartupError::JournalMoved {
+            previous,
+            configured,
+            marker,
+        });
     }
     if previous != configured || !marker.exists() {
         let tmp = config.data_dir.join(format!("{JOURNAL_LOCATION}.tmp"));
@@ -93,7 +90,7 @@ pub fn check_journal_location(config: &Config) -> Result<(), EngineError> {
             std::fs::rename(&tmp, &marker)?;
             std::fs::File::open(&config.data_dir)?.sync_all()
         };
-        write().map_err(|e| EngineError::Startup(format!("cannot write {}: {e}", marker.display())))?;
+        write().map_err(StartupError::file("write", &marker))?;
     }
     Ok(())
 }
@@ -131,10 +128,9 @@ pub async fn prepare(
     queue_fed: bool,
 ) -> Result<Prepared, EngineError> {
     let root = journal_root(config);
-    std::fs::create_dir_all(&root)
-        .map_err(|e| EngineError::Startup(format!("cannot create {}: {e}", root.display())))?;
+    std::fs::create_dir_all(&root).map_err(StartupError::file("create", &root))?;
     let n = config.delivery_shards;
-    let mut indexes = shard_dirs(&root).map_err(|e| EngineError::Startup(format!("{}: {e}", root.display())))?;
+    let mut indexes = shard_dirs(&root).map_err(StartupError::file("list", &root))?;
     indexes.extend(0..n);
     indexes.sort_unstable();
     indexes.dedup();
@@ -155,12 +151,18 @@ pub async fn prepare(
                 .collect();
             handles
                 .into_iter()
-                .map(|(i, d, h)| (i, d, h.join().map_err(|_| "replay thread panicked".to_string())))
+                .map(|(i, d, h)| {
+                    (
+                        i,
+                        d,
+                        h.join().map_err(|_| StartupError::Replay("a replay thread panicked")),
+                    )
+                })
                 .collect::<Vec<_>>()
         })
     })
     .await
-    .map_err(|e| EngineError::Startup(format!("journal recovery failed: {e}")))?;
+    .map_err(|_| StartupError::Replay("the replay task did not finish"))?;
     let limit = crate::idempotency::MAX_IDS;
     let recent = store.recent_event_ids(since, limit).await?;
     if recent.len() == limit {
@@ -181,7 +183,7 @@ pub async fn prepare(
     for (i, dir, rec) in replayed {
         let mut rec: Recovered = rec
             .map_err(EngineError::Startup)?
-            .map_err(|e| EngineError::Startup(format!("journal recovery: {e}")))?;
+            .map_err(StartupError::journal("journal recovery"))?;
         for (seg, off, why) in &rec.damaged {
             tracing::warn!(shard = i, segment = seg, offset = off, reason = %why,
                 "journal tail unreadable (a write cut short by a crash, or damage); records after it are ignored");
@@ -227,7 +229,7 @@ pub async fn prepare(
                 progress.clone(),
                 Some(wake_tx.clone()),
             )
-            .map_err(|e| EngineError::Startup(format!("cannot open the journal: {e}")))?
+            .map_err(StartupError::journal("cannot open the journal"))?
             .with_segment_bytes(config.journal_segment_bytes);
             followed.push(Followed {
                 shard: i,
@@ -351,7 +353,7 @@ pub async fn finish(engine: &Arc<Engine>, plan: Plan) -> Result<(), EngineError>
                 Arc::new(Progress::default()),
                 None,
             )
-            .map_err(|e| EngineError::Startup(format!("cannot open an old journal: {e}")))?;
+            .map_err(StartupError::journal("cannot open an old journal"))?;
             for (loc, target, attempt_number) in settled {
                 j.append_closed(loc, target, attempt_number);
             }
@@ -359,7 +361,7 @@ pub async fn finish(engine: &Arc<Engine>, plan: Plan) -> Result<(), EngineError>
             j.flush();
             c.await
                 .map_err(|_| EngineError::Closed)?
-                .map_err(|e| EngineError::Startup(format!("cannot settle moved deliveries: {e}")))?;
+                .map_err(StartupError::journal("cannot settle moved deliveries"))?;
         }
     }
     Ok(())
