@@ -456,6 +456,24 @@ impl Receiver {
     }
 
     /// Waits until at least `n` requests arrived.
+    /// Waits (up to `timeout`) until `n` distinct event ids arrived;
+    /// returns `(distinct ids, deliveries)` as they then are.
+    pub async fn wait_for_distinct_events(&self, n: usize, timeout: Duration) -> (usize, usize) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let ids: Vec<String> = self
+                .got()
+                .iter()
+                .filter_map(|g| g.header("x-outpost-event-id"))
+                .collect();
+            let distinct = ids.iter().collect::<std::collections::HashSet<_>>().len();
+            if distinct >= n || Instant::now() >= deadline {
+                return (distinct, ids.len());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     pub async fn wait_for(&self, n: usize, timeout: Duration) -> Vec<Received> {
         let deadline = Instant::now() + timeout;
         while self.count() < n && Instant::now() < deadline {

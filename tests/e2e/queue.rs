@@ -578,6 +578,22 @@ async fn publish_one_by_one(api: &Api, tenant: &str, prefix: &str, n: usize) {
     }
 }
 
+/// One node (API and delivery) on RabbitMQ and Redis, one shard, 5 s
+/// delivery timeout, holding at most `unacked` queue messages.
+fn one_shard_queue_node(name: &str, unacked: u32) -> Vec<(&'static str, String)> {
+    let id = uniq();
+    vec![
+        ("REDIS_HOST", "127.0.0.1".into()),
+        ("DEPLOYMENT_ID", format!("{name}{id}")),
+        ("RABBITMQ_SERVER_URL", "amqp://guest:guest@127.0.0.1:5672".into()),
+        ("RABBITMQ_EXCHANGE", "outrider-e2e".into()),
+        ("RABBITMQ_DELIVERY_QUEUE", format!("outrider-e2e-{name}-{id}")),
+        ("DELIVERY_SHARDS", "1".into()),
+        ("DELIVERY_MAX_CONCURRENCY", unacked.to_string()),
+        ("DELIVERY_TIMEOUT_SECONDS", "5".into()),
+    ]
+}
+
 /// A delivery node holds a queue message until its tasks' outcomes, and
 /// takes at most `DELIVERY_MAX_CONCURRENCY` messages at once. Tasks waiting
 /// behind their own backed-up destination (a black hole, an endpoint slower
@@ -586,17 +602,7 @@ async fn publish_one_by_one(api: &Api, tenant: &str, prefix: &str, n: usize) {
 /// arrive, each once.
 #[tokio::test]
 async fn a_backed_up_destination_does_not_stop_a_delivery_node_taking_other_tenants_tasks() {
-    let id = uniq();
-    let env: Vec<(&'static str, String)> = vec![
-        ("REDIS_HOST", "127.0.0.1".into()),
-        ("DEPLOYMENT_ID", format!("bh{id}")),
-        ("RABBITMQ_SERVER_URL", "amqp://guest:guest@127.0.0.1:5672".into()),
-        ("RABBITMQ_EXCHANGE", "outrider-e2e".into()),
-        ("RABBITMQ_DELIVERY_QUEUE", format!("outrider-e2e-backed-up-{id}")),
-        ("DELIVERY_SHARDS", "1".into()),
-        ("DELIVERY_MAX_CONCURRENCY", "64".into()),
-        ("DELIVERY_TIMEOUT_SECONDS", "5".into()),
-    ];
+    let env = one_shard_queue_node("backed-up", 64);
     let s = Server::start(&refs(&env)).await;
     let api = Api::admin(&s);
     let (hole, _, _) = black_hole().await;
@@ -629,25 +635,12 @@ async fn a_backed_up_destination_does_not_stop_a_delivery_node_taking_other_tena
 
     // The slow destination's events, handed to the schedule and back,
     // arrive, each once.
-    let deadline = Instant::now() + Duration::from_secs(90);
-    loop {
-        let ids: Vec<String> = slow
-            .got()
-            .iter()
-            .filter_map(|g| g.header("x-outpost-event-id"))
-            .collect();
-        let unique: std::collections::HashSet<&String> = ids.iter().collect();
-        if unique.len() == 150 {
-            assert_eq!(ids.len(), 150, "some events were delivered twice");
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{} of the slow destination's 150 events arrived",
-            unique.len()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let (distinct, deliveries) = slow.wait_for_distinct_events(150, Duration::from_secs(90)).await;
+    assert_eq!(
+        distinct, 150,
+        "only {distinct} of the slow destination's 150 events arrived"
+    );
+    assert_eq!(deliveries, 150, "some events were delivered twice");
     let text = s.metrics_text().await;
     let deferred = metric_sum(&text, "outrider_deliveries_deferred_total");
     eprintln!("deferred to the shared schedule: {deferred}");
@@ -659,18 +652,8 @@ async fn a_backed_up_destination_does_not_stop_a_delivery_node_taking_other_tena
 /// only attempts in flight at the kill may repeat.
 #[tokio::test]
 async fn deferred_tasks_survive_a_kill9_of_the_node_that_deferred_them() {
-    let id = uniq();
-    let env: Vec<(&'static str, String)> = vec![
-        ("REDIS_HOST", "127.0.0.1".into()),
-        ("DEPLOYMENT_ID", format!("dk{id}")),
-        ("RABBITMQ_SERVER_URL", "amqp://guest:guest@127.0.0.1:5672".into()),
-        ("RABBITMQ_EXCHANGE", "outrider-e2e".into()),
-        ("RABBITMQ_DELIVERY_QUEUE", format!("outrider-e2e-deferred-kill-{id}")),
-        ("DELIVERY_SHARDS", "1".into()),
-        ("DELIVERY_MAX_CONCURRENCY", "32".into()),
-        ("OUTRIDER_DESTINATION_MAX_CONCURRENCY", "8".into()),
-        ("DELIVERY_TIMEOUT_SECONDS", "5".into()),
-    ];
+    let mut env = one_shard_queue_node("deferred-kill", 32);
+    env.push(("OUTRIDER_DESTINATION_MAX_CONCURRENCY", "8".into()));
     let mut s = Server::start(&refs(&env)).await;
     let api = Api::admin(&s);
     let slow = Receiver::start().await;
@@ -692,25 +675,12 @@ async fn deferred_tasks_survive_a_kill9_of_the_node_that_deferred_them() {
     let before = slow.count();
     s.kill9();
     s.spawn().await;
-    let deadline = Instant::now() + Duration::from_secs(90);
-    loop {
-        let ids: Vec<String> = slow
-            .got()
-            .iter()
-            .filter_map(|g| g.header("x-outpost-event-id"))
-            .collect();
-        let unique: std::collections::HashSet<&String> = ids.iter().collect();
-        if unique.len() == 200 {
-            let repeated = ids.len() - 200;
-            eprintln!("kill -9 with {before} of 200 delivered: all arrived, {repeated} twice");
-            assert!(repeated <= 32, "{repeated} delivered twice: more than were in flight");
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{} of 200 arrived after the kill ({before} before it)",
-            unique.len()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let (distinct, deliveries) = slow.wait_for_distinct_events(200, Duration::from_secs(90)).await;
+    assert_eq!(
+        distinct, 200,
+        "{distinct} of 200 arrived after the kill ({before} before it)"
+    );
+    let repeated = deliveries - 200;
+    eprintln!("kill -9 with {before} of 200 delivered: all arrived, {repeated} twice");
+    assert!(repeated <= 32, "{repeated} delivered twice: more than were in flight");
 }

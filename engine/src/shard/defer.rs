@@ -28,12 +28,14 @@
 
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::{AcceptMsg, AfterCommit, DestQueue, Handled, Shard, Work};
 use crate::flow::Flow;
 use crate::model::NextStep;
 use crate::queue::Task;
+use crate::store::redis::RedisEntityStore;
 use crate::timefmt::now_ms;
 
 /// How long a delivery may wait behind its own destination while holding a
@@ -147,25 +149,16 @@ impl Shard {
             attempt: target.attempt,
             manual: target.manual,
         };
-        self.deferrals.set(self.deferrals.get() + 1);
-        let me = self.clone();
-        tokio::task::spawn_local(async move {
-            let written = redis.schedule_deferred(&task, due_ms).await;
-            me.deferrals.set(me.deferrals.get() - 1);
-            match written {
-                Ok(()) => {
-                    me.stats.deferred.fetch_add(1, Ordering::Relaxed);
-                    if let Some(r) = m.reply {
-                        let _ = r.send(Ok(()));
-                    }
-                    if let Some(d) = m.done {
-                        let _ = d.send(Handled::Deferred);
-                    }
-                }
-                Err(e) => {
-                    me.pause_deferring(&e);
-                    me.accept(m);
-                }
+        self.write_deferral(redis, task, due_ms, move |me, written| {
+            if !written {
+                me.accept(m);
+                return;
+            }
+            if let Some(r) = m.reply {
+                let _ = r.send(Ok(()));
+            }
+            if let Some(d) = m.done {
+                let _ = d.send(Handled::Deferred);
             }
         });
         None
@@ -247,32 +240,48 @@ impl Shard {
             attempt: w.attempt,
             manual: w.manual,
         };
+        self.write_deferral(redis, task, due_ms, move |me, written| {
+            if !written {
+                // Read back from the journal when its turn comes.
+                w.charged = 0;
+                me.enqueue(w);
+                return;
+            }
+            // It lives in the shared schedule now: done here, with no
+            // attempt, and its message is acked once this is durable (a
+            // crash before leaves both: at least once).
+            me.append_settle(w.loc, w.target, w.attempt, NextStep::Done, None);
+            me.after_commit.borrow_mut().push(AfterCommit::Settled {
+                done: w.done.take(),
+                handled: Handled::Deferred,
+                observe: None,
+            });
+            me.schedule_flush();
+        });
+    }
+
+    /// Writes `task` to the shared schedule in the background (a deferral
+    /// in progress, which drain waits for), then runs `then` on the shard
+    /// with whether Redis took it; a refusal pauses deferring first.
+    fn write_deferral(
+        self: &Rc<Self>,
+        redis: Arc<RedisEntityStore>,
+        task: Task,
+        due_ms: i64,
+        then: impl FnOnce(&Rc<Self>, bool) + 'static,
+    ) {
         self.deferrals.set(self.deferrals.get() + 1);
         let me = self.clone();
         tokio::task::spawn_local(async move {
             let written = redis.schedule_deferred(&task, due_ms).await;
             me.deferrals.set(me.deferrals.get() - 1);
-            match written {
+            match &written {
                 Ok(()) => {
                     me.stats.deferred.fetch_add(1, Ordering::Relaxed);
-                    // It lives in the shared schedule now: done here, with
-                    // no attempt, and its message is acked once this is
-                    // durable (a crash before leaves both: at least once).
-                    me.append_settle(w.loc, w.target, w.attempt, NextStep::Done, None);
-                    me.after_commit.borrow_mut().push(AfterCommit::Settled {
-                        done: w.done.take(),
-                        handled: Handled::Deferred,
-                        observe: None,
-                    });
-                    me.schedule_flush();
                 }
-                Err(e) => {
-                    me.pause_deferring(&e);
-                    // Read back from the journal when its turn comes.
-                    w.charged = 0;
-                    me.enqueue(w);
-                }
+                Err(e) => me.pause_deferring(e),
             }
+            then(&me, written.is_ok());
         });
     }
 }
