@@ -368,8 +368,13 @@ enum AfterCommit {
     },
     Settled {
         done: Option<oneshot::Sender<Handled>>,
-        handled: Handled,
         observe: Option<Observed>,
+    },
+    /// Settled here to go to the shared schedule (see `defer`).
+    Deferred {
+        task: crate::queue::Task,
+        due_ms: i64,
+        done: Option<oneshot::Sender<Handled>>,
     },
 }
 
@@ -434,9 +439,9 @@ struct Shard {
     /// Started with the shard: [`Shard::clock_ms`] counts from it.
     epoch: std::time::Instant,
     /// Deferrals waiting for Redis (drain waits for them too), and until
-    /// when deferring is off after Redis failed one (ms since the epoch).
+    /// when deferring is off after Redis failed one.
     deferrals: Cell<usize>,
-    defer_paused_until: Cell<u32>,
+    defer_paused_until: Cell<Option<std::time::Instant>>,
 }
 
 async fn run(id: usize, rx: flume::Receiver<ShardMsg>, deps: ShardDeps, stats: Arc<ShardStats>, init: ShardInit) {
@@ -491,7 +496,7 @@ async fn run(id: usize, rx: flume::Receiver<ShardMsg>, deps: ShardDeps, stats: A
         inflight: Cell::new(0),
         epoch: std::time::Instant::now(),
         deferrals: Cell::new(0),
-        defer_paused_until: Cell::new(0),
+        defer_paused_until: Cell::new(None),
     });
     {
         let mut sup = shard.superseded.borrow_mut();
@@ -785,14 +790,17 @@ impl Shard {
                         }
                     }
                 }
-                AfterCommit::Settled { done, handled, observe } => {
+                AfterCommit::Deferred { task, due_ms, done } => {
+                    self.deferral_settled(task, due_ms, done, result.is_ok());
+                }
+                AfterCommit::Settled { done, observe } => {
                     if result.is_err() {
                         // The outcome is not durable: the delivery runs again
                         // after a restart, and the broker (if any) redelivers.
                         continue;
                     }
                     if let Some(d) = done {
-                        let _ = d.send(handled);
+                        let _ = d.send(Handled::Committed);
                     }
                     // After the outcome is durable: alerts never run ahead of the log.
                     if let Some(o) = observe {
@@ -1190,11 +1198,9 @@ impl Shard {
         observe: Option<Observed>,
     ) {
         self.append_settle(loc, target, attempt_number, next, attempt);
-        self.after_commit.borrow_mut().push(AfterCommit::Settled {
-            done,
-            handled: Handled::Committed,
-            observe,
-        });
+        self.after_commit
+            .borrow_mut()
+            .push(AfterCommit::Settled { done, observe });
         self.schedule_flush();
     }
 

@@ -74,7 +74,11 @@ fn next_due(q: &mut DestQueue, pace: Duration, now_ms: i64) -> i64 {
 impl Shard {
     /// Deferring is possible (queue mode with Redis) and not paused.
     fn may_defer(&self) -> bool {
-        self.deps.shared_retries.is_some() && (self.clock_ms().wrapping_sub(self.defer_paused_until.get()) as i32) >= 0
+        self.deps.shared_retries.is_some()
+            && self
+                .defer_paused_until
+                .get()
+                .is_none_or(|until| std::time::Instant::now() >= until)
     }
 
     fn pause_deferring(&self, error: &dyn std::fmt::Display) {
@@ -82,8 +86,7 @@ impl Shard {
             tracing::warn!(shard = self.id, error = %error,
                 "cannot defer a delivery to the shared schedule; deliveries wait on this node for {PAUSE:?}");
         }
-        self.defer_paused_until
-            .set(self.clock_ms().wrapping_add(PAUSE.as_millis() as u32));
+        self.defer_paused_until.set(Some(std::time::Instant::now() + PAUSE));
     }
 
     /// A destination's limit without creating an entry for it.
@@ -215,14 +218,14 @@ impl Shard {
         }
     }
 
-    /// Writes a queued (journaled) delivery to the shared schedule, then
-    /// settles it here without an attempt; its message is acked after that
-    /// commit. If Redis refuses, it is queued again.
+    /// Settles a queued (journaled) delivery here without an attempt and,
+    /// once that is durable, writes it to the shared schedule, then lets its
+    /// message be acked. In this order a crash in between leaves one copy
+    /// (the journal no longer holds it; the unacked message comes back from
+    /// the broker), where the other order left two, one of them attempted
+    /// again under an old attempt number. If Redis refuses, the message goes
+    /// back to the broker instead of being acked.
     fn defer_queued(self: &Rc<Self>, mut w: Work, due_ms: i64) {
-        let Some(redis) = self.deps.shared_retries.clone() else {
-            self.enqueue(w);
-            return;
-        };
         let event = match w.event.take() {
             Some(e) => e,
             None => match self.load_event(w.loc) {
@@ -240,23 +243,40 @@ impl Shard {
             attempt: w.attempt,
             manual: w.manual,
         };
-        self.write_deferral(redis, task, due_ms, move |me, written| {
-            if !written {
-                // Read back from the journal when its turn comes.
-                w.charged = 0;
-                me.enqueue(w);
-                return;
+        self.deferrals.set(self.deferrals.get() + 1);
+        self.append_settle(w.loc, w.target, w.attempt, NextStep::Done, None);
+        self.after_commit.borrow_mut().push(AfterCommit::Deferred {
+            task,
+            due_ms,
+            done: w.done.take(),
+        });
+        self.schedule_flush();
+    }
+
+    /// A deferred delivery's settle is committed (`committed`): now to the
+    /// shared schedule, and its message is acked once Redis has it.
+    pub(super) fn deferral_settled(
+        self: &Rc<Self>,
+        task: Task,
+        due_ms: i64,
+        done: Option<tokio::sync::oneshot::Sender<Handled>>,
+        committed: bool,
+    ) {
+        self.deferrals.set(self.deferrals.get() - 1);
+        let Some(redis) = self.deps.shared_retries.clone() else {
+            return;
+        };
+        if !committed {
+            // Still pending in the journal; `done` dropped: the message
+            // goes back to the broker.
+            return;
+        }
+        self.write_deferral(redis, task, due_ms, move |_, written| {
+            // Not written: `done` is dropped and the message goes back to
+            // the broker, which hands the task out again.
+            if let (true, Some(d)) = (written, done) {
+                let _ = d.send(Handled::Deferred);
             }
-            // It lives in the shared schedule now: done here, with no
-            // attempt, and its message is acked once this is durable (a
-            // crash before leaves both: at least once).
-            me.append_settle(w.loc, w.target, w.attempt, NextStep::Done, None);
-            me.after_commit.borrow_mut().push(AfterCommit::Settled {
-                done: w.done.take(),
-                handled: Handled::Deferred,
-                observe: None,
-            });
-            me.schedule_flush();
         });
     }
 
