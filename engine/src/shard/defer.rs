@@ -23,8 +23,9 @@
 //! beyond what the destination starts within [`DEFER_AFTER`] is deferred
 //! before it is journaled. Work that holds no message (recovered from the
 //! journal, a retry kept here while Redis was down) stays queued. When
-//! Redis refuses a deferral, deferring stops for [`PAUSE`] and the task is
-//! queued as usual.
+//! Redis refuses a deferral, deferring stops for [`PAUSE`]: an arriving task
+//! is then accepted as usual, and a queued one (already settled here) has
+//! its message sent back to the broker, which hands the task out again.
 
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
