@@ -236,7 +236,7 @@ impl Engine {
                 manual: false,
             })
             .collect();
-        if let Err(e) = bus.publish(&tasks).await {
+        if let Err(e) = bus.publish(tasks).await {
             let _ = redis.release_idempotency(&event.id, &owner).await;
             return Err(EngineError::Queue(e));
         }
@@ -294,7 +294,7 @@ impl Engine {
                 attempt,
                 manual: true,
             };
-            return bus.publish(&[task]).await.map_err(EngineError::Queue);
+            return bus.publish(vec![task]).await.map_err(EngineError::Queue);
         }
         // A new accept record; the index stores the event again if it was
         // pruned after shipping.

@@ -173,7 +173,7 @@ pub(super) async fn poll_retries(redis: Arc<RedisEntityStore>, bus: Arc<dyn Deli
             }
             done.push((member, score));
         }
-        match bus.publish(&tasks).await {
+        match bus.publish(tasks).await {
             Ok(()) => {
                 for (member, score) in done {
                     if let Err(e) = redis.finish_retry(&member, score).await {

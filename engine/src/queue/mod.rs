@@ -121,7 +121,7 @@ async fn wait_until(notify: &tokio::sync::Notify, done: impl Fn() -> bool) {
 /// The delivery queue between API and delivery nodes, whatever the broker.
 pub trait DeliveryBus: Send + Sync + 'static {
     /// Returns once the broker holds every task durably.
-    fn publish<'a>(&'a self, tasks: &'a [Task]) -> BoxFuture<'a, Result<(), QueueError>>;
+    fn publish(&self, tasks: Vec<Task>) -> BoxFuture<'_, Result<(), QueueError>>;
     /// Consumes until the connection fails; acks after `handle` succeeds,
     /// makes the task visible again after it fails, drops malformed messages.
     fn consume(&self, prefetch: u16, handle: TaskHandler) -> BoxFuture<'_, Result<(), QueueError>>;
@@ -453,7 +453,7 @@ impl Coalesced {
                 async move {
                     let n = publishes.len();
                     let tasks: Vec<Task> = publishes.into_iter().flatten().collect();
-                    let result = bus.publish(&tasks).await;
+                    let result = bus.publish(tasks).await;
                     vec![result; n]
                 }
             },
@@ -468,15 +468,12 @@ impl Coalesced {
 }
 
 impl DeliveryBus for Coalesced {
-    fn publish<'a>(&'a self, tasks: &'a [Task]) -> BoxFuture<'a, Result<(), QueueError>> {
+    fn publish(&self, tasks: Vec<Task>) -> BoxFuture<'_, Result<(), QueueError>> {
         Box::pin(async move {
-            self.batches
-                .call(tasks.to_vec())
-                .await
-                .map_err(|_| QueueError::Broker {
-                    what: "delivery queue",
-                    message: "the publishing task has stopped".into(),
-                })?
+            self.batches.call(tasks).await.map_err(|_| QueueError::Broker {
+                what: "delivery queue",
+                message: "the publishing task has stopped".into(),
+            })?
         })
     }
 
@@ -704,7 +701,7 @@ pub(crate) mod conformance {
         // five would pack them into one, and e2's failure would send all
         // five back; that case is checked below).
         for n in 0..5 {
-            bus.publish(&[sample_task(n, DATA)]).await.unwrap();
+            bus.publish(vec![sample_task(n, DATA)]).await.unwrap();
         }
         raw(b"not a task".to_vec()).await;
         until("5 tasks + 1 redelivery", Duration::from_secs(20), || {
@@ -730,7 +727,7 @@ pub(crate) mod conformance {
         );
 
         let tasks: Vec<Task> = (10..18).map(|n| sample_task(n, DATA)).collect();
-        bus.publish(&tasks).await.unwrap();
+        bus.publish(tasks).await.unwrap();
         until("8 tasks handled", Duration::from_secs(30), || {
             done.load(Ordering::SeqCst) >= 8
         })
@@ -751,7 +748,7 @@ pub(crate) mod conformance {
             })
             .collect();
         assert_eq!(encode_all(&group).len(), 1, "one message for the fan-out");
-        bus.publish(&group).await.unwrap();
+        bus.publish(group).await.unwrap();
         let got = settled(&fanned, 3, "3 destinations of one message", Duration::from_secs(20)).await;
         assert_eq!(got, ["d1", "d2", "d3"]);
 
@@ -763,7 +760,7 @@ pub(crate) mod conformance {
             .map(|n| with_event_id(sample_task(n, DATA), &format!("p{n}")))
             .collect();
         assert_eq!(encode_all(&three).len(), 1, "one message for one destination's tasks");
-        bus.publish(&three).await.unwrap();
+        bus.publish(three).await.unwrap();
         let got = settled(&packed, 6, "the packed message handled twice", Duration::from_secs(30)).await;
         assert_eq!(
             got,

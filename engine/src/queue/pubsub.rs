@@ -296,8 +296,8 @@ impl DeliveryBus for PubSubQueue {
         self.settling.clone()
     }
 
-    fn publish<'a>(&'a self, tasks: &'a [Task]) -> BoxFuture<'a, Result<(), QueueError>> {
-        Box::pin(self.publish_raw(encode_all(tasks)))
+    fn publish(&self, tasks: Vec<Task>) -> BoxFuture<'_, Result<(), QueueError>> {
+        Box::pin(self.publish_raw(encode_all(&tasks)))
     }
 
     fn consume(&self, prefetch: u16, handle: TaskHandler) -> BoxFuture<'_, Result<(), QueueError>> {

@@ -422,8 +422,8 @@ impl DeliveryBus for RabbitQueue {
         self.settling.clone()
     }
 
-    fn publish<'a>(&'a self, tasks: &'a [Task]) -> BoxFuture<'a, Result<(), QueueError>> {
-        Box::pin(RabbitQueue::publish(self, tasks))
+    fn publish(&self, tasks: Vec<Task>) -> BoxFuture<'_, Result<(), QueueError>> {
+        Box::pin(async move { RabbitQueue::publish(self, &tasks).await })
     }
 
     fn consume(&self, prefetch: u16, handle: TaskHandler) -> BoxFuture<'_, Result<(), QueueError>> {

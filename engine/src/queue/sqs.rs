@@ -374,8 +374,8 @@ impl DeliveryBus for SqsQueue {
         self.settling.clone()
     }
 
-    fn publish<'a>(&'a self, tasks: &'a [Task]) -> BoxFuture<'a, Result<(), QueueError>> {
-        Box::pin(self.publish_tasks(tasks))
+    fn publish(&self, tasks: Vec<Task>) -> BoxFuture<'_, Result<(), QueueError>> {
+        Box::pin(async move { self.publish_tasks(&tasks).await })
     }
 
     fn consume(&self, prefetch: u16, handle: TaskHandler) -> BoxFuture<'_, Result<(), QueueError>> {
@@ -439,7 +439,7 @@ mod tests {
         // the suite's aborted long poll may still hold messages of this one.
         let q2 = fresh_queue().await;
         let tasks: Vec<Task> = (20..32).map(task).collect();
-        DeliveryBus::publish(&q2, &tasks).await.unwrap();
+        DeliveryBus::publish(&q2, tasks).await.unwrap();
         let (handler, seen) = crate::queue::recording_handler("{\"b\":1,\"a\":2}", "none");
         let _ = tokio::time::timeout(Duration::from_secs(6), DeliveryBus::consume(&q2, 10, handler)).await;
         assert_eq!(seen.lock().unwrap().len(), 12, "all 12 tasks of two batches");
