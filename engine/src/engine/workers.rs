@@ -16,16 +16,24 @@ pub(super) async fn follow(engine: Arc<Engine>, redis: Arc<RedisEntityStore>, li
         let started = std::time::Instant::now();
         match redis.subscribe().await {
             Ok(mut ps) => {
-                match redis.load_entities().await {
-                    Ok((t, d)) => {
-                        if let Err(e) = engine.install(t, d).await {
-                            tracing::warn!(error = %e, "entity resync failed");
+                // Changes announced before the subscription are only in the
+                // resync, so it is retried until it succeeds (during a
+                // cluster failover the slots can be uncovered for a while);
+                // changes announced meanwhile wait in the subscription.
+                loop {
+                    match redis.load_entities().await {
+                        Ok((t, d)) => {
+                            if let Err(e) = engine.install(t, d).await {
+                                tracing::warn!(error = %e, "entity resync failed");
+                            }
+                            link.ok();
+                            break;
                         }
-                        link.ok();
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "entity resync failed");
-                        link.failed(started, format!("entity resync failed: {e}"));
+                        Err(e) => {
+                            tracing::warn!(error = %e, "entity resync failed; retrying");
+                            link.failed(started, format!("entity resync failed: {e}"));
+                            backoff.wait().await;
+                        }
                     }
                 }
                 backoff.reset();
