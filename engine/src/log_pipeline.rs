@@ -263,12 +263,21 @@ mod tests {
         }
     }
 
-    /// Ships from one real embedded store to another (both real SQLite
-    /// stores), then prunes what the source no longer needs.
+    /// Ships from one real embedded store, an outbox as on a node whose log
+    /// lives in PostgreSQL, to another (both real SQLite stores), then
+    /// prunes what the source no longer needs.
     #[tokio::test]
     async fn ships_everything_then_prunes_what_is_not_needed() {
         let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-        let source = Arc::new(EmbeddedStore::open(a.path(), Cipher::new("k"), false).unwrap());
+        let source = Arc::new(
+            EmbeddedStore::open_as(
+                a.path(),
+                Cipher::new("k"),
+                false,
+                crate::store::embedded::LogRole::Outbox,
+            )
+            .unwrap(),
+        );
         let sink = Arc::new(EmbeddedStore::open(b.path(), Cipher::new("k"), false).unwrap());
         // Three indexed events, two of them attempted (pending deliveries
         // live in the shards' journals, not here).

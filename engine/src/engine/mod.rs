@@ -22,7 +22,7 @@ use crate::queue::rabbitmq::RabbitQueue;
 use crate::queue::sqs::SqsQueue;
 use crate::queue::{DeliveryBus, Disposition, MessageSource, Task, TaskHandler};
 use crate::shard::{self, AcceptMsg, ShardDeps, ShardError, ShardHandle, ShardMsg};
-use crate::store::embedded::EmbeddedStore;
+use crate::store::embedded::{EmbeddedStore, LogRole};
 use crate::store::postgres::PostgresLogStore;
 use crate::store::redis::{Change, RedisEntityStore};
 use crate::store::{EntityStore, LogStore, StoreError};
@@ -270,10 +270,17 @@ impl Engine {
         }
         recovery::check_journal_location(&config)?;
         let cipher = Cipher::new(config.aes_encryption_secret.expose());
-        let embedded = Arc::new(EmbeddedStore::open(
+        // With PostgreSQL as the log's home, the embedded rows only wait to be shipped.
+        let role = if config.postgres_url.is_some() {
+            LogRole::Outbox
+        } else {
+            LogRole::Home
+        };
+        let embedded = Arc::new(EmbeddedStore::open_as(
             &config.data_dir,
             cipher,
             config.embedded_synchronous_full,
+            role,
         )?);
         let store = embedded.clone();
         let (logs, pipeline) = match &config.postgres_url {

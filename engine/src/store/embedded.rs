@@ -21,6 +21,9 @@ use crate::crypto::Cipher;
 use crate::metrics::{RollupDelta, Scan, ScanRow};
 use crate::model::{Delivery, StringMap};
 
+mod outbox;
+pub use outbox::LogRole;
+
 /// Most operations one transaction takes before it commits.
 const MAX_BATCH: usize = 2048;
 /// Bound on queued writes: publishers wait (backpressure) beyond this.
@@ -180,6 +183,8 @@ pub struct EmbeddedStore {
     stop: Arc<std::sync::atomic::AtomicBool>,
     /// What the writer thread's transactions did (`GET /metrics`).
     pub writer_stats: Arc<WriterStats>,
+    /// Whether the event and attempt rows are the log or wait to be shipped.
+    role: LogRole,
 }
 
 /// The writer thread's transactions: how many, the log records (events
@@ -217,12 +222,18 @@ fn open(path: &Path, flags: OpenFlags) -> rusqlite::Result<Connection> {
 }
 
 impl EmbeddedStore {
-    /// Opens (creating if needed) `<dir>/outrider.db`.
+    /// Opens (creating if needed) `<dir>/outrider.db` as the log's home.
     pub fn open(dir: &Path, cipher: Cipher, synchronous_full: bool) -> StoreResult<Self> {
+        Self::open_as(dir, cipher, synchronous_full, LogRole::Home)
+    }
+
+    /// Opens (creating if needed) `<dir>/outrider.db`; `role` says whether
+    /// its event and attempt rows are the log or an outbox for PostgreSQL.
+    pub fn open_as(dir: &Path, cipher: Cipher, synchronous_full: bool, role: LogRole) -> StoreResult<Self> {
         std::fs::create_dir_all(dir)
             .map_err(|e| StoreError::Database(format!("cannot create data dir {}: {e}", dir.display())))?;
         let path = dir.join("outrider.db");
-        let conn = open(&path, OpenFlags::default())?;
+        let mut conn = open(&path, OpenFlags::default())?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", if synchronous_full { "FULL" } else { "NORMAL" })?;
         // Checkpoints run on their own thread (below) so that copying WAL pages
@@ -230,7 +241,20 @@ impl EmbeddedStore {
         // The writer's own auto-checkpoint stays as a far-off safety net.
         conn.pragma_update(None, "wal_autocheckpoint", 262_144)?;
         conn.execute_batch(SCHEMA)?;
+        conn.execute_batch(outbox::SCHEMA)?;
         backfill_rollups(&conn)?;
+        let moved = match role {
+            LogRole::Outbox => outbox::adopt_home_rows(&mut conn)?,
+            LogRole::Home => outbox::return_to_home(&mut conn, crate::timefmt::now_ms())?,
+        };
+        if moved != (0, 0) {
+            tracing::info!(
+                ?role,
+                events = moved.0,
+                attempts = moved.1,
+                "log rows moved between the home tables and the outbox (the log's home changed)"
+            );
+        }
         let mut readers = Vec::with_capacity(READERS);
         for _ in 0..READERS {
             let r = open(
@@ -251,7 +275,7 @@ impl EmbeddedStore {
         let stats = writer_stats.clone();
         std::thread::Builder::new()
             .name("outrider-store-writer".into())
-            .spawn(move || writer_loop(conn, rx, synchronous_full, &stats))
+            .spawn(move || writer_loop(conn, rx, synchronous_full, role, &stats))
             .map_err(|e| StoreError::Database(format!("cannot start writer thread: {e}")))?;
         Ok(Self {
             writer: tx,
@@ -260,6 +284,7 @@ impl EmbeddedStore {
             cipher,
             stop,
             writer_stats,
+            role,
         })
     }
 
@@ -312,7 +337,13 @@ fn checkpoint_loop(conn: Connection, stop: Arc<std::sync::atomic::AtomicBool>) {
     }
 }
 
-fn writer_loop(mut conn: Connection, rx: flume::Receiver<WriteOp>, synchronous_full: bool, stats: &WriterStats) {
+fn writer_loop(
+    mut conn: Connection,
+    rx: flume::Receiver<WriteOp>,
+    synchronous_full: bool,
+    role: LogRole,
+    stats: &WriterStats,
+) {
     let mut full = synchronous_full;
     while let Ok(first) = rx.recv() {
         let mut batch = Vec::with_capacity(64);
@@ -349,7 +380,7 @@ fn writer_loop(mut conn: Connection, rx: flume::Receiver<WriteOp>, synchronous_f
             })
             .sum();
         let started = std::time::Instant::now();
-        let result = apply_batch(&mut conn, &mut batch, now);
+        let result = apply_batch(&mut conn, &mut batch, now, role);
         stats.latency.observe(started.elapsed());
         stats.commits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         stats
@@ -367,7 +398,11 @@ fn writer_loop(mut conn: Connection, rx: flume::Receiver<WriteOp>, synchronous_f
 }
 
 /// Applies a batch in one transaction. A failed commit fails every op.
-fn apply_batch(conn: &mut Connection, batch: &mut [WriteOp], now: i64) -> Vec<StoreResult<()>> {
+fn apply_batch(conn: &mut Connection, batch: &mut [WriteOp], now: i64, role: LogRole) -> Vec<StoreResult<()>> {
+    let logs = |tx: &rusqlite::Transaction<'_>, events: &[Arc<Event>], attempts: &[Attempt]| match role {
+        LogRole::Home => write_logs(tx, events, attempts, now),
+        LogRole::Outbox => outbox::append(tx, events, attempts, now),
+    };
     let tx = match conn.transaction() {
         Ok(t) => t,
         Err(e) => return batch.iter().map(|_| Err(StoreError::from(e.clone_msg()))).collect(),
@@ -380,14 +415,14 @@ fn apply_batch(conn: &mut Connection, batch: &mut [WriteOp], now: i64) -> Vec<St
                 attempts,
                 cursors,
                 ..
-            } => write_logs(&tx, events, attempts, now).and_then(|_| {
+            } => logs(&tx, events, attempts).and_then(|_| {
                 let mut st = tx.prepare_cached("INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2)")?;
                 for (shard, at) in cursors.iter() {
                     st.execute(params![format!("journal_index:{shard}"), *at as i64])?;
                 }
                 Ok(())
             }),
-            WriteOp::Logs { events, attempts, .. } => write_logs(&tx, events, attempts, now),
+            WriteOp::Logs { events, attempts, .. } => logs(&tx, events, attempts),
             WriteOp::Entity { op, .. } => {
                 // Each entity op runs in a savepoint so its failure does not sink the batch.
                 let op = std::mem::replace(op, Box::new(|_| Ok(())));
@@ -1149,22 +1184,16 @@ impl EmbeddedStore {
 
     /// How far the log pipeline has shipped: `(event seq, attempt seq)`.
     pub async fn log_cursor(&self) -> StoreResult<(i64, i64)> {
-        self.read(|c| {
-            let get = |k: &str| -> rusqlite::Result<i64> {
-                Ok(c.query_row("SELECT value FROM meta WHERE key = ?1", [k], |r| r.get(0))
-                    .optional()?
-                    .unwrap_or(0))
-            };
-            Ok((get("log_shipped_events")?, get("log_shipped_attempts")?))
-        })
-        .await
+        let t = self.role.tables();
+        self.read(move |c| Ok(outbox::cursor(c, t)?)).await
     }
 
     pub async fn set_log_cursor(&self, events: i64, attempts: i64) -> StoreResult<()> {
+        let t = self.role.tables();
         self.entity(Box::new(move |c| {
             let mut st = c.prepare_cached("INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2)")?;
-            st.execute(params!["log_shipped_events", events])?;
-            st.execute(params!["log_shipped_attempts", attempts])?;
+            st.execute(params![t.shipped_events, events])?;
+            st.execute(params![t.shipped_attempts, attempts])?;
             Ok(())
         }))
         .await
@@ -1172,23 +1201,16 @@ impl EmbeddedStore {
 
     /// Deletes log rows already shipped (up to the cursor), keeping events that
     /// still have pending deliveries or are inside the publish-idempotency
-    /// window. Used when the logs' home is an external store.
+    /// window. Used when the logs' home is an external store; as an outbox,
+    /// home rows left from before (shipped through the outbox) go too.
     pub async fn prune_shipped(&self, events: i64, attempts: i64, keep_accepted_after: i64) -> StoreResult<()> {
+        let role = self.role;
         self.entity(Box::new(move |c| {
-            c.execute("DELETE FROM attempts WHERE seq <= ?1", [attempts])?;
-            // Rows are appended in acceptance order, so the ones still inside
-            // the window are a suffix: stop at the first of them instead of
-            // scanning the whole window on every prune.
-            let first_kept: Option<i64> = c
-                .prepare_cached("SELECT seq FROM events WHERE accepted_at >= ?1 ORDER BY seq LIMIT 1")?
-                .query_row([keep_accepted_after], |r| r.get(0))
-                .optional()?;
-            let upto = first_kept.map_or(events, |k| events.min(k - 1));
-            c.prepare_cached(
-                "DELETE FROM events WHERE seq <= ?1
-                 AND NOT EXISTS (SELECT 1 FROM pending p WHERE p.event_id = events.id)",
-            )?
-            .execute([upto])?;
+            outbox::prune(c, role.tables(), events, attempts, keep_accepted_after)?;
+            if role == LogRole::Outbox {
+                let (ev, at) = outbox::cursor(c, &outbox::HOME)?;
+                outbox::prune(c, &outbox::HOME, ev, at, keep_accepted_after)?;
+            }
             Ok(())
         }))
         .await
@@ -1197,23 +1219,26 @@ impl EmbeddedStore {
     /// The newest sequence numbers `(events, attempts)` of the local log
     /// tables: with the shipping cursor, how far shipping is behind.
     pub async fn log_heads(&self) -> StoreResult<(i64, i64)> {
-        self.read(|c| {
+        let t = self.role.tables();
+        self.read(move |c| {
             let head = |t: &str| -> rusqlite::Result<i64> {
                 c.prepare_cached(&format!("SELECT coalesce(max(seq), 0) FROM {t}"))?
                     .query_row([], |r| r.get(0))
             };
-            Ok((head("events")?, head("attempts")?))
+            Ok((head(t.events)?, head(t.attempts)?))
         })
         .await
     }
 
-    /// Row counts `(events, attempts)` of the local log tables.
+    /// Row counts `(events, attempts)` of the local log tables (the
+    /// outbox's, when the store is one).
     pub async fn log_counts(&self) -> StoreResult<(i64, i64)> {
-        self.read(|c| {
+        let t = self.role.tables();
+        self.read(move |c| {
             let n = |t: &str| -> rusqlite::Result<i64> {
                 c.query_row(&format!("SELECT count(*) FROM {t}"), [], |r| r.get(0))
             };
-            Ok((n("events")?, n("attempts")?))
+            Ok((n(t.events)?, n(t.attempts)?))
         })
         .await
     }
@@ -1222,10 +1247,12 @@ impl EmbeddedStore {
     /// write order. Rows are appended with increasing sequence numbers by the
     /// single writer, so a cursor never skips a committed row.
     pub async fn logs_after(&self, events: i64, attempts: i64, limit: usize) -> StoreResult<LogBatch> {
+        let t = self.role.tables();
         self.read(move |c| {
             let ev = c
                 .prepare_cached(&format!(
-                    "SELECT {EVENT_COLS}, seq FROM events WHERE seq > ?1 ORDER BY seq LIMIT ?2"
+                    "SELECT {EVENT_COLS}, seq FROM {} WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+                    t.events
                 ))?
                 .query_map(params![events, limit as i64], |r| {
                     Ok((r.get::<_, i64>(9)?, event_row(r)?))
@@ -1233,7 +1260,8 @@ impl EmbeddedStore {
                 .collect::<rusqlite::Result<Vec<_>>>()?;
             let at = c
                 .prepare_cached(&format!(
-                    "SELECT {ATTEMPT_COLS}, seq FROM attempts WHERE seq > ?1 ORDER BY seq LIMIT ?2"
+                    "SELECT {ATTEMPT_COLS}, seq FROM {} WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+                    t.attempts
                 ))?
                 .query_map(params![attempts, limit as i64], |r| {
                     Ok((r.get::<_, i64>(12)?, attempt_row(r)?))
@@ -1306,13 +1334,30 @@ impl EmbeddedStore {
         .await
     }
 
+    /// The tables that hold events a publish may repeat: the outbox's (when
+    /// the store is one) first, then the home's.
+    fn event_tables(&self) -> &'static [&'static str] {
+        match self.role {
+            LogRole::Home => &["events"],
+            LogRole::Outbox => &["log_outbox_events", "events"],
+        }
+    }
+
     /// When an indexed event was accepted (publish idempotency beyond memory).
     pub async fn event_accepted_at(&self, id: &str) -> StoreResult<Option<i64>> {
         let id = id.to_string();
+        let tables = self.event_tables();
         self.read(move |c| {
-            Ok(c.prepare_cached("SELECT accepted_at FROM events WHERE id = ?1")?
-                .query_row([&id], |r| r.get(0))
-                .optional()?)
+            for t in tables {
+                let at = c
+                    .prepare_cached(&format!("SELECT accepted_at FROM {t} WHERE id = ?1"))?
+                    .query_row([&id], |r| r.get(0))
+                    .optional()?;
+                if at.is_some() {
+                    return Ok(at);
+                }
+            }
+            Ok(None)
         })
         .await
     }
@@ -1320,12 +1365,22 @@ impl EmbeddedStore {
     /// The newest `limit` indexed events accepted at or after `since_ms`,
     /// with the time (rows are in acceptance order, so this reads from the end).
     pub async fn recent_event_ids(&self, since_ms: i64, limit: usize) -> StoreResult<Vec<(String, i64)>> {
+        let tables = self.event_tables();
         self.read(move |c| {
-            let mut st =
-                c.prepare("SELECT id, accepted_at FROM events WHERE accepted_at >= ?1 ORDER BY seq DESC LIMIT ?2")?;
-            let rows = st
-                .query_map(params![since_ms, limit as i64], |r| Ok((r.get(0)?, r.get(1)?)))?
-                .collect::<rusqlite::Result<Vec<_>>>()?;
+            let mut rows = Vec::new();
+            // The outbox's rows are newer than any the home tables kept.
+            for t in tables {
+                let left = limit - rows.len();
+                if left == 0 {
+                    break;
+                }
+                let mut st = c.prepare(&format!(
+                    "SELECT id, accepted_at FROM {t} WHERE accepted_at >= ?1 ORDER BY seq DESC LIMIT ?2"
+                ))?;
+                for row in st.query_map(params![since_ms, left as i64], |r| Ok((r.get(0)?, r.get(1)?)))? {
+                    rows.push(row?);
+                }
+            }
             Ok(rows)
         })
         .await
