@@ -463,7 +463,37 @@ impl CloneMsg for rusqlite::Error {
 /// once; one written again (the same id) replaces the stored row, whose
 /// contribution is taken back first.
 fn insert_attempt(tx: &rusqlite::Transaction<'_>, a: &Attempt, delta: &mut RollupDelta) -> rusqlite::Result<()> {
-    let row = params![
+    let inserted = execute_attempt(
+        &mut tx.prepare_cached(
+            "INSERT OR IGNORE INTO attempts (id, tenant_id, event_id, destination_id, destination_type, topic, attempt_number, manual, status, time, code, response_data)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+        )?,
+        a,
+    )?;
+    if inserted == 0 {
+        if let Some(old) = tx
+            .prepare_cached(&format!("SELECT {ATTEMPT_COLS} FROM attempts WHERE id = ?1"))?
+            .query_row([&a.id], attempt_row)
+            .optional()?
+        {
+            delta.add_attempt(&old, -1);
+        }
+        execute_attempt(
+            &mut tx.prepare_cached(
+                "INSERT OR REPLACE INTO attempts (id, tenant_id, event_id, destination_id, destination_type, topic, attempt_number, manual, status, time, code, response_data)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+            )?,
+            a,
+        )?;
+    }
+    delta.add_attempt(a, 1);
+    Ok(())
+}
+
+/// Runs an insert whose parameters are an attempt's columns in
+/// `ATTEMPT_COLS` order (the log table's, the outbox's).
+fn execute_attempt(st: &mut rusqlite::CachedStatement<'_>, a: &Attempt) -> rusqlite::Result<usize> {
+    st.execute(params![
         a.id,
         a.tenant_id,
         a.event_id,
@@ -476,29 +506,25 @@ fn insert_attempt(tx: &rusqlite::Transaction<'_>, a: &Attempt, delta: &mut Rollu
         a.time,
         a.code,
         a.response_data.as_ref().map(|v| v.to_string()),
-    ];
-    let inserted = tx
-        .prepare_cached(
-            "INSERT OR IGNORE INTO attempts (id, tenant_id, event_id, destination_id, destination_type, topic, attempt_number, manual, status, time, code, response_data)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
-        )?
-        .execute(row)?;
-    if inserted == 0 {
-        if let Some(old) = tx
-            .prepare_cached(&format!("SELECT {ATTEMPT_COLS} FROM attempts WHERE id = ?1"))?
-            .query_row([&a.id], attempt_row)
-            .optional()?
-        {
-            delta.add_attempt(&old, -1);
-        }
-        tx.prepare_cached(
-            "INSERT OR REPLACE INTO attempts (id, tenant_id, event_id, destination_id, destination_type, topic, attempt_number, manual, status, time, code, response_data)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
-        )?
-        .execute(row)?;
-    }
-    delta.add_attempt(a, 1);
-    Ok(())
+    ])
+}
+
+/// Runs an insert whose parameters are an event's columns and its
+/// acceptance time (`id, tenant_id, destination_id, topic,
+/// eligible_for_retry, time, metadata, data, matched, accepted_at`).
+fn execute_event(st: &mut rusqlite::CachedStatement<'_>, e: &Event, accepted_at: i64) -> rusqlite::Result<usize> {
+    st.execute(params![
+        e.id,
+        e.tenant_id,
+        e.destination_id,
+        e.topic,
+        e.eligible_for_retry,
+        e.time,
+        json_text(&e.metadata),
+        &*e.data,
+        json_text(&e.matched_destination_ids),
+        accepted_at,
+    ])
 }
 
 fn write_logs(
@@ -513,18 +539,7 @@ fn write_logs(
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
     )?;
     for e in events {
-        let inserted = stmt.execute(params![
-            e.id,
-            e.tenant_id,
-            e.destination_id,
-            e.topic,
-            e.eligible_for_retry,
-            e.time,
-            json_text(&e.metadata),
-            &*e.data,
-            json_text(&e.matched_destination_ids),
-            now,
-        ])?;
+        let inserted = execute_event(&mut stmt, e, now)?;
         // An event already stored (a replayed write) is not counted again.
         if inserted == 1 {
             delta.add_event(e, 1);

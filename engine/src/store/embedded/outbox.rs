@@ -105,42 +105,17 @@ pub(super) fn append(
     attempts: &[Attempt],
     now: i64,
 ) -> rusqlite::Result<()> {
-    let mut st = tx.prepare_cached(
-        "INSERT INTO log_outbox_events (id, tenant_id, destination_id, topic, eligible_for_retry, time, metadata, data, matched, accepted_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-    )?;
+    let mut st = tx.prepare_cached(&format!(
+        "INSERT INTO log_outbox_events ({EVENT_FIELDS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"
+    ))?;
     for e in events {
-        st.execute(params![
-            e.id,
-            e.tenant_id,
-            e.destination_id,
-            e.topic,
-            e.eligible_for_retry,
-            e.time,
-            json_text(&e.metadata),
-            &*e.data,
-            json_text(&e.matched_destination_ids),
-            now,
-        ])?;
+        execute_event(&mut st, e, now)?;
     }
     let mut st = tx.prepare_cached(&format!(
         "INSERT INTO log_outbox_attempts ({ATTEMPT_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"
     ))?;
     for a in attempts {
-        st.execute(params![
-            a.id,
-            a.tenant_id,
-            a.event_id,
-            a.destination_id,
-            a.destination_type,
-            a.topic,
-            a.attempt_number,
-            a.manual,
-            a.status.as_str(),
-            a.time,
-            a.code,
-            a.response_data.as_ref().map(|v| v.to_string()),
-        ])?;
+        execute_attempt(&mut st, a)?;
     }
     Ok(())
 }
