@@ -1205,13 +1205,8 @@ impl EmbeddedStore {
 
     pub async fn set_log_cursor(&self, events: i64, attempts: i64) -> StoreResult<()> {
         let t = self.role.tables();
-        self.entity(Box::new(move |c| {
-            let mut st = c.prepare_cached("INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2)")?;
-            st.execute(params![t.shipped_events, events])?;
-            st.execute(params![t.shipped_attempts, attempts])?;
-            Ok(())
-        }))
-        .await
+        self.entity(Box::new(move |c| outbox::set_cursor(c, t, events, attempts)))
+            .await
     }
 
     /// Deletes log rows already shipped (up to the cursor), keeping events that

@@ -131,7 +131,7 @@ pub(super) fn cursor(c: &Connection, t: &LogTables) -> rusqlite::Result<(i64, i6
     Ok((get(t.shipped_events)?, get(t.shipped_attempts)?))
 }
 
-fn set_cursor(c: &Connection, t: &LogTables, events: i64, attempts: i64) -> rusqlite::Result<()> {
+pub(super) fn set_cursor(c: &Connection, t: &LogTables, events: i64, attempts: i64) -> rusqlite::Result<()> {
     let mut st = c.prepare_cached("INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2)")?;
     st.execute(params![t.shipped_events, events])?;
     st.execute(params![t.shipped_attempts, attempts])?;
