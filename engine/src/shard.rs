@@ -50,6 +50,10 @@ pub enum ShardError {
 pub enum Handled {
     /// Its attempt's outcome (and any retry) is committed.
     Committed,
+    /// Its attempt's outcome is committed and its retry is on the shared
+    /// schedule, written there together with the task's done mark (so the
+    /// mark is not written again).
+    HandedOver,
     /// Its destination is backed up on this node: it went back to the
     /// shared schedule, not attempted, to come back later (see `defer`).
     Deferred,
@@ -367,7 +371,8 @@ enum AfterCommit {
         due_ms: Vec<i64>,
     },
     Settled {
-        done: Option<oneshot::Sender<Handled>>,
+        /// Fired with what became of the task once the settle is durable.
+        done: Option<(oneshot::Sender<Handled>, Handled)>,
         observe: Option<Observed>,
     },
     /// Settled here to go to the shared schedule (see `defer`).
@@ -799,8 +804,8 @@ impl Shard {
                         // after a restart, and the broker (if any) redelivers.
                         continue;
                     }
-                    if let Some(d) = done {
-                        let _ = d.send(Handled::Committed);
+                    if let Some((d, handled)) = done {
+                        let _ = d.send(handled);
                     }
                     // After the outcome is durable: alerts never run ahead of the log.
                     if let Some(o) = observe {
@@ -1183,7 +1188,15 @@ impl Shard {
     /// Settles a delivery without an attempt (nothing to deliver to).
     fn settle_dropped(self: &Rc<Self>, w: Work) {
         self.stats.dropped.fetch_add(1, Ordering::Relaxed);
-        self.settle(w.loc, w.target, w.attempt, NextStep::Done, None, w.done, None);
+        self.settle(
+            w.loc,
+            w.target,
+            w.attempt,
+            NextStep::Done,
+            None,
+            w.done.map(|d| (d, Handled::Committed)),
+            None,
+        );
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -1194,7 +1207,7 @@ impl Shard {
         attempt_number: u32,
         next: NextStep,
         attempt: Option<journal::codec::AttemptRef<'_>>,
-        done: Option<oneshot::Sender<Handled>>,
+        done: Option<(oneshot::Sender<Handled>, Handled)>,
         observe: Option<Observed>,
     ) {
         self.append_settle(loc, target, attempt_number, next, attempt);
@@ -1262,7 +1275,15 @@ impl Shard {
                     .is_some_and(|&a| a > w.attempt)
         };
         if stale {
-            self.settle(w.loc, w.target, w.attempt, NextStep::Done, None, w.done, None);
+            self.settle(
+                w.loc,
+                w.target,
+                w.attempt,
+                NextStep::Done,
+                None,
+                w.done.map(|d| (d, Handled::Committed)),
+                None,
+            );
             return;
         }
         let owned = self
@@ -1360,16 +1381,29 @@ impl Shard {
         };
         // Hand the retry to the shared schedule first; only once it is there
         // is the local record settled. If Redis is unavailable the retry
-        // stays local (still durable, on this node).
+        // stays local (still durable, on this node). The task that failed is
+        // marked done in the same transaction: from then on the retry may
+        // run, and a copy of this task (its message handed out again after
+        // a crash before the ack) must not run after it under this number.
+        let mut handled = Handled::Committed;
         if let (Some(redis), NextStep::Retry { attempt, due_ms }) = (&self.deps.shared_retries, &next) {
-            let task = crate::queue::Task {
+            let retry = crate::queue::Task {
                 event: event.clone(),
                 destination_id: w.destination_id.to_string(),
                 attempt: *attempt,
                 manual: false,
             };
-            match redis.schedule_retry(&task, *due_ms).await {
-                Ok(()) => next = NextStep::Done,
+            let failed = crate::queue::Task {
+                attempt: w.attempt,
+                manual: w.manual,
+                ..retry.clone()
+            };
+            let ttl_ms = cfg.delivery_idempotency_key_ttl.as_millis() as i64;
+            match redis.schedule_retry(&retry, *due_ms, Some((&failed, ttl_ms))).await {
+                Ok(()) => {
+                    next = NextStep::Done;
+                    handled = Handled::HandedOver;
+                }
                 Err(e) => tracing::warn!(error = %e, "shared retry schedule unavailable; retrying from this node"),
             }
         }
@@ -1403,7 +1437,7 @@ impl Shard {
             w.attempt,
             next.clone(),
             Some(attempt),
-            w.done.take(),
+            w.done.take().map(|d| (d, handled)),
             observe,
         );
         match next {

@@ -431,9 +431,10 @@ impl Engine {
         accepted.await.map_err(|_| EngineError::Closed)??;
         // Fires once the attempt's outcome is committed to the journal, or
         // once the task went back to the shared schedule (its destination
-        // is backed up here): not done then, so it is not marked.
+        // is backed up here): not done then, so it is not marked. A retry
+        // handed to the shared schedule wrote the mark with it.
         let handled = finished.await.map_err(|_| EngineError::Closed)?;
-        if handled == crate::shard::Handled::Deferred {
+        if handled != crate::shard::Handled::Committed {
             return Ok(());
         }
         if let Some((redis, key)) = marker {

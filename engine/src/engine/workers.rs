@@ -9,6 +9,8 @@ use crate::backoff::Backoff;
 /// Keeps this node's routing table in step with Redis: subscribe to the
 /// change channel, resynchronise fully after every (re)subscription (changes
 /// published while disconnected are not replayed), then apply each change.
+/// A change that cannot be applied (its entity could not be read: a cluster
+/// failover under way, say) is not dropped: a full resync follows it.
 pub(super) async fn follow(engine: Arc<Engine>, redis: Arc<RedisEntityStore>, link: Arc<health::Link>) {
     use futures_util::StreamExt;
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
@@ -17,26 +19,8 @@ pub(super) async fn follow(engine: Arc<Engine>, redis: Arc<RedisEntityStore>, li
         match redis.subscribe().await {
             Ok(mut ps) => {
                 // Changes announced before the subscription are only in the
-                // resync, so it is retried until it succeeds (during a
-                // cluster failover the slots can be uncovered for a while);
-                // changes announced meanwhile wait in the subscription.
-                loop {
-                    match redis.load_entities().await {
-                        Ok((t, d)) => {
-                            if let Err(e) = engine.install(t, d).await {
-                                tracing::warn!(error = %e, "entity resync failed");
-                            }
-                            link.ok();
-                            break;
-                        }
-                        Err(e) => {
-                            tracing::warn!(error = %e, "entity resync failed; retrying");
-                            link.failed(started, format!("entity resync failed: {e}"));
-                            backoff.wait().await;
-                        }
-                    }
-                }
-                backoff.reset();
+                // resync; changes announced meanwhile wait in the subscription.
+                resync(&engine, &redis, &link, started, &mut backoff).await;
                 let mut stream = ps.on_message();
                 while let Some(msg) = stream.next().await {
                     let change = msg
@@ -46,7 +30,8 @@ pub(super) async fn follow(engine: Arc<Engine>, redis: Arc<RedisEntityStore>, li
                     match change {
                         Some(c) => {
                             if let Err(e) = engine.apply_change(&redis, c).await {
-                                tracing::warn!(error = %e, "cannot apply an entity change");
+                                tracing::warn!(error = %e, "cannot apply an entity change; resynchronising");
+                                resync(&engine, &redis, &link, std::time::Instant::now(), &mut backoff).await;
                             }
                         }
                         None => tracing::warn!("ignoring a malformed entity change message"),
@@ -58,6 +43,34 @@ pub(super) async fn follow(engine: Arc<Engine>, redis: Arc<RedisEntityStore>, li
             Err(e) => {
                 tracing::warn!(error = %e, "cannot subscribe to Redis entity changes");
                 link.failed(started, format!("cannot subscribe to Redis entity changes: {e}"));
+                backoff.wait().await;
+            }
+        }
+    }
+}
+
+/// Loads every entity from Redis into the routing table, retried until it
+/// succeeds (during a cluster failover the slots can be uncovered for a while).
+async fn resync(
+    engine: &Engine,
+    redis: &RedisEntityStore,
+    link: &health::Link,
+    started: std::time::Instant,
+    backoff: &mut Backoff,
+) {
+    loop {
+        match redis.load_entities().await {
+            Ok((t, d)) => {
+                if let Err(e) = engine.install(t, d).await {
+                    tracing::warn!(error = %e, "entity resync failed");
+                }
+                link.ok();
+                backoff.reset();
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "entity resync failed; retrying");
+                link.failed(started, format!("entity resync failed: {e}"));
                 backoff.wait().await;
             }
         }

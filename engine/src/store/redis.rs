@@ -655,9 +655,22 @@ impl RedisEntityStore {
     /// Schedules a retry shared by every delivery node: the due time in a
     /// sorted set, the task in a hash, written together. Scheduling the same
     /// (event, destination) again replaces both.
-    pub async fn schedule_retry(&self, task: &crate::queue::Task, due_ms: i64) -> StoreResult<()> {
+    ///
+    /// `after`: the task whose failed attempt this retry follows; its done
+    /// mark ([`Self::task_done`]) is written in the same transaction. Once
+    /// the retry can run anywhere, a copy of the earlier task (its broker
+    /// message handed out again because the node died before its ack) must
+    /// be acked without an attempt, or it would run after the retry, under
+    /// the older attempt number.
+    pub async fn schedule_retry(
+        &self,
+        task: &crate::queue::Task,
+        due_ms: i64,
+        after: Option<(&crate::queue::Task, i64)>,
+    ) -> StoreResult<()> {
         let member = format!("{}:{}", task.event.id, task.destination_id);
-        self.schedule(member, task, due_ms).await
+        let mark = after.map(|(t, ttl_ms)| (self.task_key(t), ttl_ms));
+        self.schedule(member, task, due_ms, mark).await
     }
 
     /// Puts a task a node deferred (its destination was backed up there)
@@ -671,21 +684,28 @@ impl RedisEntityStore {
             "deferred:{}:{}:{}:{kind}",
             task.event.id, task.destination_id, task.attempt
         );
-        self.schedule(member, task, due_ms).await
+        self.schedule(member, task, due_ms, None).await
     }
 
-    async fn schedule(&self, member: String, task: &crate::queue::Task, due_ms: i64) -> StoreResult<()> {
+    async fn schedule(
+        &self,
+        member: String,
+        task: &crate::queue::Task,
+        due_ms: i64,
+        mark: Option<(String, i64)>,
+    ) -> StoreResult<()> {
         let body = String::from_utf8_lossy(&crate::queue::encode(task)).into_owned();
         let mut c = self.conn.clone();
-        let _: () = ::redis::pipe()
-            .atomic()
+        let mut pipe = ::redis::pipe();
+        pipe.atomic()
             .zadd(self.key("retry:due"), &member, due_ms)
             .ignore()
             .hset(self.key("retry:tasks"), &member, body)
-            .ignore()
-            .query_async(&mut c)
-            .await
-            .map_err(rerr)?;
+            .ignore();
+        if let Some((key, ttl_ms)) = mark {
+            pipe.cmd("SET").arg(key).arg("1").arg("PX").arg(ttl_ms.max(1)).ignore();
+        }
+        let _: () = pipe.query_async(&mut c).await.map_err(rerr)?;
         Ok(())
     }
 
@@ -1128,10 +1148,10 @@ mod tests {
     async fn retry_schedule_leases_and_finishes() {
         let s = store().await;
         let t = crate::queue::sample_task(1, "{}");
-        s.schedule_retry(&t, 1_000).await.unwrap();
+        s.schedule_retry(&t, 1_000, None).await.unwrap();
         let mut later = crate::queue::sample_task(2, "{}");
         later.attempt = 2;
-        s.schedule_retry(&later, 9_000).await.unwrap();
+        s.schedule_retry(&later, 9_000, None).await.unwrap();
         let leased = s.lease_due_retries(5_000, 30_000, 10).await.unwrap();
         assert_eq!(leased.len(), 1, "only what is due");
         let (member, score, body) = leased[0].clone();
@@ -1152,10 +1172,28 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_retry_is_scheduled_with_the_done_mark_of_the_attempt_before_it() {
+        let s = store().await;
+        let mut failed = crate::queue::sample_task(11, "{}");
+        failed.attempt = 2;
+        let mut retry = failed.clone();
+        retry.attempt = 3;
+        assert!(!s.task_done(&s.task_key(&failed)).await.unwrap());
+        s.schedule_retry(&retry, 1_000, Some((&failed, 60_000))).await.unwrap();
+        // A copy of attempt 2 handed out again is acked, not attempted; the
+        // retry itself is not marked.
+        assert!(s.task_done(&s.task_key(&failed)).await.unwrap());
+        assert!(!s.task_done(&s.task_key(&retry)).await.unwrap());
+        let leased = s.lease_due_retries(5_000, 30_000, 10).await.unwrap();
+        assert_eq!(leased.len(), 1);
+        assert_eq!(crate::queue::decode(leased[0].2.as_bytes()).unwrap().attempt, 3);
+    }
+
+    #[tokio::test]
     async fn deferred_tasks_keep_their_own_schedule_entries() {
         let s = store().await;
         let retry = crate::queue::sample_task(7, "{}");
-        s.schedule_retry(&retry, 1_000).await.unwrap();
+        s.schedule_retry(&retry, 1_000, None).await.unwrap();
         // A manual retry of the same event and destination, deferred, does
         // not replace the scheduled retry, and a copy deferred twice is one.
         let mut manual = crate::queue::sample_task(7, "{}");
