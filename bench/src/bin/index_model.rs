@@ -12,7 +12,9 @@
 //! `variant` is `base` or any of these joined by `-`: `noevid` (no unique
 //! index on event ids), `noatid` (none on attempt ids), `noevdest` (no
 //! attempts-by-event index), `notime` (no cross-tenant time indexes),
-//! `v7` (time-ordered UUIDv7 ids instead of UUIDv4).
+//! `v7` (time-ordered UUIDv7 ids instead of UUIDv4), `evseq` (attempts by
+//! event through the event's row number, looked up at insert, as the store
+//! now does, instead of by event id).
 
 use std::time::{Duration, Instant};
 
@@ -29,7 +31,7 @@ fn schema(v: &str) -> String {
          CREATE TABLE attempts (seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL{}, tenant_id TEXT NOT NULL,
            event_id TEXT NOT NULL, destination_id TEXT NOT NULL, destination_type TEXT NOT NULL, topic TEXT NOT NULL,
            attempt_number INTEGER NOT NULL, manual INTEGER NOT NULL, status TEXT NOT NULL, time INTEGER NOT NULL,
-           code TEXT, response_data TEXT);
+           code TEXT, response_data TEXT, event_seq INTEGER);
          CREATE INDEX attempts_tenant_time ON attempts (tenant_id, time, id);
          CREATE INDEX attempts_dest_time ON attempts (destination_id, time, id);
          CREATE INDEX attempts_dest_failed ON attempts (destination_id, time, id) WHERE status = 'failed';",
@@ -39,7 +41,9 @@ fn schema(v: &str) -> String {
     if !v.contains("notime") {
         s.push_str("CREATE INDEX events_time ON events (time, id); CREATE INDEX attempts_time ON attempts (time, id);");
     }
-    if !v.contains("noevdest") {
+    if v.contains("evseq") {
+        s.push_str("CREATE INDEX attempts_event_seq ON attempts (event_seq, destination_id, attempt_number);");
+    } else if !v.contains("noevdest") {
         s.push_str("CREATE INDEX attempts_event_dest ON attempts (event_id, destination_id, attempt_number);");
     }
     s
@@ -100,6 +104,7 @@ fn main() {
     };
     let ids = IdGenerator::new(if v.contains("v7") { IdGen::UuidV7 } else { IdGen::UuidV4 });
     let data = format!(r#"{{"d":"{}"}}"#, "x".repeat(1000));
+    let evseq = v.contains("evseq");
     let mut k = 0u64;
     let mut write = |c: &mut Connection, count: usize| {
         let mut done = 0;
@@ -115,8 +120,9 @@ fn main() {
                 let mut at = tx
                     .prepare_cached(
                         "INSERT OR IGNORE INTO attempts (id, tenant_id, event_id, destination_id, destination_type,
-                         topic, attempt_number, manual, status, time, code, response_data)
-                         VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12)",
+                         topic, attempt_number, manual, status, time, code, response_data, event_seq)
+                         VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,
+                                 CASE WHEN ?13 THEN (SELECT seq FROM events WHERE id = ?3) END)",
                     )
                     .expect("prepare");
                 for _ in 0..batch {
@@ -150,7 +156,8 @@ fn main() {
                         "success",
                         t + 3,
                         "200",
-                        r#"{"status":200,"body":""}"#
+                        r#"{"status":200,"body":""}"#,
+                        evseq
                     ])
                     .expect("insert attempt");
                 }

@@ -78,11 +78,11 @@ CREATE TABLE IF NOT EXISTS attempts (
     status TEXT NOT NULL,
     time INTEGER NOT NULL,
     code TEXT,
-    response_data TEXT
+    response_data TEXT,
+    event_seq INTEGER
 );
 CREATE INDEX IF NOT EXISTS attempts_tenant_time ON attempts (tenant_id, time, id);
 CREATE INDEX IF NOT EXISTS attempts_time ON attempts (time, id);
-CREATE INDEX IF NOT EXISTS attempts_event_dest ON attempts (event_id, destination_id, attempt_number);
 CREATE INDEX IF NOT EXISTS attempts_dest_time ON attempts (destination_id, time, id);
 -- A destination's failures (the portal's most used filter): without it, the
 -- failures of a healthy destination are found by walking all its rows. Only
@@ -144,6 +144,65 @@ CREATE TABLE IF NOT EXISTS metric_attempts_tenant (
 CREATE INDEX IF NOT EXISTS metric_events_by_tenant ON metric_events (tenant_id, res, unit);
 CREATE INDEX IF NOT EXISTS metric_attempts_by_tenant ON metric_attempts (tenant_id, res, unit);
 "#;
+
+/// Attempts by event. Event ids are random (UUIDv4 by default), so an index
+/// keyed by them takes every insert to a different page (written to the WAL
+/// and again by the checkpoint): with a million deliveries stored it was a
+/// third of the index's cost (`bench/src/bin/index_model.rs`). Keyed by the
+/// event's row number (`attempts.event_seq`, set at insert) instead, new
+/// attempts land at the end of the index. Attempts without an event row
+/// (stored before the column existed, whose event is not in the log, or
+/// whose event retention deleted: the trigger unlinks them) stay findable
+/// by event id through a partial index that holds only them.
+const ATTEMPTS_BY_EVENT: &str = r#"
+CREATE INDEX IF NOT EXISTS attempts_event_seq ON attempts (event_seq, destination_id, attempt_number);
+CREATE INDEX IF NOT EXISTS attempts_event_unlinked ON attempts (event_id, destination_id, attempt_number)
+    WHERE event_seq IS NULL;
+DROP INDEX IF EXISTS attempts_event_dest;
+CREATE TRIGGER IF NOT EXISTS events_unlink_attempts AFTER DELETE ON events BEGIN
+    UPDATE attempts SET event_seq = NULL WHERE event_seq = old.seq;
+END;
+"#;
+
+/// Rows of `attempts` for the events whose ids are bound at `?{first}`..
+/// (`n` of them), optionally for the destination bound at `?{dest}`: the
+/// attempts linked to the events' rows, and those without a link (named
+/// index: without statistics SQLite would read every unlinked row through
+/// `attempts_event_seq`'s `NULL` entries instead).
+fn attempts_of_events(first: usize, n: usize, dest: Option<usize>) -> String {
+    let ids = (first..first + n)
+        .map(|i| format!("?{i}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let and_dest = dest.map(|d| format!(" AND destination_id = ?{d}")).unwrap_or_default();
+    format!(
+        "SELECT seq FROM attempts WHERE event_seq IN (SELECT seq FROM events WHERE id IN ({ids})){and_dest}
+         UNION ALL SELECT seq FROM attempts INDEXED BY attempts_event_unlinked
+           WHERE event_seq IS NULL AND event_id IN ({ids}){and_dest}"
+    )
+}
+
+/// Adds `attempts.event_seq` to a store created before it (new attempts
+/// get it; older ones keep being found by event id) and swaps the
+/// attempts-by-event index for [`ATTEMPTS_BY_EVENT`]'s (once: the partial
+/// index is built from the rows already stored).
+fn migrate_attempts_by_event(conn: &Connection) -> rusqlite::Result<()> {
+    let has_column = conn
+        .prepare("SELECT 1 FROM pragma_table_info('attempts') WHERE name = 'event_seq'")?
+        .exists([])?;
+    if !has_column {
+        conn.execute_batch("ALTER TABLE attempts ADD COLUMN event_seq INTEGER")?;
+    }
+    let old_index = conn
+        .prepare("SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = 'attempts_event_dest'")?
+        .exists([])?;
+    let started = std::time::Instant::now();
+    conn.execute_batch(ATTEMPTS_BY_EVENT)?;
+    if old_index {
+        tracing::info!(took = ?started.elapsed(), "attempts are now found by event through the event's row number");
+    }
+    Ok(())
+}
 
 /// `meta` key set once the rollups cover every stored row.
 const ROLLUPS_READY: &str = "metric_rollups_v2";
@@ -241,6 +300,7 @@ impl EmbeddedStore {
         // The writer's own auto-checkpoint stays as a far-off safety net.
         conn.pragma_update(None, "wal_autocheckpoint", 262_144)?;
         conn.execute_batch(SCHEMA)?;
+        migrate_attempts_by_event(&conn)?;
         conn.execute_batch(outbox::SCHEMA)?;
         backfill_rollups(&conn)?;
         let moved = match role {
@@ -465,8 +525,8 @@ impl CloneMsg for rusqlite::Error {
 fn insert_attempt(tx: &rusqlite::Transaction<'_>, a: &Attempt, delta: &mut RollupDelta) -> rusqlite::Result<()> {
     let inserted = execute_attempt(
         &mut tx.prepare_cached(
-            "INSERT OR IGNORE INTO attempts (id, tenant_id, event_id, destination_id, destination_type, topic, attempt_number, manual, status, time, code, response_data)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+            "INSERT OR IGNORE INTO attempts (id, tenant_id, event_id, destination_id, destination_type, topic, attempt_number, manual, status, time, code, response_data, event_seq)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, (SELECT seq FROM events WHERE id = ?3))",
         )?,
         a,
     )?;
@@ -480,8 +540,8 @@ fn insert_attempt(tx: &rusqlite::Transaction<'_>, a: &Attempt, delta: &mut Rollu
         }
         execute_attempt(
             &mut tx.prepare_cached(
-                "INSERT OR REPLACE INTO attempts (id, tenant_id, event_id, destination_id, destination_type, topic, attempt_number, manual, status, time, code, response_data)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+                "INSERT OR REPLACE INTO attempts (id, tenant_id, event_id, destination_id, destination_type, topic, attempt_number, manual, status, time, code, response_data, event_seq)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, (SELECT seq FROM events WHERE id = ?3))",
             )?,
             a,
         )?;
@@ -740,7 +800,14 @@ fn list_sql(table: &str, cols: &str, q: &ListQuery, attempts: bool) -> (String, 
     in_list(&mut sql, "id", &q.ids, &mut args);
     in_list(&mut sql, "topic", &q.topics, &mut args);
     if attempts {
-        in_list(&mut sql, "event_id", &q.event_ids, &mut args);
+        if !q.event_ids.is_empty() {
+            let first = args.len() + 1;
+            sql.push_str(&format!(
+                " AND seq IN ({})",
+                attempts_of_events(first, q.event_ids.len(), None)
+            ));
+            args.extend(q.event_ids.iter().map(|v| V::Text(v.clone())));
+        }
         in_list(&mut sql, "destination_id", &q.destination_ids, &mut args);
         in_list(&mut sql, "destination_type", &q.destination_types, &mut args);
         // A literal, not a parameter: SQLite uses the partial index of
@@ -1145,8 +1212,9 @@ impl LogStore for EmbeddedStore {
         Box::pin(self.read(move |c| {
             let a = c
                 .prepare_cached(&format!(
-                    "SELECT {ATTEMPT_COLS} FROM attempts WHERE event_id = ?1 AND destination_id = ?2
-                     ORDER BY attempt_number DESC, time DESC LIMIT 1"
+                    "SELECT {ATTEMPT_COLS} FROM attempts WHERE seq IN ({})
+                     ORDER BY attempt_number DESC, time DESC LIMIT 1",
+                    attempts_of_events(1, 1, Some(2))
                 ))?
                 .query_row(params![event_id, destination_id], attempt_row)
                 .optional()?;
@@ -1631,6 +1699,155 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = EmbeddedStore::open(dir.path(), Cipher::new("k"), false).unwrap();
         crate::store::conformance::run_metrics(&s, &s).await;
+    }
+
+    fn attempt_of(id: &str, event_id: &str, n: u32, t: i64) -> Attempt {
+        Attempt {
+            id: id.into(),
+            tenant_id: "t1".into(),
+            event_id: event_id.into(),
+            destination_id: "d1".into(),
+            destination_type: "webhook".into(),
+            attempt_number: n,
+            manual: false,
+            status: AttemptStatus::Failed,
+            time: t,
+            code: Some("500".into()),
+            response_data: None,
+            topic: "t".into(),
+        }
+    }
+
+    async fn attempt_ids(s: &EmbeddedStore, event_ids: &[&str]) -> Vec<String> {
+        let mut ids: Vec<String> = s
+            .list_attempts(ListQuery {
+                event_ids: event_ids.iter().map(|e| e.to_string()).collect(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|a| a.id)
+            .collect();
+        ids.sort();
+        ids
+    }
+
+    /// Attempts are found by event through the event's row; those stored
+    /// before that link existed (a store from an older build, its index
+    /// swapped at open) or whose event is not stored are found by event id.
+    #[tokio::test]
+    async fn attempts_are_found_by_event_linked_or_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let t0 = 1_704_067_200_000;
+        {
+            let s = EmbeddedStore::open(dir.path(), Cipher::new("k"), false).unwrap();
+            s.write_logs(
+                vec![event("e_old", "t1", t0)],
+                vec![attempt_of("a_old", "e_old", 1, t0)],
+            )
+            .await
+            .unwrap();
+        }
+        // As an older build left it: no link, the attempts-by-event index on ids.
+        let c = Connection::open(dir.path().join("outrider.db")).unwrap();
+        c.execute_batch(
+            "DROP INDEX attempts_event_seq; DROP INDEX attempts_event_unlinked; DROP TRIGGER events_unlink_attempts;
+             ALTER TABLE attempts DROP COLUMN event_seq;
+             CREATE INDEX attempts_event_dest ON attempts (event_id, destination_id, attempt_number);",
+        )
+        .unwrap();
+        drop(c);
+        let s = EmbeddedStore::open(dir.path(), Cipher::new("k"), false).unwrap();
+        s.write_logs(
+            vec![event("e1", "t1", t0), event("e2", "t1", t0)],
+            vec![
+                attempt_of("a1", "e1", 1, t0 + 1),
+                attempt_of("a2", "e1", 2, t0 + 2),
+                attempt_of("b1", "e2", 1, t0 + 3),
+            ],
+        )
+        .await
+        .unwrap();
+        // An attempt whose event is not in the log; then one for the old event.
+        s.write_logs(
+            Vec::new(),
+            vec![
+                attempt_of("x1", "e_missing", 1, t0 + 4),
+                attempt_of("a_old2", "e_old", 2, t0 + 5),
+            ],
+        )
+        .await
+        .unwrap();
+        assert_eq!(attempt_ids(&s, &["e1"]).await, ["a1", "a2"]);
+        assert_eq!(attempt_ids(&s, &["e_old"]).await, ["a_old", "a_old2"]);
+        assert_eq!(attempt_ids(&s, &["e_missing"]).await, ["x1"]);
+        assert_eq!(
+            attempt_ids(&s, &["e2", "e_old", "nope"]).await,
+            ["a_old", "a_old2", "b1"]
+        );
+        let latest = |e: &str| s.latest_attempt(Some("t1".into()), e.into(), "d1".into());
+        assert_eq!(latest("e1").await.unwrap().unwrap().id, "a2");
+        assert_eq!(latest("e_old").await.unwrap().unwrap().id, "a_old2");
+        assert_eq!(latest("e_missing").await.unwrap().unwrap().id, "x1");
+        assert!(latest("nope").await.unwrap().is_none());
+
+        let c = Connection::open(dir.path().join("outrider.db")).unwrap();
+        let linked: Vec<(String, Option<i64>)> = c
+            .prepare("SELECT id, event_seq FROM attempts ORDER BY id")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let unlinked: Vec<&str> = linked
+            .iter()
+            .filter(|(_, seq)| seq.is_none())
+            .map(|(id, _)| id.as_str())
+            .collect();
+        assert_eq!(unlinked, ["a_old", "x1"], "{linked:?}");
+        let old_index = c
+            .prepare("SELECT 1 FROM sqlite_master WHERE name = 'attempts_event_dest'")
+            .unwrap()
+            .exists([])
+            .unwrap();
+        assert!(!old_index, "the id-keyed index is gone");
+        // Both queries go through the two indexes, never a scan of the table.
+        let q = ListQuery {
+            event_ids: vec!["e1".into(), "e2".into()],
+            ..Default::default()
+        };
+        let (sql, args) = list_sql("attempts", ATTEMPT_COLS, &q, true);
+        let latest_sql = format!(
+            "SELECT {ATTEMPT_COLS} FROM attempts WHERE seq IN ({}) ORDER BY attempt_number DESC, time DESC LIMIT 1",
+            attempts_of_events(1, 1, Some(2))
+        );
+        for (sql, args) in [
+            (sql, args),
+            (
+                latest_sql,
+                vec![
+                    rusqlite::types::Value::Text("e1".into()),
+                    rusqlite::types::Value::Text("d1".into()),
+                ],
+            ),
+        ] {
+            let plan: Vec<String> = c
+                .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+                .unwrap()
+                .query_map(params_from_iter(args), |r| r.get::<_, String>(3))
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap();
+            let plan = plan.join(" | ");
+            assert!(plan.contains("attempts_event_seq"), "{plan}");
+            assert!(plan.contains("attempts_event_unlinked"), "{plan}");
+            assert!(!plan.contains("SCAN attempts"), "{plan}");
+        }
+        // An event deleted (retention) leaves its attempts findable by its id.
+        c.execute("DELETE FROM events WHERE id = 'e1'", []).unwrap();
+        assert_eq!(attempt_ids(&s, &["e1"]).await, ["a1", "a2"]);
+        assert_eq!(latest("e1").await.unwrap().unwrap().id, "a2");
     }
 
     /// A store written before the rollups existed gets them built at open.
