@@ -1188,6 +1188,11 @@ impl Shard {
     /// Settles a delivery without an attempt (nothing to deliver to).
     fn settle_dropped(self: &Rc<Self>, w: Work) {
         self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+        self.settle_unattempted(w);
+    }
+
+    /// Settles a delivery as done with no attempt recorded.
+    fn settle_unattempted(self: &Rc<Self>, w: Work) {
         self.settle(
             w.loc,
             w.target,
@@ -1275,15 +1280,7 @@ impl Shard {
                     .is_some_and(|&a| a > w.attempt)
         };
         if stale {
-            self.settle(
-                w.loc,
-                w.target,
-                w.attempt,
-                NextStep::Done,
-                None,
-                w.done.map(|d| (d, Handled::Committed)),
-                None,
-            );
+            self.settle_unattempted(w);
             return;
         }
         let owned = self
