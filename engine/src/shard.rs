@@ -1376,34 +1376,6 @@ impl Shard {
                 }
             }
         };
-        // Hand the retry to the shared schedule first; only once it is there
-        // is the local record settled. If Redis is unavailable the retry
-        // stays local (still durable, on this node). The task that failed is
-        // marked done in the same transaction: from then on the retry may
-        // run, and a copy of this task (its message handed out again after
-        // a crash before the ack) must not run after it under this number.
-        let mut handled = Handled::Committed;
-        if let (Some(redis), NextStep::Retry { attempt, due_ms }) = (&self.deps.shared_retries, &next) {
-            let retry = crate::queue::Task {
-                event: event.clone(),
-                destination_id: w.destination_id.to_string(),
-                attempt: *attempt,
-                manual: false,
-            };
-            let failed = crate::queue::Task {
-                attempt: w.attempt,
-                manual: w.manual,
-                ..retry.clone()
-            };
-            let ttl_ms = cfg.delivery_idempotency_key_ttl.as_millis() as i64;
-            match redis.schedule_retry(&retry, *due_ms, Some((&failed, ttl_ms))).await {
-                Ok(()) => {
-                    next = NextStep::Done;
-                    handled = Handled::HandedOver;
-                }
-                Err(e) => tracing::warn!(error = %e, "shared retry schedule unavailable; retrying from this node"),
-            }
-        }
         let attempt_id = self.deps.ids.generate(&cfg.attempt_id_prefix);
         let attempt = journal::codec::AttemptRef {
             id: &attempt_id,
@@ -1419,6 +1391,50 @@ impl Shard {
             code: Some(&result.code),
             response_data: result.response_data.as_ref(),
         };
+        // Hand the retry to the shared schedule first; only once it is there
+        // is the local record settled. If Redis is unavailable the retry
+        // stays local (still durable, on this node). The task that failed is
+        // marked done in the same transaction: from then on the retry may
+        // run, and a copy of this task must not run after it under this
+        // number: its message handed out again after a crash before the
+        // ack, or this journal's own record of it after a crash before the
+        // settle below was committed (recovery then settles it from the
+        // outcome the mark holds: `recovery::settle_handed_over`).
+        let mut handled = Handled::Committed;
+        if let (
+            Some(redis),
+            NextStep::Retry {
+                attempt: next_attempt,
+                due_ms,
+            },
+        ) = (&self.deps.shared_retries, &next)
+        {
+            let retry = crate::queue::Task {
+                event: event.clone(),
+                destination_id: w.destination_id.to_string(),
+                attempt: *next_attempt,
+                manual: false,
+            };
+            let failed = crate::queue::Task {
+                attempt: w.attempt,
+                manual: w.manual,
+                ..retry.clone()
+            };
+            let mut outcome = Vec::new();
+            journal::codec::encode_settle(w.loc, w.target, w.attempt, &NextStep::Done, Some(attempt), &mut outcome);
+            let after = crate::store::redis::RetryAfter {
+                failed: &failed,
+                ttl_ms: cfg.delivery_idempotency_key_ttl.as_millis() as i64,
+                outcome: &outcome,
+            };
+            match redis.schedule_retry(&retry, *due_ms, Some(after)).await {
+                Ok(()) => {
+                    next = NextStep::Done;
+                    handled = Handled::HandedOver;
+                }
+                Err(e) => tracing::warn!(error = %e, "shared retry schedule unavailable; retrying from this node"),
+            }
+        }
         let status = result.status;
         let copy = (status == AttemptStatus::Failed && self.deps.alerts.is_some())
             || self.deps.opevents.as_ref().is_some_and(|o| o.wants_attempts());

@@ -479,7 +479,7 @@ impl Engine {
         let ttl = config.publish_idempotency_key_ttl.as_millis() as i64;
         let idempotency = Arc::new(Idempotency::new(ttl));
         let (mut plan, inits, followed, wake_rx) =
-            recovery::prepare(&config, &store, &idempotency, bus.is_some()).await?;
+            recovery::prepare(&config, &store, &idempotency, bus.is_some(), redis.as_deref()).await?;
         let held_locally: std::collections::HashSet<TaskKey> = plan.take_task_keys().into_iter().collect();
         let (shards, threads) =
             shard::start(inits, deps).map_err(|source| StartupError::Thread { what: "shards", source })?;

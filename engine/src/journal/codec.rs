@@ -412,6 +412,18 @@ pub fn verify(payload: &[u8], crc: u32) -> Result<(), CodecError> {
     }
 }
 
+/// Decodes one whole framed record (as [`encode_settle`] and the other
+/// encoders write it), checking its length and checksum.
+pub fn decode_framed(b: &[u8]) -> Result<Record, CodecError> {
+    let (len, crc) = frame_header(b)?;
+    let payload = &b[FRAME_HEADER..];
+    if payload.len() != len {
+        return Err(CodecError::Length(payload.len()));
+    }
+    verify(payload, crc)?;
+    decode(payload)
+}
+
 /// `with_ns`: the record is of a `*_NS` kind.
 fn accept_head(r: &mut R<'_>, with_ns: bool) -> Result<(i64, bool, Event, Vec<AcceptTarget>), CodecError> {
     let accepted_at = r.i64()?;

@@ -631,14 +631,42 @@ impl RedisEntityStore {
         self.set_for(key, "1", ttl_ms).await
     }
 
+    /// What the done marks of these tasks hold, one per key (`None`: not
+    /// done): `1` from a node that committed the task's outcome, or the
+    /// failed attempt's settle record from a retry hand-over
+    /// ([`Self::schedule_retry`]).
+    pub async fn task_outcomes(&self, keys: &[String]) -> StoreResult<Vec<Option<Vec<u8>>>> {
+        let mut c = self.conn.clone();
+        let mut p = ::redis::pipe();
+        for key in keys {
+            p.get(key);
+        }
+        p.query_async(&mut c).await.map_err(rerr)
+    }
+
     /// The Redis key of a task's done mark (see [`Self::task_done`]).
     pub fn task_key(&self, t: &crate::queue::Task) -> String {
-        let kind = if t.manual { "manual" } else { "auto" };
+        self.task_key_of(&t.event.id, &t.destination_id, t.attempt, t.manual)
+    }
+
+    /// [`Self::task_key`] from the task's parts.
+    pub fn task_key_of(&self, event_id: &str, destination_id: &str, attempt: u32, manual: bool) -> String {
+        let kind = if manual { "manual" } else { "auto" };
         self.key(&format!(
-            "idempotency:delivery:{}:{}:{}:{kind}",
-            t.event.id, t.destination_id, t.attempt
+            "idempotency:delivery:{event_id}:{destination_id}:{attempt}:{kind}"
         ))
     }
+}
+
+/// The failed attempt a retry hand-over follows (see
+/// [`RedisEntityStore::schedule_retry`]).
+#[derive(Debug, Clone, Copy)]
+pub struct RetryAfter<'a> {
+    pub failed: &'a crate::queue::Task,
+    /// How long its done mark lives (`DELIVERY_IDEMPOTENCY_KEY_TTL`).
+    pub ttl_ms: i64,
+    /// The attempt's outcome as a framed journal settle record.
+    pub outcome: &'a [u8],
 }
 
 /// What a publish's idempotency claim in Redis found.
@@ -656,20 +684,23 @@ impl RedisEntityStore {
     /// sorted set, the task in a hash, written together. Scheduling the same
     /// (event, destination) again replaces both.
     ///
-    /// `after`: the task whose failed attempt this retry follows; its done
-    /// mark ([`Self::task_done`]) is written in the same transaction. Once
-    /// the retry can run anywhere, a copy of the earlier task (its broker
-    /// message handed out again because the node died before its ack) must
-    /// be acked without an attempt, or it would run after the retry, under
-    /// the older attempt number.
+    /// `after`: the failed attempt this retry follows. Its done mark
+    /// ([`Self::task_done`]) is written in the same transaction, holding
+    /// `after.outcome` (the attempt's journal settle record) for
+    /// [`Self::task_outcomes`]. Once the retry can run anywhere, a copy of
+    /// the earlier task (its broker message handed out again because the
+    /// node died before its ack, or the node's own journal replaying it
+    /// because it died before that attempt's outcome was committed) must
+    /// not be attempted, or it would run after the retry, under the older
+    /// attempt number.
     pub async fn schedule_retry(
         &self,
         task: &crate::queue::Task,
         due_ms: i64,
-        after: Option<(&crate::queue::Task, i64)>,
+        after: Option<RetryAfter<'_>>,
     ) -> StoreResult<()> {
         let member = format!("{}:{}", task.event.id, task.destination_id);
-        let mark = after.map(|(t, ttl_ms)| (self.task_key(t), ttl_ms));
+        let mark = after.map(|a| (self.task_key(a.failed), a.ttl_ms, a.outcome));
         self.schedule(member, task, due_ms, mark).await
     }
 
@@ -692,7 +723,7 @@ impl RedisEntityStore {
         member: String,
         task: &crate::queue::Task,
         due_ms: i64,
-        mark: Option<(String, i64)>,
+        mark: Option<(String, i64, &[u8])>,
     ) -> StoreResult<()> {
         let body = String::from_utf8_lossy(&crate::queue::encode(task)).into_owned();
         let mut c = self.conn.clone();
@@ -702,8 +733,13 @@ impl RedisEntityStore {
             .ignore()
             .hset(self.key("retry:tasks"), &member, body)
             .ignore();
-        if let Some((key, ttl_ms)) = mark {
-            pipe.cmd("SET").arg(key).arg("1").arg("PX").arg(ttl_ms.max(1)).ignore();
+        if let Some((key, ttl_ms, value)) = mark {
+            pipe.cmd("SET")
+                .arg(key)
+                .arg(value)
+                .arg("PX")
+                .arg(ttl_ms.max(1))
+                .ignore();
         }
         let _: () = pipe.query_async(&mut c).await.map_err(rerr)?;
         Ok(())
@@ -1017,7 +1053,7 @@ return out
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use futures_util::StreamExt;
 
@@ -1028,7 +1064,7 @@ mod tests {
         )
     }
 
-    async fn store() -> RedisEntityStore {
+    pub(crate) async fn store() -> RedisEntityStore {
         // A random deployment prefix keeps test runs apart.
         let dep = format!("t{}", crate::ids::random_hex(6));
         RedisEntityStore::connect(&cfg(), &dep, Cipher::new("k"), Duration::from_secs(3))
@@ -1179,11 +1215,22 @@ mod tests {
         let mut retry = failed.clone();
         retry.attempt = 3;
         assert!(!s.task_done(&s.task_key(&failed)).await.unwrap());
-        s.schedule_retry(&retry, 1_000, Some((&failed, 60_000))).await.unwrap();
+        let after = RetryAfter {
+            failed: &failed,
+            ttl_ms: 60_000,
+            outcome: b"\x00settle\xff",
+        };
+        s.schedule_retry(&retry, 1_000, Some(after)).await.unwrap();
         // A copy of attempt 2 handed out again is acked, not attempted; the
-        // retry itself is not marked.
+        // retry itself is not marked. The mark keeps the failed attempt's
+        // outcome, byte for byte.
         assert!(s.task_done(&s.task_key(&failed)).await.unwrap());
         assert!(!s.task_done(&s.task_key(&retry)).await.unwrap());
+        let outcomes = s
+            .task_outcomes(&[s.task_key(&failed), s.task_key(&retry)])
+            .await
+            .unwrap();
+        assert_eq!(outcomes, vec![Some(b"\x00settle\xff".to_vec()), None]);
         let leased = s.lease_due_retries(5_000, 30_000, 10).await.unwrap();
         assert_eq!(leased.len(), 1);
         assert_eq!(crate::queue::decode(leased[0].2.as_bytes()).unwrap().attempt, 3);
