@@ -5,13 +5,71 @@ const TICKS: f64 = 100.0;
 
 /// User + system CPU seconds used so far by `pid`.
 pub fn cpu_seconds(pid: u32) -> Option<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat_cpu(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+}
+
+/// User + system CPU seconds used so far by each thread of `pid`: its
+/// thread id and name (`comm`, which Linux cuts to 15 bytes).
+pub fn thread_cpu(pid: u32) -> Vec<(u32, String, f64)> {
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| {
+        let tid: u32 = e.ok()?.file_name().to_str()?.parse().ok()?;
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat")).ok()?;
+        let name = stat.get(stat.find('(')? + 1..stat.rfind(')')?)?.to_string();
+        Some((tid, name, stat_cpu(&stat)?))
+    })
+    .collect()
+}
+
+/// The CPU seconds (utime + stime) of a `/proc/.../stat` line.
+fn stat_cpu(stat: &str) -> Option<f64> {
     // The command name may contain spaces; fields resume after the last ')'.
-    let rest = &stat[stat.rfind(')')? + 2..];
+    let rest = stat.get(stat.rfind(')')? + 2..)?;
     let f: Vec<&str> = rest.split_whitespace().collect();
     let utime: f64 = f.get(11)?.parse().ok()?;
     let stime: f64 = f.get(12)?.parse().ok()?;
     Some((utime + stime) / TICKS)
+}
+
+/// What a server thread does, from its name (see the engine's thread names).
+pub fn thread_role(name: &str) -> &'static str {
+    const ROLES: [(&str, &str); 9] = [
+        ("outrider-contro", "control runtime (API, queue clients)"),
+        ("outrider-shard", "shards"),
+        ("outrider-journa", "journal sync"),
+        ("outrider-sqlite", "SQLite index writer"),
+        ("outrider-ckpt", "SQLite checkpoint"),
+        ("outrider-index", "index follower"),
+        ("lapin-io-loop", "RabbitMQ client I/O"),
+        ("tokio-runtime-w", "other tokio runtimes"),
+        ("tokio-rt-worker", "other tokio runtimes"),
+    ];
+    ROLES
+        .iter()
+        .find(|(prefix, _)| name.starts_with(prefix))
+        .map_or("other", |(_, role)| role)
+}
+
+/// CPU seconds per thread role between two [`thread_cpu`] samples, most
+/// first. A thread that ended between them is not in the second sample:
+/// `total` (the process's own figure over the same window) less what the
+/// threads account for is reported as `ended threads`.
+pub fn cpu_by_role(before: &[(u32, String, f64)], after: &[(u32, String, f64)], total: f64) -> Vec<(String, f64)> {
+    let start: std::collections::HashMap<u32, f64> = before.iter().map(|(tid, _, s)| (*tid, *s)).collect();
+    let mut roles: std::collections::BTreeMap<&'static str, f64> = std::collections::BTreeMap::new();
+    for (tid, name, s) in after {
+        let used = (s - start.get(tid).copied().unwrap_or(0.0)).max(0.0);
+        *roles.entry(thread_role(name)).or_default() += used;
+    }
+    let counted: f64 = roles.values().sum();
+    if total - counted > 0.005 {
+        roles.insert("ended threads", total - counted);
+    }
+    let mut out: Vec<(String, f64)> = roles.into_iter().map(|(r, s)| (r.to_string(), s)).collect();
+    out.sort_by(|a, b| b.1.total_cmp(&a.1));
+    out
 }
 
 /// `(bytes written, write requests)` completed so far by the block device
@@ -60,11 +118,39 @@ mod tests {
     fn reads_self() {
         let pid = std::process::id();
         assert!(super::cpu_seconds(pid).is_some());
+        let threads = super::thread_cpu(pid);
+        assert!(!threads.is_empty());
         let (rss, hwm) = super::memory(pid).unwrap();
         assert!(rss > 0 && hwm >= rss);
         // The target dir's device, when it is a block device at all.
         if let Some((bytes, writes)) = super::device_writes(std::path::Path::new(env!("CARGO_MANIFEST_DIR"))) {
             assert!(bytes > 0 && writes > 0);
         }
+    }
+
+    #[test]
+    fn cpu_is_summed_by_role_and_ended_threads_are_the_rest() {
+        let t = |tid, name: &str, s| (tid, name.to_string(), s);
+        let before = [
+            t(1, "outrider-contro", 1.0),
+            t(2, "outrider-shard-", 0.5),
+            t(3, "gone", 0.2),
+        ];
+        let after = [
+            t(1, "outrider-contro", 3.0),
+            t(2, "outrider-shard-", 1.5),
+            t(4, "outrider-shard-", 1.0),
+            t(5, "outrider-sqlite", 0.25),
+        ];
+        let by_role = super::cpu_by_role(&before, &after, 5.0);
+        assert_eq!(
+            by_role,
+            vec![
+                ("control runtime (API, queue clients)".to_string(), 2.0),
+                ("shards".to_string(), 2.0),
+                ("ended threads".to_string(), 0.75),
+                ("SQLite index writer".to_string(), 0.25),
+            ]
+        );
     }
 }

@@ -87,11 +87,20 @@ pub struct LogLag {
 pub struct Process {
     pub cpu_seconds: Option<f64>,
     pub peak_rss_bytes: Option<u64>,
+    /// `cpu_seconds` by what the server's threads do (from their names),
+    /// most first; empty for a `--target` server.
+    pub threads: Vec<ThreadRole>,
     /// What the block device holding the server's data dir completed over
     /// the same window as `cpu_seconds` (journal, SQLite WAL, checkpoints;
     /// whole-device counts). `None` for a `--target` server or off a block
     /// device.
     pub device_writes: Option<DeviceWrites>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ThreadRole {
+    pub role: String,
+    pub cpu_seconds: f64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -247,6 +256,24 @@ impl Report {
                 c * 1e6 / d.delivered.max(1) as f64,
                 r as f64 / 1048576.0
             ));
+        }
+        if let Some(total) = self.server_process.cpu_seconds.filter(|c| *c > 0.0) {
+            let roles: Vec<String> = self
+                .server_process
+                .threads
+                .iter()
+                .map(|t| {
+                    format!(
+                        "{} {:.0}% ({:.1} µs)",
+                        t.role,
+                        t.cpu_seconds * 100.0 / total,
+                        t.cpu_seconds * 1e6 / d.delivered.max(1) as f64
+                    )
+                })
+                .collect();
+            if !roles.is_empty() {
+                s.push_str(&format!("  threads     {}\n", roles.join(", ")));
+            }
         }
         if let Some(w) = &self.server_process.device_writes {
             s.push_str(&format!(

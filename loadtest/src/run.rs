@@ -249,6 +249,7 @@ pub fn run(sc: &Scenario, opts: &Options) -> Result<Report, String> {
     // ---- publishing ----
     let lag = LagSampler::start(&rt, addr);
     let cpu0 = pid.and_then(procstat::cpu_seconds);
+    let threads0 = pid.map(procstat::thread_cpu).unwrap_or_default();
     let disk0 = spawned.as_ref().and_then(|s| procstat::device_writes(s.dir.path()));
     let journal0 = rt.block_on(journal_commits(addr));
     let publish = rt.block_on(publish(addr, &api_key, sc, &prefix, opts.quiet))?;
@@ -275,6 +276,7 @@ pub fn run(sc: &Scenario, opts: &Options) -> Result<Report, String> {
     std::thread::sleep(Duration::from_millis(500));
     pb.finish();
     let cpu1 = pid.and_then(procstat::cpu_seconds);
+    let threads1 = pid.map(procstat::thread_cpu).unwrap_or_default();
     let disk1 = spawned.as_ref().and_then(|s| procstat::device_writes(s.dir.path()));
     // Read before the baseline also uses the sink.
     let sink_requests = sink.stats.requests.load(Ordering::Relaxed);
@@ -425,6 +427,13 @@ pub fn run(sc: &Scenario, opts: &Options) -> Result<Report, String> {
                 _ => None,
             },
             peak_rss_bytes: peak_rss,
+            threads: match (cpu0, cpu1) {
+                (Some(a), Some(b)) if !threads1.is_empty() => procstat::cpu_by_role(&threads0, &threads1, b - a)
+                    .into_iter()
+                    .map(|(role, cpu_seconds)| report::ThreadRole { role, cpu_seconds })
+                    .collect(),
+                _ => Vec::new(),
+            },
             device_writes: match (disk0, disk1) {
                 (Some(a), Some(b)) => Some(report::DeviceWrites {
                     bytes: b.0.saturating_sub(a.0),

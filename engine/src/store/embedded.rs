@@ -326,15 +326,17 @@ impl EmbeddedStore {
         let checkpointer = open(&path, OpenFlags::default())?;
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let stop2 = stop.clone();
+        // Thread names fit Linux's 15-byte `comm`, so `top -H` and the load
+        // harness's per-thread profile tell the writer from the checkpointer.
         std::thread::Builder::new()
-            .name("outrider-store-checkpoint".into())
+            .name("outrider-ckpt".into())
             .spawn(move || checkpoint_loop(checkpointer, stop2))
             .map_err(|e| StoreError::Database(format!("cannot start checkpoint thread: {e}")))?;
         let (tx, rx) = flume::bounded(WRITE_QUEUE);
         let writer_stats = Arc::new(WriterStats::default());
         let stats = writer_stats.clone();
         std::thread::Builder::new()
-            .name("outrider-store-writer".into())
+            .name("outrider-sqlite".into())
             .spawn(move || writer_loop(conn, rx, synchronous_full, role, &stats))
             .map_err(|e| StoreError::Database(format!("cannot start writer thread: {e}")))?;
         Ok(Self {
