@@ -1432,7 +1432,8 @@ impl Shard {
                     next = NextStep::Done;
                     handled = Handled::HandedOver;
                 }
-                Err(e) => tracing::warn!(error = %e, "shared retry schedule unavailable; retrying from this node"),
+                Err(e) => tracing::warn!(error = %e, event_id = %event.id, destination_id = %w.destination_id,
+                    attempt = w.attempt, "shared retry schedule unavailable; retrying from this node"),
             }
         }
         let status = result.status;

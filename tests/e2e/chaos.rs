@@ -216,7 +216,12 @@ async fn soak(mut backends: Option<Backends>) {
         env.extend(b.env());
     }
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let mut s = Server::start(&env).await;
+    // The server's log (warnings, appended across restarts): on a failure its
+    // lines about the failing events are printed, so a rare interleaving
+    // leaves a trace.
+    let log_dir = tempfile::tempdir().unwrap();
+    let log = log_dir.path().join("server.log");
+    let mut s = Server::start_logged(&env, Some(log.clone())).await;
     let api = Api::admin(&s);
     let data = s.dir.join("data");
     let healthy = Receiver::start().await;
@@ -480,6 +485,9 @@ async fn soak(mut backends: Option<Backends>) {
         "too few events accepted: {}",
         accepted.len()
     );
+    if lost + misnumbered + early > 0 {
+        print_log_about(&log, &examples);
+    }
     assert_eq!(lost, 0, "lost deliveries: {examples:?}");
     assert_eq!(misnumbered, 0, "attempt numbers: {examples:?}");
     assert_eq!(early, 0, "early retries: {examples:?}");
@@ -508,4 +516,19 @@ async fn scheduled_retries(url: &str) -> Option<u64> {
         total += n;
     }
     Some(total)
+}
+
+/// Prints the server log's lines that name an event of `examples` (each
+/// starts with the event id), and how many lines the log has.
+fn print_log_about(log: &std::path::Path, examples: &[String]) {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let ids: Vec<&str> = examples.iter().filter_map(|e| e.split_whitespace().next()).collect();
+    eprintln!(
+        "server log {} ({} lines); lines naming {ids:?}:",
+        log.display(),
+        text.lines().count()
+    );
+    for line in text.lines().filter(|l| ids.iter().any(|id| l.contains(id))) {
+        eprintln!("  {line}");
+    }
 }

@@ -441,10 +441,10 @@ impl Engine {
             // Not marked (Redis down): a redelivery after a lost ack is
             // attempted again, as before; the outcome itself is committed.
             if let Err(e) = redis
-                .mark_task_done(key, self.config.delivery_idempotency_key_ttl.as_millis() as i64)
+                .mark_task_done(key.clone(), self.config.delivery_idempotency_key_ttl.as_millis() as i64)
                 .await
             {
-                tracing::warn!(error = %e, "cannot mark a delivery task done in Redis");
+                tracing::warn!(error = %e, task = %key, "cannot mark a delivery task done in Redis");
             }
         }
         Ok(())
