@@ -385,8 +385,12 @@ impl Engine {
     async fn take(&self, task: Task) -> Result<(), EngineError> {
         // A copy of a task whose outcome some node already committed (its
         // ack was lost with the node): ack it, attempt nothing.
-        let marker = self.redis.as_ref().map(|r| (r.clone(), r.task_key(&task)));
-        if let Some((redis, key)) = &marker {
+        // The event (an `Arc`, not a copy) names the task if its mark cannot be written.
+        let marker = self
+            .redis
+            .as_ref()
+            .map(|r| (r.clone(), r.task_key(&task), task.event.clone()));
+        if let Some((redis, key, _)) = &marker {
             if redis.task_done(key).await? {
                 tracing::debug!(event_id = %task.event.id, destination_id = %task.destination_id,
                     attempt = task.attempt, "delivery task already done; acking the copy");
@@ -437,14 +441,15 @@ impl Engine {
         if handled != crate::shard::Handled::Committed {
             return Ok(());
         }
-        if let Some((redis, key)) = marker {
+        if let Some((redis, key, event)) = marker {
             // Not marked (Redis down): a redelivery after a lost ack is
             // attempted again, as before; the outcome itself is committed.
             if let Err(e) = redis
-                .mark_task_done(key.clone(), self.config.delivery_idempotency_key_ttl.as_millis() as i64)
+                .mark_task_done(key, self.config.delivery_idempotency_key_ttl.as_millis() as i64)
                 .await
             {
-                tracing::warn!(error = %e, task = %key, "cannot mark a delivery task done in Redis");
+                tracing::warn!(error = %e, event_id = %event.id, destination_id = %id,
+                    "cannot mark a delivery task done in Redis");
             }
         }
         Ok(())
