@@ -684,3 +684,147 @@ async fn deferred_tasks_survive_a_kill9_of_the_node_that_deferred_them() {
     eprintln!("kill -9 with {before} of 200 delivered: all arrived, {repeated} twice");
     assert!(repeated <= 32, "{repeated} delivered twice: more than were in flight");
 }
+
+/// The one scheduled retry waiting in a private Redis: `(member, task)`.
+async fn scheduled_retry(redis: &mut redis::aio::MultiplexedConnection) -> Option<(String, String, String)> {
+    let keys: Vec<String> = redis::cmd("KEYS").arg("*retry:tasks").query_async(redis).await.ok()?;
+    let tasks = keys.first()?;
+    let entries: Vec<(String, String)> = redis::cmd("HGETALL").arg(tasks).query_async(redis).await.ok()?;
+    let (member, body) = entries.into_iter().next()?;
+    Some((tasks.replace("retry:tasks", "retry:due"), member, body))
+}
+
+/// A failed attempt whose outcome was committed while Redis was down (no
+/// retry hand-over, no done mark): once Redis is back, a stale copy of that
+/// attempt's task (here its schedule entry, left as if the retry poller
+/// could not clear it, which sends it again after its lease) must be acked,
+/// not attempted again after the task's own retry. Without the mark kept
+/// and written when Redis answers, attempt 2 ran again after attempt 3.
+async fn stale_copy_after_a_missed_done_mark(kill_node: bool) {
+    let mut redis = crate::outage::PrivateRedis::start().await;
+    let url = format!("redis://127.0.0.1:{}", redis.port);
+    let connect = || async {
+        let client = redis::Client::open(url.as_str()).unwrap();
+        client.get_multiplexed_async_connection().await.unwrap()
+    };
+    let mut env = one_shard_queue_node("missed-mark", 8);
+    env.push(("REDIS_PORT", redis.port.to_string()));
+    env.push(("RETRY_SCHEDULE", "2,1,1".into()));
+    let mut s = Server::start(&refs(&env)).await;
+    let api = Api::admin(&s);
+    let rx = Receiver::start().await;
+    rx.state.script.lock().unwrap().extend([500, 500]);
+    api.tenant("t").await;
+    api.webhook("t", &rx.url("/d"), json!({})).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let r = api.publish(json!({"tenant_id": "t", "topic": "k", "data": {}})).await;
+    assert_eq!(r.status, 202, "{}", r.text);
+    let ev = r.body["id"].as_str().unwrap().to_string();
+    // Attempt 1 failed; its retry (attempt 2) waits 2 s in the shared schedule.
+    let mut c = connect().await;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let (due_key, member, task) = loop {
+        if let Some(found) = scheduled_retry(&mut c).await {
+            break found;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "attempt 1's retry never reached the schedule"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert!(task.contains(&ev), "{task}");
+    // Attempt 2 takes 2 s; Redis dies while it runs.
+    *rx.state.delay.lock().unwrap() = Duration::from_secs(2);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while rx.arrivals() < 2 {
+        assert!(Instant::now() < deadline, "attempt 2 never arrived");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    *rx.state.delay.lock().unwrap() = Duration::ZERO;
+    redis.kill();
+    // Its outcome is committed with Redis down: no mark could be written.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let kept = metric_sum(&s.metrics_text().await, "outrider_done_marks_unwritten");
+        if kept >= 1.0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "attempt 2's unwritten done mark was not kept"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    if kill_node {
+        s.kill9();
+    }
+    redis.spawn().await;
+    if kill_node {
+        s.spawn().await;
+    }
+    // The kept mark is written once Redis answers; attempt 3 (kept on the
+    // node while Redis was down) succeeds.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let kept = metric_sum(&s.metrics_text().await, "outrider_done_marks_unwritten");
+        if kept == 0.0 && rx.count() >= 3 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "marks kept: {kept}, deliveries: {}",
+            rx.count()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let before = rx.count();
+    // The stale copy of attempt 2's task comes back through the schedule.
+    let mut c = connect().await;
+    let _: () = redis::pipe()
+        .zadd(
+            &due_key,
+            &member,
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_millis() as i64,
+        )
+        .hset(due_key.replace("retry:due", "retry:tasks"), &member, &task)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let n: u64 = redis::cmd("ZCARD").arg(&due_key).query_async(&mut c).await.unwrap();
+        if n == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the stale copy was never sent");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let a = api
+        .wait_attempts(&format!("event_id={ev}&dir=asc"), Duration::from_secs(5), |m| {
+            m.len() >= 3
+        })
+        .await;
+    let numbers: Vec<i64> = a.iter().filter_map(|m| m["attempt_number"].as_i64()).collect();
+    assert_eq!(
+        rx.count(),
+        before,
+        "the stale copy of attempt 2 was attempted: attempts {numbers:?}"
+    );
+    assert_eq!(numbers.iter().filter(|n| **n == 2).count(), 1, "attempts {numbers:?}");
+    assert_eq!(numbers.last(), Some(&3), "attempts {numbers:?}");
+}
+
+#[tokio::test]
+async fn a_done_mark_missed_while_redis_was_down_still_refuses_a_stale_copy() {
+    stale_copy_after_a_missed_done_mark(false).await;
+}
+
+#[tokio::test]
+async fn a_done_mark_missed_while_redis_was_down_survives_a_kill9() {
+    stale_copy_after_a_missed_done_mark(true).await;
+}

@@ -209,6 +209,16 @@ impl Engine {
     ) -> Result<PublishOutcome, EngineError> {
         // A concurrent publish of the same id is waited for (it may still
         // fail), never both accepted.
+        // Accepted here while Redis was down, its confirmation not written yet.
+        if let Some(m) = &self.unwritten_marks {
+            if !m.is_empty() && m.contains(&redis.idempotency_key(&event.id)) {
+                return Ok(PublishOutcome {
+                    id: event.id.clone(),
+                    duplicate: true,
+                    destination_ids: matched,
+                });
+            }
+        }
         let owner = crate::ids::random_hex(8);
         let give_up = std::time::Instant::now() + CLAIM_WAIT;
         loop {
@@ -241,10 +251,16 @@ impl Engine {
             return Err(EngineError::Queue(e));
         }
         if let Err(e) = redis.confirm_idempotency(&event.id, ttl).await {
-            // The tasks are on the queue: the event is accepted. Left
-            // unconfirmed, the claim expires early and a retried publish
-            // is delivered again (at least once), never dropped.
-            tracing::warn!(error = %e, "cannot confirm a publish's idempotency key");
+            // The tasks are on the queue: the event is accepted. The
+            // confirmation is kept and written once Redis answers (before,
+            // the claim expired after its lease and a retried publish was
+            // delivered again).
+            tracing::warn!(error = %e, event_id = %event.id,
+                "cannot confirm a publish's idempotency key; kept until Redis answers");
+            if let Some(m) = &self.unwritten_marks {
+                let key = redis.idempotency_key(&event.id);
+                m.keep(key, crate::store::redis::IDEMPOTENCY_DONE, ttl).await;
+            }
         }
         Ok(PublishOutcome {
             id: event.id.clone(),
@@ -391,7 +407,9 @@ impl Engine {
             .as_ref()
             .map(|r| (r.clone(), r.task_key(&task), task.event.clone()));
         if let Some((redis, key, _)) = &marker {
-            if redis.task_done(key).await? {
+            // Committed here while Redis was down, its mark not written yet.
+            let unwritten = self.unwritten_marks.as_ref().is_some_and(|m| m.contains(key));
+            if unwritten || redis.task_done(key).await? {
                 tracing::debug!(event_id = %task.event.id, destination_id = %task.destination_id,
                     attempt = task.attempt, "delivery task already done; acking the copy");
                 return Ok(());
@@ -418,6 +436,7 @@ impl Engine {
             }
         }
         let id = d.destination_id.clone();
+        let d_attempt = d.attempt;
         let (done, finished) = tokio::sync::oneshot::channel();
         let (reply, accepted) = tokio::sync::oneshot::channel();
         let msg = AcceptMsg {
@@ -442,14 +461,15 @@ impl Engine {
             return Ok(());
         }
         if let Some((redis, key, event)) = marker {
-            // Not marked (Redis down): a redelivery after a lost ack is
-            // attempted again, as before; the outcome itself is committed.
-            if let Err(e) = redis
-                .mark_task_done(key, self.config.delivery_idempotency_key_ttl.as_millis() as i64)
-                .await
-            {
+            let ttl_ms = self.config.delivery_idempotency_key_ttl.as_millis() as i64;
+            if let Err(e) = redis.mark_task_done(key.clone(), ttl_ms).await {
+                // Kept (on disk before the ack) and written once Redis
+                // answers: a stale copy of this task must find it.
                 tracing::warn!(error = %e, event_id = %event.id, destination_id = %id,
-                    "cannot mark a delivery task done in Redis");
+                    attempt = d_attempt, "cannot mark a delivery task done in Redis; kept until it answers");
+                if let Some(m) = &self.unwritten_marks {
+                    m.keep(key, crate::store::redis::TASK_DONE, ttl_ms).await;
+                }
             }
         }
         Ok(())

@@ -29,6 +29,7 @@ struct Snapshot {
     index: Arc<crate::store::embedded::WriterStats>,
     retention: Option<Arc<crate::store::retention::Stats>>,
     batches: Vec<(&'static str, Arc<crate::coalesce::BatchStats>)>,
+    unwritten_marks: Option<usize>,
 }
 
 impl std::fmt::Debug for Snapshot {
@@ -352,6 +353,15 @@ impl Collector for Snapshot {
                 r.rows_deleted.load(Relaxed),
             )?;
         }
+        if let Some(n) = self.unwritten_marks {
+            single(
+                &mut e,
+                "outrider_done_marks_unwritten",
+                "Delivery tasks committed here whose done mark Redis has not taken yet (written when it answers).",
+                MetricType::Gauge,
+                n as u64,
+            )?;
+        }
         if let Some(o) = &self.opevents {
             single(
                 &mut e,
@@ -396,6 +406,7 @@ impl Engine {
             index: self.store.writer_stats.clone(),
             retention: self.config.log_retention_days.map(|_| self.retention_stats.clone()),
             batches: self.batch_stats.lock().clone(),
+            unwritten_marks: self.unwritten_marks.as_ref().map(|m| m.len()),
         };
         let mut registry = Registry::default();
         registry.register_collector(Box::new(snapshot));

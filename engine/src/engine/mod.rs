@@ -32,6 +32,7 @@ mod accept;
 mod control;
 mod exposition;
 pub mod health;
+mod marks;
 mod recovery;
 mod routing_table;
 mod startup;
@@ -194,6 +195,8 @@ pub struct Engine {
     /// taking; a copy handed out meanwhile (the broker connection dropped
     /// under the first) waits for it instead of being attempted again.
     taking: Mutex<std::collections::HashMap<TaskKey, tokio::sync::watch::Receiver<Option<bool>>>>,
+    /// Queue mode: done marks Redis did not take yet (see [`marks`]).
+    unwritten_marks: Option<Arc<marks::UnwrittenMarks>>,
     /// What the log pipeline shipped and quarantined (zero without one).
     pub log_stats: Arc<crate::log_pipeline::Stats>,
     /// How long `POST /publish` takes to accept (the API records it).
@@ -358,6 +361,9 @@ impl Engine {
         *engine.batch_stats.lock() = batch_stats;
         engine.recover().await?;
         engine.start_alerting();
+        if let (Some(m), Some(r)) = (&engine.unwritten_marks, &engine.redis) {
+            engine.background.lock().push(tokio::spawn(m.clone().run(r.clone())));
+        }
         if let Some(r) = redis {
             *engine.follower.lock() = Some(tokio::spawn(follow(
                 engine.clone(),
@@ -481,6 +487,13 @@ impl Engine {
         let (mut plan, inits, followed, wake_rx) =
             recovery::prepare(&config, &store, &idempotency, bus.is_some(), redis.as_deref()).await?;
         let held_locally: std::collections::HashSet<TaskKey> = plan.take_task_keys().into_iter().collect();
+        let unwritten_marks = match (&bus, &redis) {
+            (Some(_), Some(_)) => Some(Arc::new(
+                marks::UnwrittenMarks::open(&config.data_dir)
+                    .map_err(StartupError::file("read", config.data_dir.join("unwritten-done-marks")))?,
+            )),
+            _ => None,
+        };
         let (shards, threads) =
             shard::start(inits, deps).map_err(|source| StartupError::Thread { what: "shards", source })?;
         let index_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -510,6 +523,7 @@ impl Engine {
             alert_counts: Arc::default(),
             held_locally: Mutex::new(held_locally),
             taking: Mutex::new(std::collections::HashMap::new()),
+            unwritten_marks,
             follower: Mutex::new(None),
             bus,
             redis,

@@ -167,7 +167,24 @@ pub(super) async fn poll_retries(redis: Arc<RedisEntityStore>, bus: Arc<dyn Deli
     const LEASE_MS: i64 = 30_000;
     const BATCH: usize = 100;
     let idle = std::time::Duration::from_millis(200);
+    // Sent retries whose entries could not be cleared (Redis went away
+    // between the lease and the clear): cleared once Redis answers, or they
+    // would be sent again when their lease ends. Dropped once it has ended.
+    let mut unfinished: Vec<(String, i64)> = Vec::new();
     loop {
+        if !unfinished.is_empty() {
+            let now = now_ms();
+            unfinished.retain(|(_, score)| *score > now);
+            let mut cleared = 0;
+            for (member, score) in &unfinished {
+                // Still no answer: the rest wait for the next round.
+                if redis.finish_retry(member, *score).await.is_err() {
+                    break;
+                }
+                cleared += 1;
+            }
+            unfinished.drain(..cleared);
+        }
         let started = std::time::Instant::now();
         let leased = match redis.lease_due_retries(now_ms(), LEASE_MS, BATCH).await {
             Ok(l) => {
@@ -198,8 +215,8 @@ pub(super) async fn poll_retries(redis: Arc<RedisEntityStore>, bus: Arc<dyn Deli
             Ok(()) => {
                 for (member, score) in done {
                     if let Err(e) = redis.finish_retry(&member, score).await {
-                        // Left leased: it is sent again after the lease (at least once).
-                        tracing::warn!(error = %e, "cannot clear a sent retry");
+                        tracing::warn!(error = %e, member, "cannot clear a sent retry; clearing it once Redis answers");
+                        unfinished.push((member, score));
                     }
                 }
             }

@@ -586,7 +586,8 @@ impl RedisEntityStore {
 
     /// The event's tasks are on the queue: later publishes of the id are duplicates.
     pub async fn confirm_idempotency(&self, event_id: &str, ttl_ms: i64) -> StoreResult<()> {
-        self.set_for(self.idempotency_key(event_id), "done", ttl_ms).await
+        self.set_for(self.idempotency_key(event_id), IDEMPOTENCY_DONE, ttl_ms)
+            .await
     }
 
     /// `SET key value PX ttl_ms` (at least 1 ms), batched with other such sets.
@@ -594,7 +595,7 @@ impl RedisEntityStore {
         self.batches.sets.call((key, value, ttl_ms)).await.map_err(stopped)?
     }
 
-    fn idempotency_key(&self, event_id: &str) -> String {
+    pub fn idempotency_key(&self, event_id: &str) -> String {
         self.key(&format!("idempotency:publish:{event_id}"))
     }
 
@@ -628,7 +629,27 @@ impl RedisEntityStore {
 
     /// Marks the task's outcome committed for `ttl_ms` (set before the ack).
     pub async fn mark_task_done(&self, key: String, ttl_ms: i64) -> StoreResult<()> {
-        self.set_for(key, "1", ttl_ms).await
+        self.set_for(key, TASK_DONE, ttl_ms).await
+    }
+
+    /// Writes marks a node kept while Redis did not answer (task done
+    /// marks, confirmed publish idempotency keys): `(key, value, ttl ms)`.
+    pub async fn set_marks(&self, marks: &[(&str, &str, i64)]) -> StoreResult<()> {
+        if marks.is_empty() {
+            return Ok(());
+        }
+        let mut c = self.conn.clone();
+        let mut p = ::redis::pipe();
+        for (key, value, ttl_ms) in marks {
+            p.cmd("SET")
+                .arg(*key)
+                .arg(*value)
+                .arg("PX")
+                .arg((*ttl_ms).max(1))
+                .ignore();
+        }
+        let _: () = p.query_async(&mut c).await.map_err(rerr)?;
+        Ok(())
     }
 
     /// What the done marks of these tasks hold, one per key (`None`: not
@@ -657,6 +678,11 @@ impl RedisEntityStore {
         ))
     }
 }
+
+/// A confirmed publish idempotency key's value ([`RedisEntityStore::confirm_idempotency`]).
+pub const IDEMPOTENCY_DONE: &str = "done";
+/// A task done mark's value when it holds no settle record.
+pub const TASK_DONE: &str = "1";
 
 /// The failed attempt a retry hand-over follows (see
 /// [`RedisEntityStore::schedule_retry`]).
