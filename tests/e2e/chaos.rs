@@ -485,6 +485,16 @@ async fn soak(mut backends: Option<Backends>) {
         "too few events accepted: {}",
         accepted.len()
     );
+    print_fallbacks(&log);
+    // Every done mark Redis missed (kept across kills in the data dir) is
+    // written by the end.
+    let unwritten = metric_sum(&s.metrics_text().await, "outrider_done_marks_unwritten");
+    let unwritten_file = std::fs::metadata(data.join("unwritten-done-marks")).map_or(0, |m| m.len());
+    assert_eq!(
+        (unwritten, unwritten_file),
+        (0.0, 0),
+        "done marks still unwritten after the drain (count, file bytes)"
+    );
     if lost + misnumbered + early > 0 {
         print_log_about(&log, &examples);
     }
@@ -516,6 +526,19 @@ async fn scheduled_retries(url: &str) -> Option<u64> {
         total += n;
     }
     Some(total)
+}
+
+/// How often the server took the paths that keep a Redis write for later
+/// (its log's warnings), so a run shows whether its outages reached them.
+fn print_fallbacks(log: &std::path::Path) {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let count = |needle: &str| text.lines().filter(|l| l.contains(needle)).count();
+    eprintln!(
+        "Redis fallbacks: done marks kept {}, schedule entries cleared later {}, retries kept on the node {}",
+        count("cannot mark a delivery task done in Redis"),
+        count("cannot clear a sent retry"),
+        count("retry schedule unavailable"),
+    );
 }
 
 /// Prints the server log's lines that name an event of `examples` (each
