@@ -241,7 +241,7 @@ mod tests {
         assert!(!redis.task_done(&k1).await.unwrap());
         let writer = tokio::spawn(marks.clone().run(redis.clone()));
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while marks.len() > 0 {
+        while !marks.is_empty() {
             assert!(std::time::Instant::now() < deadline, "marks not written");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
