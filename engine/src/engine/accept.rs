@@ -207,9 +207,8 @@ impl Engine {
         matched: Vec<String>,
         ttl: i64,
     ) -> Result<PublishOutcome, EngineError> {
-        // A concurrent publish of the same id is waited for (it may still
-        // fail), never both accepted.
-        // Accepted here while Redis was down, its confirmation not written yet.
+        // Accepted here while Redis was down, its confirmation not written
+        // yet (the key is built only when some mark is kept).
         if let Some(m) = &self.unwritten_marks {
             if !m.is_empty() && m.contains(&redis.idempotency_key(&event.id)) {
                 return Ok(PublishOutcome {
@@ -219,6 +218,8 @@ impl Engine {
                 });
             }
         }
+        // A concurrent publish of the same id is waited for (it may still
+        // fail), never both accepted.
         let owner = crate::ids::random_hex(8);
         let give_up = std::time::Instant::now() + CLAIM_WAIT;
         loop {
@@ -436,7 +437,7 @@ impl Engine {
             }
         }
         let id = d.destination_id.clone();
-        let d_attempt = d.attempt;
+        let (d_attempt, d_manual) = (d.attempt, d.manual);
         let (done, finished) = tokio::sync::oneshot::channel();
         let (reply, accepted) = tokio::sync::oneshot::channel();
         let msg = AcceptMsg {
@@ -462,12 +463,14 @@ impl Engine {
         }
         if let Some((redis, key, event)) = marker {
             let ttl_ms = self.config.delivery_idempotency_key_ttl.as_millis() as i64;
-            if let Err(e) = redis.mark_task_done(key.clone(), ttl_ms).await {
+            if let Err(e) = redis.mark_task_done(key, ttl_ms).await {
                 // Kept (on disk before the ack) and written once Redis
-                // answers: a stale copy of this task must find it.
+                // answers: a stale copy of this task must find it. The key
+                // is built again here so a delivery copies it on no path.
                 tracing::warn!(error = %e, event_id = %event.id, destination_id = %id,
                     attempt = d_attempt, "cannot mark a delivery task done in Redis; kept until it answers");
                 if let Some(m) = &self.unwritten_marks {
+                    let key = redis.task_key_of(&event.id, &id, d_attempt, d_manual);
                     m.keep(key, crate::store::redis::TASK_DONE, ttl_ms).await;
                 }
             }
