@@ -35,12 +35,13 @@ fn stat_cpu(stat: &str) -> Option<f64> {
 
 /// What a server thread does, from its name (see the engine's thread names).
 pub fn thread_role(name: &str) -> &'static str {
-    const ROLES: [(&str, &str); 9] = [
+    const ROLES: [(&str, &str); 10] = [
         ("outrider-contro", "control runtime (API, queue clients)"),
         ("outrider-shard", "shards"),
         ("outrider-journa", "journal sync"),
         ("outrider-sqlite", "SQLite index writer"),
         ("outrider-ckpt", "SQLite checkpoint"),
+        ("outrider-wback", "SQLite writeback"),
         ("outrider-index", "index follower"),
         ("lapin-io-loop", "RabbitMQ client I/O"),
         ("tokio-runtime-w", "other tokio runtimes"),
@@ -68,6 +69,53 @@ pub fn cpu_by_role(before: &[(u32, String, f64)], after: &[(u32, String, f64)], 
         roles.insert("ended threads", total - counted);
     }
     let mut out: Vec<(String, f64)> = roles.into_iter().map(|(r, s)| (r.to_string(), s)).collect();
+    out.sort_by(|a, b| b.1.total_cmp(&a.1));
+    out
+}
+
+/// The local back-end servers a queue-mode run leans on, by process name
+/// (`comm`): their CPU is spent on the server's behalf on the same cores, so
+/// it belongs in what a delivery costs.
+const BACK_ENDS: [(&str, &str); 5] = [
+    ("redis-server", "Redis"),
+    ("beam.smp", "RabbitMQ"),
+    ("erl_child_setup", "RabbitMQ"),
+    ("postgres", "PostgreSQL"),
+    ("nats-server", "NATS"),
+];
+
+/// CPU seconds used so far by each running back-end process: pid, back end.
+pub fn back_end_cpu() -> Vec<(u32, &'static str, f64)> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| {
+        let pid: u32 = e.ok()?.file_name().to_str()?.parse().ok()?;
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        let name = stat.get(stat.find('(')? + 1..stat.rfind(')')?)?;
+        let back_end = BACK_ENDS.iter().find(|(comm, _)| name == *comm)?.1;
+        Some((pid, back_end, stat_cpu(&stat)?))
+    })
+    .collect()
+}
+
+/// CPU seconds per back end between two [`back_end_cpu`] samples, most
+/// first; a process that started between them counts whole (a new
+/// PostgreSQL connection, say), one that ended is missing (its CPU is lost).
+pub fn back_end_cpu_between(
+    before: &[(u32, &'static str, f64)],
+    after: &[(u32, &'static str, f64)],
+) -> Vec<(String, f64)> {
+    let start: std::collections::HashMap<u32, f64> = before.iter().map(|(pid, _, s)| (*pid, *s)).collect();
+    let mut by: std::collections::BTreeMap<&'static str, f64> = std::collections::BTreeMap::new();
+    for (pid, back_end, s) in after {
+        *by.entry(back_end).or_default() += (s - start.get(pid).copied().unwrap_or(0.0)).max(0.0);
+    }
+    let mut out: Vec<(String, f64)> = by
+        .into_iter()
+        .filter(|(_, s)| *s > 0.0)
+        .map(|(b, s)| (b.to_string(), s))
+        .collect();
     out.sort_by(|a, b| b.1.total_cmp(&a.1));
     out
 }
@@ -126,6 +174,21 @@ mod tests {
         if let Some((bytes, writes)) = super::device_writes(std::path::Path::new(env!("CARGO_MANIFEST_DIR"))) {
             assert!(bytes > 0 && writes > 0);
         }
+    }
+
+    #[test]
+    fn back_end_cpu_counts_new_processes_whole() {
+        let before = [(10, "Redis", 1.0), (20, "PostgreSQL", 2.0)];
+        let after = [
+            (10, "Redis", 1.5),
+            (20, "PostgreSQL", 2.25),
+            (21, "PostgreSQL", 0.5),
+            (30, "RabbitMQ", 0.0),
+        ];
+        assert_eq!(
+            super::back_end_cpu_between(&before, &after),
+            vec![("PostgreSQL".to_string(), 0.75), ("Redis".to_string(), 0.5)]
+        );
     }
 
     #[test]

@@ -95,6 +95,10 @@ pub struct Process {
     /// whole-device counts). `None` for a `--target` server or off a block
     /// device.
     pub device_writes: Option<DeviceWrites>,
+    /// CPU seconds of the local back ends (Redis, RabbitMQ, PostgreSQL,
+    /// NATS; by process name) over the same window, most first; empty when
+    /// none ran or the server is a `--target`.
+    pub back_ends: Vec<ThreadRole>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -274,6 +278,23 @@ impl Report {
             if !roles.is_empty() {
                 s.push_str(&format!("  threads     {}\n", roles.join(", ")));
             }
+        }
+        if !self.server_process.back_ends.is_empty() {
+            let per = |c: f64| c * 1e6 / d.delivered.max(1) as f64;
+            let all: f64 = self.server_process.back_ends.iter().map(|b| b.cpu_seconds).sum();
+            let each: Vec<String> = self
+                .server_process
+                .back_ends
+                .iter()
+                .map(|b| format!("{} {:.1} µs", b.role, per(b.cpu_seconds)))
+                .collect();
+            s.push_str(&format!(
+                "back ends     {:.1} CPU s ({:.1} µs per delivery: {}); server + back ends {:.1} µs per delivery\n",
+                all,
+                per(all),
+                each.join(", "),
+                per(all + self.server_process.cpu_seconds.unwrap_or(0.0))
+            ));
         }
         if let Some(w) = &self.server_process.device_writes {
             s.push_str(&format!(

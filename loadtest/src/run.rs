@@ -250,6 +250,7 @@ pub fn run(sc: &Scenario, opts: &Options) -> Result<Report, String> {
     let lag = LagSampler::start(&rt, addr);
     let cpu0 = pid.and_then(procstat::cpu_seconds);
     let threads0 = pid.map(procstat::thread_cpu).unwrap_or_default();
+    let back_ends0 = pid.map(|_| procstat::back_end_cpu()).unwrap_or_default();
     let disk0 = spawned.as_ref().and_then(|s| procstat::device_writes(s.dir.path()));
     let journal0 = rt.block_on(journal_commits(addr));
     let publish = rt.block_on(publish(addr, &api_key, sc, &prefix, opts.quiet))?;
@@ -277,6 +278,7 @@ pub fn run(sc: &Scenario, opts: &Options) -> Result<Report, String> {
     pb.finish();
     let cpu1 = pid.and_then(procstat::cpu_seconds);
     let threads1 = pid.map(procstat::thread_cpu).unwrap_or_default();
+    let back_ends1 = pid.map(|_| procstat::back_end_cpu()).unwrap_or_default();
     let disk1 = spawned.as_ref().and_then(|s| procstat::device_writes(s.dir.path()));
     // Read before the baseline also uses the sink.
     let sink_requests = sink.stats.requests.load(Ordering::Relaxed);
@@ -441,6 +443,10 @@ pub fn run(sc: &Scenario, opts: &Options) -> Result<Report, String> {
                 }),
                 _ => None,
             },
+            back_ends: procstat::back_end_cpu_between(&back_ends0, &back_ends1)
+                .into_iter()
+                .map(|(role, cpu_seconds)| report::ThreadRole { role, cpu_seconds })
+                .collect(),
         },
         baseline,
         ratio,
