@@ -327,6 +327,11 @@ impl EmbeddedStore {
             readers.push(r);
         }
         let checkpointer = open(&path, OpenFlags::default())?;
+        // A RESTART checkpoint holds every writer back while it waits for
+        // readers (an API query, say) to leave the WAL: give up after a
+        // moment and try again at the next round rather than stall entity
+        // writes behind a long read.
+        checkpointer.busy_timeout(Duration::from_millis(250))?;
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let stop2 = stop.clone();
         // Thread names fit Linux's 15-byte `comm`, so `top -H` and the load
@@ -410,8 +415,8 @@ const WAL_RESTART_FRAMES: i64 = 4_096;
 /// deliveries/s: WAL at 1 GiB, 33 KiB written per delivery against 14, 40 %
 /// more server CPU). Past [`WAL_RESTART_FRAMES`] a RESTART checkpoint holds
 /// the writer back for one catch-up (the index writer is off the publish
-/// path) so that the WAL starts over, and `journal_size_limit` cuts the file
-/// back.
+/// path; it waits at most the checkpointer's 250 ms busy timeout for readers)
+/// so that the WAL starts over, and `journal_size_limit` cuts the file back.
 fn checkpoint_loop(conn: Connection, stop: Arc<std::sync::atomic::AtomicBool>) {
     while !stop.load(std::sync::atomic::Ordering::Relaxed) {
         std::thread::sleep(Duration::from_millis(200));
