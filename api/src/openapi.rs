@@ -860,6 +860,13 @@ fn fields_schema(kind: &str, section: &str, fields: Option<&Value>, partial: boo
         let Some(key) = f.get("key").and_then(Value::as_str) else {
             continue;
         };
+        // The server takes an empty value of an optional field as "not
+        // set" and checks no pattern or option against it, and it answers
+        // with what was stored: the schema admits "" for such fields, or a
+        // destination saved with one would not match its own schema.
+        // (Checkboxes are stored as "true" or "false", never "".)
+        let optional = f.get("required").and_then(Value::as_bool) != Some(true);
+        let select = f.get("type").and_then(Value::as_str) == Some("select");
         let mut p = Map::new();
         p.insert("type".into(), "string".into());
         match f.get("type").and_then(Value::as_str) {
@@ -881,6 +888,17 @@ fn fields_schema(kind: &str, section: &str, fields: Option<&Value>, partial: boo
         for k in ["description", "default", "pattern"] {
             if let Some(v) = f.get(k) {
                 p.insert(k.into(), v.clone());
+            }
+        }
+        if optional {
+            if let Some(Value::String(pattern)) = p.get("pattern") {
+                let either = format!("^$|{pattern}");
+                p.insert("pattern".into(), either.into());
+            }
+            if let Some(Value::Array(values)) = p.get_mut("enum").filter(|_| select) {
+                if !values.iter().any(|v| v == "") {
+                    values.push("".into());
+                }
             }
         }
         if !partial && f.get("required").and_then(Value::as_bool) == Some(true) {

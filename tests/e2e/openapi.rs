@@ -419,6 +419,78 @@ async fn the_served_openapi_document_differs_from_outposts_only_where_listed() {
     );
 }
 
+/// The server takes an empty value of an optional config or credentials
+/// field as "not set" (no pattern or option is checked against it) and
+/// answers with what it stored, so each such field's schema must admit "".
+/// Schemathesis found one that did not: an `aws_eventbridge` destination
+/// saved with `config.endpoint: ""` came back failing the endpoint's pattern.
+#[tokio::test]
+async fn a_destination_with_an_optional_field_left_empty_matches_its_own_schema() {
+    let s = Server::start(&[]).await;
+    let api = Api::admin(&s);
+    let doc = api.get("/openapi.json").await.body;
+    let schemas = doc["components"]["schemas"].as_object().expect("components.schemas");
+    let mut checked = 0;
+    for (name, schema) in schemas {
+        let full = name.ends_with("Config") || name.ends_with("Credentials");
+        let Some(props) = schema["properties"].as_object().filter(|_| full) else {
+            continue;
+        };
+        let required: Vec<&str> = schema["required"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
+        for (key, p) in props.iter().filter(|(k, _)| !required.contains(&k.as_str())) {
+            if let Some(pattern) = p["pattern"].as_str() {
+                let re = regex::Regex::new(pattern).unwrap_or_else(|e| panic!("{name}.{key}: {pattern}: {e}"));
+                assert!(
+                    re.is_match(""),
+                    "{name}.{key}: optional, but its pattern {pattern} refuses \"\""
+                );
+                checked += 1;
+            }
+            // Checkboxes ("true" / "false") are stored normalised, never "".
+            let checkbox = p["enum"] == serde_json::json!(["true", "false"]);
+            if let Some(values) = p["enum"].as_array().filter(|_| !checkbox) {
+                assert!(
+                    values.contains(&Value::from("")),
+                    "{name}.{key}: optional, but its enum {values:?} lacks \"\""
+                );
+                checked += 1;
+            }
+        }
+    }
+    assert!(
+        checked > 0,
+        "no optional field with a pattern or an enum: the test checked nothing"
+    );
+
+    // The case schemathesis found, end to end.
+    api.tenant("empty-field").await;
+    let created = api
+        .post(
+            "/tenants/empty-field/destinations",
+            serde_json::json!({"type": "aws_eventbridge", "topics": "*",
+                "config": {"region": "us-east-1", "endpoint": ""},
+                "credentials": {"key": "k", "secret": "s"}}),
+        )
+        .await;
+    assert_eq!(created.status, 201, "{}", created.text);
+    let listed = api.get("/tenants/empty-field/destinations").await;
+    assert_eq!(listed.status, 200, "{}", listed.text);
+    let endpoint = &listed.body[0]["config"]["endpoint"];
+    let pattern = schemas["AWSEventBridgeConfig"]["properties"]["endpoint"]["pattern"]
+        .as_str()
+        .expect("the endpoint's pattern");
+    let re = regex::Regex::new(pattern).expect("a pattern Rust's regex reads");
+    assert!(
+        endpoint.as_str().is_none_or(|v| re.is_match(v)),
+        "config.endpoint {endpoint} does not match its schema's pattern {pattern}"
+    );
+}
+
 /// Schemathesis (PyPI) against the document the server serves: generated
 /// requests for every operation, positive and negative, bounded by examples
 /// and time. No answer may be a 5xx, a status the document does not list
