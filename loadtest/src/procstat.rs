@@ -17,10 +17,14 @@ pub fn thread_cpu(pid: u32) -> Vec<(u32, String, f64)> {
     dir.filter_map(|e| {
         let tid: u32 = e.ok()?.file_name().to_str()?.parse().ok()?;
         let stat = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat")).ok()?;
-        let name = stat.get(stat.find('(')? + 1..stat.rfind(')')?)?.to_string();
-        Some((tid, name, stat_cpu(&stat)?))
+        Some((tid, comm(&stat)?.to_string(), stat_cpu(&stat)?))
     })
     .collect()
+}
+
+/// The command name (`comm`) of a `/proc/.../stat` line.
+fn comm(stat: &str) -> Option<&str> {
+    stat.get(stat.find('(')? + 1..stat.rfind(')')?)
 }
 
 /// The CPU seconds (utime + stime) of a `/proc/.../stat` line.
@@ -58,19 +62,12 @@ pub fn thread_role(name: &str) -> &'static str {
 /// `total` (the process's own figure over the same window) less what the
 /// threads account for is reported as `ended threads`.
 pub fn cpu_by_role(before: &[(u32, String, f64)], after: &[(u32, String, f64)], total: f64) -> Vec<(String, f64)> {
-    let start: std::collections::HashMap<u32, f64> = before.iter().map(|(tid, _, s)| (*tid, *s)).collect();
-    let mut roles: std::collections::BTreeMap<&'static str, f64> = std::collections::BTreeMap::new();
-    for (tid, name, s) in after {
-        let used = (s - start.get(tid).copied().unwrap_or(0.0)).max(0.0);
-        *roles.entry(thread_role(name)).or_default() += used;
-    }
+    let mut roles = used_by_label(before, after, |name: &String| thread_role(name));
     let counted: f64 = roles.values().sum();
     if total - counted > 0.005 {
         roles.insert("ended threads", total - counted);
     }
-    let mut out: Vec<(String, f64)> = roles.into_iter().map(|(r, s)| (r.to_string(), s)).collect();
-    out.sort_by(|a, b| b.1.total_cmp(&a.1));
-    out
+    most_first(roles)
 }
 
 /// The local back-end servers a queue-mode run leans on, by process name
@@ -92,8 +89,8 @@ pub fn back_end_cpu() -> Vec<(u32, &'static str, f64)> {
     dir.filter_map(|e| {
         let pid: u32 = e.ok()?.file_name().to_str()?.parse().ok()?;
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-        let name = stat.get(stat.find('(')? + 1..stat.rfind(')')?)?;
-        let back_end = BACK_ENDS.iter().find(|(comm, _)| name == *comm)?.1;
+        let name = comm(&stat)?;
+        let back_end = BACK_ENDS.iter().find(|(c, _)| name == *c)?.1;
         Some((pid, back_end, stat_cpu(&stat)?))
     })
     .collect()
@@ -106,16 +103,28 @@ pub fn back_end_cpu_between(
     before: &[(u32, &'static str, f64)],
     after: &[(u32, &'static str, f64)],
 ) -> Vec<(String, f64)> {
-    let start: std::collections::HashMap<u32, f64> = before.iter().map(|(pid, _, s)| (*pid, *s)).collect();
-    let mut by: std::collections::BTreeMap<&'static str, f64> = std::collections::BTreeMap::new();
-    for (pid, back_end, s) in after {
-        *by.entry(back_end).or_default() += (s - start.get(pid).copied().unwrap_or(0.0)).max(0.0);
+    let mut by = used_by_label(before, after, |b: &&'static str| *b);
+    by.retain(|_, s| *s > 0.0);
+    most_first(by)
+}
+
+/// CPU seconds used between two samples of `(id, what, seconds so far)`,
+/// summed by `label(what)`; an id missing from `before` counts whole.
+fn used_by_label<T>(
+    before: &[(u32, T, f64)],
+    after: &[(u32, T, f64)],
+    label: impl Fn(&T) -> &'static str,
+) -> std::collections::BTreeMap<&'static str, f64> {
+    let start: std::collections::HashMap<u32, f64> = before.iter().map(|(id, _, s)| (*id, *s)).collect();
+    let mut by = std::collections::BTreeMap::new();
+    for (id, what, s) in after {
+        *by.entry(label(what)).or_default() += (s - start.get(id).copied().unwrap_or(0.0)).max(0.0);
     }
-    let mut out: Vec<(String, f64)> = by
-        .into_iter()
-        .filter(|(_, s)| *s > 0.0)
-        .map(|(b, s)| (b.to_string(), s))
-        .collect();
+    by
+}
+
+fn most_first(by: std::collections::BTreeMap<&'static str, f64>) -> Vec<(String, f64)> {
+    let mut out: Vec<(String, f64)> = by.into_iter().map(|(k, s)| (k.to_string(), s)).collect();
     out.sort_by(|a, b| b.1.total_cmp(&a.1));
     out
 }

@@ -301,7 +301,8 @@ impl EmbeddedStore {
         // The writer's own auto-checkpoint stays as a far-off safety net.
         conn.pragma_update(None, "wal_autocheckpoint", 262_144)?;
         // After the WAL starts over, a file grown past this is cut back to it.
-        conn.pragma_update(None, "journal_size_limit", WAL_RESTART_FRAMES * 4096)?;
+        let page: i64 = conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
+        conn.pragma_update(None, "journal_size_limit", WAL_RESTART_FRAMES * page)?;
         conn.execute_batch(SCHEMA)?;
         migrate_attempts_by_event(&conn)?;
         conn.execute_batch(outbox::SCHEMA)?;
@@ -399,8 +400,8 @@ impl EmbeddedStore {
     }
 }
 
-/// WAL frames (4 KiB pages) past which a checkpoint makes the WAL start over
-/// (16 MiB; about what the WAL holds at its high-water mark when checkpoints
+/// WAL frames (one page each) past which a checkpoint makes the WAL start
+/// over (16 MiB with SQLite's default 4 KiB pages; about what the WAL holds at its high-water mark when checkpoints
 /// keep up).
 const WAL_RESTART_FRAMES: i64 = 4_096;
 
