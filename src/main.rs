@@ -64,8 +64,9 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
-    // The API accepts publishes on every core: one worker per core, so the
-    // accept path is never one thread for the whole node.
+    // The control plane, the queue consumers and the metrics port run here;
+    // the API's accept loops run on the shards' threads (`spawn_servers`),
+    // except on a node without shards.
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(cores.max(2))
@@ -248,9 +249,6 @@ async fn serve(config: Config) -> Result<(), String> {
         shutdown_signal().await;
         let _ = stop_tx.send(true);
     });
-    let stopping = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|stop| *stop).await;
-    };
     if let Some(mport) = engine.config.metrics_port {
         let listener = tokio::net::TcpListener::bind((host, mport))
             .await
@@ -259,9 +257,20 @@ async fn serve(config: Config) -> Result<(), String> {
         tokio::spawn(outrider_api::serve_router(listener, metrics, stopping(stop_rx.clone())));
         tracing::info!(port = mport, "metrics listening");
     }
-    let serve = outrider_api::serve_router(listener, router, stopping(stop_rx.clone()));
+    let servers = spawn_servers(&engine, listener, router, &stop_rx).await?;
+    let all_served = async {
+        for (i, server) in servers.into_iter().enumerate() {
+            match server.await {
+                Ok(r) => r.map_err(|e| format!("server error: {e}"))?,
+                // Its shard's thread ended (a panic): the other accept loops
+                // go on taking the connections; `/healthz` reports the shard.
+                Err(e) => tracing::error!(accept_loop = i, error = %e, "an API accept loop ended with its shard"),
+            }
+        }
+        Ok::<(), String>(())
+    };
     tokio::select! {
-        r = serve => r.map_err(|e| format!("server error: {e}"))?,
+        r = all_served => r?,
         _ = async { stopping(stop_rx).await; tokio::time::sleep(drain).await } => {
             tracing::warn!(?drain, "open API requests did not end within OUTRIDER_SHUTDOWN_DRAIN_SECONDS; closing them");
         }
@@ -275,6 +284,70 @@ async fn serve(config: Config) -> Result<(), String> {
         "stopped"
     );
     Ok(())
+}
+
+type Server = tokio::task::JoinHandle<std::io::Result<()>>;
+
+/// Starts the API's accept loops: one on each shard's thread (its pinned
+/// `current_thread` runtime), all taking connections from the one listening
+/// socket. A publish is then read, parsed and matched on a shard's core and
+/// handed to the owning shard's inbox, a wake on the same thread when that is
+/// its own; no shared multi-thread runtime sits on the publish path. One
+/// shared socket rather than one `SO_REUSEPORT` socket per shard: the kernel
+/// gives each new connection to whichever loop takes it first (a busy shard
+/// takes fewer), a connection never waits in the backlog of a shard whose
+/// thread died, and no other process can bind the port beside us. A node
+/// without shards serves from the control runtime.
+async fn spawn_servers(
+    engine: &Engine,
+    listener: tokio::net::TcpListener,
+    router: axum::Router,
+    stop: &tokio::sync::watch::Receiver<bool>,
+) -> Result<Vec<Server>, String> {
+    if engine.shard_count() == 0 {
+        return Ok(vec![tokio::spawn(outrider_api::serve_router(
+            listener,
+            router,
+            stopping(stop.clone()),
+        ))]);
+    }
+    // Non-blocking already (tokio set it); the copies share that.
+    let shared = listener
+        .into_std()
+        .map_err(|e| format!("cannot share the API socket: {e}"))?;
+    let mut started = Vec::with_capacity(engine.shard_count());
+    engine
+        .on_shard_threads(|_| {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            started.push(rx);
+            let copy = shared.try_clone();
+            let router = router.clone();
+            let stop = stop.clone();
+            Box::new(move || {
+                // Registered with this thread's runtime, so its connections
+                // are read here.
+                let server = copy
+                    .and_then(tokio::net::TcpListener::from_std)
+                    .map(|l| tokio::spawn(outrider_api::serve_router(l, router, stopping(stop))));
+                let _ = tx.send(server);
+            })
+        })
+        .await
+        .map_err(|e| format!("cannot start the API on the shards: {e}"))?;
+    let mut servers = Vec::with_capacity(started.len());
+    for rx in started {
+        match rx.await {
+            Ok(Ok(server)) => servers.push(server),
+            Ok(Err(e)) => return Err(format!("cannot start the API on a shard: {e}")),
+            Err(_) => return Err("a shard ended before its API accept loop started".into()),
+        }
+    }
+    Ok(servers)
+}
+
+/// Resolves once the stop signal has been given.
+async fn stopping(mut rx: tokio::sync::watch::Receiver<bool>) {
+    let _ = rx.wait_for(|stop| *stop).await;
 }
 
 async fn shutdown_signal() {

@@ -90,6 +90,10 @@ pub enum ShardMsg {
         deadline: std::time::Instant,
         report: oneshot::Sender<DrainReport>,
     },
+    /// Runs on the shard's own thread, inside its runtime: whatever it spawns
+    /// (the API's accept loop) shares the shard's core instead of a runtime
+    /// of its own.
+    OnThread(Box<dyn FnOnce() + Send>),
 }
 
 /// What a shard did when it was asked to stop.
@@ -557,6 +561,7 @@ async fn run(id: usize, rx: flume::Receiver<ShardMsg>, deps: ShardDeps, stats: A
                 shutdown = Some((deadline, report));
                 break;
             }
+            ShardMsg::OnThread(start) => start(),
         }
     }
     let report = shard.drain(shutdown.as_ref().map(|(d, _)| *d)).await;

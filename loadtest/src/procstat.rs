@@ -40,7 +40,7 @@ fn stat_cpu(stat: &str) -> Option<f64> {
 /// What a server thread does, from its name (see the engine's thread names).
 pub fn thread_role(name: &str) -> &'static str {
     const ROLES: [(&str, &str); 10] = [
-        ("outrider-contro", "control runtime (API, queue clients)"),
+        ("outrider-contro", "control runtime"),
         ("outrider-shard", "shards"),
         ("outrider-journa", "journal sync"),
         ("outrider-sqlite", "SQLite index writer"),
@@ -218,7 +218,7 @@ mod tests {
         assert_eq!(
             by_role,
             vec![
-                ("control runtime (API, queue clients)".to_string(), 2.0),
+                ("control runtime".to_string(), 2.0),
                 ("shards".to_string(), 2.0),
                 ("ended threads".to_string(), 0.75),
                 ("SQLite index writer".to_string(), 0.25),

@@ -628,6 +628,32 @@ impl Engine {
         self.shards.len()
     }
 
+    /// Runs `start(i)` on shard `i`'s thread, inside its runtime, for every
+    /// shard, and returns once each has run: what it spawns there (the API's
+    /// accept loops) runs on the shard's core beside its deliveries, and a
+    /// publish read there reaches a destination the shard owns without
+    /// waking another thread.
+    pub async fn on_shard_threads(
+        &self,
+        mut start: impl FnMut(usize) -> Box<dyn FnOnce() + Send>,
+    ) -> Result<(), EngineError> {
+        let mut ran = Vec::with_capacity(self.shards.len());
+        for (i, s) in self.shards.iter().enumerate() {
+            let f = start(i);
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            let msg = ShardMsg::OnThread(Box::new(move || {
+                f();
+                let _ = tx.send(());
+            }));
+            s.tx.send_async(msg).await.map_err(|_| EngineError::Closed)?;
+            ran.push(rx);
+        }
+        for rx in ran {
+            rx.await.map_err(|_| EngineError::Closed)?;
+        }
+        Ok(())
+    }
+
     /// Stops the node: the consumers and background tasks first, then each
     /// shard drains (attempts in flight finish or are abandoned at
     /// `OUTRIDER_SHUTDOWN_DRAIN_SECONDS`, outcomes are committed). Deliveries

@@ -263,3 +263,45 @@ async fn a_dead_index_follower_reads_as_not_running() {
     );
     engine.shutdown().await;
 }
+
+/// Issue 34, item 1: the API's accept loops are started through
+/// `on_shard_threads`. What each start spawns must run on that shard's own
+/// thread (so a publish read there shares the shard's core), on every shard,
+/// and keep running after the start returns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn work_started_on_the_shards_runs_on_their_threads() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = start_engine(dir.path(), &[("DELIVERY_SHARDS", "3")]).await;
+    assert_eq!(engine.shard_count(), 3);
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    engine
+        .on_shard_threads(|i| {
+            let tx = tx.clone();
+            Box::new(move || {
+                // Spawned, then run later by the shard's runtime.
+                tokio::spawn(async move {
+                    tokio::task::yield_now().await;
+                    let name = std::thread::current().name().map(String::from);
+                    let _ = tx.send((i, name));
+                });
+            })
+        })
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        let got = tokio::time::timeout(std::time::Duration::from_secs(5), rx.recv())
+            .await
+            .expect("a spawned task ran")
+            .unwrap();
+        seen.push(got);
+    }
+    seen.sort();
+    assert_eq!(
+        seen,
+        (0..3)
+            .map(|i| (i, Some(format!("outrider-shard-{i}"))))
+            .collect::<Vec<_>>()
+    );
+    engine.shutdown().await;
+}
