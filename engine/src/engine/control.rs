@@ -50,7 +50,7 @@ impl Engine {
         id: &str,
         metadata: Option<crate::model::StringMap>,
     ) -> Result<(TenantView, bool), EngineError> {
-        let _w = self.writes.lock().await;
+        let _w = self.writes.lock(id).await;
         let now = now_ms();
         let existing = self.state.read().tenants.get(id).map(|e| e.tenant.clone());
         let created = existing.is_none();
@@ -67,7 +67,7 @@ impl Engine {
     }
 
     pub async fn delete_tenant(&self, id: &str) -> Result<bool, EngineError> {
-        let _w = self.writes.lock().await;
+        let _w = self.writes.lock(id).await;
         if !self.tenant_exists(id) {
             return Ok(false);
         }
@@ -89,7 +89,7 @@ impl Engine {
 
     /// Stores a new destination (already validated and preprocessed).
     pub async fn create_destination(&self, d: Destination) -> Result<Arc<Destination>, EngineError> {
-        let _w = self.writes.lock().await;
+        let _w = self.writes.lock(&d.tenant_id).await;
         let before = self.tenant(&d.tenant_id);
         {
             let st = self.state.read();
@@ -106,6 +106,12 @@ impl Engine {
                 ));
             }
         }
+        // Held until the routing table has it: another tenant's create of
+        // the same id (under its own lock) fails instead of replacing it.
+        let _id = self
+            .writes
+            .reserve(&d.id, || self.state.read().owners.contains_key(&d.id))
+            .ok_or_else(|| EngineError::BadRequest("destination already exists".into()))?;
         self.entities.put_destination(d.clone()).await?;
         let mut d = d;
         d.shrink();
@@ -125,7 +131,7 @@ impl Engine {
     /// Replaces a stored destination (same id and tenant).
     pub async fn update_destination(&self, mut d: Destination) -> Result<Arc<Destination>, EngineError> {
         d.shrink();
-        let _w = self.writes.lock().await;
+        let _w = self.writes.lock(&d.tenant_id).await;
         if self.destination(&d.tenant_id, &d.id).is_none() {
             return Err(EngineError::NotFound("destination not found"));
         }
@@ -146,7 +152,7 @@ impl Engine {
     }
 
     pub async fn delete_destination(&self, tenant_id: &str, id: &str) -> Result<bool, EngineError> {
-        let _w = self.writes.lock().await;
+        let _w = self.writes.lock(tenant_id).await;
         if self.destination(tenant_id, id).is_none() {
             return Ok(false);
         }

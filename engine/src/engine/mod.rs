@@ -36,6 +36,7 @@ mod marks;
 mod recovery;
 mod routing_table;
 mod startup;
+mod tenant_locks;
 mod workers;
 
 pub use startup::StartupError;
@@ -182,8 +183,9 @@ pub struct Engine {
     pub types: Arc<Registry>,
     pub ids: IdGenerator,
     state: RwLock<State>,
-    /// Serialises control-plane writes so store, table and shards agree.
-    writes: tokio::sync::Mutex<()>,
+    /// Orders each tenant's control-plane writes so store, table and shards
+    /// agree; different tenants' writes run side by side.
+    writes: tenant_locks::TenantLocks,
     shards: Vec<ShardHandle>,
     threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
     pipeline: Mutex<Option<tokio::task::JoinHandle<()>>>,
@@ -513,7 +515,7 @@ impl Engine {
             types,
             ids,
             state: RwLock::new(State::default()),
-            writes: tokio::sync::Mutex::new(()),
+            writes: tenant_locks::TenantLocks::new(),
             shards,
             threads: Mutex::new(threads),
             pipeline: Mutex::new(None),

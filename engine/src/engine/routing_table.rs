@@ -56,7 +56,11 @@ impl Engine {
     /// Applies one change announced on the Redis channel (made by any node,
     /// this one included): the store is read again, so the latest state wins.
     pub(super) async fn apply_change(&self, redis: &RedisEntityStore, change: Change) -> Result<(), EngineError> {
-        let _w = self.writes.lock().await;
+        let tenant = match &change {
+            Change::Tenant { id, .. } => id.clone(),
+            Change::Destination { tenant_id, .. } => tenant_id.clone(),
+        };
+        let _w = self.writes.lock(&tenant).await;
         match change {
             Change::Tenant { id, .. } => match redis.get_tenant(&id).await? {
                 Some(t) => {

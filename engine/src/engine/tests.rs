@@ -305,3 +305,59 @@ async fn work_started_on_the_shards_runs_on_their_threads() {
     );
     engine.shutdown().await;
 }
+
+/// Issue 34 (provisioning): one lock for every control-plane write made
+/// each create wait for the previous one's sync, so 64 tenants created at
+/// once took 64 store commits. Different tenants now share commits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenants_created_at_once_share_store_commits() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = start_engine(dir.path(), &[]).await;
+    let stats = engine.store.writer_stats.clone();
+    let before = stats.commits.load(std::sync::atomic::Ordering::Relaxed);
+    let creates: Vec<_> = (0..64)
+        .map(|i| {
+            let engine = engine.clone();
+            tokio::spawn(async move { engine.upsert_tenant(&format!("t{i}"), None).await.map(|(_, c)| c) })
+        })
+        .collect();
+    for c in creates {
+        assert!(c.await.unwrap().unwrap(), "created");
+    }
+    let commits = stats.commits.load(std::sync::atomic::Ordering::Relaxed) - before;
+    assert!(commits <= 32, "64 tenant creates took {commits} store commits");
+    engine.shutdown().await;
+}
+
+/// Two tenants' creates no longer exclude each other, so a destination id
+/// (unique across tenants: shards route by it) is held while it is created:
+/// of two tenants creating the same id at once, exactly one gets it, and the
+/// other's create does not replace it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_destination_id_created_by_two_tenants_at_once_goes_to_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = start_engine(dir.path(), &[]).await;
+    let addr: std::net::SocketAddr = "127.0.0.1:9".parse().unwrap();
+    for round in 0..20 {
+        let (a, b) = (format!("ta{round}"), format!("tb{round}"));
+        engine.upsert_tenant(&a, None).await.unwrap();
+        engine.upsert_tenant(&b, None).await.unwrap();
+        let id = format!("des_same_{round}");
+        let create = |tenant: String| {
+            let engine = engine.clone();
+            let mut d = destination(&id, "webhook", webhook_config(addr), StringMap::new());
+            d.tenant_id = tenant;
+            tokio::spawn(async move { engine.create_destination(d).await })
+        };
+        let (ra, rb) = (create(a.clone()), create(b.clone()));
+        let (ra, rb) = (ra.await.unwrap(), rb.await.unwrap());
+        assert!(ra.is_ok() != rb.is_ok(), "round {round}: exactly one create succeeds");
+        let owner = if ra.is_ok() { &a } else { &b };
+        let (_, stored) = engine.entities.load_entities().await.unwrap();
+        let stored: Vec<_> = stored.into_iter().filter(|d| d.id == id).map(|d| d.tenant_id).collect();
+        assert_eq!(stored, vec![owner.clone()], "round {round}");
+        let other = if ra.is_ok() { &b } else { &a };
+        assert!(engine.destination(other, &id).is_none(), "round {round}");
+    }
+    engine.shutdown().await;
+}
