@@ -259,13 +259,20 @@ async fn serve(config: Config) -> Result<(), String> {
     }
     let servers = spawn_servers(&engine, listener, router, &stop_rx).await?;
     let all_served = async {
+        let (count, mut lost) = (servers.len(), 0);
         for (i, server) in servers.into_iter().enumerate() {
             match server.await {
                 Ok(r) => r.map_err(|e| format!("server error: {e}"))?,
                 // Its shard's thread ended (a panic): the other accept loops
                 // go on taking the connections; `/healthz` reports the shard.
-                Err(e) => tracing::error!(accept_loop = i, error = %e, "an API accept loop ended with its shard"),
+                Err(e) => {
+                    lost += 1;
+                    tracing::error!(accept_loop = i, error = %e, "an API accept loop ended with its shard");
+                }
             }
+        }
+        if lost == count {
+            return Err("every shard's thread ended: nothing serves the API".to_string());
         }
         Ok::<(), String>(())
     };
