@@ -302,7 +302,7 @@ type Server = tokio::task::JoinHandle<std::io::Result<()>>;
 /// its own; no shared multi-thread runtime sits on the publish path. One
 /// shared socket rather than one `SO_REUSEPORT` socket per shard: the kernel
 /// gives each new connection to whichever loop takes it first (a busy shard
-/// takes fewer), a connection never waits in the backlog of a shard whose
+/// tends to take fewer), a connection never waits in the backlog of a shard whose
 /// thread died, and no other process can bind the port beside us. A node
 /// without shards serves from the control runtime.
 async fn spawn_servers(
