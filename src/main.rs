@@ -65,8 +65,7 @@ fn main() -> std::process::ExitCode {
         }
     };
     // The control plane, the queue consumers and the metrics port run here;
-    // the API's accept loops run on the shards' threads (`spawn_servers`),
-    // except on a node without shards.
+    // the API's accept loops run on the shards' threads (`spawn_servers`).
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(cores.max(2))
@@ -303,21 +302,14 @@ type Server = tokio::task::JoinHandle<std::io::Result<()>>;
 /// shared socket rather than one `SO_REUSEPORT` socket per shard: the kernel
 /// gives each new connection to whichever loop takes it first (a busy shard
 /// tends to take fewer), a connection never waits in the backlog of a shard whose
-/// thread died, and no other process can bind the port beside us. A node
-/// without shards serves from the control runtime.
+/// thread died, and no other process can bind the port beside us. Every
+/// node has at least one shard (`DELIVERY_SHARDS` ≥ 1), API-only ones too.
 async fn spawn_servers(
     engine: &Engine,
     listener: tokio::net::TcpListener,
     router: axum::Router,
     stop: &tokio::sync::watch::Receiver<bool>,
 ) -> Result<Vec<Server>, String> {
-    if engine.shard_count() == 0 {
-        return Ok(vec![tokio::spawn(outrider_api::serve_router(
-            listener,
-            router,
-            stopping(stop.clone()),
-        ))]);
-    }
     // Non-blocking already (tokio set it); the copies share that.
     let shared = listener
         .into_std()

@@ -901,7 +901,7 @@ fn fields_schema(kind: &str, section: &str, fields: Option<&Value>, partial: boo
                 }
             }
         }
-        if !partial && f.get("required").and_then(Value::as_bool) == Some(true) {
+        if !partial && !optional {
             required.push(Value::from(key));
         }
         props.insert(key.into(), Value::Object(p));
