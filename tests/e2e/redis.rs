@@ -384,9 +384,11 @@ async fn the_change_feed_survives_the_loss_of_the_seed_node() {
     }
 
     // Right after a failover B's cluster client may still hold the old slot
-    // map: a write can fail once (503, "retry later") and is retried, as a
-    // client would.
-    let deadline = Instant::now() + Duration::from_secs(20);
+    // map: a write can fail (503, "retry later") and is retried, as a client
+    // would. Under the full suite on two cores this lasted past 20 s once
+    // (2026-12-06, 29.8 s for the test): how long a node takes to see the
+    // new master under load is an open finding, not what this test bounds.
+    let deadline = Instant::now() + Duration::from_secs(45);
     loop {
         let body = json!({"type": "webhook", "topics": "*", "config": {"url": rx.url("/after")}});
         let r = api_b.post("/tenants/t1/destinations", body).await;
