@@ -361,3 +361,50 @@ async fn one_destination_id_created_by_two_tenants_at_once_goes_to_one() {
     }
     engine.shutdown().await;
 }
+
+/// A steady trickle of publishes (each one waiting for its journal commit,
+/// so they arrive one by one) reaches the index in at most one transaction
+/// per pause, not one per event: the follower waits after each transaction
+/// even when it was small. Every event still gets there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trickle_of_events_is_indexed_in_few_transactions() {
+    use std::sync::atomic::Ordering::Relaxed;
+    let dir = tempfile::tempdir().unwrap();
+    let engine = start_engine(dir.path(), &[]).await;
+    engine.upsert_tenant("t", None).await.unwrap();
+    // Nothing listens on port 9: each delivery fails at once and its
+    // attempt is indexed too.
+    let closed: std::net::SocketAddr = "127.0.0.1:9".parse().unwrap();
+    engine
+        .create_destination(destination("d1", "webhook", webhook_config(closed), StringMap::new()))
+        .await
+        .unwrap();
+    let stats = engine.store.writer_stats.clone();
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let (commits_before, records_before) = (stats.commits.load(Relaxed), stats.records.load(Relaxed));
+    let started = std::time::Instant::now();
+    const EVENTS: u64 = 200;
+    for i in 0..EVENTS {
+        let mut e = (*task(&format!("trickle-{i}"), "t", "d1", "{}").event).clone();
+        e.matched_destination_ids.clear();
+        engine.publish(e).await.unwrap();
+    }
+    let elapsed = started.elapsed();
+    let commits = stats.commits.load(Relaxed) - commits_before;
+    // LIGHT_PAUSE is 10 ms; a few more for the transaction in flight when
+    // publishing began and the writer's other (entity) commits.
+    let bound = elapsed.as_millis() as u64 / 10 + 5;
+    assert!(
+        commits <= bound,
+        "{EVENTS} publishes over {elapsed:?} took {commits} index transactions (at most {bound})"
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while stats.records.load(Relaxed) - records_before < EVENTS {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the index did not take every event"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    engine.shutdown().await;
+}
