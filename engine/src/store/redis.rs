@@ -365,6 +365,21 @@ fn live_nodes(text: &str) -> Vec<(String, u16)> {
         .collect()
 }
 
+/// How often the cluster client retries one call (a redirect, a lost
+/// connection, a slot without a master) before the call fails.
+const CLUSTER_RETRIES: u32 = 8;
+
+/// Whether an aborted MULTI/EXEC was aborted because its slot moved (a
+/// queued command answered MOVED or ASK).
+fn redirected_in_transaction(e: &::redis::RedisError) -> bool {
+    use ::redis::{ErrorKind, ServerErrorKind};
+    e.kind() == ErrorKind::Server(ServerErrorKind::ExecAbort)
+        && e.clone().into_server_errors().is_some_and(|errs| {
+            errs.iter()
+                .any(|(_, se)| matches!(se.kind(), Some(ServerErrorKind::Moved | ServerErrorKind::Ask)))
+        })
+}
+
 fn rerr(e: ::redis::RedisError) -> StoreError {
     use ::redis::{ErrorKind, ServerErrorKind};
     // Connection trouble and a cluster moving slots pass: the caller (an API
@@ -409,11 +424,21 @@ impl RedisEntityStore {
         let deadline = tokio::time::Instant::now() + patience;
         let mut backoff = crate::backoff::Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
         let cluster = if cfg.cluster {
+            // The client's own retries (its default: 16, waits growing from
+            // 1.28 s to minutes) kept a call to a slot whose master had died
+            // waiting for over 30 s, long after the cluster had failed over;
+            // a call now gives up within about 5 s (503 to an API client),
+            // and the next one starts afresh on the refreshed slot map.
             Some(
-                ::redis::cluster::ClusterClient::new(vec![cfg.url()]).map_err(|e| StoreError::Unreachable {
-                    what: "Redis",
-                    message: format!("invalid cluster settings: {:?}", e.kind()),
-                })?,
+                ::redis::cluster::ClusterClient::builder(vec![cfg.url()])
+                    .retries(CLUSTER_RETRIES)
+                    .min_retry_wait(100)
+                    .max_retry_wait(2_000)
+                    .build()
+                    .map_err(|e| StoreError::Unreachable {
+                        what: "Redis",
+                        message: format!("invalid cluster settings: {:?}", e.kind()),
+                    })?,
             )
         } else {
             None
@@ -466,6 +491,29 @@ impl RedisEntityStore {
 
     fn key(&self, name: &str) -> String {
         format!("{{{}outrider}}:{name}", self.prefix)
+    }
+
+    /// Runs a MULTI/EXEC pipeline of this deployment's keys (one slot).
+    ///
+    /// After a cluster failover the commands queued in a MULTI answer MOVED
+    /// and EXEC aborts; the cluster client takes that for a failed
+    /// transaction, not a redirect, so its slot map stayed stale and every
+    /// later transaction failed the same way (a node answered 503 to
+    /// every create for as long as it ran). A plain read of a key in the
+    /// slot gets the MOVED the client acts on (it rebuilds its slot map);
+    /// then the transaction, which an abort applied none of, goes once more.
+    async fn transaction(&self, pipe: &::redis::Pipeline) -> StoreResult<()> {
+        let mut c = self.conn.clone();
+        let first: Result<(), _> = pipe.query_async(&mut c).await;
+        match first {
+            Err(e) if self.settings.cluster && redirected_in_transaction(&e) => {
+                tracing::info!("a transaction met a moved slot; refreshing the cluster's slot map and retrying");
+                let _: Result<bool, _> = c.exists(self.key("tenants")).await;
+                let again: Result<(), _> = pipe.query_async(&mut c).await;
+                again.map_err(rerr)
+            }
+            other => other.map_err(rerr),
+        }
     }
 
     pub fn changes_channel(&self) -> String {
@@ -752,7 +800,6 @@ impl RedisEntityStore {
         mark: Option<(String, i64, &[u8])>,
     ) -> StoreResult<()> {
         let body = String::from_utf8_lossy(&crate::queue::encode(task)).into_owned();
-        let mut c = self.conn.clone();
         let mut pipe = ::redis::pipe();
         pipe.atomic()
             .zadd(self.key("retry:due"), &member, due_ms)
@@ -767,8 +814,7 @@ impl RedisEntityStore {
                 .arg(ttl_ms.max(1))
                 .ignore();
         }
-        let _: () = pipe.query_async(&mut c).await.map_err(rerr)?;
-        Ok(())
+        self.transaction(&pipe).await
     }
 
     /// Leases up to `limit` due retries until `now + lease_ms`: they stay in
@@ -954,7 +1000,7 @@ impl EntityStore for RedisEntityStore {
                 pipe.hdel(self.key("destinations"), d).ignore();
             }
             pipe.del(&set).ignore().hdel(self.key("tenants"), &id).ignore();
-            let _: () = pipe.query_async(&mut c).await.map_err(rerr)?;
+            self.transaction(&pipe).await?;
             for d in ids {
                 self.announce(&Change::Destination {
                     id: d,
@@ -970,16 +1016,13 @@ impl EntityStore for RedisEntityStore {
     fn put_destination(&self, d: Destination) -> BoxFuture<'_, StoreResult<()>> {
         Box::pin(async move {
             let json = self.stored_json(&d)?;
-            let mut c = self.conn.clone();
-            let _: () = ::redis::pipe()
-                .atomic()
+            let mut pipe = ::redis::pipe();
+            pipe.atomic()
                 .hset(self.key("destinations"), &d.id, json)
                 .ignore()
                 .sadd(self.key(&format!("tenant:{}:destinations", d.tenant_id)), &d.id)
-                .ignore()
-                .query_async(&mut c)
-                .await
-                .map_err(rerr)?;
+                .ignore();
+            self.transaction(&pipe).await?;
             self.announce(&Change::Destination {
                 id: d.id,
                 tenant_id: d.tenant_id,
@@ -991,16 +1034,13 @@ impl EntityStore for RedisEntityStore {
 
     fn delete_destination(&self, tenant_id: String, id: String) -> BoxFuture<'_, StoreResult<()>> {
         Box::pin(async move {
-            let mut c = self.conn.clone();
-            let _: () = ::redis::pipe()
-                .atomic()
+            let mut pipe = ::redis::pipe();
+            pipe.atomic()
                 .hdel(self.key("destinations"), &id)
                 .ignore()
                 .srem(self.key(&format!("tenant:{tenant_id}:destinations")), &id)
-                .ignore()
-                .query_async(&mut c)
-                .await
-                .map_err(rerr)?;
+                .ignore();
+            self.transaction(&pipe).await?;
             self.announce(&Change::Destination {
                 id,
                 tenant_id,
