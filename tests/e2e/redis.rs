@@ -240,24 +240,12 @@ impl Cluster {
         );
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            let ok = ports.iter().all(|p| {
-                std::process::Command::new("redis-cli")
-                    .args(["-p", &p.to_string(), "cluster", "info"])
-                    .output()
-                    .map(|o| String::from_utf8_lossy(&o.stdout).contains("cluster_state:ok"))
-                    .unwrap_or(false)
-            });
+            let ok = ports.iter().all(|p| cluster_ok(*p));
             // Every replica in sync with its master, so one can take over.
             let synced = ok
                 && ports.iter().all(|p| {
-                    std::process::Command::new("redis-cli")
-                        .args(["-p", &p.to_string(), "info", "replication"])
-                        .output()
-                        .map(|o| {
-                            let text = String::from_utf8_lossy(&o.stdout).to_string();
-                            text.contains("role:master") || text.contains("master_link_status:up")
-                        })
-                        .unwrap_or(false)
+                    let text = redis_cli(*p, &["info", "replication"]);
+                    text.contains("role:master") || text.contains("master_link_status:up")
                 });
             if synced {
                 break;
@@ -276,16 +264,11 @@ impl Cluster {
 impl Cluster {
     /// The port of the master that serves `key`'s slot, and of another master.
     fn slot_owner_and_another_master(&self, key: &str) -> (u16, u16) {
-        let cli = |args: &[&str]| {
-            let out = std::process::Command::new("redis-cli")
-                .args(["-p", &self.ports[0].to_string()])
-                .args(args)
-                .output()
-                .expect("redis-cli");
-            String::from_utf8_lossy(&out.stdout).trim().to_string()
-        };
-        let slot: u32 = cli(&["cluster", "keyslot", key]).parse().expect("a slot number");
-        let nodes = cli(&["cluster", "nodes"]);
+        let slot: u32 = redis_cli(self.ports[0], &["cluster", "keyslot", key])
+            .trim()
+            .parse()
+            .expect("a slot number");
+        let nodes = redis_cli(self.ports[0], &["cluster", "nodes"]);
         let mut owner = None;
         let mut others = Vec::new();
         // <id> <ip:port@bus> <flags> <master> <ping> <pong> <epoch> <link> <slot ranges...>
@@ -319,23 +302,18 @@ impl Cluster {
 async fn replicas_caught_up(port: u16) {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let info = std::process::Command::new("redis-cli")
-            .args(["-p", &port.to_string(), "info", "replication"])
-            .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
-            .unwrap_or_default();
-        let field = |line: &str, name: &str| {
-            line.split([',', ':'])
-                .find_map(|kv| kv.strip_prefix(name).and_then(|v| v.trim().parse::<u64>().ok()))
-        };
+        let info = redis_cli(port, &["info", "replication"]);
         let master = info.lines().find_map(|l| {
             l.strip_prefix("master_repl_offset:")
                 .and_then(|v| v.trim().parse::<u64>().ok())
         });
         let replicas: Vec<u64> = info
             .lines()
-            .filter(|l| l.starts_with("slave") && l.contains("offset="))
-            .filter_map(|l| field(l, "offset="))
+            .filter(|l| l.starts_with("slave"))
+            .filter_map(|l| {
+                l.split(',')
+                    .find_map(|kv| kv.strip_prefix("offset=").and_then(|v| v.parse::<u64>().ok()))
+            })
             .collect();
         if let Some(m) = master {
             if !replicas.is_empty() && replicas.iter().all(|r| *r >= m) {
@@ -347,12 +325,18 @@ async fn replicas_caught_up(port: u16) {
     }
 }
 
-fn cluster_ok(port: u16) -> bool {
+/// What `redis-cli -p <port> <args>` prints (empty when it cannot run).
+fn redis_cli(port: u16, args: &[&str]) -> String {
     std::process::Command::new("redis-cli")
-        .args(["-p", &port.to_string(), "cluster", "info"])
+        .args(["-p", &port.to_string()])
+        .args(args)
         .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).contains("cluster_state:ok"))
-        .unwrap_or(false)
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default()
+}
+
+fn cluster_ok(port: u16) -> bool {
+    redis_cli(port, &["cluster", "info"]).contains("cluster_state:ok")
 }
 
 impl Drop for Cluster {
@@ -451,11 +435,7 @@ async fn the_change_feed_survives_the_loss_of_the_seed_node() {
     let _ = cluster.children[seed_child].wait();
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let nodes = std::process::Command::new("redis-cli")
-            .args(["-p", &other.to_string(), "cluster", "nodes"])
-            .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
-            .unwrap_or_default();
+        let nodes = redis_cli(other, &["cluster", "nodes"]);
         let seed_failed = nodes
             .lines()
             .any(|l| l.contains(&format!(":{seed}@")) && l.contains("fail") && !l.contains("fail?"));
